@@ -1,0 +1,1 @@
+"""Simulators of every device kind, speaking the real protocols over real transports."""

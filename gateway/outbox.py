@@ -1,0 +1,188 @@
+"""The gateway's durable outbox: every uplink record waits here until central's
+application-level ack names it.
+
+Records are packed to msgpack once, at submit, and stored as blobs in ``seq`` order; the
+sync task streams them out of SQLite in batches (the backlog is never held in memory).
+``seq`` is the per-gateway increasing sequence number (AUTOINCREMENT: never reused, even
+after the outbox drains).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ops.sqlitedb import DurableDB, Migration
+from protocols.envelope import Ack, AckStatus, Record, pack_record
+
+MIGRATIONS = [
+    Migration(
+        "outbox_0001",
+        """
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            ts INTEGER NOT NULL,
+            packed BLOB NOT NULL
+        );
+        CREATE TABLE record_results (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            reason TEXT,
+            ref TEXT,
+            acked_at INTEGER NOT NULL
+        );
+        """,
+    )
+]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_record_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    count: int
+    oldest_ts: int | None  # creation time (ms) of the oldest unacked record
+
+    def oldest_age_s(self, now: int | None = None) -> float:
+        if self.oldest_ts is None:
+            return 0.0
+        return max(0.0, ((now or now_ms()) - self.oldest_ts) / 1000)
+
+
+class Outbox:
+    def __init__(self, db: DurableDB) -> None:
+        self.db = db
+        self._seq: int | None = None
+        self.new_records = asyncio.Event()
+        self.submitted = 0
+        self.acked = 0
+        self.rejected = 0
+
+    def _next_seq(self, conn: sqlite3.Connection) -> int:
+        # Runs only on the writer thread. After a rolled-back job the counter may skip
+        # a number: sequences are increasing, not contiguous.
+        if self._seq is None:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            self._seq = row[0] if row else 0
+        self._seq += 1
+        return self._seq
+
+    def add(
+        self,
+        conn: sqlite3.Connection,
+        type: str,
+        body: dict[str, Any],
+        *,
+        record_id: str | None = None,
+        ts: int | None = None,
+    ) -> Record:
+        """Put a record in the outbox. Call inside a ``db.write`` job, so it commits
+        atomically with the caller's own writes."""
+        rec = Record(
+            id=record_id or new_record_id(),
+            seq=self._next_seq(conn),
+            type=type,
+            ts=ts if ts is not None else now_ms(),
+            body=body,
+        )
+        conn.execute(
+            "INSERT INTO outbox (seq, id, type, ts, packed) VALUES (?, ?, ?, ?, ?)",
+            (rec.seq, rec.id, rec.type, rec.ts, pack_record(rec)),
+        )
+        return rec
+
+    async def submit(
+        self, type: str, body: dict[str, Any], *, record_id: str | None = None
+    ) -> Record:
+        """Durably enqueue one record; returns after the commit (fsync) that holds it."""
+        rec = await self.db.write(lambda conn: self.add(conn, type, body, record_id=record_id))
+        self.submitted += 1
+        self.new_records.set()
+        return rec
+
+    def notify(self, n: int = 1) -> None:
+        """Tell the sync task that records were added by a caller's own ``db.write`` job."""
+        self.submitted += n
+        self.new_records.set()
+
+    async def pending(self, *, after_seq: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """The next unacked records after ``after_seq``, as (seq, id, packed)."""
+
+        def q(conn: sqlite3.Connection) -> list[tuple[int, str, bytes]]:
+            return conn.execute(
+                "SELECT seq, id, packed FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+
+        return await self.db.read(q)
+
+    async def apply_acks(self, acks: Iterable[Ack]) -> int:
+        """Remove acknowledged records; remember what central said about each."""
+        acks = list(acks)
+        if not acks:
+            return 0
+        t = now_ms()
+
+        def job(conn: sqlite3.Connection) -> int:
+            removed = 0
+            for a in acks:
+                row = conn.execute(
+                    "DELETE FROM outbox WHERE id = ? RETURNING type", (a.id,)
+                ).fetchone()
+                if row is None:
+                    continue  # already acked earlier (a repeated ack): nothing to do
+                removed += 1
+                conn.execute(
+                    "INSERT OR REPLACE INTO record_results (id, type, status, reason, ref, acked_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (a.id, row[0], a.status.value, a.reason, a.ref, t),
+                )
+            return removed
+
+        removed = await self.db.write(job)
+        self.acked += removed
+        self.rejected += sum(1 for a in acks if a.status is AckStatus.REJECTED)
+        return removed
+
+    async def backlog(self) -> Backlog:
+        def q(conn: sqlite3.Connection) -> Backlog:
+            count = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            oldest = conn.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            return Backlog(count=count, oldest_ts=oldest[0] if oldest else None)
+
+        return await self.db.read(q)
+
+    async def result(self, record_id: str) -> dict[str, Any] | None:
+        """What central said about a record, or its pending state."""
+
+        def q(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT id, type, status, reason, ref, acked_at FROM record_results WHERE id = ?",
+                (record_id,),
+            ).fetchone()
+            if row:
+                return dict(
+                    zip(("id", "type", "status", "reason", "ref", "acked_at"), row, strict=True)
+                )
+            row = conn.execute(
+                "SELECT id, type, seq FROM outbox WHERE id = ?", (record_id,)
+            ).fetchone()
+            if row:
+                return {"id": row[0], "type": row[1], "seq": row[2], "status": "pending"}
+            return None
+
+        return await self.db.read(q)

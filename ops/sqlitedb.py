@@ -1,0 +1,258 @@
+"""Durable SQLite with group commit, shared by the gateway and central processes.
+
+One SQLite file, one writer thread, many concurrent writers in asyncio::
+
+    db = DurableDB(path, migrations=[Migration("0001_outbox", "CREATE TABLE ...")])
+    await db.open()
+    seq = await db.write(lambda conn: conn.execute("INSERT ...").lastrowid)
+
+``write(fn)`` queues ``fn``; the writer thread runs every queued job inside ONE transaction
+(each job under its own savepoint, so a job that raises is rolled back alone and its caller
+gets the exception) and commits once: many submitters share one fsync. The awaiting caller
+resumes only after COMMIT returned, i.e. after the data is on disk.
+
+Durability setting: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode, NORMAL
+syncs only at checkpoints, so a transaction committed just before power loss can be rolled
+back on recovery - a device would have been acked for a record that is gone. FULL fsyncs
+the WAL on every commit; group commit amortises that fsync over many records.
+
+Reads go through ``read(fn)`` on a separate connection and thread (WAL readers do not block
+the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_GROUP = 4096
+
+
+class DatabaseError(Exception):
+    """Base class for storage errors."""
+
+
+class ClosedError(DatabaseError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """A named schema change, applied once, in list order, at open."""
+
+    name: str
+    sql: str
+
+
+def connect(path: Path | str, *, synchronous: str = "FULL") -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded in ``_migrations``; return their names."""
+    db = sqlite_utils.Database(conn)
+    if "_migrations" not in db.table_names():
+        db["_migrations"].create({"name": str, "applied_at": str}, pk="name")  # type: ignore[union-attr]
+    done = {row["name"] for row in db["_migrations"].rows}
+    names = [m.name for m in migrations]
+    if len(set(names)) != len(names):
+        raise DatabaseError(f"duplicate migration names in {names}")
+    applied = []
+    for m in migrations:
+        if m.name in done:
+            continue
+        with db.atomic():
+            for stmt in _split_sql(m.sql):
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO _migrations(name, applied_at) VALUES (?, datetime('now'))", (m.name,)
+            )
+        applied.append(m.name)
+        log.info("applied migration %s", m.name)
+    return applied
+
+
+def _split_sql(sql: str) -> list[str]:
+    out, buf = [], ""
+    for piece in sql.split(";"):
+        buf += piece
+        if sqlite3.complete_statement(buf + ";"):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+        else:
+            buf += ";"
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+
+
+class DurableDB:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        migrations: Sequence[Migration] = (),
+        synchronous: str = "FULL",
+        max_group: int = MAX_GROUP,
+    ) -> None:
+        self.path = Path(path)
+        self._migrations = list(migrations)
+        self._synchronous = synchronous
+        self._max_group = max_group
+        self._wx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-w-{self.path.name}")
+        self._rx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-r-{self.path.name}")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.commits = 0
+        self.jobs = 0
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def _open_w() -> sqlite3.Connection:
+            conn = connect(self.path, synchronous=self._synchronous)
+            apply_migrations(conn, self._migrations)
+            return conn
+
+        self._wconn = await loop.run_in_executor(self._wx, _open_w)
+        self._rconn = await loop.run_in_executor(
+            self._rx, lambda: connect(self.path, synchronous=self._synchronous)
+        )
+        self._task = asyncio.create_task(self._writer(), name=f"sqlite-writer:{self.path.name}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(ClosedError("database closed"))
+        loop = asyncio.get_running_loop()
+        if self._wconn is not None:
+            await loop.run_in_executor(self._wx, self._wconn.close)
+        if self._rconn is not None:
+            await loop.run_in_executor(self._rx, self._rconn.close)
+        self._wx.shutdown(wait=True)
+        self._rx.shutdown(wait=True)
+
+    async def __aenter__(self) -> DurableDB:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` for the next group commit; the future resolves after COMMIT."""
+        if self._closed:
+            raise ClosedError("database closed")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((fn, fut))
+        return fut
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._rconn is None:
+            raise ClosedError("database not open")
+        conn = self._rconn
+        return await asyncio.get_running_loop().run_in_executor(self._rx, fn, conn)
+
+    async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            while len(jobs) < self._max_group and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            try:
+                results = await loop.run_in_executor(self._wx, self._run_group, jobs)
+            except BaseException as e:  # the COMMIT itself failed: every job in the group failed
+                log.exception("group commit of %d jobs failed on %s", len(jobs), self.path)
+                for _, fut in jobs:
+                    if not fut.done():
+                        fut.set_exception(e if isinstance(e, Exception) else DatabaseError(str(e)))
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                continue
+            self.commits += 1
+            self.jobs += len(jobs)
+            for (_, fut), (ok, value) in zip(jobs, results, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    def _run_group(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        conn = self._wconn
+        assert conn is not None
+        assert threading.current_thread().name.startswith("sqlite-w-")
+        if len(jobs) == 1:  # no savepoint needed: the job's own failure rolls back everything
+            fn = jobs[0][0]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = fn(conn)
+            except Exception as e:
+                conn.execute("ROLLBACK")
+                return [(False, e)]
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._commit(conn)
+            return [(True, value)]
+        out: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for fn, _ in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = fn(conn)
+                except Exception as e:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    out.append((False, e))
+                else:
+                    conn.execute("RELEASE job")
+                    out.append((True, value))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._commit(conn)
+        return out
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,267 @@
+"""The msgpack envelope that carries records and acks over MQTT, in both directions.
+
+Wire shape (a msgpack map; see ``protocols/WIRE.md`` for the full contract)::
+
+    {"v": 1, "gw": "store-001", "sent": 1700000000000,
+     "records": [{"id": "...", "seq": 17, "type": "order", "ts": 1700000000000, "body": {...}}],
+     "acks":    [{"id": "...", "st": "accepted", "reason": None, "ref": "SO-000017"}]}
+
+Decoding is strict at the envelope level (anything wrong there rejects the whole message
+with an :class:`EnvelopeError` naming the problem) and per record below it: one malformed
+record becomes a :class:`BadRecord` with its reason while its neighbours decode normally.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from protocols import ProtocolError
+from protocols.topics import GATEWAY_ID_RE
+
+VERSION = 1
+MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_RECORDS = 2000
+MAX_ACKS = 10_000
+MAX_ID_LEN = 64
+MAX_TYPE_LEN = 32
+# Seq fits a signed 64-bit SQLite integer.
+MAX_SEQ = 2**63 - 1
+
+ENVELOPE_KEYS = frozenset({"v", "gw", "sent", "records", "acks"})
+RECORD_KEYS = frozenset({"id", "seq", "type", "ts", "body"})
+ACK_KEYS = frozenset({"id", "st", "reason", "ref"})
+
+
+class EnvelopeError(ProtocolError):
+    """The message as a whole cannot be accepted; ``reason`` says why, for a person."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AckStatus(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: str
+    seq: int
+    type: str
+    ts: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    id: str
+    status: AckStatus
+    reason: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    """A record that did not decode: where it was, its id if it had a readable one, and why."""
+
+    index: int
+    id: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    gw: str
+    sent: int
+    records: tuple[Record, ...] = ()
+    acks: tuple[Ack, ...] = ()
+    bad_records: tuple[BadRecord, ...] = field(default=())
+
+
+def _record_to_wire(r: Record) -> dict[str, Any]:
+    return {"id": r.id, "seq": r.seq, "type": r.type, "ts": r.ts, "body": r.body}
+
+
+def _ack_to_wire(a: Ack) -> dict[str, Any]:
+    return {"id": a.id, "st": a.status.value, "reason": a.reason, "ref": a.ref}
+
+
+def encode(
+    *,
+    gw: str,
+    sent: int,
+    records: tuple[Record, ...] | list[Record] = (),
+    acks: tuple[Ack, ...] | list[Ack] = (),
+) -> bytes:
+    """Encode an envelope. Raises EnvelopeError if it would break the limits."""
+    if len(records) > MAX_RECORDS:
+        raise EnvelopeError(f"{len(records)} records > MAX_RECORDS {MAX_RECORDS}")
+    if len(acks) > MAX_ACKS:
+        raise EnvelopeError(f"{len(acks)} acks > MAX_ACKS {MAX_ACKS}")
+    wire: dict[str, Any] = {"v": VERSION, "gw": gw, "sent": sent}
+    if records:
+        wire["records"] = [_record_to_wire(r) for r in records]
+    if acks:
+        wire["acks"] = [_ack_to_wire(a) for a in acks]
+    payload: bytes = msgpack.packb(wire, use_bin_type=True)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise EnvelopeError(f"payload {len(payload)} bytes > MAX_PAYLOAD_BYTES {MAX_PAYLOAD_BYTES}")
+    return payload
+
+
+def encode_raw_records(*, gw: str, sent: int, raw_records: list[bytes]) -> bytes:
+    """Encode an envelope from records already packed as msgpack maps (the gateway outbox
+    stores them that way, so the hot path does not unpack and re-pack each one)."""
+    head = msgpack.packb({"v": VERSION, "gw": gw, "sent": sent}, use_bin_type=True)
+    # A fixmap/map16 header followed by pairs; we rebuild the header with one more pair.
+    n = len(raw_records)
+    if n > MAX_RECORDS:
+        raise EnvelopeError(f"{n} records > MAX_RECORDS {MAX_RECORDS}")
+    parts = [b"\x84", head[1:], msgpack.packb("records"), _array_header(n), *raw_records]
+    payload = b"".join(parts)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise EnvelopeError(f"payload {len(payload)} bytes > MAX_PAYLOAD_BYTES {MAX_PAYLOAD_BYTES}")
+    return payload
+
+
+def pack_record(r: Record) -> bytes:
+    packed: bytes = msgpack.packb(_record_to_wire(r), use_bin_type=True)
+    return packed
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 2**16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _type_name(v: object) -> str:
+    return type(v).__name__
+
+
+def _check_str(obj: dict[str, Any], key: str, where: str, *, max_len: int) -> str:
+    v = obj[key]
+    if not isinstance(v, str):
+        raise EnvelopeError(f"{where}.{key}: expected str, got {_type_name(v)}")
+    if not v or len(v) > max_len:
+        raise EnvelopeError(f"{where}.{key}: length {len(v)} not in 1..{max_len}")
+    return v
+
+
+def _check_int(obj: dict[str, Any], key: str, where: str, *, lo: int, hi: int) -> int:
+    v = obj[key]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise EnvelopeError(f"{where}.{key}: expected int, got {_type_name(v)}")
+    if not lo <= v <= hi:
+        raise EnvelopeError(f"{where}.{key}: {v} not in {lo}..{hi}")
+    return v
+
+
+def _check_keys(
+    obj: object, where: str, allowed: frozenset[str], required: frozenset[str]
+) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise EnvelopeError(f"{where}: expected map, got {_type_name(obj)}")
+    missing = required - obj.keys()
+    if missing:
+        raise EnvelopeError(f"{where}: missing field {', '.join(sorted(missing))}")
+    extra = [k for k in obj if k not in allowed]
+    if extra:
+        raise EnvelopeError(f"{where}: unknown field {', '.join(sorted(map(str, extra)))}")
+    return obj
+
+
+def _decode_record(i: int, raw: object) -> Record | BadRecord:
+    rid = raw.get("id") if isinstance(raw, dict) else None
+    rid_s = rid if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LEN else None
+    where = f"records[{i}]"
+    try:
+        obj = _check_keys(raw, where, RECORD_KEYS, RECORD_KEYS)
+        rec_id = _check_str(obj, "id", where, max_len=MAX_ID_LEN)
+        seq = _check_int(obj, "seq", where, lo=1, hi=MAX_SEQ)
+        rtype = _check_str(obj, "type", where, max_len=MAX_TYPE_LEN)
+        ts = _check_int(obj, "ts", where, lo=0, hi=MAX_SEQ)
+        body = obj["body"]
+        if not isinstance(body, dict):
+            raise EnvelopeError(f"{where}.body: expected map, got {_type_name(body)}")
+    except EnvelopeError as e:
+        return BadRecord(index=i, id=rid_s, reason=e.reason)
+    return Record(id=rec_id, seq=seq, type=rtype, ts=ts, body=body)
+
+
+def _decode_ack(i: int, raw: object) -> Ack:
+    where = f"acks[{i}]"
+    obj = _check_keys(raw, where, ACK_KEYS, frozenset({"id", "st"}))
+    ack_id = _check_str(obj, "id", where, max_len=MAX_ID_LEN)
+    st = obj["st"]
+    try:
+        status = AckStatus(st)
+    except ValueError:
+        raise EnvelopeError(f"{where}.st: unknown status {st!r}") from None
+    reason = obj.get("reason")
+    ref = obj.get("ref")
+    if reason is not None and not isinstance(reason, str):
+        raise EnvelopeError(f"{where}.reason: expected str or nil, got {_type_name(reason)}")
+    if ref is not None and not isinstance(ref, str):
+        raise EnvelopeError(f"{where}.ref: expected str or nil, got {_type_name(ref)}")
+    return Ack(id=ack_id, status=status, reason=reason, ref=ref)
+
+
+def decode(payload: bytes) -> Envelope:
+    """Decode one MQTT payload. Never raises anything but EnvelopeError."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise EnvelopeError(f"payload {len(payload)} bytes > MAX_PAYLOAD_BYTES {MAX_PAYLOAD_BYTES}")
+    try:
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_array_len=MAX_ACKS,
+            max_map_len=4096,
+            max_str_len=MAX_PAYLOAD_BYTES,
+            max_bin_len=MAX_PAYLOAD_BYTES,
+            max_ext_len=0,
+        )
+    except Exception as e:  # msgpack raises many types (ExtraData, FormatError, ValueError...)
+        raise EnvelopeError(f"not a msgpack document: {type(e).__name__}: {e}") from None
+    env = _check_keys(obj, "envelope", ENVELOPE_KEYS, frozenset({"v", "gw", "sent"}))
+    v = env["v"]
+    if v != VERSION:
+        raise EnvelopeError(f"envelope.v: unknown version {v!r} (this side speaks {VERSION})")
+    gw = _check_str(env, "gw", "envelope", max_len=64)
+    if not GATEWAY_ID_RE.match(gw):
+        raise EnvelopeError(f"envelope.gw: {gw!r} is not a valid gateway id")
+    sent = _check_int(env, "sent", "envelope", lo=0, hi=MAX_SEQ)
+    raw_records = env.get("records", [])
+    if not isinstance(raw_records, list):
+        raise EnvelopeError(f"envelope.records: expected array, got {_type_name(raw_records)}")
+    if len(raw_records) > MAX_RECORDS:
+        raise EnvelopeError(
+            f"envelope.records: {len(raw_records)} records > MAX_RECORDS {MAX_RECORDS}"
+        )
+    raw_acks = env.get("acks", [])
+    if not isinstance(raw_acks, list):
+        raise EnvelopeError(f"envelope.acks: expected array, got {_type_name(raw_acks)}")
+    records: list[Record] = []
+    bad: list[BadRecord] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_records):
+        r = _decode_record(i, raw)
+        if isinstance(r, Record) and r.id in seen:
+            r = BadRecord(index=i, id=r.id, reason=f"records[{i}].id: repeated within the envelope")
+        if isinstance(r, Record):
+            seen.add(r.id)
+            records.append(r)
+        else:
+            bad.append(r)
+    acks = tuple(_decode_ack(i, a) for i, a in enumerate(raw_acks))
+    return Envelope(gw=gw, sent=sent, records=tuple(records), acks=acks, bad_records=tuple(bad))

@@ -1,0 +1,172 @@
+"""Record body schemas: what ``Record.body`` holds for each record type.
+
+Each ``parse_*`` takes the decoded msgpack map and returns a frozen dataclass or raises
+:class:`RecordSchemaError` with a reason a person can act on (it goes back to the device
+or gateway in a ``rejected`` ack). Money is integer minor units (cents) - never floats.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from protocols import ProtocolError
+
+MAX_LINES = 500
+MAX_QTY = 100_000
+MAX_TEXT = 500
+MAX_CODE = 64
+
+
+class RecordSchemaError(ProtocolError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Channel(enum.StrEnum):
+    SCANNER = "scanner"
+    HID_SCANNER = "hid-scanner"
+    HANDHELD = "handheld"
+    POS_AUTO = "pos-auto"
+    MANUAL = "manual"
+    REST = "rest"
+    EDI = "edi"
+
+
+class OrderType(enum.StrEnum):
+    NORMAL = "normal"
+    CASH_SALE = "cash-sale"
+    DROP_SHIP = "drop-ship"
+    CONTRACT = "contract"
+    CONSIGNMENT = "consignment"
+    VOUCHER = "voucher"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    qty: int
+    gtin: str | None = None
+    sku: str | None = None
+    price: int | None = None  # quoted unit price, minor units
+
+
+@dataclass(frozen=True, slots=True)
+class OrderBody:
+    customer: str
+    channel: Channel
+    order_type: OrderType
+    requested_date: dt.date
+    lines: tuple[OrderLine, ...]
+    note: str = ""
+    source_ref: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "customer": self.customer,
+            "channel": self.channel.value,
+            "order_type": self.order_type.value,
+            "requested_date": self.requested_date.isoformat(),
+            "lines": [{k: v for k, v in asdict(ln).items() if v is not None} for ln in self.lines],
+            "note": self.note,
+            "source_ref": self.source_ref,
+        }
+
+
+def _str(body: dict[str, Any], key: str, *, required: bool = True, max_len: int = MAX_CODE) -> str:
+    v = body.get(key)
+    if v is None:
+        if required:
+            raise RecordSchemaError(f"{key}: missing")
+        return ""
+    if not isinstance(v, str):
+        raise RecordSchemaError(f"{key}: expected text, got {type(v).__name__}")
+    if required and not v.strip():
+        raise RecordSchemaError(f"{key}: empty")
+    if len(v) > max_len:
+        raise RecordSchemaError(f"{key}: longer than {max_len} characters")
+    return v
+
+
+def _int(v: object, where: str, *, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise RecordSchemaError(f"{where}: expected integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise RecordSchemaError(f"{where}: {v} not in {lo}..{hi}")
+    return v
+
+
+def parse_date(v: object, where: str) -> dt.date:
+    if not isinstance(v, str):
+        raise RecordSchemaError(f"{where}: expected YYYY-MM-DD text, got {type(v).__name__}")
+    try:
+        return dt.date.fromisoformat(v)
+    except ValueError:
+        raise RecordSchemaError(f"{where}: {v!r} is not a YYYY-MM-DD date") from None
+
+
+def parse_order_line(i: int, raw: object) -> OrderLine:
+    where = f"lines[{i}]"
+    if not isinstance(raw, dict):
+        raise RecordSchemaError(f"{where}: expected map, got {type(raw).__name__}")
+    unknown = set(raw) - {"qty", "gtin", "sku", "price"}
+    if unknown:
+        raise RecordSchemaError(f"{where}: unknown field {', '.join(sorted(map(str, unknown)))}")
+    gtin = raw.get("gtin")
+    sku = raw.get("sku")
+    if gtin is None and sku is None:
+        raise RecordSchemaError(f"{where}: needs gtin or sku")
+    if gtin is not None and (
+        not isinstance(gtin, str) or not gtin.isdigit() or len(gtin) not in (8, 12, 13, 14)
+    ):
+        raise RecordSchemaError(f"{where}.gtin: {gtin!r} is not 8, 12, 13 or 14 digits")
+    if sku is not None and (not isinstance(sku, str) or not 0 < len(sku) <= MAX_CODE):
+        raise RecordSchemaError(f"{where}.sku: {sku!r} is not a code of 1..{MAX_CODE} characters")
+    qty = _int(raw.get("qty"), f"{where}.qty", lo=1, hi=MAX_QTY)
+    price = raw.get("price")
+    if price is not None:
+        price = _int(price, f"{where}.price", lo=0, hi=10**12)
+    return OrderLine(qty=qty, gtin=gtin, sku=sku, price=price)
+
+
+def parse_order(body: dict[str, Any]) -> OrderBody:
+    unknown = set(body) - {
+        "customer",
+        "channel",
+        "order_type",
+        "requested_date",
+        "lines",
+        "note",
+        "source_ref",
+    }
+    if unknown:
+        raise RecordSchemaError(f"unknown field {', '.join(sorted(map(str, unknown)))}")
+    customer = _str(body, "customer")
+    try:
+        channel = Channel(_str(body, "channel"))
+    except ValueError:
+        raise RecordSchemaError(f"channel: unknown channel {body.get('channel')!r}") from None
+    try:
+        order_type = OrderType(_str(body, "order_type"))
+    except ValueError:
+        raise RecordSchemaError(
+            f"order_type: unknown order type {body.get('order_type')!r}"
+        ) from None
+    requested = parse_date(body.get("requested_date"), "requested_date")
+    lines_raw = body.get("lines")
+    if not isinstance(lines_raw, list) or not lines_raw:
+        raise RecordSchemaError("lines: expected a non-empty array")
+    if len(lines_raw) > MAX_LINES:
+        raise RecordSchemaError(f"lines: {len(lines_raw)} lines > {MAX_LINES}")
+    lines = tuple(parse_order_line(i, ln) for i, ln in enumerate(lines_raw))
+    return OrderBody(
+        customer=customer,
+        channel=channel,
+        order_type=order_type,
+        requested_date=requested,
+        lines=lines,
+        note=_str(body, "note", required=False, max_len=MAX_TEXT),
+        source_ref=_str(body, "source_ref", required=False, max_len=MAX_CODE),
+    )
