@@ -105,9 +105,7 @@ class Outbox:
         )
         return rec
 
-    async def submit(
-        self, type: str, body: dict[str, Any], *, record_id: str | None = None
-    ) -> Record:
+    async def submit(self, type: str, body: dict[str, Any], *, record_id: str | None = None) -> Record:
         """Durably enqueue one record; returns after the commit (fsync) that holds it."""
         rec = await self.db.write(lambda conn: self.add(conn, type, body, record_id=record_id))
         self.submitted += 1
@@ -140,9 +138,7 @@ class Outbox:
         def job(conn: sqlite3.Connection) -> int:
             removed = 0
             for a in acks:
-                row = conn.execute(
-                    "DELETE FROM outbox WHERE id = ? RETURNING type", (a.id,)
-                ).fetchone()
+                row = conn.execute("DELETE FROM outbox WHERE id = ? RETURNING type", (a.id,)).fetchone()
                 if row is None:
                     continue  # already acked earlier (a repeated ack): nothing to do
                 removed += 1
@@ -175,12 +171,8 @@ class Outbox:
                 (record_id,),
             ).fetchone()
             if row:
-                return dict(
-                    zip(("id", "type", "status", "reason", "ref", "acked_at"), row, strict=True)
-                )
-            row = conn.execute(
-                "SELECT id, type, seq FROM outbox WHERE id = ?", (record_id,)
-            ).fetchone()
+                return dict(zip(("id", "type", "status", "reason", "ref", "acked_at"), row, strict=True))
+            row = conn.execute("SELECT id, type, seq FROM outbox WHERE id = ?", (record_id,)).fetchone()
             if row:
                 return {"id": row[0], "type": row[1], "seq": row[2], "status": "pending"}
             return None

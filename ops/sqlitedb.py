@@ -82,9 +82,7 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration]) 
         with db.atomic():
             for stmt in _split_sql(m.sql):
                 conn.execute(stmt)
-            conn.execute(
-                "INSERT INTO _migrations(name, applied_at) VALUES (?, datetime('now'))", (m.name,)
-            )
+            conn.execute("INSERT INTO _migrations(name, applied_at) VALUES (?, datetime('now'))", (m.name,))
         applied.append(m.name)
         log.info("applied migration %s", m.name)
     return applied

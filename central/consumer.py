@@ -1,0 +1,179 @@
+"""Central's MQTT side: consume every gateway's uplink, apply, ack on its downlink.
+
+Each message is decoded on the event loop and its records applied in a ``DurableDB.write``
+job; jobs from messages that arrive together share one commit (group commit). The acks go
+out on the sender's downlink only after that commit. Messages are taken in arrival order and
+their jobs queued in that order, so per-gateway sequence is kept.
+
+Fault injection for crash tests: if ``STOREGATE_FAULT_KILL_AFTER_COMMIT`` names a file that
+does not exist yet, central creates it and SIGKILLs itself right after its first commit of
+records, before the ack is published (a real crash at the worst moment, once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from central.ingest import apply_envelope, now_ms, quarantine_message
+from ops.retry import backoff_delay, only
+from ops.sqlitedb import DurableDB
+from protocols import envelope, topics
+from protocols.envelope import Ack, EnvelopeError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+MAX_OUTSTANDING = 256
+SESSION_EXPIRY_S = 24 * 3600
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    messages: int = 0
+    records: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    quarantined_messages: int = 0
+    connected: bool = False
+    per_gateway_last_ms: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    client_id: str = "central-1"
+    shared_subscription: bool = True
+
+
+class Consumer:
+    def __init__(self, *, db: DurableDB, broker: BrokerSettings) -> None:
+        self.db = db
+        self.broker = broker
+        self.stats = ConsumerStats()
+        self.connected = asyncio.Event()
+        self._sem = asyncio.Semaphore(MAX_OUTSTANDING)
+        self._fault_marker = os.environ.get("STOREGATE_FAULT_KILL_AFTER_COMMIT")
+        self.client: aiomqtt.Client | None = None
+
+    def _client(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        tls = aiomqtt.TLSParameters(ca_certs=self.broker.tls_ca) if self.broker.tls_ca else None
+        return aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            identifier=self.broker.client_id,
+            username=self.broker.username,
+            password=self.broker.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            tls_params=tls,
+            max_inflight_messages=100,
+            timeout=30,
+        )
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with self._client() as client:
+                    attempt = 0
+                    self.client = client
+                    await client.subscribe(
+                        topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
+                    )
+                    self.stats.connected = True
+                    self.connected.set()
+                    log.info("central connected to %s:%d", self.broker.host, self.broker.port)
+                    async with asyncio.TaskGroup() as tg:
+                        async for message in client.messages:
+                            await self._sem.acquire()
+                            tg.create_task(self._handle(client, message))
+            except (aiomqtt.MqttError, BaseExceptionGroup) as e:
+                if not only(e, aiomqtt.MqttError):
+                    raise
+                self.stats.connected = False
+                self.connected.clear()
+                self.client = None
+                delay = backoff_delay(attempt, lo=BACKOFF_MIN_S, hi=BACKOFF_MAX_S)
+                attempt += 1
+                log.warning("central mqtt link down (%s); retry in %.2fs", e, delay)
+                await asyncio.sleep(delay)
+
+    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        try:
+            await self._handle_inner(client, message)
+        finally:
+            self._sem.release()
+
+    async def _handle_inner(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        payload = bytes(payload)
+        self.stats.messages += 1
+        try:
+            topic_gw, leaf = topics.parse(topic)
+        except topics.TopicError as e:
+            log.error("message on unexpected topic %r ignored: %s", topic, e)
+            return
+        if leaf != "up":
+            return
+        try:
+            env = envelope.decode(payload)
+        except EnvelopeError as e:
+            self.stats.quarantined_messages += 1
+            log.warning("gw=%s undecodable message quarantined: %s", topic_gw, e.reason)
+            await self.db.write(
+                partial(quarantine_message, topic=topic, gateway=topic_gw, reason=e.reason, raw=payload)
+            )
+            return
+        self.stats.per_gateway_last_ms[topic_gw] = now_ms()
+        if env.acks:
+            await self.on_gateway_acks(topic_gw, env.acks)
+        if not env.records and not env.bad_records:
+            return
+        acks = await self.db.write(partial(apply_envelope, topic_gw=topic_gw, topic=topic, env=env))
+        self._maybe_crash()
+        self.stats.records += len(env.records)
+        for a in acks:
+            if a.status is envelope.AckStatus.ACCEPTED:
+                self.stats.accepted += 1
+            elif a.status is envelope.AckStatus.DUPLICATE:
+                self.stats.duplicates += 1
+            else:
+                self.stats.rejected += 1
+        await self.send_acks(client, topic_gw, acks)
+
+    async def send_acks(self, client: aiomqtt.Client, gw: str, acks: list[Ack]) -> None:
+        for i in range(0, len(acks), envelope.MAX_ACKS):
+            chunk = acks[i : i + envelope.MAX_ACKS]
+            payload = envelope.encode(gw=gw, sent=now_ms(), acks=chunk)
+            await client.publish(topics.downlink(gw), payload, qos=1)
+
+    async def on_gateway_acks(self, gw: str, acks: tuple[Ack, ...]) -> None:
+        """Acks from a gateway for downlink records (the durable downlink builds on this)."""
+        log.debug("gw=%s acked %d downlink records", gw, len(acks))
+
+    def _maybe_crash(self) -> None:
+        marker = self._fault_marker
+        if marker and not Path(marker).exists():
+            Path(marker).write_text(str(os.getpid()))
+            log.warning("fault injection: SIGKILL after commit, before ack")
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,238 @@
+"""Applying uplink records: exactly-once effect, quarantine, acks.
+
+``apply_envelope`` runs inside ONE database transaction (a ``DurableDB.write`` job): for each
+record it writes the effect AND the record id to ``processed``; a repeated id gets the answer
+it got the first time, with no second effect. A record that fails validation is quarantined
+with its reason and answered ``rejected``; its neighbours still go through.
+
+Record handlers are registered per record type; each takes the connection and the record
+and returns a reference (e.g. the order number) or raises :class:`Rejected`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+
+from central import CentralError
+from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Record
+from protocols.records import RecordSchemaError, parse_order
+
+log = logging.getLogger(__name__)
+
+
+class Rejected(CentralError):
+    """A record that will never be applied; ``reason`` goes back to the gateway."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    gateway: str
+    now: int
+
+
+Handler = Callable[[sqlite3.Connection, Context, Record], str | None]
+HANDLERS: dict[str, Handler] = {}
+INTERNAL_ERRORS = [0]
+
+
+def handler(record_type: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[record_type] = fn
+        return fn
+
+    return register
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def order_no(order_id: int) -> str:
+    return f"SO{order_id:08d}"
+
+
+@handler("order")
+def apply_order(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
+    try:
+        order = parse_order(rec.body)
+    except RecordSchemaError as e:
+        raise Rejected(e.reason) from None
+    cur = conn.execute(
+        "INSERT INTO orders (order_no, record_id, gateway, seq, customer, channel, order_type,"
+        " requested_date, status, note, source_ref, created_at, received_at, updated_at)"
+        " VALUES ('', ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?)",
+        (
+            rec.id,
+            ctx.gateway,
+            rec.seq,
+            order.customer,
+            order.channel.value,
+            order.order_type.value,
+            order.requested_date.isoformat(),
+            order.note,
+            order.source_ref,
+            rec.ts,
+            ctx.now,
+            ctx.now,
+        ),
+    )
+    oid = cur.lastrowid
+    assert oid is not None
+    number = order_no(oid)
+    conn.execute("UPDATE orders SET order_no = ? WHERE order_id = ?", (number, oid))
+    conn.executemany(
+        "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price) VALUES (?, ?, ?, ?, ?, ?)",
+        [(oid, i + 1, ln.gtin, ln.sku, ln.qty, ln.price) for i, ln in enumerate(order.lines)],
+    )
+    conn.execute(
+        "INSERT INTO order_events (order_id, at, event, status, detail)"
+        " VALUES (?, ?, 'received', 'received', ?)",
+        (
+            oid,
+            ctx.now,
+            f"from gateway {ctx.gateway} via {order.channel.value}, record {rec.id} seq {rec.seq}",
+        ),
+    )
+    return number
+
+
+def _quarantine(
+    conn: sqlite3.Connection,
+    *,
+    gateway: str | None,
+    topic: str,
+    reason: str,
+    now: int,
+    record_id: str | None = None,
+    seq: int | None = None,
+    rtype: str | None = None,
+    raw: bytes | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO quarantine (gateway, topic, record_id, seq, type, reason, raw, at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (gateway, topic, record_id, seq, rtype, reason, raw, now),
+    )
+
+
+def quarantine_message(
+    conn: sqlite3.Connection, *, topic: str, gateway: str | None, reason: str, raw: bytes
+) -> None:
+    """A whole MQTT message that could not be decoded: keep it with the reason."""
+    _quarantine(conn, gateway=gateway, topic=topic, reason=reason, now=now_ms(), raw=raw)
+
+
+def _pack(rec: Record) -> bytes:
+    raw: bytes = msgpack.packb(
+        {"id": rec.id, "seq": rec.seq, "type": rec.type, "ts": rec.ts, "body": rec.body}, use_bin_type=True
+    )
+    return raw
+
+
+def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: Envelope) -> list[Ack]:
+    """Apply every record of one envelope; return one ack per record (bad ones included)."""
+    now = now_ms()
+    acks: list[Ack] = []
+    if env.gw != topic_gw:
+        reason = f"envelope names gateway {env.gw!r} but arrived on {topic_gw!r}'s topic"
+        for rec in env.records:
+            _quarantine(
+                conn,
+                gateway=topic_gw,
+                topic=topic,
+                reason=reason,
+                now=now,
+                record_id=rec.id,
+                seq=rec.seq,
+                rtype=rec.type,
+                raw=_pack(rec),
+            )
+            acks.append(Ack(rec.id, AckStatus.REJECTED, reason))
+        for bad in env.bad_records:
+            _quarantine(conn, gateway=topic_gw, topic=topic, reason=reason, now=now, record_id=bad.id)
+            if bad.id:
+                acks.append(Ack(bad.id, AckStatus.REJECTED, reason))
+        return acks
+    ctx = Context(gateway=topic_gw, now=now)
+    for bad in env.bad_records:
+        ack = _reject_bad(conn, ctx, topic, bad)
+        if ack is not None:
+            acks.append(ack)
+    for rec in env.records:
+        ack = _apply_one(conn, ctx, topic, rec)
+        if ack is not None:
+            acks.append(ack)
+    return acks
+
+
+def _reject_bad(conn: sqlite3.Connection, ctx: Context, topic: str, bad: BadRecord) -> Ack | None:
+    _quarantine(conn, gateway=ctx.gateway, topic=topic, reason=bad.reason, now=ctx.now, record_id=bad.id)
+    if bad.id is None:
+        # No readable id: nothing to name in an ack. Kept in quarantine for a person.
+        log.warning("gw=%s unreadable record %d quarantined: %s", ctx.gateway, bad.index, bad.reason)
+        return None
+    return Ack(bad.id, AckStatus.REJECTED, bad.reason)
+
+
+def _apply_one(conn: sqlite3.Connection, ctx: Context, topic: str, rec: Record) -> Ack | None:
+    prior = conn.execute(
+        "SELECT gateway, status, reason, ref FROM processed WHERE record_id = ?", (rec.id,)
+    ).fetchone()
+    if prior is not None:
+        gw, status, reason, ref = prior
+        if gw != ctx.gateway:
+            return Ack(rec.id, AckStatus.REJECTED, f"record id already used by gateway {gw!r}")
+        if status == AckStatus.REJECTED:
+            return Ack(rec.id, AckStatus.REJECTED, reason, ref)
+        return Ack(rec.id, AckStatus.DUPLICATE, reason, ref)
+    fn = HANDLERS.get(rec.type)
+    status, reason, ref = AckStatus.ACCEPTED, None, None
+    if fn is None:
+        status, reason = AckStatus.REJECTED, f"unknown record type {rec.type!r}"
+    else:
+        conn.execute("SAVEPOINT rec")
+        try:
+            ref = fn(conn, ctx, rec)
+        except Rejected as e:
+            conn.execute("ROLLBACK TO rec")
+            status, reason = AckStatus.REJECTED, e.reason
+        except Exception:
+            # A bug or a storage fault, not the record's fault: undo its partial effect and
+            # leave it unacked, so it stays in the gateway outbox and is retried later.
+            conn.execute("ROLLBACK TO rec")
+            conn.execute("RELEASE rec")
+            log.exception(
+                "gw=%s record %s (%s) failed; left unacked for retry", ctx.gateway, rec.id, rec.type
+            )
+            INTERNAL_ERRORS[0] += 1
+            return None
+        conn.execute("RELEASE rec")
+    if status is AckStatus.REJECTED:
+        _quarantine(
+            conn,
+            gateway=ctx.gateway,
+            topic=topic,
+            reason=reason or "",
+            now=ctx.now,
+            record_id=rec.id,
+            seq=rec.seq,
+            rtype=rec.type,
+            raw=_pack(rec),
+        )
+        log.info("gw=%s record %s (%s) rejected: %s", ctx.gateway, rec.id, rec.type, reason)
+    conn.execute(
+        "INSERT INTO processed (record_id, gateway, seq, type, status, reason, ref, processed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (rec.id, ctx.gateway, rec.seq, rec.type, status.value, reason, ref, ctx.now),
+    )
+    return Ack(rec.id, status, reason, ref)

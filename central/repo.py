@@ -1,0 +1,78 @@
+"""Read side of the order repository (queries used by the REST API and tests)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+ORDER_COLS = (
+    "order_id",
+    "order_no",
+    "record_id",
+    "gateway",
+    "seq",
+    "customer",
+    "channel",
+    "order_type",
+    "requested_date",
+    "status",
+    "note",
+    "source_ref",
+    "created_at",
+    "received_at",
+    "updated_at",
+)
+FILTERS = ("gateway", "customer", "status", "channel", "order_type", "source_ref")
+
+
+def list_orders(
+    conn: sqlite3.Connection, *, filters: dict[str, str], limit: int = 100, after_id: int = 0
+) -> list[dict[str, Any]]:
+    where = ["order_id > ?"]
+    args: list[Any] = [after_id]
+    for key in FILTERS:
+        if key in filters:
+            where.append(f"{key} = ?")
+            args.append(filters[key])
+    sql = f"SELECT {', '.join(ORDER_COLS)} FROM orders WHERE {' AND '.join(where)} ORDER BY order_id LIMIT ?"
+    rows = conn.execute(sql, [*args, limit]).fetchall()
+    return [dict(zip(ORDER_COLS, r, strict=True)) for r in rows]
+
+
+def get_order(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
+    """An order with its lines and history, by order number or by its record id."""
+    row = conn.execute(
+        f"SELECT {', '.join(ORDER_COLS)} FROM orders WHERE order_no = ? OR record_id = ?", (key, key)
+    ).fetchone()
+    if row is None:
+        return None
+    order = dict(zip(ORDER_COLS, row, strict=True))
+    oid = order["order_id"]
+    order["lines"] = [
+        dict(zip(("line_no", "gtin", "sku", "qty", "price"), r, strict=True))
+        for r in conn.execute(
+            "SELECT line_no, gtin, sku, qty, price FROM order_lines WHERE order_id = ? ORDER BY line_no",
+            (oid,),
+        )
+    ]
+    order["events"] = [
+        dict(zip(("at", "event", "status", "detail", "actor"), r, strict=True))
+        for r in conn.execute(
+            "SELECT at, event, status, detail, actor FROM order_events WHERE order_id = ? ORDER BY id", (oid,)
+        )
+    ]
+    return order
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return {
+        "orders": conn.execute("SELECT count(*) FROM orders").fetchone()[0],
+        "processed": conn.execute("SELECT count(*) FROM processed").fetchone()[0],
+        "quarantined": conn.execute("SELECT count(*) FROM quarantine").fetchone()[0],
+    }
+
+
+def list_quarantine(conn: sqlite3.Connection, *, limit: int = 100) -> list[dict[str, Any]]:
+    cols = ("id", "gateway", "topic", "record_id", "seq", "type", "reason", "at")
+    rows = conn.execute(f"SELECT {', '.join(cols)} FROM quarantine ORDER BY id DESC LIMIT ?", (limit,))
+    return [dict(zip(cols, r, strict=True)) for r in rows]

@@ -1,0 +1,83 @@
+"""The gateway's local HTTP endpoint: order entry (until/besides device adapters), record
+status and health. Devices on the store LAN (and the ``storegate gateway order`` CLI) use it.
+
+``POST /api/orders`` answers 201 only after the order is durably in the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from gateway.outbox import Outbox
+from gateway.sync import Sync
+from protocols.records import RecordSchemaError, parse_order
+
+OUTBOX_KEY = web.AppKey("outbox", Outbox)
+SYNC_KEY = web.AppKey("sync", Sync)
+GATEWAY_ID_KEY = web.AppKey("gateway_id", str)
+
+MAX_BODY = 256 * 1024
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+async def post_order(request: web.Request) -> web.Response:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return _error(413, f"body larger than {MAX_BODY} bytes")
+    try:
+        body: Any = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return _error(400, f"body is not JSON: {e}")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object")
+    body.setdefault("channel", "manual")
+    body.setdefault("order_type", "normal")
+    try:
+        order = parse_order(body)
+    except RecordSchemaError as e:
+        return _error(422, e.reason)
+    rec = await request.app[OUTBOX_KEY].submit("order", order.to_wire())
+    return web.json_response({"id": rec.id, "seq": rec.seq, "status": "pending"}, status=201)
+
+
+async def get_record(request: web.Request) -> web.Response:
+    rid = request.match_info["id"]
+    result = await request.app[OUTBOX_KEY].result(rid)
+    if result is None:
+        return _error(404, f"no record {rid!r} at this gateway")
+    return web.json_response(result)
+
+
+async def health(request: web.Request) -> web.Response:
+    outbox = request.app[OUTBOX_KEY]
+    backlog = await outbox.backlog()
+    sync = request.app.get(SYNC_KEY)
+    return web.json_response(
+        {
+            "gateway": request.app[GATEWAY_ID_KEY],
+            "backlog": backlog.count,
+            "oldest_age_s": round(backlog.oldest_age_s(), 3),
+            "connected": bool(sync and sync.stats.connected),
+            "last_sync_ms": sync.stats.last_sync_ms if sync else None,
+            "submitted": outbox.submitted,
+            "acked": outbox.acked,
+            "rejected": outbox.rejected,
+        }
+    )
+
+
+def create_app(*, gateway_id: str, outbox: Outbox, sync: Sync | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[GATEWAY_ID_KEY] = gateway_id
+    app[OUTBOX_KEY] = outbox
+    if sync is not None:
+        app[SYNC_KEY] = sync
+    app.router.add_post("/api/orders", post_order)
+    app.router.add_get("/api/records/{id}", get_record)
+    app.router.add_get("/api/health", health)
+    return app

@@ -1,0 +1,283 @@
+"""MQTT sync between a gateway and central (aiomqtt on paho-mqtt 2.x, MQTT 5).
+
+Uplink: records stream out of the SQLite outbox in ``seq`` order, many per MQTT message
+(QoS 1). An application-level window caps the messages whose records central has not yet
+acked; a record leaves the outbox only when central's ack names it - a broker PUBACK is not
+delivery. When acks stop coming (ack timeout) or the connection is lost, everything still in
+the outbox is sent again from the start; central answers repeats with ``duplicate``.
+
+Batching never adds latency: the sender publishes whatever is pending as soon as the window
+allows, so under load records pile up into big messages and at idle a single record goes
+out at once.
+
+Downlink: acks for our records, and records from central (handed to ``on_records``, which
+returns the acks we send back once those records are durable here).
+
+Connection: persistent session (clean_start=False, session expiry), Last Will + retained
+``status`` (``online`` / ``offline``), jittered exponential reconnect backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.outbox import Outbox, now_ms
+from ops.retry import backoff_delay, only
+from protocols import envelope, topics
+from protocols.envelope import Ack, EnvelopeError, Record
+
+log = logging.getLogger(__name__)
+
+# Timing constants: module level so tests can shrink them.
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 10.0
+ACK_TIMEOUT_S = 15.0
+SESSION_EXPIRY_S = 7 * 24 * 3600
+BATCH_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    keepalive: int = 30
+
+
+@dataclass(slots=True)
+class _InFlight:
+    ids: set[str]
+    sent_at: float
+
+
+@dataclass(slots=True)
+class SyncStats:
+    connected: bool = False
+    messages_sent: int = 0
+    records_sent: int = 0
+    acks_received: int = 0
+    resends: int = 0
+    reconnects: int = 0
+    last_sync_ms: int | None = None
+    clock_offset_ms: int | None = None
+    rejects: dict[str, int] = field(default_factory=dict)
+
+
+RecordsHandler = Callable[[tuple[Record, ...]], Awaitable[list[Ack]]]
+
+
+class Sync:
+    def __init__(
+        self,
+        *,
+        gateway_id: str,
+        outbox: Outbox,
+        mqtt: MqttSettings,
+        window: int = 8,
+        batch_records: int = 1000,
+        on_records: RecordsHandler | None = None,
+        status_extra: Callable[[], dict[str, object]] | None = None,
+    ) -> None:
+        self.gw = topics.check_gateway_id(gateway_id)
+        self.outbox = outbox
+        self.mqtt = mqtt
+        self.window = window
+        self.batch_records = min(batch_records, envelope.MAX_RECORDS)
+        self.on_records = on_records
+        self.status_extra = status_extra
+        self.stats = SyncStats()
+        self.connected = asyncio.Event()
+        self._inflight: dict[int, _InFlight] = {}
+        self._id_to_msg: dict[str, int] = {}
+        self._msgno = 0
+        self._cursor = 0
+        self._progress = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+
+    # -- connection -------------------------------------------------------------------
+    def _client_for_session(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        will = aiomqtt.Will(topics.status(self.gw), self._status_payload("offline"), qos=1, retain=True)
+        tls = None
+        if self.mqtt.tls_ca:
+            tls = aiomqtt.TLSParameters(ca_certs=self.mqtt.tls_ca)
+        return aiomqtt.Client(
+            self.mqtt.host,
+            self.mqtt.port,
+            identifier=f"gw-{self.gw}",
+            username=self.mqtt.username,
+            password=self.mqtt.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            will=will,
+            keepalive=self.mqtt.keepalive,
+            tls_params=tls,
+            max_inflight_messages=max(20, self.window * 2),
+            timeout=30,
+        )
+
+    def _status_payload(self, state: str) -> bytes:
+        doc: dict[str, object] = {"gw": self.gw, "state": state, "ts": now_ms()}
+        if state == "online" and self.status_extra is not None:
+            doc.update(self.status_extra())
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    async def run(self) -> None:
+        """Keep a session up forever; returns only when cancelled."""
+        attempt = 0
+        while True:
+            try:
+                async with self._client_for_session() as client:
+                    attempt = 0
+                    await self._session(client)
+            except (aiomqtt.MqttError, BaseExceptionGroup) as e:
+                if not only(e, aiomqtt.MqttError):
+                    raise
+                self.stats.connected = False
+                self.connected.clear()
+                self._client = None
+                delay = backoff_delay(attempt, lo=BACKOFF_MIN_S, hi=BACKOFF_MAX_S)
+                attempt += 1
+                self.stats.reconnects += 1
+                log.warning("gw=%s mqtt link down (%s); retry in %.2fs", self.gw, e, delay)
+                await asyncio.sleep(delay)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._reset_inflight()
+        await client.subscribe(topics.downlink(self.gw), qos=1)
+        await client.publish(topics.status(self.gw), self._status_payload("online"), qos=1, retain=True)
+        self.stats.connected = True
+        self.connected.set()
+        log.info("gw=%s connected to %s:%d", self.gw, self.mqtt.host, self.mqtt.port)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._sender(client), name=f"sync-send:{self.gw}")
+            tg.create_task(self._receiver(client), name=f"sync-recv:{self.gw}")
+            tg.create_task(self._ack_watchdog(), name=f"sync-watchdog:{self.gw}")
+
+    async def publish_status(self) -> None:
+        """Refresh the retained online status (with telemetry from ``status_extra``)."""
+        if self._client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.publish(
+                    topics.status(self.gw), self._status_payload("online"), qos=1, retain=True
+                )
+
+    # -- uplink -----------------------------------------------------------------------
+    def _reset_inflight(self) -> None:
+        if self._inflight:
+            self.stats.resends += 1
+        self._inflight.clear()
+        self._id_to_msg.clear()
+        self._cursor = 0
+        self._progress.set()
+
+    async def _sender(self, client: aiomqtt.Client) -> None:
+        up = topics.uplink(self.gw)
+        while True:
+            while len(self._inflight) >= self.window:
+                self._progress.clear()
+                await self._progress.wait()
+            self.outbox.new_records.clear()
+            rows = await self.outbox.pending(after_seq=self._cursor, limit=self.batch_records)
+            if not rows:
+                await self.outbox.new_records.wait()
+                continue
+            batch: list[bytes] = []
+            size = 0
+            for _seq, _rid, packed in rows:
+                if batch and size + len(packed) > BATCH_BYTES:
+                    break
+                batch.append(packed)
+                size += len(packed)
+            rows = rows[: len(batch)]
+            payload = envelope.encode_raw_records(gw=self.gw, sent=now_ms(), raw_records=batch)
+            self._msgno += 1
+            ids = {rid for _s, rid, _p in rows}
+            self._inflight[self._msgno] = _InFlight(ids=ids, sent_at=time.monotonic())
+            for rid in ids:
+                self._id_to_msg[rid] = self._msgno
+            self._cursor = rows[-1][0]
+            await client.publish(up, payload, qos=1)
+            self.stats.messages_sent += 1
+            self.stats.records_sent += len(rows)
+
+    async def _ack_watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_TIMEOUT_S / 4)
+            if not self._inflight:
+                continue
+            oldest = min(m.sent_at for m in self._inflight.values())
+            if time.monotonic() - oldest > ACK_TIMEOUT_S:
+                log.warning(
+                    "gw=%s no ack from central for %.1fs; resending %d unacked messages from the outbox",
+                    self.gw,
+                    ACK_TIMEOUT_S,
+                    len(self._inflight),
+                )
+                self._reset_inflight()
+                self.outbox.new_records.set()
+
+    def _on_acked(self, ids: list[str]) -> None:
+        for rid in ids:
+            msgno = self._id_to_msg.pop(rid, None)
+            if msgno is None:
+                continue
+            msg = self._inflight.get(msgno)
+            if msg is None:
+                continue
+            msg.ids.discard(rid)
+            msg.sent_at = time.monotonic()  # progress: restart this message's ack timer
+            if not msg.ids:
+                del self._inflight[msgno]
+                self._progress.set()
+
+    # -- downlink ---------------------------------------------------------------------
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                log.warning("gw=%s downlink payload of type %s ignored", self.gw, type(payload).__name__)
+                continue
+            try:
+                env = envelope.decode(bytes(payload))
+            except EnvelopeError as e:
+                log.error("gw=%s undecodable downlink message dropped: %s", self.gw, e.reason)
+                continue
+            if env.gw != self.gw:
+                log.error("gw=%s downlink envelope names gateway %r; ignored", self.gw, env.gw)
+                continue
+            self.stats.clock_offset_ms = env.sent - now_ms()
+            if env.acks:
+                await self.outbox.apply_acks(env.acks)
+                self.stats.acks_received += len(env.acks)
+                self.stats.last_sync_ms = now_ms()
+                for a in env.acks:
+                    if a.status is envelope.AckStatus.REJECTED:
+                        log.warning("gw=%s record %s rejected by central: %s", self.gw, a.id, a.reason)
+                self._on_acked([a.id for a in env.acks])
+            if env.records:
+                await self._handle_records(client, env.records)
+
+    async def _handle_records(self, client: aiomqtt.Client, records: tuple[Record, ...]) -> None:
+        if self.on_records is None:
+            log.warning("gw=%s %d downlink records but no handler; not acked", self.gw, len(records))
+            return
+        acks = await self.on_records(records)
+        if acks:
+            payload = envelope.encode(gw=self.gw, sent=now_ms(), acks=acks)
+            await client.publish(topics.uplink(self.gw), payload, qos=1)
