@@ -24,6 +24,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from central.downlink import DownlinkSender, apply_gateway_acks
 from central.ingest import apply_envelope, now_ms, quarantine_message
 from ops.retry import backoff_delay, only
 from ops.sqlitedb import DurableDB
@@ -70,6 +71,7 @@ class Consumer:
         self._sem = asyncio.Semaphore(MAX_OUTSTANDING)
         self._fault_marker = os.environ.get("STOREGATE_FAULT_KILL_AFTER_COMMIT")
         self.client: aiomqtt.Client | None = None
+        self.downlink = DownlinkSender(db)
 
     def _client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -103,6 +105,7 @@ class Consumer:
                     self.connected.set()
                     log.info("central connected to %s:%d", self.broker.host, self.broker.port)
                     async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self.downlink.run(client), name="central-downlink")
                         async for message in client.messages:
                             await self._sem.acquire()
                             tg.create_task(self._handle(client, message))
@@ -151,6 +154,7 @@ class Consumer:
             return
         acks = await self.db.write(partial(apply_envelope, topic_gw=topic_gw, topic=topic, env=env))
         self._maybe_crash()
+        self.downlink.notify()  # handlers may have queued downlink records in that commit
         self.stats.records += len(env.records)
         for a in acks:
             if a.status is envelope.AckStatus.ACCEPTED:
@@ -168,7 +172,9 @@ class Consumer:
             await client.publish(topics.downlink(gw), payload, qos=1)
 
     async def on_gateway_acks(self, gw: str, acks: tuple[Ack, ...]) -> None:
-        """Acks from a gateway for downlink records (the durable downlink builds on this)."""
+        """Acks from a gateway for downlink records: they leave the downlink outbox."""
+        await self.db.write(partial(apply_gateway_acks, gateway=gw, acks=acks))
+        self.downlink.forget(a.id for a in acks)
         log.debug("gw=%s acked %d downlink records", gw, len(acks))
 
     def _maybe_crash(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from central import downlink
 from ops.sqlitedb import Migration
 
 MIGRATIONS: list[Migration] = [
@@ -71,4 +72,5 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX order_events_order ON order_events(order_id, id);
         """,
     ),
+    *downlink.MIGRATIONS,
 ]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import items, outbox
+from gateway import inbox, items, outbox
+from gateway.inbox import Inbox
 from gateway.http import create_app
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
@@ -50,14 +51,17 @@ def load_config(path: Path | str) -> GatewayConfig:
 
 
 def migrations() -> list[Migration]:
-    return [*outbox.MIGRATIONS, *items.MIGRATIONS]
+    return [*outbox.MIGRATIONS, *inbox.MIGRATIONS, *items.MIGRATIONS]
 
 
 async def serve(cfg: GatewayConfig) -> None:
     db = DurableDB(cfg.data_dir / f"{cfg.gateway_id}.db", migrations=migrations())
     await db.open()
     box = Outbox(db)
+    inb = Inbox(db)
+    inb.register(items.MASTER_RECORD, items.apply_master_items)
     sync = Sync(
+        on_records=inb.handle,
         gateway_id=cfg.gateway_id,
         outbox=box,
         mqtt=cfg.mqtt,

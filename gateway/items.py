@@ -10,7 +10,9 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gateway.inbox import InboxRejected
 from ops.sqlitedb import Migration
+from protocols.envelope import Record
 
 MIGRATIONS = [
     Migration(
@@ -75,3 +77,46 @@ def upsert_items(conn: sqlite3.Connection, items: Iterable[Item], *, now: int = 
         f"INSERT OR REPLACE INTO items ({_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
     )
     return len(rows)
+
+
+MASTER_RECORD = "master_items"
+_ITEM_FIELDS = {"gtin", "sku", "description", "pack_size", "price", "safety_stock", "order_up_to"}
+
+
+def item_from_wire(raw: object) -> Item:
+    """One item of a ``master_items`` downlink record; ValueError with a reason if malformed."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"item: expected map, got {type(raw).__name__}")
+    unknown = set(raw) - _ITEM_FIELDS
+    if unknown:
+        raise ValueError(f"item: unknown field {sorted(map(str, unknown))[0]}")
+    gtin, sku = raw.get("gtin"), raw.get("sku")
+    if not isinstance(gtin, str) or not gtin.isdigit() or len(gtin) not in (8, 12, 13, 14):
+        raise ValueError(f"item.gtin: {gtin!r} is not 8, 12, 13 or 14 digits")
+    if not isinstance(sku, str) or not sku:
+        raise ValueError(f"item.sku: {sku!r} is not a code")
+    ints = {}
+    for k in ("pack_size", "safety_stock", "order_up_to"):
+        v = raw.get(k, 1 if k == "pack_size" else 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"item.{k}: {v!r} is not a non-negative integer")
+        ints[k] = v
+    price = raw.get("price")
+    if price is not None and (not isinstance(price, int) or isinstance(price, bool)):
+        raise ValueError(f"item.price: {price!r} is not an integer (minor units)")
+    desc = raw.get("description", "")
+    return Item(gtin=gtin, sku=sku, description=str(desc), price=price, **ints)
+
+
+def apply_master_items(conn: sqlite3.Connection, rec: Record) -> None:
+    """Inbox handler for ``master_items``: body ``{"items": [...], "replace": false}``."""
+    raw_items = rec.body.get("items")
+    if not isinstance(raw_items, list):
+        raise InboxRejected("items: expected an array")
+    try:
+        parsed = [item_from_wire(r) for r in raw_items]
+    except ValueError as e:
+        raise InboxRejected(str(e)) from None
+    if rec.body.get("replace"):
+        conn.execute("DELETE FROM items")
+    upsert_items(conn, parsed, now=rec.ts)

@@ -1,0 +1,146 @@
+"""Central's durable downlink: records for a gateway wait in ``downlink_outbox`` until the
+gateway's application ack names them (the same rule as the uplink, the other way round).
+
+Producers call :func:`enqueue` inside their own write transaction, so "order allocated" and
+"tell the store" commit together. :class:`DownlinkSender` streams each gateway's pending
+records out in ``seq`` order, many per message, and resends what is unacked after a timeout
+or a reconnect; the gateway applies each record id once and acks after its own commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import aiomqtt
+import msgpack
+
+from ops.sqlitedb import DurableDB, Migration
+from protocols import envelope, topics
+from protocols.envelope import Ack
+
+log = logging.getLogger(__name__)
+
+RESEND_AFTER_S = 15.0
+BATCH_RECORDS = 500
+POLL_IDLE_S = 1.0
+
+MIGRATIONS = [
+    Migration(
+        "downlink_0001",
+        """
+        CREATE TABLE downlink_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            gateway TEXT NOT NULL,
+            type TEXT NOT NULL,
+            ts INTEGER NOT NULL,
+            packed BLOB NOT NULL
+        );
+        CREATE INDEX downlink_gw ON downlink_outbox(gateway, seq);
+        CREATE TABLE downlink_results (
+            id TEXT PRIMARY KEY,
+            gateway TEXT NOT NULL,
+            type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            reason TEXT,
+            acked_at INTEGER NOT NULL
+        );
+        """,
+    )
+]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def enqueue(
+    conn: sqlite3.Connection, *, gateway: str, type: str, body: dict[str, Any], record_id: str | None = None
+) -> str:
+    """Queue a record for ``gateway``; call inside a write transaction. Returns the record id."""
+    rid = record_id or uuid.uuid4().hex
+    ts = now_ms()
+    cur = conn.execute(
+        "INSERT INTO downlink_outbox (id, gateway, type, ts, packed) VALUES (?, ?, ?, ?, x'')",
+        (rid, topics.check_gateway_id(gateway), type, ts),
+    )
+    seq = cur.lastrowid
+    packed = msgpack.packb({"id": rid, "seq": seq, "type": type, "ts": ts, "body": body}, use_bin_type=True)
+    conn.execute("UPDATE downlink_outbox SET packed = ? WHERE seq = ?", (packed, seq))
+    return rid
+
+
+def apply_gateway_acks(conn: sqlite3.Connection, gateway: str, acks: Iterable[Ack]) -> int:
+    removed = 0
+    t = now_ms()
+    for a in acks:
+        row = conn.execute(
+            "DELETE FROM downlink_outbox WHERE id = ? AND gateway = ? RETURNING type", (a.id, gateway)
+        ).fetchone()
+        if row is None:
+            continue
+        removed += 1
+        conn.execute(
+            "INSERT OR REPLACE INTO downlink_results (id, gateway, type, status, reason, acked_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (a.id, gateway, row[0], a.status.value, a.reason, t),
+        )
+        if a.status is envelope.AckStatus.REJECTED:
+            log.warning("gw=%s rejected downlink record %s: %s", gateway, a.id, a.reason)
+    return removed
+
+
+def pending(conn: sqlite3.Connection, *, limit: int) -> list[tuple[int, str, str, bytes]]:
+    return conn.execute(
+        "SELECT seq, gateway, id, packed FROM downlink_outbox ORDER BY seq LIMIT ?", (limit,)
+    ).fetchall()
+
+
+class DownlinkSender:
+    """Publishes pending downlink records; resends the unacked after ``RESEND_AFTER_S``."""
+
+    def __init__(self, db: DurableDB) -> None:
+        self.db = db
+        self.wakeup = asyncio.Event()
+        self._sent_at: dict[str, float] = {}  # record id -> monotonic time last sent
+        self.sent = 0
+
+    def notify(self) -> None:
+        self.wakeup.set()
+
+    def forget(self, ids: Iterable[str]) -> None:
+        for rid in ids:
+            self._sent_at.pop(rid, None)
+
+    async def run(self, client: aiomqtt.Client) -> None:
+        self._sent_at.clear()  # new connection: everything unacked goes again
+        while True:
+            self.wakeup.clear()
+            rows = await self.db.read(lambda c: pending(c, limit=BATCH_RECORDS * 20))
+            now = time.monotonic()
+            due: dict[str, list[tuple[str, bytes]]] = {}
+            for _seq, gw, rid, packed in rows:
+                last = self._sent_at.get(rid)
+                if last is None or now - last > RESEND_AFTER_S:
+                    due.setdefault(gw, []).append((rid, packed))
+            for gw, items in due.items():
+                for i in range(0, len(items), BATCH_RECORDS):
+                    chunk = items[i : i + BATCH_RECORDS]
+                    payload = envelope.encode_raw_records(
+                        gw=gw, sent=now_ms(), raw_records=[p for _r, p in chunk]
+                    )
+                    await client.publish(topics.downlink(gw), payload, qos=1)
+                    for rid, _p in chunk:
+                        self._sent_at[rid] = time.monotonic()
+                    self.sent += len(chunk)
+            try:
+                async with asyncio.timeout(POLL_IDLE_S if rows else RESEND_AFTER_S):
+                    await self.wakeup.wait()
+            except TimeoutError:
+                pass
