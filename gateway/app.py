@@ -10,8 +10,8 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import inbox, items, outbox
-from gateway.inbox import Inbox
 from gateway.http import create_app
+from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops import config
