@@ -31,6 +31,7 @@ class HttpSettings:
 class SyncSettings:
     window: int = 8
     batch_records: int = 1000
+    ack_timeout_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ async def serve(cfg: GatewayConfig) -> None:
         mqtt=cfg.mqtt,
         window=cfg.sync.window,
         batch_records=cfg.sync.batch_records,
+        ack_timeout=cfg.sync.ack_timeout_s,
     )
     runner = web.AppRunner(create_app(gateway_id=cfg.gateway_id, outbox=box, sync=sync), access_log=None)
     await runner.setup()

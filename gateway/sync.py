@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
 ACK_TIMEOUT_S = 15.0
+# While central stays silent, each further resend waits twice as long (up to this cap), so
+# an absent central does not fill the broker's queue for it with copies of the same batch.
+ACK_TIMEOUT_MAX_S = 240.0
 SESSION_EXPIRY_S = 7 * 24 * 3600
 BATCH_BYTES = 256 * 1024
 
@@ -89,6 +92,7 @@ class Sync:
         batch_records: int = 1000,
         on_records: RecordsHandler | None = None,
         status_extra: Callable[[], dict[str, object]] | None = None,
+        ack_timeout: float | None = None,
     ) -> None:
         self.gw = topics.check_gateway_id(gateway_id)
         self.outbox = outbox
@@ -105,6 +109,8 @@ class Sync:
         self._cursor = 0
         self._progress = asyncio.Event()
         self._client: aiomqtt.Client | None = None
+        self.ack_timeout = ACK_TIMEOUT_S if ack_timeout is None else ack_timeout
+        self._ack_timeout = self.ack_timeout
 
     # -- connection -------------------------------------------------------------------
     def _client_for_session(self) -> aiomqtt.Client:
@@ -218,21 +224,23 @@ class Sync:
 
     async def _ack_watchdog(self) -> None:
         while True:
-            await asyncio.sleep(ACK_TIMEOUT_S / 4)
+            await asyncio.sleep(self.ack_timeout / 4)
             if not self._inflight:
                 continue
             oldest = min(m.sent_at for m in self._inflight.values())
-            if time.monotonic() - oldest > ACK_TIMEOUT_S:
+            if time.monotonic() - oldest > self._ack_timeout:
                 log.warning(
                     "gw=%s no ack from central for %.1fs; resending %d unacked messages from the outbox",
                     self.gw,
-                    ACK_TIMEOUT_S,
+                    self._ack_timeout,
                     len(self._inflight),
                 )
+                self._ack_timeout = min(self._ack_timeout * 2, max(ACK_TIMEOUT_MAX_S, self.ack_timeout))
                 self._reset_inflight()
                 self.outbox.new_records.set()
 
     def _on_acked(self, ids: list[str]) -> None:
+        self._ack_timeout = self.ack_timeout
         for rid in ids:
             msgno = self._id_to_msg.pop(rid, None)
             if msgno is None:

@@ -1,0 +1,202 @@
+"""The ``storegate`` command line: one entry point for every process and tool."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from ops.config import ConfigError
+
+log = logging.getLogger("storegate")
+
+# Simulators live in firmware_sim/; each exposes main(argv) -> int. Imported lazily so a
+# missing optional device stack cannot break the other commands.
+SIMULATORS: dict[str, tuple[str, str]] = {
+    "scanner": ("firmware_sim.serial_scanner", "serial barcode scanner on a PTY"),
+    "hid": ("firmware_sim.hid_scanner", "USB-HID keyboard-wedge scanner writing input_event records"),
+    "ht": ("firmware_sim.handheld", "handheld ordering terminal (BHT block protocol) on a PTY"),
+    "pos": ("firmware_sim.pos", "POS terminal posting sales to a gateway"),
+    "ptl": ("firmware_sim.ptl", "pick-to-light controller (TCP server)"),
+    "asrs": ("firmware_sim.asrs", "AS/RS warehouse control (TCP server)"),
+    "store": ("firmware_sim.store", "a whole store: clerks scanning and POS sales at a rate"),
+}
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, object]]) -> int:
+    """Run a service until SIGINT/SIGTERM, then cancel it so its cleanup runs."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await coro_fn()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_central(args: argparse.Namespace) -> int:
+    from central.app import load_config, serve
+
+    cfg = load_config(args.config)
+    return _run(lambda: serve(cfg))
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.app import load_config, serve
+
+    cfg = load_config(args.config)
+    return _run(lambda: serve(cfg))
+
+
+def cmd_order(args: argparse.Namespace) -> int:
+    lines = []
+    for spec in args.line:
+        code, _, qty = spec.partition("=")
+        if not qty.isdigit():
+            print(f"--line {spec!r}: expected CODE=QTY", file=sys.stderr)
+            return 2
+        key = "gtin" if code.isdigit() else "sku"
+        lines.append({key: code, "qty": int(qty)})
+    body = {
+        "customer": args.customer,
+        "channel": "manual",
+        "order_type": args.order_type,
+        "requested_date": args.date,
+        "lines": lines,
+        "note": args.note,
+    }
+    req = urllib.request.Request(
+        f"{args.gateway_url.rstrip('/')}/api/orders",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            print(resp.read().decode())
+            return 0
+    except urllib.error.HTTPError as e:
+        print(f"refused ({e.code}): {e.read().decode()}", file=sys.stderr)
+        return 1
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    module, _ = SIMULATORS[args.kind]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        print(f"simulator {args.kind!r} is not available: {e}", file=sys.stderr)
+        return 2
+    rc: int = mod.main(args.sim_args)
+    return rc
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ops.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ops.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    try:
+        from ops.provision import main as provision_main
+    except ModuleNotFoundError as e:
+        print(f"provisioning is not available: {e}", file=sys.stderr)
+        return 2
+    rc: int = provision_main(args.provision_args)
+    return rc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="storegate", description="Storegate: store gateways, central order hub, devices."
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("central", help="run the central hub (MQTT consumer, order repository, REST)")
+    c.add_argument("--config", type=Path, required=True, help="central TOML config file")
+    c.set_defaults(fn=cmd_central)
+
+    g = sub.add_parser("gateway", help="run a store or DC gateway (devices, outbox, MQTT sync)")
+    g.add_argument("--config", type=Path, required=True, help="gateway TOML config file")
+    g.set_defaults(fn=cmd_gateway)
+
+    o = sub.add_parser("order", help="enter an order at a running gateway (its local HTTP endpoint)")
+    o.add_argument("--gateway-url", default="http://127.0.0.1:8081", help="gateway HTTP base URL")
+    o.add_argument("--customer", required=True, help="customer (store) code")
+    o.add_argument("--date", required=True, help="requested delivery date YYYY-MM-DD")
+    o.add_argument("--line", action="append", required=True, help="GTIN=QTY or SKU=QTY; repeat per line")
+    o.add_argument("--order-type", default="normal", help="normal, cash-sale, drop-ship, ...")
+    o.add_argument("--note", default="", help="free text")
+    o.set_defaults(fn=cmd_order)
+
+    s = sub.add_parser("sim", help="run a device simulator against a running gateway")
+    s.add_argument(
+        "kind", choices=sorted(SIMULATORS), help="; ".join(f"{k}: {v[1]}" for k, v in SIMULATORS.items())
+    )
+    s.add_argument("sim_args", nargs=argparse.REMAINDER, help="arguments for the simulator (see its --help)")
+    s.set_defaults(fn=cmd_sim)
+
+    d = sub.add_parser("demo", help="start broker, central, three stores, a DC, devices and the dashboard")
+    d.add_argument("--dir", type=Path, default=Path("var/demo"), help="working directory for the demo's data")
+    d.add_argument("--http-port", type=int, default=8080, help="central dashboard/REST port")
+    d.add_argument("--duration", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)")
+    d.set_defaults(fn=cmd_demo)
+
+    b = sub.add_parser("bench", help="measure the system against its own baseline; prints a table")
+    b.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    b.add_argument("--only", action="append", default=[], help="run only this figure (repeatable)")
+    b.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
+    b.set_defaults(fn=cmd_bench)
+
+    pv = sub.add_parser(
+        "provision-gateway", help="create broker credentials, ACL entry and config for a gateway"
+    )
+    pv.add_argument(
+        "provision_args", nargs=argparse.REMAINDER, help="see storegate provision-gateway -- --help"
+    )
+    pv.set_defaults(fn=cmd_provision)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        rc: int = args.fn(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

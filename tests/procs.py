@@ -1,0 +1,124 @@
+"""Real processes for crash tests: central and gateways started as ``storegate`` children,
+so a test can SIGKILL them at any point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ops.broker import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+class Proc:
+    def __init__(self, kind: str, config: Path, http_port: int, log: Path, env: dict[str, str] | None = None):
+        self.kind = kind
+        self.config = config
+        self.http_port = http_port
+        self.log = log
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, *, wait: bool = True) -> None:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ops.cli", "-v", self.kind, "--config", str(self.config)],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            _wait_http(f"{self.url}/api/health", self.proc)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=5) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+
+def central_proc(tmp: Path, broker_port: int, *, env: dict[str, str] | None = None) -> Proc:
+    port = free_port()
+    cfg = tmp / "central.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp / "central"}"\n[broker]\nport = {broker_port}\nclient_id = "central-test"\n'
+        f"[http]\nport = {port}\n"
+    )
+    return Proc("central", cfg, port, tmp / "central.log", env)
+
+
+def gateway_proc(tmp: Path, broker_port: int, gw: str, *, ack_timeout_s: float = 2.0) -> Proc:
+    port = free_port()
+    cfg = tmp / f"{gw}.toml"
+    cfg.write_text(
+        f'gateway_id = "{gw}"\ncustomer = "S001"\ndata_dir = "{tmp / gw}"\n'
+        f"[mqtt]\nport = {broker_port}\n[http]\nport = {port}\n[sync]\nack_timeout_s = {ack_timeout_s}\n"
+    )
+    return Proc("gateway", cfg, port, tmp / f"{gw}.log")
+
+
+def central_db(tmp: Path) -> sqlite3.Connection:
+    """Read-only view of a central's SQLite file (WAL: safe beside the running writer)."""
+    return sqlite3.connect(f"file:{tmp / 'central' / 'central.db'}?mode=ro", uri=True, timeout=10)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
