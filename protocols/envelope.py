@@ -110,7 +110,7 @@ def encode(
         wire["records"] = [_record_to_wire(r) for r in records]
     if acks:
         wire["acks"] = [_ack_to_wire(a) for a in acks]
-    payload: bytes = msgpack.packb(wire, use_bin_type=True)
+    payload = _packb(wire)
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise EnvelopeError(f"payload {len(payload)} bytes > MAX_PAYLOAD_BYTES {MAX_PAYLOAD_BYTES}")
     return payload
@@ -132,7 +132,14 @@ def encode_raw_records(*, gw: str, sent: int, raw_records: list[bytes]) -> bytes
 
 
 def pack_record(r: Record) -> bytes:
-    packed: bytes = msgpack.packb(_record_to_wire(r), use_bin_type=True)
+    return _packb(_record_to_wire(r))
+
+
+def _packb(obj: object) -> bytes:
+    try:
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EnvelopeError(f"cannot encode as msgpack: {e}") from None
     return packed
 
 
@@ -166,9 +173,7 @@ def _check_int(obj: dict[str, Any], key: str, where: str, *, lo: int, hi: int) -
     return v
 
 
-def _check_keys(
-    obj: object, where: str, allowed: frozenset[str], required: frozenset[str]
-) -> dict[str, Any]:
+def _check_keys(obj: object, where: str, allowed: frozenset[str], required: frozenset[str]) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise EnvelopeError(f"{where}: expected map, got {_type_name(obj)}")
     missing = required - obj.keys()
@@ -245,9 +250,7 @@ def decode(payload: bytes) -> Envelope:
     if not isinstance(raw_records, list):
         raise EnvelopeError(f"envelope.records: expected array, got {_type_name(raw_records)}")
     if len(raw_records) > MAX_RECORDS:
-        raise EnvelopeError(
-            f"envelope.records: {len(raw_records)} records > MAX_RECORDS {MAX_RECORDS}"
-        )
+        raise EnvelopeError(f"envelope.records: {len(raw_records)} records > MAX_RECORDS {MAX_RECORDS}")
     raw_acks = env.get("acks", [])
     if not isinstance(raw_acks, list):
         raise EnvelopeError(f"envelope.acks: expected array, got {_type_name(raw_acks)}")
