@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import struct
 from pathlib import Path
@@ -11,6 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from firmware_sim.hid_scanner import main as hid_sim_main
+from firmware_sim.hid_scanner import order_texts, write_scans
+from gateway.hid_scanner import HidScannerAdapter
 from protocols import hid
 from protocols.hid import (
     EV_KEY,
@@ -22,7 +27,10 @@ from protocols.hid import (
     encode_text,
     pack_event,
 )
+from tests.conftest import wait_for
+from tests.scanner_fixtures import CUSTOMER, GTIN_A, GTIN_B, GTIN_UNKNOWN, Gw, gw, outbox_orders
 
+__all__ = ["gw"]
 DOC = Path(hid.__file__).with_name("HID-SCANNER.md")
 US_TYPEABLE = "".join(sorted({c for pair in hid.LAYOUTS["us"].values() for c in pair}))
 
@@ -201,3 +209,50 @@ def test_random_key_events_never_crash(events: list[tuple[int, int]]) -> None:
     dec = HidDecoder(max_line=32)
     out = dec.feed(b"".join(key(c, v) for c, v in events))
     assert all(isinstance(e, ScanLine | HidError) for e in out)
+
+
+# -- adapter <-> simulator over a real FIFO and a file -------------------------------------------
+
+
+async def test_fifo_scans_become_an_order(gw: Gw, tmp_path: Path) -> None:
+    fifo = tmp_path / "hid0"
+    os.mkfifo(fifo)
+    adapter = HidScannerAdapter(device_id="hid-1", path=fifo, sessions=gw.sessions, gs_substitute="~")
+    task = asyncio.create_task(adapter.run(), name="hid-adapter")
+    try:
+        async with asyncio.timeout(5):
+            await adapter.opened.wait()
+        texts = order_texts([f"{GTIN_A}:3", GTIN_B], end=False, location="C1-02")
+        write_scans(fifo, [*texts, "]E0" + GTIN_UNKNOWN], gs_substitute="~")
+        write_scans(fifo, ["x" * 300, "SG-END"])  # a second writer; the overlong line is dropped
+        await wait_for(lambda: adapter.counters.orders == 1, timeout=5, what="order")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    (order,) = await outbox_orders(gw)
+    assert order["channel"] == "hid-scanner" and order["customer"] == CUSTOMER
+    assert [(ln["gtin"], ln["qty"]) for ln in order["lines"]] == [
+        ("04006381333931", 3),
+        ("00000096385074", 1),
+    ]
+    assert adapter.counters.refused == {"unknown-gtin": 1}
+    assert adapter.counters.decode_errors == {"too-long": 1}
+
+
+async def test_recorded_file_replayed(gw: Gw, tmp_path: Path) -> None:
+    rec = tmp_path / "recorded.events"
+    write_scans(rec, ["]E0" + GTIN_A, "SG-SETLAST-7"], layout="de", terminator="tab")
+    adapter = HidScannerAdapter(
+        device_id="hid-2", path=rec, sessions=gw.sessions, layout="de", terminator="tab"
+    )
+    async with asyncio.timeout(5):
+        await adapter.run()  # returns at the end of the file
+    s = await gw.sessions.open_session("hid-2")
+    assert s is not None and [(ln.gtin, ln.qty) for ln in s.lines] == [("04006381333931", 7)]
+
+
+def test_sim_main_writes_records(tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    assert hid_sim_main(["--path", str(out), "--order", f"{GTIN_A}:2", "--end"]) == 0
+    lines = HidDecoder().feed(out.read_bytes())
+    assert texts(lines) == ["SG-QTY-2", "]C10104006381333931", "SG-END"]

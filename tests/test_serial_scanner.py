@@ -3,14 +3,23 @@ gateway adapter against the simulator over a real PTY."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import re
+import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from firmware_sim.serial_scanner import Faults, SerialScannerSim, open_pty
+from gateway.serial_scanner import SerialScannerAdapter
 from protocols import serial_scanner
+from protocols.barcode import encode_shelf_label
 from protocols.serial_scanner import (
     ACK,
     NAK,
@@ -27,7 +36,10 @@ from protocols.serial_scanner import (
     SerialScannerError,
     Terminator,
 )
+from tests.conftest import wait_for
+from tests.scanner_fixtures import CUSTOMER, GTIN_A, GTIN_B, GTIN_UNKNOWN, Gw, gw, outbox_orders
 
+__all__ = ["gw"]
 DOC = Path(serial_scanner.__file__).with_name("SERIAL-SCANNER.md")
 
 
@@ -174,3 +186,91 @@ def test_framing_rejects_bad_config() -> None:
         Framing(prefix=b"\r")
     with pytest.raises(SerialScannerError):
         Framing().encode("a\rb")
+
+
+# -- adapter <-> simulator over a real PTY ------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def rig(
+    g: Gw, *, ack_mode: bool = True, faults: Faults | None = None, **kw: Any
+) -> AsyncIterator[tuple[SerialScannerAdapter, SerialScannerSim]]:
+    master, slave, name = open_pty()
+    adapter = SerialScannerAdapter(device_id="ser-1", port=name, sessions=g.sessions, ack_mode=ack_mode, **kw)
+    task = asyncio.create_task(adapter.run(), name="serial-adapter")
+    try:
+        async with asyncio.timeout(5):
+            await adapter.opened.wait()
+        async with SerialScannerSim(
+            master, framing=adapter.framing, ack_mode=ack_mode, ack_timeout_s=1.0, faults=faults
+        ) as sim:
+            yield adapter, sim
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        os.close(master)
+        os.close(slave)
+
+
+async def test_scans_to_order_acked_only_after_commit(gw: Gw) -> None:
+    def committed_lines() -> int:
+        conn = sqlite3.connect(gw.path)  # a separate connection sees only committed data
+        try:
+            return int(conn.execute("SELECT count(*) FROM scanner_lines").fetchone()[0])
+        finally:
+            conn.close()
+
+    async with rig(gw, prefix=b"\x02", suffix=b"\x03", terminator="CRLF") as (adapter, sim):
+        assert await sim.scan("SG-QTY-4") == GoodBeep("SG-QTY-4")
+        assert await sim.scan("]E0" + GTIN_A) == GoodBeep("]E0" + GTIN_A)
+        assert committed_lines() == 1  # the ACK came after the commit
+        assert await sim.scan(encode_shelf_label(GTIN_B, location="B2")) is not None
+        assert committed_lines() == 2
+        assert await sim.scan("SG-END") == GoodBeep("SG-END")
+        (order,) = await outbox_orders(gw)  # committed before the END was acked
+        assert committed_lines() == 0
+    assert order["channel"] == "scanner" and order["customer"] == CUSTOMER
+    assert [(ln["gtin"], ln["qty"]) for ln in order["lines"]] == [
+        ("04006381333931", 4),
+        ("00000096385074", 1),
+    ]
+    assert adapter.counters.accepted == 4 and adapter.counters.orders == 1
+    assert sim.transmissions == 4 and adapter.acks_sent == 4
+
+
+async def test_refused_scan_naks_three_times_then_error_beep(gw: Gw) -> None:
+    async with rig(gw) as (adapter, sim):
+        beep = await sim.scan("]E0" + GTIN_UNKNOWN)
+        assert beep == ErrorBeep("]E0" + GTIN_UNKNOWN, "NAK 3 times")
+        assert sim.transmissions == 3 and adapter.naks_sent == 3
+        assert await sim.scan("]E0" + GTIN_A) == GoodBeep("]E0" + GTIN_A)
+    assert adapter.counters.refused == {"unknown-gtin": 1}  # the resends are not new refusals
+    assert adapter.counters.retries == 2
+
+
+async def test_garbled_frame_is_naked_and_resend_accepted(gw: Gw) -> None:
+    async with rig(gw, prefix=b"\x02", faults=Faults(garble=1)) as (adapter, sim):
+        assert await sim.scan("]E0" + GTIN_A) == GoodBeep("]E0" + GTIN_A)
+        assert sim.transmissions == 2
+    assert adapter.counters.decode_errors == {"bad-prefix": 1}
+    s = await gw.sessions.open_session("ser-1")
+    assert s is not None and len(s.lines) == 1
+
+
+async def test_lost_ack_scanner_discards_without_duplicate(gw: Gw) -> None:
+    async with rig(gw, faults=Faults(drop_acks=1)) as (_, sim):
+        beep = await sim.scan("]E0" + GTIN_A)
+        assert beep == ErrorBeep("]E0" + GTIN_A, "no ACK/NAK from host")
+        assert sim.verdicts == [ACK]  # the gateway did ack (after commit); the line lost it
+        assert await sim.scan("]E0" + GTIN_B) == GoodBeep("]E0" + GTIN_B)
+    s = await gw.sessions.open_session("ser-1")
+    assert s is not None and len(s.lines) == 2  # committed once each, never resent
+
+
+async def test_without_host_mode_refusals_only_counted(gw: Gw) -> None:
+    async with rig(gw, ack_mode=False) as (adapter, sim):
+        assert await sim.scan("]E0" + GTIN_UNKNOWN) is None
+        assert await sim.scan("]E0" + GTIN_A) is None
+        await wait_for(lambda: adapter.counters.reads == 2, timeout=5, what="two reads")
+    assert adapter.counters.refused == {"unknown-gtin": 1} and adapter.counters.accepted == 1
+    assert sim.verdicts == []
