@@ -223,8 +223,10 @@ async def test_fifo_scans_become_an_order(gw: Gw, tmp_path: Path) -> None:
         async with asyncio.timeout(5):
             await adapter.opened.wait()
         texts = order_texts([f"{GTIN_A}:3", GTIN_B], end=False, location="C1-02")
-        write_scans(fifo, [*texts, "]E0" + GTIN_UNKNOWN], gs_substitute="~")
-        write_scans(fifo, ["x" * 300, "SG-END"])  # a second writer; the overlong line is dropped
+        await asyncio.to_thread(write_scans, fifo, [*texts, "]E0" + GTIN_UNKNOWN], gs_substitute="~")
+        await asyncio.to_thread(
+            write_scans, fifo, ["x" * 300, "SG-END"]
+        )  # a second writer; the overlong line is dropped
         await wait_for(lambda: adapter.counters.orders == 1, timeout=5, what="order")
     finally:
         task.cancel()
