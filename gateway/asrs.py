@@ -34,6 +34,7 @@ from typing import Literal
 
 from gateway import GatewayError
 from protocols.asrs import (
+    MAX_SEQ,
     Acked,
     AsrsLink,
     DuplicateReceived,
@@ -191,6 +192,7 @@ class AsrsAdapter:
         local_id: str = "GW001",
         remote_id: str = "ASRS1",
         timing: AsrsTiming | None = None,
+        first_seq: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -204,6 +206,9 @@ class AsrsAdapter:
             max_resends=self.timing.max_resends,
             life_interval=self.timing.life_interval,
             life_misses=self.timing.life_misses,
+            # A restart must not reuse the sequence the AS/RS acked last (it would be taken as a
+            # duplicate): continue a persisted one, or start at a random one.
+            first_seq=first_seq if first_seq is not None else random.randint(1, MAX_SEQ),
         )
         self._writer: asyncio.StreamWriter | None = None
         self._wake = asyncio.Event()
@@ -214,6 +219,11 @@ class AsrsAdapter:
     @property
     def connected(self) -> bool:
         return self._link.is_connected
+
+    @property
+    def next_sequence(self) -> int:
+        """Persist this and pass it back as ``first_seq`` to continue the sequence after a restart."""
+        return self._link.next_sequence
 
     # --- business API ------------------------------------------------------------------------
 

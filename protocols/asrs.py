@@ -323,13 +323,15 @@ def _unpad_partner(raw: str) -> str | None:
     return value if _PARTNER_RE.fullmatch(value) and PAD not in value else None
 
 
-def _untext(name: str, raw: str, *, optional: bool = False) -> str | None:
-    if optional and raw == EMPTY * ID_LEN:
-        return None
+def _untext(name: str, raw: str) -> str:
     value = raw.rstrip(PAD)
     if not _TEXT_RE.fullmatch(value):
         raise ValueError(f"{name} field {raw!r} is not valid text")
     return value
+
+
+def _untext_optional(name: str, raw: str) -> str | None:
+    return None if raw == EMPTY * ID_LEN else _untext(name, raw)
 
 
 def _uncode(raw: str) -> int:
@@ -339,27 +341,18 @@ def _uncode(raw: str) -> int:
 
 
 def _decode_body(ttype: str, fields: str) -> Body:
+    """Fields of a known type (without the type); raises ValueError naming the bad field."""
     ts = parse_date(fields[-DATE_LEN:])
-    f = fields[:-DATE_LEN]
+    f = [fields[i : i + ID_LEN] for i in range(0, 3 * ID_LEN, ID_LEN)]  # text fields lead
     if ttype == "REQ_":
-        tote, source, target = (
-            _untext(n, f[i * ID_LEN : (i + 1) * ID_LEN]) for i, n in enumerate(("tote", "source", "target"))
-        )
-        assert tote is not None and source is not None and target is not None
-        return TransportRequest(tote, source, target, ts)
+        return TransportRequest(_untext("tote", f[0]), _untext("source", f[1]), _untext("target", f[2]), ts)
     if ttype == "RES_":
-        return Response(_uncode(f), ts)
+        return Response(_uncode(fields[:CODE_LEN]), ts)
     if ttype == "LOCU":
-        tote, loc = _untext("tote", f[:ID_LEN]), _untext("location", f[ID_LEN:])
-        assert tote is not None and loc is not None
-        return LocationUpdate(tote, loc, ts)
+        return LocationUpdate(_untext("tote", f[0]), _untext("location", f[1]), ts)
     if ttype == "ERR_":
-        return ErrorReport(
-            _untext("tote", f[:ID_LEN], optional=True),
-            _untext("location", f[ID_LEN : 2 * ID_LEN], optional=True),
-            _uncode(f[2 * ID_LEN :]),
-            ts,
-        )
+        tote, loc = _untext_optional("tote", f[0]), _untext_optional("location", f[1])
+        return ErrorReport(tote, loc, _uncode(fields[2 * ID_LEN : 2 * ID_LEN + CODE_LEN]), ts)
     return Life(ts)
 
 
@@ -636,6 +629,11 @@ class AsrsLink:
     @property
     def is_connected(self) -> bool:
         return self.state in (LinkState.IDLE, LinkState.AWAIT_ACK)
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence the next data telegram gets (persist it to continue after a restart)."""
+        return self._next_seq
 
     @property
     def pending(self) -> int:

@@ -308,3 +308,14 @@ def test_transition_table_refuses_double_connect() -> None:
     link.connected(0.0)
     with pytest.raises(LocalProtocolError):
         link.connected(0.0)
+
+
+def test_bad_field_in_data_telegram_is_acked_malformed_and_not_delivered() -> None:
+    p = Pair()
+    good = encode(Telegram("ASRS1", "GW001", 5, LocationUpdate("T1", "PS01", TS)))
+    bad = good[:27] + b"T*1" + good[30:]
+    events = p.host.receive_data(bad, p.now)
+    assert not any(isinstance(e, Received) for e in events)
+    out = AsrsDecoder().feed(p.host.data_to_send())
+    acks = [(t.seq, t.body.code) for t in out if isinstance(t, Telegram) and isinstance(t.body, Response)]
+    assert acks == [(5, ErrorCode.MALFORMED)]
