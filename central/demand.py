@@ -1,0 +1,229 @@
+"""Adapter: orders and customer masters in the database -> the engine's :class:`OrderDemand`.
+
+The customer master (grade, zone, route, vehicle, credit, split and shortage preferences,
+salesperson) comes from the masters' ``customers`` table when it exists, matched by column
+name (:data:`CUSTOMER_COLUMNS` lists the names accepted for each field), and otherwise from
+``alloc_customer_profile``, which this module owns. Unknown customers get
+:data:`DEFAULT_PROFILE`. Everything is read in a few set-based queries (no per-line SQL).
+
+Order status: allocation keeps its own per-order state in ``alloc_orders`` and writes an
+``order_events`` row; when ``central.lifecycle`` is present its ``transition`` is called
+with the status from :data:`ORDER_STATUS` (so the store hears about it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from central.allocation import CustomerPref, DemandLine, OrderDemand, Special
+
+CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "grade": ("grade",),
+    "zone": ("zone", "delivery_zone"),
+    "route": ("route", "route_seq", "delivery_route"),
+    "vehicle": ("vehicle", "vehicle_type"),
+    "credit": ("credit", "credit_score", "credit_standing"),
+    "allow_split": ("allow_split",),
+    "pref": ("pref", "backorder_pref", "shortage_pref", "backorder_preference"),
+    "delay_days": ("delay_days", "backorder_days"),
+    "salesperson": ("salesperson", "sales_rep"),
+}
+
+#: allocation outcome -> order lifecycle status (used only when central.lifecycle exists)
+ORDER_STATUS = {"allocated": "allocated", "short": "allocated", "held": "held", "cancelled": "cancelled"}
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerProfile:
+    grade: str = "C"
+    zone: str = ""
+    route: str = ""
+    vehicle: str = ""
+    credit: int = 0
+    allow_split: bool = False
+    pref: CustomerPref = CustomerPref.BACKORDER
+    delay_days: int | None = None
+    salesperson: str = ""
+
+
+DEFAULT_PROFILE = CustomerProfile()
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def set_profile(conn: sqlite3.Connection, customer: str, p: CustomerProfile) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO alloc_customer_profile (customer, grade, zone, route, vehicle, credit,"
+        " allow_split, pref, delay_days, salesperson) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            customer,
+            p.grade,
+            p.zone,
+            p.route,
+            p.vehicle,
+            p.credit,
+            int(p.allow_split),
+            p.pref.value,
+            p.delay_days,
+            p.salesperson,
+        ),
+    )
+
+
+def _pref(raw: Any) -> CustomerPref:
+    try:
+        return CustomerPref(str(raw).lower())
+    except ValueError:
+        return CustomerPref.BACKORDER
+
+
+def load_profiles(conn: sqlite3.Connection, customers: Iterable[str]) -> dict[str, CustomerProfile]:
+    wanted = sorted(set(customers))
+    out: dict[str, CustomerProfile] = {}
+    if not wanted:
+        return out
+    cols = _columns(conn, "customers")
+    key = next((c for c in ("code", "customer", "customer_code") if c in cols), None)
+    if key is not None:
+        fields = {f: next((c for c in names if c in cols), None) for f, names in CUSTOMER_COLUMNS.items()}
+        sel = [key] + [c for c in fields.values() if c is not None]
+        for chunk in _chunks(wanted):
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                f"SELECT {', '.join(sel)} FROM customers WHERE {key} IN ({marks})", chunk
+            ):
+                d = dict(zip(sel, row, strict=True))
+                v = {f: d[c] for f, c in fields.items() if c is not None and d[c] is not None}
+                out[str(d[key])] = CustomerProfile(
+                    grade=str(v.get("grade", "C")),
+                    zone=str(v.get("zone", "")),
+                    route=str(v.get("route", "")),
+                    vehicle=str(v.get("vehicle", "")),
+                    credit=int(v.get("credit", 0)),
+                    allow_split=bool(v.get("allow_split", False)),
+                    pref=_pref(v.get("pref", "backorder")),
+                    delay_days=None if v.get("delay_days") is None else int(v["delay_days"]),
+                    salesperson=str(v.get("salesperson", "")),
+                )
+    missing = [c for c in wanted if c not in out]
+    for chunk in _chunks(missing):
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            "SELECT customer, grade, zone, route, vehicle, credit, allow_split, pref, delay_days, salesperson"
+            f" FROM alloc_customer_profile WHERE customer IN ({marks})",
+            chunk,
+        ):
+            out[row[0]] = CustomerProfile(
+                row[1], row[2], row[3], row[4], row[5], bool(row[6]), _pref(row[7]), row[8], row[9]
+            )
+    return out
+
+
+def _chunks(items: Sequence[Any], n: int = 500) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def load_demands(
+    conn: sqlite3.Connection, order_ids: Sequence[int], *, today: dt.date | None = None
+) -> list[OrderDemand]:
+    """Build demands for ``order_ids`` (in that order). Special priority: ``promised`` when
+    the requested date is today or past; ``urgent`` when the order has a ``priority`` column
+    saying so or its note starts with ``URGENT``."""
+    today = today or dt.date.today()
+    ocols = _columns(conn, "orders")
+    has_priority = "priority" in ocols
+    heads: dict[int, tuple[Any, ...]] = {}
+    lines: dict[int, list[tuple[int, str, int, int]]] = {}
+    for chunk in _chunks(list(order_ids)):
+        marks = ",".join("?" * len(chunk))
+        extra = ", priority" if has_priority else ", ''"
+        for row in conn.execute(
+            f"SELECT order_id, customer, requested_date, note, received_at{extra} FROM orders"
+            f" WHERE order_id IN ({marks})",
+            chunk,
+        ):
+            heads[row[0]] = row
+        for oid, ln, gtin, sku, qty, price in conn.execute(
+            f"SELECT order_id, line_no, gtin, sku, qty, price FROM order_lines WHERE order_id IN ({marks})"
+            " ORDER BY order_id, line_no",
+            chunk,
+        ):
+            lines.setdefault(oid, []).append((ln, sku or gtin or "", qty, price or 0))
+    profiles = load_profiles(conn, (h[1] for h in heads.values()))
+    out = []
+    iso_today = today.isoformat()
+    for oid in order_ids:
+        h = heads.get(oid)
+        if h is None:
+            continue
+        _, customer, requested, note, received, priority = h
+        p = profiles.get(customer, DEFAULT_PROFILE)
+        special = set()
+        if requested and requested <= iso_today:
+            special.add(Special.PROMISED.value)
+        if str(priority).lower() == "urgent" or str(note).upper().startswith("URGENT"):
+            special.add(Special.URGENT.value)
+        ls = lines.get(oid, [])
+        out.append(
+            OrderDemand(
+                order_id=oid,
+                customer=customer,
+                lines=tuple(DemandLine(ln, sku, qty) for ln, sku, qty, _ in ls),
+                grade=p.grade,
+                zone=p.zone,
+                route=p.route,
+                vehicle=p.vehicle,
+                special=frozenset(special),
+                value=sum(q * pr for _, _, q, pr in ls),
+                credit=p.credit,
+                allow_split=p.allow_split,
+                pref=p.pref,
+                delay_days=p.delay_days,
+                received_at=received,
+            )
+        )
+    return out
+
+
+def set_status(
+    conn: sqlite3.Connection,
+    order_id: int,
+    status: str,
+    *,
+    detail: str,
+    now: int,
+    run_id: int | None = None,
+    wave_id: int | None = None,
+    deadline: str | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO alloc_orders (order_id, status, run_id, wave_id, deadline, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
+        " run_id = coalesce(excluded.run_id, run_id), wave_id = coalesce(excluded.wave_id, wave_id),"
+        " deadline = excluded.deadline, updated_at = excluded.updated_at",
+        (order_id, status, run_id, wave_id, deadline, now),
+    )
+    lifecycle = _lifecycle()
+    if lifecycle is not None:
+        lifecycle.transition(conn, order_id, ORDER_STATUS[status], actor="allocation", detail=detail)
+    else:
+        conn.execute(
+            "INSERT INTO order_events (order_id, at, event, status, detail, actor)"
+            " VALUES (?, ?, 'allocation', ?, ?, 'allocation')",
+            (order_id, now, status, detail),
+        )
+
+
+def _lifecycle() -> Any:
+    try:
+        return importlib.import_module("central.lifecycle")
+    except ModuleNotFoundError:
+        return None

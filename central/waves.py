@@ -1,0 +1,294 @@
+"""Real-time and batch (wave) allocation: which orders are allocated together, and when.
+
+Real time (单一订单分配): :func:`allocate_now` allocates one validated order in the
+validating transaction; :func:`install` registers it as a ``central.lifecycle.ON_VALIDATED``
+hook when :data:`MODE` says so.
+
+Batch (批次分配): :func:`run_wave` collects validated, not yet allocated orders received up
+to a cut-off, splits them into batches by :class:`BatchRules` (time window / delivery run,
+zone, route, processing requirement, vehicle type - any combination, in order), and
+allocates each batch together with the priority rules. Batches are served one after the
+other in key order, each seeing the stock the earlier ones left. Each batch becomes a wave
+with its standard pick time (:mod:`central.picktime`).
+
+Open ship-with-next-order shortages of the customers in a batch ride along as
+``backorder_refill`` demand in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from central import demand, inventory, picktime, shortage
+from central.allocation import (
+    CompanyPolicy,
+    OrderDemand,
+    PriorityRules,
+    ShortageAction,
+    allocate,
+    encode_inputs,
+)
+
+BATCH_KEYS = ("window", "run", "zone", "route", "processing", "vehicle")
+
+
+class WaveRuleError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRules:
+    by: tuple[str, ...] = ("run", "zone")
+    window_s: int = 3600  # width of a time window, for ``window``
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.by if k not in BATCH_KEYS]
+        if bad:
+            raise WaveRuleError(f"batch by {bad[0]!r}: one of {', '.join(BATCH_KEYS)}")
+        if self.window_s <= 0:
+            raise WaveRuleError(f"window_s must be positive, got {self.window_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationSettings:
+    """How allocation runs; one object per process (the lead may load it from config)."""
+
+    realtime: bool = True
+    batch: BatchRules = field(default_factory=BatchRules)
+    priority: PriorityRules = field(default_factory=PriorityRules)
+    company: CompanyPolicy = field(default_factory=CompanyPolicy)
+    collect_status: tuple[str, ...] = ("validated",)
+    standards: picktime.PickStandards = field(default_factory=picktime.PickStandards)
+
+
+MODE = AllocationSettings()
+
+
+def batch_key(o: OrderDemand, rules: BatchRules) -> str:
+    parts = []
+    for k in rules.by:
+        if k == "window":
+            parts.append(f"window={o.received_at // 1000 // rules.window_s * rules.window_s}")
+        elif k == "run":
+            parts.append(f"run={o.delivery_run or '-'}")
+        else:
+            parts.append(f"{k}={getattr(o, k) or '-'}")
+    return " ".join(parts) or "all"
+
+
+def make_batches(orders: Sequence[OrderDemand], rules: BatchRules) -> list[tuple[str, list[OrderDemand]]]:
+    """Group orders by batch key; batches sorted by key, orders by id inside."""
+    groups: dict[str, list[OrderDemand]] = {}
+    for o in orders:
+        groups.setdefault(batch_key(o, rules), []).append(o)
+    return [(k, sorted(groups[k], key=lambda o: o.order_id)) for k in sorted(groups)]
+
+
+def pending_orders(
+    conn: sqlite3.Connection, *, statuses: Sequence[str], cutoff: int | None = None
+) -> list[int]:
+    sql = (
+        f"SELECT o.order_id FROM orders o WHERE o.status IN ({','.join('?' * len(statuses))})"
+        " AND NOT EXISTS (SELECT 1 FROM alloc_orders a WHERE a.order_id = o.order_id)"
+    )
+    args: list[Any] = list(statuses)
+    if cutoff is not None:
+        sql += " AND o.received_at <= ?"
+        args.append(cutoff)
+    return [r[0] for r in conn.execute(sql + " ORDER BY o.order_id", args)]
+
+
+def _allocate_batch(
+    conn: sqlite3.Connection,
+    demands: list[OrderDemand],
+    *,
+    kind: str,
+    title: str,
+    settings: AllocationSettings,
+    now: int,
+    today: dt.date,
+    wave_id: int | None,
+) -> tuple[int, Any]:
+    customers = {d.customer for d in demands}
+    taken = {d.order_id for d in demands}
+    refills = [
+        r
+        for r in shortage.refill_demands(conn, customers=customers, actions=(ShortageAction.SHIP_WITH_NEXT,))
+        if r.order_id not in taken
+    ]
+    everything = demands + refills
+    network = inventory.load_network(conn)
+    stock = inventory.available(conn, {ln.sku for d in everything for ln in d.lines})
+    kw: dict[str, Any] = {
+        "network": network,
+        "rules": settings.priority,
+        "company": settings.company,
+        "title": title,
+    }
+    result = allocate(everything, stock, **kw)
+    run_id = shortage.settle(
+        conn,
+        kind=kind,
+        demands=everything,
+        inputs=encode_inputs(everything, stock, **kw),
+        result=result,
+        now=now,
+        today=today,
+        wave_id=wave_id,
+        refill_ids={r.order_id for r in refills},
+    )
+    return run_id, result
+
+
+def allocate_now(
+    conn: sqlite3.Connection,
+    order_id: int,
+    *,
+    now: int,
+    today: dt.date | None = None,
+    settings: AllocationSettings | None = None,
+) -> int:
+    """Real-time allocation of one order inside the caller's transaction; return the run id."""
+    settings = settings or MODE
+    today = today or dt.date.today()
+    demands = demand.load_demands(conn, [order_id], today=today)
+    if not demands:
+        raise inventory.InventoryError("?", "?", f"no order {order_id}")
+    run_id, _ = _allocate_batch(
+        conn,
+        demands,
+        kind="realtime",
+        title=f"real-time order {order_id}",
+        settings=settings,
+        now=now,
+        today=today,
+        wave_id=None,
+    )
+    return run_id
+
+
+def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
+    """``ON_VALIDATED`` hook: allocate at once in real-time mode, else leave it for a wave."""
+    if MODE.realtime:
+        allocate_now(conn, order_id, now=_now_ms())
+
+
+def install(settings: AllocationSettings | None = None) -> None:
+    """Set :data:`MODE` and register :func:`on_validated` with ``central.lifecycle``."""
+    global MODE  # noqa: PLW0603 - one settings object per process, set at start
+    if settings is not None:
+        MODE = settings
+    import importlib  # noqa: PLC0415 - lifecycle is another helper's module, may not exist yet
+
+    lifecycle = importlib.import_module("central.lifecycle")
+    if on_validated not in lifecycle.ON_VALIDATED:
+        lifecycle.ON_VALIDATED.append(on_validated)
+
+
+def _now_ms() -> int:
+    import time  # noqa: PLC0415
+
+    return time.time_ns() // 1_000_000
+
+
+def run_wave(
+    conn: sqlite3.Connection,
+    *,
+    cutoff: int,
+    now: int,
+    today: dt.date | None = None,
+    settings: AllocationSettings | None = None,
+    departure: int | None = None,
+) -> list[dict[str, Any]]:
+    """Allocate every pending order received up to ``cutoff`` (ms), batch by batch; return
+    one summary per wave created."""
+    settings = settings or MODE
+    today = today or dt.date.today()
+    ids = pending_orders(conn, statuses=settings.collect_status, cutoff=cutoff)
+    demands = demand.load_demands(conn, ids, today=today)
+    out = []
+    for key, batch in make_batches(demands, settings.batch):
+        cur = conn.execute(
+            "INSERT INTO waves (batch_key, cutoff, departure, created_at) VALUES (?, ?, ?, ?)",
+            (key, cutoff, departure, now),
+        )
+        wave_id = cur.lastrowid
+        assert wave_id is not None
+        conn.executemany(
+            "INSERT INTO wave_orders (wave_id, order_id) VALUES (?, ?)",
+            [(wave_id, d.order_id) for d in batch],
+        )
+        run_id, result = _allocate_batch(
+            conn,
+            batch,
+            kind="wave",
+            title=f"wave {wave_id} [{key}] cut-off {cutoff}",
+            settings=settings,
+            now=now,
+            today=today,
+            wave_id=wave_id,
+        )
+        per_order: dict[int, list[tuple[str, int]]] = {}
+        for a in result.allocations:
+            per_order.setdefault(a.order_id, []).append((a.sku, a.qty))
+        packs = pack_sizes(conn, {a.sku for a in result.allocations})
+        seconds = picktime.wave_seconds(per_order.values(), packs, settings.standards)
+        conn.execute(
+            "UPDATE waves SET run_id = ?, pick_seconds = ? WHERE wave_id = ?", (run_id, seconds, wave_id)
+        )
+        statuses: dict[str, int] = {}
+        for o in result.outcomes:
+            statuses[o.status] = statuses.get(o.status, 0) + 1
+        out.append(
+            {
+                "wave_id": wave_id,
+                "batch_key": key,
+                "run_id": run_id,
+                "orders": len(batch),
+                "outcomes": statuses,
+                "allocated_units": sum(a.qty for a in result.allocations),
+                "short_units": sum(s.qty for s in result.shortfalls),
+                "pick_seconds": round(seconds, 1),
+            }
+        )
+    return out
+
+
+def pack_sizes(conn: sqlite3.Connection, skus: set[str]) -> dict[str, picktime.PackSize]:
+    """Pack sizes from the item master (``items`` with ``case_qty``/``pallet_qty``) if present."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
+    if not skus or "sku" not in cols or "case_qty" not in cols:
+        return {}
+    pallet = "pallet_qty" if "pallet_qty" in cols else "0"
+    out = {}
+    wanted = sorted(skus)
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        for sku, case_qty, pallet_qty in conn.execute(
+            f"SELECT sku, case_qty, {pallet} FROM items WHERE sku IN ({','.join('?' * len(chunk))})", chunk
+        ):
+            out[sku] = picktime.PackSize(int(case_qty or 1), int(pallet_qty or 0))
+    return out
+
+
+def list_waves(conn: sqlite3.Connection, *, limit: int = 100) -> list[dict[str, Any]]:
+    cols = ("wave_id", "batch_key", "cutoff", "departure", "status", "pick_seconds", "run_id", "created_at")
+    rows = conn.execute(f"SELECT {', '.join(cols)} FROM waves ORDER BY wave_id DESC LIMIT ?", (limit,))
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def get_wave(conn: sqlite3.Connection, wave_id: int) -> dict[str, Any] | None:
+    cols = ("wave_id", "batch_key", "cutoff", "departure", "status", "pick_seconds", "run_id", "created_at")
+    row = conn.execute(f"SELECT {', '.join(cols)} FROM waves WHERE wave_id = ?", (wave_id,)).fetchone()
+    if row is None:
+        return None
+    w = dict(zip(cols, row, strict=True))
+    w["orders"] = [
+        r[0]
+        for r in conn.execute("SELECT order_id FROM wave_orders WHERE wave_id = ? ORDER BY 1", (wave_id,))
+    ]
+    return w
