@@ -4,6 +4,7 @@ machines joined in memory (with a lossy line in between), Hypothesis round trips
 from __future__ import annotations
 
 import datetime as dt
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -391,7 +392,8 @@ def test_refusal_is_eot_and_lingers() -> None:
     assert p.s.state is SenderState.ABORTED and "receiver sent EOT" in (p.s.abort_reason or "")
     assert p.r.state is ReceiverState.REFUSED
     assert p.r.feed(bytes([ENQ])) == [Transmit(bytes([EOT]))]
-    assert p.r.timer_expired() == [] and p.r.state is ReceiverState.IDLE
+    assert p.r.timer_expired() == []
+    assert p.r.state.value == "idle"
 
 
 def test_lost_refusal_eot_is_not_mistaken_for_success() -> None:
@@ -470,7 +472,8 @@ def test_round_trip_with_any_split(fs: list[bht.Frame], data: st.DataObject) -> 
 def test_garbage_never_crashes_and_decoder_recovers(junk: bytes) -> None:
     d = BlockDecoder()
     evs = d.feed(junk)
-    assert all(isinstance(e, bht.Frame) for e in evs)  # type: ignore[arg-type, misc]
+    frame_types = (Enq, Ack, Nak, Eot, HeadingBlock, DataBlock, BadBlock, Garbage)
+    assert all(isinstance(e, frame_types) for e in evs)
     # after any junk, a lone EOT/ETX resets framing, then a good block decodes
     d.feed(bytes([ETX, 0x00]))
     good = DataBlock(9, b"RECORD")
@@ -494,18 +497,20 @@ def test_state_machines_survive_garbage(junk: bytes, calls: list[str]) -> None:
     assert r.state in ReceiverState and s.state in SenderState
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.integers(0, 40), st.integers(1, 2**31))
-def test_random_line_noise_never_delivers_a_wrong_file(n: int, seed: int) -> None:
-    import random
-
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 40), st.integers(1, 2**31), st.booleans())
+def test_random_line_noise_never_delivers_a_wrong_file(n: int, seed: int, flips: bool) -> None:
+    """Lost bytes and (if ``flips``) bit errors on both directions. The receiver never hands
+    over a partial or altered file. With losses only, a sender that reports success was
+    really delivered; a bit error can forge an ACK from an EOT (control characters carry no
+    check in this protocol - see HANDHELD.md), so that promise holds only without flips."""
     rng = random.Random(seed)
 
     def line(side: str, k: int, b: bytes) -> bytes:
         x = rng.random()
         if x < 0.05:
             return b""
-        if x < 0.10:
+        if flips and x < 0.10:
             i = rng.randrange(len(b))
             return b[:i] + bytes([b[i] ^ (1 << rng.randrange(8))]) + b[i + 1 :]
         return b
@@ -514,5 +519,6 @@ def test_random_line_noise_never_delivers_a_wrong_file(n: int, seed: int) -> Non
     p = Pair(f, line=line)
     p.run()
     assert all(g == f for g in p.files)  # whatever arrives is the whole file, intact
-    if p.s.state is SenderState.DONE:
+    assert len(p.files) <= 1
+    if p.s.state is SenderState.DONE and not flips:
         assert p.files == [f]
