@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -63,8 +64,15 @@ class BrokerSettings:
 
 
 class Consumer:
-    def __init__(self, *, db: DurableDB, broker: BrokerSettings) -> None:
+    def __init__(
+        self,
+        *,
+        db: DurableDB,
+        broker: BrokerSettings,
+        on_status: Callable[[str, bytes], Awaitable[None]] | None = None,
+    ) -> None:
         self.db = db
+        self.on_status = on_status
         self.broker = broker
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
@@ -101,6 +109,8 @@ class Consumer:
                     await client.subscribe(
                         topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
                     )
+                    if self.on_status is not None:
+                        await client.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
                     self.stats.connected = True
                     self.connected.set()
                     log.info("central connected to %s:%d", self.broker.host, self.broker.port)
@@ -135,6 +145,10 @@ class Consumer:
             topic_gw, leaf = topics.parse(topic)
         except topics.TopicError as e:
             log.error("message on unexpected topic %r ignored: %s", topic, e)
+            return
+        if leaf == "status":
+            if self.on_status is not None:
+                await self.on_status(topic_gw, payload)
             return
         if leaf != "up":
             return

@@ -1,0 +1,469 @@
+"""The fleet registry: sites -> gateways -> devices, with history and alerts.
+
+Gateways publish a retained JSON status (``sg/v1/gw/<gw>/status``; the broker publishes
+their Last Will ``offline`` when they vanish). Central records every status in SQLite: the
+current state per gateway and device, a sampled history (backlog, oldest age) for charts, an
+event log of state changes, and alerts opened and closed by thresholds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from ops.sqlitedb import DurableDB, Migration
+
+log = logging.getLogger(__name__)
+
+EVALUATE_EVERY_S = 2.0
+HISTORY_KEEP_S = 24 * 3600
+
+MIGRATIONS = [
+    Migration(
+        "fleet_0001",
+        """
+        CREATE TABLE fleet_gateways (
+            gateway TEXT PRIMARY KEY,
+            site TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL,
+            first_seen_ms INTEGER NOT NULL,
+            last_status_ms INTEGER NOT NULL,
+            state_since_ms INTEGER NOT NULL,
+            backlog INTEGER NOT NULL DEFAULT 0,
+            oldest_age_s REAL NOT NULL DEFAULT 0,
+            last_sync_ms INTEGER,
+            clock_offset_ms INTEGER,
+            version TEXT NOT NULL DEFAULT '',
+            rejected INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE fleet_devices (
+            gateway TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            last_seen_ms INTEGER,
+            reads INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            naks INTEGER NOT NULL DEFAULT 0,
+            battery INTEGER,
+            firmware TEXT,
+            last_error TEXT,
+            updated_ms INTEGER NOT NULL,
+            PRIMARY KEY (gateway, device_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE fleet_samples (
+            gateway TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            backlog INTEGER NOT NULL,
+            oldest_age_s REAL NOT NULL
+        );
+        CREATE INDEX fleet_samples_gw ON fleet_samples(gateway, at);
+        CREATE TABLE fleet_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            gateway TEXT NOT NULL,
+            device_id TEXT,
+            event TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            device_id TEXT,
+            severity TEXT NOT NULL,
+            message TEXT NOT NULL,
+            opened_ms INTEGER NOT NULL,
+            closed_ms INTEGER
+        );
+        CREATE UNIQUE INDEX alerts_open ON alerts(key) WHERE closed_ms IS NULL;
+        """,
+    )
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertThresholds:
+    gateway_offline_s: float = 120.0
+    backlog_age_s: float = 300.0
+    device_offline: bool = True
+    naks_per_window: int = 5
+    rejects_per_window: int = 5
+    battery_low_pct: int = 20
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StatusError(ValueError):
+    pass
+
+
+def parse_status(gw: str, payload: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StatusError(f"status of {gw} is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise StatusError(f"status of {gw} is not a JSON object")
+    if doc.get("gw") != gw:
+        raise StatusError(f"status on {gw}'s topic names gateway {doc.get('gw')!r}")
+    if doc.get("state") not in ("online", "offline"):
+        raise StatusError(f"status of {gw}: state {doc.get('state')!r} is not online/offline")
+    return doc
+
+
+def _int(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _num(v: object) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0
+
+
+def apply_status(conn: sqlite3.Connection, gw: str, doc: dict[str, Any], now: int) -> bool:
+    """Record one status message; return True if any state changed."""
+    state = doc["state"]
+    prev = conn.execute("SELECT state, site FROM fleet_gateways WHERE gateway = ?", (gw,)).fetchone()
+    changed = prev is None or prev[0] != state
+    site = str(doc.get("site") or (prev[1] if prev else ""))
+    if prev is None:
+        conn.execute(
+            "INSERT INTO fleet_gateways (gateway, site, state, first_seen_ms, last_status_ms, state_since_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (gw, site, state, now, now, now),
+        )
+    if changed:
+        conn.execute("UPDATE fleet_gateways SET state_since_ms = ? WHERE gateway = ?", (now, gw))
+        conn.execute(
+            "INSERT INTO fleet_events (at, gateway, event, detail) VALUES (?, ?, ?, ?)",
+            (now, gw, f"gateway {state}", ""),
+        )
+    if state == "online":
+        conn.execute(
+            "UPDATE fleet_gateways SET site = ?, state = ?, last_status_ms = ?, backlog = ?,"
+            " oldest_age_s = ?, last_sync_ms = ?, clock_offset_ms = ?, version = ?, rejected = ?"
+            " WHERE gateway = ?",
+            (
+                site,
+                state,
+                now,
+                _int(doc.get("backlog")) or 0,
+                _num(doc.get("oldest_age_s")),
+                _int(doc.get("last_sync_ms")),
+                _int(doc.get("clock_offset_ms")),
+                str(doc.get("version") or ""),
+                _int(doc.get("rejected")) or 0,
+                gw,
+            ),
+        )
+        for dev in doc.get("devices") or []:
+            if isinstance(dev, dict) and isinstance(dev.get("id"), str):
+                changed |= _apply_device(conn, gw, dev, now)
+    else:
+        conn.execute(
+            "UPDATE fleet_gateways SET state = ?, last_status_ms = ? WHERE gateway = ?", (state, now, gw)
+        )
+    b = conn.execute("SELECT backlog, oldest_age_s FROM fleet_gateways WHERE gateway = ?", (gw,)).fetchone()
+    conn.execute(
+        "INSERT INTO fleet_samples (gateway, at, state, backlog, oldest_age_s) VALUES (?, ?, ?, ?, ?)",
+        (gw, now, state, b[0], b[1]),
+    )
+    return changed
+
+
+def _apply_device(conn: sqlite3.Connection, gw: str, dev: dict[str, Any], now: int) -> bool:
+    did = dev["id"]
+    state = "online" if dev.get("state") == "online" else "offline"
+    prev = conn.execute(
+        "SELECT state FROM fleet_devices WHERE gateway = ? AND device_id = ?", (gw, did)
+    ).fetchone()
+    conn.execute(
+        "INSERT OR REPLACE INTO fleet_devices (gateway, device_id, kind, state, last_seen_ms, reads, errors,"
+        " naks, battery, firmware, last_error, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            gw,
+            did,
+            str(dev.get("kind") or "device"),
+            state,
+            _int(dev.get("last_seen_ms")),
+            _int(dev.get("reads")) or 0,
+            _int(dev.get("errors")) or 0,
+            _int(dev.get("naks")) or 0,
+            _int(dev.get("battery")),
+            dev.get("firmware") if isinstance(dev.get("firmware"), str) else None,
+            dev.get("last_error") if isinstance(dev.get("last_error"), str) else None,
+            now,
+        ),
+    )
+    if prev is None or prev[0] != state:
+        conn.execute(
+            "INSERT INTO fleet_events (at, gateway, device_id, event) VALUES (?, ?, ?, ?)",
+            (now, gw, did, f"device {state}"),
+        )
+        return True
+    return False
+
+
+@dataclass(slots=True)
+class _Counters:
+    naks: dict[tuple[str, str], int] = field(default_factory=dict)
+    rejects: dict[str, int] = field(default_factory=dict)
+
+
+def evaluate_alerts(
+    conn: sqlite3.Connection, now: int, th: AlertThresholds, last: _Counters
+) -> tuple[int, int]:
+    """Open alerts whose condition holds, close those whose condition cleared."""
+    want: dict[str, tuple[str, str, str | None, str, str]] = {}  # key -> kind, gw, dev, severity, message
+    for gw, state, last_ms, oldest, rejected in conn.execute(
+        "SELECT gateway, state, last_status_ms, oldest_age_s, rejected FROM fleet_gateways"
+    ):
+        if state == "offline" and (now - last_ms) / 1000 >= th.gateway_offline_s:
+            mins = (now - last_ms) / 60000
+            want[f"gw-offline:{gw}"] = (
+                "gateway_offline",
+                gw,
+                None,
+                "critical",
+                f"{gw} offline for {mins:.1f} min",
+            )
+        if state == "online" and oldest >= th.backlog_age_s:
+            want[f"backlog-age:{gw}"] = (
+                "backlog_age",
+                gw,
+                None,
+                "warning",
+                f"{gw} oldest unsent record is {oldest:.0f}s old",
+            )
+        prev_rej = last.rejects.get(gw, rejected)
+        if rejected - prev_rej >= th.rejects_per_window:
+            want[f"rejects:{gw}"] = (
+                "rejects",
+                gw,
+                None,
+                "warning",
+                f"{gw}: {rejected - prev_rej} records rejected by central recently",
+            )
+        last.rejects[gw] = rejected
+    for gw, did, kind, state, naks, errors, battery in conn.execute(
+        "SELECT d.gateway, d.device_id, d.kind, d.state, d.naks, d.errors, d.battery FROM fleet_devices d"
+        " JOIN fleet_gateways g ON g.gateway = d.gateway WHERE g.state = 'online'"
+    ):
+        if th.device_offline and state == "offline":
+            want[f"dev-offline:{gw}:{did}"] = (
+                "device_offline",
+                gw,
+                did,
+                "warning",
+                f"{kind} {did} at {gw} offline",
+            )
+        bad = naks + errors
+        prev = last.naks.get((gw, did), bad)
+        if bad - prev >= th.naks_per_window:
+            want[f"dev-naks:{gw}:{did}"] = (
+                "device_errors",
+                gw,
+                did,
+                "warning",
+                f"{kind} {did} at {gw}: {bad - prev} NAKs/errors recently",
+            )
+        last.naks[(gw, did)] = bad
+        if battery is not None and battery < th.battery_low_pct:
+            want[f"battery:{gw}:{did}"] = (
+                "battery_low",
+                gw,
+                did,
+                "warning",
+                f"{kind} {did} at {gw} battery {battery}%",
+            )
+    open_keys = {k for (k,) in conn.execute("SELECT key FROM alerts WHERE closed_ms IS NULL")}
+    # Error-rate alerts stay open until a whole window passes without new errors.
+    opened = closed = 0
+    for key, (kind, gw, dev, sev, msg) in want.items():
+        if key not in open_keys:
+            conn.execute(
+                "INSERT INTO alerts (key, kind, gateway, device_id, severity, message, opened_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, kind, gw, dev, sev, msg, now),
+            )
+            opened += 1
+        else:
+            conn.execute("UPDATE alerts SET message = ? WHERE key = ? AND closed_ms IS NULL", (msg, key))
+    for key in open_keys - want.keys():
+        conn.execute("UPDATE alerts SET closed_ms = ? WHERE key = ? AND closed_ms IS NULL", (now, key))
+        closed += 1
+    conn.execute("DELETE FROM fleet_samples WHERE at < ?", (now - HISTORY_KEEP_S * 1000,))
+    return opened, closed
+
+
+def snapshot(conn: sqlite3.Connection, *, history_s: int = 900) -> dict[str, Any]:
+    now = now_ms()
+    gcols = (
+        "gateway",
+        "site",
+        "state",
+        "last_status_ms",
+        "state_since_ms",
+        "backlog",
+        "oldest_age_s",
+        "last_sync_ms",
+        "clock_offset_ms",
+        "version",
+        "rejected",
+    )
+    gateways = [
+        dict(zip(gcols, r, strict=True))
+        for r in conn.execute(f"SELECT {', '.join(gcols)} FROM fleet_gateways ORDER BY site, gateway")
+    ]
+    dcols = (
+        "gateway",
+        "device_id",
+        "kind",
+        "state",
+        "last_seen_ms",
+        "reads",
+        "errors",
+        "naks",
+        "battery",
+        "firmware",
+        "last_error",
+    )
+    devices: dict[str, list[dict[str, Any]]] = {}
+    for r in conn.execute(f"SELECT {', '.join(dcols)} FROM fleet_devices ORDER BY gateway, device_id"):
+        d = dict(zip(dcols, r, strict=True))
+        devices.setdefault(d["gateway"], []).append(d)
+    sites: dict[str, list[dict[str, Any]]] = {}
+    for g in gateways:
+        g["devices"] = devices.get(g["gateway"], [])
+        sites.setdefault(g["site"] or "(unassigned)", []).append(g)
+    history: dict[str, list[tuple[int, int, float]]] = {}
+    for gw, at, backlog, age in conn.execute(
+        "SELECT gateway, at, backlog, oldest_age_s FROM fleet_samples WHERE at >= ? ORDER BY at",
+        (now - history_s * 1000,),
+    ):
+        history.setdefault(gw, []).append((at, backlog, age))
+    acols = ("id", "kind", "gateway", "device_id", "severity", "message", "opened_ms")
+    alerts = [
+        dict(zip(acols, r, strict=True))
+        for r in conn.execute(
+            f"SELECT {', '.join(acols)} FROM alerts WHERE closed_ms IS NULL ORDER BY opened_ms DESC"
+        )
+    ]
+    return {
+        "now_ms": now,
+        "sites": sites,
+        "history": history,
+        "alerts": alerts,
+        "orders_per_minute": orders_per_minute(conn, now),
+        "fulfilment": fulfilment(conn),
+    }
+
+
+def orders_per_minute(conn: sqlite3.Connection, now: int, minutes: int = 30) -> dict[str, list[int]]:
+    start = now - minutes * 60_000
+    out: dict[str, list[int]] = {}
+    for channel, bucket, n in conn.execute(
+        "SELECT channel, (received_at - ?) / 60000 AS b, count(*) FROM orders WHERE received_at >= ?"
+        " GROUP BY channel, b",
+        (start, start),
+    ):
+        series = out.setdefault(channel, [0] * minutes)
+        if 0 <= bucket < minutes:
+            series[bucket] = n
+    return out
+
+
+def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+        is not None
+    )
+
+
+def fulfilment(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Fill rate and shortages, from whatever the allocation tables hold."""
+    by_status = dict(conn.execute("SELECT status, count(*) FROM orders GROUP BY status").fetchall())
+    out: dict[str, Any] = {"orders_by_status": by_status, "fill_rate": None, "open_shortages": None}
+    if _table_exists(conn, "shortages"):
+        cols = {r[1] for r in conn.execute("PRAGMA table_info(shortages)")}
+        if "status" in cols:
+            out["open_shortages"] = conn.execute(
+                "SELECT count(*) FROM shortages WHERE status NOT IN ('closed', 'resolved', 'cancelled')"
+            ).fetchone()[0]
+        else:
+            out["open_shortages"] = conn.execute("SELECT count(*) FROM shortages").fetchone()[0]
+    if _table_exists(conn, "allocations"):
+        cols = {r[1] for r in conn.execute("PRAGMA table_info(allocations)")}
+        if "qty" in cols:
+            allocated = conn.execute("SELECT coalesce(sum(qty), 0) FROM allocations").fetchone()[0]
+            demanded = (
+                conn.execute(
+                    "SELECT coalesce(sum(l.qty), 0) FROM order_lines l JOIN orders o USING (order_id)"
+                    " WHERE o.order_id IN (SELECT DISTINCT order_id FROM allocations)"
+                ).fetchone()[0]
+                if "order_id" in cols
+                else 0
+            )
+            out["fill_rate"] = round(allocated / demanded, 4) if demanded else None
+    return out
+
+
+class Fleet:
+    """Status in, alerts out; ``changed`` wakes live dashboard streams."""
+
+    def __init__(self, db: DurableDB, thresholds: AlertThresholds | None = None) -> None:
+        self.db = db
+        self.thresholds = thresholds or AlertThresholds()
+        self.version = 0
+        self.changed = asyncio.Condition()
+        self.bad_status = 0
+        self._counters = _Counters()
+
+    async def _bump(self) -> None:
+        self.version += 1
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def on_status(self, gw: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained message
+        try:
+            doc = parse_status(gw, payload)
+        except StatusError as e:
+            self.bad_status += 1
+            log.warning("gw=%s bad status ignored: %s", gw, e)
+            return
+        await self.db.write(partial(apply_status, gw=gw, doc=doc, now=now_ms()))
+        await self._bump()
+
+    async def evaluate(self) -> tuple[int, int]:
+        opened, closed = await self.db.write(
+            partial(evaluate_alerts, now=now_ms(), th=self.thresholds, last=self._counters)
+        )
+        if opened or closed:
+            await self._bump()
+        return opened, closed
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(EVALUATE_EVERY_S)
+            await self.evaluate()
+
+    async def wait_change(self, version: int, within_s: float) -> int:
+        """Wait until the version moves past ``version`` (or ``within_s`` passes); return it."""
+        try:
+            async with asyncio.timeout(within_s), self.changed:
+                await self.changed.wait_for(lambda: self.version != version)
+        except TimeoutError:
+            pass
+        return self.version

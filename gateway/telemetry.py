@@ -1,0 +1,127 @@
+"""Gateway and device status for the fleet view.
+
+Device adapters register on the :class:`DeviceBoard` and report what they see (seen, errors,
+NAKs, battery, firmware). :class:`Telemetry` publishes the gateway's retained status every
+``STATUS_INTERVAL_S`` with its backlog, oldest unsent age, last sync, clock offset and the
+devices. Telemetry is sampled: business records never travel this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.outbox import Backlog, Outbox, now_ms
+from gateway.sync import Sync
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 5.0
+DEVICE_OFFLINE_AFTER_S = 60.0
+
+
+@dataclass(slots=True)
+class DeviceState:
+    id: str
+    kind: str
+    firmware: str | None = None
+    online: bool = False
+    last_seen_ms: int | None = None
+    reads: int = 0
+    errors: int = 0
+    naks: int = 0
+    battery: int | None = None
+    last_error: str | None = None
+    offline_after_s: float = DEVICE_OFFLINE_AFTER_S
+
+    def seen(self) -> None:
+        self.online = True
+        self.last_seen_ms = now_ms()
+        self.reads += 1
+
+    def error(self, reason: str) -> None:
+        self.errors += 1
+        self.last_error = reason
+
+    def nak(self) -> None:
+        self.naks += 1
+
+    def connected(self, up: bool) -> None:
+        self.online = up
+        if up:
+            self.last_seen_ms = now_ms()
+
+    def to_wire(self) -> dict[str, Any]:
+        online = self.online
+        if online and self.last_seen_ms is not None and self.offline_after_s > 0:
+            online = (now_ms() - self.last_seen_ms) / 1000 <= self.offline_after_s or self.kind in _LINKED
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": "online" if online else "offline",
+            "last_seen_ms": self.last_seen_ms,
+            "reads": self.reads,
+            "errors": self.errors,
+            "naks": self.naks,
+            "battery": self.battery,
+            "firmware": self.firmware,
+            "last_error": self.last_error,
+        }
+
+
+# Devices with a permanent link (TCP controllers) are online while the link is up,
+# however long since the last press; the others count as offline after a silence.
+_LINKED = frozenset({"ptl", "asrs"})
+
+
+@dataclass(slots=True)
+class DeviceBoard:
+    devices: dict[str, DeviceState] = field(default_factory=dict)
+
+    def register(self, device_id: str, kind: str, *, firmware: str | None = None) -> DeviceState:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            dev = self.devices[device_id] = DeviceState(id=device_id, kind=kind, firmware=firmware)
+        return dev
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [d.to_wire() for d in sorted(self.devices.values(), key=lambda d: d.id)]
+
+
+class Telemetry:
+    def __init__(self, *, site: str, outbox: Outbox, board: DeviceBoard, version: str = "") -> None:
+        self.site = site
+        self.outbox = outbox
+        self.board = board
+        self.version = version
+        self.sync: Sync | None = None
+        self.backlog = Backlog(count=0, oldest_ts=None)
+        self.started = time.time()
+
+    def extra(self) -> dict[str, object]:
+        s = self.sync.stats if self.sync else None
+        return {
+            "site": self.site,
+            "version": self.version,
+            "uptime_s": round(time.time() - self.started),
+            "backlog": self.backlog.count,
+            "oldest_age_s": round(self.backlog.oldest_age_s(), 3),
+            "last_sync_ms": s.last_sync_ms if s else None,
+            "clock_offset_ms": s.clock_offset_ms if s else None,
+            "records_sent": s.records_sent if s else 0,
+            "rejected": self.outbox.rejected,
+            "devices": self.board.snapshot(),
+        }
+
+    async def refresh(self) -> None:
+        self.backlog = await self.outbox.backlog()
+
+    async def run(self) -> None:
+        while True:
+            await self.refresh()
+            if self.sync is not None:
+                await self.sync.publish_status()
+            await asyncio.sleep(STATUS_INTERVAL_S)
