@@ -60,10 +60,17 @@ class Pty:
         os.set_blocking(self.master, False)
         self.name = os.ttyname(self.slave)
 
+    def pull_cable(self) -> None:
+        """Close the terminal's end: the device side sees a hang-up (reads fail with EIO)."""
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+
     def close(self) -> None:
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.pull_cable()
+        if self.slave >= 0:
+            os.close(self.slave)
+            self.slave = -1
 
     def __enter__(self) -> Pty:
         return self

@@ -239,3 +239,23 @@ async def test_line_noise_before_a_session_is_counted_and_harmless(rig: Rig) -> 
     assert res.ok, res.reason
     assert rig.adapter.counters["garbage_bytes"] > 0
     assert rig.q("SELECT lines FROM ht_batches") == [(4,)]
+
+
+async def test_port_lost_mid_batch_commits_nothing_and_adapter_survives(rig: Rig) -> None:
+    res = await rig.upload(batch(), Faults(cable_pull_after=1))
+    assert not res.ok
+    rig.pty.pull_cable()  # the terminal's end goes away: the gateway's reads fail
+    await wait_counter(rig, "link_errors")
+    assert rig.q("SELECT count(*) FROM ht_batches") == [(0,)]
+    assert rig.q("SELECT count(*) FROM outbox") == [(0,)]
+
+
+def test_sim_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from firmware_sim.handheld import main
+
+    with pytest.raises(SystemExit) as ei:
+        main(["--help"])
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--pty", "--port", "--terminal", "--batch", "--fault", "cable-pull", "duplicate"):
+        assert opt in out
