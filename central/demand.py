@@ -24,18 +24,18 @@ from central.allocation import CustomerPref, DemandLine, OrderDemand, Special
 
 CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
     "grade": ("grade",),
-    "zone": ("zone", "delivery_zone"),
+    "zone": ("zone", "delivery_zone", "region"),
     "route": ("route", "route_seq", "delivery_route"),
     "vehicle": ("vehicle", "vehicle_type"),
-    "credit": ("credit", "credit_score", "credit_standing"),
+    "credit": ("credit", "credit_score", "credit_standing", "credit_limit"),
     "allow_split": ("allow_split",),
-    "pref": ("pref", "backorder_pref", "shortage_pref", "backorder_preference"),
-    "delay_days": ("delay_days", "backorder_days"),
+    "pref": ("pref", "backorder_policy", "shortage_pref"),
+    "delay_days": ("delay_days", "backorder_limit_days"),
     "salesperson": ("salesperson", "sales_rep"),
 }
 
 #: allocation outcome -> order lifecycle status (used only when central.lifecycle exists)
-ORDER_STATUS = {"allocated": "allocated", "short": "allocated", "held": "held", "cancelled": "cancelled"}
+ORDER_STATUS: dict[str, str] = {"allocated": "allocated", "short": "allocated", "cancelled": "cancelled"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,18 @@ def set_profile(conn: sqlite3.Connection, customer: str, p: CustomerProfile) -> 
     )
 
 
+#: the masters' ``backorder_policy`` values
+MASTER_POLICY = {
+    "none": CustomerPref.CUT,
+    "backorder": CustomerPref.BACKORDER,
+    "next-order": CustomerPref.SHIP_WITH_NEXT,
+    "all-at-once": CustomerPref.DELAY,
+}
+
+
 def _pref(raw: Any) -> CustomerPref:
+    if raw in MASTER_POLICY:
+        return MASTER_POLICY[raw]
     try:
         return CustomerPref(str(raw).lower())
     except ValueError:
@@ -94,6 +105,7 @@ def load_profiles(conn: sqlite3.Connection, customers: Iterable[str]) -> dict[st
     if key is not None:
         fields = {f: next((c for c in names if c in cols), None) for f, names in CUSTOMER_COLUMNS.items()}
         sel = [key] + [c for c in fields.values() if c is not None]
+        sel += [c for c in ("receivables", "open_value") if c in cols and c not in sel]
         for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(
@@ -101,6 +113,11 @@ def load_profiles(conn: sqlite3.Connection, customers: Iterable[str]) -> dict[st
             ):
                 d = dict(zip(sel, row, strict=True))
                 v = {f: d[c] for f, c in fields.items() if c is not None and d[c] is not None}
+                if fields["credit"] == "credit_limit":  # standing = headroom under the limit
+                    used = sum(int(d.get(c) or 0) for c in ("receivables", "open_value"))
+                    v["credit"] = int(v.get("credit", 10**12)) - used
+                if v.get("pref") == "all-at-once" and v.get("delay_days") == 0:
+                    v["pref"] = CustomerPref.CANCEL.value  # all at once and not late at all
                 out[str(d[key])] = CustomerProfile(
                     grade=str(v.get("grade", "C")),
                     zone=str(v.get("zone", "")),
@@ -208,21 +225,25 @@ def set_status(
         "INSERT INTO alloc_orders (order_id, status, run_id, wave_id, deadline, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
         " run_id = coalesce(excluded.run_id, run_id), wave_id = coalesce(excluded.wave_id, wave_id),"
-        " deadline = excluded.deadline, updated_at = excluded.updated_at",
+        " deadline = coalesce(excluded.deadline, deadline), updated_at = excluded.updated_at",
         (order_id, status, run_id, wave_id, deadline, now),
     )
     lifecycle = _lifecycle()
-    if lifecycle is not None:
-        lifecycle.transition(conn, order_id, ORDER_STATUS[status], actor="allocation", detail=detail)
-    else:
-        conn.execute(
-            "INSERT INTO order_events (order_id, at, event, status, detail, actor)"
-            " VALUES (?, ?, 'allocation', ?, ?, 'allocation')",
-            (order_id, now, status, detail),
-        )
+    target = ORDER_STATUS.get(status)
+    if lifecycle is not None and target is not None:
+        row = conn.execute("SELECT status, order_type FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        if row is not None and row[0] != target and lifecycle.allowed(row[0], target, row[1]):
+            lifecycle.transition(conn, order_id, target, actor="allocation", detail=detail, now=now)
+            return
+    conn.execute(
+        "INSERT INTO order_events (order_id, at, event, status, detail, actor)"
+        " VALUES (?, ?, 'allocation', ?, ?, 'allocation')",
+        (order_id, now, status, detail),
+    )
 
 
 def _lifecycle() -> Any:
+    """``central.lifecycle`` if it is there (and the orders table has its columns)."""
     try:
         return importlib.import_module("central.lifecycle")
     except ModuleNotFoundError:

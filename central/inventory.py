@@ -320,15 +320,15 @@ def add_allocations(
     ``inventory.allocated``; fails (InventoryError) if any location would go over on hand."""
     if not rows:
         return
+    per: dict[tuple[str, str], int] = {}
+    for _, _, loc, sku, qty, _ in rows:
+        per[(loc, sku)] = per.get((loc, sku), 0) + qty
+    _bump(conn, per)
     conn.executemany(
         "INSERT INTO allocations (order_id, line_no, location, sku, qty, rule, run_id, wave_id, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(*r, run_id, wave_id, now) for r in rows],
     )
-    per: dict[tuple[str, str], int] = {}
-    for _, _, loc, sku, qty, _ in rows:
-        per[(loc, sku)] = per.get((loc, sku), 0) + qty
-    _bump(conn, per)
 
 
 def _bump(conn: sqlite3.Connection, per: dict[tuple[str, str], int]) -> None:
@@ -366,12 +366,12 @@ def reserve(conn: sqlite3.Connection, location: str, sku: str, qty: int, *, ref:
     """Hold ``qty`` units at a location for ``ref`` (not an order); return the reservation id."""
     if qty <= 0:
         raise InventoryError(location, sku, f"reservation quantity {qty} must be positive")
+    _bump(conn, {(location, sku): qty})  # first: a refused bump leaves nothing behind
     cur = conn.execute(
         "INSERT INTO allocations (location, sku, qty, kind, ref, created_at)"
         " VALUES (?, ?, ?, 'reservation', ?, ?)",
         (location, sku, qty, ref, now),
     )
-    _bump(conn, {(location, sku): qty})
     rid = cur.lastrowid
     assert rid is not None
     return rid

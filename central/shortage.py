@@ -238,10 +238,12 @@ def _apply_refills(
         still = conn.execute(
             "SELECT count(*) FROM shortages WHERE order_id = ? AND status = 'open'", (oid,)
         ).fetchone()[0]
+        prev = conn.execute("SELECT status FROM alloc_orders WHERE order_id = ?", (oid,)).fetchone()
+        held = prev is not None and prev[0] == "held"
         demand.set_status(
             conn,
             oid,
-            "short" if still else "allocated",
+            ("held" if held else "short") if still else "allocated",
             detail=f"back order released by run {run_id}" + (f"; {still} lines still owed" if still else ""),
             now=now,
             run_id=run_id,

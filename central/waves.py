@@ -187,6 +187,23 @@ def install(settings: AllocationSettings | None = None) -> None:
     lifecycle = importlib.import_module("central.lifecycle")
     if on_validated not in lifecycle.ON_VALIDATED:
         lifecycle.ON_VALIDATED.append(on_validated)
+    if on_cancelled not in lifecycle.ON_CANCELLED:
+        lifecycle.ON_CANCELLED.append(on_cancelled)
+
+
+def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
+    """``ON_CANCELLED`` hook: give the order's stock back and close what it was owed."""
+    now = _now_ms()
+    inventory.release_order(conn, order_id)
+    conn.execute(
+        "UPDATE shortages SET status = 'cancelled', resolved_at = ?,"
+        " resolution = resolution || 'order cancelled'"
+        " WHERE order_id = ? AND status = 'open'",
+        (now, order_id),
+    )
+    conn.execute(
+        "UPDATE alloc_orders SET status = 'cancelled', updated_at = ? WHERE order_id = ?", (now, order_id)
+    )
 
 
 def _now_ms() -> int:
