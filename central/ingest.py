@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import msgpack
 
-from central import CentralError
+from central import CentralError, orders, ordertypes
+from central.validation import LineIn, OrderIn
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Record
-from protocols.records import RecordSchemaError, parse_order
+from protocols.order_changes import parse_supplier_confirmation
+from protocols.records import OrderBody, RecordSchemaError, parse_order
 
 log = logging.getLogger(__name__)
 
@@ -57,53 +59,87 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def order_no(order_id: int) -> str:
-    return f"SO{order_id:08d}"
+order_no = orders.order_no  # kept for callers of the spine API
+
+
+def _order_in(order: OrderBody) -> OrderIn:
+    return OrderIn(
+        customer=order.customer,
+        order_type=order.order_type.value,
+        requested_date=order.requested_date,
+        lines=tuple(
+            LineIn(line_no=i + 1, qty=ln.qty, gtin=ln.gtin, sku=ln.sku, price=ln.price)
+            for i, ln in enumerate(order.lines)
+        ),
+        note=order.note,
+        source_ref=order.source_ref,
+    )
 
 
 @handler("order")
 def apply_order(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
+    """A new order from a gateway. Schema errors reject the record; business problems
+    (unknown customer or item, credit, price...) are kept on the order, which is held with
+    the reason and the gateway is told through ``order_status``."""
     try:
         order = parse_order(rec.body)
     except RecordSchemaError as e:
         raise Rejected(e.reason) from None
-    cur = conn.execute(
-        "INSERT INTO orders (order_no, record_id, gateway, seq, customer, channel, order_type,"
-        " requested_date, status, note, source_ref, created_at, received_at, updated_at)"
-        " VALUES ('', ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?)",
-        (
-            rec.id,
-            ctx.gateway,
-            rec.seq,
-            order.customer,
-            order.channel.value,
-            order.order_type.value,
-            order.requested_date.isoformat(),
-            order.note,
-            order.source_ref,
-            rec.ts,
-            ctx.now,
-            ctx.now,
-        ),
+    created = orders.create(
+        conn,
+        _order_in(order),
+        record_id=rec.id,
+        gateway=ctx.gateway,
+        seq=rec.seq,
+        channel=order.channel.value,
+        created_at=rec.ts,
+        now=ctx.now,
+        origin=f"from gateway {ctx.gateway} via {order.channel.value}, record {rec.id} seq {rec.seq}",
     )
-    oid = cur.lastrowid
-    assert oid is not None
-    number = order_no(oid)
-    conn.execute("UPDATE orders SET order_no = ? WHERE order_id = ?", (number, oid))
-    conn.executemany(
-        "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price) VALUES (?, ?, ?, ?, ?, ?)",
-        [(oid, i + 1, ln.gtin, ln.sku, ln.qty, ln.price) for i, ln in enumerate(order.lines)],
-    )
-    conn.execute(
-        "INSERT INTO order_events (order_id, at, event, status, detail)"
-        " VALUES (?, ?, 'received', 'received', ?)",
-        (
-            oid,
-            ctx.now,
-            f"from gateway {ctx.gateway} via {order.channel.value}, record {rec.id} seq {rec.seq}",
-        ),
-    )
-    return number
+    if conn.execute("SELECT 1 FROM parked_changes WHERE order_ref = ? LIMIT 1", (rec.id,)).fetchone():
+        orders.drain_parked(conn, rec.id, now=ctx.now)
+    return created.order_no
+
+
+@handler("order_change")
+def apply_order_change(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
+    """A change to an order from its gateway, in the order's ``change_seq`` (early: parked)."""
+    try:
+        return orders.gateway_change(conn, gateway=ctx.gateway, record_id=rec.id, body=rec.body, now=ctx.now)
+    except RecordSchemaError as e:
+        raise Rejected(e.reason) from None
+    except orders.OrderError as e:
+        raise Rejected(e.reason) from None
+
+
+@handler("supplier_confirmation")
+def apply_supplier_confirmation(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
+    """A supplier's answer for a drop-ship order, from the supplier's own gateway."""
+    try:
+        conf = parse_supplier_confirmation(rec.body)
+    except RecordSchemaError as e:
+        raise Rejected(e.reason) from None
+    row = conn.execute(
+        "SELECT o.order_id, d.supplier FROM orders o JOIN drop_ships d ON d.order_id = o.order_id"
+        " JOIN locations l ON l.code = d.supplier WHERE o.order_no = ? AND l.gateway = ?",
+        (conf.order_no, ctx.gateway),
+    ).fetchone()
+    if row is None:
+        raise Rejected(f"order {conf.order_no!r} was not passed to a supplier behind gateway {ctx.gateway!r}")
+    try:
+        ordertypes.supplier_confirmation(
+            conn,
+            row[0],
+            supplier=row[1],
+            state=conf.state,
+            ref=conf.ref,
+            detail=conf.detail,
+            actor=f"gateway:{ctx.gateway}",
+            now=ctx.now,
+        )
+    except ordertypes.OrderTypeError as e:
+        raise Rejected(str(e)) from None
+    return conf.order_no
 
 
 def _quarantine(

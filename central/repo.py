@@ -21,8 +21,12 @@ ORDER_COLS = (
     "created_at",
     "received_at",
     "updated_at",
+    "value",
+    "requirements",
+    "hold_reason",
+    "change_seq",
 )
-FILTERS = ("gateway", "customer", "status", "channel", "order_type", "source_ref")
+FILTERS = ("order_no", "gateway", "customer", "status", "channel", "order_type", "source_ref")
 
 
 def list_orders(
@@ -48,17 +52,42 @@ def get_order(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
         return None
     order = dict(zip(ORDER_COLS, row, strict=True))
     oid = order["order_id"]
+    line_cols = ("line_no", "gtin", "sku", "qty", "price", "unit_price", "cancelled")
     order["lines"] = [
-        dict(zip(("line_no", "gtin", "sku", "qty", "price"), r, strict=True))
+        dict(zip(line_cols, r, strict=True))
         for r in conn.execute(
-            "SELECT line_no, gtin, sku, qty, price FROM order_lines WHERE order_id = ? ORDER BY line_no",
-            (oid,),
+            f"SELECT {', '.join(line_cols)} FROM order_lines WHERE order_id = ? ORDER BY line_no", (oid,)
         )
     ]
+    for ln in order["lines"]:
+        ln["cancelled"] = bool(ln["cancelled"])
     order["events"] = [
         dict(zip(("at", "event", "status", "detail", "actor"), r, strict=True))
         for r in conn.execute(
             "SELECT at, event, status, detail, actor FROM order_events WHERE order_id = ? ORDER BY id", (oid,)
+        )
+    ]
+    order["checks"] = [
+        dict(zip(("run", "name", "outcome", "detail", "at"), r, strict=True))
+        for r in conn.execute(
+            "SELECT run, name, outcome, detail, at FROM order_checks WHERE order_id = ? ORDER BY run, rowid",
+            (oid,),
+        )
+    ]
+    order["parked_changes"] = [
+        dict(zip(("change_seq", "record_id", "parked_at"), r, strict=True))
+        for r in conn.execute(
+            "SELECT change_seq, record_id, parked_at FROM parked_changes WHERE order_ref = ?"
+            " ORDER BY change_seq",
+            (order["record_id"],),
+        )
+    ]
+    order["drop_ship"] = [
+        dict(zip(("supplier", "status", "supplier_ref", "detail", "updated_at"), r, strict=True))
+        for r in conn.execute(
+            "SELECT supplier, status, supplier_ref, detail, updated_at FROM drop_ships WHERE order_id = ?"
+            " ORDER BY supplier",
+            (oid,),
         )
     ]
     return order

@@ -73,4 +73,170 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
     *downlink.MIGRATIONS,
+    Migration(
+        "central_0002_orders",
+        """
+        CREATE TABLE customers (
+            code TEXT PRIMARY KEY,
+            name TEXT NOT NULL DEFAULT '',
+            grade TEXT NOT NULL DEFAULT 'C',
+            price_class TEXT NOT NULL DEFAULT '',
+            credit_limit INTEGER,
+            receivables INTEGER NOT NULL DEFAULT 0,
+            open_value INTEGER NOT NULL DEFAULT 0,
+            payment_terms TEXT NOT NULL DEFAULT '',
+            discount_pct REAL NOT NULL DEFAULT 0,
+            salesperson TEXT NOT NULL DEFAULT '',
+            region TEXT NOT NULL DEFAULT '',
+            district TEXT NOT NULL DEFAULT '',
+            area TEXT NOT NULL DEFAULT '',
+            billing_address TEXT NOT NULL DEFAULT '',
+            route TEXT NOT NULL DEFAULT '',
+            drop_seq INTEGER NOT NULL DEFAULT 0,
+            vehicle_type TEXT NOT NULL DEFAULT '',
+            unloading TEXT NOT NULL DEFAULT '',
+            delivery_window TEXT NOT NULL DEFAULT '',
+            delivery_requirements TEXT NOT NULL DEFAULT '',
+            backorder_policy TEXT NOT NULL DEFAULT 'backorder',
+            backorder_limit_days INTEGER,
+            gateway TEXT,
+            active INTEGER NOT NULL DEFAULT 1
+        ) WITHOUT ROWID;
+        CREATE INDEX customers_gateway ON customers(gateway);
+        CREATE TABLE items (
+            sku TEXT PRIMARY KEY,
+            description TEXT NOT NULL DEFAULT '',
+            unit TEXT NOT NULL DEFAULT 'EA',
+            pack_size INTEGER NOT NULL DEFAULT 1,
+            supplier TEXT NOT NULL DEFAULT '',
+            price INTEGER,
+            safety_stock INTEGER NOT NULL DEFAULT 0,
+            order_up_to INTEGER NOT NULL DEFAULT 0,
+            max_order_qty INTEGER NOT NULL DEFAULT 0,
+            pick_seconds REAL NOT NULL DEFAULT 0,
+            active INTEGER NOT NULL DEFAULT 1
+        ) WITHOUT ROWID;
+        CREATE TABLE item_gtins (
+            gtin TEXT PRIMARY KEY,
+            sku TEXT NOT NULL REFERENCES items(sku) ON DELETE CASCADE
+        ) WITHOUT ROWID;
+        CREATE INDEX item_gtins_sku ON item_gtins(sku);
+        CREATE TABLE item_storage (
+            sku TEXT NOT NULL REFERENCES items(sku) ON DELETE CASCADE,
+            location TEXT NOT NULL,
+            slot TEXT NOT NULL,
+            PRIMARY KEY (sku, location)
+        ) WITHOUT ROWID;
+        CREATE TABLE price_lists (
+            price_class TEXT PRIMARY KEY,
+            tolerance_pct REAL NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE TABLE price_breaks (
+            price_class TEXT NOT NULL,
+            sku TEXT NOT NULL,
+            min_qty INTEGER NOT NULL,
+            price INTEGER NOT NULL,
+            PRIMARY KEY (price_class, sku, min_qty)
+        ) WITHOUT ROWID;
+        CREATE TABLE locations (
+            code TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            region TEXT NOT NULL DEFAULT '',
+            gateway TEXT,
+            active INTEGER NOT NULL DEFAULT 1
+        ) WITHOUT ROWID;
+        CREATE INDEX locations_gateway ON locations(gateway);
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            token_sha256 TEXT UNIQUE,
+            password_hash TEXT,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        ALTER TABLE orders ADD COLUMN value INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE orders ADD COLUMN requirements TEXT NOT NULL DEFAULT '';
+        ALTER TABLE orders ADD COLUMN hold_reason TEXT NOT NULL DEFAULT '';
+        ALTER TABLE orders ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX orders_channel ON orders(channel, order_id);
+        CREATE INDEX orders_source_ref ON orders(source_ref, order_id);
+        ALTER TABLE order_lines ADD COLUMN unit_price INTEGER;
+        ALTER TABLE order_lines ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE order_checks (
+            order_id INTEGER NOT NULL REFERENCES orders(order_id),
+            run INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            at INTEGER NOT NULL
+        );
+        CREATE INDEX order_checks_order ON order_checks(order_id, run);
+        CREATE TABLE parked_changes (
+            order_ref TEXT NOT NULL,
+            change_seq INTEGER NOT NULL,
+            record_id TEXT NOT NULL UNIQUE,
+            gateway TEXT NOT NULL,
+            body BLOB NOT NULL,
+            parked_at INTEGER NOT NULL,
+            PRIMARY KEY (order_ref, change_seq)
+        ) WITHOUT ROWID;
+        CREATE TABLE drop_ships (
+            order_id INTEGER NOT NULL REFERENCES orders(order_id),
+            supplier TEXT NOT NULL,
+            status TEXT NOT NULL,
+            supplier_ref TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '',
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (order_id, supplier)
+        ) WITHOUT ROWID;
+        CREATE TABLE contracts (
+            code TEXT PRIMARY KEY,
+            customer TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            note TEXT NOT NULL DEFAULT ''
+        ) WITHOUT ROWID;
+        CREATE TABLE contract_lines (
+            contract TEXT NOT NULL REFERENCES contracts(code),
+            sku TEXT NOT NULL,
+            qty INTEGER NOT NULL,
+            PRIMARY KEY (contract, sku)
+        ) WITHOUT ROWID;
+        CREATE TABLE contract_deliveries (
+            contract TEXT NOT NULL REFERENCES contracts(code),
+            date TEXT NOT NULL,
+            order_id INTEGER REFERENCES orders(order_id),
+            PRIMARY KEY (contract, date)
+        ) WITHOUT ROWID;
+        CREATE TABLE consignment_lots (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            customer TEXT NOT NULL,
+            sku TEXT NOT NULL,
+            qty INTEGER NOT NULL,
+            remaining INTEGER NOT NULL,
+            price INTEGER NOT NULL,
+            deposited_at INTEGER NOT NULL,
+            ref TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX consignment_lots_cust ON consignment_lots(customer, sku, id);
+        CREATE TABLE consignment_moves (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            lot_id INTEGER NOT NULL REFERENCES consignment_lots(id),
+            order_id INTEGER REFERENCES orders(order_id),
+            line_no INTEGER,
+            qty INTEGER NOT NULL,
+            at INTEGER NOT NULL
+        );
+        CREATE INDEX consignment_moves_order ON consignment_moves(order_id);
+        CREATE TABLE vouchers (
+            code TEXT PRIMARY KEY,
+            customer TEXT,
+            sku TEXT NOT NULL,
+            qty INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'issued',
+            order_id INTEGER REFERENCES orders(order_id),
+            issued_at INTEGER NOT NULL,
+            consumed_at INTEGER
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]

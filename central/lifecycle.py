@@ -1,0 +1,225 @@
+"""The order lifecycle: a transition table, an append-only event history, and hooks.
+
+::
+
+    received -> validated | held        held -> validated | cancelled
+    validated -> allocated -> released -> picked -> shipped -> delivered -> returned
+    cash sale: validated -> delivered          (no picking: handed over at once)
+    drop-ship: validated -> released -> shipped (the supplier ships)
+    cancelled from received, held, validated, allocated; returned from shipped, delivered
+
+:func:`transition` is the only way an order's status changes. It checks the table (raising
+:class:`IllegalTransition`), writes the status and one ``order_events`` row, keeps the
+customer's open-order value and receivables in step, queues an ``order_status`` downlink
+record to the order's originating gateway, and runs the hooks - all in the caller's
+transaction. ``ON_VALIDATED`` hooks run when an order that is filled from stock becomes
+``validated`` (allocation registers itself there); ``ON_CANCELLED`` hooks run after an order
+is cancelled (give back stock, vouchers, consignment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from central import CentralError, downlink
+
+STATUS_RECORD = "order_status"
+
+
+class Status(enum.StrEnum):
+    RECEIVED = "received"
+    VALIDATED = "validated"
+    HELD = "held"
+    ALLOCATED = "allocated"
+    RELEASED = "released"
+    PICKED = "picked"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+    RETURNED = "returned"
+
+
+S = Status
+ANY_TYPE: frozenset[str] | None = None
+STOCK_TYPES = frozenset({"normal", "contract", "consignment", "voucher"})
+
+# (from, to) -> the order types that may take it (None: every type)
+TRANSITIONS: dict[tuple[Status, Status], frozenset[str] | None] = {
+    (S.RECEIVED, S.VALIDATED): ANY_TYPE,
+    (S.RECEIVED, S.HELD): ANY_TYPE,
+    (S.RECEIVED, S.CANCELLED): ANY_TYPE,
+    (S.HELD, S.VALIDATED): ANY_TYPE,
+    (S.HELD, S.CANCELLED): ANY_TYPE,
+    (S.VALIDATED, S.HELD): ANY_TYPE,  # a change made it fail a check
+    (S.VALIDATED, S.ALLOCATED): STOCK_TYPES,
+    (S.VALIDATED, S.RELEASED): frozenset({"drop-ship"}),
+    (S.VALIDATED, S.DELIVERED): frozenset({"cash-sale"}),
+    (S.VALIDATED, S.CANCELLED): ANY_TYPE,
+    (S.ALLOCATED, S.VALIDATED): STOCK_TYPES,  # allocation undone (reallocate)
+    (S.ALLOCATED, S.RELEASED): STOCK_TYPES,
+    (S.ALLOCATED, S.CANCELLED): STOCK_TYPES,
+    (S.RELEASED, S.PICKED): STOCK_TYPES,
+    (S.RELEASED, S.SHIPPED): frozenset({"drop-ship"}),
+    (S.RELEASED, S.CANCELLED): frozenset({"drop-ship"}),  # the supplier refused
+    (S.PICKED, S.SHIPPED): STOCK_TYPES,
+    (S.SHIPPED, S.DELIVERED): ANY_TYPE,
+    (S.SHIPPED, S.RETURNED): ANY_TYPE,
+    (S.DELIVERED, S.RETURNED): ANY_TYPE,
+}
+# Orders whose value counts against the customer's credit until delivered.
+OPEN = frozenset({S.VALIDATED, S.ALLOCATED, S.RELEASED, S.PICKED, S.SHIPPED})
+# Lines may be changed (and the order re-validated) only before allocation.
+EDITABLE = frozenset({S.RECEIVED, S.HELD, S.VALIDATED})
+FINAL = frozenset({S.CANCELLED, S.RETURNED})
+
+Hook = Callable[[sqlite3.Connection, int], None]
+ON_VALIDATED: list[Hook] = []
+ON_CANCELLED: list[Hook] = []
+
+
+class LifecycleError(CentralError):
+    pass
+
+
+class UnknownOrder(LifecycleError):
+    def __init__(self, order_id: int) -> None:
+        super().__init__(f"no order with id {order_id}")
+        self.order_id = order_id
+
+
+class IllegalTransition(LifecycleError):
+    """``new`` is not reachable from ``current`` for this order (type)."""
+
+    def __init__(self, order_no: str, order_type: str, current: str, new: str) -> None:
+        super().__init__(f"order {order_no} ({order_type}) cannot go from {current} to {new}")
+        self.order_no = order_no
+        self.order_type = order_type
+        self.current = current
+        self.new = new
+
+
+def allowed(current: Status | str, new: Status | str, order_type: str) -> bool:
+    try:
+        key = (Status(current), Status(new))
+    except ValueError:
+        return False
+    if key not in TRANSITIONS:
+        return False
+    types = TRANSITIONS[key]
+    return types is None or order_type in types
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def record_event(
+    conn: sqlite3.Connection,
+    order_id: int,
+    event: str,
+    *,
+    detail: str,
+    actor: str = "system",
+    status: str | None = None,
+    now: int | None = None,
+) -> int:
+    """Append one event to the order's history (never updated or deleted); returns its id."""
+    cur = conn.execute(
+        "INSERT INTO order_events (order_id, at, event, status, detail, actor) VALUES (?, ?, ?, ?, ?, ?)",
+        (order_id, now if now is not None else now_ms(), event, status, detail, actor),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def transition(
+    conn: sqlite3.Connection,
+    order_id: int,
+    new_status: Status | str,
+    *,
+    actor: str,
+    detail: str,
+    now: int | None = None,
+) -> None:
+    """Move an order to ``new_status`` (inside the caller's write transaction)."""
+    new = Status(new_status)
+    row = conn.execute(
+        "SELECT status, order_type, customer, value, gateway, record_id, order_no FROM orders"
+        " WHERE order_id = ?",
+        (order_id,),
+    ).fetchone()
+    if row is None:
+        raise UnknownOrder(order_id)
+    current, otype, customer, value, gateway, record_id, order_no = row
+    if not allowed(current, new, otype):
+        raise IllegalTransition(order_no, otype, current, new)
+    t = now if now is not None else now_ms()
+    conn.execute(
+        "UPDATE orders SET status = ?, updated_at = ?, hold_reason = ? WHERE order_id = ?",
+        (new.value, t, detail if new is S.HELD else "", order_id),
+    )
+    version = record_event(conn, order_id, new.value, detail=detail, actor=actor, status=new.value, now=t)
+    was_open, is_open = Status(current) in OPEN, new in OPEN
+    if was_open != is_open or new in (S.DELIVERED, S.RETURNED):
+        delta_open = value if is_open and not was_open else -value if was_open and not is_open else 0
+        delta_recv = value if new is S.DELIVERED else -value if new is S.RETURNED else 0
+        conn.execute(
+            "UPDATE customers SET open_value = open_value + ?, receivables = receivables + ? WHERE code = ?",
+            (delta_open, delta_recv, customer),
+        )
+    notify_status(
+        conn,
+        gateway=gateway,
+        body={
+            "record_id": record_id,
+            "order_no": order_no,
+            "status": new.value,
+            "detail": detail,
+            "version": version,
+            "at": t,
+        },
+    )
+    if new is S.VALIDATED and otype in STOCK_TYPES:
+        for hook in ON_VALIDATED:
+            hook(conn, order_id)
+    elif new is S.CANCELLED:
+        for hook in ON_CANCELLED:
+            hook(conn, order_id)
+
+
+# -- status downlink, coalesced per order within one unit of work ----------------------
+
+# id(conn) -> {(gateway, record_id): latest body}; present only inside ``coalesce_status``
+_PENDING: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
+
+
+def notify_status(conn: sqlite3.Connection, *, gateway: str, body: dict[str, Any]) -> None:
+    """Tell the originating gateway (if any) about an order's new status or event."""
+    if not gateway:
+        return  # entered at central with no gateway mapped for the customer
+    pending = _PENDING.get(id(conn))
+    if pending is not None:
+        pending[(gateway, body["record_id"])] = body
+        return
+    downlink.enqueue(conn, gateway=gateway, type=STATUS_RECORD, body=body)
+
+
+@contextlib.contextmanager
+def coalesce_status(conn: sqlite3.Connection) -> Iterator[None]:
+    """Within this block, send each order's status down once (its latest), on success."""
+    if id(conn) in _PENDING:
+        yield
+        return
+    pending: dict[tuple[str, str], dict[str, Any]] = {}
+    _PENDING[id(conn)] = pending
+    try:
+        yield
+    finally:
+        del _PENDING[id(conn)]
+    for (gw, _rid), body in pending.items():
+        downlink.enqueue(conn, gateway=gw, type=STATUS_RECORD, body=body)

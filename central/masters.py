@@ -1,0 +1,673 @@
+"""Master data: customers, items, price lists, locations (and the gateway mapping).
+
+Every write goes through this module, inside the caller's write transaction:
+:func:`upsert` / :func:`delete` / :func:`import_csv` validate the row against the kind's
+field table (:data:`KINDS`) and raise :class:`MasterError` naming the field and the reason.
+
+Master changes that gateways need (items, their prices for the gateway's customer class,
+reorder parameters) are published down durably with ``downlink.enqueue(type="master_items")``
+in the same transaction. A gateway newly mapped to a customer or location gets a full
+snapshot (``replace: true``).
+
+Validation reads masters through :func:`cache` - an in-memory snapshot per connection,
+dropped by every master write here and by commits from other processes
+(``PRAGMA data_version``), so the order hot path does no per-line master queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sqlite3
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from central import CentralError, downlink
+from protocols.topics import GATEWAY_ID_RE
+
+log = logging.getLogger(__name__)
+
+ITEMS_PER_RECORD = 500
+GRADES = ("A", "B", "C")
+BACKORDER_POLICIES = ("none", "backorder", "next-order", "all-at-once")
+LOCATION_KINDS = ("store", "dc", "supplier")
+
+
+class MasterError(CentralError):
+    """A master row that cannot be stored; ``field`` and ``reason`` say why."""
+
+    def __init__(self, kind: str, key: str, field: str, reason: str) -> None:
+        where = f"{kind} {key!r}" if key else kind
+        super().__init__(f"{where}: {field}: {reason}" if field else f"{where}: {reason}")
+        self.kind = kind
+        self.key = key
+        self.field = field
+        self.reason = reason
+
+
+# -- field tables ------------------------------------------------------------------------
+
+Conv = Callable[[object], object]
+
+
+def _text(max_len: int = 200) -> Conv:
+    def conv(v: object) -> object:
+        if v is None:
+            return ""
+        if not isinstance(v, str):
+            raise ValueError(f"expected text, got {type(v).__name__}")
+        if len(v) > max_len:
+            raise ValueError(f"longer than {max_len} characters")
+        return v.strip()
+
+    return conv
+
+
+def _code(v: object) -> object:
+    s = _text(64)(v)
+    if not s:
+        raise ValueError("empty")
+    return s
+
+
+def _int(lo: int, hi: int, *, optional: bool = False) -> Conv:
+    def conv(v: object) -> object:
+        if v is None or v == "":
+            if optional:
+                return None
+            raise ValueError("missing")
+        if isinstance(v, str):
+            try:
+                v = int(v.strip())
+            except ValueError:
+                raise ValueError(f"{v!r} is not an integer") from None
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"expected integer, got {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} not in {lo}..{hi}")
+        return v
+
+    return conv
+
+
+def _real(lo: float, hi: float) -> Conv:
+    def conv(v: object) -> object:
+        if isinstance(v, str):
+            try:
+                v = float(v.strip() or 0)
+            except ValueError:
+                raise ValueError(f"{v!r} is not a number") from None
+        if v is None:
+            v = 0.0
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise ValueError(f"expected number, got {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} not in {lo}..{hi}")
+        return float(v)
+
+    return conv
+
+
+def _choice(options: tuple[str, ...], default: str) -> Conv:
+    def conv(v: object) -> object:
+        s = _text(32)(v) or default
+        if s not in options:
+            raise ValueError(f"{s!r} is not one of {', '.join(options)}")
+        return s
+
+    return conv
+
+
+def _gateway(v: object) -> object:
+    s = _text(64)(v)
+    if not s:
+        return None
+    assert isinstance(s, str)
+    if not GATEWAY_ID_RE.match(s):
+        raise ValueError(f"{s!r} is not a valid gateway id")
+    return s
+
+
+def _bool(v: object) -> object:
+    if v is None or v == "":
+        return 1
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int) and v in (0, 1):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("1", "0", "true", "false", "yes", "no"):
+        return int(v.strip().lower() in ("1", "true", "yes"))
+    raise ValueError(f"{v!r} is not a boolean")
+
+
+MONEY = _int(0, 10**12)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    name: str
+    table: str
+    key: str
+    fields: dict[str, Conv]
+    extra: tuple[str, ...] = ()  # fields stored outside the main table
+
+
+KINDS: dict[str, Kind] = {
+    "customers": Kind(
+        "customers",
+        "customers",
+        "code",
+        {
+            "code": _code,
+            "name": _text(),
+            "grade": _choice(GRADES, "C"),
+            "price_class": _text(32),
+            "credit_limit": _int(0, 10**13, optional=True),
+            "receivables": _int(-(10**13), 10**13, optional=True),
+            "payment_terms": _text(),
+            "discount_pct": _real(0, 100),
+            "salesperson": _text(),
+            "region": _text(),
+            "district": _text(),
+            "area": _text(),
+            "billing_address": _text(),
+            "route": _text(),
+            "drop_seq": _int(0, 10**6, optional=True),
+            "vehicle_type": _text(),
+            "unloading": _text(),
+            "delivery_window": _text(),
+            "delivery_requirements": _text(),
+            "backorder_policy": _choice(BACKORDER_POLICIES, "backorder"),
+            "backorder_limit_days": _int(0, 3650, optional=True),
+            "gateway": _gateway,
+            "active": _bool,
+        },
+    ),
+    "items": Kind(
+        "items",
+        "items",
+        "sku",
+        {
+            "sku": _code,
+            "description": _text(),
+            "unit": _text(16),
+            "pack_size": _int(1, 100_000, optional=True),
+            "supplier": _text(64),
+            "price": _int(0, 10**12, optional=True),
+            "safety_stock": _int(0, 10**9, optional=True),
+            "order_up_to": _int(0, 10**9, optional=True),
+            "max_order_qty": _int(0, 10**9, optional=True),
+            "pick_seconds": _real(0, 86_400),
+            "active": _bool,
+        },
+        extra=("gtins", "storage"),
+    ),
+    "locations": Kind(
+        "locations",
+        "locations",
+        "code",
+        {
+            "code": _code,
+            "kind": _choice(LOCATION_KINDS, ""),
+            "name": _text(),
+            "region": _text(),
+            "gateway": _gateway,
+            "active": _bool,
+        },
+    ),
+    "prices": Kind(
+        "prices",
+        "price_breaks",
+        "price_class",
+        {
+            "price_class": _code,
+            "sku": _code,
+            "min_qty": _int(1, 10**9, optional=True),
+            "price": MONEY,
+            "tolerance_pct": _real(0, 100),
+        },
+    ),
+}
+_DEFAULTS = {
+    "unit": "EA",
+    "pack_size": 1,
+    "safety_stock": 0,
+    "order_up_to": 0,
+    "max_order_qty": 0,
+    "drop_seq": 0,
+    "receivables": 0,
+    "min_qty": 1,
+}
+
+
+def _gtins(v: object) -> list[str]:
+    if v is None or v == "":
+        return []
+    parts = v.split("|") if isinstance(v, str) else v
+    if not isinstance(parts, list):
+        raise ValueError("expected a list of GTINs or 'gtin|gtin' text")
+    out = []
+    for g in parts:
+        if not isinstance(g, str) or not g.strip().isdigit() or len(g.strip()) not in (8, 12, 13, 14):
+            raise ValueError(f"{g!r} is not 8, 12, 13 or 14 digits")
+        out.append(g.strip().zfill(14))
+    return list(dict.fromkeys(out))
+
+
+def _storage(v: object) -> dict[str, str]:
+    if v is None or v == "":
+        return {}
+    if isinstance(v, str):
+        pairs: dict[str, object] = {}
+        for part in v.split("|"):
+            loc, sep, slot = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part!r} is not LOCATION=SLOT")
+            pairs[loc.strip()] = slot.strip()
+        v = pairs
+    if not isinstance(v, dict) or not all(
+        isinstance(k, str) and k and isinstance(s, str) and s for k, s in v.items()
+    ):
+        raise ValueError("expected {location: slot}")
+    return dict(v)
+
+
+def parse_row(kind: str, raw: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
+    """Check and convert one master row; unknown fields and bad values raise MasterError."""
+    k = KINDS.get(kind)
+    if k is None:
+        raise MasterError(kind, "", "", f"unknown master kind; known: {', '.join(KINDS)}")
+    if key is not None:
+        raw = {**raw, k.key: raw.get(k.key, key)}
+        if raw[k.key] != key:
+            raise MasterError(kind, key, k.key, f"body says {raw[k.key]!r} but the path says {key!r}")
+    label = str(raw.get(k.key, ""))
+    unknown = set(raw) - set(k.fields) - set(k.extra)
+    if unknown:
+        raise MasterError(kind, label, sorted(unknown)[0], "unknown field")
+    row: dict[str, Any] = {}
+    for name, conv in k.fields.items():
+        try:
+            value = conv(raw.get(name))
+        except ValueError as e:
+            raise MasterError(kind, label, name, str(e)) from None
+        if value is None and name in _DEFAULTS:
+            value = _DEFAULTS[name]
+        row[name] = value
+    try:
+        if "gtins" in k.extra:
+            row["gtins"] = _gtins(raw.get("gtins"))
+        if "storage" in k.extra:
+            row["storage"] = _storage(raw.get("storage"))
+    except ValueError as e:
+        raise MasterError(kind, label, "gtins" if "gtin" in str(e) else "storage", str(e)) from None
+    if kind == "customers" and not row["price_class"]:
+        row["price_class"] = row["grade"]
+    if kind == "locations" and not row["kind"]:
+        raise MasterError(kind, label, "kind", f"missing; one of {', '.join(LOCATION_KINDS)}")
+    return row
+
+
+# -- writes ---------------------------------------------------------------------------
+
+
+def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str | None = None) -> str:
+    """Insert or replace one master row (inside a write transaction); returns its key."""
+    row = parse_row(kind, raw, key=key)
+    invalidate(conn)
+    if kind == "customers":
+        old = conn.execute(
+            "SELECT gateway, receivables, open_value, price_class FROM customers WHERE code = ?",
+            (row["code"],),
+        ).fetchone()
+        if row["receivables"] is None or "receivables" not in raw:
+            row["receivables"] = old[1] if old else 0
+        cols = list(row)
+        conn.execute(
+            f"INSERT INTO customers ({', '.join(cols)}, open_value) VALUES"
+            f" ({', '.join('?' * len(cols))}, ?) ON CONFLICT(code) DO UPDATE SET"
+            f" {', '.join(f'{c} = excluded.{c}' for c in cols if c != 'code')}",
+            [*row.values(), old[2] if old else 0],
+        )
+        if row["gateway"] and (old is None or (old[0], old[3]) != (row["gateway"], row["price_class"])):
+            publish_snapshot(conn, row["gateway"])  # newly mapped, or its prices changed
+        return str(row["code"])
+    if kind == "locations":
+        old = conn.execute("SELECT gateway FROM locations WHERE code = ?", (row["code"],)).fetchone()
+        _replace(conn, "locations", row, key=("code",))
+        if row["gateway"] and (old is None or old[0] != row["gateway"]):
+            publish_snapshot(conn, row["gateway"])
+        return str(row["code"])
+    if kind == "items":
+        gtins, storage = row.pop("gtins"), row.pop("storage")
+        _replace(conn, "items", row, key=("sku",))
+        sku = row["sku"]
+        taken = conn.execute(
+            f"SELECT gtin, sku FROM item_gtins WHERE gtin IN ({', '.join('?' * len(gtins))}) AND sku != ?",
+            [*gtins, sku],
+        ).fetchall()
+        if taken:
+            raise MasterError("items", sku, "gtins", f"GTIN {taken[0][0]} already belongs to {taken[0][1]!r}")
+        conn.execute("DELETE FROM item_gtins WHERE sku = ?", (sku,))
+        conn.executemany("INSERT INTO item_gtins (gtin, sku) VALUES (?, ?)", [(g, sku) for g in gtins])
+        conn.execute("DELETE FROM item_storage WHERE sku = ?", (sku,))
+        conn.executemany(
+            "INSERT INTO item_storage (sku, location, slot) VALUES (?, ?, ?)",
+            [(sku, loc, slot) for loc, slot in storage.items()],
+        )
+        publish_items(conn, [sku])
+        return str(sku)
+    # prices: one quantity break of one class; tolerance is per class
+    tol = row.pop("tolerance_pct")
+    conn.execute(
+        "INSERT INTO price_lists (price_class, tolerance_pct) VALUES (?, ?)"
+        " ON CONFLICT(price_class) DO UPDATE SET tolerance_pct = excluded.tolerance_pct",
+        (row["price_class"], tol),
+    )
+    _replace(conn, "price_breaks", row, key=("price_class", "sku", "min_qty"))
+    publish_items(conn, [row["sku"]])
+    return f"{row['price_class']}/{row['sku']}/{row['min_qty']}"
+
+
+def _replace(conn: sqlite3.Connection, table: str, row: dict[str, Any], *, key: tuple[str, ...]) -> None:
+    """Upsert in place (never delete-and-insert: other tables refer to masters)."""
+    cols = list(row)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
+    conn.execute(
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        f" ON CONFLICT({', '.join(key)}) DO UPDATE SET {updates}",
+        list(row.values()),
+    )
+
+
+def delete(conn: sqlite3.Connection, kind: str, key: str) -> bool:
+    """Deactivate a customer/item/location (orders refer to them); remove a price class."""
+    invalidate(conn)
+    if kind == "prices":
+        n = conn.execute("DELETE FROM price_breaks WHERE price_class = ?", (key,)).rowcount
+        conn.execute("DELETE FROM price_lists WHERE price_class = ?", (key,))
+        return n > 0
+    k = KINDS.get(kind)
+    if k is None:
+        raise MasterError(kind, key, "", f"unknown master kind; known: {', '.join(KINDS)}")
+    n = conn.execute(f"UPDATE {k.table} SET active = 0 WHERE {k.key} = ?", (key,)).rowcount
+    return n > 0
+
+
+def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
+    """Import a CSV (header row = field names) atomically; errors name the CSV line."""
+    if kind not in KINDS:
+        raise MasterError(kind, "", "", f"unknown master kind; known: {', '.join(KINDS)}")
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames:
+        raise MasterError(kind, "", "", "CSV has no header row")
+    n = 0
+    conn.execute("SAVEPOINT master_import")
+    try:
+        for row in reader:
+            if None in row:
+                raise MasterError(kind, "", "", f"line {reader.line_num}: more values than header fields")
+            try:
+                upsert(conn, kind, {k: v for k, v in row.items() if v is not None})
+            except MasterError as e:
+                raise MasterError(kind, e.key, e.field, f"line {reader.line_num}: {e.reason}") from None
+            n += 1
+    except BaseException:
+        conn.execute("ROLLBACK TO master_import")
+        conn.execute("RELEASE master_import")
+        raise
+    conn.execute("RELEASE master_import")
+    return n
+
+
+def adjust_receivables(conn: sqlite3.Connection, customer: str, delta: int) -> None:
+    conn.execute("UPDATE customers SET receivables = receivables + ? WHERE code = ?", (delta, customer))
+
+
+# -- reads ----------------------------------------------------------------------------
+
+
+def get(conn: sqlite3.Connection, kind: str, key: str) -> dict[str, Any] | None:
+    k = KINDS.get(kind)
+    if k is None:
+        return None
+    if kind == "prices":
+        tol = conn.execute("SELECT tolerance_pct FROM price_lists WHERE price_class = ?", (key,)).fetchone()
+        if tol is None:
+            return None
+        breaks = conn.execute(
+            "SELECT sku, min_qty, price FROM price_breaks WHERE price_class = ? ORDER BY sku, min_qty", (key,)
+        ).fetchall()
+        return {
+            "price_class": key,
+            "tolerance_pct": tol[0],
+            "breaks": [{"sku": s, "min_qty": q, "price": p} for s, q, p in breaks],
+        }
+    cur = conn.execute(f"SELECT * FROM {k.table} WHERE {k.key} = ?", (key,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    out = dict(zip([d[0] for d in cur.description], row, strict=True))
+    if kind == "items":
+        out["gtins"] = [g for (g,) in conn.execute("SELECT gtin FROM item_gtins WHERE sku = ?", (key,))]
+        out["storage"] = dict(conn.execute("SELECT location, slot FROM item_storage WHERE sku = ?", (key,)))
+    return out
+
+
+def list_keys(conn: sqlite3.Connection, kind: str, *, limit: int, after: str = "") -> list[dict[str, Any]]:
+    k = KINDS[kind]
+    if kind == "prices":
+        keys = [
+            r[0]
+            for r in conn.execute(
+                "SELECT price_class FROM price_lists WHERE price_class > ? ORDER BY 1 LIMIT ?", (after, limit)
+            )
+        ]
+    else:
+        keys = [
+            r[0]
+            for r in conn.execute(
+                f"SELECT {k.key} FROM {k.table} WHERE {k.key} > ? ORDER BY 1 LIMIT ?", (after, limit)
+            )
+        ]
+    return [row for key in keys if (row := get(conn, kind, key)) is not None]
+
+
+# -- in-memory snapshot for validation ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    code: str
+    name: str
+    grade: str
+    price_class: str
+    credit_limit: int | None
+    delivery_requirements: str
+    delivery_window: str
+    unloading: str
+    gateway: str | None
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    sku: str
+    description: str
+    pack_size: int
+    supplier: str
+    price: int | None
+    max_order_qty: int
+    active: bool
+
+
+@dataclass(slots=True)
+class Snapshot:
+    customers: dict[str, Customer] = field(default_factory=dict)
+    items: dict[str, Item] = field(default_factory=dict)
+    sku_by_gtin: dict[str, str] = field(default_factory=dict)
+    breaks: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
+    tolerance_pct: dict[str, float] = field(default_factory=dict)
+
+    def resolve(self, gtin: str | None, sku: str | None) -> Item | None:
+        if sku is None and gtin is not None:
+            sku = self.sku_by_gtin.get(gtin.zfill(14))
+        return self.items.get(sku) if sku is not None else None
+
+    def unit_price(self, price_class: str, item: Item, qty: int) -> int | None:
+        """The price list's price for this quantity (highest break <= qty), else the item's."""
+        best = None
+        for min_qty, price in self.breaks.get((price_class, item.sku), ()):
+            if min_qty <= qty:
+                best = price
+        return best if best is not None else item.price
+
+
+def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
+    snap = Snapshot()
+    for r in conn.execute(
+        "SELECT code, name, grade, price_class, credit_limit, delivery_requirements, delivery_window,"
+        " unloading, gateway, active FROM customers"
+    ):
+        snap.customers[r[0]] = Customer(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
+    for r in conn.execute(
+        "SELECT sku, description, pack_size, supplier, price, max_order_qty, active FROM items"
+    ):
+        snap.items[r[0]] = Item(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+    snap.sku_by_gtin = dict(conn.execute("SELECT gtin, sku FROM item_gtins"))
+    for cls, sku, min_qty, price in conn.execute(
+        "SELECT price_class, sku, min_qty, price FROM price_breaks ORDER BY price_class, sku, min_qty"
+    ):
+        snap.breaks.setdefault((cls, sku), []).append((min_qty, price))
+    snap.tolerance_pct = dict(conn.execute("SELECT price_class, tolerance_pct FROM price_lists"))
+    return snap
+
+
+# connection id -> (connection kept alive so the id is not reused, data_version, snapshot)
+_CACHE: dict[int, tuple[sqlite3.Connection, int, Snapshot]] = {}
+
+
+def cache(conn: sqlite3.Connection) -> Snapshot:
+    """The masters as of this connection's latest view; reloaded after any master change."""
+    version = conn.execute("PRAGMA data_version").fetchone()[0]
+    hit = _CACHE.get(id(conn))
+    if hit is not None and hit[0] is conn and hit[1] == version:
+        return hit[2]
+    snap = load_snapshot(conn)
+    _CACHE[id(conn)] = (conn, version, snap)
+    return snap
+
+
+def invalidate(conn: sqlite3.Connection | None = None) -> None:
+    if conn is None:
+        _CACHE.clear()
+    else:
+        _CACHE.pop(id(conn), None)
+
+
+# -- publishing to gateways -----------------------------------------------------------
+
+
+def gateways(conn: sqlite3.Connection) -> dict[str, str | None]:
+    """Every gateway mapped in the masters -> the price class of its customer (if any)."""
+    out: dict[str, str | None] = {
+        gw: None for (gw,) in conn.execute("SELECT gateway FROM locations WHERE gateway IS NOT NULL")
+    }
+    for gw, cls in conn.execute(
+        "SELECT gateway, price_class FROM customers WHERE gateway IS NOT NULL AND active = 1"
+    ):
+        out[gw] = cls
+    return out
+
+
+def _item_wire(
+    conn: sqlite3.Connection, skus: Iterable[str] | None, price_class: str | None
+) -> list[dict[str, Any]]:
+    sql = (
+        "SELECT g.gtin, i.sku, i.description, i.pack_size, i.price, i.safety_stock, i.order_up_to,"
+        " (SELECT price FROM price_breaks b WHERE b.price_class = ? AND b.sku = i.sku"
+        "  ORDER BY b.min_qty LIMIT 1)"
+        " FROM items i JOIN item_gtins g ON g.sku = i.sku WHERE i.active = 1"
+    )
+    args: list[Any] = [price_class or ""]
+    if skus is not None:
+        skus = list(skus)
+        sql += f" AND i.sku IN ({', '.join('?' * len(skus))})"
+        args += skus
+    out = []
+    for gtin, sku, desc, pack, price, ss, out_to, class_price in conn.execute(sql + " ORDER BY g.gtin", args):
+        item: dict[str, Any] = {
+            "gtin": gtin,
+            "sku": sku,
+            "description": desc,
+            "pack_size": pack,
+            "safety_stock": ss,
+            "order_up_to": out_to,
+        }
+        p = class_price if class_price is not None else price
+        if p is not None:
+            item["price"] = p
+        out.append(item)
+    return out
+
+
+def _send(conn: sqlite3.Connection, gw: str, items: list[dict[str, Any]], *, replace: bool) -> None:
+    if not items and not replace:
+        return
+    for i in range(0, max(len(items), 1), ITEMS_PER_RECORD):
+        downlink.enqueue(
+            conn,
+            gateway=gw,
+            type="master_items",
+            body={"items": items[i : i + ITEMS_PER_RECORD], "replace": replace and i == 0},
+        )
+
+
+def publish_items(conn: sqlite3.Connection, skus: list[str]) -> None:
+    """Send the changed items to every mapped gateway (priced for its customer's class)."""
+    for gw, cls in gateways(conn).items():
+        _send(conn, gw, _item_wire(conn, skus, cls), replace=False)
+
+
+def publish_snapshot(conn: sqlite3.Connection, gw: str) -> None:
+    """Send a gateway the whole active item master, replacing what it had."""
+    cls = gateways(conn).get(gw)
+    _send(conn, gw, _item_wire(conn, None, cls), replace=True)
+
+
+# -- CLI ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``storegate masters import KIND FILE.csv --db PATH``: import a master CSV atomically."""
+    from central.schema import MIGRATIONS  # noqa: PLC0415
+    from ops.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
+
+    p = argparse.ArgumentParser(prog="storegate masters", description="Central master data.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    imp = sub.add_parser("import", help="import a CSV file (header row = field names)")
+    imp.add_argument("kind", choices=sorted(KINDS))
+    imp.add_argument("file")
+    imp.add_argument("--db", default="var/central/central.db", help="central database file")
+    args = p.parse_args(argv)
+    conn = connect(args.db)
+    try:
+        apply_migrations(conn, MIGRATIONS)
+        with open(args.file, encoding="utf-8-sig") as f:
+            text = f.read()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = import_csv(conn, args.kind, text)
+        except MasterError as e:
+            conn.execute("ROLLBACK")
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        conn.execute("COMMIT")
+        print(f"imported {n} {args.kind}")
+        return 0
+    finally:
+        conn.close()

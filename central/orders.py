@@ -1,0 +1,498 @@
+"""The order record: one record whatever the channel, numbered, validated, changed.
+
+Every function runs inside the caller's write transaction (a ``DurableDB.write`` job):
+
+- :func:`create` - a new order from a gateway record, manual entry over REST or a contract
+  schedule: stored, numbered, validated (``central.validation`` + the type's own check),
+  then validated (hooks: allocation) or held, and routed by its type.
+- :func:`apply_change` - modify/add/cancel a line or cancel the order while its state allows.
+- :func:`gateway_change` - the same from a gateway's ``order_change`` record, applied in the
+  order's change sequence; an early one is parked until its predecessor arrives.
+- :func:`approve` / :func:`reject` - a supervisor's decision on a held order.
+- :func:`run_contracts` - scheduled contract deliveries due by a date become orders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgpack
+
+from central import CentralError, lifecycle, masters, ordertypes, validation
+from central.lifecycle import Status
+from central.validation import Exposure, LineIn, OrderIn, Result
+from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
+
+
+class OrderError(CentralError):
+    """A request about an order that cannot be done; ``status`` is the HTTP-ish class."""
+
+    def __init__(self, reason: str, *, kind: str = "invalid") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind  # invalid | not_found | conflict
+
+
+def order_no(order_id: int) -> str:
+    return f"SO{order_id:08d}"
+
+
+def today_of(now_ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).date()
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    order_id: int
+    order_no: str
+    status: str
+    result: Result
+
+
+def create(
+    conn: sqlite3.Connection,
+    order: OrderIn,
+    *,
+    record_id: str,
+    gateway: str,
+    seq: int,
+    channel: str,
+    created_at: int,
+    now: int,
+    actor: str = "system",
+    origin: str = "",
+    refuse_failures: bool = False,
+) -> Created:
+    """Store, number and validate one order. With ``refuse_failures`` (manual entry, a person
+    is there to fix it) an order failing completeness raises :class:`OrderError` instead."""
+    snap = masters.cache(conn)
+    result = _validate(conn, order, snap, now=now, order_id=None)
+    if refuse_failures and result.failures:
+        raise OrderError("; ".join(f"{c.name}: {c.detail}" for c in result.failures))
+    cur = conn.execute(
+        "INSERT INTO orders (order_no, record_id, gateway, seq, customer, channel, order_type,"
+        " requested_date, status, note, source_ref, created_at, received_at, updated_at, value, requirements)"
+        " VALUES ('', ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record_id,
+            gateway,
+            seq,
+            order.customer,
+            channel,
+            order.order_type,
+            order.requested_date.isoformat(),
+            order.note,
+            order.source_ref,
+            created_at,
+            now,
+            now,
+            result.value,
+            result.requirements,
+        ),
+    )
+    oid = cur.lastrowid
+    assert oid is not None
+    number = order_no(oid)
+    conn.execute("UPDATE orders SET order_no = ? WHERE order_id = ?", (number, oid))
+    priced = {p.line_no: p for p in result.lines}
+    conn.executemany(
+        "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                oid,
+                ln.line_no,
+                ln.gtin,
+                priced[ln.line_no].sku,
+                ln.qty,
+                ln.price,
+                priced[ln.line_no].unit_price,
+            )
+            for ln in order.lines
+        ],
+    )
+    lifecycle.record_event(
+        conn, oid, "received", detail=origin or f"via {channel}", actor=actor, status="received", now=now
+    )
+    with lifecycle.coalesce_status(conn):
+        status = _decide(conn, oid, order, snap, result, actor=actor, now=now, current=Status.RECEIVED)
+    return Created(oid, number, status, result)
+
+
+def _validate(
+    conn: sqlite3.Connection, order: OrderIn, snap: masters.Snapshot, *, now: int, order_id: int | None
+) -> Result:
+    row = conn.execute(
+        "SELECT receivables, open_value FROM customers WHERE code = ?", (order.customer,)
+    ).fetchone()
+    exposure = Exposure(*row) if row else Exposure()
+    tc = ordertypes.check(conn, order, snap, order_id=order_id)
+    return validation.validate(
+        order,
+        snap,
+        today=today_of(now),
+        exposure=exposure,
+        type_check=tc.check,
+        fixed_prices=tc.fixed_prices,
+        fixed_amounts=tc.fixed_amounts,
+    )
+
+
+def _record_checks(conn: sqlite3.Connection, oid: int, result: Result, now: int) -> None:
+    run = conn.execute(
+        "SELECT coalesce(max(run), 0) + 1 FROM order_checks WHERE order_id = ?", (oid,)
+    ).fetchone()[0]
+    conn.executemany(
+        "INSERT INTO order_checks (order_id, run, name, outcome, detail, at) VALUES (?, ?, ?, ?, ?, ?)",
+        [(oid, run, c.name, c.outcome.value, c.detail, now) for c in result.checks],
+    )
+
+
+def _decide(
+    conn: sqlite3.Connection,
+    oid: int,
+    order: OrderIn,
+    snap: masters.Snapshot,
+    result: Result,
+    *,
+    actor: str,
+    now: int,
+    current: Status,
+    approved_by: str = "",
+) -> str:
+    """Record the checks, then validate (and route) or hold the order."""
+    _record_checks(conn, oid, result, now)
+    summary = result.summary()
+    if result.passed or (approved_by and not result.failures):
+        detail = f"checks: {summary}"
+        if approved_by:
+            detail = f"hold approved by {approved_by}; {detail}"
+        ordertypes.apply_effects(conn, oid, order, snap, now)
+        lifecycle.transition(conn, oid, Status.VALIDATED, actor=actor, detail=detail, now=now)
+        ordertypes.route(conn, oid, order, snap, value=result.value, now=now)
+    else:
+        reasons = "; ".join(c.text() for c in result.holds)
+        if current is Status.HELD:
+            conn.execute("UPDATE orders SET hold_reason = ? WHERE order_id = ?", (reasons, oid))
+            lifecycle.record_event(conn, oid, "still held", detail=f"checks: {summary}", actor=actor, now=now)
+            _notify_current(conn, oid, f"still held: {reasons}", now)
+        else:
+            lifecycle.transition(conn, oid, Status.HELD, actor=actor, detail=reasons, now=now)
+            lifecycle.record_event(conn, oid, "checks", detail=summary, actor=actor, now=now)
+    status: str = conn.execute("SELECT status FROM orders WHERE order_id = ?", (oid,)).fetchone()[0]
+    return status
+
+
+def _notify_current(conn: sqlite3.Connection, oid: int, detail: str, now: int) -> None:
+    gw, rid, no, status = conn.execute(
+        "SELECT gateway, record_id, order_no, status FROM orders WHERE order_id = ?", (oid,)
+    ).fetchone()
+    version = conn.execute("SELECT max(id) FROM order_events WHERE order_id = ?", (oid,)).fetchone()[0]
+    lifecycle.notify_status(
+        conn,
+        gateway=gw,
+        body={
+            "record_id": rid,
+            "order_no": no,
+            "status": status,
+            "detail": detail,
+            "version": version,
+            "at": now,
+        },
+    )
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    order_id: int
+    order_no: str
+    status: Status
+    gateway: str
+    record_id: str
+    value: int
+    change_seq: int
+    order: OrderIn
+
+
+def find(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute(
+        "SELECT order_id FROM orders WHERE order_no = ? OR record_id = ?", (key, key)
+    ).fetchone()
+    if row is None:
+        raise OrderError(f"no order with number or record id {key!r}", kind="not_found")
+    return int(row[0])
+
+
+def load(conn: sqlite3.Connection, oid: int) -> Stored:
+    row = conn.execute(
+        "SELECT order_no, status, gateway, record_id, value, change_seq, customer, order_type,"
+        " requested_date, note, source_ref FROM orders WHERE order_id = ?",
+        (oid,),
+    ).fetchone()
+    if row is None:
+        raise OrderError(f"no order with id {oid}", kind="not_found")
+    lines = tuple(
+        LineIn(line_no=r[0], qty=r[1], gtin=r[2], sku=r[3], price=r[4])
+        for r in conn.execute(
+            "SELECT line_no, qty, gtin, sku, price FROM order_lines WHERE order_id = ? AND cancelled = 0"
+            " ORDER BY line_no",
+            (oid,),
+        )
+    )
+    order = OrderIn(
+        customer=row[6],
+        order_type=row[7],
+        requested_date=dt.date.fromisoformat(row[8]),
+        lines=lines,
+        note=row[9],
+        source_ref=row[10],
+    )
+    return Stored(oid, row[0], Status(row[1]), row[2], row[3], row[4], row[5], order)
+
+
+def revalidate(conn: sqlite3.Connection, oid: int, *, actor: str, now: int, approved_by: str = "") -> str:
+    """Run the checks again (after a change, a master fix, or a supervisor's approval)."""
+    st = load(conn, oid)
+    if st.status not in lifecycle.EDITABLE:
+        raise OrderError(
+            f"order {st.order_no} is {st.status}; checks run only before allocation", kind="conflict"
+        )
+    if st.status is Status.VALIDATED:
+        ordertypes.undo_effects(conn, oid)
+    snap = masters.cache(conn)
+    result = _validate(conn, st.order, snap, now=now, order_id=oid)
+    if approved_by and result.failures:
+        raise OrderError(
+            "cannot approve past: " + "; ".join(f"{c.name}: {c.detail}" for c in result.failures),
+            kind="conflict",
+        )
+    priced = {p.line_no: p for p in result.lines}
+    conn.executemany(
+        "UPDATE order_lines SET sku = ?, unit_price = ? WHERE order_id = ? AND line_no = ?",
+        [(p.sku, p.unit_price, oid, p.line_no) for p in priced.values()],
+    )
+    if st.status is Status.VALIDATED:  # the open value moves with the order's new value
+        conn.execute(
+            "UPDATE customers SET open_value = open_value + ? WHERE code = ?",
+            (result.value - st.value, st.order.customer),
+        )
+    conn.execute(
+        "UPDATE orders SET value = ?, requirements = ?, updated_at = ? WHERE order_id = ?",
+        (result.value, result.requirements, now, oid),
+    )
+    with lifecycle.coalesce_status(conn):
+        if st.status is Status.VALIDATED and result.passed:
+            _record_checks(conn, oid, result, now)
+            ordertypes.apply_effects(conn, oid, st.order, snap, now)
+            lifecycle.record_event(
+                conn, oid, "revalidated", detail=f"checks: {result.summary()}", actor=actor, now=now
+            )
+            _notify_current(conn, oid, "revalidated after a change", now)
+            return st.status.value
+        return _decide(
+            conn,
+            oid,
+            st.order,
+            snap,
+            result,
+            actor=actor,
+            now=now,
+            current=st.status,
+            approved_by=approved_by,
+        )
+
+
+def approve(conn: sqlite3.Connection, key: str, *, actor: str, reason: str, now: int) -> str:
+    oid = find(conn, key)
+    st = load(conn, oid)
+    if st.status is not Status.HELD:
+        raise OrderError(f"order {st.order_no} is {st.status}, not held", kind="conflict")
+    lifecycle.record_event(conn, oid, "hold approved", detail=reason or "approved", actor=actor, now=now)
+    return revalidate(conn, oid, actor=actor, now=now, approved_by=actor)
+
+
+def reject(conn: sqlite3.Connection, key: str, *, actor: str, reason: str, now: int) -> str:
+    oid = find(conn, key)
+    st = load(conn, oid)
+    if st.status is not Status.HELD:
+        raise OrderError(f"order {st.order_no} is {st.status}, not held", kind="conflict")
+    lifecycle.record_event(conn, oid, "hold rejected", detail=reason or "rejected", actor=actor, now=now)
+    lifecycle.transition(conn, oid, Status.CANCELLED, actor=actor, detail=f"hold rejected: {reason}", now=now)
+    return Status.CANCELLED.value
+
+
+# -- changes ------------------------------------------------------------------------------
+
+
+def apply_change(conn: sqlite3.Connection, oid: int, change: OrderChange, *, actor: str, now: int) -> str:
+    """Apply one change; raises OrderError(kind="conflict") when the order's state forbids it."""
+    st = load(conn, oid)
+    why = f" ({change.reason})" if change.reason else ""
+    if change.action is ChangeAction.CANCEL_ORDER:
+        if not lifecycle.allowed(st.status, Status.CANCELLED, st.order.order_type):
+            raise OrderError(f"order {st.order_no} is {st.status}: too late to cancel", kind="conflict")
+        with lifecycle.coalesce_status(conn):
+            lifecycle.transition(conn, oid, Status.CANCELLED, actor=actor, detail=f"cancelled{why}", now=now)
+        return Status.CANCELLED.value
+    if st.status not in lifecycle.EDITABLE:
+        raise OrderError(f"order {st.order_no} is {st.status}: lines can no longer change", kind="conflict")
+    lines = {ln.line_no: ln for ln in st.order.lines}
+    if change.action is ChangeAction.ADD_LINE:
+        n = conn.execute("SELECT max(line_no) FROM order_lines WHERE order_id = ?", (oid,)).fetchone()[0]
+        conn.execute(
+            "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price) VALUES (?, ?, ?, ?, ?, ?)",
+            (oid, n + 1, change.gtin, change.sku, change.qty, change.price),
+        )
+        text = f"line {n + 1} added: {change.sku or change.gtin} x{change.qty}{why}"
+    else:
+        assert change.line_no is not None
+        if change.line_no not in lines:
+            raise OrderError(f"order {st.order_no} has no open line {change.line_no}", kind="conflict")
+        if change.action is ChangeAction.CANCEL_LINE:
+            if len(lines) == 1:
+                raise OrderError(
+                    f"line {change.line_no} is the last open line: cancel the order", kind="conflict"
+                )
+            conn.execute(
+                "UPDATE order_lines SET cancelled = 1 WHERE order_id = ? AND line_no = ?",
+                (oid, change.line_no),
+            )
+            text = f"line {change.line_no} cancelled{why}"
+        else:
+            old = lines[change.line_no]
+            price = change.price if change.price is not None else old.price
+            conn.execute(
+                "UPDATE order_lines SET qty = ?, price = ? WHERE order_id = ? AND line_no = ?",
+                (change.qty, price, oid, change.line_no),
+            )
+            text = f"line {change.line_no} qty {old.qty} -> {change.qty}{why}"
+    lifecycle.record_event(conn, oid, "changed", detail=text, actor=actor, now=now)
+    return revalidate(conn, oid, actor=actor, now=now)
+
+
+def gateway_change(
+    conn: sqlite3.Connection, *, gateway: str, record_id: str, body: dict[str, Any], now: int
+) -> str:
+    """An ``order_change`` record: apply in the order's sequence, or park it until its turn."""
+    change = parse_order_change(body)
+    row = conn.execute(
+        "SELECT order_id, gateway, change_seq, order_no FROM orders WHERE record_id = ?", (change.order,)
+    ).fetchone()
+    if row is not None and row[1] != gateway:
+        raise OrderError(f"order {change.order!r} came from another gateway")
+    if row is not None and change.change_seq <= row[2]:
+        raise OrderError(f"change_seq {change.change_seq} already applied to {row[3]} (at {row[2]})")
+    if row is None or change.change_seq != row[2] + 1:
+        if conn.execute(
+            "SELECT 1 FROM parked_changes WHERE order_ref = ? AND change_seq = ?",
+            (change.order, change.change_seq),
+        ).fetchone():
+            raise OrderError(f"change_seq {change.change_seq} for {change.order!r} is already waiting")
+        conn.execute(
+            "INSERT INTO parked_changes (order_ref, change_seq, record_id, gateway, body, parked_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (change.order, change.change_seq, record_id, gateway, msgpack.packb(body), now),
+        )
+        return "parked"
+    _apply_in_sequence(conn, row[0], change, gateway=gateway, now=now)
+    drain_parked(conn, change.order, now=now)
+    return str(row[3])
+
+
+def _apply_in_sequence(
+    conn: sqlite3.Connection, oid: int, change: OrderChange, *, gateway: str, now: int
+) -> None:
+    conn.execute("UPDATE orders SET change_seq = ? WHERE order_id = ?", (change.change_seq, oid))
+    conn.execute("SAVEPOINT order_change")
+    try:
+        apply_change(conn, oid, change, actor=f"gateway:{gateway}", now=now)
+    except OrderError as e:  # refused by the order's state: the sequence still moves on
+        conn.execute("ROLLBACK TO order_change")
+        conn.execute("RELEASE order_change")
+        lifecycle.record_event(
+            conn,
+            oid,
+            "change refused",
+            detail=f"change {change.change_seq}: {e.reason}",
+            actor=f"gateway:{gateway}",
+            now=now,
+        )
+        _notify_current(conn, oid, f"change {change.change_seq} refused: {e.reason}", now)
+        return
+    conn.execute("RELEASE order_change")
+
+
+def drain_parked(conn: sqlite3.Connection, order_ref: str, *, now: int) -> int:
+    """Apply parked changes of an order that are now next in its sequence."""
+    applied = 0
+    while True:
+        row = conn.execute(
+            "SELECT o.order_id, p.body, p.gateway, p.change_seq FROM orders o JOIN parked_changes p"
+            " ON p.order_ref = o.record_id AND p.change_seq = o.change_seq + 1 WHERE o.record_id = ?",
+            (order_ref,),
+        ).fetchone()
+        if row is None:
+            return applied
+        oid, packed, gw, cseq = row
+        conn.execute("DELETE FROM parked_changes WHERE order_ref = ? AND change_seq = ?", (order_ref, cseq))
+        change = parse_order_change(msgpack.unpackb(packed))
+        _apply_in_sequence(conn, oid, change, gateway=gw, now=now)
+        applied += 1
+
+
+# -- contracts -------------------------------------------------------------------------------
+
+
+def run_contracts(conn: sqlite3.Connection, today: dt.date, *, now: int | None = None) -> list[str]:
+    """Create the orders of every scheduled contract delivery due by ``today`` (once each)."""
+    t = now if now is not None else lifecycle.now_ms()
+    due = conn.execute(
+        "SELECT d.contract, d.date, c.customer FROM contract_deliveries d"
+        " JOIN contracts c ON c.code = d.contract"
+        " WHERE d.order_id IS NULL AND d.date <= ? AND c.active = 1 ORDER BY d.date, d.contract",
+        (today.isoformat(),),
+    ).fetchall()
+    made = []
+    for code, date, customer in due:
+        lines = tuple(
+            LineIn(line_no=i + 1, qty=q, sku=s)
+            for i, (s, q) in enumerate(
+                conn.execute("SELECT sku, qty FROM contract_lines WHERE contract = ? ORDER BY sku", (code,))
+            )
+        )
+        gw = conn.execute("SELECT gateway FROM customers WHERE code = ?", (customer,)).fetchone()
+        order = OrderIn(
+            customer=customer,
+            order_type="contract",
+            requested_date=max(dt.date.fromisoformat(date), today),
+            lines=lines,
+            note=f"scheduled delivery {date} of contract {code}",
+            source_ref=code,
+        )
+        created = create(
+            conn,
+            order,
+            record_id=f"contract:{code}:{date}",
+            gateway=(gw[0] or "") if gw else "",
+            seq=0,
+            channel="schedule",
+            created_at=t,
+            now=t,
+            origin=f"contract {code} delivery due {date}",
+        )
+        conn.execute(
+            "UPDATE contract_deliveries SET order_id = ? WHERE contract = ? AND date = ?",
+            (created.order_id, code, date),
+        )
+        made.append(created.order_no)
+    return made
+
+
+def with_line_numbers(order: OrderIn) -> OrderIn:
+    return replace(order, lines=tuple(replace(ln, line_no=i + 1) for i, ln in enumerate(order.lines)))

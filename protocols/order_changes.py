@@ -1,0 +1,147 @@
+"""Record bodies for changes to orders and the answers about them (see ``central/ORDERS.md``).
+
+Uplink (gateway -> central):
+
+- ``order_change``: ``{"order": <record id of the order>, "change_seq": 1, "action":
+  "set_qty" | "add_line" | "cancel_line" | "cancel_order", "line_no": 2, "qty": 5,
+  "gtin"/"sku", "price", "reason"}``. ``change_seq`` counts 1, 2, 3... per order; central
+  applies them in that order and parks one that arrives early.
+- ``supplier_confirmation`` (from a supplier's gateway, for drop-ship orders):
+  ``{"order_no": "SO00000012", "state": "confirmed" | "shipped" | "refused", "ref": "...",
+  "detail": "..."}``.
+
+Downlink (central -> gateway): ``order_status`` (see :func:`parse_order_status`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from protocols.records import MAX_CODE, MAX_QTY, MAX_TEXT, RecordSchemaError, parse_order_line
+
+MAX_CHANGE_SEQ = 2**31 - 1
+
+
+class ChangeAction(enum.StrEnum):
+    SET_QTY = "set_qty"
+    ADD_LINE = "add_line"
+    CANCEL_LINE = "cancel_line"
+    CANCEL_ORDER = "cancel_order"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderChange:
+    order: str
+    change_seq: int
+    action: ChangeAction
+    line_no: int | None = None
+    qty: int | None = None
+    gtin: str | None = None
+    sku: str | None = None
+    price: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SupplierConfirmation:
+    order_no: str
+    state: str
+    ref: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderStatus:
+    record_id: str
+    order_no: str
+    status: str
+    detail: str
+    version: int
+    at: int
+
+
+def _int(v: object, where: str, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise RecordSchemaError(f"{where}: expected integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise RecordSchemaError(f"{where}: {v} not in {lo}..{hi}")
+    return v
+
+
+def _text(body: dict[str, Any], key: str, *, required: bool, max_len: int = MAX_CODE) -> str:
+    v = body.get(key)
+    if v is None:
+        if required:
+            raise RecordSchemaError(f"{key}: missing")
+        return ""
+    if not isinstance(v, str) or (required and not v):
+        raise RecordSchemaError(f"{key}: expected non-empty text")
+    if len(v) > max_len:
+        raise RecordSchemaError(f"{key}: longer than {max_len} characters")
+    return v
+
+
+def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(body) - allowed
+    if unknown:
+        raise RecordSchemaError(f"unknown field {', '.join(sorted(map(str, unknown)))}")
+
+
+def parse_order_change(body: dict[str, Any]) -> OrderChange:
+    _check_keys(body, {"order", "change_seq", "action", "line_no", "qty", "gtin", "sku", "price", "reason"})
+    order = _text(body, "order", required=True)
+    seq = _int(body.get("change_seq"), "change_seq", 1, MAX_CHANGE_SEQ)
+    try:
+        action = ChangeAction(_text(body, "action", required=True))
+    except ValueError:
+        raise RecordSchemaError(
+            f"action: {body.get('action')!r} is not one of {', '.join(a.value for a in ChangeAction)}"
+        ) from None
+    reason = _text(body, "reason", required=False, max_len=MAX_TEXT)
+    if action is ChangeAction.CANCEL_ORDER:
+        return OrderChange(order, seq, action, reason=reason)
+    if action is ChangeAction.ADD_LINE:
+        line = parse_order_line(0, {k: body[k] for k in ("qty", "gtin", "sku", "price") if k in body})
+        return OrderChange(
+            order, seq, action, qty=line.qty, gtin=line.gtin, sku=line.sku, price=line.price, reason=reason
+        )
+    line_no = _int(body.get("line_no"), "line_no", 1, 10_000)
+    if action is ChangeAction.CANCEL_LINE:
+        return OrderChange(order, seq, action, line_no=line_no, reason=reason)
+    qty = _int(body.get("qty"), "qty", 1, MAX_QTY)
+    price = body.get("price")
+    if price is not None:
+        price = _int(price, "price", 0, 10**12)
+    return OrderChange(order, seq, action, line_no=line_no, qty=qty, price=price, reason=reason)
+
+
+def parse_supplier_confirmation(body: dict[str, Any]) -> SupplierConfirmation:
+    _check_keys(body, {"order_no", "state", "ref", "detail"})
+    state = _text(body, "state", required=True)
+    if state not in ("confirmed", "shipped", "refused"):
+        raise RecordSchemaError(f"state: {state!r} is not one of confirmed, shipped, refused")
+    return SupplierConfirmation(
+        order_no=_text(body, "order_no", required=True),
+        state=state,
+        ref=_text(body, "ref", required=False),
+        detail=_text(body, "detail", required=False, max_len=MAX_TEXT),
+    )
+
+
+def parse_order_status(body: dict[str, Any]) -> OrderStatus:
+    """``order_status`` (central -> gateway): ``{"record_id", "order_no", "status", "detail",
+    "version", "at"}``; ``version`` grows with every event of the order."""
+    _check_keys(body, {"record_id", "order_no", "status", "detail", "version", "at"})
+    detail = body.get("detail", "")
+    if not isinstance(detail, str):
+        raise RecordSchemaError("detail: expected text")
+    return OrderStatus(
+        record_id=_text(body, "record_id", required=True, max_len=200),
+        order_no=_text(body, "order_no", required=True),
+        status=_text(body, "status", required=True),
+        detail=detail,
+        version=_int(body.get("version"), "version", 0, 2**63 - 1),
+        at=_int(body.get("at"), "at", 0, 2**63 - 1),
+    )
