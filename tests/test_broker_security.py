@@ -417,14 +417,8 @@ async def test_central_rejects_record_naming_another_gateway(secured: Secured, t
         rows = await db.read(
             lambda c: c.execute("SELECT gateway, topic, record_id, reason FROM quarantine").fetchall()
         )
-        assert rows == [
-            (
-                "gw-a",
-                topics.uplink("gw-a"),
-                "forged-0001",
-                "envelope names gateway 'gw-b' but arrived on 'gw-a''s topic",
-            )
-        ]
+        assert [r[:3] for r in rows] == [("gw-a", topics.uplink("gw-a"), "forged-0001")]
+        assert "envelope names gateway 'gw-b'" in rows[0][3]
         orders = await db.read(lambda c: c.execute("SELECT record_id, gateway FROM orders").fetchall())
         assert orders == [("honest-0001", "gw-a")]
     finally:
