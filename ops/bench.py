@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import inspect
 import json
 import logging
 import math
@@ -640,80 +639,47 @@ def _not_available(figure: str, name: str, target: str, why: str) -> Row:
     return Row(figure, name, None, "", target, None, f"not available: {why}")
 
 
-def _call(fn: Callable[..., Any], **kw: Any) -> Any:
-    params = inspect.signature(fn).parameters
-    args = {k: v for k, v in kw.items() if k in params}
-    out = fn(**args)
-    if inspect.isawaitable(out):
-        out = asyncio.run(_awaited(out))
-    return out
-
-
-async def _awaited(aw: Any) -> Any:
-    return await aw
-
-
-def _pick(doc: dict[str, Any], *keys: str) -> float | None:
-    for k in keys:
-        if k in doc and isinstance(doc[k], int | float):
-            return float(doc[k])
-    return None
-
-
-def _allocation_module() -> Any:
+def _allocation_fn(name: str) -> Callable[..., dict[str, Any]] | None:
     try:
-        return importlib.import_module("ops.bench_allocation")
+        mod = importlib.import_module("ops.bench_allocation")
     except ModuleNotFoundError as e:
         if e.name != "ops.bench_allocation":
             raise
         return None
-
-
-def _find(mod: Any, *names: str) -> Callable[..., Any] | None:
-    for name in names:
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            return fn  # type: ignore[no-any-return]
-    return None
+    fn = getattr(mod, name, None)
+    return fn if callable(fn) else None
 
 
 def bench_allocation(sizes: Sizes) -> Result:
+    """Figure 4 from ``ops.bench_allocation.bench_realtime`` (which takes its own median)."""
     res = Result()
     name, target = "validate + allocate, 1 worker (5 lines)", ">= 5000"
-    mod = _allocation_module()
-    fn = mod and _find(mod, "bench_realtime", "bench_realtime_allocation", "bench_validate_allocate")
+    fn = _allocation_fn("bench_realtime")
     if fn is None:
-        res.rows.append(_not_available("4", name, target, "ops.bench_allocation has no real-time benchmark"))
+        res.rows.append(_not_available("4", name, target, "ops.bench_allocation.bench_realtime missing"))
         return res
-    runs = [_call(fn, quick=sizes is QUICK, n=1000 if sizes is QUICK else 5000) for _ in range(sizes.runs)]
-    res.runs = [dict(r) for r in runs]
-    vals = [v for r in runs if (v := _pick(r, "orders_per_s", "rate", "per_s")) is not None]
-    if not vals:
-        res.rows.append(_not_available("4", name, target, f"unrecognised result {runs[-1]!r}"))
-        return res
-    v = statistics.median(vals)
-    res.rows.append(Row("4", name, v, "orders/s", target, v >= 5000))
+    orders = 2_000 if sizes is QUICK else 5_000
+    doc = fn(orders=orders, runs=sizes.runs)
+    res.runs.append(doc)
+    v = float(doc["value_orders_s"])
+    detail = f"{orders} orders, median of {sizes.runs}"
+    res.rows.append(Row("4", name, v, "orders/s", target, v >= 5000, detail))
     return res
 
 
 def bench_batch(sizes: Sizes) -> Result:
+    """Figure 5 from ``ops.bench_allocation.bench_batch`` (which takes its own median)."""
     res = Result()
     name, target = "batch allocation 10k orders x 5 lines", "<= 2"
-    mod = _allocation_module()
-    fn = mod and _find(mod, "bench_batch", "bench_batch_allocation")
+    fn = _allocation_fn("bench_batch")
     if fn is None:
-        res.rows.append(_not_available("5", name, target, "ops.bench_allocation has no batch benchmark"))
+        res.rows.append(_not_available("5", name, target, "ops.bench_allocation.bench_batch missing"))
         return res
-    n = 2000 if sizes is QUICK else 10_000
-    runs = [_call(fn, quick=sizes is QUICK, n=n, orders=n) for _ in range(sizes.runs)]
-    res.runs = [dict(r) for r in runs]
-    vals = [v for r in runs if (v := _pick(r, "seconds", "elapsed_s", "wall_s", "s")) is not None]
-    if not vals:
-        res.rows.append(_not_available("5", name, target, f"unrecognised result {runs[-1]!r}"))
-        return res
-    v = statistics.median(vals)
-    ok = v <= 2 if n == 10_000 else None
-    res.rows.append(Row("5", name, v, "s", target, ok, "" if n == 10_000 else f"quick: {n} orders"))
+    runs = 1 if sizes is QUICK else 5
+    doc = fn(orders=10_000, runs=runs)
+    res.runs.append(doc)
+    v = float(doc["value_s"])
+    res.rows.append(Row("5", name, v, "s", target, v <= 2, f"engine only, median of {runs}"))
     return res
 
 
