@@ -1,4 +1,5 @@
-"""The central process: config, database, MQTT consumer and REST API under one TaskGroup."""
+"""The central process: config, database, MQTT consumer, REST API, fleet registry and
+dashboard under one TaskGroup."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from pathlib import Path
 
 from aiohttp import web
 
+from central import allocation_api, dashboard, waves
 from central.api import create_app
 from central.consumer import BrokerSettings, Consumer
-from central.schema import MIGRATIONS
+from central.fleet import AlertThresholds, Fleet
+from central.metrics import CentralMetrics
+from central.migrations import all_migrations
 from ops import config
+from ops.metrics import add_metrics
 from ops.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
@@ -29,31 +34,38 @@ class CentralConfig:
     data_dir: Path = Path("var/central")
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    alerts: AlertThresholds = field(default_factory=AlertThresholds)
+    allocation: waves.AllocationSettings = field(default_factory=waves.AllocationSettings)
 
 
 def load_config(path: Path | str) -> CentralConfig:
     return config.load(CentralConfig, path)
 
 
-async def serve(cfg: CentralConfig, *, ready: asyncio.Event | None = None) -> None:
-    db = DurableDB(cfg.data_dir / "central.db", migrations=MIGRATIONS)
+def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics) -> web.Application:
+    app = create_app(db=db, consumer=consumer)
+    dashboard.add_routes(app, fleet=fleet, db=db)
+    allocation_api.add_routes(app)
+    add_metrics(app, metrics.collect)
+    return app
+
+
+async def serve(cfg: CentralConfig) -> None:
+    waves.install(cfg.allocation)
+    db = DurableDB(cfg.data_dir / "central.db", migrations=all_migrations())
     await db.open()
-    consumer = Consumer(db=db, broker=cfg.broker)
-    runner = web.AppRunner(create_app(db=db, consumer=consumer), access_log=None)
+    fleet = Fleet(db, cfg.alerts)
+    consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status)
+    metrics = CentralMetrics(db=db, consumer=consumer)
+    runner = web.AppRunner(build_app(db, consumer, fleet, metrics), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
-        await site.start()
-        log.info("central REST on http://%s:%d/api/health", cfg.http.host, cfg.http.port)
+        await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
+        log.info("central dashboard on http://%s:%d/", cfg.http.host, cfg.http.port)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(consumer.run(), name="central-consumer")
-            if ready is not None:
-                tg.create_task(_set_when(consumer.connected, ready))
+            tg.create_task(fleet.run(), name="central-fleet-alerts")
+            tg.create_task(metrics.run(), name="central-metrics")
     finally:
         await runner.cleanup()
         await db.close()
-
-
-async def _set_when(src: asyncio.Event, dst: asyncio.Event) -> None:
-    await src.wait()
-    dst.set()

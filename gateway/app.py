@@ -1,24 +1,31 @@
-"""The gateway process: config, durable store, MQTT sync and local HTTP under one TaskGroup."""
+"""The gateway process: config, durable store, device adapters, MQTT sync, telemetry and
+local HTTP under one TaskGroup."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import inbox, items, outbox
+from gateway import handheld, inbox, items, outbox, scanner
+from gateway.devices import HandheldConfig, HidScannerConfig, SerialScannerConfig, build_devices
 from gateway.http import create_app
 from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
+from gateway.telemetry import DeviceBoard, Telemetry
 from ops import config
+from ops.metrics import add_metrics, counter, gauge, labelled
 from ops.sqlitedb import DurableDB, Migration
 from protocols.topics import GATEWAY_ID_RE
 
 log = logging.getLogger(__name__)
+VERSION = "0.1.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,9 @@ class GatewayConfig:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    serial_scanners: list[SerialScannerConfig] = field(default_factory=list)
+    hid_scanners: list[HidScannerConfig] = field(default_factory=list)
+    handhelds: list[HandheldConfig] = field(default_factory=list)
 
 
 def load_config(path: Path | str) -> GatewayConfig:
@@ -52,7 +62,65 @@ def load_config(path: Path | str) -> GatewayConfig:
 
 
 def migrations() -> list[Migration]:
-    return [*outbox.MIGRATIONS, *inbox.MIGRATIONS, *items.MIGRATIONS]
+    return [
+        *outbox.MIGRATIONS,
+        *inbox.MIGRATIONS,
+        *items.MIGRATIONS,
+        *scanner.MIGRATIONS,
+        *handheld.MIGRATIONS,
+    ]
+
+
+class GatewayMetrics:
+    def __init__(self, *, outbox: Outbox, sync: Sync, inbox: Inbox, telemetry: Telemetry) -> None:
+        self.outbox, self.sync, self.inbox, self.telemetry = outbox, sync, inbox, telemetry
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.sync.stats
+        yield counter(
+            "storegate_gateway_records_in", "records committed to the outbox", self.outbox.submitted
+        )
+        yield counter("storegate_gateway_records_acked", "records acked by central", self.outbox.acked)
+        yield counter(
+            "storegate_gateway_records_rejected", "records rejected by central", self.outbox.rejected
+        )
+        yield counter("storegate_gateway_records_sent", "records published (incl. resends)", s.records_sent)
+        yield counter("storegate_gateway_messages_sent", "MQTT messages published", s.messages_sent)
+        yield counter("storegate_gateway_acks", "acks received from central", s.acks_received)
+        yield counter("storegate_gateway_resends", "times the unacked outbox was sent again", s.resends)
+        yield counter("storegate_gateway_reconnects", "MQTT reconnects", s.reconnects)
+        yield counter("storegate_gateway_downlink_applied", "downlink records applied", self.inbox.applied)
+        yield gauge(
+            "storegate_gateway_backlog", "records waiting in the outbox", self.telemetry.backlog.count
+        )
+        yield gauge(
+            "storegate_gateway_oldest_age_seconds",
+            "age of the oldest unsent record",
+            self.telemetry.backlog.oldest_age_s(),
+        )
+        yield gauge("storegate_gateway_connected", "1 while connected to the broker", int(s.connected))
+        devs = self.telemetry.board.snapshot()
+        yield labelled(
+            CounterMetricFamily,
+            "storegate_device_errors",
+            "device errors (bad input, refusals)",
+            ["device", "kind"],
+            [([d["id"], d["kind"]], d["errors"]) for d in devs],
+        )
+        yield labelled(
+            CounterMetricFamily,
+            "storegate_device_naks",
+            "NAKs sent to or from a device",
+            ["device", "kind"],
+            [([d["id"], d["kind"]], d["naks"]) for d in devs],
+        )
+        yield labelled(
+            GaugeMetricFamily,
+            "storegate_device_online",
+            "1 while the device is online",
+            ["device", "kind"],
+            [([d["id"], d["kind"]], int(d["state"] == "online")) for d in devs],
+        )
 
 
 async def serve(cfg: GatewayConfig) -> None:
@@ -61,22 +129,43 @@ async def serve(cfg: GatewayConfig) -> None:
     box = Outbox(db)
     inb = Inbox(db)
     inb.register(items.MASTER_RECORD, items.apply_master_items)
+    board = DeviceBoard()
+    telemetry = Telemetry(site=cfg.customer, outbox=box, board=board, version=VERSION)
     sync = Sync(
-        on_records=inb.handle,
         gateway_id=cfg.gateway_id,
         outbox=box,
         mqtt=cfg.mqtt,
         window=cfg.sync.window,
         batch_records=cfg.sync.batch_records,
         ack_timeout=cfg.sync.ack_timeout_s,
+        on_records=inb.handle,
+        status_extra=telemetry.extra,
     )
-    runner = web.AppRunner(create_app(gateway_id=cfg.gateway_id, outbox=box, sync=sync), access_log=None)
+    telemetry.sync = sync
+    sessions, devices = build_devices(
+        db=db,
+        outbox=box,
+        customer=cfg.customer,
+        serial_scanners=cfg.serial_scanners,
+        hid_scanners=cfg.hid_scanners,
+        handhelds=cfg.handhelds,
+    )
+    for dev in devices:
+        board.add_source(dev.id, dev.status)
+    app = create_app(gateway_id=cfg.gateway_id, outbox=box, sync=sync)
+    add_metrics(app, GatewayMetrics(outbox=box, sync=sync, inbox=inb, telemetry=telemetry).collect)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
         log.info("gw=%s order entry on http://%s:%d/api/orders", cfg.gateway_id, cfg.http.host, cfg.http.port)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(sync.run(), name=f"sync:{cfg.gateway_id}")
+            tg.create_task(telemetry.run(), name=f"telemetry:{cfg.gateway_id}")
+            if sessions is not None:
+                tg.create_task(sessions.run(), name=f"scan-sessions:{cfg.gateway_id}")
+            for dev in devices:
+                tg.create_task(dev.adapter.run(), name=f"device:{dev.kind}:{dev.id}")
     finally:
         await runner.cleanup()
         await db.close()

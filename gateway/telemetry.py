@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,14 @@ _LINKED = frozenset({"ptl", "asrs"})
 
 @dataclass(slots=True)
 class DeviceBoard:
+    """Every device of a gateway: states pushed by adapters (``register``) or read from an
+    adapter's own counters when the status is built (``add_source``)."""
+
     devices: dict[str, DeviceState] = field(default_factory=dict)
+    sources: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+
+    def add_source(self, device_id: str, fn: Callable[[], dict[str, Any]]) -> None:
+        self.sources[device_id] = fn
 
     def register(self, device_id: str, kind: str, *, firmware: str | None = None) -> DeviceState:
         dev = self.devices.get(device_id)
@@ -88,7 +96,8 @@ class DeviceBoard:
         return dev
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [d.to_wire() for d in sorted(self.devices.values(), key=lambda d: d.id)]
+        out = [d.to_wire() for d in self.devices.values()] + [fn() for fn in self.sources.values()]
+        return sorted(out, key=lambda d: str(d["id"]))
 
 
 class Telemetry:

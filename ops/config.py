@@ -51,7 +51,10 @@ def build(cls: type[T], raw: dict[str, Any], prefix: str = "") -> T:
                 raise ConfigError(key, "missing required key")
             continue
         kwargs[name] = _convert(hints[name], raw[name], key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # a component's own check (__post_init__) refused it
+        raise ConfigError(prefix.rstrip("."), str(e)) from None
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import aiohttp
 
-from ops.broker import BrokerConfig, Mosquitto, free_port
+from ops.broker import Mosquitto, free_port
+from ops.broker_security import init_broker_security, reload_broker, secure_broker_config, toml_str
+from ops.provision import provision_gateway
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +84,21 @@ class Demo:
         return child
 
     def start(self) -> dict[str, str]:
+        """Broker with the shipped security (no anonymous access, a password per gateway,
+        the ACL), central, then each gateway provisioned like a real site."""
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        etc = self.dir / "etc"
+        if etc.exists():
+            shutil.rmtree(etc)  # fresh credentials every run
         broker_port = free_port()
-        self.broker = Mosquitto(BrokerConfig(port=broker_port, data_dir=self.dir / "broker"))
+        creds = init_broker_security(etc, broker_port=broker_port)
+        self.broker = Mosquitto(secure_broker_config(etc, port=broker_port, data_dir=self.dir / "broker"))
         self.broker.start()
         central_cfg = self.dir / "central.toml"
         central_cfg.write_text(
             f'data_dir = "{self.dir / "central"}"\n'
             f'[broker]\nport = {broker_port}\nclient_id = "central-demo"\n'
+            f"username = {toml_str(creds.central.username)}\npassword = {toml_str(creds.central.password)}\n"
             f'[http]\nhost = "127.0.0.1"\nport = {self.http_port}\n'
         )
         central = self._spawn("central", ["central", "--config", str(central_cfg)])
@@ -97,14 +107,19 @@ class Demo:
         urls = {"central": central.url}
         for i, gw in enumerate((*STORES, DC)):
             port = free_port()
-            cfg = self.dir / f"{gw}.toml"
-            cfg.write_text(
-                f'gateway_id = "{gw}"\ncustomer = "S{i + 1:03d}"\ndata_dir = "{self.dir / gw}"\n'
-                f"[mqtt]\nport = {broker_port}\n[http]\nport = {port}\n"
+            prov = provision_gateway(
+                gw,
+                etc_dir=etc,
+                broker_host="127.0.0.1",
+                broker_port=broker_port,
+                customer=f"S{i + 1:03d}",
+                data_dir=self.dir / gw,
+                http_port=port,
             )
-            child = self._spawn(gw, ["gateway", "--config", str(cfg)])
+            child = self._spawn(gw, ["gateway", "--config", str(prov.config_file)])
             child.url = f"http://127.0.0.1:{port}"
             urls[gw] = child.url
+        reload_broker(self.broker)  # let the new gateway users in
         for child in self.children[1:]:
             assert child.url is not None
             _wait_http(f"{child.url}/api/health", child)
