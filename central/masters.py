@@ -315,6 +315,26 @@ def parse_row(kind: str, raw: dict[str, Any], *, key: str | None = None) -> dict
 # -- writes ---------------------------------------------------------------------------
 
 
+# id(conn) -> what an import will publish once at its end: (skus, gateways to snapshot)
+_BATCH: dict[int, tuple[set[str], set[str]]] = {}
+
+
+def _publish_items(conn: sqlite3.Connection, skus: list[str]) -> None:
+    batch = _BATCH.get(id(conn))
+    if batch is not None:
+        batch[0].update(skus)
+    else:
+        publish_items(conn, skus)
+
+
+def _publish_snapshot(conn: sqlite3.Connection, gw: str) -> None:
+    batch = _BATCH.get(id(conn))
+    if batch is not None:
+        batch[1].add(gw)
+    else:
+        publish_snapshot(conn, gw)
+
+
 def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str | None = None) -> str:
     """Insert or replace one master row (inside a write transaction); returns its key."""
     row = parse_row(kind, raw, key=key)
@@ -334,13 +354,13 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
             [*row.values(), old[2] if old else 0],
         )
         if row["gateway"] and (old is None or (old[0], old[3]) != (row["gateway"], row["price_class"])):
-            publish_snapshot(conn, row["gateway"])  # newly mapped, or its prices changed
+            _publish_snapshot(conn, row["gateway"])  # newly mapped, or its prices changed
         return str(row["code"])
     if kind == "locations":
         old = conn.execute("SELECT gateway FROM locations WHERE code = ?", (row["code"],)).fetchone()
         _replace(conn, "locations", row, key=("code",))
         if row["gateway"] and (old is None or old[0] != row["gateway"]):
-            publish_snapshot(conn, row["gateway"])
+            _publish_snapshot(conn, row["gateway"])
         return str(row["code"])
     if kind == "items":
         gtins, storage = row.pop("gtins"), row.pop("storage")
@@ -359,7 +379,7 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
             "INSERT INTO item_storage (sku, location, slot) VALUES (?, ?, ?)",
             [(sku, loc, slot) for loc, slot in storage.items()],
         )
-        publish_items(conn, [sku])
+        _publish_items(conn, [sku])
         return str(sku)
     # prices: one quantity break of one class; tolerance is per class
     tol = row.pop("tolerance_pct")
@@ -369,7 +389,7 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
         (row["price_class"], tol),
     )
     _replace(conn, "price_breaks", row, key=("price_class", "sku", "min_qty"))
-    publish_items(conn, [row["sku"]])
+    _publish_items(conn, [row["sku"]])
     return f"{row['price_class']}/{row['sku']}/{row['min_qty']}"
 
 
@@ -407,6 +427,8 @@ def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
         raise MasterError(kind, "", "", "CSV has no header row")
     n = 0
     conn.execute("SAVEPOINT master_import")
+    batch: tuple[set[str], set[str]] = (set(), set())
+    _BATCH[id(conn)] = batch
     try:
         for row in reader:
             if None in row:
@@ -420,6 +442,15 @@ def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
         conn.execute("ROLLBACK TO master_import")
         conn.execute("RELEASE master_import")
         raise
+    finally:
+        del _BATCH[id(conn)]
+    skus, gws = batch
+    for gw in sorted(gws):
+        publish_snapshot(conn, gw)
+    if skus:  # the snapshots above already carry them
+        for gw, cls in gateways(conn).items():
+            if gw not in gws:
+                _send(conn, gw, _item_wire(conn, sorted(skus), cls), replace=False)
     conn.execute("RELEASE master_import")
     return n
 
