@@ -124,12 +124,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    try:
-        from ops.provision import main as provision_main
-    except ModuleNotFoundError as e:
-        print(f"provisioning is not available: {e}", file=sys.stderr)
-        return 2
+    from ops.provision import main as provision_main
+
     rc: int = provision_main(args.provision_args)
+    return rc
+
+
+def cmd_broker_init(args: argparse.Namespace) -> int:
+    from ops.broker_security import main as broker_main
+
+    rc: int = broker_main(args.broker_args)
     return rc
 
 
@@ -175,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", action="append", default=[], help="run only this figure (repeatable)")
     b.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
     b.set_defaults(fn=cmd_bench)
+
+    bi = sub.add_parser(
+        "broker-init", help="write the broker's ACL, central/ops credentials and mosquitto.conf"
+    )
+    bi.add_argument("broker_args", nargs=argparse.REMAINDER, help="see storegate broker-init -- --help")
+    bi.set_defaults(fn=cmd_broker_init)
 
     pv = sub.add_parser(
         "provision-gateway", help="create broker credentials, ACL entry and config for a gateway"
