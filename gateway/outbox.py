@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from ops.sqlitedb import DurableDB, Migration
+from ops.sqlitedb import ClosedError, DurableDB, Migration
 from protocols.envelope import Ack, AckStatus, Record, pack_record
 
 MIGRATIONS = [
@@ -63,10 +65,25 @@ class Backlog:
         return max(0.0, ((now or now_ms()) - self.oldest_ts) / 1000)
 
 
+_Item = tuple[str, dict[str, Any], str | None, "asyncio.Future[Record]"]
+
+
+class _Batch:
+    """Submits waiting for the same database job."""
+
+    __slots__ = ("items", "taken")
+
+    def __init__(self) -> None:
+        self.items: list[_Item] = []
+        self.taken = False
+
+
 class Outbox:
     def __init__(self, db: DurableDB) -> None:
         self.db = db
         self._seq: int | None = None
+        self._batch: _Batch | None = None
+        self._batch_lock = threading.Lock()
         self.new_records = asyncio.Event()
         self.submitted = 0
         self.acked = 0
@@ -106,11 +123,81 @@ class Outbox:
         return rec
 
     async def submit(self, type: str, body: dict[str, Any], *, record_id: str | None = None) -> Record:
-        """Durably enqueue one record; returns after the commit (fsync) that holds it."""
-        rec = await self.db.write(lambda conn: self.add(conn, type, body, record_id=record_id))
-        self.submitted += 1
-        self.new_records.set()
+        """Durably enqueue one record; returns after the commit (fsync) that holds it.
+
+        Concurrent submits share one database job: the first opens a batch and queues its
+        job, the next ones join it until the writer thread takes it, and the job inserts
+        them all with one ``executemany``. A record that cannot be inserted (say a repeated
+        ``record_id``) fails alone: its caller gets the error, its neighbours still commit.
+        """
+        fut: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        with self._batch_lock:
+            batch = self._batch
+            if batch is None or batch.taken:
+                batch = self._batch = _Batch()
+                opened = True
+            else:
+                opened = False
+            batch.items.append((type, body, record_id, fut))
+        if opened:
+            self.db.write(partial(self._write_batch, batch)).add_done_callback(
+                partial(self._batch_done, batch)
+            )
+        return await fut
+
+    def _write_batch(self, batch: _Batch, conn: sqlite3.Connection) -> list[Record | Exception]:
+        with self._batch_lock:
+            batch.taken = True  # later submits open a new batch
+        now = now_ms()
+        recs = [
+            Record(id=rid or new_record_id(), seq=self._next_seq(conn), type=t, ts=now, body=body)
+            for t, body, rid, _fut in batch.items
+        ]
+        conn.execute("SAVEPOINT outbox_batch")
+        try:
+            conn.executemany(
+                "INSERT INTO outbox (seq, id, type, ts, packed) VALUES (?, ?, ?, ?, ?)",
+                [(r.seq, r.id, r.type, r.ts, pack_record(r)) for r in recs],
+            )
+        except Exception:  # one bad record: insert them one by one, so only it fails
+            conn.execute("ROLLBACK TO outbox_batch")
+            conn.execute("RELEASE outbox_batch")
+            return [self._insert_one(conn, t, body, rid) for t, body, rid, _fut in batch.items]
+        conn.execute("RELEASE outbox_batch")
+        return list(recs)
+
+    def _insert_one(
+        self, conn: sqlite3.Connection, type: str, body: dict[str, Any], record_id: str | None
+    ) -> Record | Exception:
+        conn.execute("SAVEPOINT outbox_one")
+        try:
+            rec = self.add(conn, type, body, record_id=record_id)
+        except Exception as e:
+            conn.execute("ROLLBACK TO outbox_one")
+            conn.execute("RELEASE outbox_one")
+            return e
+        conn.execute("RELEASE outbox_one")
         return rec
+
+    def _batch_done(self, batch: _Batch, job: asyncio.Future[list[Record | Exception]]) -> None:
+        if job.cancelled() or job.exception() is not None:  # not committed: all fail
+            err = ClosedError("database closed") if job.cancelled() else job.exception()
+            for *_, fut in batch.items:
+                if not fut.done():
+                    fut.set_exception(err)  # type: ignore[arg-type]
+            return
+        done = 0
+        for (*_, fut), result in zip(batch.items, job.result(), strict=True):
+            if isinstance(result, Exception):
+                if not fut.done():
+                    fut.set_exception(result)
+                continue
+            done += 1
+            if not fut.done():
+                fut.set_result(result)
+        self.submitted += done
+        if done:
+            self.new_records.set()
 
     def notify(self, n: int = 1) -> None:
         """Tell the sync task that records were added by a caller's own ``db.write`` job."""
