@@ -96,7 +96,10 @@ def apply_order(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
         now=ctx.now,
         origin=f"from gateway {ctx.gateway} via {order.channel.value}, record {rec.id} seq {rec.seq}",
     )
-    if conn.execute("SELECT 1 FROM parked_changes WHERE order_ref = ? LIMIT 1", (rec.id,)).fetchone():
+    if (
+        orders.may_have_parked(conn)
+        and conn.execute("SELECT 1 FROM parked_changes WHERE order_ref = ? LIMIT 1", (rec.id,)).fetchone()
+    ):
         orders.drain_parked(conn, rec.id, now=ctx.now)
     return created.order_no
 

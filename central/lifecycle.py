@@ -24,7 +24,7 @@ import enum
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from central import CentralError, downlink
 
@@ -137,6 +137,18 @@ def record_event(
     return cur.lastrowid
 
 
+class OrderRow(NamedTuple):
+    """What a transition needs to know about an order."""
+
+    status: str
+    order_type: str
+    customer: str
+    value: int
+    gateway: str
+    record_id: str
+    order_no: str
+
+
 def transition(
     conn: sqlite3.Connection,
     order_id: int,
@@ -147,7 +159,6 @@ def transition(
     now: int | None = None,
 ) -> None:
     """Move an order to ``new_status`` (inside the caller's write transaction)."""
-    new = Status(new_status)
     row = conn.execute(
         "SELECT status, order_type, customer, value, gateway, record_id, order_no FROM orders"
         " WHERE order_id = ?",
@@ -155,6 +166,21 @@ def transition(
     ).fetchone()
     if row is None:
         raise UnknownOrder(order_id)
+    transition_from(conn, order_id, OrderRow(*row), new_status, actor=actor, detail=detail, now=now)
+
+
+def transition_from(
+    conn: sqlite3.Connection,
+    order_id: int,
+    row: OrderRow,
+    new_status: Status | str,
+    *,
+    actor: str,
+    detail: str,
+    now: int | None = None,
+) -> None:
+    """:func:`transition` for a caller that has just read or written the order's row."""
+    new = Status(new_status)
     current, otype, customer, value, gateway, record_id, order_no = row
     if not allowed(current, new, otype):
         raise IllegalTransition(order_no, otype, current, new)

@@ -72,10 +72,12 @@ def create(
     result = _validate(conn, order, snap, now=now, order_id=None)
     if refuse_failures and result.failures:
         raise OrderError("; ".join(f"{c.name}: {c.detail}" for c in result.failures))
+    # AUTOINCREMENT gives the next id as sqlite_sequence's seq + 1: number it in the INSERT
     cur = conn.execute(
         "INSERT INTO orders (order_no, record_id, gateway, seq, customer, channel, order_type,"
         " requested_date, status, note, source_ref, created_at, received_at, updated_at, value, requirements)"
-        " VALUES ('', ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES ('SO' || printf('%08d', coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'orders'), 0)"
+        " + 1), ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?) RETURNING order_id, order_no",
         (
             record_id,
             gateway,
@@ -93,10 +95,11 @@ def create(
             result.requirements,
         ),
     )
-    oid = cur.lastrowid
-    assert oid is not None
-    number = order_no(oid)
-    conn.execute("UPDATE orders SET order_no = ? WHERE order_id = ?", (number, oid))
+    oid, number = cur.fetchone()
+    cur.close()
+    if number != order_no(oid):  # never expected; keep the number tied to the id regardless
+        number = order_no(oid)
+        conn.execute("UPDATE orders SET order_no = ? WHERE order_id = ?", (number, oid))
     priced = {p.line_no: p for p in result.lines}
     conn.executemany(
         "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)"
@@ -117,8 +120,11 @@ def create(
     lifecycle.record_event(
         conn, oid, "received", detail=origin or f"via {channel}", actor=actor, status="received", now=now
     )
+    row = lifecycle.OrderRow(
+        "received", order.order_type, order.customer, result.value, gateway, record_id, number
+    )
     with lifecycle.coalesce_status(conn):
-        status = _decide(conn, oid, order, snap, result, actor=actor, now=now, current=Status.RECEIVED)
+        status = _decide(conn, oid, order, snap, result, actor=actor, now=now, current=row, run=1)
     return Created(oid, number, status, result)
 
 
@@ -141,10 +147,13 @@ def _validate(
     )
 
 
-def _record_checks(conn: sqlite3.Connection, oid: int, result: Result, now: int) -> None:
-    run = conn.execute(
-        "SELECT coalesce(max(run), 0) + 1 FROM order_checks WHERE order_id = ?", (oid,)
-    ).fetchone()[0]
+def _record_checks(conn: sqlite3.Connection, oid: int, result: Result, now: int, run: int = 0) -> None:
+    run = (
+        run
+        or conn.execute(
+            "SELECT coalesce(max(run), 0) + 1 FROM order_checks WHERE order_id = ?", (oid,)
+        ).fetchone()[0]
+    )
     conn.executemany(
         "INSERT INTO order_checks (order_id, run, name, outcome, detail, at) VALUES (?, ?, ?, ?, ?, ?)",
         [(oid, run, c.name, c.outcome.value, c.detail, now) for c in result.checks],
@@ -160,30 +169,58 @@ def _decide(
     *,
     actor: str,
     now: int,
-    current: Status,
+    current: Status | lifecycle.OrderRow,
     approved_by: str = "",
+    run: int = 0,
 ) -> str:
-    """Record the checks, then validate (and route) or hold the order."""
-    _record_checks(conn, oid, result, now)
+    """Record the checks, then validate (and route) or hold the order. ``current`` is the
+    status, or the whole row when the caller has it (a new order: saves reading it back)."""
+    _record_checks(conn, oid, result, now, run)
+    row = current if isinstance(current, lifecycle.OrderRow) else None
+    status_now = Status(row.status) if row else current
+    assert isinstance(status_now, Status)
     summary = result.summary()
     if result.passed or (approved_by and not result.failures):
         detail = f"checks: {summary}"
         if approved_by:
             detail = f"hold approved by {approved_by}; {detail}"
         ordertypes.apply_effects(conn, oid, order, snap, now)
-        lifecycle.transition(conn, oid, Status.VALIDATED, actor=actor, detail=detail, now=now)
+        _move(conn, oid, row, Status.VALIDATED, actor=actor, detail=detail, now=now)
         ordertypes.route(conn, oid, order, snap, value=result.value, now=now)
+        if row is not None and not lifecycle.ON_VALIDATED and order.order_type not in _ROUTED:
+            return Status.VALIDATED.value  # nothing else can have moved it
     else:
         reasons = "; ".join(c.text() for c in result.holds)
-        if current is Status.HELD:
+        if status_now is Status.HELD:
             conn.execute("UPDATE orders SET hold_reason = ? WHERE order_id = ?", (reasons, oid))
             lifecycle.record_event(conn, oid, "still held", detail=f"checks: {summary}", actor=actor, now=now)
             _notify_current(conn, oid, f"still held: {reasons}", now)
         else:
-            lifecycle.transition(conn, oid, Status.HELD, actor=actor, detail=reasons, now=now)
+            _move(conn, oid, row, Status.HELD, actor=actor, detail=reasons, now=now)
             lifecycle.record_event(conn, oid, "checks", detail=summary, actor=actor, now=now)
+            if row is not None:
+                return Status.HELD.value
     status: str = conn.execute("SELECT status FROM orders WHERE order_id = ?", (oid,)).fetchone()[0]
     return status
+
+
+_ROUTED = frozenset({"cash-sale", "drop-ship"})
+
+
+def _move(
+    conn: sqlite3.Connection,
+    oid: int,
+    row: lifecycle.OrderRow | None,
+    new: Status,
+    *,
+    actor: str,
+    detail: str,
+    now: int,
+) -> None:
+    if row is None:
+        lifecycle.transition(conn, oid, new, actor=actor, detail=detail, now=now)
+    else:
+        lifecycle.transition_from(conn, oid, row, new, actor=actor, detail=detail, now=now)
 
 
 def _notify_current(conn: sqlite3.Connection, oid: int, detail: str, now: int) -> None:
@@ -376,6 +413,20 @@ def apply_change(conn: sqlite3.Connection, oid: int, change: OrderChange, *, act
     return revalidate(conn, oid, actor=actor, now=now)
 
 
+# connections known to hold no parked change, so a new order need not look (the value
+# keeps the connection alive, so its id cannot be reused by another database's connection)
+_NONE_PARKED: dict[int, sqlite3.Connection] = {}
+
+
+def may_have_parked(conn: sqlite3.Connection) -> bool:
+    if _NONE_PARKED.get(id(conn)) is conn:
+        return False
+    if conn.execute("SELECT 1 FROM parked_changes LIMIT 1").fetchone() is None:
+        _NONE_PARKED[id(conn)] = conn
+        return False
+    return True
+
+
 def gateway_change(
     conn: sqlite3.Connection, *, gateway: str, record_id: str, body: dict[str, Any], now: int
 ) -> str:
@@ -394,6 +445,7 @@ def gateway_change(
             (change.order, change.change_seq),
         ).fetchone():
             raise OrderError(f"change_seq {change.change_seq} for {change.order!r} is already waiting")
+        _NONE_PARKED.pop(id(conn), None)
         conn.execute(
             "INSERT INTO parked_changes (order_ref, change_seq, record_id, gateway, body, parked_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
