@@ -74,6 +74,7 @@ class BrokerConfig:
     auth: BrokerAuth | None = None
     tls: TlsListener | None = None
     max_queued_bytes: int = 2 * 1024**3
+    max_queued_messages: int = 0  # 0 = no count limit; mosquitto's own default is 1000
     extra: list[str] = field(default_factory=list)
 
     def _user_line(self) -> list[str]:
@@ -92,7 +93,7 @@ class BrokerConfig:
             "persistence true",
             f"persistence_location {self.data_dir}/",
             "autosave_interval 30",
-            "max_queued_messages 0",
+            f"max_queued_messages {self.max_queued_messages}",
             f"max_queued_bytes {self.max_queued_bytes}",
             "max_inflight_messages 20",
             f"max_packet_size {MAX_PAYLOAD_BYTES + 64 * 1024}",
