@@ -17,7 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from central import documents, inventory, returns, shortage, waves
-from central.api import DB_KEY
+from central.api import DB_KEY, requires
+from central.auth import Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -313,4 +314,6 @@ def add_routes(app: web.Application) -> None:
         ("GET", "/api/returns/{rma_id}", get_return),
     ]
     for method, path, fn in routes:
-        r.add_route(method, path, _mapped(fn))
+        # Reading stock, waves and documents needs a viewer; changing them the order desk.
+        role = Role.VIEWER if method == "GET" else Role.ORDER_DESK
+        r.add_route(method, path, requires(role)(_mapped(fn)))

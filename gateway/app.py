@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, inbox, items, outbox, scanner
+from gateway import handheld, inbox, items, order_status, outbox, scanner
 from gateway.devices import HandheldConfig, HidScannerConfig, SerialScannerConfig, build_devices
 from gateway.http import create_app
 from gateway.inbox import Inbox
@@ -129,6 +129,7 @@ async def serve(cfg: GatewayConfig) -> None:
     box = Outbox(db)
     inb = Inbox(db)
     inb.register(items.MASTER_RECORD, items.apply_master_items)
+    inb.register(order_status.RECORD, order_status.apply_order_status)
     board = DeviceBoard()
     telemetry = Telemetry(site=cfg.customer, outbox=box, board=board, version=VERSION)
     sync = Sync(

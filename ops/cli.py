@@ -137,6 +137,20 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from central.auth import main as users_main
+
+    rc: int = users_main(args.users_args)
+    return rc
+
+
+def cmd_masters(args: argparse.Namespace) -> int:
+    from central.masters import main as masters_main
+
+    rc: int = masters_main(args.masters_args)
+    return rc
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="storegate", description="Storegate: store gateways, central order hub, devices."
@@ -179,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", action="append", default=[], help="run only this figure (repeatable)")
     b.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
     b.set_defaults(fn=cmd_bench)
+
+    us = sub.add_parser("users", help="central REST API users and roles (viewer, order_desk, supervisor)")
+    us.add_argument(
+        "users_args", nargs=argparse.REMAINDER, help="e.g. add NAME --role supervisor --db central.db"
+    )
+    us.set_defaults(fn=cmd_users)
+
+    ms = sub.add_parser(
+        "masters", help="import central master data (customers, items, prices, locations) from CSV"
+    )
+    ms.add_argument(
+        "masters_args", nargs=argparse.REMAINDER, help="e.g. import items items.csv --db central.db"
+    )
+    ms.set_defaults(fn=cmd_masters)
 
     bi = sub.add_parser(
         "broker-init", help="write the broker's ACL, central/ops credentials and mosquitto.conf"

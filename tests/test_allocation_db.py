@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import allocation_api, demand, documents, inventory, returns, shortage, waves
+from central import allocation_api, auth, demand, documents, inventory, returns, shortage, waves
 from central.allocation import CustomerPref, SourcingRule
+from central.api import DB_KEY, errors
 from central.schema import MIGRATIONS
 from ops.sqlitedb import DurableDB, apply_migrations, connect
 
@@ -178,14 +179,28 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Ap
         _order(conn, 1, "GOLD", ("A", 12), ("B", 1))
 
     await db.write(seed)
-    app = web.Application()
-    from central.api import DB_KEY
-
+    token = await db.write(lambda c: auth.add_user(c, "desk", auth.Role.ORDER_DESK))
+    app = web.Application(middlewares=[errors])
     app[DB_KEY] = db
     allocation_api.add_routes(app)
-    async with TestClient(TestServer(app)) as c:
+    async with TestClient(TestServer(app), headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
     await db.close()
+
+
+async def test_rest_routes_need_a_user_and_the_right_role(
+    client: TestClient[web.Request, web.Application], tmp_path: Path
+) -> None:
+    async with TestClient(TestServer(client.app)) as anon:
+        r = await anon.get("/api/shortages")
+        assert r.status == 401 and "authentication required" in (await r.json())["error"]
+    viewer = await client.app[DB_KEY].write(lambda c: auth.add_user(c, "eyes", auth.Role.VIEWER))
+    r = await client.post(
+        "/api/waves", json={"cutoff": 10_000}, headers={"Authorization": f"Bearer {viewer}"}
+    )
+    assert r.status == 403 and "needs order_desk" in (await r.json())["error"]
+    r = await client.get("/api/shortages", headers={"Authorization": f"Bearer {viewer}"})
+    assert r.status == 200
 
 
 async def test_rest_routes(client: TestClient[web.Request, web.Application]) -> None:
