@@ -47,6 +47,8 @@ ACK_TIMEOUT_S = 15.0
 ACK_TIMEOUT_MAX_S = 240.0
 SESSION_EXPIRY_S = 7 * 24 * 3600
 BATCH_BYTES = 256 * 1024
+# Downlink ack messages being applied at once (each is one database job; they share commits).
+MAX_ACK_JOBS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class Sync:
         self._msgno = 0
         self._cursor = 0
         self._progress = asyncio.Event()
+        self._ack_slots = asyncio.Semaphore(MAX_ACK_JOBS)
         self._client: aiomqtt.Client | None = None
         self.ack_timeout = ACK_TIMEOUT_S if ack_timeout is None else ack_timeout
         self._ack_timeout = self.ack_timeout
@@ -172,7 +175,9 @@ class Sync:
         log.info("gw=%s connected to %s:%d", self.gw, self.mqtt.host, self.mqtt.port)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._sender(client), name=f"sync-send:{self.gw}")
-            tg.create_task(self._receiver(client), name=f"sync-recv:{self.gw}")
+            records: asyncio.Queue[tuple[Record, ...]] = asyncio.Queue()
+            tg.create_task(self._receiver(client, tg, records), name=f"sync-recv:{self.gw}")
+            tg.create_task(self._records_worker(client, records), name=f"sync-records:{self.gw}")
             tg.create_task(self._ack_watchdog(), name=f"sync-watchdog:{self.gw}")
 
     async def publish_status(self) -> None:
@@ -255,7 +260,12 @@ class Sync:
                 self._progress.set()
 
     # -- downlink ---------------------------------------------------------------------
-    async def _receiver(self, client: aiomqtt.Client) -> None:
+    async def _receiver(
+        self, client: aiomqtt.Client, tg: asyncio.TaskGroup, records: asyncio.Queue[tuple[Record, ...]]
+    ) -> None:
+        """Read the downlink without waiting on the database: each message's acks are applied
+        by their own task (concurrent jobs share one group commit), and downlink records go, in
+        arrival order, to the one task that hands them to ``on_records``."""
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
@@ -271,15 +281,28 @@ class Sync:
                 continue
             self.stats.clock_offset_ms = env.sent - now_ms()
             if env.acks:
-                await self.outbox.apply_acks(env.acks)
-                self.stats.acks_received += len(env.acks)
-                self.stats.last_sync_ms = now_ms()
-                for a in env.acks:
-                    if a.status is envelope.AckStatus.REJECTED:
-                        log.warning("gw=%s record %s rejected by central: %s", self.gw, a.id, a.reason)
-                self._on_acked([a.id for a in env.acks])
+                await self._ack_slots.acquire()
+                tg.create_task(self._apply_acks(env.acks), name=f"sync-acks:{self.gw}")
             if env.records:
-                await self._handle_records(client, env.records)
+                records.put_nowait(env.records)
+
+    async def _apply_acks(self, acks: tuple[Ack, ...]) -> None:
+        try:
+            await self.outbox.apply_acks(acks)
+        finally:
+            self._ack_slots.release()
+        self.stats.acks_received += len(acks)
+        self.stats.last_sync_ms = now_ms()
+        for a in acks:
+            if a.status is envelope.AckStatus.REJECTED:
+                log.warning("gw=%s record %s rejected by central: %s", self.gw, a.id, a.reason)
+        self._on_acked([a.id for a in acks])
+
+    async def _records_worker(
+        self, client: aiomqtt.Client, records: asyncio.Queue[tuple[Record, ...]]
+    ) -> None:
+        while True:
+            await self._handle_records(client, await records.get())
 
     async def _handle_records(self, client: aiomqtt.Client, records: tuple[Record, ...]) -> None:
         if self.on_records is None:

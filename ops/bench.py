@@ -54,7 +54,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from gateway import items
 from gateway.app import migrations as gateway_migrations
+from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import BrokerConfig, Mosquitto, free_port
@@ -327,7 +329,10 @@ async def fill_outbox(box: Outbox, n: int, *, chunk: int = 5000) -> None:
 
 @contextlib.asynccontextmanager
 async def gateway_sync(box: Outbox, port: int, gw: str) -> Any:
-    sync = Sync(gateway_id=gw, outbox=box, mqtt=MqttSettings(port=port))
+    # Wired as gateway.app wires it: the inbox takes central's downlink records and acks them.
+    inb = Inbox(box.db)
+    inb.register(items.MASTER_RECORD, items.apply_master_items)
+    sync = Sync(gateway_id=gw, outbox=box, mqtt=MqttSettings(port=port), on_records=inb.handle)
     task = asyncio.create_task(sync.run(), name=f"bench-sync:{gw}")
     try:
         yield sync
