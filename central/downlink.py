@@ -15,6 +15,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import aiomqtt
@@ -97,19 +98,32 @@ def apply_gateway_acks(conn: sqlite3.Connection, gateway: str, acks: Iterable[Ac
 
 
 def pending(conn: sqlite3.Connection, *, limit: int) -> list[tuple[int, str, str, bytes]]:
-    return conn.execute(
-        "SELECT seq, gateway, id, packed FROM downlink_outbox ORDER BY seq LIMIT ?", (limit,)
+    return _sent_range(conn, after=0, upto=None, limit=limit)
+
+
+def _sent_range(
+    conn: sqlite3.Connection, *, after: int, upto: int | None, limit: int = BATCH_RECORDS * 20
+) -> list[tuple[int, str, str, bytes]]:
+    rows: list[tuple[int, str, str, bytes]] = conn.execute(
+        "SELECT seq, gateway, id, packed FROM downlink_outbox WHERE seq > ? AND seq <= ?"
+        " ORDER BY seq LIMIT ?",
+        (after, 2**63 - 1 if upto is None else upto, limit),
     ).fetchall()
+    return rows
 
 
 class DownlinkSender:
-    """Publishes pending downlink records; resends the unacked after ``RESEND_AFTER_S``."""
+    """Publishes pending downlink records in ``seq`` order (a cursor, so each wake reads only
+    what is new), and every ``RESEND_AFTER_S / 2`` rescans for records sent more than
+    ``RESEND_AFTER_S`` ago and still unacked, which go again."""
 
     def __init__(self, db: DurableDB) -> None:
         self.db = db
         self.wakeup = asyncio.Event()
         self._sent_at: dict[str, float] = {}  # record id -> monotonic time last sent
+        self._cursor = 0
         self.sent = 0
+        self.resent = 0
 
     def notify(self) -> None:
         self.wakeup.set()
@@ -118,29 +132,51 @@ class DownlinkSender:
         for rid in ids:
             self._sent_at.pop(rid, None)
 
+    async def _publish(self, client: aiomqtt.Client, rows: list[tuple[int, str, str, bytes]]) -> None:
+        by_gw: dict[str, list[tuple[str, bytes]]] = {}
+        for _seq, gw, rid, packed in rows:
+            by_gw.setdefault(gw, []).append((rid, packed))
+        for gw, items in by_gw.items():
+            for i in range(0, len(items), BATCH_RECORDS):
+                chunk = items[i : i + BATCH_RECORDS]
+                payload = envelope.encode_raw_records(
+                    gw=gw, sent=now_ms(), raw_records=[p for _r, p in chunk]
+                )
+                await client.publish(topics.downlink(gw), payload, qos=1)
+                t = time.monotonic()
+                for rid, _p in chunk:
+                    self._sent_at[rid] = t
+                self.sent += len(chunk)
+
+    async def _resend_due(self, client: aiomqtt.Client) -> None:
+        after = 0
+        while True:
+            rows = await self.db.read(partial(_sent_range, after=after, upto=self._cursor))
+            if not rows:
+                return
+            now = time.monotonic()
+            due = [r for r in rows if now - self._sent_at.get(r[2], 0.0) > RESEND_AFTER_S]
+            if due:
+                self.resent += len(due)
+                await self._publish(client, due)
+            after = rows[-1][0]
+
     async def run(self, client: aiomqtt.Client) -> None:
         self._sent_at.clear()  # new connection: everything unacked goes again
+        self._cursor = 0
+        last_scan = time.monotonic()
         while True:
             self.wakeup.clear()
-            rows = await self.db.read(lambda c: pending(c, limit=BATCH_RECORDS * 20))
-            now = time.monotonic()
-            due: dict[str, list[tuple[str, bytes]]] = {}
-            for _seq, gw, rid, packed in rows:
-                last = self._sent_at.get(rid)
-                if last is None or now - last > RESEND_AFTER_S:
-                    due.setdefault(gw, []).append((rid, packed))
-            for gw, items in due.items():
-                for i in range(0, len(items), BATCH_RECORDS):
-                    chunk = items[i : i + BATCH_RECORDS]
-                    payload = envelope.encode_raw_records(
-                        gw=gw, sent=now_ms(), raw_records=[p for _r, p in chunk]
-                    )
-                    await client.publish(topics.downlink(gw), payload, qos=1)
-                    for rid, _p in chunk:
-                        self._sent_at[rid] = time.monotonic()
-                    self.sent += len(chunk)
+            rows = await self.db.read(partial(_sent_range, after=self._cursor, upto=None))
+            if rows:
+                await self._publish(client, rows)
+                self._cursor = rows[-1][0]
+                continue  # there may be more
+            if time.monotonic() - last_scan >= RESEND_AFTER_S / 2:
+                await self._resend_due(client)
+                last_scan = time.monotonic()
             try:
-                async with asyncio.timeout(POLL_IDLE_S if rows else RESEND_AFTER_S):
+                async with asyncio.timeout(RESEND_AFTER_S / 2):
                     await self.wakeup.wait()
             except TimeoutError:
                 pass
