@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from central import fleet, inventory, schema
+from central import fleet, inventory, picking, schema
 from ops.sqlitedb import Migration
 
 
 def all_migrations() -> list[Migration]:
-    return [*schema.MIGRATIONS, *inventory.MIGRATIONS, *fleet.MIGRATIONS]
+    return [*schema.MIGRATIONS, *inventory.MIGRATIONS, *fleet.MIGRATIONS, *picking.MIGRATIONS]
