@@ -26,7 +26,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from central.downlink import DownlinkSender, apply_gateway_acks
-from central.ingest import apply_envelope, now_ms, quarantine_message
+from central.ingest import now_ms, quarantine_message, receive_envelope
+from central.processor import Processor
 from ops.retry import backoff_delay, only
 from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
@@ -80,6 +81,7 @@ class Consumer:
         self._fault_marker = os.environ.get("STOREGATE_FAULT_KILL_AFTER_COMMIT")
         self.client: aiomqtt.Client | None = None
         self.downlink = DownlinkSender(db)
+        self.processor = Processor(db, on_progress=self.downlink.notify)
 
     def _client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -100,6 +102,13 @@ class Consumer:
         )
 
     async def run(self) -> None:
+        """Process what was received (even while the broker is away) and keep the MQTT
+        session up; returns only when cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.processor.run(), name="central-processor")
+            tg.create_task(self._mqtt(), name="central-mqtt")
+
+    async def _mqtt(self) -> None:
         attempt = 0
         while True:
             try:
@@ -166,9 +175,9 @@ class Consumer:
             await self.on_gateway_acks(topic_gw, env.acks)
         if not env.records and not env.bad_records:
             return
-        acks = await self.db.write(partial(apply_envelope, topic_gw=topic_gw, topic=topic, env=env))
+        acks = await self.db.write(partial(receive_envelope, topic_gw=topic_gw, topic=topic, env=env))
         self._maybe_crash()
-        self.downlink.notify()  # handlers may have queued downlink records in that commit
+        self.processor.notify()
         self.stats.records += len(env.records)
         for a in acks:
             if a.status is envelope.AckStatus.ACCEPTED:

@@ -16,13 +16,14 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
-from central import CentralError, orders, ordertypes
+from central import CentralError, downlink, orders, ordertypes
 from central.validation import LineIn, OrderIn
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Record
-from protocols.order_changes import parse_supplier_confirmation
+from protocols.order_changes import parse_order_change, parse_supplier_confirmation
 from protocols.records import OrderBody, RecordSchemaError, parse_order
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,22 @@ class Context:
 
 
 Handler = Callable[[sqlite3.Connection, Context, Record], str | None]
+Schema = Callable[[dict[str, Any]], object]
 HANDLERS: dict[str, Handler] = {}
+SCHEMAS: dict[str, Schema] = {}
 INTERNAL_ERRORS = [0]
+PROCESS_BATCH = 64
+RECORD_RESULT = "record_result"  # downlink: a record accepted on receipt but refused later
 
 
-def handler(record_type: str) -> Callable[[Handler], Handler]:
+def handler(record_type: str, *, schema: Schema | None = None) -> Callable[[Handler], Handler]:
+    """Register the handler of a record type; ``schema`` (a parse function raising
+    RecordSchemaError) is checked on receipt, so a malformed record is refused in its ack."""
+
     def register(fn: Handler) -> Handler:
         HANDLERS[record_type] = fn
+        if schema is not None:
+            SCHEMAS[record_type] = schema
         return fn
 
     return register
@@ -76,7 +86,7 @@ def _order_in(order: OrderBody) -> OrderIn:
     )
 
 
-@handler("order")
+@handler("order", schema=parse_order)
 def apply_order(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     """A new order from a gateway. Schema errors reject the record; business problems
     (unknown customer or item, credit, price...) are kept on the order, which is held with
@@ -104,7 +114,7 @@ def apply_order(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     return created.order_no
 
 
-@handler("order_change")
+@handler("order_change", schema=parse_order_change)
 def apply_order_change(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     """A change to an order from its gateway, in the order's ``change_seq`` (early: parked)."""
     try:
@@ -115,7 +125,7 @@ def apply_order_change(conn: sqlite3.Connection, ctx: Context, rec: Record) -> s
         raise Rejected(e.reason) from None
 
 
-@handler("supplier_confirmation")
+@handler("supplier_confirmation", schema=parse_supplier_confirmation)
 def apply_supplier_confirmation(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     """A supplier's answer for a drop-ship order, from the supplier's own gateway."""
     try:
@@ -178,8 +188,13 @@ def _pack(rec: Record) -> bytes:
     return raw
 
 
-def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: Envelope) -> list[Ack]:
-    """Apply every record of one envelope; return one ack per record (bad ones included)."""
+def receive_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: Envelope) -> list[Ack]:
+    """Receive every record of one envelope: a record that passes its type's schema check is
+    stored with its id (``processed``) and queued for processing (``work_queue``) in this
+    transaction and acked ``accepted``; a repeat gets its earlier answer; a malformed record is
+    quarantined and ``rejected``. Business processing (validation, allocation...) follows in
+    :func:`process_queue`, in arrival order; its outcome goes down as ``order_status`` /
+    ``record_result`` records on the durable downlink."""
     now = now_ms()
     acks: list[Ack] = []
     if env.gw != topic_gw:
@@ -208,22 +223,20 @@ def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: 
         if ack is not None:
             acks.append(ack)
     for rec in env.records:
-        ack = _apply_one(conn, ctx, topic, rec)
-        if ack is not None:
-            acks.append(ack)
+        acks.append(_receive_one(conn, ctx, topic, rec))
     return acks
 
 
-def _reject_bad(conn: sqlite3.Connection, ctx: Context, topic: str, bad: BadRecord) -> Ack | None:
-    _quarantine(conn, gateway=ctx.gateway, topic=topic, reason=bad.reason, now=ctx.now, record_id=bad.id)
-    if bad.id is None:
-        # No readable id: nothing to name in an ack. Kept in quarantine for a person.
-        log.warning("gw=%s unreadable record %d quarantined: %s", ctx.gateway, bad.index, bad.reason)
-        return None
-    return Ack(bad.id, AckStatus.REJECTED, bad.reason)
+def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: Envelope) -> list[Ack]:
+    """Receive an envelope and process its records in the same transaction; the acks carry
+    the processing outcome (the order number, a business rejection). Used where one caller
+    wants the whole answer at once; the MQTT consumer receives and lets the processor work."""
+    acks = receive_envelope(conn, topic_gw=topic_gw, topic=topic, env=env)
+    outcome = process_queue(conn, limit=None)
+    return [outcome.get(a.id, a) if a.status is AckStatus.ACCEPTED else a for a in acks]
 
 
-def _apply_one(conn: sqlite3.Connection, ctx: Context, topic: str, rec: Record) -> Ack | None:
+def _receive_one(conn: sqlite3.Connection, ctx: Context, topic: str, rec: Record) -> Ack:
     prior = conn.execute(
         "SELECT gateway, status, reason, ref FROM processed WHERE record_id = ?", (rec.id,)
     ).fetchone()
@@ -234,44 +247,104 @@ def _apply_one(conn: sqlite3.Connection, ctx: Context, topic: str, rec: Record) 
         if status == AckStatus.REJECTED:
             return Ack(rec.id, AckStatus.REJECTED, reason, ref)
         return Ack(rec.id, AckStatus.DUPLICATE, reason, ref)
-    fn = HANDLERS.get(rec.type)
-    status, reason, ref = AckStatus.ACCEPTED, None, None
-    if fn is None:
-        status, reason = AckStatus.REJECTED, f"unknown record type {rec.type!r}"
-    else:
+    reason = None
+    if rec.type not in HANDLERS:
+        reason = f"unknown record type {rec.type!r}"
+    elif (schema := SCHEMAS.get(rec.type)) is not None:
+        try:
+            schema(rec.body)
+        except RecordSchemaError as e:
+            reason = e.reason
+    packed = _pack(rec)
+    if reason is not None:
+        _quarantine(
+            conn,
+            gateway=ctx.gateway,
+            topic=topic,
+            reason=reason,
+            now=ctx.now,
+            record_id=rec.id,
+            seq=rec.seq,
+            rtype=rec.type,
+            raw=packed,
+        )
+        log.info("gw=%s record %s (%s) rejected: %s", ctx.gateway, rec.id, rec.type, reason)
+        conn.execute(
+            "INSERT INTO processed (record_id, gateway, seq, type, status, reason, processed_at)"
+            " VALUES (?, ?, ?, ?, 'rejected', ?, ?)",
+            (rec.id, ctx.gateway, rec.seq, rec.type, reason, ctx.now),
+        )
+        return Ack(rec.id, AckStatus.REJECTED, reason)
+    conn.execute(
+        "INSERT INTO processed (record_id, gateway, seq, type, status, processed_at, raw)"
+        " VALUES (?, ?, ?, ?, 'accepted', ?, ?)",
+        (rec.id, ctx.gateway, rec.seq, rec.type, ctx.now, packed),
+    )
+    conn.execute("INSERT INTO work_queue (record_id) VALUES (?)", (rec.id,))
+    return Ack(rec.id, AckStatus.ACCEPTED)
+
+
+def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH) -> dict[str, Ack]:
+    """Process queued records in arrival order (all of them when ``limit`` is None); return
+    the outcome per record id. A handler's :class:`Rejected` is quarantined and told to the
+    gateway (``record_result``); an unexpected error is quarantined as an internal error and
+    counted, so one bad record never blocks the ones behind it."""
+    rows = conn.execute(
+        "SELECT w.n, p.record_id, p.gateway, p.raw FROM work_queue w JOIN processed p USING (record_id)"
+        " ORDER BY w.n LIMIT ?",
+        (-1 if limit is None else limit,),
+    ).fetchall()
+    out: dict[str, Ack] = {}
+    now = now_ms()
+    for n, rid, gw, raw in rows:
+        obj = msgpack.unpackb(raw, raw=False)
+        rec = Record(id=obj["id"], seq=obj["seq"], type=obj["type"], ts=obj["ts"], body=obj["body"])
+        ctx = Context(gateway=gw, now=now)
+        fn = HANDLERS[rec.type]
         conn.execute("SAVEPOINT rec")
+        status, reason, ref = AckStatus.ACCEPTED, None, None
         try:
             ref = fn(conn, ctx, rec)
         except Rejected as e:
             conn.execute("ROLLBACK TO rec")
             status, reason = AckStatus.REJECTED, e.reason
-        except Exception:
-            # A bug or a storage fault, not the record's fault: undo its partial effect and
-            # leave it unacked, so it stays in the gateway outbox and is retried later.
+        except Exception as e:
             conn.execute("ROLLBACK TO rec")
-            conn.execute("RELEASE rec")
-            log.exception(
-                "gw=%s record %s (%s) failed; left unacked for retry", ctx.gateway, rec.id, rec.type
-            )
+            log.exception("gw=%s record %s (%s) failed in processing; quarantined", gw, rec.id, rec.type)
             INTERNAL_ERRORS[0] += 1
-            return None
+            status, reason = AckStatus.REJECTED, f"internal error while processing: {type(e).__name__}: {e}"
         conn.execute("RELEASE rec")
-    if status is AckStatus.REJECTED:
-        _quarantine(
-            conn,
-            gateway=ctx.gateway,
-            topic=topic,
-            reason=reason or "",
-            now=ctx.now,
-            record_id=rec.id,
-            seq=rec.seq,
-            rtype=rec.type,
-            raw=_pack(rec),
+        if status is AckStatus.REJECTED:
+            _quarantine(
+                conn,
+                gateway=gw,
+                topic=f"sg/v1/gw/{gw}/up",
+                reason=reason or "",
+                now=now,
+                record_id=rec.id,
+                seq=rec.seq,
+                rtype=rec.type,
+                raw=raw,
+            )
+            downlink.enqueue(
+                conn,
+                gateway=gw,
+                type=RECORD_RESULT,
+                body={"id": rec.id, "status": "rejected", "reason": reason},
+            )
+        conn.execute(
+            "UPDATE processed SET status = ?, reason = ?, ref = ?, raw = NULL WHERE record_id = ?",
+            (status.value, reason, ref, rid),
         )
-        log.info("gw=%s record %s (%s) rejected: %s", ctx.gateway, rec.id, rec.type, reason)
-    conn.execute(
-        "INSERT INTO processed (record_id, gateway, seq, type, status, reason, ref, processed_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (rec.id, ctx.gateway, rec.seq, rec.type, status.value, reason, ref, ctx.now),
-    )
-    return Ack(rec.id, status, reason, ref)
+        conn.execute("DELETE FROM work_queue WHERE n = ?", (n,))
+        out[rid] = Ack(rid, status, reason, ref)
+    return out
+
+
+def _reject_bad(conn: sqlite3.Connection, ctx: Context, topic: str, bad: BadRecord) -> Ack | None:
+    _quarantine(conn, gateway=ctx.gateway, topic=topic, reason=bad.reason, now=ctx.now, record_id=bad.id)
+    if bad.id is None:
+        # No readable id: nothing to name in an ack. Kept in quarantine for a person.
+        log.warning("gw=%s unreadable record %d quarantined: %s", ctx.gateway, bad.index, bad.reason)
+        return None
+    return Ack(bad.id, AckStatus.REJECTED, bad.reason)

@@ -239,4 +239,14 @@ MIGRATIONS: list[Migration] = [
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        "central_0003_work_queue",
+        """
+        ALTER TABLE processed ADD COLUMN raw BLOB;
+        CREATE TABLE work_queue (
+            n INTEGER PRIMARY KEY AUTOINCREMENT,
+            record_id TEXT NOT NULL UNIQUE
+        );
+        """,
+    ),
 ]

@@ -66,6 +66,7 @@ def migrations() -> list[Migration]:
         *outbox.MIGRATIONS,
         *inbox.MIGRATIONS,
         *items.MIGRATIONS,
+        *order_status.MIGRATIONS,
         *scanner.MIGRATIONS,
         *handheld.MIGRATIONS,
     ]
@@ -130,6 +131,7 @@ async def serve(cfg: GatewayConfig) -> None:
     inb = Inbox(db)
     inb.register(items.MASTER_RECORD, items.apply_master_items)
     inb.register(order_status.RECORD, order_status.apply_order_status)
+    inb.register(outbox.RECORD_RESULT, outbox.apply_record_result)
     board = DeviceBoard()
     telemetry = Telemetry(site=cfg.customer, outbox=box, board=board, version=VERSION)
     sync = Sync(

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 
 from gateway import GatewayError
-from gateway.outbox import now_ms
 from ops.sqlitedb import DurableDB, Migration
 from protocols.envelope import Ack, AckStatus, Record
 
@@ -35,6 +35,10 @@ MIGRATIONS = [
         """,
     )
 ]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class InboxRejected(GatewayError):

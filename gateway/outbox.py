@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from gateway.inbox import InboxRejected
 from ops.sqlitedb import ClosedError, DurableDB, Migration
 from protocols.envelope import Ack, AckStatus, Record, pack_record
 
@@ -265,3 +266,18 @@ class Outbox:
             return None
 
         return await self.db.read(q)
+
+
+RECORD_RESULT = "record_result"
+
+
+def apply_record_result(conn: sqlite3.Connection, rec: Record) -> None:
+    """Inbox handler: central accepted a record on receipt but refused it in processing
+    (body ``{"id", "status", "reason"}``); keep its final answer for the store to see."""
+    rid, status, reason = rec.body.get("id"), rec.body.get("status"), rec.body.get("reason")
+    if not isinstance(rid, str) or status not in ("accepted", "rejected"):
+        raise InboxRejected(f"record_result: bad body {rec.body!r}")
+    conn.execute(
+        "UPDATE record_results SET status = ?, reason = ? WHERE id = ?",
+        (status, reason if isinstance(reason, str) else None, rid),
+    )

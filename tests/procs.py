@@ -122,3 +122,12 @@ def central_db(tmp: Path) -> sqlite3.Connection:
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def central_settled(tmp: Path) -> bool:
+    """True when central has processed everything it received (its work queue is empty)."""
+    conn = central_db(tmp)
+    try:
+        return conn.execute("SELECT count(*) FROM work_queue").fetchone()[0] == 0
+    finally:
+        conn.close()

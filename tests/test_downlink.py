@@ -12,6 +12,7 @@ import pytest
 from central import downlink
 from central.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
+from gateway import outbox as outbox_mod
 from gateway import sync as sync_mod
 from gateway.app import migrations as gateway_migrations
 from gateway.inbox import Inbox
@@ -80,3 +81,44 @@ async def test_unacked_downlink_is_resent_and_applied_once(
     assert result == ("accepted",)
     assert items == [("A",)], "applied exactly once"
     assert inbox.errors == 1
+
+
+async def test_record_refused_in_processing_is_told_to_the_gateway(
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks come on receipt (schema-checked); a refusal found later in processing goes down
+    as a durable ``record_result`` and the gateway's record status becomes rejected."""
+    monkeypatch.setattr(sync_mod, "BACKOFF_MAX_S", 0.3)
+    cdb = DurableDB(tmp_path / "c.db", migrations=all_migrations())
+    gdb = DurableDB(tmp_path / "g.db", migrations=gateway_migrations())
+    await cdb.open()
+    await gdb.open()
+    try:
+        consumer = Consumer(db=cdb, broker=BrokerSettings(port=broker.port, client_id="central-rr"))
+        inbox = Inbox(gdb)
+        inbox.register(outbox_mod.RECORD_RESULT, outbox_mod.apply_record_result)
+        box = Outbox(gdb)
+        sync = Sync(
+            gateway_id="supplier-1", outbox=box, mqtt=MqttSettings(port=broker.port), on_records=inbox.handle
+        )
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(consumer.run()), tg.create_task(sync.run())]
+            await consumer.connected.wait()
+            rec = await box.submit("supplier_confirmation", {"order_no": "SO99999999", "state": "confirmed"})
+
+            async def final() -> bool:
+                res = await box.result(rec.id)
+                return bool(res and res["status"] == "rejected")
+
+            await wait_for(final, timeout=15, what="the late refusal reaches the gateway")
+            for t in tasks:
+                t.cancel()
+        res = await box.result(rec.id)
+        quarantined = await cdb.read(
+            lambda c: c.execute("SELECT reason FROM quarantine WHERE record_id = ?", (rec.id,)).fetchone()
+        )
+    finally:
+        await gdb.close()
+        await cdb.close()
+    assert res is not None and "was not passed to a supplier" in (res["reason"] or "")
+    assert quarantined is not None and "SO99999999" in quarantined[0]
