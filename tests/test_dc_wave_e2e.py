@@ -23,6 +23,7 @@ import pytest
 from central import documents, downlink, inventory, masters, picking, repo, shortage, waves
 from central.allocation import SourcingRule
 from central.consumer import BrokerSettings, Consumer
+from central.ingest import apply_envelope
 from central.migrations import all_migrations
 from firmware_sim.asrs import AsrsSimulator, default_slots
 from firmware_sim.ptl import Press, PtlController, ScriptedPicker
@@ -33,7 +34,8 @@ from gateway.outbox import Outbox
 from gateway.picking import AsrsConfig, CartConfig, PickExecutor, PickingConfig
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB
+from ops.sqlitedb import DurableDB, apply_migrations, connect
+from protocols.envelope import Ack, AckStatus, Envelope, Record
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, SOON
 from tests.conftest import wait_for
 
@@ -257,3 +259,110 @@ async def _statuses_are(cdb: DurableDB, ids: list[str], status: str) -> bool:
 
 async def _backlog_empty(gw: Gw) -> bool:
     return (await gw.box.backlog()).count == 0
+
+
+# --------------------------------------------------------------------------- central alone
+
+
+def _central(tmp_path: Path) -> sqlite3.Connection:
+    conn = connect(tmp_path / "central-unit.db")
+    apply_migrations(conn, all_migrations())
+    conn.executemany(
+        "INSERT INTO locations (code, kind, gateway) VALUES (?, 'dc', ?)", [("DC1", "dc-1"), ("DC2", "dc-2")]
+    )
+    conn.execute("INSERT INTO customers (code, backorder_policy) VALUES ('C1', 'backorder')")
+    inventory.set_sourcing(conn, [SourcingRule("*", "DC1", 1, preferred=True), SourcingRule("*", "DC2", 5)])
+    inventory.set_stock(conn, "DC1", "A", 10, bin="02-01")
+    inventory.set_stock(conn, "DC1", "B", 5, bin="01-01")
+    inventory.set_stock(conn, "DC2", "A", 10, bin="09-09")
+    for oid, lines in ((1, [("A", 3), ("B", 2)]), (2, [("A", 4)])):
+        conn.execute(
+            "INSERT INTO orders (order_id, order_no, record_id, gateway, seq, customer, channel, order_type,"
+            " requested_date, status, created_at, received_at, updated_at)"
+            " VALUES (?, ?, ?, 'store-1', ?, 'C1', 'rest', 'normal', '2099-01-01', 'validated', 0, ?, 0)",
+            (oid, f"SO{oid:08d}", f"r{oid}", oid, oid),
+        )
+        conn.executemany(
+            "INSERT INTO order_lines (order_id, line_no, sku, qty, price) VALUES (?, ?, ?, ?, 100)",
+            [(oid, i + 1, s, q) for i, (s, q) in enumerate(lines)],
+        )
+    (w,) = waves.run_wave(conn, cutoff=10, now=10, settings=WAVE_SETTINGS)
+    picking.release_wave(conn, w["wave_id"], now=11)
+    return conn
+
+
+def _result(task: dict[str, Any], picked: int, *, key: str = "confirm") -> Record:
+    body = {
+        "task_id": task["task_id"],
+        "order_no": f"SO{task['order_id']:08d}",
+        "sku": task["sku"],
+        "requested_qty": task["qty"],
+        "picked_qty": picked,
+        "outcome": "picked" if picked >= task["qty"] else "short",
+        "key": key,
+        "ts": 1,
+    }
+    return Record(id=f"pick:{task['task_id']}", seq=1, type="pick_result", ts=1, body=body)
+
+
+def _apply(conn: sqlite3.Connection, gw: str, *recs: Record) -> list[Ack]:
+    return apply_envelope(
+        conn, topic_gw=gw, topic=f"sg/v1/gw/{gw}/up", env=Envelope(gw=gw, sent=0, records=recs)
+    )
+
+
+def _stock(conn: sqlite3.Connection) -> dict[tuple[str, str], tuple[int, int]]:
+    return {(r.location, r.sku): (r.on_hand, r.allocated) for r in inventory.stock(conn)}
+
+
+def test_release_in_storage_order_once(tmp_path: Path) -> None:
+    conn = _central(tmp_path)
+    tasks = picking.tasks(conn)
+    assert [(t["seq"], t["bin"], t["sku"], t["order_id"], t["qty"]) for t in tasks] == [
+        (1, "01-01", "B", 1, 2),
+        (2, "02-01", "A", 1, 3),
+        (3, "02-01", "A", 2, 4),
+    ]
+    down = conn.execute(
+        "SELECT id, gateway FROM downlink_outbox WHERE type = 'pick_task' ORDER BY seq"
+    ).fetchall()
+    assert down == [(t["task_id"], "dc-1") for t in tasks]
+    assert {r[0] for r in conn.execute("SELECT status FROM orders")} == {"released"}
+    again = picking.release_wave(conn, 1, now=12)  # nothing new: same tasks, nothing re-sent
+    assert again["tasks"] == 0
+    assert conn.execute("SELECT count(*) FROM downlink_outbox WHERE type = 'pick_task'").fetchone()[0] == 3
+
+
+def test_short_is_reallocated_to_another_dc_and_counted_once(tmp_path: Path) -> None:
+    conn = _central(tmp_path)
+    t_b, t_a1, t_a2 = picking.tasks(conn)
+    acks = _apply(conn, "dc-1", _result(t_b, 2), _result(t_a1, 3), _result(t_a2, 1, key="shortage"))
+    assert [a.status for a in acks] == [AckStatus.ACCEPTED] * 3 and acks[2].ref == "SO00000002"
+    assert conn.execute("SELECT status FROM orders WHERE order_id = 1").fetchone()[0] == "picked"
+    # 3 short at DC1: written off there, reallocated from DC2 and sent to dc-2 at once
+    new = [t for t in picking.tasks(conn) if t["status"] == "sent"]
+    assert [(t["gateway"], t["location"], t["sku"], t["qty"], t["order_id"]) for t in new] == [
+        ("dc-2", "DC2", "A", 3, 2)
+    ]
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM downlink_outbox WHERE type = 'pick_task' AND gateway = 'dc-2'"
+        ).fetchone()[0]
+        == 1
+    )
+    assert conn.execute("SELECT status FROM orders WHERE order_id = 2").fetchone()[0] == "released"
+    before = _stock(conn)
+    assert before[("DC1", "A")] == (10 - 3 - 4, 0) and before[("DC2", "A")] == (10, 3)
+    # the same confirmation again: same answer, no second effect
+    dup = _apply(conn, "dc-1", _result(t_a2, 1, key="shortage"))
+    assert dup[0].status is AckStatus.DUPLICATE and _stock(conn) == before
+    (t_dc2,) = new
+    ok = _apply(conn, "dc-2", _result(t_dc2, 3))
+    assert ok[0].status is AckStatus.ACCEPTED
+    # the same result from another gateway is refused with the reason
+    wrong = _apply(conn, "dc-1", _result(t_dc2, 3))
+    assert wrong[0].status is AckStatus.REJECTED and "dc-2" in (wrong[0].reason or "")
+    assert conn.execute("SELECT status FROM orders WHERE order_id = 2").fetchone()[0] == "picked"
+    assert _stock(conn)[("DC2", "A")] == (7, 0)
+    assert shortage.list_shortages(conn, filters={}) == []  # nothing owed: all reallocated
+    conn.close()
