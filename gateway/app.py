@@ -12,11 +12,12 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, inbox, items, order_status, outbox, scanner
+from gateway import handheld, inbox, items, order_status, outbox, picking, scanner
 from gateway.devices import HandheldConfig, HidScannerConfig, SerialScannerConfig, build_devices
 from gateway.http import create_app
 from gateway.inbox import Inbox
 from gateway.outbox import Outbox
+from gateway.picking import PickExecutor, PickingConfig
 from gateway.sync import MqttSettings, Sync
 from gateway.telemetry import DeviceBoard, Telemetry
 from ops import config
@@ -52,6 +53,7 @@ class GatewayConfig:
     serial_scanners: list[SerialScannerConfig] = field(default_factory=list)
     hid_scanners: list[HidScannerConfig] = field(default_factory=list)
     handhelds: list[HandheldConfig] = field(default_factory=list)
+    picking: PickingConfig = field(default_factory=PickingConfig)  # a DC: carts, AS/RS
 
 
 def load_config(path: Path | str) -> GatewayConfig:
@@ -69,6 +71,7 @@ def migrations() -> list[Migration]:
         *order_status.MIGRATIONS,
         *scanner.MIGRATIONS,
         *handheld.MIGRATIONS,
+        *picking.MIGRATIONS,
     ]
 
 
@@ -132,6 +135,9 @@ async def serve(cfg: GatewayConfig) -> None:
     inb.register(items.MASTER_RECORD, items.apply_master_items)
     inb.register(order_status.RECORD, order_status.apply_order_status)
     inb.register(outbox.RECORD_RESULT, outbox.apply_record_result)
+    executor = PickExecutor(db=db, outbox=box, config=cfg.picking) if cfg.picking.carts else None
+    if executor is not None:
+        executor.register(inb)  # only a DC takes pick_task records
     board = DeviceBoard()
     telemetry = Telemetry(site=cfg.customer, outbox=box, board=board, version=VERSION)
     sync = Sync(
@@ -169,6 +175,8 @@ async def serve(cfg: GatewayConfig) -> None:
                 tg.create_task(sessions.run(), name=f"scan-sessions:{cfg.gateway_id}")
             for dev in devices:
                 tg.create_task(dev.adapter.run(), name=f"device:{dev.kind}:{dev.id}")
+            if executor is not None:
+                tg.create_task(executor.run(), name=f"picking:{cfg.gateway_id}")
     finally:
         await runner.cleanup()
         await db.close()

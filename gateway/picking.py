@@ -127,10 +127,17 @@ class CartConfig:
     host: str
     port: int = DEFAULT_PORT
     nodes: int = 12
-    colour: ptl.Colour = ptl.Colour.GREEN
+    colour: str = "green"  # red, green, orange, blue, pink, cyan
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 10.0
     relight_guard_s: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.colour.upper() not in ptl.Colour.__members__:
+            names = ", ".join(c.name.lower() for c in ptl.Colour)
+            raise ValueError(f"cart {self.cart_id}: colour {self.colour!r} is not one of {names}")
+        if not 1 <= self.nodes <= ptl.MAX_NODE:
+            raise ValueError(f"cart {self.cart_id}: nodes {self.nodes} not in 1..{ptl.MAX_NODE}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +222,7 @@ class PickExecutor:
                 reconnect_max_s=c.reconnect_max_s,
                 relight_guard_s=c.relight_guard_s,
             )
-            self._colour[c.cart_id] = c.colour
+            self._colour[c.cart_id] = ptl.Colour[c.colour.upper()]
             self._positions += [(c.cart_id, n) for n in range(1, c.nodes + 1)]
         self.asrs: AsrsAdapter | None = None
         self.station = ""
