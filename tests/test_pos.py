@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import random
 import sqlite3
 import tempfile
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +22,10 @@ from hypothesis import strategies as st
 
 from central.consumer import BrokerSettings, Consumer
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
+from firmware_sim import pos as pos_sim
+from firmware_sim import store as store_sim
+from firmware_sim.pos import PosFaults, PosTerminal
+from firmware_sim.store import StoreScenario, run_store
 from gateway import stock
 from gateway.app import migrations as gateway_migrations
 from gateway.http import create_app
@@ -389,3 +395,57 @@ async def test_pos_sales_reorder_reaches_central_through_mosquitto(broker: Mosqu
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await cdb.close()
+
+
+# -- simulators against the real app --------------------------------------------------------------
+
+
+async def test_pos_simulator_with_faults_matches_the_gateways_counters(gw: Gw) -> None:
+    for item in ITEMS:
+        await gw.count(item.sku, 1000)
+    url = str(gw.client.make_url("")).rstrip("/")
+    till = PosTerminal(
+        url=url,
+        store_id="store-001",
+        workstation_id="POS-07",
+        items=[PEN.gtin, "SKU-MILK", SOAP.gtin],
+        rng=random.Random(3),
+        faults=PosFaults(duplicate_rate=0.2, malformed_rate=0.1, unknown_item_rate=0.05),
+        business_day=DAY,
+        start_seq=0,
+        return_rate=0.1,
+        void_rate=0.2,
+    )
+    async with aiohttp.ClientSession() as http:
+        stats = await till.run(http, rate=0, count=60)
+    assert stats.sent == 60 and stats.failed == 0
+    assert stats.applied + stats.duplicates + sum(stats.refused.values()) == 60
+    assert stats.duplicates > 0 and stats.refused.get(400, 0) > 0 and stats.refused.get(422, 0) > 0
+    c = gw.pos.counters
+    assert (c.transactions, c.duplicates) == (stats.applied, stats.duplicates)
+    assert c.refused["malformed"] == stats.refused[400]
+    assert c.refused["unknown-item"] == stats.refused[422]
+
+
+async def test_store_scenario_and_sim_clis(gw: Gw) -> None:
+    url = str(gw.client.make_url("")).rstrip("/")
+    sc = StoreScenario(url=url, clerks=2, order_rate=50, tills=3, sale_rate=0, delivery_delay_s=0, seed=1)
+    stop = asyncio.Event()
+
+    async def until_a_delivery() -> None:
+        await wait_for(lambda: gw.pos.counters.receipts > 0, timeout=20, what="a reorder delivered")
+        stop.set()
+
+    summary, _ = await asyncio.gather(run_store(sc, duration=0, stop=stop), until_a_delivery())
+    assert summary["orders_sent"] == summary["orders_accepted"] > 0
+    assert summary["pos"]["sent"] == summary["pos"]["applied"] > 0 and summary["pos"]["failed"] == 0
+    assert summary["receipts"] >= 1 and summary["pos"]["reorders"] >= 1
+    assert gw.pos.counters.transactions == summary["pos"]["applied"]
+    for main in (pos_sim.main, store_sim.main):
+        with pytest.raises(SystemExit) as ei:
+            main(["--help"])
+        assert ei.value.code == 0
+    rc = await asyncio.to_thread(
+        pos_sim.main, ["--url", url, "--tills", "2", "--rate", "0", "--count", "5", "--seed", "4"]
+    )
+    assert rc == 0
