@@ -42,7 +42,7 @@ from protocols.records import MAX_QTY, Channel, OrderBody, OrderLine, OrderType
 
 log = logging.getLogger(__name__)
 
-LEAD_DAYS = 1  # requested delivery date of a reorder = business day + LEAD_DAYS
+LEAD_DAYS = 1  # requested delivery date of a reorder = today + LEAD_DAYS
 RECORD_TYPE = "order"
 
 MIGRATIONS = [
