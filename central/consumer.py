@@ -81,7 +81,8 @@ class Consumer:
         self._fault_marker = os.environ.get("STOREGATE_FAULT_KILL_AFTER_COMMIT")
         self.client: aiomqtt.Client | None = None
         self.downlink = DownlinkSender(db)
-        self.processor = Processor(db, on_progress=self.downlink.notify)
+        self.receiving = 0  # messages being received right now
+        self.processor = Processor(db, on_progress=self.downlink.notify, receiving=lambda: self.receiving > 0)
 
     def _client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -140,9 +141,11 @@ class Consumer:
                 await asyncio.sleep(delay)
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        self.receiving += 1
         try:
             await self._handle_inner(client, message)
         finally:
+            self.receiving -= 1
             self._sem.release()
 
     async def _handle_inner(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:

@@ -222,9 +222,49 @@ def receive_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env
         ack = _reject_bad(conn, ctx, topic, bad)
         if ack is not None:
             acks.append(ack)
+    prior = _prior_answers(conn, [r.id for r in env.records])
+    fresh: list[tuple[str, str, int, str, int]] = []
+    queued: list[tuple[str, str, bytes]] = []
     for rec in env.records:
-        acks.append(_receive_one(conn, ctx, topic, rec))
+        if rec.id in prior:
+            acks.append(_repeat_answer(ctx, rec, prior[rec.id]))
+            continue
+        ack, packed = _check_one(conn, ctx, topic, rec)
+        acks.append(ack)
+        if ack.status is AckStatus.ACCEPTED:
+            fresh.append((rec.id, ctx.gateway, rec.seq, rec.type, ctx.now))
+            queued.append((rec.id, ctx.gateway, packed))
+    conn.executemany(
+        "INSERT INTO processed (record_id, gateway, seq, type, status, processed_at)"
+        " VALUES (?, ?, ?, ?, 'accepted', ?)",
+        fresh,
+    )
+    conn.executemany("INSERT INTO work_queue (record_id, gateway, raw) VALUES (?, ?, ?)", queued)
     return acks
+
+
+def _prior_answers(
+    conn: sqlite3.Connection, ids: list[str]
+) -> dict[str, tuple[str, str, str | None, str | None]]:
+    out: dict[str, tuple[str, str, str | None, str | None]] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        for rid, gw, status, reason, ref in conn.execute(
+            f"SELECT record_id, gateway, status, reason, ref FROM processed WHERE record_id IN ({marks})",
+            chunk,
+        ):
+            out[rid] = (gw, status, reason, ref)
+    return out
+
+
+def _repeat_answer(ctx: Context, rec: Record, prior: tuple[str, str, str | None, str | None]) -> Ack:
+    gw, status, reason, ref = prior
+    if gw != ctx.gateway:
+        return Ack(rec.id, AckStatus.REJECTED, f"record id already used by gateway {gw!r}")
+    if status == AckStatus.REJECTED:
+        return Ack(rec.id, AckStatus.REJECTED, reason, ref)
+    return Ack(rec.id, AckStatus.DUPLICATE, reason, ref)
 
 
 def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: Envelope) -> list[Ack]:
@@ -236,17 +276,8 @@ def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: 
     return [outcome.get(a.id, a) if a.status is AckStatus.ACCEPTED else a for a in acks]
 
 
-def _receive_one(conn: sqlite3.Connection, ctx: Context, topic: str, rec: Record) -> Ack:
-    prior = conn.execute(
-        "SELECT gateway, status, reason, ref FROM processed WHERE record_id = ?", (rec.id,)
-    ).fetchone()
-    if prior is not None:
-        gw, status, reason, ref = prior
-        if gw != ctx.gateway:
-            return Ack(rec.id, AckStatus.REJECTED, f"record id already used by gateway {gw!r}")
-        if status == AckStatus.REJECTED:
-            return Ack(rec.id, AckStatus.REJECTED, reason, ref)
-        return Ack(rec.id, AckStatus.DUPLICATE, reason, ref)
+def _check_one(conn: sqlite3.Connection, ctx: Context, topic: str, rec: Record) -> tuple[Ack, bytes]:
+    """Schema-check a new record; a refusal is quarantined and remembered here."""
     reason = None
     if rec.type not in HANDLERS:
         reason = f"unknown record type {rec.type!r}"
@@ -256,32 +287,26 @@ def _receive_one(conn: sqlite3.Connection, ctx: Context, topic: str, rec: Record
         except RecordSchemaError as e:
             reason = e.reason
     packed = _pack(rec)
-    if reason is not None:
-        _quarantine(
-            conn,
-            gateway=ctx.gateway,
-            topic=topic,
-            reason=reason,
-            now=ctx.now,
-            record_id=rec.id,
-            seq=rec.seq,
-            rtype=rec.type,
-            raw=packed,
-        )
-        log.info("gw=%s record %s (%s) rejected: %s", ctx.gateway, rec.id, rec.type, reason)
-        conn.execute(
-            "INSERT INTO processed (record_id, gateway, seq, type, status, reason, processed_at)"
-            " VALUES (?, ?, ?, ?, 'rejected', ?, ?)",
-            (rec.id, ctx.gateway, rec.seq, rec.type, reason, ctx.now),
-        )
-        return Ack(rec.id, AckStatus.REJECTED, reason)
-    conn.execute(
-        "INSERT INTO processed (record_id, gateway, seq, type, status, processed_at, raw)"
-        " VALUES (?, ?, ?, ?, 'accepted', ?, ?)",
-        (rec.id, ctx.gateway, rec.seq, rec.type, ctx.now, packed),
+    if reason is None:
+        return Ack(rec.id, AckStatus.ACCEPTED), packed
+    _quarantine(
+        conn,
+        gateway=ctx.gateway,
+        topic=topic,
+        reason=reason,
+        now=ctx.now,
+        record_id=rec.id,
+        seq=rec.seq,
+        rtype=rec.type,
+        raw=packed,
     )
-    conn.execute("INSERT INTO work_queue (record_id) VALUES (?)", (rec.id,))
-    return Ack(rec.id, AckStatus.ACCEPTED)
+    log.info("gw=%s record %s (%s) rejected: %s", ctx.gateway, rec.id, rec.type, reason)
+    conn.execute(
+        "INSERT INTO processed (record_id, gateway, seq, type, status, reason, processed_at)"
+        " VALUES (?, ?, ?, ?, 'rejected', ?, ?)",
+        (rec.id, ctx.gateway, rec.seq, rec.type, reason, ctx.now),
+    )
+    return Ack(rec.id, AckStatus.REJECTED, reason), packed
 
 
 def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH) -> dict[str, Ack]:
@@ -290,8 +315,7 @@ def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH
     gateway (``record_result``); an unexpected error is quarantined as an internal error and
     counted, so one bad record never blocks the ones behind it."""
     rows = conn.execute(
-        "SELECT w.n, p.record_id, p.gateway, p.raw FROM work_queue w JOIN processed p USING (record_id)"
-        " ORDER BY w.n LIMIT ?",
+        "SELECT n, record_id, gateway, raw FROM work_queue ORDER BY n LIMIT ?",
         (-1 if limit is None else limit,),
     ).fetchall()
     out: dict[str, Ack] = {}
@@ -333,7 +357,7 @@ def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH
                 body={"id": rec.id, "status": "rejected", "reason": reason},
             )
         conn.execute(
-            "UPDATE processed SET status = ?, reason = ?, ref = ?, raw = NULL WHERE record_id = ?",
+            "UPDATE processed SET status = ?, reason = ?, ref = ? WHERE record_id = ?",
             (status.value, reason, ref, rid),
         )
         conn.execute("DELETE FROM work_queue WHERE n = ?", (n,))

@@ -242,10 +242,11 @@ MIGRATIONS: list[Migration] = [
     Migration(
         "central_0003_work_queue",
         """
-        ALTER TABLE processed ADD COLUMN raw BLOB;
         CREATE TABLE work_queue (
             n INTEGER PRIMARY KEY AUTOINCREMENT,
-            record_id TEXT NOT NULL UNIQUE
+            record_id TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            raw BLOB NOT NULL
         );
         """,
     ),

@@ -186,6 +186,26 @@ def _check_keys(obj: object, where: str, allowed: frozenset[str], required: froz
 
 
 def _decode_record(i: int, raw: object) -> Record | BadRecord:
+    # Fast path for a well-formed record (the common case); anything else takes the slow
+    # path below, which names the problem.
+    if type(raw) is dict and raw.keys() == RECORD_KEYS:
+        rid, seq, rtype, ts, body = raw["id"], raw["seq"], raw["type"], raw["ts"], raw["body"]
+        if (
+            type(rid) is str
+            and 0 < len(rid) <= MAX_ID_LEN
+            and type(seq) is int
+            and 1 <= seq <= MAX_SEQ
+            and type(rtype) is str
+            and 0 < len(rtype) <= MAX_TYPE_LEN
+            and type(ts) is int
+            and 0 <= ts <= MAX_SEQ
+            and type(body) is dict
+        ):
+            return Record(id=rid, seq=seq, type=rtype, ts=ts, body=body)
+    return _decode_record_slow(i, raw)
+
+
+def _decode_record_slow(i: int, raw: object) -> Record | BadRecord:
     rid = raw.get("id") if isinstance(raw, dict) else None
     rid_s = rid if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LEN else None
     where = f"records[{i}]"
