@@ -58,6 +58,74 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How this database names things: which ``customers`` columns feed which profile
+    field, and whether ``orders`` has a ``priority`` column. Read once per schema version."""
+
+    key: str | None  # customers' code column (None: no customers table)
+    fields: dict[str, str | None]
+    select: tuple[str, ...]
+    has_priority: bool
+
+
+# connection id -> (connection kept alive so the id is not reused, schema_version, layout)
+_LAYOUTS: dict[int, tuple[sqlite3.Connection, int, _Layout]] = {}
+
+
+def _layout(conn: sqlite3.Connection) -> _Layout:
+    """The column layout, cached per connection until the schema changes (``PRAGMA
+    schema_version`` moves with every CREATE/ALTER, from any connection)."""
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    hit = _LAYOUTS.get(id(conn))
+    if hit is not None and hit[0] is conn and hit[1] == version:
+        return hit[2]
+    cols = _columns(conn, "customers")
+    key = next((c for c in ("code", "customer", "customer_code") if c in cols), None)
+    fields = {f: next((c for c in names if c in cols), None) for f, names in CUSTOMER_COLUMNS.items()}
+    sel: list[str] = [key] if key else []
+    sel += [c for c in fields.values() if c is not None]
+    sel += [c for c in ("receivables", "open_value") if c in cols and c not in sel]
+    layout = _Layout(key, fields, tuple(sel), "priority" in _columns(conn, "orders"))
+    _LAYOUTS[id(conn)] = (conn, version, layout)
+    return layout
+
+
+# (layout columns, customers row) -> profile: the row holds every input, so an equal row
+# gives an equal profile (receivables and open value are in it: credit follows them)
+_PROFILES: dict[tuple[tuple[str, ...], tuple[Any, ...]], CustomerProfile] = {}
+MAX_CACHED_PROFILES = 10_000
+
+
+def _profile(layout: _Layout, row: tuple[Any, ...]) -> CustomerProfile:
+    hit = _PROFILES.get((layout.select, row))
+    if hit is not None:
+        return hit
+    fields = layout.fields
+    d = dict(zip(layout.select, row, strict=True))
+    v = {f: d[c] for f, c in fields.items() if c is not None and d[c] is not None}
+    if fields["credit"] == "credit_limit":  # standing = headroom under the limit
+        used = sum(int(d.get(c) or 0) for c in ("receivables", "open_value"))
+        v["credit"] = int(v.get("credit", 10**12)) - used
+    if v.get("pref") == "all-at-once" and v.get("delay_days") == 0:
+        v["pref"] = CustomerPref.CANCEL.value  # all at once and not late at all
+    p = CustomerProfile(
+        grade=str(v.get("grade", "C")),
+        zone=str(v.get("zone", "")),
+        route=str(v.get("route", "")),
+        vehicle=str(v.get("vehicle", "")),
+        credit=int(v.get("credit", 0)),
+        allow_split=bool(v.get("allow_split", False)),
+        pref=_pref(v.get("pref", "backorder")),
+        delay_days=None if v.get("delay_days") is None else int(v["delay_days"]),
+        salesperson=str(v.get("salesperson", "")),
+    )
+    if len(_PROFILES) >= MAX_CACHED_PROFILES:
+        _PROFILES.clear()
+    _PROFILES[(layout.select, row)] = p
+    return p
+
+
 def set_profile(conn: sqlite3.Connection, customer: str, p: CustomerProfile) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO alloc_customer_profile (customer, grade, zone, route, vehicle, credit,"
@@ -100,35 +168,14 @@ def load_profiles(conn: sqlite3.Connection, customers: Iterable[str]) -> dict[st
     out: dict[str, CustomerProfile] = {}
     if not wanted:
         return out
-    cols = _columns(conn, "customers")
-    key = next((c for c in ("code", "customer", "customer_code") if c in cols), None)
-    if key is not None:
-        fields = {f: next((c for c in names if c in cols), None) for f, names in CUSTOMER_COLUMNS.items()}
-        sel = [key] + [c for c in fields.values() if c is not None]
-        sel += [c for c in ("receivables", "open_value") if c in cols and c not in sel]
+    layout = _layout(conn)
+    if layout.key is not None:
         for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(
-                f"SELECT {', '.join(sel)} FROM customers WHERE {key} IN ({marks})", chunk
+                f"SELECT {', '.join(layout.select)} FROM customers WHERE {layout.key} IN ({marks})", chunk
             ):
-                d = dict(zip(sel, row, strict=True))
-                v = {f: d[c] for f, c in fields.items() if c is not None and d[c] is not None}
-                if fields["credit"] == "credit_limit":  # standing = headroom under the limit
-                    used = sum(int(d.get(c) or 0) for c in ("receivables", "open_value"))
-                    v["credit"] = int(v.get("credit", 10**12)) - used
-                if v.get("pref") == "all-at-once" and v.get("delay_days") == 0:
-                    v["pref"] = CustomerPref.CANCEL.value  # all at once and not late at all
-                out[str(d[key])] = CustomerProfile(
-                    grade=str(v.get("grade", "C")),
-                    zone=str(v.get("zone", "")),
-                    route=str(v.get("route", "")),
-                    vehicle=str(v.get("vehicle", "")),
-                    credit=int(v.get("credit", 0)),
-                    allow_split=bool(v.get("allow_split", False)),
-                    pref=_pref(v.get("pref", "backorder")),
-                    delay_days=None if v.get("delay_days") is None else int(v["delay_days"]),
-                    salesperson=str(v.get("salesperson", "")),
-                )
+                out[str(row[0])] = _profile(layout, row)
     missing = [c for c in wanted if c not in out]
     for chunk in _chunks(missing):
         marks = ",".join("?" * len(chunk))
@@ -155,8 +202,7 @@ def load_demands(
     the requested date is today or past; ``urgent`` when the order has a ``priority`` column
     saying so or its note starts with ``URGENT``."""
     today = today or dt.date.today()
-    ocols = _columns(conn, "orders")
-    has_priority = "priority" in ocols
+    has_priority = _layout(conn).has_priority
     heads: dict[int, tuple[Any, ...]] = {}
     lines: dict[int, list[tuple[int, str, int, int]]] = {}
     for chunk in _chunks(list(order_ids)):
@@ -231,9 +277,15 @@ def set_status(
     lifecycle = _lifecycle()
     target = ORDER_STATUS.get(status)
     if lifecycle is not None and target is not None:
-        row = conn.execute("SELECT status, order_type FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        row = conn.execute(
+            "SELECT status, order_type, customer, value, gateway, record_id, order_no FROM orders"
+            " WHERE order_id = ?",
+            (order_id,),
+        ).fetchone()
         if row is not None and row[0] != target and lifecycle.allowed(row[0], target, row[1]):
-            lifecycle.transition(conn, order_id, target, actor="allocation", detail=detail, now=now)
+            lifecycle.transition_from(
+                conn, order_id, lifecycle.OrderRow(*row), target, actor="allocation", detail=detail, now=now
+            )
             return
     conn.execute(
         "INSERT INTO order_events (order_id, at, event, status, detail, actor)"

@@ -8,8 +8,8 @@ and its transaction rolls back.
 
 Every allocated unit is a row in ``allocations`` (an order line's share at one location, or
 a reservation with a free-text reference); ``inventory.allocated`` is their running sum.
-Every engine run is kept in ``alloc_runs`` with its inputs (JSON) and trace, so it can be
-replayed (:func:`replay_run`).
+Every engine run is kept in ``alloc_runs`` with its inputs (msgpack; JSON in runs stored
+before) and its readable trace, so it can be replayed (:func:`replay_run`).
 
 All functions take a ``sqlite3.Connection`` and run inside the caller's transaction
 (a ``DurableDB.write`` job); none commits.
@@ -23,6 +23,8 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from central import CentralError
 from central.allocation import AllocationResult, Network, SourcingRule, decode_inputs, trace_digest
@@ -265,14 +267,42 @@ def set_sourcing(conn: sqlite3.Connection, rules: Iterable[SourcingRule]) -> Non
     )
 
 
+# connection id -> (connection kept alive so the id is not reused, rows, network)
+_NETWORKS: dict[int, tuple[sqlite3.Connection, list[Any], Network]] = {}
+
+
 def load_network(conn: sqlite3.Connection) -> Network:
+    """The sourcing rules as a :class:`Network`. The rows are read every time (so a change by
+    any connection, or one rolled back, is seen); while they are unchanged the same Network
+    is returned, so its per-zone candidate lists are built once, not once per order."""
     rows = conn.execute(
         "SELECT zone, location, cost, preferred, transfer FROM alloc_sourcing ORDER BY zone, location"
-    )
-    return Network(tuple(SourcingRule(z, loc, c, bool(p), bool(t)) for z, loc, c, p, t in rows))
+    ).fetchall()
+    hit = _NETWORKS.get(id(conn))
+    if hit is not None and hit[0] is conn and hit[1] == rows:
+        return hit[2]
+    net = Network(tuple(SourcingRule(z, loc, c, bool(p), bool(t)) for z, loc, c, p, t in rows))
+    _NETWORKS[id(conn)] = (conn, rows, net)
+    return net
 
 
 # -- allocations and runs -------------------------------------------------------------------
+
+_BUMP_MAX = 300  # (location, sku) pairs per one-statement bump (3 parameters each)
+
+
+def pack_inputs(inputs: dict[str, Any]) -> bytes:
+    """A run's inputs as stored: msgpack (compact and fast; a person reads the trace, and
+    :func:`unpack_inputs` / :func:`replay_run` turn it back into the engine's inputs)."""
+    packed: bytes = msgpack.packb(inputs, use_bin_type=True)
+    return packed
+
+
+def unpack_inputs(stored: bytes | str) -> dict[str, Any]:
+    """Stored inputs -> the :func:`central.allocation.encode_inputs` dict (JSON text from
+    runs stored before inputs were packed, msgpack since)."""
+    data: dict[str, Any] = json.loads(stored) if isinstance(stored, str) else msgpack.unpackb(stored)
+    return data
 
 
 def record_run(
@@ -287,14 +317,7 @@ def record_run(
     """Keep the run (inputs + trace) and apply its allocations to stock; return the run id."""
     cur = conn.execute(
         "INSERT INTO alloc_runs (kind, wave_id, at, inputs, trace, digest) VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            kind,
-            wave_id,
-            now,
-            json.dumps(inputs, separators=(",", ":")),
-            result.trace_text,
-            trace_digest(result.trace),
-        ),
+        (kind, wave_id, now, pack_inputs(inputs), result.trace_text, trace_digest(result.trace)),
     )
     run_id = cur.lastrowid
     assert run_id is not None
@@ -332,6 +355,36 @@ def add_allocations(
 
 
 def _bump(conn: sqlite3.Connection, per: dict[tuple[str, str], int]) -> None:
+    """Add ``qty`` to ``allocated`` of each ``(location, sku)``: one statement (atomic: a
+    broken CHECK changes nothing); on a failure, row by row to name the row at fault."""
+    if len(per) > 1:
+        items = sorted(per.items())
+        if len(items) <= _BUMP_MAX:
+            args = [v for (loc, sku), qty in items for v in (loc, sku, qty)]
+            before = conn.total_changes  # rowcount is not kept for a statement led by WITH
+            try:
+                conn.execute(
+                    "WITH d(loc, sku, qty) AS (VALUES " + ",".join(["(?, ?, ?)"] * len(items)) + ")"
+                    " UPDATE inventory SET allocated = allocated + d.qty FROM d"
+                    " WHERE inventory.location = d.loc AND inventory.sku = d.sku",
+                    args,
+                )
+            except sqlite3.IntegrityError:
+                pass  # nothing changed: find the row below
+            else:
+                if conn.total_changes - before == len(items):
+                    return
+                have = {
+                    (loc, sku)
+                    for loc, sku in conn.execute(
+                        "WITH d(loc, sku) AS (VALUES " + ",".join(["(?, ?)"] * len(items)) + ")"
+                        " SELECT i.location, i.sku FROM inventory i JOIN d"
+                        " ON i.location = d.loc AND i.sku = d.sku",
+                        [v for (loc, sku), _ in items for v in (loc, sku)],
+                    )
+                }
+                loc, sku = next(k for k, _ in items if k not in have)
+                raise InventoryError(loc, sku, "no inventory row")
     for (loc, sku), qty in sorted(per.items()):
         try:
             cur = conn.execute(
@@ -534,7 +587,7 @@ def replay_run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
     row = conn.execute("SELECT inputs, trace, digest FROM alloc_runs WHERE run_id = ?", (run_id,)).fetchone()
     if row is None:
         raise InventoryError("?", "?", f"no allocation run {run_id}")
-    result = decode_inputs(json.loads(row[0])).run()
+    result = decode_inputs(unpack_inputs(row[0])).run()
     digest = trace_digest(result.trace)
     return {"run_id": run_id, "stored_digest": row[2], "replay_digest": digest, "identical": digest == row[2]}
 
