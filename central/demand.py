@@ -164,11 +164,17 @@ def _pref(raw: Any) -> CustomerPref:
 
 
 def load_profiles(conn: sqlite3.Connection, customers: Iterable[str]) -> dict[str, CustomerProfile]:
+    return _load_profiles(conn, customers, None)
+
+
+def _load_profiles(
+    conn: sqlite3.Connection, customers: Iterable[str], layout: _Layout | None
+) -> dict[str, CustomerProfile]:
     wanted = sorted(set(customers))
     out: dict[str, CustomerProfile] = {}
     if not wanted:
         return out
-    layout = _layout(conn)
+    layout = layout or _layout(conn)
     if layout.key is not None:
         for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
@@ -202,7 +208,8 @@ def load_demands(
     the requested date is today or past; ``urgent`` when the order has a ``priority`` column
     saying so or its note starts with ``URGENT``."""
     today = today or dt.date.today()
-    has_priority = _layout(conn).has_priority
+    layout = _layout(conn)
+    has_priority = layout.has_priority
     heads: dict[int, tuple[Any, ...]] = {}
     lines: dict[int, list[tuple[int, str, int, int]]] = {}
     for chunk in _chunks(list(order_ids)):
@@ -220,7 +227,7 @@ def load_demands(
             chunk,
         ):
             lines.setdefault(oid, []).append((ln, sku or gtin or "", qty, price or 0))
-    profiles = load_profiles(conn, (h[1] for h in heads.values()))
+    profiles = _load_profiles(conn, (h[1] for h in heads.values()), layout)
     out = []
     iso_today = today.isoformat()
     for oid in order_ids:

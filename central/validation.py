@@ -123,8 +123,8 @@ def check_completeness(order: OrderIn, snap: Snapshot, *, today: dt.date) -> tup
     items: dict[int, Item] = {}
     for ln in order.lines:
         item = snap.resolve(ln.gtin, ln.sku)
-        code = f"sku {ln.sku!r}" if ln.sku is not None else f"GTIN {ln.gtin}"
         if item is None:
+            code = f"sku {ln.sku!r}" if ln.sku is not None else f"GTIN {ln.gtin}"
             problems.append(f"line {ln.line_no}: unknown item {code}")
             continue
         if ln.gtin is not None and ln.sku is not None and snap.sku_by_gtin.get(ln.gtin.zfill(14)) != ln.sku:
