@@ -18,6 +18,7 @@ All functions take a ``sqlite3.Connection`` and run inside the caller's transact
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -315,9 +316,10 @@ def record_run(
     wave_id: int | None = None,
 ) -> int:
     """Keep the run (inputs + trace) and apply its allocations to stock; return the run id."""
+    text = result.trace_text  # its SHA-256 is trace_digest(result.trace)
     cur = conn.execute(
         "INSERT INTO alloc_runs (kind, wave_id, at, inputs, trace, digest) VALUES (?, ?, ?, ?, ?, ?)",
-        (kind, wave_id, now, pack_inputs(inputs), result.trace_text, trace_digest(result.trace)),
+        (kind, wave_id, now, pack_inputs(inputs), text, hashlib.sha256(text.encode()).hexdigest()),
     )
     run_id = cur.lastrowid
     assert run_id is not None
