@@ -16,6 +16,7 @@ from central.consumer import BrokerSettings, Consumer
 from central.fleet import AlertThresholds, Fleet
 from central.metrics import CentralMetrics
 from central.migrations import all_migrations
+from central.release import Releaser, ReleaseSettings
 from ops import config
 from ops.metrics import add_metrics
 from ops.sqlitedb import DurableDB
@@ -36,6 +37,7 @@ class CentralConfig:
     http: HttpSettings = field(default_factory=HttpSettings)
     alerts: AlertThresholds = field(default_factory=AlertThresholds)
     allocation: waves.AllocationSettings = field(default_factory=waves.AllocationSettings)
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
 
 
 def load_config(path: Path | str) -> CentralConfig:
@@ -66,6 +68,8 @@ async def serve(cfg: CentralConfig) -> None:
             tg.create_task(consumer.run(), name="central-consumer")
             tg.create_task(fleet.run(), name="central-fleet-alerts")
             tg.create_task(metrics.run(), name="central-metrics")
+            releaser = Releaser(db, cfg.release, on_release=consumer.downlink.notify)
+            tg.create_task(releaser.run(), name="central-release")
     finally:
         await runner.cleanup()
         await db.close()

@@ -13,6 +13,7 @@ records, before the ack is published (a real crash at the worst moment, once).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -82,6 +83,7 @@ class Consumer:
         self.client: aiomqtt.Client | None = None
         self.downlink = DownlinkSender(db)
         self.receiving = 0  # messages being received right now
+        self._sessions: dict[str, object] = {}  # gateway -> its MQTT session's connected_at
         self.processor = Processor(db, on_progress=self.downlink.notify, receiving=lambda: self.receiving > 0)
 
     def _client(self) -> aiomqtt.Client:
@@ -159,6 +161,7 @@ class Consumer:
             log.error("message on unexpected topic %r ignored: %s", topic, e)
             return
         if leaf == "status":
+            self._note_session(topic_gw, payload)
             if self.on_status is not None:
                 await self.on_status(topic_gw, payload)
             return
@@ -190,6 +193,21 @@ class Consumer:
             else:
                 self.stats.rejected += 1
         await self.send_acks(client, topic_gw, acks)
+
+    def _note_session(self, gw: str, payload: bytes) -> None:
+        """Telemetry repeats the status every few seconds; a new ``connected_at`` means the
+        gateway (re)connected, and whatever it has not acked is sent to it at once."""
+        try:
+            doc = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return  # the fleet registry reports bad status payloads
+        if not isinstance(doc, dict) or doc.get("state") != "online":
+            self._sessions.pop(gw, None)
+            return
+        session = doc.get("connected_at")
+        if self._sessions.get(gw, ...) != session:
+            self._sessions[gw] = session
+            self.downlink.gateway_online(gw)
 
     async def send_acks(self, client: aiomqtt.Client, gw: str, acks: list[Ack]) -> None:
         for i in range(0, len(acks), envelope.MAX_ACKS):

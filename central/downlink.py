@@ -112,6 +112,17 @@ def _sent_range(
     return rows
 
 
+def _gateway_range(
+    conn: sqlite3.Connection, *, gateway: str, after: int, upto: int, limit: int = BATCH_RECORDS * 20
+) -> list[tuple[int, str, str, bytes]]:
+    rows: list[tuple[int, str, str, bytes]] = conn.execute(
+        "SELECT seq, gateway, id, packed FROM downlink_outbox WHERE gateway = ? AND seq > ? AND seq <= ?"
+        " ORDER BY seq LIMIT ?",
+        (gateway, after, upto, limit),
+    ).fetchall()
+    return rows
+
+
 class DownlinkSender:
     """Publishes pending downlink records in ``seq`` order (a cursor, so each wake reads only
     what is new), and every ``RESEND_AFTER_S / 2`` rescans for records sent more than
@@ -122,8 +133,15 @@ class DownlinkSender:
         self.wakeup = asyncio.Event()
         self._sent_at: dict[str, float] = {}  # record id -> monotonic time last sent
         self._cursor = 0
+        self._came_online: set[str] = set()
         self.sent = 0
         self.resent = 0
+
+    def gateway_online(self, gw: str) -> None:
+        """A gateway (re)connected: what it has not acked goes to it now, not at the next rescan
+        (a new gateway was not subscribed yet when its first records went out)."""
+        self._came_online.add(gw)
+        self.wakeup.set()
 
     def notify(self) -> None:
         self.wakeup.set()
@@ -147,6 +165,16 @@ class DownlinkSender:
                 for rid, _p in chunk:
                     self._sent_at[rid] = t
                 self.sent += len(chunk)
+
+    async def _resend_gateway(self, client: aiomqtt.Client, gw: str) -> None:
+        after = 0
+        while True:
+            rows = await self.db.read(partial(_gateway_range, gateway=gw, after=after, upto=self._cursor))
+            if not rows:
+                return
+            self.resent += len(rows)
+            await self._publish(client, rows)
+            after = rows[-1][0]
 
     async def _resend_due(self, client: aiomqtt.Client) -> None:
         after = 0
@@ -172,6 +200,10 @@ class DownlinkSender:
                 await self._publish(client, rows)
                 self._cursor = rows[-1][0]
                 continue  # there may be more
+            if self._came_online:
+                gws, self._came_online = self._came_online, set()
+                for gw in sorted(gws):
+                    await self._resend_gateway(client, gw)
             if time.monotonic() - last_scan >= RESEND_AFTER_S / 2:
                 await self._resend_due(client)
                 last_scan = time.monotonic()

@@ -12,12 +12,14 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, inbox, items, order_status, outbox, picking, scanner
+from gateway import handheld, inbox, items, order_status, outbox, picking, scanner, stock
 from gateway.devices import HandheldConfig, HidScannerConfig, SerialScannerConfig, build_devices
 from gateway.http import create_app
 from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.picking import PickExecutor, PickingConfig
+from gateway.pos import PosService
+from gateway.pos import add_routes as add_pos_routes
 from gateway.sync import MqttSettings, Sync
 from gateway.telemetry import DeviceBoard, Telemetry
 from ops import config
@@ -72,14 +74,18 @@ def migrations() -> list[Migration]:
         *scanner.MIGRATIONS,
         *handheld.MIGRATIONS,
         *picking.MIGRATIONS,
+        *stock.MIGRATIONS,
     ]
 
 
 class GatewayMetrics:
-    def __init__(self, *, outbox: Outbox, sync: Sync, inbox: Inbox, telemetry: Telemetry) -> None:
-        self.outbox, self.sync, self.inbox, self.telemetry = outbox, sync, inbox, telemetry
+    def __init__(
+        self, *, outbox: Outbox, sync: Sync, inbox: Inbox, telemetry: Telemetry, pos: PosService
+    ) -> None:
+        self.outbox, self.sync, self.inbox, self.telemetry, self.pos = outbox, sync, inbox, telemetry, pos
 
     def collect(self) -> Iterable[Metric]:
+        yield from self.pos.metrics()
         s = self.sync.stats
         yield counter(
             "storegate_gateway_records_in", "records committed to the outbox", self.outbox.submitted
@@ -162,7 +168,10 @@ async def serve(cfg: GatewayConfig) -> None:
     for dev in devices:
         board.add_source(dev.id, dev.status)
     app = create_app(gateway_id=cfg.gateway_id, outbox=box, sync=sync)
-    add_metrics(app, GatewayMetrics(outbox=box, sync=sync, inbox=inb, telemetry=telemetry).collect)
+    # The POS posts sales here; reorders are raised for this store's customer code.
+    pos = PosService(db=db, outbox=box, customer=cfg.customer or cfg.gateway_id)
+    add_pos_routes(app, pos)
+    add_metrics(app, GatewayMetrics(outbox=box, sync=sync, inbox=inb, telemetry=telemetry, pos=pos).collect)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -114,6 +114,7 @@ class Sync:
         self._client: aiomqtt.Client | None = None
         self.ack_timeout = ACK_TIMEOUT_S if ack_timeout is None else ack_timeout
         self._ack_timeout = self.ack_timeout
+        self._connected_at = 0
 
     # -- connection -------------------------------------------------------------------
     def _client_for_session(self) -> aiomqtt.Client:
@@ -141,8 +142,10 @@ class Sync:
 
     def _status_payload(self, state: str) -> bytes:
         doc: dict[str, object] = {"gw": self.gw, "state": state, "ts": now_ms()}
-        if state == "online" and self.status_extra is not None:
-            doc.update(self.status_extra())
+        if state == "online":
+            doc["connected_at"] = self._connected_at
+            if self.status_extra is not None:
+                doc.update(self.status_extra())
         return json.dumps(doc, separators=(",", ":")).encode()
 
     async def run(self) -> None:
@@ -167,6 +170,7 @@ class Sync:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self._client = client
+        self._connected_at = now_ms()
         self._reset_inflight()
         await client.subscribe(topics.downlink(self.gw), qos=1)
         await client.publish(topics.status(self.gw), self._status_payload("online"), qos=1, retain=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
+import csv
+import io
+import json
 import logging
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -23,23 +24,95 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
+from central import auth, inventory, masters
+from central.allocation import SourcingRule
+from central.migrations import all_migrations
 from ops.broker import Mosquitto, free_port
 from ops.broker_security import init_broker_security, reload_broker, secure_broker_config, toml_str
 from ops.provision import provision_gateway
+from ops.sqlitedb import apply_migrations, connect
 
 log = logging.getLogger(__name__)
 
 STORES = ("store-001", "store-002", "store-003")
 DC = "dc-001"
-CATALOGUE = [  # demo item master: GTIN-13 with valid check digits
-    ("4006381333931", "SKU-PEN-01", "Ballpoint pen, blue"),
-    ("5901234123457", "SKU-TEA-25", "Green tea, 25 bags"),
-    ("4012345678901", "SKU-MLK-1L", "Milk 1 l"),
-    ("8712345678906", "SKU-SOAP-4", "Hand soap, 4 pack"),
-    ("0012345678905", "SKU-RICE-5", "Rice 5 kg"),
+CATALOGUE = [  # demo item master: GTIN-13 (valid check digits), SKU, text, pack, DC stock, bin
+    ("4006381333931", "SKU-PEN-01", "Ballpoint pen, blue", 10, 5000, "A-01-01"),
+    ("5901234123457", "SKU-TEA-25", "Green tea, 25 bags", 6, 3000, "A-01-02"),
+    ("4012345678901", "SKU-MLK-1L", "Milk 1 l", 6, 4000, "B-02-01"),
+    ("8712345678906", "SKU-SOAP-4", "Hand soap, 4 pack", 4, 2000, "B-02-03"),
+    ("0012345678905", "SKU-RICE-5", "Rice 5 kg", 1, 60, "C-05-01"),  # scarce: shortages show
 ]
+DEMO_USER = "demo-supervisor"
+
+
+def _csv(header: list[str], rows: list[list[object]]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return out.getvalue()
+
+
+def seed_central(db_path: Path) -> str:
+    """Masters (locations, items, prices, customers mapped to their gateways) and DC stock,
+    into central's database before it starts; returns a supervisor API token."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(db_path, synchronous="FULL")
+    try:
+        apply_migrations(conn, all_migrations())
+        conn.execute("BEGIN")
+        masters.import_csv(
+            conn,
+            "locations",
+            _csv(
+                ["code", "kind", "name", "gateway"],
+                [["DC1", "dc", "Main DC", DC]]
+                + [[f"STORE{i + 1}", "store", f"Store {i + 1}", gw] for i, gw in enumerate(STORES)],
+            ),
+        )
+        masters.import_csv(
+            conn,
+            "items",
+            _csv(
+                [
+                    "sku",
+                    "gtins",
+                    "description",
+                    "pack_size",
+                    "supplier",
+                    "price",
+                    "safety_stock",
+                    "order_up_to",
+                    "max_order_qty",
+                    "storage",
+                ],
+                [
+                    [sku, gtin, desc, pack, "SUP1", 100 + 37 * i, 2 * pack, 8 * pack, 0, f"DC1={bin_}"]
+                    for i, (gtin, sku, desc, pack, _stock, bin_) in enumerate(CATALOGUE)
+                ],
+            ),
+        )
+        masters.import_csv(
+            conn,
+            "customers",
+            _csv(
+                ["code", "name", "grade", "credit_limit", "receivables", "gateway"],
+                # the third store has a tight credit limit: some of its orders are held for approval
+                [
+                    [f"S{i + 1:03d}", f"Store {i + 1}", "ABC"[i], [10**9, 10**9, 200_000][i], 0, gw]
+                    for i, gw in enumerate(STORES)
+                ],
+            ),
+        )
+        for _gtin, sku, _desc, _pack, stock, bin_ in CATALOGUE:
+            inventory.set_stock(conn, "DC1", sku, stock, bin=bin_)
+        inventory.set_sourcing(conn, [SourcingRule(zone="*", location="DC1", cost=0, preferred=True)])
+        token = auth.add_user(conn, DEMO_USER, auth.Role.SUPERVISOR)
+        conn.execute("COMMIT")
+        return token
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -62,12 +135,26 @@ def _wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{child.name} did not answer on {url} within {timeout}s")
 
 
+def _wait_items(url: str, gw: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(f"{url}/api/stock", timeout=2) as r,
+        ):
+            if json.loads(r.read()).get("items"):
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{gw} did not receive the item master from central within {timeout}s")
+
+
 class Demo:
     def __init__(self, workdir: Path, http_port: int) -> None:
         self.dir = workdir.resolve()
         self.http_port = http_port
         self.children: list[Child] = []
         self.broker: Mosquitto | None = None
+        self.token = ""
 
     def _spawn(self, name: str, argv: list[str]) -> Child:
         logf = (self.dir / "logs" / f"{name}.log").open("ab")
@@ -85,26 +172,60 @@ class Demo:
 
     def start(self) -> dict[str, str]:
         """Broker with the shipped security (no anonymous access, a password per gateway,
-        the ACL), central, then each gateway provisioned like a real site."""
+        the ACL), central seeded with masters and DC stock, the DC's pick-to-light cart and
+        AS/RS simulators, each gateway provisioned like a real site, and store activity."""
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        for old in ("etc", "central", *STORES, DC):
+            if (self.dir / old).exists():
+                shutil.rmtree(self.dir / old)  # every demo starts from the same seeded state
         etc = self.dir / "etc"
-        if etc.exists():
-            shutil.rmtree(etc)  # fresh credentials every run
         broker_port = free_port()
         creds = init_broker_security(etc, broker_port=broker_port)
         self.broker = Mosquitto(secure_broker_config(etc, port=broker_port, data_dir=self.dir / "broker"))
         self.broker.start()
+        self.token = seed_central(self.dir / "central" / "central.db")
         central_cfg = self.dir / "central.toml"
         central_cfg.write_text(
-            f'data_dir = "{self.dir / "central"}"\n'
-            f'[broker]\nport = {broker_port}\nclient_id = "central-demo"\n'
-            f"username = {toml_str(creds.central.username)}\npassword = {toml_str(creds.central.password)}\n"
-            f'[http]\nhost = "127.0.0.1"\nport = {self.http_port}\n'
+            "\n".join(
+                [
+                    f'data_dir = "{self.dir / "central"}"',
+                    "[broker]",
+                    f"port = {broker_port}",
+                    'client_id = "central-demo"',
+                    f"username = {toml_str(creds.central.username)}",
+                    f"password = {toml_str(creds.central.password)}",
+                    "[http]",
+                    'host = "127.0.0.1"',
+                    f"port = {self.http_port}",
+                    "[release]",
+                    "every_s = 10",
+                ]
+            )
+            + "\n"
         )
         central = self._spawn("central", ["central", "--config", str(central_cfg)])
         central.url = f"http://127.0.0.1:{self.http_port}"
         _wait_http(f"{central.url}/api/health", central)
         urls = {"central": central.url}
+        ptl_port, asrs_port = free_port(), free_port()
+        self._spawn(
+            "sim-ptl",
+            [
+                "sim",
+                "ptl",
+                "--port",
+                str(ptl_port),
+                "--nodes",
+                "12",
+                "--delay-min",
+                "0.5",
+                "--delay-max",
+                "2",
+                "--p-short",
+                "0.05",
+            ],
+        )
+        self._spawn("sim-asrs", ["sim", "asrs", "--port", str(asrs_port)])
         for i, gw in enumerate((*STORES, DC)):
             port = free_port()
             prov = provision_gateway(
@@ -112,17 +233,65 @@ class Demo:
                 etc_dir=etc,
                 broker_host="127.0.0.1",
                 broker_port=broker_port,
-                customer=f"S{i + 1:03d}",
+                customer="DC1" if gw == DC else f"S{i + 1:03d}",
                 data_dir=self.dir / gw,
                 http_port=port,
             )
+            if gw == DC:  # the DC gateway drives a pick-to-light cart and the AS/RS
+                with prov.config_file.open("a") as f:
+                    f.write(
+                        "\n".join(
+                            [
+                                "",
+                                "[[picking.carts]]",
+                                'cart_id = "cart-1"',
+                                'host = "127.0.0.1"',
+                                f"port = {ptl_port}",
+                                "nodes = 12",
+                                "[picking.asrs]",
+                                'host = "127.0.0.1"',
+                                f"port = {asrs_port}",
+                                'station = "PS01"',
+                                "",
+                            ]
+                        )
+                    )
             child = self._spawn(gw, ["gateway", "--config", str(prov.config_file)])
             child.url = f"http://127.0.0.1:{port}"
             urls[gw] = child.url
         reload_broker(self.broker)  # let the new gateway users in
-        for child in self.children[1:]:
-            assert child.url is not None
-            _wait_http(f"{child.url}/api/health", child)
+        for child in self.children:
+            if child.url is not None and child.name != "central":
+                _wait_http(f"{child.url}/api/health", child)
+        for gw in STORES:  # the item master comes down from central before the tills can sell
+            _wait_items(urls[gw], gw)
+        for i, gw in enumerate(STORES):  # clerks ordering and tills selling, at a human pace
+            self._spawn(
+                f"sim-{gw}",
+                [
+                    "sim",
+                    "store",
+                    "--url",
+                    urls[gw],
+                    "--store",
+                    f"STORE{i + 1}",
+                    "--customer",
+                    f"S{i + 1:03d}",
+                    "--clerks",
+                    "2",
+                    "--order-rate",
+                    "0.2",
+                    "--tills",
+                    "2",
+                    "--sale-rate",
+                    "1",
+                    "--stock",
+                    "--delivery-delay",
+                    "20",
+                    "--seed",
+                    str(i + 1),
+                ],
+            )
         return urls
 
     def stop(self) -> None:
@@ -140,35 +309,6 @@ class Demo:
             self.broker.stop()
 
 
-async def store_activity(urls: dict[str, str], stop: asyncio.Event, rate_per_s: float = 2.0) -> None:
-    """Clerks ordering at the stores until ``stop`` is set (replaced by device simulators
-    where they exist: see firmware_sim)."""
-    rng = random.Random(7)
-    async with aiohttp.ClientSession() as http:
-        n = 0
-        while not stop.is_set():
-            gw = rng.choice(STORES)
-            lines = [
-                {"gtin": g.zfill(14), "qty": rng.randint(1, 12)}
-                for g, _sku, _d in rng.sample(CATALOGUE, rng.randint(1, 3))
-            ]
-            body = {
-                "customer": f"S{STORES.index(gw) + 1:03d}",
-                "channel": "manual",
-                "order_type": "normal",
-                "requested_date": (dt.date.today() + dt.timedelta(days=2)).isoformat(),
-                "lines": lines,
-                "source_ref": f"demo-{n}",
-            }
-            n += 1
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.post(f"{urls[gw]}/api/orders", json=body) as r:
-                    await r.read()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(rng.expovariate(rate_per_s)):
-                    await stop.wait()
-
-
 def main(args: argparse.Namespace) -> int:
     demo = Demo(args.dir, args.http_port)
     try:
@@ -181,6 +321,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"  dashboard and REST: {urls['central']}/   (orders: {urls['central']}/api/orders)")
     for gw in (*STORES, DC):
         print(f"  gateway {gw}: {urls[gw]}/api/health")
+    print(f"  REST token ({DEMO_USER}): {demo.token}")
+    print(f"    e.g. curl -H 'Authorization: Bearer {demo.token}' {urls['central']}/api/orders")
     print(f"  logs: {demo.dir / 'logs'}")
     print("Press Ctrl-C to stop." if not args.duration else f"Stopping after {args.duration:g}s.")
     sys.stdout.flush()
@@ -192,7 +334,7 @@ def main(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         if args.duration:
             loop.call_later(args.duration, stop.set)
-        await store_activity(urls, stop)
+        await stop.wait()
 
     try:
         asyncio.run(run())
