@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from central.downlink import DownlinkSender, apply_gateway_acks
 from central.ingest import now_ms, quarantine_message, receive_envelope
 from central.processor import Processor
+from ops.mqtt import no_delay
 from ops.retry import backoff_delay, only
 from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
@@ -118,6 +119,7 @@ class Consumer:
                 async with self._client() as client:
                     attempt = 0
                     self.client = client
+                    no_delay(client)
                     await client.subscribe(
                         topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
                     )

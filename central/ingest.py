@@ -48,7 +48,7 @@ Schema = Callable[[dict[str, Any]], object]
 HANDLERS: dict[str, Handler] = {}
 SCHEMAS: dict[str, Schema] = {}
 INTERNAL_ERRORS = [0]
-PROCESS_BATCH = 64
+PROCESS_BATCH = 8  # small: a receive job never waits long behind a processing job
 RECORD_RESULT = "record_result"  # downlink: a record accepted on receipt but refused later
 
 

@@ -32,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.outbox import Outbox, now_ms
+from ops.mqtt import no_delay
 from ops.retry import backoff_delay, only
 from protocols import envelope, topics
 from protocols.envelope import Ack, EnvelopeError, Record
@@ -170,6 +171,7 @@ class Sync:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self._client = client
+        no_delay(client)
         self._connected_at = now_ms()
         self._reset_inflight()
         await client.subscribe(topics.downlink(self.gw), qos=1)
