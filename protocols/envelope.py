@@ -223,7 +223,25 @@ def _decode_record_slow(i: int, raw: object) -> Record | BadRecord:
     return Record(id=rec_id, seq=seq, type=rtype, ts=ts, body=body)
 
 
+_STATUSES = {s.value: s for s in AckStatus}
+
+
 def _decode_ack(i: int, raw: object) -> Ack:
+    if type(raw) is dict and raw.keys() <= ACK_KEYS:  # fast path for a well-formed ack
+        aid, st, reason, ref = raw.get("id"), raw.get("st"), raw.get("reason"), raw.get("ref")
+        status = _STATUSES.get(st) if type(st) is str else None
+        if (
+            type(aid) is str
+            and 0 < len(aid) <= MAX_ID_LEN
+            and status is not None
+            and (reason is None or type(reason) is str)
+            and (ref is None or type(ref) is str)
+        ):
+            return Ack(id=aid, status=status, reason=reason, ref=ref)
+    return _decode_ack_slow(i, raw)
+
+
+def _decode_ack_slow(i: int, raw: object) -> Ack:
     where = f"acks[{i}]"
     obj = _check_keys(raw, where, ACK_KEYS, frozenset({"id", "st"}))
     ack_id = _check_str(obj, "id", where, max_len=MAX_ID_LEN)
