@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from protocols.barcode import ControlAction, encode_control, encode_shelf_label
+from protocols.barcode import order_texts
 from protocols.hid import Terminator, encode_text
 
 
@@ -47,19 +47,6 @@ def write_scans(path: Path | str, texts: Iterable[str], **kw: object) -> int:
     finally:
         os.close(fd)
     return len(data)
-
-
-def order_texts(orders: Iterable[str], *, end: bool, location: str | None = None) -> list[str]:
-    """``GTIN[:QTY]`` -> [SG-QTY-n,] shelf label ...; plus SG-END."""
-    out = []
-    for spec in orders:
-        gtin, _, qty = spec.partition(":")
-        if qty and int(qty) != 1:
-            out.append(encode_control(ControlAction.QTY, int(qty)))
-        out.append(encode_shelf_label(gtin, location=location))
-    if end:
-        out.append(encode_control(ControlAction.END))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import sys
 import tty
 from dataclasses import dataclass
 
-from protocols.barcode import ControlAction, encode_control, encode_shelf_label
+from protocols.barcode import order_texts
 from protocols.serial_scanner import (
     ErrorBeep,
     Framing,
@@ -122,18 +122,6 @@ def open_pty() -> tuple[int, int, str]:
     master, slave = os.openpty()
     tty.setraw(slave)
     return master, slave, os.ttyname(slave)
-
-
-def order_texts(orders: list[str], *, end: bool, location: str | None = None) -> list[str]:
-    out = []
-    for spec in orders:
-        gtin, _, qty = spec.partition(":")
-        if qty and int(qty) != 1:
-            out.append(encode_control(ControlAction.QTY, int(qty)))
-        out.append(encode_shelf_label(gtin, location=location))
-    if end:
-        out.append(encode_control(ControlAction.END))
-    return out
 
 
 async def _amain(a: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -343,3 +344,17 @@ def encode_shelf_label(
     if location is not None:
         out += location_ai + location
     return (symbology or "") + out
+
+
+def order_texts(orders: Iterable[str], *, end: bool, location: str | None = None) -> list[str]:
+    """What a clerk scans for ``GTIN[:QTY]`` specs: [a quantity control code,] the shelf
+    label, ... and the "end order" code if ``end``. Used by the scanner simulators."""
+    out = []
+    for spec in orders:
+        gtin, _, qty = spec.partition(":")
+        if qty and int(qty) != 1:
+            out.append(encode_control(ControlAction.QTY, int(qty)))
+        out.append(encode_shelf_label(gtin, location=location))
+    if end:
+        out.append(encode_control(ControlAction.END))
+    return out
