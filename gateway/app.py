@@ -13,7 +13,14 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gateway import handheld, inbox, items, order_status, outbox, picking, scanner, stock
-from gateway.devices import HandheldConfig, HidScannerConfig, SerialScannerConfig, build_devices
+from gateway.devices import (
+    HandheldConfig,
+    HidScannerConfig,
+    SerialScannerConfig,
+    asrs_status,
+    build_devices,
+    cart_status,
+)
 from gateway.http import create_app
 from gateway.inbox import Inbox
 from gateway.outbox import Outbox
@@ -167,9 +174,15 @@ async def serve(cfg: GatewayConfig) -> None:
     )
     for dev in devices:
         board.add_source(dev.id, dev.status)
+    if executor is not None:
+        for cart_id, cart in executor.carts.items():
+            board.add_source(cart_id, cart_status(cart_id, cart))
+        if executor.asrs is not None:
+            board.add_source(executor.asrs.device_id, asrs_status(executor.asrs))
     app = create_app(gateway_id=cfg.gateway_id, outbox=box, sync=sync)
     # The POS posts sales here; reorders are raised for this store's customer code.
     pos = PosService(db=db, outbox=box, customer=cfg.customer or cfg.gateway_id)
+    pos.on_till = lambda workstation: board.register(f"till-{workstation}", "pos").seen()
     add_pos_routes(app, pos)
     add_metrics(app, GatewayMetrics(outbox=box, sync=sync, inbox=inb, telemetry=telemetry, pos=pos).collect)
     runner = web.AppRunner(app, access_log=None)

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.asrs import AsrsAdapter
 from gateway.handheld import HandheldAdapter
 from gateway.hid_scanner import HidScannerAdapter
 from gateway.outbox import Outbox
+from gateway.ptl import PtlCart
 from gateway.scanner import ScanSessions
 from gateway.serial_scanner import SerialScannerAdapter
 from ops.sqlitedb import DurableDB
@@ -154,6 +156,44 @@ def _handheld_status(ad: HandheldAdapter, did: str) -> Callable[[], dict[str, An
             "reads": c["lines_committed"],
             "errors": c["lines_rejected"] + c["sessions_aborted"] + c["link_errors"],
             "naks": c["naks"],
+            "battery": None,
+            "firmware": None,
+            "last_seen_ms": None,
+            "last_error": None,
+        }
+
+    return status
+
+
+def cart_status(cart_id: str, cart: PtlCart) -> Callable[[], dict[str, Any]]:
+    def status() -> dict[str, Any]:
+        st = cart.stats
+        errors = st.framing_errors + st.bad_frames + st.malfunctions + st.illegal_commands + st.tag_timeouts
+        return {
+            "id": cart_id,
+            "kind": "ptl",
+            "state": _up(cart.connected),
+            "reads": st.results,
+            "errors": errors,
+            "naks": 0,
+            "battery": None,
+            "firmware": None,
+            "last_seen_ms": None,
+            "last_error": None,
+        }
+
+    return status
+
+
+def asrs_status(asrs: AsrsAdapter) -> Callable[[], dict[str, Any]]:
+    def status() -> dict[str, Any]:
+        return {
+            "id": asrs.device_id,
+            "kind": "asrs",
+            "state": "online" if asrs.connected else "offline",
+            "reads": 0,
+            "errors": asrs.reconnects,
+            "naks": 0,
             "battery": None,
             "firmware": None,
             "last_seen_ms": None,

@@ -87,6 +87,7 @@ class PosService:
         self.store_id = store_id
         self.book = StockBook(outbox=outbox, customer=customer, lead_days=lead_days, today=today)
         self.counters = PosCounters()
+        self.on_till: Callable[[str], None] | None = None  # a till was heard from (fleet status)
 
     def refused(self, kind: str, e: Exception) -> None:
         self.counters.refused[kind] += 1
@@ -124,6 +125,8 @@ class PosService:
         else:
             self.counters.transactions += 1
             self.counters.lines += len(tx.lines)
+        if self.on_till is not None:
+            self.on_till(tx.workstation_id)
         return result
 
     async def receive(self, receipt: GoodsReceipt) -> Applied:

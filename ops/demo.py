@@ -286,6 +286,8 @@ class Demo:
                     "--sale-rate",
                     "1",
                     "--stock",
+                    "--duration",
+                    "0",
                     "--delivery-delay",
                     "20",
                     "--seed",
