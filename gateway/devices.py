@@ -6,7 +6,6 @@ device status the fleet view shows (online, reads, errors, NAKs, battery, firmwa
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +62,20 @@ class Device:
     status: Callable[[], dict[str, Any]]
 
 
-def _up(ev: asyncio.Event) -> str:
-    return "online" if ev.is_set() else "offline"
+def _status(did: str, kind: str, *, online: bool, reads: int, errors: int, naks: int = 0) -> dict[str, Any]:
+    """The device status the fleet view reads (see gateway.telemetry.DeviceState.to_wire)."""
+    return {
+        "id": did,
+        "kind": kind,
+        "state": "online" if online else "offline",
+        "reads": reads,
+        "errors": errors,
+        "naks": naks,
+        "battery": None,
+        "firmware": None,
+        "last_seen_ms": None,
+        "last_error": None,
+    }
 
 
 def build_devices(

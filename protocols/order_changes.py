@@ -19,7 +19,14 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.records import MAX_CODE, MAX_QTY, MAX_TEXT, RecordSchemaError, parse_order_line
+from protocols.records import (
+    MAX_QTY,
+    MAX_TEXT,
+    RecordSchemaError,
+    int_value,
+    parse_order_line,
+    text_field,
+)
 
 MAX_CHANGE_SEQ = 2**31 - 1
 
@@ -62,27 +69,6 @@ class OrderStatus:
     at: int
 
 
-def _int(v: object, where: str, lo: int, hi: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise RecordSchemaError(f"{where}: expected integer, got {type(v).__name__}")
-    if not lo <= v <= hi:
-        raise RecordSchemaError(f"{where}: {v} not in {lo}..{hi}")
-    return v
-
-
-def _text(body: dict[str, Any], key: str, *, required: bool, max_len: int = MAX_CODE) -> str:
-    v = body.get(key)
-    if v is None:
-        if required:
-            raise RecordSchemaError(f"{key}: missing")
-        return ""
-    if not isinstance(v, str) or (required and not v):
-        raise RecordSchemaError(f"{key}: expected non-empty text")
-    if len(v) > max_len:
-        raise RecordSchemaError(f"{key}: longer than {max_len} characters")
-    return v
-
-
 def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(body) - allowed
     if unknown:
@@ -91,15 +77,15 @@ def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
 
 def parse_order_change(body: dict[str, Any]) -> OrderChange:
     _check_keys(body, {"order", "change_seq", "action", "line_no", "qty", "gtin", "sku", "price", "reason"})
-    order = _text(body, "order", required=True)
-    seq = _int(body.get("change_seq"), "change_seq", 1, MAX_CHANGE_SEQ)
+    order = text_field(body, "order", required=True)
+    seq = int_value(body.get("change_seq"), "change_seq", lo=1, hi=MAX_CHANGE_SEQ)
     try:
-        action = ChangeAction(_text(body, "action", required=True))
+        action = ChangeAction(text_field(body, "action", required=True))
     except ValueError:
         raise RecordSchemaError(
             f"action: {body.get('action')!r} is not one of {', '.join(a.value for a in ChangeAction)}"
         ) from None
-    reason = _text(body, "reason", required=False, max_len=MAX_TEXT)
+    reason = text_field(body, "reason", required=False, max_len=MAX_TEXT)
     if action is ChangeAction.CANCEL_ORDER:
         return OrderChange(order, seq, action, reason=reason)
     if action is ChangeAction.ADD_LINE:
@@ -107,26 +93,26 @@ def parse_order_change(body: dict[str, Any]) -> OrderChange:
         return OrderChange(
             order, seq, action, qty=line.qty, gtin=line.gtin, sku=line.sku, price=line.price, reason=reason
         )
-    line_no = _int(body.get("line_no"), "line_no", 1, 10_000)
+    line_no = int_value(body.get("line_no"), "line_no", lo=1, hi=10_000)
     if action is ChangeAction.CANCEL_LINE:
         return OrderChange(order, seq, action, line_no=line_no, reason=reason)
-    qty = _int(body.get("qty"), "qty", 1, MAX_QTY)
+    qty = int_value(body.get("qty"), "qty", lo=1, hi=MAX_QTY)
     price = body.get("price")
     if price is not None:
-        price = _int(price, "price", 0, 10**12)
+        price = int_value(price, "price", lo=0, hi=10**12)
     return OrderChange(order, seq, action, line_no=line_no, qty=qty, price=price, reason=reason)
 
 
 def parse_supplier_confirmation(body: dict[str, Any]) -> SupplierConfirmation:
     _check_keys(body, {"order_no", "state", "ref", "detail"})
-    state = _text(body, "state", required=True)
+    state = text_field(body, "state", required=True)
     if state not in ("confirmed", "shipped", "refused"):
         raise RecordSchemaError(f"state: {state!r} is not one of confirmed, shipped, refused")
     return SupplierConfirmation(
-        order_no=_text(body, "order_no", required=True),
+        order_no=text_field(body, "order_no", required=True),
         state=state,
-        ref=_text(body, "ref", required=False),
-        detail=_text(body, "detail", required=False, max_len=MAX_TEXT),
+        ref=text_field(body, "ref", required=False),
+        detail=text_field(body, "detail", required=False, max_len=MAX_TEXT),
     )
 
 
@@ -138,10 +124,10 @@ def parse_order_status(body: dict[str, Any]) -> OrderStatus:
     if not isinstance(detail, str):
         raise RecordSchemaError("detail: expected text")
     return OrderStatus(
-        record_id=_text(body, "record_id", required=True, max_len=200),
-        order_no=_text(body, "order_no", required=True),
-        status=_text(body, "status", required=True),
+        record_id=text_field(body, "record_id", required=True, max_len=200),
+        order_no=text_field(body, "order_no", required=True),
+        status=text_field(body, "status", required=True),
         detail=detail,
-        version=_int(body.get("version"), "version", 0, 2**63 - 1),
-        at=_int(body.get("at"), "at", 0, 2**63 - 1),
+        version=int_value(body.get("version"), "version", lo=0, hi=2**63 - 1),
+        at=int_value(body.get("at"), "at", lo=0, hi=2**63 - 1),
     )

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.records import MAX_CODE, MAX_QTY, MAX_TEXT, RecordSchemaError
+from protocols.records import MAX_QTY, MAX_TEXT, RecordSchemaError, int_value, text_field
 
 PICK_TASK = "pick_task"
 PICK_RESULT = "pick_result"
@@ -44,30 +44,11 @@ class ToteEventKind(enum.StrEnum):
     FAILED = "failed"
 
 
-def _text(body: dict[str, Any], key: str, *, required: bool = True, max_len: int = MAX_CODE) -> str:
-    v = body.get(key)
-    if v is None:
-        if required:
-            raise RecordSchemaError(f"{key}: missing")
-        return ""
-    if not isinstance(v, str):
-        raise RecordSchemaError(f"{key}: expected text, got {type(v).__name__}")
-    if required and not v.strip():
-        raise RecordSchemaError(f"{key}: empty")
-    if len(v) > max_len:
-        raise RecordSchemaError(f"{key}: longer than {max_len} characters")
-    return v
-
-
 def _int(body: dict[str, Any], key: str, *, lo: int, hi: int, required: bool = True) -> int | None:
     v = body.get(key)
     if v is None and not required:
         return None
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise RecordSchemaError(f"{key}: expected integer, got {type(v).__name__}")
-    if not lo <= v <= hi:
-        raise RecordSchemaError(f"{key}: {v} not in {lo}..{hi}")
-    return v
+    return int_value(v, key, lo=lo, hi=hi)
 
 
 def _req_int(body: dict[str, Any], key: str, *, lo: int, hi: int) -> int:
@@ -139,19 +120,19 @@ _TASK_FIELDS = frozenset(
 
 def parse_pick_task(body: dict[str, Any]) -> PickTaskBody:
     _no_unknown(body, _TASK_FIELDS)
-    tote = _text(body, "tote", required=False)
-    tote_location = _text(body, "tote_location", required=False)
+    tote = text_field(body, "tote", required=False)
+    tote_location = text_field(body, "tote_location", required=False)
     if bool(tote) != bool(tote_location):
         raise RecordSchemaError("tote and tote_location: give both or neither")
     return PickTaskBody(
-        task_id=_text(body, "task_id", max_len=MAX_TASK_ID),
-        wave=_text(body, "wave"),
+        task_id=text_field(body, "task_id", max_len=MAX_TASK_ID),
+        wave=text_field(body, "wave"),
         seq=_req_int(body, "seq", lo=1, hi=10**9),
-        order_no=_text(body, "order_no"),
+        order_no=text_field(body, "order_no"),
         line_no=_req_int(body, "line_no", lo=1, hi=10**6),
-        location=_text(body, "location"),
-        bin=_text(body, "bin", required=False),
-        sku=_text(body, "sku"),
+        location=text_field(body, "location"),
+        bin=text_field(body, "bin", required=False),
+        sku=text_field(body, "sku"),
         qty=_req_int(body, "qty", lo=1, hi=MAX_QTY),
         tote=tote,
         tote_location=tote_location,
@@ -216,11 +197,11 @@ _RESULT_FIELDS = frozenset(
 def parse_pick_result(body: dict[str, Any]) -> PickResultBody:
     _no_unknown(body, _RESULT_FIELDS)
     try:
-        outcome = PickOutcome(_text(body, "outcome"))
+        outcome = PickOutcome(text_field(body, "outcome"))
     except ValueError:
         raise RecordSchemaError(f"outcome: {body['outcome']!r} is not picked or short") from None
     try:
-        key = PickKey(_text(body, "key"))
+        key = PickKey(text_field(body, "key"))
     except ValueError:
         raise RecordSchemaError(f"key: {body['key']!r} is not confirm, shortage or asrs") from None
     requested = _req_int(body, "requested_qty", lo=1, hi=MAX_QTY)
@@ -230,17 +211,17 @@ def parse_pick_result(body: dict[str, Any]) -> PickResultBody:
     if outcome is PickOutcome.SHORT and picked >= requested:
         raise RecordSchemaError(f"outcome short but picked_qty {picked} >= requested_qty {requested}")
     return PickResultBody(
-        task_id=_text(body, "task_id", max_len=MAX_TASK_ID),
-        order_no=_text(body, "order_no"),
-        sku=_text(body, "sku"),
+        task_id=text_field(body, "task_id", max_len=MAX_TASK_ID),
+        order_no=text_field(body, "order_no"),
+        sku=text_field(body, "sku"),
         requested_qty=requested,
         picked_qty=picked,
         outcome=outcome,
         key=key,
         ts=_req_int(body, "ts", lo=0, hi=2**63 - 1),
-        cart=_text(body, "cart", required=False),
+        cart=text_field(body, "cart", required=False),
         node=_int(body, "node", lo=1, hi=250, required=False),
-        reason=_text(body, "reason", required=False, max_len=MAX_TEXT),
+        reason=text_field(body, "reason", required=False, max_len=MAX_TEXT),
     )
 
 
@@ -271,15 +252,15 @@ class ToteEventBody:
 def parse_tote_event(body: dict[str, Any]) -> ToteEventBody:
     _no_unknown(body, frozenset({"wave", "tote", "event", "location", "ts", "code", "reason"}))
     try:
-        event = ToteEventKind(_text(body, "event"))
+        event = ToteEventKind(text_field(body, "event"))
     except ValueError:
         raise RecordSchemaError(f"event: {body['event']!r} is not a tote event") from None
     return ToteEventBody(
-        wave=_text(body, "wave"),
-        tote=_text(body, "tote"),
+        wave=text_field(body, "wave"),
+        tote=text_field(body, "tote"),
         event=event,
-        location=_text(body, "location", required=False),
+        location=text_field(body, "location", required=False),
         ts=_req_int(body, "ts", lo=0, hi=2**63 - 1),
         code=_req_int(body, "code", lo=0, hi=99_999_999) if "code" in body else 0,
-        reason=_text(body, "reason", required=False, max_len=MAX_TEXT),
+        reason=text_field(body, "reason", required=False, max_len=MAX_TEXT),
     )

@@ -75,7 +75,8 @@ class OrderBody:
         }
 
 
-def _str(body: dict[str, Any], key: str, *, required: bool = True, max_len: int = MAX_CODE) -> str:
+def text_field(body: dict[str, Any], key: str, *, required: bool = True, max_len: int = MAX_CODE) -> str:
+    """``body[key]`` as text: missing / not text / empty (when required) / too long -> a reason."""
     v = body.get(key)
     if v is None:
         if required:
@@ -90,7 +91,8 @@ def _str(body: dict[str, Any], key: str, *, required: bool = True, max_len: int 
     return v
 
 
-def _int(v: object, where: str, *, lo: int, hi: int) -> int:
+def int_value(v: object, where: str, *, lo: int, hi: int) -> int:
+    """``v`` as an integer in ``lo..hi`` (bool refused); else a reason naming ``where``."""
     if not isinstance(v, int) or isinstance(v, bool):
         raise RecordSchemaError(f"{where}: expected integer, got {type(v).__name__}")
     if not lo <= v <= hi:
@@ -135,10 +137,10 @@ def parse_order_line(i: int, raw: object) -> OrderLine:
         raise RecordSchemaError(f"{where}.sku: {sku!r} is not a code of 1..{MAX_CODE} characters")
     qty = raw.get("qty")
     if type(qty) is not int or not 1 <= qty <= MAX_QTY:  # exact int: bool is refused too
-        qty = _int(qty, f"{where}.qty", lo=1, hi=MAX_QTY)
+        qty = int_value(qty, f"{where}.qty", lo=1, hi=MAX_QTY)
     price = raw.get("price")
     if price is not None:
-        price = _int(price, f"{where}.price", lo=0, hi=10**12)
+        price = int_value(price, f"{where}.price", lo=0, hi=10**12)
     return OrderLine(qty=qty, gtin=gtin, sku=sku, price=price)
 
 
@@ -146,15 +148,15 @@ def parse_order(body: dict[str, Any]) -> OrderBody:
     unknown = body.keys() - _ORDER_KEYS
     if unknown:
         raise RecordSchemaError(f"unknown field {', '.join(sorted(map(str, unknown)))}")
-    customer = _str(body, "customer")
+    customer = text_field(body, "customer")
     ch, ot = body.get("channel"), body.get("order_type")
     channel = _CHANNELS.get(ch) if isinstance(ch, str) else None
     if channel is None:
-        _str(body, "channel")  # missing / not text / empty: its own reason
+        text_field(body, "channel")  # missing / not text / empty: its own reason
         raise RecordSchemaError(f"channel: unknown channel {body.get('channel')!r}")
     order_type = _ORDER_TYPES.get(ot) if isinstance(ot, str) else None
     if order_type is None:
-        _str(body, "order_type")
+        text_field(body, "order_type")
         raise RecordSchemaError(f"order_type: unknown order type {body.get('order_type')!r}")
     requested = parse_date(body.get("requested_date"), "requested_date")
     lines_raw = body.get("lines")
@@ -169,6 +171,6 @@ def parse_order(body: dict[str, Any]) -> OrderBody:
         order_type=order_type,
         requested_date=requested,
         lines=lines,
-        note=_str(body, "note", required=False, max_len=MAX_TEXT),
-        source_ref=_str(body, "source_ref", required=False, max_len=MAX_CODE),
+        note=text_field(body, "note", required=False, max_len=MAX_TEXT),
+        source_ref=text_field(body, "source_ref", required=False, max_len=MAX_CODE),
     )
