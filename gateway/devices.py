@@ -141,18 +141,9 @@ def _scanner_status(
 ) -> Callable[[], dict[str, Any]]:
     def status() -> dict[str, Any]:
         c = ad.counters
-        return {
-            "id": did,
-            "kind": kind,
-            "state": _up(ad.opened),
-            "reads": c.reads,
-            "errors": sum(c.decode_errors.values()) + sum(c.refused.values()),
-            "naks": getattr(ad, "naks_sent", 0),
-            "battery": None,
-            "firmware": None,
-            "last_seen_ms": None,
-            "last_error": None,
-        }
+        errors = sum(c.decode_errors.values()) + sum(c.refused.values())
+        naks = getattr(ad, "naks_sent", 0)
+        return _status(did, kind, online=ad.opened.is_set(), reads=c.reads, errors=errors, naks=naks)
 
     return status
 
@@ -160,18 +151,15 @@ def _scanner_status(
 def _handheld_status(ad: HandheldAdapter, did: str) -> Callable[[], dict[str, Any]]:
     def status() -> dict[str, Any]:
         c = ad.counters
-        return {
-            "id": did,
-            "kind": "handheld",
-            "state": _up(ad.connected),
-            "reads": c["lines_committed"],
-            "errors": c["lines_rejected"] + c["sessions_aborted"] + c["link_errors"],
-            "naks": c["naks"],
-            "battery": None,
-            "firmware": None,
-            "last_seen_ms": None,
-            "last_error": None,
-        }
+        errors = c["lines_rejected"] + c["sessions_aborted"] + c["link_errors"]
+        return _status(
+            did,
+            "handheld",
+            online=ad.connected.is_set(),
+            reads=c["lines_committed"],
+            errors=errors,
+            naks=c["naks"],
+        )
 
     return status
 
@@ -180,35 +168,13 @@ def cart_status(cart_id: str, cart: PtlCart) -> Callable[[], dict[str, Any]]:
     def status() -> dict[str, Any]:
         st = cart.stats
         errors = st.framing_errors + st.bad_frames + st.malfunctions + st.illegal_commands + st.tag_timeouts
-        return {
-            "id": cart_id,
-            "kind": "ptl",
-            "state": _up(cart.connected),
-            "reads": st.results,
-            "errors": errors,
-            "naks": 0,
-            "battery": None,
-            "firmware": None,
-            "last_seen_ms": None,
-            "last_error": None,
-        }
+        return _status(cart_id, "ptl", online=cart.connected.is_set(), reads=st.results, errors=errors)
 
     return status
 
 
 def asrs_status(asrs: AsrsAdapter) -> Callable[[], dict[str, Any]]:
     def status() -> dict[str, Any]:
-        return {
-            "id": asrs.device_id,
-            "kind": "asrs",
-            "state": "online" if asrs.connected else "offline",
-            "reads": 0,
-            "errors": asrs.reconnects,
-            "naks": 0,
-            "battery": None,
-            "firmware": None,
-            "last_seen_ms": None,
-            "last_error": None,
-        }
+        return _status(asrs.device_id, "asrs", online=asrs.connected, reads=0, errors=asrs.reconnects)
 
     return status
