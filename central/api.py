@@ -61,7 +61,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except HttpError as e:
         return _error(e.status, e.reason)
     except auth.AuthError as e:
-        return _error(401, e.reason)
+        # The challenge lets a browser ask for a user name and password (the dashboard).
+        resp = _error(401, e.reason)
+        resp.headers["WWW-Authenticate"] = 'Basic realm="Storegate", charset="UTF-8"'
+        return resp
     except orders.OrderError as e:
         return _error(_ORDER_ERROR_STATUS[e.kind], e.reason)
     except lifecycle.IllegalTransition as e:

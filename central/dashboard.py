@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from central import fleet as fleet_mod
+from central.api import requires
+from central.auth import Role
 from central.fleet import Fleet
 from ops.sqlitedb import DurableDB
 
@@ -96,10 +98,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application, *, fleet: Fleet, db: DurableDB) -> None:
+    """The page and its data need a viewer (Basic auth in a browser: it asks once and sends the
+    credentials with the page's own requests, the event stream included)."""
     app[FLEET_KEY] = fleet
     app[FLEET_DB_KEY] = db
-    app.router.add_get("/", page)
-    app.router.add_get("/api/fleet", fleet_snapshot)
-    app.router.add_get("/api/fleet/gateways/{gw}", gateway_detail)
-    app.router.add_get("/api/alerts", alerts)
-    app.router.add_get("/api/stream", stream)
+    viewer = requires(Role.VIEWER)
+    app.router.add_get("/", viewer(page))
+    app.router.add_get("/api/fleet", viewer(fleet_snapshot))
+    app.router.add_get("/api/fleet/gateways/{gw}", viewer(gateway_detail))
+    app.router.add_get("/api/alerts", viewer(alerts))
+    app.router.add_get("/api/stream", viewer(stream))

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,7 @@ CATALOGUE = [  # demo item master: GTIN-13 (valid check digits), SKU, text, pack
     ("0012345678905", "SKU-RICE-5", "Rice 5 kg", 1, 60, "C-05-01"),  # scarce: shortages show
 ]
 DEMO_USER = "demo-supervisor"
+DASHBOARD_USER = "ops"
 
 
 def _csv(header: list[str], rows: list[list[object]]) -> str:
@@ -54,7 +56,7 @@ def _csv(header: list[str], rows: list[list[object]]) -> str:
     return out.getvalue()
 
 
-def seed_central(db_path: Path) -> str:
+def seed_central(db_path: Path, *, viewer_password: str) -> str:
     """Masters (locations, items, prices, customers mapped to their gateways) and DC stock,
     into central's database before it starts; returns a supervisor API token."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +111,7 @@ def seed_central(db_path: Path) -> str:
             inventory.set_stock(conn, "DC1", sku, stock, bin=bin_)
         inventory.set_sourcing(conn, [SourcingRule(zone="*", location="DC1", cost=0, preferred=True)])
         token = auth.add_user(conn, DEMO_USER, auth.Role.SUPERVISOR)
+        auth.add_user(conn, DASHBOARD_USER, auth.Role.VIEWER, password=viewer_password)
         conn.execute("COMMIT")
         return token
     finally:
@@ -155,6 +158,7 @@ class Demo:
         self.children: list[Child] = []
         self.broker: Mosquitto | None = None
         self.token = ""
+        self.viewer_password = ""
 
     def _spawn(self, name: str, argv: list[str]) -> Child:
         logf = (self.dir / "logs" / f"{name}.log").open("ab")
@@ -183,7 +187,8 @@ class Demo:
         creds = init_broker_security(etc, broker_port=broker_port)
         self.broker = Mosquitto(secure_broker_config(etc, port=broker_port, data_dir=self.dir / "broker"))
         self.broker.start()
-        self.token = seed_central(self.dir / "central" / "central.db")
+        self.viewer_password = secrets.token_urlsafe(9)
+        self.token = seed_central(self.dir / "central" / "central.db", viewer_password=self.viewer_password)
         central_cfg = self.dir / "central.toml"
         central_cfg.write_text(
             "\n".join(
@@ -323,6 +328,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"  dashboard and REST: {urls['central']}/   (orders: {urls['central']}/api/orders)")
     for gw in (*STORES, DC):
         print(f"  gateway {gw}: {urls[gw]}/api/health")
+    print(f"  dashboard login: {DASHBOARD_USER} / {demo.viewer_password}")
     print(f"  REST token ({DEMO_USER}): {demo.token}")
     print(f"    e.g. curl -H 'Authorization: Bearer {demo.token}' {urls['central']}/api/orders")
     print(f"  logs: {demo.dir / 'logs'}")

@@ -3,6 +3,7 @@ so a test can SIGKILL them at any point."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -94,7 +95,35 @@ class Proc:
             return e.code, json.loads(e.read() or b"{}")
 
 
+VIEWER = ("ops-viewer", "viewer-pass")  # a dashboard user every test central has
+
+
+def seed_viewer(db_path: Path) -> None:
+    """Create central's database with a viewer user before the process starts."""
+    from central import auth
+    from central.migrations import all_migrations
+    from ops.sqlitedb import apply_migrations, connect
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(db_path, synchronous="NORMAL")
+    try:
+        apply_migrations(conn, all_migrations())
+        iterations, auth.PBKDF2_ITERATIONS = auth.PBKDF2_ITERATIONS, 1_000  # the hash names its count
+        try:
+            auth.add_user(conn, VIEWER[0], auth.Role.VIEWER, password=VIEWER[1])
+        finally:
+            auth.PBKDF2_ITERATIONS = iterations
+    finally:
+        conn.close()
+
+
+def basic_auth(user: tuple[str, str] = VIEWER) -> dict[str, str]:
+    token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 def central_proc(tmp: Path, broker_port: int, *, env: dict[str, str] | None = None) -> Proc:
+    seed_viewer(tmp / "central" / "central.db")
     port = free_port()
     cfg = tmp / "central.toml"
     cfg.write_text(

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from central.migrations import all_migrations
 from ops.broker import Mosquitto
 from ops.sqlitedb import apply_migrations, connect
 from tests.conftest import wait_for
-from tests.procs import central_proc, gateway_proc
+from tests.procs import VIEWER, basic_auth, central_proc, gateway_proc
 
 
 def db(tmp_path: Path) -> sqlite3.Connection:
@@ -88,7 +89,7 @@ def test_bad_status_payloads_are_refused_with_reason() -> None:
 
 
 def get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=basic_auth()), timeout=5) as r:
         return json.loads(r.read())
 
 
@@ -158,7 +159,10 @@ async def test_dashboard_in_chromium_shows_killed_gateway_offline(broker: Mosqui
                 ],
             )
             try:
-                page = await browser.new_page()
+                context = await browser.new_context(
+                    http_credentials={"username": VIEWER[0], "password": VIEWER[1]}
+                )
+                page = await context.new_page()
                 await page.goto(central.url + "/")
                 card = page.locator('[data-gateway="store-8"]')
                 await card.wait_for(timeout=10_000)
@@ -174,4 +178,21 @@ async def test_dashboard_in_chromium_shows_killed_gateway_offline(broker: Mosqui
                 await browser.close()
     finally:
         gw.kill()
+        central.kill()
+
+
+@pytest.mark.slow
+async def test_dashboard_and_fleet_api_need_a_viewer(broker: Mosquitto, tmp_path: Path) -> None:
+    central = central_proc(tmp_path, broker.port)
+    await asyncio.to_thread(central.start)
+    try:
+        for path in ("/", "/api/fleet", "/api/alerts", "/api/stream"):
+            with pytest.raises(urllib.error.HTTPError) as ei:
+                await asyncio.to_thread(fetch_text, central.url + path)
+            assert ei.value.code == 401
+            assert ei.value.headers["WWW-Authenticate"].startswith("Basic")
+            ei.value.close()
+        snap = await asyncio.to_thread(get_json, f"{central.url}/api/fleet")
+        assert isinstance(snap, dict) and "sites" in snap
+    finally:
         central.kill()
