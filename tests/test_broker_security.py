@@ -407,6 +407,11 @@ async def test_central_rejects_record_naming_another_gateway(secured: Secured, t
                 return out
 
             await wait_for(lambda: len(acks()) == 2, timeout=TIMEOUT, what="both acks on gw-a's downlink")
+
+            async def processed() -> bool:  # acks come on receipt; the order is made just after
+                return bool(await db.read(lambda c: c.execute("SELECT 1 FROM orders").fetchone()))
+
+            await wait_for(processed, timeout=TIMEOUT, what="central processed the honest record")
             task.cancel()
         got = acks()
         assert got["forged-0001"].status is AckStatus.REJECTED
