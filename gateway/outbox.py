@@ -117,7 +117,7 @@ class Outbox:
     def _reserve_seqs(self, conn: sqlite3.Connection, n: int) -> int:
         """Take ``n`` sequence numbers at once; returns the first."""
         first = self._next_seq(conn)
-        self._seq = first + n - 1  # type: ignore[operator]
+        self._seq = first + n - 1
         return first
 
     def add(
