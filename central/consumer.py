@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 MAX_OUTSTANDING = 256
+# Receive jobs queued at the database at once. Jobs queued together share one transaction
+# (group commit), and none of their acks can go out before that commit: with many big
+# messages queued, the gateway would get every ack at the end of one long transaction and its
+# window would sit empty meanwhile. Two keeps the writer busy (the next message is decoded and
+# queued while one is written) and lets each message's acks go out as soon as it is committed.
+RECEIVE_JOBS = 2
 SESSION_EXPIRY_S = 24 * 3600
 
 
@@ -80,6 +86,7 @@ class Consumer:
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
         self._sem = asyncio.Semaphore(MAX_OUTSTANDING)
+        self._receive_slots = asyncio.Semaphore(RECEIVE_JOBS)  # FIFO: arrival order is kept
         self._fault_marker = os.environ.get("STOREGATE_FAULT_KILL_AFTER_COMMIT")
         self.client: aiomqtt.Client | None = None
         self.downlink = DownlinkSender(db)
@@ -183,7 +190,8 @@ class Consumer:
             await self.on_gateway_acks(topic_gw, env.acks)
         if not env.records and not env.bad_records:
             return
-        acks = await self.db.write(partial(receive_envelope, topic_gw=topic_gw, topic=topic, env=env))
+        async with self._receive_slots:
+            acks = await self.db.write(partial(receive_envelope, topic_gw=topic_gw, topic=topic, env=env))
         self._maybe_crash()
         self.processor.notify()
         self.stats.records += len(env.records)

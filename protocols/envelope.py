@@ -83,6 +83,9 @@ class Envelope:
     records: tuple[Record, ...] = ()
     acks: tuple[Ack, ...] = ()
     bad_records: tuple[BadRecord, ...] = field(default=())
+    # The msgpack bytes of each of ``records`` as they arrived (when decoded from a payload
+    # on the common path; else empty), so a receiver can store a record without re-packing it.
+    raw_records: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
 
 def _record_to_wire(r: Record) -> dict[str, Any]:
@@ -259,10 +262,61 @@ def _decode_ack_slow(i: int, raw: object) -> Ack:
     return Ack(id=ack_id, status=status, reason=reason, ref=ref)
 
 
+def _unpack_keeping_records(payload: bytes) -> tuple[dict[str, Any], list[bytes] | None] | None:
+    """The common case of :func:`decode`: a map with string keys whose ``records`` is an
+    array, read with the same limits as the strict path, keeping each record's bytes.
+    Returns None for anything else (the strict path then decides and names the problem), so
+    whatever this returns is exactly what ``msgpack.unpackb`` there would have returned."""
+    try:
+        u = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=max(len(payload), 1),
+            max_array_len=MAX_ACKS,
+            max_map_len=4096,
+            max_str_len=MAX_PAYLOAD_BYTES,
+            max_bin_len=MAX_PAYLOAD_BYTES,
+            max_ext_len=0,
+        )
+        u.feed(payload)
+        n = u.read_map_header()
+        if n > len(ENVELOPE_KEYS):
+            return None
+        obj: dict[str, Any] = {}
+        raws: list[bytes] | None = None
+        for _ in range(n):
+            key = u.unpack()
+            if type(key) is not str:
+                return None
+            if key != "records":
+                obj[key] = u.unpack()
+                continue
+            m = u.read_array_header()
+            if m > MAX_RECORDS:
+                return None
+            items: list[Any] = []
+            raws = []
+            start = u.tell()
+            for _ in range(m):
+                items.append(u.unpack())
+                end = u.tell()
+                raws.append(payload[start:end])
+                start = end
+            obj[key] = items
+        if u.tell() != len(payload):
+            return None
+    except Exception:  # anything unusual: the strict path names it
+        return None
+    return obj, raws
+
+
 def decode(payload: bytes) -> Envelope:
     """Decode one MQTT payload. Never raises anything but EnvelopeError."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise EnvelopeError(f"payload {len(payload)} bytes > MAX_PAYLOAD_BYTES {MAX_PAYLOAD_BYTES}")
+    fast = _unpack_keeping_records(payload)
+    if fast is not None:
+        return _envelope_from(*fast)
     try:
         obj = msgpack.unpackb(
             payload,
@@ -276,6 +330,10 @@ def decode(payload: bytes) -> Envelope:
         )
     except Exception as e:  # msgpack raises many types (ExtraData, FormatError, ValueError...)
         raise EnvelopeError(f"not a msgpack document: {type(e).__name__}: {e}") from None
+    return _envelope_from(obj, None)
+
+
+def _envelope_from(obj: object, raws: list[bytes] | None) -> Envelope:
     env = _check_keys(obj, "envelope", ENVELOPE_KEYS, frozenset({"v", "gw", "sent"}))
     v = env["v"]
     if v != VERSION:
@@ -293,6 +351,7 @@ def decode(payload: bytes) -> Envelope:
     if not isinstance(raw_acks, list):
         raise EnvelopeError(f"envelope.acks: expected array, got {_type_name(raw_acks)}")
     records: list[Record] = []
+    kept: list[bytes] = []
     bad: list[BadRecord] = []
     seen: set[str] = set()
     for i, raw in enumerate(raw_records):
@@ -302,7 +361,11 @@ def decode(payload: bytes) -> Envelope:
         if isinstance(r, Record):
             seen.add(r.id)
             records.append(r)
+            if raws is not None:
+                kept.append(raws[i])
         else:
             bad.append(r)
     acks = tuple(_decode_ack(i, a) for i, a in enumerate(raw_acks))
-    return Envelope(gw=gw, sent=sent, records=tuple(records), acks=acks, bad_records=tuple(bad))
+    return Envelope(
+        gw=gw, sent=sent, records=tuple(records), acks=acks, bad_records=tuple(bad), raw_records=tuple(kept)
+    )

@@ -1,0 +1,76 @@
+"""Central's quick yes for order bodies on receipt may only say yes where ``parse_order`` accepts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from central.ingest import order_certainly_valid
+from protocols.records import RecordSchemaError, parse_order
+
+
+def _valid() -> dict[str, Any]:
+    return {
+        "customer": "S001",
+        "channel": "manual",
+        "order_type": "normal",
+        "requested_date": "2026-12-01",
+        "lines": [{"sku": "SKU-1", "qty": 1}, {"gtin": "04012345678901", "qty": 2, "price": 199}],
+        "note": "",
+        "source_ref": "HT07-0042",
+    }
+
+
+def _accepts(body: dict[str, Any]) -> bool:
+    try:
+        parse_order(body)
+    except RecordSchemaError:
+        return False
+    return True
+
+
+def test_plain_orders_take_the_quick_yes() -> None:
+    body = _valid()
+    assert order_certainly_valid(body) and _accepts(body)
+    del body["note"], body["source_ref"]
+    assert order_certainly_valid(body) and _accepts(body)
+
+
+_any = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=False),
+    st.sampled_from(["", " ", "\t", "S001", "x" * 64, "x" * 65, "x" * 501, "12345678", "04012345678901"]),
+    st.sampled_from(["2026-12-01", "20261201", "2026-02-30", "2026-W01-1", "manual", "normal", "١٢٣٤٥٦٧٨"]),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_line_key = st.sampled_from(["qty", "gtin", "sku", "price", "extra"])
+_line = st.one_of(_any, st.dictionaries(_line_key, _any, max_size=5))
+_order_key = st.sampled_from(
+    ["customer", "channel", "order_type", "requested_date", "lines", "note", "source_ref", "other"]
+)
+
+
+@st.composite
+def _bodies(draw: st.DrawFn) -> dict[str, Any]:
+    body = _valid()
+    for key in draw(st.lists(_order_key, max_size=4)):
+        if draw(st.booleans()):
+            body.pop(key, None)
+        elif key == "lines" and draw(st.booleans()):
+            body["lines"] = draw(st.lists(_line, max_size=4))
+        else:
+            body[key] = draw(_any)
+    return body
+
+
+@settings(max_examples=400, deadline=None)
+@given(_bodies())
+def test_quick_yes_only_where_parse_order_accepts(body: dict[str, Any]) -> None:
+    if order_certainly_valid(body):
+        assert _accepts(body)
