@@ -65,16 +65,36 @@ def enqueue(
     conn: sqlite3.Connection, *, gateway: str, type: str, body: dict[str, Any], record_id: str | None = None
 ) -> str:
     """Queue a record for ``gateway``; call inside a write transaction. Returns the record id."""
+    seq = conn.execute(_NEXT_SEQ).fetchone()[0]
+    row = packed_row(gateway, type, body, seq=seq, record_id=record_id)
+    insert_rows(conn, [row])
+    return row[1]
+
+
+# AUTOINCREMENT hands out sqlite_sequence's seq + 1 (never less than max(seq) + 1): taken
+# first, so a record is packed with its seq and inserted whole in one statement
+_NEXT_SEQ = (
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'downlink_outbox'), 0),"
+    " coalesce((SELECT max(seq) FROM downlink_outbox), 0)) + 1"
+)
+
+
+def packed_row(
+    gateway: str, type: str, body: dict[str, Any], *, seq: int, record_id: str | None = None
+) -> tuple[int, str, str, str, int, bytes]:
+    """One ``downlink_outbox`` row ``(seq, id, gateway, type, ts, packed)`` for :func:`insert_rows`;
+    ``seq`` must be the next free one (rows are inserted in seq order)."""
     rid = record_id or uuid.uuid4().hex
     ts = now_ms()
-    cur = conn.execute(
-        "INSERT INTO downlink_outbox (id, gateway, type, ts, packed) VALUES (?, ?, ?, ?, x'')",
-        (rid, topics.check_gateway_id(gateway), type, ts),
-    )
-    seq = cur.lastrowid
+    gw = topics.check_gateway_id(gateway)
     packed = msgpack.packb({"id": rid, "seq": seq, "type": type, "ts": ts, "body": body}, use_bin_type=True)
-    conn.execute("UPDATE downlink_outbox SET packed = ? WHERE seq = ?", (packed, seq))
-    return rid
+    return (seq, rid, gw, type, ts, packed)
+
+
+def insert_rows(conn: sqlite3.Connection, rows: list[tuple[int, str, str, str, int, bytes]]) -> None:
+    conn.executemany(
+        "INSERT INTO downlink_outbox (seq, id, gateway, type, ts, packed) VALUES (?, ?, ?, ?, ?, ?)", rows
+    )
 
 
 def apply_gateway_acks(conn: sqlite3.Connection, gateway: str, acks: Iterable[Ack]) -> int:

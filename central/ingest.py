@@ -405,10 +405,30 @@ def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH
         (-1 if limit is None else limit,),
     ).fetchall()
     out: dict[str, Ack] = {}
+    done: list[tuple[str, str | None, str | None, str]] = []
     now = now_ms()
-    for n, rid, gw, raw in rows:
+    recs = []
+    for _n, _rid, _gw, raw in rows:
         obj = msgpack.unpackb(raw, raw=False)
-        rec = Record(id=obj["id"], seq=obj["seq"], type=obj["type"], ts=obj["ts"], body=obj["body"])
+        recs.append(Record(id=obj["id"], seq=obj["seq"], type=obj["type"], ts=obj["ts"], body=obj["body"]))
+    fast = HANDLERS.get("order") is apply_order
+    parsed: dict[int, orders.NewOrder | None] = {}
+    i = 0
+    while i < len(rows):
+        if fast and recs[i].type == "order":
+            made = _orders_together(conn, rows, recs, i, now=now, parsed=parsed)
+            if made is None:
+                fast = False  # failed: one by one from here (the batch was rolled back)
+            for number in made or ():
+                rid = rows[i][1]
+                done.append((AckStatus.ACCEPTED.value, None, number, rid))
+                out[rid] = Ack(rid, AckStatus.ACCEPTED, None, number)
+                i += 1
+            if made:
+                continue
+        _n, rid, gw, raw = rows[i]
+        rec = recs[i]
+        i += 1
         ctx = Context(gateway=gw, now=now)
         fn = HANDLERS[rec.type]
         conn.execute("SAVEPOINT rec")
@@ -442,13 +462,65 @@ def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH
                 type=RECORD_RESULT,
                 body={"id": rec.id, "status": "rejected", "reason": reason},
             )
-        conn.execute(
-            "UPDATE processed SET status = ?, reason = ?, ref = ? WHERE record_id = ?",
-            (status.value, reason, ref, rid),
-        )
-        conn.execute("DELETE FROM work_queue WHERE n = ?", (n,))
+        done.append((status.value, reason, ref, rid))
         out[rid] = Ack(rid, status, reason, ref)
+    # the outcomes and the queue's removal in two statements for the whole batch (same
+    # transaction as the effects: exactly once either way)
+    conn.executemany("UPDATE processed SET status = ?, reason = ?, ref = ? WHERE record_id = ?", done)
+    if rows:
+        conn.execute("DELETE FROM work_queue WHERE n BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
     return out
+
+
+def _orders_together(
+    conn: sqlite3.Connection,
+    rows: list[Any],
+    recs: list[Record],
+    start: int,
+    *,
+    now: int,
+    parsed: dict[int, orders.NewOrder | None],
+) -> list[str] | None:
+    """Hand the run of new orders from ``start`` to :func:`orders.create_realtime_batch`
+    (the numbers of those it created, in order); None if it failed (rolled back).
+    ``parsed`` keeps each record's parse across calls."""
+    batch: list[orders.NewOrder] = []
+    for k in range(start, len(rows)):
+        if k not in parsed:
+            parsed[k] = _new_order(rows[k][2], recs[k])
+        new = parsed[k]
+        if new is None:
+            break
+        batch.append(new)
+    conn.execute("SAVEPOINT orders_together")
+    try:
+        made = orders.create_realtime_batch(conn, batch, now=now)
+    except Exception:
+        conn.execute("ROLLBACK TO orders_together")
+        conn.execute("RELEASE orders_together")
+        log.exception("orders processed together failed; processing them one by one")
+        return None
+    conn.execute("RELEASE orders_together")
+    return made
+
+
+def _new_order(gw: str, rec: Record) -> orders.NewOrder | None:
+    if rec.type != "order":
+        return None
+    try:
+        order = parse_order(rec.body)
+    except RecordSchemaError:
+        return None
+    channel = order.channel.value
+    return orders.NewOrder(
+        record_id=rec.id,
+        gateway=gw,
+        seq=rec.seq,
+        channel=channel,
+        created_at=rec.ts,
+        origin=f"from gateway {gw} via {channel}, record {rec.id} seq {rec.seq}",
+        order=_order_in(order),
+    )
 
 
 def _reject_bad(conn: sqlite3.Connection, ctx: Context, topic: str, bad: BadRecord) -> Ack | None:
