@@ -612,11 +612,21 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         return []
     i_recv = layout.select.index("receivables") if "receivables" in layout.select else None
     i_open = layout.select.index("open_value")
+    # the customers' rows (exposure and allocation profile) and who is owed ship-with-next
+    # stock (that order takes the refill path, one by one), read once for the run
+    names = sorted({n.order.customer for n in new})[:500]
+    marks = ",".join("?" * len(names))
+    customers: dict[str, list[Any] | None] = dict.fromkeys(names)
+    for row in conn.execute(
+        f"SELECT {', '.join(layout.select)} FROM customers WHERE {layout.key} IN ({marks})", names
+    ):
+        customers[row[0]] = list(row)
     owed = {
         r[0]
         for r in conn.execute(
-            "SELECT DISTINCT customer FROM shortages WHERE status = 'open' AND action = ?",
-            (ShortageAction.SHIP_WITH_NEXT.value,),
+            "SELECT DISTINCT customer FROM shortages WHERE status = 'open' AND action = ?"
+            f" AND customer IN ({marks})",
+            [ShortageAction.SHIP_WITH_NEXT.value, *names],
         )
     }
     snap = masters.cache(conn)
@@ -626,7 +636,6 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
     today_a = dt.date.today()
     iso_today = today_a.isoformat()
     kw: dict[str, Any] = {"network": network, "rules": settings.priority, "company": settings.company}
-    customers: dict[str, list[Any] | None] = {}
     avail: dict[tuple[str, str], int] = {}
     keys_of: dict[str, list[tuple[str, str]]] = {}
     o_rows: list[tuple[Any, ...]] = []
@@ -650,13 +659,13 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         keys_of[key[1]].append(key)
     for n in new:
         order = n.order
-        if order.order_type != "normal" or not n.gateway or order.customer in owed:
-            break
-        if order.customer not in customers:
-            row = conn.execute(
-                f"SELECT {', '.join(layout.select)} FROM customers WHERE {layout.key} = ?", (order.customer,)
-            ).fetchone()
-            customers[order.customer] = list(row) if row is not None else None
+        if (
+            order.order_type != "normal"
+            or not n.gateway
+            or order.customer not in customers
+            or order.customer in owed
+        ):
+            break  # (a run of more than 500 customers stops at the 501st; the caller goes on)
         crow = customers[order.customer]
         if crow is None:
             break
