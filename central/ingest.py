@@ -11,7 +11,6 @@ and returns a reference (e.g. the order number) or raises :class:`Rejected`.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import sqlite3
 import time
@@ -26,14 +25,9 @@ from central.validation import LineIn, OrderIn
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Record
 from protocols.order_changes import parse_order_change, parse_supplier_confirmation
 from protocols.records import (
-    MAX_CODE,
-    MAX_LINES,
-    MAX_QTY,
-    MAX_TEXT,
-    Channel,
     OrderBody,
-    OrderType,
     RecordSchemaError,
+    order_certainly_valid,
     parse_order,
 )
 
@@ -289,70 +283,6 @@ def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: 
     return [outcome.get(a.id, a) if a.status is AckStatus.ACCEPTED else a for a in acks]
 
 
-# A quick yes for the common case of the receive check: a body that plainly meets every rule
-# of ``parse_order`` (exact types, nothing unusual) is known valid without building the parsed
-# order (its dataclasses cost most of the check). Anything else - including anything this
-# does not recognise - goes to ``parse_order`` itself, which decides and names the reason; so
-# this may only ever say yes where ``parse_order`` accepts (tests/test_ingest_fastcheck.py).
-_ORDER_KEYS = frozenset(
-    {"customer", "channel", "order_type", "requested_date", "lines", "note", "source_ref"}
-)
-_LINE_KEYS = frozenset({"qty", "gtin", "sku", "price"})
-_CHANNELS = frozenset(c.value for c in Channel)
-_ORDER_TYPES = frozenset(t.value for t in OrderType)
-_GTIN_LENS = (8, 12, 13, 14)
-_MAX_PRICE = 10**12
-
-
-def order_certainly_valid(body: dict[str, Any]) -> bool:
-    """True only if ``parse_order(body)`` accepts ``body``; False means "ask parse_order"."""
-    if not body.keys() <= _ORDER_KEYS:
-        return False
-    customer, channel, otype = body.get("customer"), body.get("channel"), body.get("order_type")
-    if not (
-        type(customer) is str
-        and 0 < len(customer) <= MAX_CODE
-        and not customer.isspace()
-        and type(channel) is str
-        and channel in _CHANNELS
-        and type(otype) is str
-        and otype in _ORDER_TYPES
-    ):
-        return False
-    note, ref = body.get("note"), body.get("source_ref")
-    if note is not None and not (type(note) is str and len(note) <= MAX_TEXT):
-        return False
-    if ref is not None and not (type(ref) is str and len(ref) <= MAX_CODE):
-        return False
-    date = body.get("requested_date")
-    if type(date) is not str:
-        return False
-    try:
-        dt.date.fromisoformat(date)
-    except ValueError:
-        return False
-    lines = body.get("lines")
-    if type(lines) is not list or not 0 < len(lines) <= MAX_LINES:
-        return False
-    for ln in lines:
-        if type(ln) is not dict or not ln.keys() <= _LINE_KEYS:
-            return False
-        gtin, sku, qty, price = ln.get("gtin"), ln.get("sku"), ln.get("qty"), ln.get("price")
-        if gtin is None:
-            if sku is None:
-                return False
-        elif not (type(gtin) is str and len(gtin) in _GTIN_LENS and gtin.isdigit()):
-            return False
-        if sku is not None and not (type(sku) is str and 0 < len(sku) <= MAX_CODE):
-            return False
-        if type(qty) is not int or not 1 <= qty <= MAX_QTY:
-            return False
-        if price is not None and not (type(price) is int and 0 <= price <= _MAX_PRICE):
-            return False
-    return True
-
-
-# schema function -> its quick yes (used only while that function is the registered schema)
 _CERTAINLY_VALID: dict[Schema, Callable[[dict[str, Any]], bool]] = {parse_order: order_certainly_valid}
 
 

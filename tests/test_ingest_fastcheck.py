@@ -7,8 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from central.ingest import order_certainly_valid
-from protocols.records import RecordSchemaError, parse_order
+from protocols.records import RecordSchemaError, order_certainly_valid, parse_order
 
 
 def _valid() -> dict[str, Any]:
