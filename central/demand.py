@@ -242,24 +242,7 @@ def load_demands(
         if str(priority).lower() == "urgent" or str(note).upper().startswith("URGENT"):
             special.add(Special.URGENT.value)
         ls = lines.get(oid, [])
-        out.append(
-            OrderDemand(
-                order_id=oid,
-                customer=customer,
-                lines=tuple(DemandLine(ln, sku, qty) for ln, sku, qty, _ in ls),
-                grade=p.grade,
-                zone=p.zone,
-                route=p.route,
-                vehicle=p.vehicle,
-                special=frozenset(special),
-                value=sum(q * pr for _, _, q, pr in ls),
-                credit=p.credit,
-                allow_split=p.allow_split,
-                pref=p.pref,
-                delay_days=p.delay_days,
-                received_at=received,
-            )
-        )
+        out.append(make_demand(oid, customer, ls, p, special=special, received_at=received))
     return out
 
 
@@ -307,3 +290,31 @@ def _lifecycle() -> Any:
         return importlib.import_module("central.lifecycle")
     except ModuleNotFoundError:
         return None
+
+
+def make_demand(
+    order_id: int,
+    customer: str,
+    lines: list[tuple[int, str, int, int]],
+    profile: CustomerProfile,
+    *,
+    special: set[str],
+    received_at: int,
+) -> OrderDemand:
+    """The engine's view of one order: ``lines`` are (line_no, sku, qty, unit price)."""
+    return OrderDemand(
+        order_id=order_id,
+        customer=customer,
+        lines=tuple(DemandLine(ln, sku, qty) for ln, sku, qty, _ in lines),
+        grade=profile.grade,
+        zone=profile.zone,
+        route=profile.route,
+        vehicle=profile.vehicle,
+        special=frozenset(special),
+        value=sum(q * pr for _, _, q, pr in lines),
+        credit=profile.credit,
+        allow_split=profile.allow_split,
+        pref=profile.pref,
+        delay_days=profile.delay_days,
+        received_at=received_at,
+    )

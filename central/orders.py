@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 
 from central import CentralError, downlink, lifecycle, masters, ordertypes, validation
-from central.allocation import DemandLine, OrderDemand, ShortageAction, Special, allocate, encode_inputs
+from central.allocation import ShortageAction, Special, allocate, encode_inputs
 from central.lifecycle import Status
 from central.validation import Exposure, LineIn, OrderIn, Result
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
@@ -695,22 +695,7 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         if str(order.note).upper().startswith("URGENT"):
             special.add(Special.URGENT.value)
         dl = sorted((ln, sku or gtin or "", qty, price or 0) for ln, gtin, sku, qty, price in lines)
-        d = OrderDemand(
-            order_id=oid,
-            customer=order.customer,
-            lines=tuple(DemandLine(ln, sku, qty) for ln, sku, qty, _ in dl),
-            grade=profile.grade,
-            zone=profile.zone,
-            route=profile.route,
-            vehicle=profile.vehicle,
-            special=frozenset(special),
-            value=sum(q * pr for _, _, q, pr in dl),
-            credit=profile.credit,
-            allow_split=profile.allow_split,
-            pref=profile.pref,
-            delay_days=profile.delay_days,
-            received_at=now,
-        )
+        d = demand.make_demand(oid, order.customer, dl, profile, special=special, received_at=now)
         skus = {ln.sku for ln in d.lines}
         missing = [s for s in skus if s not in keys_of]
         if missing:
