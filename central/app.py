@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from central import allocation_api, dashboard, waves
+from central import allocation_api, dashboard, release, waves
 from central.api import create_app
 from central.consumer import BrokerSettings, Consumer
 from central.fleet import AlertThresholds, Fleet
@@ -48,6 +48,7 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
     app = create_app(db=db, consumer=consumer)
     dashboard.add_routes(app, fleet=fleet, db=db)
     allocation_api.add_routes(app)
+    release.add_routes(app)
     add_metrics(app, metrics.collect)
     return app
 

@@ -13,7 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from central import picking
+from central.api import CONSUMER_KEY, DB_KEY, requires
+from central.auth import Role
 from ops.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
@@ -60,3 +64,24 @@ class Releaser:
         while True:
             await asyncio.sleep(self.settings.every_s)
             await self.tick()
+
+
+@requires(Role.ORDER_DESK)
+async def release_wave_view(request: web.Request) -> web.Response:
+    """``POST /api/waves/{wave_id}/release``: a batch wave's allocations become pick tasks now
+    (in storage-location order, on the DC gateways' durable downlinks)."""
+    raw = request.match_info["wave_id"]
+    if not raw.isdigit():
+        return web.json_response({"error": f"wave id {raw!r} is not a number"}, status=400)
+    try:
+        summary = await request.app[DB_KEY].write(lambda c: picking.release_wave(c, int(raw)))
+    except picking.UnknownWave as e:
+        return web.json_response({"error": str(e)}, status=404)
+    consumer = request.app.get(CONSUMER_KEY)
+    if consumer is not None:
+        consumer.downlink.notify()
+    return web.json_response(summary)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/waves/{wave_id}/release", release_wave_view)
