@@ -20,13 +20,13 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ops.retry import backoff_delay
 from protocols import ptl
 
 log = logging.getLogger(__name__)
@@ -323,8 +323,7 @@ class PtlCart:
     # ------------------------------------------------------------------ link
 
     def _backoff(self, attempt: int) -> float:
-        hi = min(self.reconnect_max_s, self.reconnect_min_s * 2 ** min(attempt, 30))
-        return random.uniform(self.reconnect_min_s, max(self.reconnect_min_s, hi))
+        return backoff_delay(attempt, lo=self.reconnect_min_s, hi=self.reconnect_max_s)
 
     async def _connection_loop(self) -> None:
         attempt = 0
