@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from central.downlink import DownlinkSender, apply_gateway_acks
-from central.ingest import now_ms, quarantine_message, receive_envelope
+from central.ingest import now_ms, quarantine_message, quick_checks, receive_uplink
 from central.processor import Processor
 from ops.mqtt import no_delay
 from ops.retry import backoff_delay, only
@@ -91,6 +91,7 @@ class Consumer:
         self.client: aiomqtt.Client | None = None
         self.downlink = DownlinkSender(db)
         self.receiving = 0  # messages being received right now
+        self._quick = quick_checks()  # record handlers are registered at import
         self._sessions: dict[str, object] = {}  # gateway -> its MQTT session's connected_at
         self.processor = Processor(db, on_progress=self.downlink.notify, receiving=lambda: self.receiving > 0)
 
@@ -177,7 +178,7 @@ class Consumer:
         if leaf != "up":
             return
         try:
-            env = envelope.decode(payload)
+            env = envelope.decode_uplink(payload, quick=self._quick)
         except EnvelopeError as e:
             self.stats.quarantined_messages += 1
             log.warning("gw=%s undecodable message quarantined: %s", topic_gw, e.reason)
@@ -191,7 +192,7 @@ class Consumer:
         if not env.records and not env.bad_records:
             return
         async with self._receive_slots:
-            acks = await self.db.write(partial(receive_envelope, topic_gw=topic_gw, topic=topic, env=env))
+            acks = await self.db.write(partial(receive_uplink, topic_gw=topic_gw, topic=topic, up=env))
         self._maybe_crash()
         self.processor.notify()
         self.stats.records += len(env.records)

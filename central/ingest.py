@@ -22,12 +22,14 @@ import msgpack
 
 from central import CentralError, downlink, orders, ordertypes
 from central.validation import LineIn, OrderIn
-from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Record
+from protocols import envelope
+from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Received, Record, Uplink
 from protocols.order_changes import parse_order_change, parse_supplier_confirmation
 from protocols.records import (
     OrderBody,
     RecordSchemaError,
     order_certainly_valid,
+    packed_order_certainly_valid,
     parse_order,
 )
 
@@ -186,25 +188,25 @@ def quarantine_message(
     _quarantine(conn, gateway=gateway, topic=topic, reason=reason, now=now_ms(), raw=raw)
 
 
-def _pack(rec: Record) -> bytes:
-    raw: bytes = msgpack.packb(
-        {"id": rec.id, "seq": rec.seq, "type": rec.type, "ts": rec.ts, "body": rec.body}, use_bin_type=True
-    )
-    return raw
-
-
 def receive_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: Envelope) -> list[Ack]:
-    """Receive every record of one envelope: a record that passes its type's schema check is
-    stored with its id (``processed``) and queued for processing (``work_queue``) in this
-    transaction and acked ``accepted``; a repeat gets its earlier answer; a malformed record is
-    quarantined and ``rejected``. Business processing (validation, allocation...) follows in
-    :func:`process_queue`, in arrival order; its outcome goes down as ``order_status`` /
-    ``record_result`` records on the durable downlink."""
+    """:func:`receive_uplink` for an :class:`Envelope` (callers that decoded with ``decode``)."""
+    return receive_uplink(conn, topic_gw=topic_gw, topic=topic, up=envelope.as_uplink(env))
+
+
+def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: Uplink) -> list[Ack]:
+    """Receive every record of one message: a record that passes its type's schema check is
+    stored with its id (``processed``) and queued for processing (``work_queue``, as the bytes
+    it arrived in) in this transaction and acked ``accepted``; a repeat gets its earlier
+    answer; a malformed record is quarantined and ``rejected``. A record whose body the
+    decoder's quick check vouched for (``body`` None, see :data:`QUICK_CHECKS`) needs no further
+    check. Business processing (validation, allocation...) follows in :func:`process_queue`, in
+    arrival order; its outcome goes down as ``order_status`` / ``record_result`` records on the
+    durable downlink."""
     now = now_ms()
     acks: list[Ack] = []
-    if env.gw != topic_gw:
-        reason = f"envelope names gateway {env.gw!r} but arrived on {topic_gw!r}'s topic"
-        for rec in env.records:
+    if up.gw != topic_gw:
+        reason = f"envelope names gateway {up.gw!r} but arrived on {topic_gw!r}'s topic"
+        for rec in up.records:
             _quarantine(
                 conn,
                 gateway=topic_gw,
@@ -214,33 +216,33 @@ def receive_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env
                 record_id=rec.id,
                 seq=rec.seq,
                 rtype=rec.type,
-                raw=_pack(rec),
+                raw=rec.raw,
             )
             acks.append(Ack(rec.id, AckStatus.REJECTED, reason))
-        for bad in env.bad_records:
+        for bad in up.bad_records:
             _quarantine(conn, gateway=topic_gw, topic=topic, reason=reason, now=now, record_id=bad.id)
             if bad.id:
                 acks.append(Ack(bad.id, AckStatus.REJECTED, reason))
         return acks
     ctx = Context(gateway=topic_gw, now=now)
-    for bad in env.bad_records:
+    for bad in up.bad_records:
         ack = _reject_bad(conn, ctx, topic, bad)
         if ack is not None:
             acks.append(ack)
-    prior = _prior_answers(conn, [r.id for r in env.records])
+    prior = _prior_answers(conn, [r.id for r in up.records])
     fresh: list[tuple[str, str, int, str, int]] = []
     queued: list[tuple[str, str, bytes]] = []
-    # each record's bytes as it arrived, when the decoder kept them: stored as they are
-    raws = env.raw_records if len(env.raw_records) == len(env.records) else None
-    for i, rec in enumerate(env.records):
-        if rec.id in prior:
-            acks.append(_repeat_answer(ctx, rec, prior[rec.id]))
+    for rec in up.records:
+        rid = rec.id
+        if prior and rid in prior:
+            acks.append(_repeat_answer(ctx, rid, prior[rid]))
             continue
-        ack, packed = _check_one(conn, ctx, topic, rec, packed=raws[i] if raws is not None else None)
+        body = rec.body
+        ack = Ack(rid, AckStatus.ACCEPTED) if body is None else _check_one(conn, ctx, topic, rec, body)
         acks.append(ack)
         if ack.status is AckStatus.ACCEPTED:
-            fresh.append((rec.id, ctx.gateway, rec.seq, rec.type, ctx.now))
-            queued.append((rec.id, ctx.gateway, packed))
+            fresh.append((rid, topic_gw, rec.seq, rec.type, now))
+            queued.append((rid, topic_gw, rec.raw))
     conn.executemany(
         "INSERT INTO processed (record_id, gateway, seq, type, status, processed_at)"
         " VALUES (?, ?, ?, ?, 'accepted', ?)",
@@ -265,13 +267,13 @@ def _prior_answers(
     return out
 
 
-def _repeat_answer(ctx: Context, rec: Record, prior: tuple[str, str, str | None, str | None]) -> Ack:
+def _repeat_answer(ctx: Context, rid: str, prior: tuple[str, str, str | None, str | None]) -> Ack:
     gw, status, reason, ref = prior
     if gw != ctx.gateway:
-        return Ack(rec.id, AckStatus.REJECTED, f"record id already used by gateway {gw!r}")
+        return Ack(rid, AckStatus.REJECTED, f"record id already used by gateway {gw!r}")
     if status == AckStatus.REJECTED:
-        return Ack(rec.id, AckStatus.REJECTED, reason, ref)
-    return Ack(rec.id, AckStatus.DUPLICATE, reason, ref)
+        return Ack(rid, AckStatus.REJECTED, reason, ref)
+    return Ack(rid, AckStatus.DUPLICATE, reason, ref)
 
 
 def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: Envelope) -> list[Ack]:
@@ -284,27 +286,36 @@ def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: 
 
 
 _CERTAINLY_VALID: dict[Schema, Callable[[dict[str, Any]], bool]] = {parse_order: order_certainly_valid}
+# record type -> the decoder's quick check on the body's bytes (``envelope.decode_uplink``),
+# used only while that type's registered schema is the one the check stands for
+_PACKED_CERTAINLY_VALID: dict[Schema, Callable[[Any], bool]] = {parse_order: packed_order_certainly_valid}
+
+
+def quick_checks() -> dict[str, Callable[[Any], bool]]:
+    """The quick body checks for :func:`envelope.decode_uplink`, per record type."""
+    return {
+        rtype: _PACKED_CERTAINLY_VALID[schema]
+        for rtype, schema in SCHEMAS.items()
+        if HANDLERS.get(rtype) is not None and schema in _PACKED_CERTAINLY_VALID
+    }
 
 
 def _check_one(
-    conn: sqlite3.Connection, ctx: Context, topic: str, rec: Record, *, packed: bytes | None = None
-) -> tuple[Ack, bytes]:
-    """Schema-check a new record; a refusal is quarantined and remembered here. ``packed``:
-    the record's msgpack bytes as they arrived, if the caller has them."""
+    conn: sqlite3.Connection, ctx: Context, topic: str, rec: Received, body: dict[str, Any]
+) -> Ack:
+    """Schema-check a new record's ``body``; a refusal is quarantined and remembered here."""
     reason = None
     if rec.type not in HANDLERS:
         reason = f"unknown record type {rec.type!r}"
     elif (schema := SCHEMAS.get(rec.type)) is not None:
         certainly_valid = _CERTAINLY_VALID.get(schema)
-        if certainly_valid is None or not certainly_valid(rec.body):
+        if certainly_valid is None or not certainly_valid(body):
             try:
-                schema(rec.body)
+                schema(body)
             except RecordSchemaError as e:
                 reason = e.reason
-    if packed is None:
-        packed = _pack(rec)
     if reason is None:
-        return Ack(rec.id, AckStatus.ACCEPTED), packed
+        return Ack(rec.id, AckStatus.ACCEPTED)
     _quarantine(
         conn,
         gateway=ctx.gateway,
@@ -314,7 +325,7 @@ def _check_one(
         record_id=rec.id,
         seq=rec.seq,
         rtype=rec.type,
-        raw=packed,
+        raw=rec.raw,
     )
     log.info("gw=%s record %s (%s) rejected: %s", ctx.gateway, rec.id, rec.type, reason)
     conn.execute(
@@ -322,7 +333,7 @@ def _check_one(
         " VALUES (?, ?, ?, ?, 'rejected', ?, ?)",
         (rec.id, ctx.gateway, rec.seq, rec.type, reason, ctx.now),
     )
-    return Ack(rec.id, AckStatus.REJECTED, reason), packed
+    return Ack(rec.id, AckStatus.REJECTED, reason)
 
 
 def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH) -> dict[str, Ack]:

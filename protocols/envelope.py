@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import enum
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
+import msgspec
+from msgspec import Meta
 
 from protocols import ProtocolError
 from protocols.topics import GATEWAY_ID_RE
@@ -89,6 +91,36 @@ class Envelope:
     # The msgpack bytes of each of ``records`` as they arrived (when decoded from a payload
     # on the common path; else empty), so a receiver can store a record without re-packing it.
     raw_records: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A record as a receiver that stores records as they arrived sees it (:func:`decode_uplink`):
+    its header, its msgpack bytes (``raw``), and its body - or None where the receiver's quick
+    check vouched for the body from its bytes alone (read it from ``raw`` when it is needed)."""
+
+    id: str
+    seq: int
+    type: str
+    ts: int
+    raw: bytes
+    body: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Uplink:
+    """:class:`Envelope` as :func:`decode_uplink` gives it: the records as :class:`Received`."""
+
+    gw: str
+    sent: int
+    records: tuple[Received, ...] = ()
+    acks: tuple[Ack, ...] = ()
+    bad_records: tuple[BadRecord, ...] = ()
+
+
+# record type -> a check on the body's msgpack bytes that says True only for a body that
+# unpacks to a valid one of that type (and False for "read it and check it properly")
+QuickChecks = Mapping[str, Callable[[bytes], bool]]
 
 
 def _record_to_wire(r: Record) -> dict[str, Any]:
@@ -394,3 +426,107 @@ def _envelope_from(obj: object, raws: list[bytes] | None) -> Envelope:
     return Envelope(
         gw=gw, sent=sent, records=tuple(records), acks=acks, bad_records=tuple(bad), raw_records=tuple(kept)
     )
+
+
+# -- receiving without reading every body --------------------------------------------------------
+#
+# ``decode`` builds every record's body as Python objects; most of a receiver's time goes into
+# that. A receiver that stores each record's bytes and checks the body later (central) only needs
+# the header, the bytes and a yes/no on the body, which msgspec reads straight from the bytes.
+# The fast path below takes only the plainest messages and falls back to ``decode`` for anything
+# else, so its answer is always exactly ``decode``'s (tests/test_envelope.py compares the two).
+
+
+class _UplinkWire(msgspec.Struct, forbid_unknown_fields=True):
+    v: int
+    gw: str
+    sent: Annotated[int, Meta(ge=0, le=MAX_SEQ)]
+    records: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_RECORDS)]
+
+
+class _RecordWire(msgspec.Struct, forbid_unknown_fields=True):
+    id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
+    seq: Annotated[int, Meta(ge=1, le=MAX_SEQ)]
+    type: Annotated[str, Meta(min_length=1, max_length=MAX_TYPE_LEN)]
+    ts: Annotated[int, Meta(ge=0, le=MAX_SEQ)]
+    body: msgspec.Raw
+
+
+_read_uplink = msgspec.msgpack.Decoder(_UplinkWire).decode
+_read_record = msgspec.msgpack.Decoder(_RecordWire).decode
+_FIXMAP_4 = 0x84  # v, gw, sent, records: four entries, so four distinct keys (no repeats)
+_FIXMAP_5 = 0x85  # id, seq, type, ts, body
+
+
+def _unpack_body(raw: msgspec.Raw) -> object:
+    # the limits of ``decode``'s strict unpack, on the body alone
+    return msgpack.unpackb(
+        raw,
+        raw=False,
+        strict_map_key=True,
+        max_array_len=MAX_ACKS,
+        max_map_len=4096,
+        max_str_len=MAX_PAYLOAD_BYTES,
+        max_bin_len=MAX_PAYLOAD_BYTES,
+        max_ext_len=0,
+    )
+
+
+def _uplink_fast(payload: bytes, quick: QuickChecks) -> Uplink | None:
+    """A records-only message whose every record is well formed, read without building the
+    bodies its quick check vouches for; None for anything else (``decode`` then answers)."""
+    if not payload or payload[0] != _FIXMAP_4:
+        return None
+    try:
+        env = _read_uplink(payload)
+        gw = env.gw
+        if env.v != VERSION or not 0 < len(gw) <= 64 or not GATEWAY_ID_RE.match(gw):
+            return None
+        out: list[Received] = []
+        seen: set[str] = set()
+        for raw in env.records:
+            rb = bytes(raw)
+            if rb[0] != _FIXMAP_5:
+                return None
+            r = _read_record(rb)
+            rid = r.id
+            if rid in seen:
+                return None
+            seen.add(rid)
+            check = quick.get(r.type)
+            body: dict[str, Any] | None = None
+            if check is None or not check(r.body):
+                b = _unpack_body(r.body)
+                if type(b) is not dict:
+                    return None
+                body = b
+            out.append(Received(rid, r.seq, r.type, r.ts, rb, body))
+    except Exception:  # anything unusual: ``decode`` decides and names the problem
+        return None
+    return Uplink(gw=gw, sent=env.sent, records=tuple(out))
+
+
+def as_uplink(env: Envelope) -> Uplink:
+    """An :class:`Envelope` as :class:`Uplink` (bodies kept; bytes as they arrived if known)."""
+    raws = env.raw_records if len(env.raw_records) == len(env.records) else None
+    return Uplink(
+        gw=env.gw,
+        sent=env.sent,
+        records=tuple(
+            Received(r.id, r.seq, r.type, r.ts, raws[i] if raws is not None else pack_record(r), r.body)
+            for i, r in enumerate(env.records)
+        ),
+        acks=env.acks,
+        bad_records=env.bad_records,
+    )
+
+
+def decode_uplink(payload: bytes, *, quick: QuickChecks) -> Uplink:
+    """:func:`decode` for a receiver that stores records as they arrived: the same records,
+    acks, bad records and errors, each record with its bytes, and no body built where
+    ``quick[type]`` vouches for it from its bytes. Never raises anything but EnvelopeError."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise EnvelopeError(f"payload {len(payload)} bytes > MAX_PAYLOAD_BYTES {MAX_PAYLOAD_BYTES}")
+    with _gc_paused():
+        fast = _uplink_fast(payload, quick)
+        return fast if fast is not None else as_uplink(_decode(payload))

@@ -10,7 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
 
 from protocols import ProtocolError
 
@@ -230,6 +233,52 @@ def order_certainly_valid(body: dict[str, Any]) -> bool:
         if type(qty) is not int or not 1 <= qty <= MAX_QTY:
             return False
         if price is not None and not (type(price) is int and 0 <= price <= _MAX_PRICE):
+            return False
+    return True
+
+
+class _QuickLine(msgspec.Struct, forbid_unknown_fields=True):
+    qty: Annotated[int, Meta(ge=1, le=MAX_QTY)]
+    gtin: str | None = None
+    sku: Annotated[str, Meta(min_length=1, max_length=MAX_CODE)] | None = None
+    price: Annotated[int, Meta(ge=0, le=_MAX_PRICE)] | None = None
+
+
+class _QuickOrder(msgspec.Struct, forbid_unknown_fields=True):
+    customer: Annotated[str, Meta(min_length=1, max_length=MAX_CODE)]
+    channel: str
+    order_type: str
+    requested_date: str
+    lines: Annotated[list[_QuickLine], Meta(min_length=1, max_length=MAX_LINES)]
+    note: Annotated[str, Meta(max_length=MAX_TEXT)] | None = None
+    source_ref: Annotated[str, Meta(max_length=MAX_CODE)] | None = None
+
+
+_quick_order = msgspec.msgpack.Decoder(_QuickOrder).decode
+
+
+def packed_order_certainly_valid(packed: bytes | memoryview) -> bool:
+    """:func:`order_certainly_valid` on the body's msgpack bytes, without building the map:
+    msgspec reads the bytes straight into typed fields (exact types: a bool is not an int,
+    bytes are not text, every map key is a known text key, no extension types), and the few
+    rules a type cannot say are checked here. True only if unpacking ``packed`` gives a body
+    that ``parse_order`` accepts; False means "unpack it and ask parse_order"."""
+    try:
+        o = _quick_order(packed)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    if o.customer.isspace() or o.channel not in _CHANNELS or o.order_type not in _ORDER_TYPES:
+        return False
+    try:
+        dt.date.fromisoformat(o.requested_date)
+    except ValueError:
+        return False
+    for ln in o.lines:
+        gtin = ln.gtin
+        if gtin is None:
+            if ln.sku is None:
+                return False
+        elif not (len(gtin) in _GTIN_LENS and gtin.isdigit()):
             return False
     return True
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols import envelope, topics
+from protocols import records as records_schema
 from protocols.envelope import Ack, AckStatus, EnvelopeError, Record
 
 ids = st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)
@@ -132,3 +133,132 @@ def test_unencodable_body_is_an_envelope_error() -> None:
     rec = Record(id="a", seq=1, type="order", ts=1, body={"n": 2**70})
     with pytest.raises(EnvelopeError, match="cannot encode"):
         envelope.encode(gw="g", sent=1, records=[rec])
+
+
+# -- decode_uplink: central's receive decoder gives exactly decode's answer ----------------------
+
+ORDER = {
+    "customer": "S001",
+    "channel": "manual",
+    "order_type": "normal",
+    "requested_date": "2026-12-01",
+    "lines": [{"sku": "SKU-1", "qty": 1}, {"gtin": "04012345678901", "qty": 2}],
+}
+QUICK = {"order": records_schema.packed_order_certainly_valid}
+
+
+def _same_answer(payload: bytes) -> envelope.Uplink | None:
+    """decode_uplink(payload) agrees with decode(payload): the same error, or the same
+    records (with the bytes each arrived in, and a body wherever the quick check did not
+    vouch for it), acks and bad records. Returns the uplink (None on an error)."""
+    try:
+        env = envelope.decode(payload)
+    except EnvelopeError as e:
+        with pytest.raises(EnvelopeError) as ei:
+            envelope.decode_uplink(payload, quick=QUICK)
+        assert ei.value.reason == e.reason
+        return None
+    up = envelope.decode_uplink(payload, quick=QUICK)
+    assert (up.gw, up.sent, up.acks, up.bad_records) == (env.gw, env.sent, env.acks, env.bad_records)
+    assert len(up.records) == len(env.records)
+    for got, want in zip(up.records, env.records, strict=True):
+        assert (got.id, got.seq, got.type, got.ts) == (want.id, want.seq, want.type, want.ts)
+        again = envelope.encode_raw_records(gw="g", sent=0, raw_records=[got.raw])
+        assert envelope.decode(again).records == (want,)
+        if got.body is None:
+            assert got.type in QUICK and records_schema.parse_order(want.body)
+        else:
+            assert got.body == want.body
+    return up
+
+
+def _rec(i: int, **kw: Any) -> dict[str, Any]:
+    return {"id": f"r{i}", "seq": i + 1, "type": "order", "ts": 5, "body": ORDER, **kw}
+
+
+def test_plain_orders_are_received_without_reading_their_bodies() -> None:
+    recs = [Record(f"r{i}", i + 1, "order", 5, ORDER) for i in range(50)]
+    raws = [envelope.pack_record(r) for r in recs]
+    payload = envelope.encode_raw_records(gw="store-1", sent=9, raw_records=raws)
+    up = _same_answer(payload)
+    assert up is not None and [r.body for r in up.records] == [None] * 50
+    assert [r.raw for r in up.records] == raws
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        wire(records=[_rec(0), _rec(1, body={**ORDER, "customer": " "})]),  # body the check refuses
+        wire(records=[_rec(0), _rec(1, type="sale", body={"x": 1})]),  # a type with no quick check
+        wire(records=[_rec(0), _rec(1, seq=0)]),  # a bad record among good ones
+        wire(records=[_rec(0), _rec(1, id="r0")]),  # a repeated id
+        wire(records=[_rec(0), _rec(1, body=[1])]),  # body not a map
+        wire(records=[_rec(0)], acks=[{"id": "a", "st": "accepted"}]),  # records and acks
+        wire(records=[]),
+        wire(v=True, records=[_rec(0)]),
+        wire(v=2, records=[_rec(0)]),
+        wire(gw="Store 1", records=[_rec(0)]),
+        wire(sent=-1, records=[_rec(0)]),
+        wire(records=[_rec(0)]) + b"\x00",  # trailing bytes
+        wire(records=[_rec(0, body={**ORDER, "note": msgpack.ExtType(1, b"x")})]),
+        wire(records=[_rec(0, type="sale", body={"x": {1: 2}})]),  # a map key that is not text
+        wire(records=[_rec(0, body={**ORDER, "lines": [{"sku": "A", "qty": True}]})]),
+    ],
+)
+def test_unusual_messages_get_decodes_answer(payload: bytes) -> None:
+    _same_answer(payload)
+
+
+def _repeated_keys(pairs: list[tuple[Any, Any]]) -> bytes:
+    return bytes([0x80 | len(pairs)]) + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs)
+
+
+def test_repeated_keys_get_decodes_answer() -> None:
+    rec = _repeated_keys([*_rec(0).items(), ("seq", 0)][1:])  # id left out, seq given twice
+    head = msgpack.packb({"v": 1, "gw": "store-1", "sent": 1})
+    body = _repeated_keys([("v", 1), ("v", 1), ("gw", "store-1"), ("sent", 1)])  # 4 pairs, records absent
+    _same_answer(b"\x84" + head[1:] + msgpack.packb("records") + b"\x91" + rec)
+    _same_answer(body)
+
+
+_field = st.sampled_from(["id", "seq", "type", "ts", "body", "x"])
+_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.sampled_from(["", "order", "sale", "r1", "x" * 65]),
+    st.just(ORDER),
+    st.dictionaries(st.text(max_size=3), st.integers(-5, 5), max_size=2),
+    st.lists(st.integers(-5, 5), max_size=2),
+)
+
+
+@st.composite
+def _uplinks(draw: st.DrawFn) -> bytes:
+    recs = [_rec(i) for i in range(draw(st.integers(0, 4)))]
+    for r in recs:
+        for key in draw(st.lists(_field, max_size=2)):
+            if draw(st.booleans()):
+                r.pop(key, None)
+            else:
+                r[key] = draw(_value)
+    env: dict[str, Any] = {"v": 1, "gw": "store-1", "sent": 1, "records": recs}
+    for key in draw(st.lists(st.sampled_from(["v", "gw", "sent", "records", "acks"]), max_size=2)):
+        if draw(st.booleans()):
+            env.pop(key, None)
+        else:
+            env[key] = draw(_value)
+    return msgpack.packb(env)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_uplinks())
+def test_decode_uplink_agrees_with_decode(payload: bytes) -> None:
+    _same_answer(payload)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_decode_uplink_garbage_only_ever_raises_envelope_error(data: bytes) -> None:
+    with contextlib.suppress(EnvelopeError):
+        envelope.decode_uplink(data, quick=QUICK)

@@ -1,13 +1,21 @@
-"""Central's quick yes for order bodies on receipt may only say yes where ``parse_order`` accepts."""
+"""Central's quick yes for order bodies on receipt (from the map, and from its msgpack bytes)
+may only say yes where ``parse_order`` accepts."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.records import RecordSchemaError, order_certainly_valid, parse_order
+from protocols.records import (
+    RecordSchemaError,
+    order_certainly_valid,
+    packed_order_certainly_valid,
+    parse_order,
+)
 
 
 def _valid() -> dict[str, Any]:
@@ -73,3 +81,36 @@ def _bodies(draw: st.DrawFn) -> dict[str, Any]:
 def test_quick_yes_only_where_parse_order_accepts(body: dict[str, Any]) -> None:
     if order_certainly_valid(body):
         assert _accepts(body)
+
+
+def test_plain_orders_take_the_quick_yes_from_their_bytes() -> None:
+    body = _valid()
+    assert packed_order_certainly_valid(msgpack.packb(body))
+    del body["note"], body["source_ref"]
+    assert packed_order_certainly_valid(msgpack.packb(body))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_bodies())
+def test_quick_yes_from_bytes_only_where_parse_order_accepts(body: dict[str, Any]) -> None:
+    """Said from the bytes: the body also unpacks under the envelope's strict rules."""
+    try:
+        packed = msgpack.packb(body)
+    except (TypeError, ValueError, OverflowError):
+        return
+    if packed_order_certainly_valid(packed):
+        assert _accepts(msgpack.unpackb(packed, raw=False, strict_map_key=True, max_ext_len=0))
+
+
+@pytest.mark.parametrize(
+    "packed",
+    [
+        msgpack.packb({**_valid(), "customer": b"S001"}, use_bin_type=True),  # bytes, not text
+        msgpack.packb({**_valid(), "note": msgpack.ExtType(1, b"x")}),
+        msgpack.packb({**_valid(), 1: 2}, strict_types=False),
+        msgpack.packb(_valid()) + b"\x00",
+        msgpack.packb([_valid()]),
+    ],
+)
+def test_no_quick_yes_for_what_strict_unpacking_refuses(packed: bytes) -> None:
+    assert not packed_order_certainly_valid(packed)
