@@ -22,6 +22,7 @@ import msgpack
 
 from central import CentralError, downlink, orders, ordertypes
 from central.validation import LineIn, OrderIn
+from ops.sqlitedb import insert_rows
 from protocols import envelope
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Received, Record, Uplink
 from protocols.order_changes import parse_order_change, parse_supplier_confirmation
@@ -243,12 +244,13 @@ def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: U
         if ack.status is AckStatus.ACCEPTED:
             fresh.append((rid, topic_gw, rec.seq, rec.type, now))
             queued.append((rid, topic_gw, rec.raw))
-    conn.executemany(
-        "INSERT INTO processed (record_id, gateway, seq, type, status, processed_at)"
-        " VALUES (?, ?, ?, ?, 'accepted', ?)",
+    insert_rows(
+        conn,
+        "INSERT INTO processed (record_id, gateway, seq, type, status, processed_at)",
+        "(?, ?, ?, ?, 'accepted', ?)",
         fresh,
     )
-    conn.executemany("INSERT INTO work_queue (record_id, gateway, raw) VALUES (?, ?, ?)", queued)
+    insert_rows(conn, "INSERT INTO work_queue (record_id, gateway, raw)", "(?, ?, ?)", queued)
     return acks
 
 

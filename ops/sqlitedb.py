@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -64,6 +65,26 @@ def connect(path: Path | str, *, synchronous: str = "FULL") -> sqlite3.Connectio
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+@functools.lru_cache(maxsize=64)
+def _values_sql(head: str, row: str, n: int) -> str:
+    return f"{head} VALUES {','.join([row] * n)}"
+
+
+def insert_rows(
+    conn: sqlite3.Connection, head: str, row: str, rows: Sequence[Sequence[Any]], *, per_statement: int = 500
+) -> None:
+    """``executemany(f"{head} VALUES {row}", rows)`` as one multi-row ``VALUES`` statement per
+    ``per_statement`` rows. ``executemany`` steps the statement once per row, and hands the GIL
+    to other threads and waits to get it back at every step; with the event loop busy that wait
+    is most of a big insert's time. Here SQLite inserts a whole chunk in one step (the other
+    threads run meanwhile) and the rows cost less to bind. ``row`` is the placeholder group,
+    e.g. ``"(?, ?, 'accepted')"``; keep ``per_statement`` times its ``?`` under SQLite's
+    32,766 variables."""
+    for i in range(0, len(rows), per_statement):
+        chunk = rows[i : i + per_statement]
+        conn.execute(_values_sql(head, row, len(chunk)), [v for r in chunk for v in r])
 
 
 def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[str]:
