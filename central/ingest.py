@@ -11,6 +11,7 @@ and returns a reference (e.g. the order number) or raises :class:`Rejected`.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -257,16 +258,16 @@ def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: U
 def _prior_answers(
     conn: sqlite3.Connection, ids: list[str]
 ) -> dict[str, tuple[str, str, str | None, str | None]]:
-    out: dict[str, tuple[str, str, str | None, str | None]] = {}
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        marks = ",".join("?" * len(chunk))
+    # One statement whatever the count: the ids go as one JSON array (the statement text stays
+    # the same, so it stays prepared; a list of ``?`` would be a new statement per count).
+    return {
+        rid: (gw, status, reason, ref)
         for rid, gw, status, reason, ref in conn.execute(
-            f"SELECT record_id, gateway, status, reason, ref FROM processed WHERE record_id IN ({marks})",
-            chunk,
-        ):
-            out[rid] = (gw, status, reason, ref)
-    return out
+            "SELECT record_id, gateway, status, reason, ref FROM processed"
+            " WHERE record_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids),),
+        )
+    }
 
 
 def _repeat_answer(ctx: Context, rid: str, prior: tuple[str, str, str | None, str | None]) -> Ack:

@@ -10,6 +10,7 @@ after the outbox drains).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import threading
@@ -255,8 +256,8 @@ class Outbox:
         t = now_ms()
 
         # Most acks say only a status (a message's acks are usually all "accepted"): those
-        # records move to record_results and leave the outbox in two statements per status
-        # and chunk, all in SQL. Acks with a reason or a ref go one row each.
+        # records move to record_results and leave the outbox in two statements per status,
+        # all in SQL. Acks with a reason or a ref go one row each.
         plain: dict[AckStatus, list[str]] = {}
         other: list[Ack] = []
         for a in acks:
@@ -269,15 +270,17 @@ class Outbox:
             # An id no longer in the outbox was acked earlier (a repeated ack): nothing to do.
             removed = 0
             for status, ids in plain.items():
-                for i in range(0, len(ids), 500):
-                    chunk = ids[i : i + 500]
-                    marks = ",".join("?" * len(chunk))
-                    conn.execute(
-                        "INSERT OR REPLACE INTO record_results (id, type, status, reason, ref, acked_at)"
-                        f" SELECT id, type, ?, NULL, NULL, ? FROM outbox WHERE id IN ({marks})",
-                        [status.value, t, *chunk],
-                    )
-                    removed += conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
+                # the ids as one JSON array: the same two statements (kept prepared) for any count
+                some = json.dumps(ids)
+                conn.execute(
+                    "INSERT OR REPLACE INTO record_results (id, type, status, reason, ref, acked_at)"
+                    " SELECT id, type, ?, NULL, NULL, ? FROM outbox"
+                    " WHERE id IN (SELECT value FROM json_each(?))",
+                    (status.value, t, some),
+                )
+                removed += conn.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (some,)
+                ).rowcount
             for i in range(0, len(other), 500):
                 part = other[i : i + 500]
                 marks = ",".join("?" * len(part))

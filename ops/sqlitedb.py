@@ -67,24 +67,38 @@ def connect(path: Path | str, *, synchronous: str = "FULL") -> sqlite3.Connectio
     return conn
 
 
-@functools.lru_cache(maxsize=64)
+# SQLite's default limit on ``?`` variables in one statement (builds may raise it, never lower it)
+MAX_VARIABLES = 32_766
+MAX_ROWS_PER_INSERT = 1024
+
+
+@functools.lru_cache(maxsize=128)
 def _values_sql(head: str, row: str, n: int) -> str:
     return f"{head} VALUES {','.join([row] * n)}"
 
 
-def insert_rows(
-    conn: sqlite3.Connection, head: str, row: str, rows: Sequence[Sequence[Any]], *, per_statement: int = 500
-) -> None:
-    """``executemany(f"{head} VALUES {row}", rows)`` as one multi-row ``VALUES`` statement per
-    ``per_statement`` rows. ``executemany`` steps the statement once per row, and hands the GIL
-    to other threads and waits to get it back at every step; with the event loop busy that wait
-    is most of a big insert's time. Here SQLite inserts a whole chunk in one step (the other
-    threads run meanwhile) and the rows cost less to bind. ``row`` is the placeholder group,
-    e.g. ``"(?, ?, 'accepted')"``; keep ``per_statement`` times its ``?`` under SQLite's
-    32,766 variables."""
-    for i in range(0, len(rows), per_statement):
-        chunk = rows[i : i + per_statement]
-        conn.execute(_values_sql(head, row, len(chunk)), [v for r in chunk for v in r])
+def insert_rows(conn: sqlite3.Connection, head: str, row: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``executemany(f"{head} VALUES {row}", rows)`` as a few multi-row ``VALUES`` statements.
+
+    ``executemany`` steps the statement once per row, and hands the GIL to other threads and
+    waits to get it back at every step; with the event loop busy that wait is most of a big
+    insert's time. Here SQLite inserts a whole chunk in one step (the other threads run
+    meanwhile) and the rows cost less to bind. Chunks are powers of two (1,000 rows go as
+    512 + 256 + 128 + 64 + 32 + 8), so the few statement texts stay prepared in the
+    connection's cache: preparing a 1,000-row statement costs more than running it.
+    ``row`` is the placeholder group, e.g. ``"(?, ?, 'accepted')"``."""
+    width = max(1, row.count("?"))
+    top = MAX_ROWS_PER_INSERT
+    while top > 1 and top * width > MAX_VARIABLES:
+        top //= 2
+    i, n = 0, len(rows)
+    while i < n:
+        size = top
+        while size > n - i:
+            size //= 2
+        chunk = rows[i : i + size]
+        conn.execute(_values_sql(head, row, size), [v for r in chunk for v in r])
+        i += size
 
 
 def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[str]:

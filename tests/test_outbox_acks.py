@@ -1,0 +1,56 @@
+"""The gateway outbox takes central's acks: an acked record leaves the outbox and its answer
+is kept in record_results - whatever the mix of statuses, reasons and refs in one message,
+and a repeated or unknown ack changes nothing. Plus the multi-row insert helper it relies on."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.app import migrations as gateway_migrations
+from gateway.outbox import Outbox
+from ops.sqlitedb import DurableDB, insert_rows
+from protocols.envelope import Ack, AckStatus
+
+
+async def test_acks_move_records_to_their_results(tmp_path: Path) -> None:
+    async with DurableDB(tmp_path / "gw.db", migrations=gateway_migrations()) as db:
+        box = Outbox(db)
+        recs = [await box.submit("order", {"n": i}) for i in range(1200)]
+        acks = [Ack(r.id, AckStatus.ACCEPTED) for r in recs[:1100]]
+        acks[7] = Ack(recs[7].id, AckStatus.REJECTED, "no credit")
+        acks[8] = Ack(recs[8].id, AckStatus.DUPLICATE, None, "SO00000008")
+        acks[9] = Ack(recs[9].id, AckStatus.DUPLICATE)
+        acks[10] = Ack(recs[10].id, AckStatus.REJECTED)
+        assert await box.apply_acks([*acks, Ack("not-ours", AckStatus.ACCEPTED)]) == 1100
+        assert (await box.backlog()).count == 100
+        r7 = await box.result(recs[7].id)
+        assert r7 is not None
+        assert (r7["type"], r7["status"], r7["reason"]) == ("order", "rejected", "no credit")
+        got = {i: await box.result(recs[i].id) for i in (0, 8, 9, 10, 1099, 1100)}
+        assert {i: (r or {}).get("status") for i, r in got.items()} == {
+            0: "accepted",
+            8: "duplicate",
+            9: "duplicate",
+            10: "rejected",
+            1099: "accepted",
+            1100: "pending",
+        }
+        assert (got[8] or {})["ref"] == "SO00000008" and (got[0] or {})["ref"] is None
+        # the same acks again (a resend's repeat): nothing left to remove, answers unchanged
+        assert await box.apply_acks(acks) == 0
+        assert (await box.result(recs[7].id) or {})["reason"] == "no credit"
+        pending = await box.pending(after_seq=0, limit=1000)
+        assert [rid for _s, rid, _p in pending] == [r.id for r in recs[1100:]]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1000, 1024, 1025, 5000])
+def test_insert_rows_inserts_every_row_in_order(n: int) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a INTEGER, b TEXT, c TEXT)")
+    rows = [(i, f"r{i}") for i in range(n)]
+    insert_rows(conn, "INSERT INTO t (a, b, c)", "(?, ?, 'x')", rows)
+    assert conn.execute("SELECT a, b FROM t ORDER BY rowid").fetchall() == rows
+    assert conn.execute("SELECT count(*) FROM t WHERE c = 'x'").fetchone() == (n,)
