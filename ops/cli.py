@@ -56,8 +56,10 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, object]]) -> int:
 
 def cmd_central(args: argparse.Namespace) -> int:
     from central.app import load_config, serve
+    from ops.sqlitedb import tune_interpreter
 
     cfg = load_config(args.config)
+    tune_interpreter()
     return _run(lambda: serve(cfg))
 
 
