@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 
 from gateway.inbox import InboxRejected
-from ops.sqlitedb import ClosedError, DurableDB, Migration
+from ops.sqlitedb import ClosedError, DurableDB, Migration, insert_rows
 from protocols.envelope import Ack, AckStatus, Record, pack_record
 
 MIGRATIONS = [
@@ -150,8 +150,9 @@ class Outbox:
 
         Concurrent submits share one database job: the first opens a batch and queues its
         job, the next ones join it until the writer thread takes it, and the job inserts
-        them all with one ``executemany``. A record that cannot be inserted (say a repeated
-        ``record_id``) fails alone: its caller gets the error, its neighbours still commit.
+        them all with a few multi-row statements (``insert_rows``). A record that cannot be
+        inserted (say a repeated ``record_id``) fails alone: its caller gets the error, its
+        neighbours still commit.
         """
         fut: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         with self._batch_lock:
@@ -191,7 +192,7 @@ class Outbox:
             return [self._insert_one(conn, t, body, rid) for t, body, rid, _fut in items]
         conn.execute("SAVEPOINT outbox_batch")
         try:
-            conn.executemany("INSERT INTO outbox (seq, id, type, ts, packed) VALUES (?, ?, ?, ?, ?)", rows)
+            insert_rows(conn, "INSERT INTO outbox (seq, id, type, ts, packed)", "(?, ?, ?, ?, ?)", rows)
         except Exception:  # one bad record (say a repeated id): one by one, so only it fails
             conn.execute("ROLLBACK TO outbox_batch")
             conn.execute("RELEASE outbox_batch")
