@@ -248,10 +248,10 @@ def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: U
     insert_rows(
         conn,
         "INSERT INTO processed (record_id, gateway, seq, type, status, processed_at)",
-        "(?, ?, ?, ?, 'accepted', ?)",
         fresh,
+        row="(?, ?, ?, ?, 'accepted', ?)",
     )
-    insert_rows(conn, "INSERT INTO work_queue (record_id, gateway, raw)", "(?, ?, ?)", queued)
+    insert_rows(conn, "INSERT INTO work_queue (record_id, gateway, raw)", queued)
     return acks
 
 

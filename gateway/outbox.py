@@ -192,7 +192,7 @@ class Outbox:
             return [self._insert_one(conn, t, body, rid) for t, body, rid, _fut in items]
         conn.execute("SAVEPOINT outbox_batch")
         try:
-            insert_rows(conn, "INSERT INTO outbox (seq, id, type, ts, packed)", "(?, ?, ?, ?, ?)", rows)
+            insert_rows(conn, "INSERT INTO outbox (seq, id, type, ts, packed)", rows)
         except Exception:  # one bad record (say a repeated id): one by one, so only it fails
             conn.execute("ROLLBACK TO outbox_batch")
             conn.execute("RELEASE outbox_batch")

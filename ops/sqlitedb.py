@@ -78,8 +78,11 @@ def _values_sql(head: str, row: str, n: int) -> str:
     return f"{head} VALUES {','.join([row] * n)}"
 
 
-def insert_rows(conn: sqlite3.Connection, head: str, row: str, rows: Sequence[Sequence[Any]]) -> None:
-    """``executemany(f"{head} VALUES {row}", rows)`` as a few multi-row ``VALUES`` statements.
+def insert_rows(
+    conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]], *, row: str | None = None
+) -> None:
+    """``executemany(f"{head} VALUES {row}", rows)`` as a few multi-row ``VALUES`` statements
+    (the same rows and rowids, in order).
 
     ``executemany`` steps the statement once per row, and hands the GIL to other threads and
     waits to get it back at every step; with the event loop busy that wait is most of a big
@@ -87,7 +90,12 @@ def insert_rows(conn: sqlite3.Connection, head: str, row: str, rows: Sequence[Se
     meanwhile) and the rows cost less to bind. Chunks are powers of two (1,000 rows go as
     512 + 256 + 128 + 64 + 32 + 8), so the few statement texts stay prepared in the
     connection's cache: preparing a 1,000-row statement costs more than running it.
-    ``row`` is the placeholder group, e.g. ``"(?, ?, 'accepted')"``."""
+    ``head`` is the statement up to ``VALUES``; ``row`` the placeholder group, e.g.
+    ``"(?, ?, 'accepted')"`` (default: one ``?`` per column of the rows)."""
+    if not rows:
+        return
+    if row is None:
+        row = "(" + ", ".join("?" * len(rows[0])) + ")"
     width = max(1, row.count("?"))
     top = MAX_ROWS_PER_INSERT
     while top > 1 and top * width > MAX_VARIABLES:

@@ -51,6 +51,9 @@ def test_insert_rows_inserts_every_row_in_order(n: int) -> None:
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE t (a INTEGER, b TEXT, c TEXT)")
     rows = [(i, f"r{i}") for i in range(n)]
-    insert_rows(conn, "INSERT INTO t (a, b, c)", "(?, ?, 'x')", rows)
+    insert_rows(conn, "INSERT INTO t (a, b, c)", rows, row="(?, ?, 'x')")
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (n,)
+    insert_rows(conn, "INSERT INTO t (a, b)", rows)
+    rows = rows + rows
     assert conn.execute("SELECT a, b FROM t ORDER BY rowid").fetchall() == rows
     assert conn.execute("SELECT count(*) FROM t WHERE c = 'x'").fetchone() == (n,)
