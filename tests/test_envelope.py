@@ -15,7 +15,7 @@ from protocols import envelope, topics
 from protocols import records as records_schema
 from protocols.envelope import Ack, AckStatus, EnvelopeError, Record
 
-ids = st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)
+ids = st.text(alphabet="0123456789abcdef", min_size=1, max_size=64) | st.text(min_size=1, max_size=64)
 bodies = st.dictionaries(
     st.text(max_size=8), st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=8)), max_size=4
 )
@@ -262,3 +262,15 @@ def test_decode_uplink_agrees_with_decode(payload: bytes) -> None:
 def test_decode_uplink_garbage_only_ever_raises_envelope_error(data: bytes) -> None:
     with contextlib.suppress(EnvelopeError):
         envelope.decode_uplink(data, quick=QUICK)
+
+
+@given(st.lists(records, max_size=5, unique_by=lambda r: r.id), st.lists(acks, max_size=30))
+def test_acks_packed_by_hand_are_msgpacks_own_bytes(recs: list[Record], acks_: list[Ack]) -> None:
+    wire: dict[str, Any] = {"v": 1, "gw": "store-1", "sent": 9}
+    if recs:
+        wire["records"] = [
+            {"id": r.id, "seq": r.seq, "type": r.type, "ts": r.ts, "body": r.body} for r in recs
+        ]
+    if acks_:
+        wire["acks"] = [{"id": a.id, "st": a.status.value, "reason": a.reason, "ref": a.ref} for a in acks_]
+    assert envelope.encode(gw="store-1", sent=9, records=recs, acks=acks_) == msgpack.packb(wire)
