@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,7 +34,7 @@ from ops.mqtt import no_delay
 from ops.retry import backoff_delay, only
 from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
-from protocols.envelope import Ack, EnvelopeError
+from protocols.envelope import Ack, AckStatus, EnvelopeError
 
 log = logging.getLogger(__name__)
 
@@ -196,13 +197,10 @@ class Consumer:
         self._maybe_crash()
         self.processor.notify()
         self.stats.records += len(env.records)
-        for a in acks:
-            if a.status is envelope.AckStatus.ACCEPTED:
-                self.stats.accepted += 1
-            elif a.status is envelope.AckStatus.DUPLICATE:
-                self.stats.duplicates += 1
-            else:
-                self.stats.rejected += 1
+        counts = Counter(a.status for a in acks)
+        self.stats.accepted += counts[AckStatus.ACCEPTED]
+        self.stats.duplicates += counts[AckStatus.DUPLICATE]
+        self.stats.rejected += counts[AckStatus.REJECTED]
         await self.send_acks(client, topic_gw, acks)
 
     def _note_session(self, gw: str, payload: bytes) -> None:
