@@ -200,7 +200,7 @@ def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: U
     stored with its id (``processed``) and queued for processing (``work_queue``, as the bytes
     it arrived in) in this transaction and acked ``accepted``; a repeat gets its earlier
     answer; a malformed record is quarantined and ``rejected``. A record whose body the
-    decoder's quick check vouched for (``body`` None, see :data:`QUICK_CHECKS`) needs no further
+    decoder's quick check vouched for (``body`` None, see :func:`quick_checks`) needs no further
     check. Business processing (validation, allocation...) follows in :func:`process_queue`, in
     arrival order; its outcome goes down as ``order_status`` / ``record_result`` records on the
     durable downlink."""
