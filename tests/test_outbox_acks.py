@@ -4,9 +4,11 @@ and a repeated or unknown ack changes nothing. Plus the multi-row insert helper 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from gateway.app import migrations as gateway_migrations
@@ -57,3 +59,20 @@ def test_insert_rows_inserts_every_row_in_order(n: int) -> None:
     rows = rows + rows
     assert conn.execute("SELECT a, b FROM t ORDER BY rowid").fetchall() == rows
     assert conn.execute("SELECT count(*) FROM t WHERE c = 'x'").fetchone() == (n,)
+
+
+async def test_a_repeated_record_id_fails_alone_in_its_batch(tmp_path: Path) -> None:
+    async with DurableDB(tmp_path / "gw.db", migrations=gateway_migrations()) as db:
+        box = Outbox(db)
+        first = await box.submit("order", {"n": 0})
+        results = await asyncio.gather(
+            *(box.submit("order", {"n": i}) for i in range(1, 6)),
+            box.submit("order", {"n": 99}, record_id=first.id),
+            *(box.submit("order", {"n": i}) for i in range(6, 11)),
+            return_exceptions=True,
+        )
+        assert [type(r).__name__ for r in results].count("IntegrityError") == 1
+        assert isinstance(results[5], sqlite3.IntegrityError)
+        assert (await box.backlog()).count == 11
+        pending = await box.pending(after_seq=0, limit=100)
+        assert [msgpack.unpackb(p)["body"]["n"] for _s, _rid, p in pending] == list(range(11))
