@@ -58,6 +58,9 @@ HANDLERS: dict[str, Handler] = {}
 SCHEMAS: dict[str, Schema] = {}
 INTERNAL_ERRORS = [0]
 PROCESS_BATCH = 8  # small: a receive job never waits long behind a processing job
+# Records a work_queue row holds: one insert per row instead of per record on receipt, and a
+# processing job that takes a few records reads one small row, not a whole big message.
+QUEUE_ROW_RECORDS = 64
 RECORD_RESULT = "record_result"  # downlink: a record accepted on receipt but refused later
 
 
@@ -197,13 +200,13 @@ def receive_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env
 
 def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: Uplink) -> list[Ack]:
     """Receive every record of one message: a record that passes its type's schema check is
-    stored with its id (``processed``) and queued for processing (``work_queue``, as the bytes
-    it arrived in) in this transaction and acked ``accepted``; a repeat gets its earlier
-    answer; a malformed record is quarantined and ``rejected``. A record whose body the
-    decoder's quick check vouched for (``body`` None, see :func:`quick_checks`) needs no further
-    check. Business processing (validation, allocation...) follows in :func:`process_queue`, in
-    arrival order; its outcome goes down as ``order_status`` / ``record_result`` records on the
-    durable downlink."""
+    stored with its id (``processed``) and queued for processing (``work_queue``: a row per
+    :data:`QUEUE_ROW_RECORDS` records, their bytes as they arrived) in this transaction and acked
+    ``accepted``; a repeat gets its earlier answer; a malformed record is quarantined and
+    ``rejected``. A record whose body the decoder's quick check vouched for (``body`` None,
+    see :func:`quick_checks`) needs no further check. Business processing (validation,
+    allocation...) follows in :func:`process_queue`, in arrival order; its outcome goes down
+    as ``order_status`` / ``record_result`` records on the durable downlink."""
     now = now_ms()
     acks: list[Ack] = []
     if up.gw != topic_gw:
@@ -233,7 +236,7 @@ def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: U
             acks.append(ack)
     prior = _prior_answers(conn, [r.id for r in up.records])
     fresh: list[tuple[str, str, int, str, int]] = []
-    queued: list[tuple[str, str, bytes]] = []
+    queued: list[bytes] = []
     for rec in up.records:
         rid = rec.id
         if prior and rid in prior:
@@ -244,14 +247,17 @@ def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: U
         acks.append(ack)
         if ack.status is AckStatus.ACCEPTED:
             fresh.append((rid, topic_gw, rec.seq, rec.type, now))
-            queued.append((rid, topic_gw, rec.raw))
+            queued.append(rec.raw)
     insert_rows(
         conn,
         "INSERT INTO processed (record_id, gateway, seq, type, status, processed_at)",
         fresh,
         row="(?, ?, ?, ?, 'accepted', ?)",
     )
-    insert_rows(conn, "INSERT INTO work_queue (record_id, gateway, raw)", queued)
+    # the message's accepted records, up to QUEUE_ROW_RECORDS a row (central_0004)
+    parts = [queued[i : i + QUEUE_ROW_RECORDS] for i in range(0, len(queued), QUEUE_ROW_RECORDS)]
+    rows = [(topic_gw, b"".join(p), len(p)) for p in parts]
+    insert_rows(conn, "INSERT INTO work_queue (gateway, raws, count)", rows)
     return acks
 
 
@@ -344,17 +350,10 @@ def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH
     the outcome per record id. A handler's :class:`Rejected` is quarantined and told to the
     gateway (``record_result``); an unexpected error is quarantined as an internal error and
     counted, so one bad record never blocks the ones behind it."""
-    rows = conn.execute(
-        "SELECT n, record_id, gateway, raw FROM work_queue ORDER BY n LIMIT ?",
-        (-1 if limit is None else limit,),
-    ).fetchall()
+    rows, recs, progress = _queued(conn, limit)
     out: dict[str, Ack] = {}
     done: list[tuple[str, str | None, str | None, str]] = []
     now = now_ms()
-    recs = []
-    for _n, _rid, _gw, raw in rows:
-        obj = msgpack.unpackb(raw, raw=False)
-        recs.append(Record(id=obj["id"], seq=obj["seq"], type=obj["type"], ts=obj["ts"], body=obj["body"]))
     fast = HANDLERS.get("order") is apply_order
     parsed: dict[int, orders.NewOrder | None] = {}
     i = 0
@@ -411,9 +410,49 @@ def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH
     # the outcomes and the queue's removal in two statements for the whole batch (same
     # transaction as the effects: exactly once either way)
     conn.executemany("UPDATE processed SET status = ?, reason = ?, ref = ? WHERE record_id = ?", done)
-    if rows:
-        conn.execute("DELETE FROM work_queue WHERE n BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+    _dequeue(conn, progress)
     return out
+
+
+_Queued = tuple[int, str, str, bytes]  # (queue row n, record id, gateway, the record's bytes)
+
+
+def _queued(
+    conn: sqlite3.Connection, limit: int | None
+) -> tuple[list[_Queued], list[Record], list[tuple[int, int, int]]]:
+    """The next ``limit`` queued records (all when None) in arrival order, as rows and
+    records, and per queue row touched ``(n, done after this batch, count)``."""
+    rows: list[_Queued] = []
+    recs: list[Record] = []
+    progress: list[tuple[int, int, int]] = []
+    cur = conn.execute("SELECT n, gateway, raws, count, done FROM work_queue ORDER BY n")
+    for n, gw, raws, count, done in cur:  # row by row, only as many as the limit needs
+        take = count - done if limit is None else min(count - done, limit - len(rows))
+        u = msgpack.Unpacker(raw=False, max_buffer_size=max(1, len(raws)))
+        u.feed(raws)
+        for _ in range(done):
+            u.skip()
+        start = u.tell()
+        for _ in range(take):
+            obj = u.unpack()
+            end = u.tell()
+            rows.append((n, obj["id"], gw, raws[start:end]))
+            recs.append(Record(obj["id"], obj["seq"], obj["type"], obj["ts"], obj["body"]))
+            start = end
+        progress.append((n, done + take, count))
+        if limit is not None and len(rows) >= limit:
+            break
+    cur.close()
+    return rows, recs, progress
+
+
+def _dequeue(conn: sqlite3.Connection, progress: list[tuple[int, int, int]]) -> None:
+    """Queue rows whose records are all processed go; a row processed in part keeps its place."""
+    finished = [(n,) for n, done, count in progress if done == count]
+    conn.executemany("DELETE FROM work_queue WHERE n = ?", finished)
+    for n, done, count in progress:
+        if done < count:
+            conn.execute("UPDATE work_queue SET done = ? WHERE n = ?", (done, n))
 
 
 def _orders_together(

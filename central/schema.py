@@ -250,4 +250,24 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration(
+        # A row holds several records of one received message (up to
+        # ingest.QUEUE_ROW_RECORDS) rather than one: ``raws`` is their msgpack maps one after
+        # another, as they arrived; ``done`` how many of them processing has finished (the row
+        # goes when all ``count`` are). Rows queued before stay queued, one record each.
+        "central_0004_work_queue_by_message",
+        """
+        CREATE TABLE work_queue_m (
+            n INTEGER PRIMARY KEY AUTOINCREMENT,
+            gateway TEXT NOT NULL,
+            raws BLOB NOT NULL,
+            count INTEGER NOT NULL CHECK (count > 0),
+            done INTEGER NOT NULL DEFAULT 0 CHECK (done >= 0 AND done < count)
+        );
+        INSERT INTO work_queue_m (n, gateway, raws, count)
+            SELECT n, gateway, raw, 1 FROM work_queue ORDER BY n;
+        DROP TABLE work_queue;
+        ALTER TABLE work_queue_m RENAME TO work_queue;
+        """,
+    ),
 ]

@@ -1,0 +1,86 @@
+"""Central's work queue holds one row per received message: processing takes its records in
+arrival order, a few at a time (a message processed in part keeps its place and how far it
+got), each exactly once; rows queued one per record before the change are processed too."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+from central import ingest
+from central.migrations import all_migrations
+from ops import bench_allocation as bench
+from ops.sqlitedb import apply_migrations, connect
+from protocols import envelope, topics
+from protocols.envelope import Envelope, Record
+
+PER_MESSAGE = "central_0004_work_queue_by_message"
+
+
+def _orders(n: int, names: list[str], *, gw: str = "gw-1", first: int = 0) -> Envelope:
+    rng = random.Random(first)
+    body = bench._envelopes(orders=1, lines=3, names=names, rng=rng)[0].records[0].body
+    recs = [Record(f"o{first + i}", first + i + 1, "order", 1, body) for i in range(n)]
+    return envelope.decode(envelope.encode(gw=gw, sent=1, records=recs))
+
+
+def _queue(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+    return conn.execute("SELECT count, done FROM work_queue ORDER BY n").fetchall()
+
+
+def _numbered(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT record_id FROM orders ORDER BY order_id")]
+
+
+def test_a_message_is_processed_a_few_records_at_a_time_in_order(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "c.db")
+    apply_migrations(conn, all_migrations())
+    names = bench._seed_masters(conn, skus=20)
+    assert ingest.QUEUE_ROW_RECORDS == 64
+    for env in (_orders(150, names), _orders(3, names, first=150)):
+        ingest.receive_envelope(conn, topic_gw="gw-1", topic=topics.uplink("gw-1"), env=env)
+    assert _queue(conn) == [(64, 0), (64, 0), (22, 0), (3, 0)]
+    seen: list[str] = []
+    for left in ([(64, 50), (64, 0), (22, 0), (3, 0)], [(64, 36), (22, 0), (3, 0)], [(3, 0)], [], []):
+        seen += ingest.process_queue(conn, limit=50)
+        assert _queue(conn) == left
+    assert seen == [f"o{i}" for i in range(153)] == _numbered(conn)
+    statuses = conn.execute("SELECT DISTINCT status FROM processed").fetchall()
+    assert statuses == [("accepted",)]
+
+
+def test_repeats_and_refused_records_are_not_queued(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "c.db")
+    apply_migrations(conn, all_migrations())
+    names = bench._seed_masters(conn, skus=20)
+    env = _orders(4, names)
+    ingest.receive_envelope(conn, topic_gw="gw-1", topic=topics.uplink("gw-1"), env=env)
+    bad = Record("bad", 9, "order", 1, {"customer": "C1"})
+    again = Envelope(gw="gw-1", sent=2, records=(env.records[1], bad, *_orders(2, names, first=10).records))
+    acks = ingest.receive_envelope(conn, topic_gw="gw-1", topic=topics.uplink("gw-1"), env=again)
+    assert [a.status.value for a in acks] == ["duplicate", "rejected", "accepted", "accepted"]
+    assert _queue(conn) == [(4, 0), (2, 0)]
+    ingest.process_queue(conn, limit=None)
+    assert _numbered(conn) == ["o0", "o1", "o2", "o3", "o10", "o11"] and _queue(conn) == []
+
+
+def test_rows_queued_one_per_record_before_the_change_are_processed(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "c.db")
+    apply_migrations(conn, [m for m in all_migrations() if m.name != PER_MESSAGE])
+    names = bench._seed_masters(conn, skus=20)
+    env = _orders(3, names)
+    for rec in env.records:  # what the old receive stored
+        conn.execute(
+            "INSERT INTO processed (record_id, gateway, seq, type, status, processed_at)"
+            " VALUES (?, 'gw-1', ?, 'order', 'accepted', 1)",
+            (rec.id, rec.seq),
+        )
+        conn.execute(
+            "INSERT INTO work_queue (record_id, gateway, raw) VALUES (?, 'gw-1', ?)",
+            (rec.id, envelope.pack_record(rec)),
+        )
+    assert apply_migrations(conn, all_migrations()) == [PER_MESSAGE]
+    assert _queue(conn) == [(1, 0)] * 3
+    assert sorted(ingest.process_queue(conn, limit=None)) == ["o0", "o1", "o2"]
+    assert _numbered(conn) == ["o0", "o1", "o2"] and _queue(conn) == []
