@@ -389,9 +389,25 @@ def decode(payload: bytes) -> Envelope:
 
 
 def _decode(payload: bytes) -> Envelope:
+    acks_only = _acks_fast(payload)
+    if acks_only is not None:
+        return acks_only
     fast = _unpack_keeping_records(payload)
     if fast is not None:
         return _envelope_from(*fast)
+    return _decode_strict(payload)
+
+
+def decode_strict(payload: bytes) -> Envelope:
+    """:func:`decode` without its quick paths, each rule checked on the unpacked document:
+    the reference those paths must agree with (tests/test_envelope.py). ``raw_records`` is
+    left empty."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise EnvelopeError(f"payload {len(payload)} bytes > MAX_PAYLOAD_BYTES {MAX_PAYLOAD_BYTES}")
+    return _decode_strict(payload)
+
+
+def _decode_strict(payload: bytes) -> Envelope:
     try:
         obj = msgpack.unpackb(
             payload,
@@ -522,6 +538,48 @@ def _uplink_fast(payload: bytes, quick: QuickChecks) -> Uplink | None:
     except Exception:  # anything unusual: ``decode`` decides and names the problem
         return None
     return Uplink(gw=gw, sent=env.sent, records=tuple(out))
+
+
+class _AcksWire(msgspec.Struct, forbid_unknown_fields=True):
+    v: int
+    gw: str
+    sent: Annotated[int, Meta(ge=0, le=MAX_SEQ)]
+    acks: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_ACKS)]
+
+
+class _AckWire(msgspec.Struct, forbid_unknown_fields=True):
+    id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
+    st: str
+    reason: str | None = None
+    ref: str | None = None
+
+
+_read_acks = msgspec.msgpack.Decoder(_AcksWire).decode
+_read_ack = msgspec.msgpack.Decoder(_AckWire).decode
+_ACK_MAPS = frozenset({0x82, 0x83, 0x84})  # 2 to 4 entries, all known keys, id and st among them
+
+
+def _acks_fast(payload: bytes) -> Envelope | None:
+    """An acks-only message (what a gateway gets from central) whose every ack is plainly
+    well formed, read with msgspec; None for anything else (the general path answers). The
+    header bytes rule out repeated keys, so the answer is the general path's to the letter."""
+    if not payload or payload[0] != _FIXMAP_4:
+        return None
+    try:
+        env = _read_acks(payload)
+        gw = env.gw
+        if env.v != VERSION or not 0 < len(gw) <= 64 or not GATEWAY_ID_RE.match(gw):
+            return None
+        acks = []
+        for raw in env.acks:
+            rb = bytes(raw)
+            if rb[0] not in _ACK_MAPS:
+                return None
+            a = _read_ack(rb)
+            acks.append(Ack(a.id, _STATUSES[a.st], a.reason, a.ref))
+    except Exception:  # anything unusual (an unknown status too): the general path names it
+        return None
+    return Envelope(gw=gw, sent=env.sent, acks=tuple(acks))
 
 
 def as_uplink(env: Envelope) -> Uplink:

@@ -274,3 +274,68 @@ def test_acks_packed_by_hand_are_msgpacks_own_bytes(recs: list[Record], acks_: l
     if acks_:
         wire["acks"] = [{"id": a.id, "st": a.status.value, "reason": a.reason, "ref": a.ref} for a in acks_]
     assert envelope.encode(gw="store-1", sent=9, records=recs, acks=acks_) == msgpack.packb(wire)
+
+
+# -- decode's quick paths give exactly the strict answer ----------------------------------------
+
+_ack_field = st.sampled_from(["id", "st", "reason", "ref", "x"])
+_ack_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.sampled_from(["", "a1", "accepted", "duplicate", "rejected", "maybe", "x" * 65]),
+)
+
+
+@st.composite
+def _ack_messages(draw: st.DrawFn) -> bytes:
+    acks_: list[dict[str, Any]] = [
+        {"id": f"a{i}", "st": "accepted", "reason": None, "ref": None} for i in range(draw(st.integers(0, 4)))
+    ]
+    for a in acks_:
+        for key in draw(st.lists(_ack_field, max_size=2)):
+            if draw(st.booleans()):
+                a.pop(key, None)
+            else:
+                a[key] = draw(_ack_value)
+    env: dict[str, Any] = {"v": 1, "gw": "store-1", "sent": 1, "acks": acks_}
+    for key in draw(st.lists(st.sampled_from(["v", "gw", "sent", "records", "acks"]), max_size=2)):
+        if draw(st.booleans()):
+            env.pop(key, None)
+        else:
+            env[key] = draw(_ack_value)
+    return msgpack.packb(env)
+
+
+def _same_as_strict(payload: bytes) -> None:
+    try:
+        want = envelope.decode_strict(payload)
+    except EnvelopeError as e:
+        with pytest.raises(EnvelopeError) as ei:
+            envelope.decode(payload)
+        assert ei.value.reason == e.reason
+        return
+    assert envelope.decode(payload) == want
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ack_messages())
+def test_acks_messages_get_the_strict_answer(payload: bytes) -> None:
+    _same_as_strict(payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_uplinks())
+def test_record_messages_get_the_strict_answer(payload: bytes) -> None:
+    _same_as_strict(payload)
+
+
+def test_acks_with_repeated_keys_get_the_strict_answer() -> None:
+    head = msgpack.packb({"v": 1, "gw": "store-1", "sent": 1})
+    for pairs in (
+        [("id", "a"), ("st", "accepted"), ("st", "maybe")],
+        [("id", "a"), ("st", "maybe"), ("st", "accepted")],
+        [("id", "a"), ("st", "accepted"), ("id", "")],
+        [("id", "a"), ("st", "accepted"), ("reason", "r"), ("reason", None), ("ref", "x")],
+    ):
+        _same_as_strict(b"\x84" + head[1:] + msgpack.packb("acks") + b"\x91" + _repeated_keys(pairs))
