@@ -135,7 +135,7 @@ def test_unencodable_body_is_an_envelope_error() -> None:
         envelope.encode(gw="g", sent=1, records=[rec])
 
 
-# -- decode_uplink: central's receive decoder gives exactly decode's answer ----------------------
+# -- decode_uplink: central's receive decoder gives exactly the strict answer ----------------------
 
 ORDER = {
     "customer": "S001",
@@ -148,11 +148,11 @@ QUICK = {"order": records_schema.packed_order_certainly_valid}
 
 
 def _same_answer(payload: bytes) -> envelope.Uplink | None:
-    """decode_uplink(payload) agrees with decode(payload): the same error, or the same
+    """decode_uplink(payload) agrees with decode_strict(payload): the same error, or the same
     records (with the bytes each arrived in, and a body wherever the quick check did not
     vouch for it), acks and bad records. Returns the uplink (None on an error)."""
     try:
-        env = envelope.decode(payload)
+        env = envelope.decode_strict(payload)
     except EnvelopeError as e:
         with pytest.raises(EnvelopeError) as ei:
             envelope.decode_uplink(payload, quick=QUICK)
@@ -205,7 +205,7 @@ def test_plain_orders_are_received_without_reading_their_bodies() -> None:
         wire(records=[_rec(0, body={**ORDER, "lines": [{"sku": "A", "qty": True}]})]),
     ],
 )
-def test_unusual_messages_get_decodes_answer(payload: bytes) -> None:
+def test_unusual_messages_get_the_strict_answer(payload: bytes) -> None:
     _same_answer(payload)
 
 
@@ -213,7 +213,7 @@ def _repeated_keys(pairs: list[tuple[Any, Any]]) -> bytes:
     return bytes([0x80 | len(pairs)]) + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs)
 
 
-def test_repeated_keys_get_decodes_answer() -> None:
+def test_repeated_keys_get_the_strict_answer() -> None:
     rec = _repeated_keys([*_rec(0).items(), ("seq", 0)][1:])  # id left out, seq given twice
     head = msgpack.packb({"v": 1, "gw": "store-1", "sent": 1})
     body = _repeated_keys([("v", 1), ("v", 1), ("gw", "store-1"), ("sent", 1)])  # 4 pairs, records absent
