@@ -24,9 +24,10 @@ from typing import Any
 import msgpack
 
 from central import CentralError, downlink, lifecycle, masters, ordertypes, validation
-from central.allocation import ShortageAction, Special, allocate, encode_inputs
+from central.allocation import ShortageAction, Special, allocate
 from central.lifecycle import Status
 from central.validation import Exposure, LineIn, OrderIn, Result
+from ops.sqlitedb import insert_rows
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 
 
@@ -636,8 +637,7 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
     today_a = dt.date.today()
     iso_today = today_a.isoformat()
     kw: dict[str, Any] = {"network": network, "rules": settings.priority, "company": settings.company}
-    avail: dict[tuple[str, str], int] = {}
-    keys_of: dict[str, list[tuple[str, str]]] = {}
+    packer = inventory.InputsPacker(**kw)
     o_rows: list[tuple[Any, ...]] = []
     l_rows: list[tuple[Any, ...]] = []
     e_rows: list[tuple[Any, ...]] = []
@@ -649,14 +649,11 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
     open_delta: dict[str, int] = {}
     bump: dict[tuple[str, str], int] = {}
     made: list[str] = []
-    # the stock of every sku named in the run, in one read (a sku given as a GTIN only is
-    # read when its order comes)
-    named = sorted({ln.sku for n in new for ln in n.order.lines if ln.sku})
-    for s in named:
-        keys_of[s] = []
-    for key, q in inventory.available(conn, named).items():
-        avail[key] = q
-        keys_of[key[1]].append(key)
+    # the stock kept from the last run if nothing changed it since, and of every sku named
+    # in this run not read yet, in one read (a sku given as a GTIN only: when its order comes)
+    stock_now = inventory.take_stock(conn)
+    avail = stock_now.avail
+    stock_now.read(conn, sorted({ln.sku for n in new for ln in n.order.lines if ln.sku}))
     for n in new:
         order = n.order
         if (
@@ -686,9 +683,8 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         priced = {p.line_no: p for p in result.lines}
         lines = [(ln.line_no, ln.gtin, priced[ln.line_no].sku, ln.qty, ln.price) for ln in order.lines]
         # validated: the order's value is open from here (the allocation sees it in credit)
-        crow_after = list(crow)
-        crow_after[i_open] = crow[i_open] + result.value
-        profile = demand._profile(layout, tuple(crow_after))
+        open_after = crow[i_open] + result.value
+        profile = demand._profile(layout, (*crow[:i_open], open_after, *crow[i_open + 1 :]))
         special = set()
         if order.requested_date.isoformat() <= iso_today:
             special.add(Special.PROMISED.value)
@@ -697,14 +693,8 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         dl = sorted((ln, sku or gtin or "", qty, price or 0) for ln, gtin, sku, qty, price in lines)
         d = demand.make_demand(oid, order.customer, dl, profile, special=special, received_at=now)
         skus = {ln.sku for ln in d.lines}
-        missing = [s for s in skus if s not in keys_of]
-        if missing:
-            for s in missing:
-                keys_of[s] = []
-            for key, q in inventory.available(conn, missing).items():
-                avail[key] = q
-                keys_of[key[1]].append(key)
-        stock = {key: avail[key] for s in skus for key in keys_of[s]}
+        stock_now.read(conn, skus)
+        stock = stock_now.of(skus)
         title = f"real-time order {oid}"
         res = allocate([d], stock, title=title, **kw)
         if res.shortfalls or len(res.outcomes) != 1 or res.outcomes[0].status != "allocated":
@@ -746,7 +736,7 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         c_rows.extend((oid, 1, c.name, c.outcome.value, c.detail, now) for c in result.checks)
         e_rows.append((ev + 1, oid, now, "validated", "validated", f"checks: {result.summary()}", "system"))
         open_delta[order.customer] = open_delta.get(order.customer, 0) + result.value
-        crow[i_open] = crow_after[i_open]
+        crow[i_open] = open_after
         text = res.trace_text
         r_rows.append(
             (
@@ -754,7 +744,7 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
                 "realtime",
                 None,
                 t_alloc,
-                inventory.pack_inputs(encode_inputs([d], stock, title=title, **kw)),
+                packer.pack([d], stock, title=title),
                 text,
                 hashlib.sha256(text.encode()).hexdigest(),
             )
@@ -783,48 +773,35 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         ids["downlink_outbox"] += 1
         made.append(number)
     if not made:
+        inventory.keep_stock(conn, stock_now)
         return []
-    conn.executemany(
-        "INSERT INTO orders (order_id, order_no, record_id, gateway, seq, customer, channel, order_type,"
-        " requested_date, status, note, source_ref, created_at, received_at, updated_at, value, requirements)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    # every table in a few multi-row statements, in the order one by one writes them
+    insert_rows(
+        conn,
+        "INSERT INTO orders (order_id, order_no, record_id, gateway, seq, customer, channel,"
+        " order_type, requested_date, status, note, source_ref, created_at, received_at, updated_at,"
+        " value, requirements)",
         o_rows,
     )
-    conn.executemany(
-        "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        l_rows,
+    insert_rows(
+        conn, "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)", l_rows
     )
-    conn.executemany(
-        "INSERT INTO order_events (id, order_id, at, event, status, detail, actor)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        e_rows,
-    )
-    conn.executemany(
-        "INSERT INTO order_checks (order_id, run, name, outcome, detail, at) VALUES (?, ?, ?, ?, ?, ?)",
-        c_rows,
-    )
+    insert_rows(conn, "INSERT INTO order_events (id, order_id, at, event, status, detail, actor)", e_rows)
+    insert_rows(conn, "INSERT INTO order_checks (order_id, run, name, outcome, detail, at)", c_rows)
     conn.executemany(
         "UPDATE customers SET open_value = open_value + ? WHERE code = ?",
         [(v, c) for c, v in open_delta.items()],
     )
-    conn.executemany(
-        "INSERT INTO alloc_runs (run_id, kind, wave_id, at, inputs, trace, digest)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        r_rows,
-    )
-    items = sorted(bump.items())
-    for k in range(0, len(items), inventory._BUMP_MAX):
-        inventory._bump(conn, dict(items[k : k + inventory._BUMP_MAX]))
-    conn.executemany(
-        "INSERT INTO allocations (order_id, line_no, location, sku, qty, rule, run_id, wave_id, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    insert_rows(conn, "INSERT INTO alloc_runs (run_id, kind, wave_id, at, inputs, trace, digest)", r_rows)
+    inventory._bump(conn, bump)
+    insert_rows(
+        conn,
+        "INSERT INTO allocations (order_id, line_no, location, sku, qty, rule, run_id, wave_id, created_at)",
         a_rows,
     )
-    conn.executemany(
-        "INSERT INTO alloc_orders (order_id, status, run_id, wave_id, deadline, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        s_rows,
+    insert_rows(
+        conn, "INSERT INTO alloc_orders (order_id, status, run_id, wave_id, deadline, updated_at)", s_rows
     )
     downlink.insert_rows(conn, d_rows)
+    inventory.keep_stock(conn, stock_now)  # the rows now match it, bumps included
     return made

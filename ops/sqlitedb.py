@@ -88,6 +88,26 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration]) 
     return applied
 
 
+INSERT_CHUNK = 16  # rows per multi-row INSERT statement (prepared once, cached by sqlite3)
+
+
+def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``INSERT INTO t (a, b) VALUES (?, ?)`` for every row, in order (the same rows and
+    rowids as ``executemany``), ``INSERT_CHUNK`` rows per statement: one statement step
+    per chunk rather than per row (``head`` is the statement up to ``VALUES``)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    one = "(" + ", ".join("?" * width) + ")"
+    full = len(rows) - len(rows) % INSERT_CHUNK
+    if full:
+        sql = f"{head} VALUES " + ", ".join([one] * INSERT_CHUNK)
+        for k in range(0, full, INSERT_CHUNK):
+            conn.execute(sql, [v for row in rows[k : k + INSERT_CHUNK] for v in row])
+    if full < len(rows):
+        conn.executemany(f"{head} VALUES {one}", rows[full:])
+
+
 def _split_sql(sql: str) -> list[str]:
     out, buf = [], ""
     for piece in sql.split(";"):

@@ -2,7 +2,8 @@
 leave exactly the rows one-by-one processing leaves: same ids, history, checks, allocations,
 runs (inputs and traces), shortages, status downlink and acks - also when the batch hands
 orders back to the one-by-one path (held orders, short stock, ship-with-next customers,
-order changes and repeats in the same message)."""
+order changes and repeats in the same message) - and when the stock the batch path keeps
+between messages changes under it (a stock take in raw SQL, a job rolled back after its writes)."""
 
 from __future__ import annotations
 
@@ -74,8 +75,19 @@ def _run(path: Path, *, together: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
             m.setattr(waves, "MODE", waves.MODE)
             waves.install(waves.AllocationSettings(realtime=True))
             acks = []
-            for env in _envelopes(names, random.Random(8)):
-                acks += apply_envelope(conn, topic_gw=env.gw, topic=topics.uplink(env.gw), env=env)
+            for k, env in enumerate(_envelopes(names, random.Random(8))):
+                topic = topics.uplink(env.gw)
+                if k % 13 == 6:  # a job that took this message and then failed: rolled back
+                    conn.execute("SAVEPOINT job")
+                    apply_envelope(conn, topic_gw=env.gw, topic=topic, env=env)
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                if k % 17 == 8:  # a stock take between messages, in raw SQL: this order runs short
+                    skus = [ln["sku"] for ln in env.records[0].body["lines"]]
+                    conn.executemany(
+                        "UPDATE inventory SET on_hand = allocated + 1 WHERE sku = ?", [(s,) for s in skus]
+                    )
+                acks += apply_envelope(conn, topic_gw=env.gw, topic=topic, env=env)
         return _dump(conn), [(a.id, a.status, a.reason, a.ref) for a in acks]
     finally:
         conn.close()
