@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from central.frozen import quick_init
+
 __all__ = [
     "Allocation",
     "AllocationResult",
@@ -100,6 +102,7 @@ class LocationKind(enum.StrEnum):
     SUPPLIER = "supplier"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DemandLine:
     line_no: int
@@ -107,6 +110,7 @@ class DemandLine:
     qty: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OrderDemand:
     """One order as the engine sees it (built from the order and customer masters)."""
@@ -201,6 +205,7 @@ class CompanyPolicy:
     reallocate: bool = True  # transfer from stores/suppliers rather than cut or cancel
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Allocation:
     order_id: int
@@ -211,6 +216,7 @@ class Allocation:
     rule: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Shortfall:
     order_id: int
@@ -222,6 +228,7 @@ class Shortfall:
     delay_days: int | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OrderOutcome:
     order_id: int
@@ -231,6 +238,7 @@ class OrderOutcome:
     short: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AllocationResult:
     allocations: tuple[Allocation, ...]
@@ -305,7 +313,7 @@ def allocate(
     rules = rules or PriorityRules()
     company = company or CompanyPolicy()
     avail: dict[tuple[str, str], int] = dict(available)
-    ranked = sorted(orders, key=lambda o: _sort_key(rules, o))
+    ranked = sorted(orders, key=lambda o: _sort_key(rules, o)) if len(orders) > 1 else list(orders)
     allocs: list[Allocation] = []
     shorts: list[Shortfall] = []
     outcomes: list[OrderOutcome] = []

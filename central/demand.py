@@ -17,10 +17,11 @@ import datetime as dt
 import importlib
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from central.allocation import CustomerPref, DemandLine, OrderDemand, Special
+from central.frozen import quick_init
 
 CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
     "grade": ("grade",),
@@ -38,6 +39,7 @@ CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
 ORDER_STATUS: dict[str, str] = {"allocated": "allocated", "short": "allocated", "cancelled": "cancelled"}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CustomerProfile:
     grade: str = "C"
@@ -52,6 +54,8 @@ class CustomerProfile:
 
 
 DEFAULT_PROFILE = CustomerProfile()
+_PROFILE_FIELDS = tuple(f.name for f in fields(CustomerProfile))
+_CREDIT_AT = _PROFILE_FIELDS.index("credit")
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -108,7 +112,12 @@ def _profile(layout: _Layout, row: tuple[Any, ...]) -> CustomerProfile:
     hit = _PROFILES.get(key)
     if hit is not None:
         p, used_then = hit
-        return p if used == used_then else replace(p, credit=p.credit - (used - used_then))
+        if used == used_then:
+            return p
+        # what replace(p, credit=...) gives, without its field walk
+        moved = [getattr(p, f) for f in _PROFILE_FIELDS]
+        moved[_CREDIT_AT] = p.credit - (used - used_then)
+        return CustomerProfile(*moved)
     p = _build_profile(layout, row)
     if len(_PROFILES) >= MAX_CACHED_PROFILES:
         _PROFILES.clear()

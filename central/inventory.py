@@ -274,14 +274,22 @@ def available(conn: sqlite3.Connection, skus: Iterable[str] | None = None) -> di
 
 
 class Stock:
-    """Available quantity per ``(location, sku)`` for the skus read so far (every location
-    holding each), kept in memory by the real-time batch path: see :func:`take_stock`."""
+    """What the real-time batch path keeps in memory between runs (see :func:`take_stock`):
+    available quantity per ``(location, sku)`` for the skus read so far (every location
+    holding each), the customers' rows read so far (``None``: no such customer) with
+    whether each is owed ship-with-next stock, as the batch path selects them, and the
+    sourcing network."""
 
-    __slots__ = ("avail", "keys_of")
+    __slots__ = ("avail", "customers", "keys_of", "network", "owed", "packer", "select")
 
     def __init__(self) -> None:
         self.avail: dict[tuple[str, str], int] = {}
         self.keys_of: dict[str, list[tuple[str, str]]] = {}  # sku -> its rows' keys
+        self.select: tuple[str, ...] = ()  # the customers columns of the rows kept
+        self.customers: dict[str, list[Any] | None] = {}
+        self.owed: dict[str, bool] = {}
+        self.network: Network | None = None  # the sourcing rules
+        self.packer: tuple[tuple[object, ...], InputsPacker] | None = None  # for these settings
 
     def read(self, conn: sqlite3.Connection, skus: Iterable[str]) -> None:
         """Read the skus not read yet (one statement per 500)."""
@@ -307,9 +315,14 @@ _STOCK_WATCH = (
     "CREATE TEMP TABLE IF NOT EXISTS sg_stock_watch (changes INTEGER NOT NULL, stamp INTEGER NOT NULL)",
     "INSERT INTO temp.sg_stock_watch SELECT 0, 0 WHERE NOT EXISTS (SELECT 1 FROM temp.sg_stock_watch)",
     *(
-        f"CREATE TEMP TRIGGER IF NOT EXISTS sg_stock_{op.lower()} AFTER {op} ON main.inventory"
+        f"CREATE TEMP TRIGGER IF NOT EXISTS sg_watch_{table}_{name} AFTER {op} ON main.{table}"
         " BEGIN UPDATE sg_stock_watch SET changes = changes + 1; END"
-        for op in ("INSERT", "UPDATE", "DELETE")
+        for table in ("inventory", "customers", "shortages", "alloc_sourcing")
+        for name, op in (
+            ("ins", "INSERT"),
+            ("upd", "UPDATE OF location, sku, on_hand" if table == "inventory" else "UPDATE"),
+            ("del", "DELETE"),
+        )
     ),
 )
 # connection id -> (connection kept alive so the id is not reused, data_version, changes, stamp, stock)
@@ -323,11 +336,16 @@ def take_stock(conn: sqlite3.Connection) -> Stock:
     any failure before :func:`keep_stock` it is simply dropped.
 
     How a change is seen: a commit by another connection moves ``PRAGMA data_version``;
-    every row this connection inserts, updates or deletes in ``inventory`` - by any code,
-    raw SQL included - counts in a TEMP table through TEMP triggers (this connection only,
-    nothing in the database file); and :func:`keep_stock` writes a fresh stamp there in the
-    same transaction as the writes the stock reflects, so a rollback of those writes - to
-    a savepoint or of the whole transaction - takes the stamp back with them."""
+    every row this connection inserts, updates or deletes in ``customers``, ``shortages`` or
+    ``alloc_sourcing``
+    and every row of ``inventory`` it inserts or deletes, or whose location, sku or on hand
+    it updates - by any code, raw SQL included - counts in a TEMP table through TEMP
+    triggers (this connection only, nothing in the database file); ``allocated`` moves
+    only in :func:`_bump`, which drops what is kept (a trigger on it would fire for every row
+    the batch path bumps itself, about half again the cost of the bump); and
+    :func:`keep_stock` writes a fresh stamp in the TEMP table in the same transaction as the
+    writes the stock reflects, so a rollback of those writes - to a savepoint or of the
+    whole transaction - takes the stamp back with them."""
     hit = _KEPT.pop(id(conn), None)
     version = conn.execute("PRAGMA data_version").fetchone()[0]
     try:
@@ -487,7 +505,9 @@ _BUMP_SQL = "UPDATE inventory SET allocated = allocated + ? WHERE location = ? A
 def _bump(conn: sqlite3.Connection, per: dict[tuple[str, str], int]) -> None:
     """Add ``qty`` to ``allocated`` of each ``(location, sku)``, all or nothing: one prepared
     statement run for every row under a savepoint (a broken CHECK or a missing row leaves
-    nothing changed); on a failure, row by row to name the row at fault."""
+    nothing changed); on a failure, row by row to name the row at fault. Drops the stock
+    this connection keeps (:func:`take_stock`): every change of ``allocated`` comes here."""
+    _KEPT.pop(id(conn), None)
     items = sorted(per.items())
     if len(items) == 1:
         _bump_one(conn, *items[0])

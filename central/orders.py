@@ -25,6 +25,7 @@ import msgpack
 
 from central import CentralError, downlink, lifecycle, masters, ordertypes, validation
 from central.allocation import ShortageAction, Special, allocate
+from central.frozen import quick_init
 from central.lifecycle import Status
 from central.validation import Exposure, LineIn, OrderIn, Result
 from ops.sqlitedb import insert_rows
@@ -557,6 +558,7 @@ def with_line_numbers(order: OrderIn) -> OrderIn:
 # -- real-time batch: many new orders validated and allocated together -------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NewOrder:
     """A new order from a gateway record, as :func:`create` takes it."""
@@ -613,31 +615,40 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         return []
     i_recv = layout.select.index("receivables") if "receivables" in layout.select else None
     i_open = layout.select.index("open_value")
-    # the customers' rows (exposure and allocation profile) and who is owed ship-with-next
-    # stock (that order takes the refill path, one by one), read once for the run
-    names = sorted({n.order.customer for n in new})[:500]
-    marks = ",".join("?" * len(names))
-    customers: dict[str, list[Any] | None] = dict.fromkeys(names)
-    for row in conn.execute(
-        f"SELECT {', '.join(layout.select)} FROM customers WHERE {layout.key} IN ({marks})", names
-    ):
-        customers[row[0]] = list(row)
-    owed = {
-        r[0]
-        for r in conn.execute(
+    # what the last run kept if nothing changed it since: stock, the customers' rows
+    # (exposure and allocation profile) and who is owed ship-with-next stock (that order
+    # takes the refill path, one by one); the customers of this run not known yet, read now
+    kept = inventory.take_stock(conn)
+    if kept.select != layout.select:
+        kept.select, kept.customers, kept.owed = layout.select, {}, {}
+    customers, owed = kept.customers, kept.owed
+    unknown = sorted({n.order.customer for n in new} - customers.keys())
+    for k in range(0, len(unknown), 500):
+        names = unknown[k : k + 500]
+        marks = ",".join("?" * len(names))
+        customers.update(dict.fromkeys(names))
+        for row in conn.execute(
+            f"SELECT {', '.join(layout.select)} FROM customers WHERE {layout.key} IN ({marks})", names
+        ):
+            customers[row[0]] = list(row)
+        owed.update(dict.fromkeys(names, False))
+        for (c,) in conn.execute(
             "SELECT DISTINCT customer FROM shortages WHERE status = 'open' AND action = ?"
             f" AND customer IN ({marks})",
             [ShortageAction.SHIP_WITH_NEXT.value, *names],
-        )
-    }
+        ):
+            owed[c] = True
     snap = masters.cache(conn)
-    network = inventory.load_network(conn)
+    network = kept.network = kept.network or inventory.load_network(conn)
     ids = _next_ids(conn)
     today_v = today_of(now)
     today_a = dt.date.today()
     iso_today = today_a.isoformat()
     kw: dict[str, Any] = {"network": network, "rules": settings.priority, "company": settings.company}
-    packer = inventory.InputsPacker(**kw)
+    setting = (network, settings.priority, settings.company)
+    if kept.packer is None or kept.packer[0] != setting:
+        kept.packer = (setting, inventory.InputsPacker(**kw))
+    packer = kept.packer[1]
     o_rows: list[tuple[Any, ...]] = []
     l_rows: list[tuple[Any, ...]] = []
     e_rows: list[tuple[Any, ...]] = []
@@ -649,22 +660,15 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
     open_delta: dict[str, int] = {}
     bump: dict[tuple[str, str], int] = {}
     made: list[str] = []
-    # the stock kept from the last run if nothing changed it since, and of every sku named
-    # in this run not read yet, in one read (a sku given as a GTIN only: when its order comes)
-    stock_now = inventory.take_stock(conn)
+    # the stock of every sku named in this run not read yet, in one read (a sku given as a
+    # GTIN only: when its order comes)
+    stock_now = kept
     avail = stock_now.avail
     stock_now.read(conn, sorted({ln.sku for n in new for ln in n.order.lines if ln.sku}))
     for n in new:
         order = n.order
-        if (
-            order.order_type != "normal"
-            or not n.gateway
-            or order.customer not in customers
-            or order.customer in owed
-        ):
-            break  # (a run of more than 500 customers stops at the 501st; the caller goes on)
         crow = customers[order.customer]
-        if crow is None:
+        if order.order_type != "normal" or not n.gateway or crow is None or owed[order.customer]:
             break
         tc = ordertypes.check(conn, order, snap, order_id=None)
         result = validation.validate(

@@ -4,6 +4,7 @@ fault, and a stored run - packed or legacy JSON - replays to the same trace."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from central.allocation import (
     allocate,
     encode_inputs,
 )
+from central.frozen import quick_init
 from central.schema import MIGRATIONS
 from ops.sqlitedb import apply_migrations, connect
 
@@ -136,6 +138,10 @@ def test_kept_stock_follows_every_change_and_rollback(conn: sqlite3.Connection, 
     assert _kept(conn, ["A"]) == {("DC-N", "A"): 7}
     inventory.set_stock(conn, "DC-S", "B", 2)  # a new row for a sku known to have none
     assert _kept(conn, ["A", "B"]) == {("DC-N", "A"): 7, ("DC-S", "B"): 2}
+    held = inventory.reserve(conn, "DC-N", "A", 2, ref="r", now=0)  # allocated moves (in _bump)
+    assert _kept(conn, ["A"]) == {("DC-N", "A"): 5}
+    inventory.release_reservation(conn, held)
+    assert _kept(conn, ["A"]) == {("DC-N", "A"): 7}
     other = connect(tmp_path / "central.db")  # a commit by another connection
     other.execute("UPDATE inventory SET on_hand = 9 WHERE sku = 'A'")
     other.close()
@@ -154,3 +160,39 @@ def test_kept_stock_follows_every_change_and_rollback(conn: sqlite3.Connection, 
             conn.execute("RELEASE job")
         conn.execute("UPDATE inventory SET bin = 'x' WHERE sku = 'B'")  # as many row changes again
         assert _kept(conn, ["A"]) == {("DC-N", "A"): 9}
+
+
+def test_quick_init_keeps_the_dataclass() -> None:
+    d = OrderDemand(7, "C1", (DemandLine(1, "A", 2),), zone="N", credit=3)
+    assert (d.order_id, d.customer, d.zone, d.credit, d.grade, d.special) == (
+        7,
+        "C1",
+        "N",
+        3,
+        "C",
+        frozenset(),
+    )
+    assert d == OrderDemand(order_id=7, customer="C1", lines=(DemandLine(1, "A", 2),), zone="N", credit=3)
+    assert hash(d) == hash(dataclasses.replace(d))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.zone = "S"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        OrderDemand(7)  # type: ignore[call-arg]
+
+    @dataclasses.dataclass(slots=True)
+    class Loose:
+        x: int
+
+    with pytest.raises(TypeError):
+        quick_init(Loose)
+
+
+def test_kept_network_follows_rule_changes(conn: sqlite3.Connection) -> None:
+    inventory.set_sourcing(conn, [SourcingRule("N", "DC-N", 1, preferred=True)])
+    kept = inventory.take_stock(conn)
+    kept.network = inventory.load_network(conn)
+    inventory.keep_stock(conn, kept)
+    assert inventory.take_stock(conn).network is kept.network
+    inventory.keep_stock(conn, kept)
+    conn.execute("UPDATE alloc_sourcing SET cost = 9")  # raw SQL
+    assert inventory.take_stock(conn).network is None
