@@ -29,8 +29,7 @@ from central import inventory, lifecycle, masters, waves
 from central.allocation import CustomerPref, DemandLine, Network, OrderDemand, SourcingRule, allocate
 from central.consumer import MAX_OUTSTANDING
 from central.ingest import apply_envelope
-from central.migrations import all_migrations
-from ops.sqlitedb import DurableDB
+from central.migrations import central_db
 from protocols import envelope, topics
 from protocols.envelope import Ack, AckStatus, Envelope, Record
 
@@ -150,7 +149,7 @@ async def _realtime_once(path: Path, *, orders: int, lines: int, skus: int, seed
     """One run: ``apply_envelope`` per message in ``DurableDB.write`` jobs (WAL +
     synchronous=FULL, group commit), at most ``consumer.MAX_OUTSTANDING`` messages in flight
     as in the consumer, with real-time allocation on ``ON_VALIDATED``."""
-    db = DurableDB(path, migrations=all_migrations())
+    db = central_db(path)  # as the central service opens it
     await db.open()
     saved = list(lifecycle.ON_VALIDATED), list(lifecycle.ON_CANCELLED), waves.MODE
     try:

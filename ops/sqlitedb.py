@@ -57,12 +57,23 @@ class Migration:
     sql: str
 
 
-def connect(path: Path | str, *, synchronous: str = "FULL") -> sqlite3.Connection:
+TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
+
+
+def connect(
+    path: Path | str, *, synchronous: str = "FULL", temp_store: str = "DEFAULT"
+) -> sqlite3.Connection:
+    """``temp_store="MEMORY"``: statement journals, savepoint sub-journals and TEMP tables in
+    memory rather than in temporary files (a write transaction that holds many savepoints -
+    one per job of a group commit - copies pages to them over and over)."""
+    if temp_store not in TEMP_STORES:
+        raise DatabaseError(f"temp_store {temp_store!r}: one of {', '.join(TEMP_STORES)}")
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA temp_store={temp_store}")
     return conn
 
 
@@ -133,11 +144,13 @@ class DurableDB:
         *,
         migrations: Sequence[Migration] = (),
         synchronous: str = "FULL",
+        temp_store: str = "DEFAULT",
         max_group: int = MAX_GROUP,
     ) -> None:
         self.path = Path(path)
         self._migrations = list(migrations)
         self._synchronous = synchronous
+        self._temp_store = temp_store
         self._max_group = max_group
         self._wx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-w-{self.path.name}")
         self._rx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-r-{self.path.name}")
@@ -154,13 +167,13 @@ class DurableDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def _open_w() -> sqlite3.Connection:
-            conn = connect(self.path, synchronous=self._synchronous)
+            conn = connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
             apply_migrations(conn, self._migrations)
             return conn
 
         self._wconn = await loop.run_in_executor(self._wx, _open_w)
         self._rconn = await loop.run_in_executor(
-            self._rx, lambda: connect(self.path, synchronous=self._synchronous)
+            self._rx, lambda: connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
         )
         self._task = asyncio.create_task(self._writer(), name=f"sqlite-writer:{self.path.name}")
 
