@@ -686,15 +686,16 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         number = order_no(oid)
         priced = {p.line_no: p for p in result.lines}
         lines = [(ln.line_no, ln.gtin, priced[ln.line_no].sku, ln.qty, ln.price) for ln in order.lines]
+        requested = order.requested_date.isoformat()
         # validated: the order's value is open from here (the allocation sees it in credit)
         open_after = crow[i_open] + result.value
         profile = demand._profile(layout, (*crow[:i_open], open_after, *crow[i_open + 1 :]))
         special = set()
-        if order.requested_date.isoformat() <= iso_today:
+        if requested <= iso_today:
             special.add(Special.PROMISED.value)
         if str(order.note).upper().startswith("URGENT"):
             special.add(Special.URGENT.value)
-        dl = sorted((ln, sku or gtin or "", qty, price or 0) for ln, gtin, sku, qty, price in lines)
+        dl = sorted([(ln, sku or gtin or "", qty, price or 0) for ln, gtin, sku, qty, price in lines])
         d = demand.make_demand(oid, order.customer, dl, profile, special=special, received_at=now)
         skus = {ln.sku for ln in d.lines}
         stock_now.read(conn, skus)
@@ -722,7 +723,7 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
                 order.customer,
                 n.channel,
                 order.order_type,
-                order.requested_date.isoformat(),
+                requested,
                 "allocated",
                 order.note,
                 order.source_ref,
