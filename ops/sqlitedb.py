@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sqlite3
 import threading
@@ -114,7 +115,7 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
     if full:
         sql = f"{head} VALUES " + ", ".join([one] * INSERT_CHUNK)
         for k in range(0, full, INSERT_CHUNK):
-            conn.execute(sql, [v for row in rows[k : k + INSERT_CHUNK] for v in row])
+            conn.execute(sql, list(itertools.chain.from_iterable(rows[k : k + INSERT_CHUNK])))
     if full < len(rows):
         conn.executemany(f"{head} VALUES {one}", rows[full:])
 
