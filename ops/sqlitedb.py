@@ -100,24 +100,32 @@ def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration]) 
     return applied
 
 
-INSERT_CHUNK = 16  # rows per multi-row INSERT statement (prepared once, cached by sqlite3)
+INSERT_CHUNK = 16  # most rows per multi-row INSERT statement (a power of two)
 
 
 def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
     """``INSERT INTO t (a, b) VALUES (?, ?)`` for every row, in order (the same rows and
-    rowids as ``executemany``), ``INSERT_CHUNK`` rows per statement: one statement step
-    per chunk rather than per row (``head`` is the statement up to ``VALUES``)."""
+    rowids as ``executemany``), in multi-row statements of ``INSERT_CHUNK`` rows, then of
+    the powers of two that make up the rest: one statement step (and one AUTOINCREMENT
+    bookkeeping) per statement rather than per row, from at most log2(INSERT_CHUNK) + 1
+    statement texts per table, so they stay prepared in sqlite3's statement cache
+    (``head`` is the statement up to ``VALUES``)."""
     if not rows:
         return
-    width = len(rows[0])
-    one = "(" + ", ".join("?" * width) + ")"
-    full = len(rows) - len(rows) % INSERT_CHUNK
-    if full:
-        sql = f"{head} VALUES " + ", ".join([one] * INSERT_CHUNK)
-        for k in range(0, full, INSERT_CHUNK):
-            conn.execute(sql, list(itertools.chain.from_iterable(rows[k : k + INSERT_CHUNK])))
-    if full < len(rows):
-        conn.executemany(f"{head} VALUES {one}", rows[full:])
+    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+    k, n = 0, len(rows)
+    size = INSERT_CHUNK
+    while k < n:
+        while size > n - k:
+            size //= 2
+        sql = f"{head} VALUES " + ", ".join([one] * size)
+        if size == INSERT_CHUNK:
+            while n - k >= size:
+                conn.execute(sql, list(itertools.chain.from_iterable(rows[k : k + size])))
+                k += size
+        else:
+            conn.execute(sql, list(itertools.chain.from_iterable(rows[k : k + size])))
+            k += size
 
 
 def _split_sql(sql: str) -> list[str]:

@@ -27,7 +27,7 @@ from central.allocation import (
 )
 from central.frozen import quick_init
 from central.schema import MIGRATIONS
-from ops.sqlitedb import apply_migrations, connect
+from ops.sqlitedb import apply_migrations, connect, insert_rows
 
 
 @pytest.fixture
@@ -196,3 +196,16 @@ def test_kept_network_follows_rule_changes(conn: sqlite3.Connection) -> None:
     inventory.keep_stock(conn, kept)
     conn.execute("UPDATE alloc_sourcing SET cost = 9")  # raw SQL
     assert inventory.take_stock(conn).network is None
+
+
+def test_insert_rows_leaves_what_executemany_leaves() -> None:
+    for n in (0, 1, 2, 3, 10, 16, 17, 31, 50):
+        c = sqlite3.connect(":memory:")
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, a INTEGER, b TEXT)")
+        rows = [(i, f"x{i}") for i in range(n)]
+        insert_rows(c, "INSERT INTO t (a, b)", rows)
+        assert c.execute("SELECT id, a, b FROM t ORDER BY id").fetchall() == [
+            (i + 1, i, f"x{i}") for i in range(n)
+        ]
+        assert c.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence").fetchone()[0] == n
+        c.close()
