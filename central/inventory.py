@@ -331,21 +331,20 @@ _STAMPS = itertools.count(1)
 
 
 def take_stock(conn: sqlite3.Connection) -> Stock:
-    """The stock this connection kept with :func:`keep_stock`, if nothing can have changed
-    the inventory since; else an empty one. The caller owns it (it is no longer kept): on
+    """What this connection kept with :func:`keep_stock` (:class:`Stock`), if nothing can
+    have changed it since; else an empty one. The caller owns it (it is no longer kept): on
     any failure before :func:`keep_stock` it is simply dropped.
 
     How a change is seen: a commit by another connection moves ``PRAGMA data_version``;
-    every row this connection inserts, updates or deletes in ``customers``, ``shortages`` or
-    ``alloc_sourcing``
-    and every row of ``inventory`` it inserts or deletes, or whose location, sku or on hand
-    it updates - by any code, raw SQL included - counts in a TEMP table through TEMP
-    triggers (this connection only, nothing in the database file); ``allocated`` moves
-    only in :func:`_bump`, which drops what is kept (a trigger on it would fire for every row
-    the batch path bumps itself, about half again the cost of the bump); and
-    :func:`keep_stock` writes a fresh stamp in the TEMP table in the same transaction as the
-    writes the stock reflects, so a rollback of those writes - to a savepoint or of the
-    whole transaction - takes the stamp back with them."""
+    every row this connection inserts, updates or deletes in ``customers``, ``shortages``
+    or ``alloc_sourcing``, and every row of ``inventory`` it inserts or deletes or whose
+    location, sku or on hand it updates - by any code, raw SQL included - counts in a TEMP
+    table through TEMP triggers (this connection only, nothing in the database file);
+    ``allocated`` moves only in :func:`_bump`, which drops what is kept (a trigger on it
+    would fire for every row the batch path bumps itself, about half again the cost of the
+    bump); and :func:`keep_stock` writes a fresh stamp in the TEMP table in the same
+    transaction as the writes the kept state reflects, so a rollback of those writes - to a
+    savepoint or of the whole transaction - takes the stamp back with them."""
     hit = _KEPT.pop(id(conn), None)
     version = conn.execute("PRAGMA data_version").fetchone()[0]
     try:
@@ -361,7 +360,7 @@ def take_stock(conn: sqlite3.Connection) -> Stock:
 
 def keep_stock(conn: sqlite3.Connection, stock: Stock) -> None:
     """Keep ``stock`` for the next :func:`take_stock`: call it inside the transaction, once
-    the inventory rows match it (the caller's own writes done)."""
+    the rows it reflects match it (the caller's own writes done)."""
     if len(stock.avail) > MAX_KEPT_STOCK:
         return
     stamp = next(_STAMPS)

@@ -662,9 +662,8 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
     made: list[str] = []
     # the stock of every sku named in this run not read yet, in one read (a sku given as a
     # GTIN only: when its order comes)
-    stock_now = kept
-    avail = stock_now.avail
-    stock_now.read(conn, sorted({ln.sku for n in new for ln in n.order.lines if ln.sku}))
+    avail = kept.avail
+    kept.read(conn, sorted({ln.sku for n in new for ln in n.order.lines if ln.sku}))
     for n in new:
         order = n.order
         crow = customers[order.customer]
@@ -698,8 +697,8 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         dl = sorted([(ln, sku or gtin or "", qty, price or 0) for ln, gtin, sku, qty, price in lines])
         d = demand.make_demand(oid, order.customer, dl, profile, special=special, received_at=now)
         skus = {ln.sku for ln in d.lines}
-        stock_now.read(conn, skus)
-        stock = stock_now.of(skus)
+        kept.read(conn, skus)
+        stock = kept.of(skus)
         title = f"real-time order {oid}"
         res = allocate([d], stock, title=title, **kw)
         if res.shortfalls or len(res.outcomes) != 1 or res.outcomes[0].status != "allocated":
@@ -778,7 +777,7 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         ids["downlink_outbox"] += 1
         made.append(number)
     if not made:
-        inventory.keep_stock(conn, stock_now)
+        inventory.keep_stock(conn, kept)
         return []
     # every table in a few multi-row statements, in the order one by one writes them
     insert_rows(
@@ -808,5 +807,5 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         conn, "INSERT INTO alloc_orders (order_id, status, run_id, wave_id, deadline, updated_at)", s_rows
     )
     downlink.insert_rows(conn, d_rows)
-    inventory.keep_stock(conn, stock_now)  # the rows now match it, bumps included
+    inventory.keep_stock(conn, kept)  # the rows now match it, bumps included
     return made
