@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from central.frozen import quick_init
+
 __all__ = [
     "Allocation",
     "AllocationResult",
@@ -100,6 +102,7 @@ class LocationKind(enum.StrEnum):
     SUPPLIER = "supplier"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DemandLine:
     line_no: int
@@ -107,6 +110,7 @@ class DemandLine:
     qty: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OrderDemand:
     """One order as the engine sees it (built from the order and customer masters)."""
@@ -201,6 +205,7 @@ class CompanyPolicy:
     reallocate: bool = True  # transfer from stores/suppliers rather than cut or cancel
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Allocation:
     order_id: int
@@ -211,6 +216,7 @@ class Allocation:
     rule: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Shortfall:
     order_id: int
@@ -222,6 +228,7 @@ class Shortfall:
     delay_days: int | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OrderOutcome:
     order_id: int
@@ -231,6 +238,7 @@ class OrderOutcome:
     short: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AllocationResult:
     allocations: tuple[Allocation, ...]
@@ -305,7 +313,7 @@ def allocate(
     rules = rules or PriorityRules()
     company = company or CompanyPolicy()
     avail: dict[tuple[str, str], int] = dict(available)
-    ranked = sorted(orders, key=lambda o: _sort_key(rules, o))
+    ranked = sorted(orders, key=lambda o: _sort_key(rules, o)) if len(orders) > 1 else list(orders)
     allocs: list[Allocation] = []
     shorts: list[Shortfall] = []
     outcomes: list[OrderOutcome] = []
@@ -343,15 +351,17 @@ def allocate(
                     break
         if whole is not None:
             loc, why = whole
+            rule = f"whole order; {why}"
+            tail = f" (whole order from one location; {why})"
+            oid = o.order_id
             for ln in o.lines:
-                if ln.qty <= 0:
+                qty = ln.qty
+                if qty <= 0:
                     continue
-                avail[(loc, ln.sku)] -= ln.qty
-                mine.append(Allocation(o.order_id, ln.line_no, ln.sku, loc, ln.qty, f"whole order; {why}"))
-                tappend(
-                    f"  line {ln.line_no} {ln.sku} x{ln.qty}: {loc} {ln.qty}"
-                    f" (whole order from one location; {why})"
-                )
+                sku = ln.sku
+                avail[(loc, sku)] -= qty
+                mine.append(Allocation(oid, ln.line_no, sku, loc, qty, rule))
+                tappend(f"  line {ln.line_no} {sku} x{qty}: {loc} {qty}{tail}")
         else:
             for ln in o.lines:
                 got = _source_line(o, ln, normal=normal, avail=avail, mine=mine, trace=trace)
@@ -501,36 +511,54 @@ def encode_inputs(
     title: str = "allocation",
 ) -> dict[str, Any]:
     """The engine's inputs as plain JSON data (stored with every run, for replay)."""
+    return {
+        "title": title,
+        **encode_setting(network=network, rules=rules, company=company),
+        "available": encode_available(available),
+        "orders": encode_orders(orders),
+    }
+
+
+def encode_setting(
+    *, network: Network, rules: PriorityRules | None = None, company: CompanyPolicy | None = None
+) -> dict[str, Any]:
+    """The part of :func:`encode_inputs` that runs over one network and policy share:
+    ``rules``, ``company`` and ``network``, in that order."""
     rules = rules or PriorityRules()
     company = company or CompanyPolicy()
     return {
-        "title": title,
         "rules": list(rules.order),
         "company": {"backorders": company.backorders, "reallocate": company.reallocate},
         "network": [[r.zone, r.location, r.cost, r.preferred, r.transfer] for r in network.rules],
-        "available": [[loc, sku, q] for (loc, sku), q in sorted(available.items())],
-        "orders": [
-            {
-                "id": o.order_id,
-                "customer": o.customer,
-                "lines": [[ln.line_no, ln.sku, ln.qty] for ln in o.lines],
-                "grade": o.grade,
-                "zone": o.zone,
-                "route": o.route,
-                "vehicle": o.vehicle,
-                "processing": o.processing,
-                "run": o.delivery_run,
-                "special": sorted(o.special),
-                "value": o.value,
-                "credit": o.credit,
-                "split": o.allow_split,
-                "pref": o.pref.value,
-                "delay_days": o.delay_days,
-                "received": o.received_at,
-            }
-            for o in orders
-        ],
     }
+
+
+def encode_available(available: Mapping[tuple[str, str], int]) -> list[list[Any]]:
+    return [[loc, sku, q] for (loc, sku), q in sorted(available.items())]
+
+
+def encode_orders(orders: Sequence[OrderDemand]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": o.order_id,
+            "customer": o.customer,
+            "lines": [[ln.line_no, ln.sku, ln.qty] for ln in o.lines],
+            "grade": o.grade,
+            "zone": o.zone,
+            "route": o.route,
+            "vehicle": o.vehicle,
+            "processing": o.processing,
+            "run": o.delivery_run,
+            "special": sorted(o.special),
+            "value": o.value,
+            "credit": o.credit,
+            "split": o.allow_split,
+            "pref": o.pref.value,
+            "delay_days": o.delay_days,
+            "received": o.received_at,
+        }
+        for o in orders
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from central.api import create_app
 from central.consumer import BrokerSettings, Consumer
 from central.fleet import AlertThresholds, Fleet
 from central.metrics import CentralMetrics
-from central.migrations import all_migrations
+from central.migrations import central_db
 from central.release import Releaser, ReleaseSettings
 from ops import config
 from ops.metrics import add_metrics
@@ -55,7 +55,7 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
 
 async def serve(cfg: CentralConfig) -> None:
     waves.install(cfg.allocation)
-    db = DurableDB(cfg.data_dir / "central.db", migrations=all_migrations())
+    db = central_db(cfg.data_dir / "central.db")
     await db.open()
     fleet = Fleet(db, cfg.alerts)
     consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status)

@@ -17,10 +17,11 @@ import datetime as dt
 import importlib
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from central.allocation import CustomerPref, DemandLine, OrderDemand, Special
+from central.frozen import quick_init
 
 CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
     "grade": ("grade",),
@@ -38,6 +39,7 @@ CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
 ORDER_STATUS: dict[str, str] = {"allocated": "allocated", "short": "allocated", "cancelled": "cancelled"}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CustomerProfile:
     grade: str = "C"
@@ -52,6 +54,8 @@ class CustomerProfile:
 
 
 DEFAULT_PROFILE = CustomerProfile()
+_PROFILE_FIELDS = tuple(f.name for f in fields(CustomerProfile))
+_CREDIT_AT = _PROFILE_FIELDS.index("credit")
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -67,6 +71,7 @@ class _Layout:
     fields: dict[str, str | None]
     select: tuple[str, ...]
     has_priority: bool
+    n_profile: int = 0  # the leading columns of ``select``; the rest is exposure (receivables, open value)
 
 
 # connection id -> (connection kept alive so the id is not reused, schema_version, layout)
@@ -85,22 +90,42 @@ def _layout(conn: sqlite3.Connection) -> _Layout:
     fields = {f: next((c for c in names if c in cols), None) for f, names in CUSTOMER_COLUMNS.items()}
     sel: list[str] = [key] if key else []
     sel += [c for c in fields.values() if c is not None]
+    n_profile = len(sel)
     sel += [c for c in ("receivables", "open_value") if c in cols and c not in sel]
-    layout = _Layout(key, fields, tuple(sel), "priority" in _columns(conn, "orders"))
+    layout = _Layout(key, fields, tuple(sel), "priority" in _columns(conn, "orders"), n_profile)
     _LAYOUTS[id(conn)] = (conn, version, layout)
     return layout
 
 
-# (layout columns, customers row) -> profile: the row holds every input, so an equal row
-# gives an equal profile (receivables and open value are in it: credit follows them)
-_PROFILES: dict[tuple[tuple[str, ...], tuple[Any, ...]], CustomerProfile] = {}
+# (layout columns, customers row but its exposure) -> (profile, exposure it was built at):
+# the row holds every input, so an equal row gives an equal profile; receivables and open
+# value move only the credit standing, and only where it is the headroom under the limit
+_PROFILES: dict[tuple[tuple[str, ...], tuple[Any, ...]], tuple[CustomerProfile, int]] = {}
 MAX_CACHED_PROFILES = 10_000
 
 
 def _profile(layout: _Layout, row: tuple[Any, ...]) -> CustomerProfile:
-    hit = _PROFILES.get((layout.select, row))
+    key = (layout.select, row[: layout.n_profile])
+    used = 0
+    if layout.fields["credit"] == "credit_limit":
+        used = sum(int(v or 0) for v in row[layout.n_profile :])
+    hit = _PROFILES.get(key)
     if hit is not None:
-        return hit
+        p, used_then = hit
+        if used == used_then:
+            return p
+        # what replace(p, credit=...) gives, without its field walk
+        moved = [getattr(p, f) for f in _PROFILE_FIELDS]
+        moved[_CREDIT_AT] = p.credit - (used - used_then)
+        return CustomerProfile(*moved)
+    p = _build_profile(layout, row)
+    if len(_PROFILES) >= MAX_CACHED_PROFILES:
+        _PROFILES.clear()
+    _PROFILES[key] = (p, used)
+    return p
+
+
+def _build_profile(layout: _Layout, row: tuple[Any, ...]) -> CustomerProfile:
     fields = layout.fields
     d = dict(zip(layout.select, row, strict=True))
     v = {f: d[c] for f, c in fields.items() if c is not None and d[c] is not None}
@@ -109,7 +134,7 @@ def _profile(layout: _Layout, row: tuple[Any, ...]) -> CustomerProfile:
         v["credit"] = int(v.get("credit", 10**12)) - used
     if v.get("pref") == "all-at-once" and v.get("delay_days") == 0:
         v["pref"] = CustomerPref.CANCEL.value  # all at once and not late at all
-    p = CustomerProfile(
+    return CustomerProfile(
         grade=str(v.get("grade", "C")),
         zone=str(v.get("zone", "")),
         route=str(v.get("route", "")),
@@ -120,10 +145,6 @@ def _profile(layout: _Layout, row: tuple[Any, ...]) -> CustomerProfile:
         delay_days=None if v.get("delay_days") is None else int(v["delay_days"]),
         salesperson=str(v.get("salesperson", "")),
     )
-    if len(_PROFILES) >= MAX_CACHED_PROFILES:
-        _PROFILES.clear()
-    _PROFILES[(layout.select, row)] = p
-    return p
 
 
 def set_profile(conn: sqlite3.Connection, customer: str, p: CustomerProfile) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import aiomqtt
 import msgpack
 
+from ops import sqlitedb
 from ops.sqlitedb import DurableDB, Migration
 from protocols import envelope, topics
 from protocols.envelope import Ack
@@ -84,17 +85,26 @@ def packed_row(
 ) -> tuple[int, str, str, str, int, bytes]:
     """One ``downlink_outbox`` row ``(seq, id, gateway, type, ts, packed)`` for :func:`insert_rows`;
     ``seq`` must be the next free one (rows are inserted in seq order)."""
-    rid = record_id or uuid.uuid4().hex
+    rid = record_id or _uuid4_hex()
     ts = now_ms()
     gw = topics.check_gateway_id(gateway)
     packed = msgpack.packb({"id": rid, "seq": seq, "type": type, "ts": ts, "body": body}, use_bin_type=True)
     return (seq, rid, gw, type, ts, packed)
 
 
+def _uuid4_hex() -> str:
+    """``uuid.uuid4().hex`` without building the UUID object (same bits: random, version 4,
+    RFC 4122 variant)."""
+    n = int.from_bytes(os.urandom(16))
+    return f"{(n & _UUID4_CLEAR) | _UUID4_SET:032x}"
+
+
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def insert_rows(conn: sqlite3.Connection, rows: list[tuple[int, str, str, str, int, bytes]]) -> None:
-    conn.executemany(
-        "INSERT INTO downlink_outbox (seq, id, gateway, type, ts, packed) VALUES (?, ?, ?, ?, ?, ?)", rows
-    )
+    sqlitedb.insert_rows(conn, "INSERT INTO downlink_outbox (seq, id, gateway, type, ts, packed)", rows)
 
 
 def apply_gateway_acks(conn: sqlite3.Connection, gateway: str, acks: Iterable[Ack]) -> int:

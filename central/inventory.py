@@ -19,16 +19,29 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from central import CentralError
-from central.allocation import AllocationResult, Network, SourcingRule, decode_inputs, trace_digest
+from central.allocation import (
+    AllocationResult,
+    CompanyPolicy,
+    Network,
+    OrderDemand,
+    PriorityRules,
+    SourcingRule,
+    decode_inputs,
+    encode_available,
+    encode_orders,
+    encode_setting,
+    trace_digest,
+)
 from ops.sqlitedb import Migration
 
 MIGRATIONS: list[Migration] = [
@@ -260,6 +273,104 @@ def available(conn: sqlite3.Connection, skus: Iterable[str] | None = None) -> di
     return out
 
 
+class Stock:
+    """What the real-time batch path keeps in memory between runs (see :func:`take_stock`):
+    available quantity per ``(location, sku)`` for the skus read so far (every location
+    holding each), the customers' rows read so far (``None``: no such customer) with
+    whether each is owed ship-with-next stock, as the batch path selects them, and the
+    sourcing network."""
+
+    __slots__ = ("avail", "customers", "keys_of", "network", "owed", "packer", "select")
+
+    def __init__(self) -> None:
+        self.avail: dict[tuple[str, str], int] = {}
+        self.keys_of: dict[str, list[tuple[str, str]]] = {}  # sku -> its rows' keys
+        self.select: tuple[str, ...] = ()  # the customers columns of the rows kept
+        self.customers: dict[str, list[Any] | None] = {}
+        self.owed: dict[str, bool] = {}
+        self.network: Network | None = None  # the sourcing rules
+        self.packer: tuple[tuple[object, ...], InputsPacker] | None = None  # for these settings
+
+    def read(self, conn: sqlite3.Connection, skus: Iterable[str]) -> None:
+        """Read the skus not read yet (one statement per 500)."""
+        keys_of = self.keys_of
+        missing = [s for s in skus if s not in keys_of]
+        if not missing:
+            return
+        for s in missing:
+            keys_of[s] = []
+        avail = self.avail
+        for key, q in available(conn, missing).items():
+            avail[key] = q
+            keys_of[key[1]].append(key)
+
+    def of(self, skus: Iterable[str]) -> dict[tuple[str, str], int]:
+        """The engine's stock input for ``skus`` (read before)."""
+        avail, keys_of = self.avail, self.keys_of
+        return {key: avail[key] for s in skus for key in keys_of[s]}
+
+
+MAX_KEPT_STOCK = 200_000  # (location, sku) rows kept per connection; more: start again
+_STOCK_WATCH = (
+    "CREATE TEMP TABLE IF NOT EXISTS sg_stock_watch (changes INTEGER NOT NULL, stamp INTEGER NOT NULL)",
+    "INSERT INTO temp.sg_stock_watch SELECT 0, 0 WHERE NOT EXISTS (SELECT 1 FROM temp.sg_stock_watch)",
+    *(
+        f"CREATE TEMP TRIGGER IF NOT EXISTS sg_watch_{table}_{name} AFTER {op} ON main.{table}"
+        " BEGIN UPDATE sg_stock_watch SET changes = changes + 1; END"
+        for table in ("inventory", "customers", "shortages", "alloc_sourcing")
+        for name, op in (
+            ("ins", "INSERT"),
+            ("upd", "UPDATE OF location, sku, on_hand" if table == "inventory" else "UPDATE"),
+            ("del", "DELETE"),
+        )
+    ),
+)
+# connection id -> (connection kept alive so the id is not reused, data_version, changes, stamp, stock)
+_KEPT: dict[int, tuple[sqlite3.Connection, int, int, int, Stock]] = {}
+_STAMPS = itertools.count(1)
+
+
+def take_stock(conn: sqlite3.Connection) -> Stock:
+    """What this connection kept with :func:`keep_stock` (:class:`Stock`), if nothing can
+    have changed it since; else an empty one. The caller owns it (it is no longer kept): on
+    any failure before :func:`keep_stock` it is simply dropped.
+
+    How a change is seen: a commit by another connection moves ``PRAGMA data_version``;
+    every row this connection inserts, updates or deletes in ``customers``, ``shortages``
+    or ``alloc_sourcing``, and every row of ``inventory`` it inserts or deletes or whose
+    location, sku or on hand it updates - by any code, raw SQL included - counts in a TEMP
+    table through TEMP triggers (this connection only, nothing in the database file);
+    ``allocated`` moves only in :func:`_bump`, which drops what is kept (a trigger on it
+    would fire for every row the batch path bumps itself, about half again the cost of the
+    bump); and :func:`keep_stock` writes a fresh stamp in the TEMP table in the same
+    transaction as the writes the kept state reflects, so a rollback of those writes - to a
+    savepoint or of the whole transaction - takes the stamp back with them."""
+    hit = _KEPT.pop(id(conn), None)
+    version = conn.execute("PRAGMA data_version").fetchone()[0]
+    try:
+        changes, stamp = conn.execute("SELECT changes, stamp FROM temp.sg_stock_watch").fetchone()
+    except sqlite3.OperationalError:  # not watched yet on this connection (or rolled back)
+        for sql in _STOCK_WATCH:
+            conn.execute(sql)
+        return Stock()
+    if hit is not None and hit[0] is conn and hit[1:4] == (version, changes, stamp):
+        return hit[4]
+    return Stock()
+
+
+def keep_stock(conn: sqlite3.Connection, stock: Stock) -> None:
+    """Keep ``stock`` for the next :func:`take_stock`: call it inside the transaction, once
+    the rows it reflects match it (the caller's own writes done)."""
+    if len(stock.avail) > MAX_KEPT_STOCK:
+        return
+    stamp = next(_STAMPS)
+    (changes,) = conn.execute(
+        "UPDATE temp.sg_stock_watch SET stamp = ? RETURNING changes", (stamp,)
+    ).fetchone()
+    version = conn.execute("PRAGMA data_version").fetchone()[0]
+    _KEPT[id(conn)] = (conn, version, changes, stamp, stock)
+
+
 def set_sourcing(conn: sqlite3.Connection, rules: Iterable[SourcingRule]) -> None:
     conn.executemany(
         "INSERT OR REPLACE INTO alloc_sourcing (zone, location, cost, preferred, transfer)"
@@ -289,14 +400,45 @@ def load_network(conn: sqlite3.Connection) -> Network:
 
 # -- allocations and runs -------------------------------------------------------------------
 
-_BUMP_MAX = 300  # (location, sku) pairs per one-statement bump (3 parameters each)
-
 
 def pack_inputs(inputs: dict[str, Any]) -> bytes:
     """A run's inputs as stored: msgpack (compact and fast; a person reads the trace, and
     :func:`unpack_inputs` / :func:`replay_run` turn it back into the engine's inputs)."""
     packed: bytes = msgpack.packb(inputs, use_bin_type=True)
     return packed
+
+
+class InputsPacker:
+    """``pack_inputs(encode_inputs(orders, available, title=title, **setting))`` for many runs
+    over one network, priority rules and company policy: the part they share is encoded and
+    packed once, and each run's bytes are the same as packing its whole inputs."""
+
+    def __init__(self, *, network: Network, rules: PriorityRules, company: CompanyPolicy) -> None:
+        shared = encode_setting(network=network, rules=rules, company=company)
+        self._packer = msgpack.Packer(use_bin_type=True)
+        pack = self._packer.pack
+        self._title = pack("title")
+        self._shared = b"".join(pack(k) + pack(v) for k, v in shared.items())
+        self._available = pack("available")
+        self._orders = pack("orders")
+        self._header = msgpack.packb(dict.fromkeys(("title", *shared, "available", "orders")))[:1]
+
+    def pack(
+        self, orders: Sequence[OrderDemand], available: Mapping[tuple[str, str], int], *, title: str
+    ) -> bytes:
+        pack = self._packer.pack
+        return b"".join(
+            (
+                self._header,  # a map of the six keys, in encode_inputs' order
+                self._title,
+                pack(title),
+                self._shared,
+                self._available,
+                pack(encode_available(available)),
+                self._orders,
+                pack(encode_orders(orders)),
+            )
+        )
 
 
 def unpack_inputs(stored: bytes | str) -> dict[str, Any]:
@@ -356,49 +498,44 @@ def add_allocations(
     )
 
 
+_BUMP_SQL = "UPDATE inventory SET allocated = allocated + ? WHERE location = ? AND sku = ?"
+
+
 def _bump(conn: sqlite3.Connection, per: dict[tuple[str, str], int]) -> None:
-    """Add ``qty`` to ``allocated`` of each ``(location, sku)``: one statement (atomic: a
-    broken CHECK changes nothing); on a failure, row by row to name the row at fault."""
-    if len(per) > 1:
-        items = sorted(per.items())
-        if len(items) <= _BUMP_MAX:
-            args = [v for (loc, sku), qty in items for v in (loc, sku, qty)]
-            before = conn.total_changes  # rowcount is not kept for a statement led by WITH
-            try:
-                conn.execute(
-                    "WITH d(loc, sku, qty) AS (VALUES " + ",".join(["(?, ?, ?)"] * len(items)) + ")"
-                    " UPDATE inventory SET allocated = allocated + d.qty FROM d"
-                    " WHERE inventory.location = d.loc AND inventory.sku = d.sku",
-                    args,
-                )
-            except sqlite3.IntegrityError:
-                pass  # nothing changed: find the row below
-            else:
-                if conn.total_changes - before == len(items):
-                    return
-                have = {
-                    (loc, sku)
-                    for loc, sku in conn.execute(
-                        "WITH d(loc, sku) AS (VALUES " + ",".join(["(?, ?)"] * len(items)) + ")"
-                        " SELECT i.location, i.sku FROM inventory i JOIN d"
-                        " ON i.location = d.loc AND i.sku = d.sku",
-                        [v for (loc, sku), _ in items for v in (loc, sku)],
-                    )
-                }
-                loc, sku = next(k for k, _ in items if k not in have)
-                raise InventoryError(loc, sku, "no inventory row")
-    for (loc, sku), qty in sorted(per.items()):
+    """Add ``qty`` to ``allocated`` of each ``(location, sku)``, all or nothing: one prepared
+    statement run for every row under a savepoint (a broken CHECK or a missing row leaves
+    nothing changed); on a failure, row by row to name the row at fault. Drops the stock
+    this connection keeps (:func:`take_stock`): every change of ``allocated`` comes here."""
+    _KEPT.pop(id(conn), None)
+    items = sorted(per.items())
+    if len(items) == 1:
+        _bump_one(conn, *items[0])
+        return
+    conn.execute("SAVEPOINT bump")
+    try:
         try:
-            cur = conn.execute(
-                "UPDATE inventory SET allocated = allocated + ? WHERE location = ? AND sku = ?",
-                (qty, loc, sku),
-            )
+            changed = conn.executemany(_BUMP_SQL, [(qty, loc, sku) for (loc, sku), qty in items]).rowcount
         except sqlite3.IntegrityError:
-            raise InventoryError(
-                loc, sku, f"allocating {qty:+d} would break 0 <= allocated <= on hand"
-            ) from None
-        if cur.rowcount != 1:
-            raise InventoryError(loc, sku, "no inventory row")
+            changed = -1
+        if changed != len(items):
+            conn.execute("ROLLBACK TO bump")
+            for key, qty in items:
+                _bump_one(conn, key, qty)  # raises at the row at fault
+    except BaseException:
+        conn.execute("ROLLBACK TO bump")
+        conn.execute("RELEASE bump")
+        raise
+    conn.execute("RELEASE bump")
+
+
+def _bump_one(conn: sqlite3.Connection, key: tuple[str, str], qty: int) -> None:
+    loc, sku = key
+    try:
+        cur = conn.execute(_BUMP_SQL, (qty, loc, sku))
+    except sqlite3.IntegrityError:
+        raise InventoryError(loc, sku, f"allocating {qty:+d} would break 0 <= allocated <= on hand") from None
+    if cur.rowcount != 1:
+        raise InventoryError(loc, sku, "no inventory row")
 
 
 def release_order(conn: sqlite3.Connection, order_id: int, *, line_no: int | None = None) -> int:

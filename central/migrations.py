@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from central import fleet, inventory, picking, schema
-from ops.sqlitedb import Migration
+from ops.sqlitedb import DurableDB, Migration
 
 
 def all_migrations() -> list[Migration]:
     return [*schema.MIGRATIONS, *inventory.MIGRATIONS, *fleet.MIGRATIONS, *picking.MIGRATIONS]
+
+
+def central_db(path: Path | str) -> DurableDB:
+    """Central's database as the service opens it: every migration, WAL with
+    ``synchronous=FULL`` and group commit, temp store in memory (its group commits hold a
+    savepoint per job, and the real-time batch path keeps a TEMP watch table)."""
+    return DurableDB(path, migrations=all_migrations(), temp_store="MEMORY")

@@ -24,9 +24,11 @@ from typing import Any
 import msgpack
 
 from central import CentralError, downlink, lifecycle, masters, ordertypes, validation
-from central.allocation import ShortageAction, Special, allocate, encode_inputs
+from central.allocation import ShortageAction, Special, allocate
+from central.frozen import quick_init
 from central.lifecycle import Status
 from central.validation import Exposure, LineIn, OrderIn, Result
+from ops.sqlitedb import insert_rows
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 
 
@@ -556,6 +558,7 @@ def with_line_numbers(order: OrderIn) -> OrderIn:
 # -- real-time batch: many new orders validated and allocated together -------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NewOrder:
     """A new order from a gateway record, as :func:`create` takes it."""
@@ -612,32 +615,40 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         return []
     i_recv = layout.select.index("receivables") if "receivables" in layout.select else None
     i_open = layout.select.index("open_value")
-    # the customers' rows (exposure and allocation profile) and who is owed ship-with-next
-    # stock (that order takes the refill path, one by one), read once for the run
-    names = sorted({n.order.customer for n in new})[:500]
-    marks = ",".join("?" * len(names))
-    customers: dict[str, list[Any] | None] = dict.fromkeys(names)
-    for row in conn.execute(
-        f"SELECT {', '.join(layout.select)} FROM customers WHERE {layout.key} IN ({marks})", names
-    ):
-        customers[row[0]] = list(row)
-    owed = {
-        r[0]
-        for r in conn.execute(
+    # what the last run kept if nothing changed it since: stock, the customers' rows
+    # (exposure and allocation profile) and who is owed ship-with-next stock (that order
+    # takes the refill path, one by one); the customers of this run not known yet, read now
+    kept = inventory.take_stock(conn)
+    if kept.select != layout.select:
+        kept.select, kept.customers, kept.owed = layout.select, {}, {}
+    customers, owed = kept.customers, kept.owed
+    unknown = sorted({n.order.customer for n in new} - customers.keys())
+    for k in range(0, len(unknown), 500):
+        names = unknown[k : k + 500]
+        marks = ",".join("?" * len(names))
+        customers.update(dict.fromkeys(names))
+        for row in conn.execute(
+            f"SELECT {', '.join(layout.select)} FROM customers WHERE {layout.key} IN ({marks})", names
+        ):
+            customers[row[0]] = list(row)
+        owed.update(dict.fromkeys(names, False))
+        for (c,) in conn.execute(
             "SELECT DISTINCT customer FROM shortages WHERE status = 'open' AND action = ?"
             f" AND customer IN ({marks})",
             [ShortageAction.SHIP_WITH_NEXT.value, *names],
-        )
-    }
+        ):
+            owed[c] = True
     snap = masters.cache(conn)
-    network = inventory.load_network(conn)
+    network = kept.network = kept.network or inventory.load_network(conn)
     ids = _next_ids(conn)
     today_v = today_of(now)
     today_a = dt.date.today()
     iso_today = today_a.isoformat()
     kw: dict[str, Any] = {"network": network, "rules": settings.priority, "company": settings.company}
-    avail: dict[tuple[str, str], int] = {}
-    keys_of: dict[str, list[tuple[str, str]]] = {}
+    setting = (network, settings.priority, settings.company)
+    if kept.packer is None or kept.packer[0] != setting:
+        kept.packer = (setting, inventory.InputsPacker(**kw))
+    packer = kept.packer[1]
     o_rows: list[tuple[Any, ...]] = []
     l_rows: list[tuple[Any, ...]] = []
     e_rows: list[tuple[Any, ...]] = []
@@ -649,25 +660,14 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
     open_delta: dict[str, int] = {}
     bump: dict[tuple[str, str], int] = {}
     made: list[str] = []
-    # the stock of every sku named in the run, in one read (a sku given as a GTIN only is
-    # read when its order comes)
-    named = sorted({ln.sku for n in new for ln in n.order.lines if ln.sku})
-    for s in named:
-        keys_of[s] = []
-    for key, q in inventory.available(conn, named).items():
-        avail[key] = q
-        keys_of[key[1]].append(key)
+    # the stock of every sku named in this run not read yet, in one read (a sku given as a
+    # GTIN only: when its order comes)
+    avail = kept.avail
+    kept.read(conn, sorted({ln.sku for n in new for ln in n.order.lines if ln.sku}))
     for n in new:
         order = n.order
-        if (
-            order.order_type != "normal"
-            or not n.gateway
-            or order.customer not in customers
-            or order.customer in owed
-        ):
-            break  # (a run of more than 500 customers stops at the 501st; the caller goes on)
         crow = customers[order.customer]
-        if crow is None:
+        if order.order_type != "normal" or not n.gateway or crow is None or owed[order.customer]:
             break
         tc = ordertypes.check(conn, order, snap, order_id=None)
         result = validation.validate(
@@ -685,26 +685,20 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         number = order_no(oid)
         priced = {p.line_no: p for p in result.lines}
         lines = [(ln.line_no, ln.gtin, priced[ln.line_no].sku, ln.qty, ln.price) for ln in order.lines]
+        requested = order.requested_date.isoformat()
         # validated: the order's value is open from here (the allocation sees it in credit)
-        crow_after = list(crow)
-        crow_after[i_open] = crow[i_open] + result.value
-        profile = demand._profile(layout, tuple(crow_after))
+        open_after = crow[i_open] + result.value
+        profile = demand._profile(layout, (*crow[:i_open], open_after, *crow[i_open + 1 :]))
         special = set()
-        if order.requested_date.isoformat() <= iso_today:
+        if requested <= iso_today:
             special.add(Special.PROMISED.value)
         if str(order.note).upper().startswith("URGENT"):
             special.add(Special.URGENT.value)
-        dl = sorted((ln, sku or gtin or "", qty, price or 0) for ln, gtin, sku, qty, price in lines)
+        dl = sorted([(ln, sku or gtin or "", qty, price or 0) for ln, gtin, sku, qty, price in lines])
         d = demand.make_demand(oid, order.customer, dl, profile, special=special, received_at=now)
         skus = {ln.sku for ln in d.lines}
-        missing = [s for s in skus if s not in keys_of]
-        if missing:
-            for s in missing:
-                keys_of[s] = []
-            for key, q in inventory.available(conn, missing).items():
-                avail[key] = q
-                keys_of[key[1]].append(key)
-        stock = {key: avail[key] for s in skus for key in keys_of[s]}
+        kept.read(conn, skus)
+        stock = kept.of(skus)
         title = f"real-time order {oid}"
         res = allocate([d], stock, title=title, **kw)
         if res.shortfalls or len(res.outcomes) != 1 or res.outcomes[0].status != "allocated":
@@ -728,7 +722,7 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
                 order.customer,
                 n.channel,
                 order.order_type,
-                order.requested_date.isoformat(),
+                requested,
                 "allocated",
                 order.note,
                 order.source_ref,
@@ -746,7 +740,7 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         c_rows.extend((oid, 1, c.name, c.outcome.value, c.detail, now) for c in result.checks)
         e_rows.append((ev + 1, oid, now, "validated", "validated", f"checks: {result.summary()}", "system"))
         open_delta[order.customer] = open_delta.get(order.customer, 0) + result.value
-        crow[i_open] = crow_after[i_open]
+        crow[i_open] = open_after
         text = res.trace_text
         r_rows.append(
             (
@@ -754,7 +748,7 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
                 "realtime",
                 None,
                 t_alloc,
-                inventory.pack_inputs(encode_inputs([d], stock, title=title, **kw)),
+                packer.pack([d], stock, title=title),
                 text,
                 hashlib.sha256(text.encode()).hexdigest(),
             )
@@ -783,48 +777,35 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
         ids["downlink_outbox"] += 1
         made.append(number)
     if not made:
+        inventory.keep_stock(conn, kept)
         return []
-    conn.executemany(
-        "INSERT INTO orders (order_id, order_no, record_id, gateway, seq, customer, channel, order_type,"
-        " requested_date, status, note, source_ref, created_at, received_at, updated_at, value, requirements)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    # every table in a few multi-row statements, in the order one by one writes them
+    insert_rows(
+        conn,
+        "INSERT INTO orders (order_id, order_no, record_id, gateway, seq, customer, channel,"
+        " order_type, requested_date, status, note, source_ref, created_at, received_at, updated_at,"
+        " value, requirements)",
         o_rows,
     )
-    conn.executemany(
-        "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        l_rows,
+    insert_rows(
+        conn, "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)", l_rows
     )
-    conn.executemany(
-        "INSERT INTO order_events (id, order_id, at, event, status, detail, actor)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        e_rows,
-    )
-    conn.executemany(
-        "INSERT INTO order_checks (order_id, run, name, outcome, detail, at) VALUES (?, ?, ?, ?, ?, ?)",
-        c_rows,
-    )
+    insert_rows(conn, "INSERT INTO order_events (id, order_id, at, event, status, detail, actor)", e_rows)
+    insert_rows(conn, "INSERT INTO order_checks (order_id, run, name, outcome, detail, at)", c_rows)
     conn.executemany(
         "UPDATE customers SET open_value = open_value + ? WHERE code = ?",
         [(v, c) for c, v in open_delta.items()],
     )
-    conn.executemany(
-        "INSERT INTO alloc_runs (run_id, kind, wave_id, at, inputs, trace, digest)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        r_rows,
-    )
-    items = sorted(bump.items())
-    for k in range(0, len(items), inventory._BUMP_MAX):
-        inventory._bump(conn, dict(items[k : k + inventory._BUMP_MAX]))
-    conn.executemany(
-        "INSERT INTO allocations (order_id, line_no, location, sku, qty, rule, run_id, wave_id, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    insert_rows(conn, "INSERT INTO alloc_runs (run_id, kind, wave_id, at, inputs, trace, digest)", r_rows)
+    inventory._bump(conn, bump)
+    insert_rows(
+        conn,
+        "INSERT INTO allocations (order_id, line_no, location, sku, qty, rule, run_id, wave_id, created_at)",
         a_rows,
     )
-    conn.executemany(
-        "INSERT INTO alloc_orders (order_id, status, run_id, wave_id, deadline, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        s_rows,
+    insert_rows(
+        conn, "INSERT INTO alloc_orders (order_id, status, run_id, wave_id, deadline, updated_at)", s_rows
     )
     downlink.insert_rows(conn, d_rows)
+    inventory.keep_stock(conn, kept)  # the rows now match it, bumps included
     return made

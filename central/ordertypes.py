@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from central import CentralError, downlink, lifecycle
+from central.frozen import quick_init
 from central.masters import Snapshot
 from central.validation import Check, LineIn, OrderIn, Outcome
 
@@ -32,6 +33,7 @@ class OrderTypeError(CentralError):
     pass
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TypeCheck:
     check: Check | None

@@ -18,6 +18,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from central.frozen import quick_init
 from central.masters import Item, Snapshot
 
 # Requested delivery date window, relative to today (module level so tests set them).
@@ -33,6 +34,7 @@ class Outcome(enum.StrEnum):
     FAIL = "fail"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Check:
     name: str
@@ -43,6 +45,7 @@ class Check:
         return f"{self.name}: {self.outcome.value}" + (f" ({self.detail})" if self.detail else "")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LineIn:
     line_no: int
@@ -52,6 +55,7 @@ class LineIn:
     price: int | None = None  # quoted unit price
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OrderIn:
     customer: str
@@ -62,6 +66,7 @@ class OrderIn:
     source_ref: str = ""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PricedLine:
     line_no: int
@@ -70,12 +75,14 @@ class PricedLine:
     amount: int | None = None  # exact line amount when lots at several prices make it up
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Exposure:
     receivables: int = 0
     open_value: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Result:
     checks: tuple[Check, ...]

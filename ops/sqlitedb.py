@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import sqlite3
 import sys
@@ -59,12 +60,26 @@ class Migration:
     sql: str
 
 
-def connect(path: Path | str, *, synchronous: str = "FULL") -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
+
+
+def connect(
+    path: Path | str, *, synchronous: str = "FULL", temp_store: str = "DEFAULT"
+) -> sqlite3.Connection:
+    """``temp_store="MEMORY"``: statement journals, savepoint sub-journals and TEMP tables in
+    memory rather than in temporary files (a write transaction that holds many savepoints -
+    one per job of a group commit - copies pages to them over and over)."""
+    if temp_store not in TEMP_STORES:
+        raise DatabaseError(f"temp_store {temp_store!r}: one of {', '.join(TEMP_STORES)}")
+    # room for the few prepared texts per table that insert_rows uses (the default keeps 128)
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=30, cached_statements=512
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA temp_store={temp_store}")
     return conn
 
 
@@ -73,7 +88,7 @@ MAX_VARIABLES = 32_766
 MAX_ROWS_PER_INSERT = 1024
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=512)
 def _values_sql(head: str, row: str, n: int) -> str:
     return f"{head} VALUES {','.join([row] * n)}"
 
@@ -106,7 +121,7 @@ def insert_rows(
         while size > n - i:
             size //= 2
         chunk = rows[i : i + size]
-        conn.execute(_values_sql(head, row, size), [v for r in chunk for v in r])
+        conn.execute(_values_sql(head, row, size), list(itertools.chain.from_iterable(chunk)))
         i += size
 
 
@@ -171,11 +186,13 @@ class DurableDB:
         *,
         migrations: Sequence[Migration] = (),
         synchronous: str = "FULL",
+        temp_store: str = "DEFAULT",
         max_group: int = MAX_GROUP,
     ) -> None:
         self.path = Path(path)
         self._migrations = list(migrations)
         self._synchronous = synchronous
+        self._temp_store = temp_store
         self._max_group = max_group
         self._wx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-w-{self.path.name}")
         self._rx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-r-{self.path.name}")
@@ -192,13 +209,13 @@ class DurableDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def _open_w() -> sqlite3.Connection:
-            conn = connect(self.path, synchronous=self._synchronous)
+            conn = connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
             apply_migrations(conn, self._migrations)
             return conn
 
         self._wconn = await loop.run_in_executor(self._wx, _open_w)
         self._rconn = await loop.run_in_executor(
-            self._rx, lambda: connect(self.path, synchronous=self._synchronous)
+            self._rx, lambda: connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
         )
         self._task = asyncio.create_task(self._writer(), name=f"sqlite-writer:{self.path.name}")
 

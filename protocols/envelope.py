@@ -364,12 +364,13 @@ def _unpack_keeping_records(payload: bytes) -> tuple[dict[str, Any], list[bytes]
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector held off while one payload's objects are built: a
-    2,000-record envelope is tens of thousands of new containers, none of them garbage, and
-    with the collector on they set off repeated collections that also walk every other live
-    object (the decoded envelopes still waiting for the database, say) - about as costly as
-    the decoding itself. Allocation counts carry on, so collection resumes right after."""
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector held off while a burst of objects is built that are not
+    garbage: a 2,000-record envelope is tens of thousands of new containers, a batch of orders
+    processed at central hundreds per order (freed by reference counting), and with the
+    collector on they set off repeated collections that also walk every other live object
+    (the decoded envelopes still waiting for the database, say) - about as costly as the work
+    itself. Allocation counts carry on, so collection resumes right after."""
     if not gc.isenabled():  # someone else holds it off: leave it to them
         yield
         return
@@ -384,7 +385,7 @@ def decode(payload: bytes) -> Envelope:
     """Decode one MQTT payload. Never raises anything but EnvelopeError."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise EnvelopeError(f"payload {len(payload)} bytes > MAX_PAYLOAD_BYTES {MAX_PAYLOAD_BYTES}")
-    with _gc_paused():
+    with gc_paused():
         return _decode(payload)
 
 
@@ -603,6 +604,6 @@ def decode_uplink(payload: bytes, *, quick: QuickChecks) -> Uplink:
     ``quick[type]`` vouches for it from its bytes. Never raises anything but EnvelopeError."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise EnvelopeError(f"payload {len(payload)} bytes > MAX_PAYLOAD_BYTES {MAX_PAYLOAD_BYTES}")
-    with _gc_paused():
+    with gc_paused():
         fast = _uplink_fast(payload, quick)
         return fast if fast is not None else as_uplink(_decode(payload))

@@ -4,6 +4,7 @@ fault, and a stored run - packed or legacy JSON - replays to the same trace."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -15,15 +16,18 @@ import pytest
 from central import demand, inventory
 from central.allocation import (
     AllocationResult,
+    CompanyPolicy,
     DemandLine,
     Network,
     OrderDemand,
+    PriorityRules,
     SourcingRule,
     allocate,
     encode_inputs,
 )
+from central.frozen import quick_init
 from central.schema import MIGRATIONS
-from ops.sqlitedb import apply_migrations, connect
+from ops.sqlitedb import apply_migrations, connect, insert_rows
 
 
 @pytest.fixture
@@ -99,3 +103,109 @@ def test_packed_and_legacy_runs_replay(conn: sqlite3.Connection) -> None:
         "UPDATE alloc_runs SET inputs = ? WHERE run_id = ?", (json.dumps(inputs), run_id)
     )  # a run stored before inputs were packed
     assert inventory.replay_run(conn, run_id)["identical"]
+
+
+def test_inputs_packer_packs_what_pack_inputs_packs() -> None:
+    net = Network((SourcingRule("N", "DC-N", 1, preferred=True), SourcingRule("*", "ST-1", 5, transfer=True)))
+    rules, company = PriorityRules(("grade", "special")), CompanyPolicy(backorders=False)
+    packer = inventory.InputsPacker(network=net, rules=rules, company=company)
+    orders = [
+        OrderDemand(1, "C1", (DemandLine(1, "A", 3),), zone="N", special=frozenset({"urgent"})),
+        OrderDemand(2, "C2", (DemandLine(1, "B", 1), DemandLine(2, "A", 2)), delay_days=3, received_at=9),
+    ]
+    cases = [([], {}), (orders[:1], {("DC-N", "A"): 5}), (orders, {("ST-1", "B"): 1, ("DC-N", "A"): 0})]
+    for ds, stock in cases:
+        inputs = encode_inputs(ds, stock, network=net, rules=rules, company=company, title="t")
+        assert packer.pack(ds, stock, title="t") == inventory.pack_inputs(inputs)
+
+
+def _kept(conn: sqlite3.Connection, skus: list[str]) -> dict[tuple[str, str], int]:
+    stock = inventory.take_stock(conn)
+    stock.read(conn, skus)
+    out = stock.of(skus)
+    inventory.keep_stock(conn, stock)
+    return out
+
+
+def test_kept_stock_follows_every_change_and_rollback(conn: sqlite3.Connection, tmp_path: Path) -> None:
+    inventory.set_stock(conn, "DC-N", "A", 5)
+    assert _kept(conn, ["A", "B"]) == {("DC-N", "A"): 5}
+    kept = inventory.take_stock(conn)
+    inventory.keep_stock(conn, kept)
+    assert inventory.take_stock(conn) is kept  # nothing changed: the same one
+    inventory.keep_stock(conn, kept)
+    conn.execute("UPDATE inventory SET on_hand = 7")  # raw SQL on this connection
+    assert _kept(conn, ["A"]) == {("DC-N", "A"): 7}
+    inventory.set_stock(conn, "DC-S", "B", 2)  # a new row for a sku known to have none
+    assert _kept(conn, ["A", "B"]) == {("DC-N", "A"): 7, ("DC-S", "B"): 2}
+    held = inventory.reserve(conn, "DC-N", "A", 2, ref="r", now=0)  # allocated moves (in _bump)
+    assert _kept(conn, ["A"]) == {("DC-N", "A"): 5}
+    inventory.release_reservation(conn, held)
+    assert _kept(conn, ["A"]) == {("DC-N", "A"): 7}
+    other = connect(tmp_path / "central.db")  # a commit by another connection
+    other.execute("UPDATE inventory SET on_hand = 9 WHERE sku = 'A'")
+    other.close()
+    assert _kept(conn, ["A"]) == {("DC-N", "A"): 9}
+    # writes the kept stock reflects, then rolled back: to a savepoint, and the whole transaction
+    for begin, undo in (("SAVEPOINT job", "ROLLBACK TO job"), ("BEGIN", "ROLLBACK")):
+        conn.execute(begin)
+        stock = inventory.take_stock(conn)
+        stock.read(conn, ["A"])
+        inventory._bump(conn, {("DC-N", "A"): 4})
+        stock.avail[("DC-N", "A")] -= 4
+        inventory.keep_stock(conn, stock)
+        assert _kept(conn, ["A"]) == {("DC-N", "A"): 5}
+        conn.execute(undo)
+        if begin.startswith("SAVEPOINT"):
+            conn.execute("RELEASE job")
+        conn.execute("UPDATE inventory SET bin = 'x' WHERE sku = 'B'")  # as many row changes again
+        assert _kept(conn, ["A"]) == {("DC-N", "A"): 9}
+
+
+def test_quick_init_keeps_the_dataclass() -> None:
+    d = OrderDemand(7, "C1", (DemandLine(1, "A", 2),), zone="N", credit=3)
+    assert (d.order_id, d.customer, d.zone, d.credit, d.grade, d.special) == (
+        7,
+        "C1",
+        "N",
+        3,
+        "C",
+        frozenset(),
+    )
+    assert d == OrderDemand(order_id=7, customer="C1", lines=(DemandLine(1, "A", 2),), zone="N", credit=3)
+    assert hash(d) == hash(dataclasses.replace(d))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.zone = "S"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        OrderDemand(7)  # type: ignore[call-arg]
+
+    @dataclasses.dataclass(slots=True)
+    class Loose:
+        x: int
+
+    with pytest.raises(TypeError):
+        quick_init(Loose)
+
+
+def test_kept_network_follows_rule_changes(conn: sqlite3.Connection) -> None:
+    inventory.set_sourcing(conn, [SourcingRule("N", "DC-N", 1, preferred=True)])
+    kept = inventory.take_stock(conn)
+    kept.network = inventory.load_network(conn)
+    inventory.keep_stock(conn, kept)
+    assert inventory.take_stock(conn).network is kept.network
+    inventory.keep_stock(conn, kept)
+    conn.execute("UPDATE alloc_sourcing SET cost = 9")  # raw SQL
+    assert inventory.take_stock(conn).network is None
+
+
+def test_insert_rows_leaves_what_executemany_leaves() -> None:
+    for n in (0, 1, 2, 3, 10, 16, 17, 31, 50):
+        c = sqlite3.connect(":memory:")
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, a INTEGER, b TEXT)")
+        rows = [(i, f"x{i}") for i in range(n)]
+        insert_rows(c, "INSERT INTO t (a, b)", rows)
+        assert c.execute("SELECT id, a, b FROM t ORDER BY id").fetchall() == [
+            (i + 1, i, f"x{i}") for i in range(n)
+        ]
+        assert c.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence").fetchone()[0] == n
+        c.close()

@@ -2,7 +2,9 @@
 leave exactly the rows one-by-one processing leaves: same ids, history, checks, allocations,
 runs (inputs and traces), shortages, status downlink and acks - also when the batch hands
 orders back to the one-by-one path (held orders, short stock, ship-with-next customers,
-order changes and repeats in the same message)."""
+order changes and repeats in the same message) - and when the stock the batch path keeps
+between messages changes under it (a stock take or a credit limit set in raw SQL, a job
+rolled back after its writes)."""
 
 from __future__ import annotations
 
@@ -74,8 +76,24 @@ def _run(path: Path, *, together: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
             m.setattr(waves, "MODE", waves.MODE)
             waves.install(waves.AllocationSettings(realtime=True))
             acks = []
-            for env in _envelopes(names, random.Random(8)):
-                acks += apply_envelope(conn, topic_gw=env.gw, topic=topics.uplink(env.gw), env=env)
+            seen: set[Any] = set()
+            for k, env in enumerate(_envelopes(names, random.Random(8))):
+                topic = topics.uplink(env.gw)
+                if k % 13 == 6:  # a job that took this message and then failed: rolled back
+                    conn.execute("SAVEPOINT job")
+                    apply_envelope(conn, topic_gw=env.gw, topic=topic, env=env)
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                if k % 17 == 8:  # a stock take between messages, in raw SQL: this order runs short
+                    skus = [ln["sku"] for ln in env.records[0].body["lines"]]
+                    conn.executemany(
+                        "UPDATE inventory SET on_hand = allocated + 1 WHERE sku = ?", [(s,) for s in skus]
+                    )
+                known = [c for r in env.records if (c := r.body.get("customer")) in seen]
+                if k % 19 == 10 and known:  # a master change in raw SQL: that order is held
+                    conn.execute("UPDATE customers SET credit_limit = 1 WHERE code = ?", (known[0],))
+                seen.update(r.body["customer"] for r in env.records if r.type == "order")
+                acks += apply_envelope(conn, topic_gw=env.gw, topic=topic, env=env)
         return _dump(conn), [(a.id, a.status, a.reason, a.ref) for a in acks]
     finally:
         conn.close()
@@ -126,3 +144,34 @@ def test_orders_together_leave_the_rows_of_one_by_one(
     assert one["shortages"] and {"cancelled", "changed"} <= {r["event"] for r in one["order_events"]}
     for t in one:
         assert many[t] == one[t], t
+
+
+def test_kept_customer_rows_follow_raw_sql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch path keeps customers' rows between messages: a change to one in raw SQL
+    (receivables past the credit limit) is seen by the next order of that customer."""
+    conn = connect(tmp_path / "kept.db")
+    try:
+        apply_migrations(conn, all_migrations())
+        names = bench._seed_masters(conn, skus=120)
+        monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
+        monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
+        monkeypatch.setattr(waves, "MODE", waves.MODE)
+        waves.install(waves.AllocationSettings(realtime=True))
+        seen: set[str] = set()
+        target = None
+        for env in bench._envelopes(orders=200, lines=5, names=names, rng=random.Random(3)):
+            known = [r for r in env.records if r.body["customer"] in seen]
+            if known and target is None:
+                target = known[0]
+                conn.execute(
+                    "UPDATE customers SET receivables = 10 * credit_limit WHERE code = ?",
+                    (target.body["customer"],),
+                )
+            seen.update(r.body["customer"] for r in env.records)
+            apply_envelope(conn, topic_gw=env.gw, topic=topics.uplink(env.gw), env=env)
+        assert target is not None
+        rows = conn.execute("SELECT record_id, customer, status FROM orders").fetchall()
+        assert tuple(st for rid, _c, st in rows if rid == target.id) == ("held",)
+        assert {st for _r, c, st in rows if c != target.body["customer"]} == {"allocated"}
+    finally:
+        conn.close()

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from central import ingest
 from protocols.records import (
     RecordSchemaError,
     order_certainly_valid,
@@ -114,3 +115,14 @@ def test_quick_yes_from_bytes_only_where_parse_order_accepts(body: dict[str, Any
 )
 def test_no_quick_yes_for_what_strict_unpacking_refuses(packed: bytes) -> None:
     assert not packed_order_certainly_valid(packed)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_bodies())
+def test_quick_order_in_is_the_parsed_one(body: dict[str, Any]) -> None:
+    """Processing builds the order straight from a body the quick check accepts: the same
+    ``OrderIn`` (and channel) as parsing it first."""
+    if order_certainly_valid(body):
+        parsed = parse_order(body)
+        assert ingest._plain_order_in(body) == ingest._order_in(parsed)
+        assert body["channel"] == parsed.channel.value
