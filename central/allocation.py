@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from central.frozen import quick_init
+from protocols.frozen import quick_init
 
 __all__ = [
     "Allocation",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from central.allocation import CustomerPref, DemandLine, OrderDemand, Special
-from central.frozen import quick_init
+from protocols.frozen import quick_init
 
 CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
     "grade": ("grade",),

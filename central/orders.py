@@ -25,10 +25,10 @@ import msgpack
 
 from central import CentralError, downlink, lifecycle, masters, ordertypes, validation
 from central.allocation import ShortageAction, Special, allocate
-from central.frozen import quick_init
 from central.lifecycle import Status
 from central.validation import Exposure, LineIn, OrderIn, Result
 from ops.sqlitedb import insert_rows
+from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 
 

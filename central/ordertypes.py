@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from central import CentralError, downlink, lifecycle
-from central.frozen import quick_init
 from central.masters import Snapshot
 from central.validation import Check, LineIn, OrderIn, Outcome
+from protocols.frozen import quick_init
 
 DROP_SHIP_RECORD = "drop_ship"
 DROP_SHIP_STATES = ("sent", "confirmed", "shipped", "refused")

@@ -18,8 +18,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from central.frozen import quick_init
 from central.masters import Item, Snapshot
+from protocols.frozen import quick_init
 
 # Requested delivery date window, relative to today (module level so tests set them).
 DATE_PAST_DAYS = 0

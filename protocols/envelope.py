@@ -25,6 +25,7 @@ import msgspec
 from msgspec import Meta
 
 from protocols import ProtocolError
+from protocols.frozen import quick_init
 from protocols.topics import GATEWAY_ID_RE
 
 VERSION = 1
@@ -55,6 +56,7 @@ class AckStatus(enum.StrEnum):
     REJECTED = "rejected"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Record:
     id: str
@@ -64,6 +66,7 @@ class Record:
     body: dict[str, Any]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Ack:
     id: str
@@ -72,6 +75,7 @@ class Ack:
     ref: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BadRecord:
     """A record that did not decode: where it was, its id if it had a readable one, and why."""
@@ -93,6 +97,7 @@ class Envelope:
     raw_records: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Received:
     """A record as a receiver that stores records as they arrived sees it (:func:`decode_uplink`):

@@ -25,9 +25,9 @@ from central.allocation import (
     allocate,
     encode_inputs,
 )
-from central.frozen import quick_init
 from central.schema import MIGRATIONS
 from ops.sqlitedb import apply_migrations, connect, insert_rows
+from protocols.frozen import quick_init
 
 
 @pytest.fixture

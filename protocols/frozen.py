@@ -1,8 +1,9 @@
-"""A quicker ``__init__`` for the frozen slotted dataclasses built for every order.
+"""A quicker ``__init__`` for the frozen slotted dataclasses built per record or per order.
 
 ``@dataclass(frozen=True, slots=True)`` makes ``__init__`` set each field through
 ``object.__setattr__`` (a frozen class refuses plain assignment), about 0.2 us a field; the
-real-time path builds some thirty such objects per order. :func:`quick_init` gives the class
+receive path builds a record and an ack per record, central's real-time path some thirty
+such objects per order. :func:`quick_init` gives the class
 an ``__init__`` with the same parameters and defaults that stores each field straight into
 its slot (the slot's own descriptor), two to three times quicker. Everything else - frozen
 (assignment still raises ``FrozenInstanceError``), equality, hashing, repr, ``replace`` -
