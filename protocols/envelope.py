@@ -474,13 +474,21 @@ def _envelope_from(obj: object, raws: list[bytes] | None) -> Envelope:
 # that. A receiver that stores each record's bytes and checks the body later (central) only needs
 # the header, the bytes and a yes/no on the body, which msgspec reads straight from the bytes.
 # The fast path below takes only the plainest messages and falls back to ``decode`` for anything
-# else, so its answer is always exactly ``decode``'s (tests/test_envelope.py compares the two).
+# else, so its answer is always exactly the strict one (tests/test_envelope.py compares it with
+# ``decode_strict``).
 
 
-class _UplinkWire(msgspec.Struct, forbid_unknown_fields=True):
+class _HeadWire(msgspec.Struct, forbid_unknown_fields=True):
     v: int
     gw: str
     sent: Annotated[int, Meta(ge=0, le=MAX_SEQ)]
+
+
+def _plain_head(env: _HeadWire) -> bool:
+    return env.v == VERSION and 0 < len(env.gw) <= 64 and GATEWAY_ID_RE.match(env.gw) is not None
+
+
+class _UplinkWire(_HeadWire):
     records: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_RECORDS)]
 
 
@@ -494,7 +502,7 @@ class _RecordWire(msgspec.Struct, forbid_unknown_fields=True):
 
 _read_uplink = msgspec.msgpack.Decoder(_UplinkWire).decode
 _read_record = msgspec.msgpack.Decoder(_RecordWire).decode
-_FIXMAP_4 = 0x84  # v, gw, sent, records: four entries, so four distinct keys (no repeats)
+_FIXMAP_4 = 0x84  # v, gw, sent and records (or acks): four entries, so four distinct keys
 _FIXMAP_5 = 0x85  # id, seq, type, ts, body
 
 
@@ -519,8 +527,7 @@ def _uplink_fast(payload: bytes, quick: QuickChecks) -> Uplink | None:
         return None
     try:
         env = _read_uplink(payload)
-        gw = env.gw
-        if env.v != VERSION or not 0 < len(gw) <= 64 or not GATEWAY_ID_RE.match(gw):
+        if not _plain_head(env):
             return None
         out: list[Received] = []
         seen: set[str] = set()
@@ -543,13 +550,10 @@ def _uplink_fast(payload: bytes, quick: QuickChecks) -> Uplink | None:
             out.append(Received(rid, r.seq, r.type, r.ts, rb, body))
     except Exception:  # anything unusual: ``decode`` decides and names the problem
         return None
-    return Uplink(gw=gw, sent=env.sent, records=tuple(out))
+    return Uplink(gw=env.gw, sent=env.sent, records=tuple(out))
 
 
-class _AcksWire(msgspec.Struct, forbid_unknown_fields=True):
-    v: int
-    gw: str
-    sent: Annotated[int, Meta(ge=0, le=MAX_SEQ)]
+class _AcksWire(_HeadWire):
     acks: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_ACKS)]
 
 
@@ -562,19 +566,20 @@ class _AckWire(msgspec.Struct, forbid_unknown_fields=True):
 
 _read_acks = msgspec.msgpack.Decoder(_AcksWire).decode
 _read_ack = msgspec.msgpack.Decoder(_AckWire).decode
-_ACK_MAPS = frozenset({0x82, 0x83, 0x84})  # 2 to 4 entries, all known keys, id and st among them
+_ACK_MAPS = frozenset({0x82, 0x83, 0x84})  # an ack map of 2 to 4 entries
 
 
 def _acks_fast(payload: bytes) -> Envelope | None:
     """An acks-only message (what a gateway gets from central) whose every ack is plainly
     well formed, read with msgspec; None for anything else (the general path answers). The
-    header bytes rule out repeated keys, so the answer is the general path's to the letter."""
+    map headers keep every map small (no limit of the general path can tell them apart) and a
+    repeated key resolves as there (the last one counts; tested), so the answer is the general
+    path's to the letter."""
     if not payload or payload[0] != _FIXMAP_4:
         return None
     try:
         env = _read_acks(payload)
-        gw = env.gw
-        if env.v != VERSION or not 0 < len(gw) <= 64 or not GATEWAY_ID_RE.match(gw):
+        if not _plain_head(env):
             return None
         acks = []
         for raw in env.acks:
@@ -585,7 +590,7 @@ def _acks_fast(payload: bytes) -> Envelope | None:
             acks.append(Ack(a.id, _STATUSES[a.st], a.reason, a.ref))
     except Exception:  # anything unusual (an unknown status too): the general path names it
         return None
-    return Envelope(gw=gw, sent=env.sent, acks=tuple(acks))
+    return Envelope(gw=env.gw, sent=env.sent, acks=tuple(acks))
 
 
 def as_uplink(env: Envelope) -> Uplink:

@@ -234,21 +234,29 @@ _value = st.one_of(
 
 
 @st.composite
-def _uplinks(draw: st.DrawFn) -> bytes:
-    recs = [_rec(i) for i in range(draw(st.integers(0, 4)))]
-    for r in recs:
-        for key in draw(st.lists(_field, max_size=2)):
+def _messages(
+    draw: st.DrawFn, key: str, item: Any, fields: st.SearchStrategy[str], values: st.SearchStrategy[Any]
+) -> bytes:
+    """A message of up to four plain ``item(i)`` maps under ``key``, each and the envelope
+    with a few fields dropped or set to odd values."""
+    items: list[dict[str, Any]] = [item(i) for i in range(draw(st.integers(0, 4)))]
+    for it in items:
+        for name in draw(st.lists(fields, max_size=2)):
             if draw(st.booleans()):
-                r.pop(key, None)
+                it.pop(name, None)
             else:
-                r[key] = draw(_value)
-    env: dict[str, Any] = {"v": 1, "gw": "store-1", "sent": 1, "records": recs}
-    for key in draw(st.lists(st.sampled_from(["v", "gw", "sent", "records", "acks"]), max_size=2)):
+                it[name] = draw(values)
+    env: dict[str, Any] = {"v": 1, "gw": "store-1", "sent": 1, key: items}
+    for name in draw(st.lists(st.sampled_from(["v", "gw", "sent", "records", "acks"]), max_size=2)):
         if draw(st.booleans()):
-            env.pop(key, None)
+            env.pop(name, None)
         else:
-            env[key] = draw(_value)
+            env[name] = draw(values)
     return msgpack.packb(env)
+
+
+def _uplinks() -> st.SearchStrategy[bytes]:
+    return _messages("records", _rec, _field, _value)
 
 
 @settings(max_examples=400, deadline=None)
@@ -287,24 +295,9 @@ _ack_value = st.one_of(
 )
 
 
-@st.composite
-def _ack_messages(draw: st.DrawFn) -> bytes:
-    acks_: list[dict[str, Any]] = [
-        {"id": f"a{i}", "st": "accepted", "reason": None, "ref": None} for i in range(draw(st.integers(0, 4)))
-    ]
-    for a in acks_:
-        for key in draw(st.lists(_ack_field, max_size=2)):
-            if draw(st.booleans()):
-                a.pop(key, None)
-            else:
-                a[key] = draw(_ack_value)
-    env: dict[str, Any] = {"v": 1, "gw": "store-1", "sent": 1, "acks": acks_}
-    for key in draw(st.lists(st.sampled_from(["v", "gw", "sent", "records", "acks"]), max_size=2)):
-        if draw(st.booleans()):
-            env.pop(key, None)
-        else:
-            env[key] = draw(_ack_value)
-    return msgpack.packb(env)
+def _ack_messages() -> st.SearchStrategy[bytes]:
+    plain = lambda i: {"id": f"a{i}", "st": "accepted", "reason": None, "ref": None}  # noqa: E731
+    return _messages("acks", plain, _ack_field, _ack_value)
 
 
 def _same_as_strict(payload: bytes) -> None:
