@@ -179,7 +179,7 @@ class Consumer:
         if leaf != "up":
             return
         try:
-            env = envelope.decode_uplink(payload, quick=self._quick)
+            up = envelope.decode_uplink(payload, quick=self._quick)
         except EnvelopeError as e:
             self.stats.quarantined_messages += 1
             log.warning("gw=%s undecodable message quarantined: %s", topic_gw, e.reason)
@@ -188,15 +188,15 @@ class Consumer:
             )
             return
         self.stats.per_gateway_last_ms[topic_gw] = now_ms()
-        if env.acks:
-            await self.on_gateway_acks(topic_gw, env.acks)
-        if not env.records and not env.bad_records:
+        if up.acks:
+            await self.on_gateway_acks(topic_gw, up.acks)
+        if not up.records and not up.bad_records:
             return
         async with self._receive_slots:
-            acks = await self.db.write(partial(receive_uplink, topic_gw=topic_gw, topic=topic, up=env))
+            acks = await self.db.write(partial(receive_uplink, topic_gw=topic_gw, topic=topic, up=up))
         self._maybe_crash()
         self.processor.notify()
-        self.stats.records += len(env.records)
+        self.stats.records += len(up.records)
         counts = Counter(a.status for a in acks)
         self.stats.accepted += counts[AckStatus.ACCEPTED]
         self.stats.duplicates += counts[AckStatus.DUPLICATE]
