@@ -1,17 +1,23 @@
-"""Central's work queue holds one row per received message: processing takes its records in
-arrival order, a few at a time (a message processed in part keeps its place and how far it
-got), each exactly once; rows queued one per record before the change are processed too."""
+"""Central's work queue holds a received message's records a few dozen to a row: processing
+takes them in arrival order, a batch at a time (a row processed in part keeps its place and
+how far it got), each exactly once; rows queued one per record before the change are
+processed too; the Processor sizes its batches to a time budget."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import sqlite3
 from pathlib import Path
 
-from central import ingest
+import pytest
+
+from central import ingest, processor
 from central.migrations import all_migrations
+from central.processor import Processor
 from ops import bench_allocation as bench
-from ops.sqlitedb import apply_migrations, connect
+from ops.sqlitedb import DurableDB, apply_migrations, connect
 from protocols import envelope, topics
 from protocols.envelope import Envelope, Record
 
@@ -84,3 +90,46 @@ def test_rows_queued_one_per_record_before_the_change_are_processed(tmp_path: Pa
     assert _queue(conn) == [(1, 0)] * 3
     assert sorted(ingest.process_queue(conn, limit=None)) == ["o0", "o1", "o2"]
     assert _numbered(conn) == ["o0", "o1", "o2"] and _queue(conn) == []
+
+
+async def _processed_by_processor(tmp_path: Path, n: int) -> tuple[Processor, list[str]]:
+    db = DurableDB(tmp_path / "c.db", migrations=all_migrations())
+    await db.open()
+    try:
+        names = await db.write(lambda c: bench._seed_masters(c, skus=20))
+        env = _orders(n, names)
+        await db.write(
+            lambda c: ingest.receive_envelope(c, topic_gw="gw-1", topic=topics.uplink("gw-1"), env=env)
+        )
+        proc = Processor(db)
+        task = asyncio.create_task(proc.run())
+        try:
+            async with asyncio.timeout(60):
+                while proc.processed < n:
+                    proc.idle.clear()
+                    await proc.idle.wait()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return proc, await db.read(_numbered)
+    finally:
+        await db.close()
+
+
+async def test_processor_batches_grow_to_the_time_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processor, "JOB_BUDGET_S", 60.0)  # any batch is quick enough: the most
+    proc, numbered = await _processed_by_processor(tmp_path, 150)
+    assert proc.batch == processor.BATCH_MAX
+    assert numbered == [f"o{i}" for i in range(150)]
+
+
+async def test_processor_batches_shrink_to_the_least_when_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processor, "JOB_BUDGET_S", 1e-9)  # every record is too slow: the least
+    proc, numbered = await _processed_by_processor(tmp_path, 30)
+    assert proc.batch == processor.BATCH_MIN == ingest.PROCESS_BATCH
+    assert numbered == [f"o{i}" for i in range(30)]
