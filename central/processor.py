@@ -30,7 +30,7 @@ IDLE_POLL_S = 1.0
 # the gateways' outboxes), but never for longer than this at a time.
 MAX_DEFER_S = 1.0
 DEFER_STEP_S = 0.02
-JOB_BUDGET_S = 0.010
+JOB_BUDGET_S = 0.005
 BATCH_MIN = PROCESS_BATCH
 BATCH_MAX = 64
 
