@@ -298,10 +298,10 @@ def apply_envelope(conn: sqlite3.Connection, *, topic_gw: str, topic: str, env: 
 _CERTAINLY_VALID: dict[Schema, Callable[[dict[str, Any]], bool]] = {parse_order: order_certainly_valid}
 # record type -> the decoder's quick check on the body's bytes (``envelope.decode_uplink``),
 # used only while that type's registered schema is the one the check stands for
-_PACKED_CERTAINLY_VALID: dict[Schema, Callable[[Any], bool]] = {parse_order: packed_order_certainly_valid}
+_PACKED_CERTAINLY_VALID: dict[Schema, envelope.QuickCheck] = {parse_order: packed_order_certainly_valid}
 
 
-def quick_checks() -> dict[str, Callable[[Any], bool]]:
+def quick_checks() -> dict[str, envelope.QuickCheck]:
     """The quick body checks for :func:`envelope.decode_uplink`, per record type."""
     return {
         rtype: _PACKED_CERTAINLY_VALID[schema]

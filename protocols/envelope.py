@@ -123,9 +123,11 @@ class Uplink:
     bad_records: tuple[BadRecord, ...] = ()
 
 
-# record type -> a check on the body's msgpack bytes that says True only for a body that
-# unpacks to a valid one of that type (and False for "read it and check it properly")
-QuickChecks = Mapping[str, Callable[[bytes], bool]]
+# record type -> a check on the body's msgpack bytes (handed over as the msgspec.Raw slice of
+# the record) that says True only for a body that unpacks to a valid one of that type (and
+# False for "read it and check it properly")
+QuickCheck = Callable[[msgspec.Raw], bool]
+QuickChecks = Mapping[str, QuickCheck]
 
 
 def _record_to_wire(r: Record) -> dict[str, Any]:

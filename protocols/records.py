@@ -257,7 +257,7 @@ class _QuickOrder(msgspec.Struct, forbid_unknown_fields=True):
 _quick_order = msgspec.msgpack.Decoder(_QuickOrder).decode
 
 
-def packed_order_certainly_valid(packed: bytes | memoryview) -> bool:
+def packed_order_certainly_valid(packed: bytes | memoryview | msgspec.Raw) -> bool:
     """:func:`order_certainly_valid` on the body's msgpack bytes, without building the map:
     msgspec reads the bytes straight into typed fields (exact types: a bool is not an int,
     bytes are not text, every map key is a known text key, no extension types), and the few
