@@ -282,13 +282,14 @@ class Outbox:
                 removed += conn.execute(
                     "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (some,)
                 ).rowcount
-            for i in range(0, len(other), 500):
-                part = other[i : i + 500]
-                marks = ",".join("?" * len(part))
+            if other:
                 types = dict(
-                    conn.execute(f"SELECT id, type FROM outbox WHERE id IN ({marks})", [a.id for a in part])
+                    conn.execute(
+                        "SELECT id, type FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
+                        (json.dumps([a.id for a in other]),),
+                    )
                 )
-                live = [a for a in part if a.id in types]
+                live = [a for a in other if a.id in types]
                 conn.executemany("DELETE FROM outbox WHERE id = ?", [(a.id,) for a in live])
                 conn.executemany(
                     "INSERT OR REPLACE INTO record_results (id, type, status, reason, ref, acked_at)"
