@@ -346,16 +346,23 @@ def _check_one(
     return Ack(rec.id, AckStatus.REJECTED, reason)
 
 
-def process_queue(conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH) -> dict[str, Ack]:
+def process_queue(
+    conn: sqlite3.Connection, *, limit: int | None = PROCESS_BATCH, stop: Callable[[], bool] | None = None
+) -> dict[str, Ack]:
     """Process queued records in arrival order (all of them when ``limit`` is None); return
     the outcome per record id. A handler's :class:`Rejected` is quarantined and told to the
     gateway (``record_result``); an unexpected error is quarantined as an internal error and
-    counted, so one bad record never blocks the ones behind it."""
+    counted, so one bad record never blocks the ones behind it.
+
+    ``stop`` is asked between records, once one is done: when it says so, the records not
+    reached stay queued, in their place, for the next call."""
     with gc_paused():
-        return _process_queue(conn, limit=limit)
+        return _process_queue(conn, limit=limit, stop=stop)
 
 
-def _process_queue(conn: sqlite3.Connection, *, limit: int | None) -> dict[str, Ack]:
+def _process_queue(
+    conn: sqlite3.Connection, *, limit: int | None, stop: Callable[[], bool] | None = None
+) -> dict[str, Ack]:
     rows, recs, progress = _queued(conn, limit)
     out: dict[str, Ack] = {}
     done: list[tuple[str, str | None, str | None, str]] = []
@@ -364,8 +371,11 @@ def _process_queue(conn: sqlite3.Connection, *, limit: int | None) -> dict[str, 
     parsed: dict[int, orders.NewOrder | None] = {}
     i = 0
     while i < len(rows):
+        if i and stop is not None and stop():
+            progress = _left_queued(progress, rows[i:])
+            break
         if fast and recs[i].type == "order":
-            made = _orders_together(conn, rows, recs, i, now=now, parsed=parsed)
+            made = _orders_together(conn, rows, recs, i, now=now, parsed=parsed, stop=stop)
             if made is None:
                 fast = False  # failed: one by one from here (the batch was rolled back)
             for number in made or ():
@@ -452,6 +462,15 @@ def _queued(
     return rows, recs, progress
 
 
+def _left_queued(progress: list[tuple[int, int, int]], left: list[_Queued]) -> list[tuple[int, int, int]]:
+    """``progress`` (per queue row: n, done after the batch, count) when the records ``left``
+    (the batch's tail) are not processed after all."""
+    back: dict[int, int] = {}
+    for n, *_ in left:
+        back[n] = back.get(n, 0) + 1
+    return [(n, done - back.get(n, 0), count) for n, done, count in progress]
+
+
 def _dequeue(conn: sqlite3.Connection, progress: list[tuple[int, int, int]]) -> None:
     """Queue rows whose records are all processed go; a row processed in part keeps its place."""
     finished = [(n,) for n, done, count in progress if done == count]
@@ -469,6 +488,7 @@ def _orders_together(
     *,
     now: int,
     parsed: dict[int, orders.NewOrder | None],
+    stop: Callable[[], bool] | None = None,
 ) -> list[str] | None:
     """Hand the run of new orders from ``start`` to :func:`orders.create_realtime_batch`
     (the numbers of those it created, in order); None if it failed (rolled back).
@@ -483,7 +503,7 @@ def _orders_together(
         batch.append(new)
     conn.execute("SAVEPOINT orders_together")
     try:
-        made = orders.create_realtime_batch(conn, batch, now=now)
+        made = orders.create_realtime_batch(conn, batch, now=now, stop=stop)
     except Exception:
         conn.execute("ROLLBACK TO orders_together")
         conn.execute("RELEASE orders_together")

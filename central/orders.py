@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -589,7 +589,9 @@ def _next_ids(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(zip(_FAST_KEYS, row, strict=True))
 
 
-def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, now: int) -> list[str]:
+def create_realtime_batch(
+    conn: sqlite3.Connection, new: Sequence[NewOrder], *, now: int, stop: Callable[[], bool] | None = None
+) -> list[str]:
     """:func:`create` for a run of new gateway orders with real-time allocation, set-based:
     each order is validated and allocated in Python, in arrival order, over shared in-memory
     customer exposure and stock, then every table is written with one statement, with the
@@ -598,7 +600,9 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
     Handles the longest prefix of ``new`` that takes the common path (a normal order that
     passes its checks and is allocated in full, allocation in real time and nothing else
     hooked) and returns its order numbers; the caller creates the next order one by one
-    (and may call again for the rest). Returns ``[]`` when the path does not apply."""
+    (and may call again for the rest). Returns ``[]`` when the path does not apply.
+    ``stop``, asked before each order once one is made, ends the run early when it says so
+    (the caller's to take up later)."""
     from central import demand, inventory, waves  # noqa: PLC0415 - waves -> shortage -> demand
 
     settings = waves.MODE
@@ -665,6 +669,8 @@ def create_realtime_batch(conn: sqlite3.Connection, new: Sequence[NewOrder], *, 
     avail = kept.avail
     kept.read(conn, sorted({ln.sku for n in new for ln in n.order.lines if ln.sku}))
     for n in new:
+        if made and stop is not None and stop():
+            break
         order = n.order
         crow = customers[order.customer]
         if order.order_type != "normal" or not n.gateway or crow is None or owed[order.customer]:

@@ -5,11 +5,15 @@ record handlers (validation, numbering, allocation, ...) on what was received, a
 transaction, and wakes the downlink sender when its work produced records for gateways (order
 status, rejections).
 
-A batch is sized to take about :data:`JOB_BUDGET_S` of the writer: long enough that the work
-each job does once (its transaction, reading the queue, checking what the batch path kept)
-is shared by many orders, short enough that a receive job queued behind it waits only that
-long. The size follows the last job's time per record, between :data:`BATCH_MIN` and
-:data:`BATCH_MAX` records."""
+A job works the queue in chunks of :data:`CHUNK` records, all in one transaction, until the
+queue is empty, the job has run :data:`JOB_MAX_S` or done :data:`JOB_MAX_RECORDS`, or another
+job is waiting for the writer (``DurableDB.waiting``: a message being received, an API
+write) and the job has had :data:`JOB_MIN_S`. That is asked between orders, so a waiting job
+waits at most about that long, plus the writing of what the chunk made; then the processing
+job commits and makes way (and still gets through a few dozen orders per commit). So
+when nothing else wants the writer a backlog goes in few, big transactions (one commit, one
+reading of the batch path's state and a few multi-row inserts shared by hundreds of orders),
+and when messages keep arriving each one still waits only a few milliseconds."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from central.ingest import PROCESS_BATCH, process_queue
+from central.ingest import process_queue
 from ops.sqlitedb import DurableDB
 from protocols.envelope import Ack
 
@@ -30,9 +34,10 @@ IDLE_POLL_S = 1.0
 # the gateways' outboxes), but never for longer than this at a time.
 MAX_DEFER_S = 1.0
 DEFER_STEP_S = 0.02
-JOB_BUDGET_S = 0.005
-BATCH_MIN = PROCESS_BATCH
-BATCH_MAX = 64
+CHUNK = 64  # records read from the queue at a time (what a stop leaves unread is re-read)
+JOB_MIN_S = 0.005  # a job others wait for gets this long before it makes way
+JOB_MAX_S = 0.1  # what a job commits, its orders' status included, is at most this late
+JOB_MAX_RECORDS = 1024
 
 
 class Processor:
@@ -49,12 +54,21 @@ class Processor:
         self.wakeup = asyncio.Event()
         self.processed = 0
         self.idle = asyncio.Event()
-        self.batch = BATCH_MIN  # records the next job takes
+        self.jobs = 0  # jobs that processed something
 
-    def _job(self, conn: sqlite3.Connection) -> tuple[dict[str, Ack], float]:
-        t = time.perf_counter()
-        done = process_queue(conn, limit=self.batch)
-        return done, time.perf_counter() - t
+    def _job(self, conn: sqlite3.Connection) -> dict[str, Ack]:
+        start = time.perf_counter()
+
+        def stop() -> bool:
+            took = time.perf_counter() - start
+            return took >= JOB_MAX_S or (took >= JOB_MIN_S and self.db.waiting() > 0)
+
+        done: dict[str, Ack] = {}
+        while True:
+            got = process_queue(conn, limit=CHUNK, stop=stop)
+            done.update(got)
+            if len(got) < CHUNK or len(done) >= JOB_MAX_RECORDS or stop():
+                return done  # the queue is empty, the job is long enough, or someone waits
 
     def notify(self) -> None:
         self.wakeup.set()
@@ -63,10 +77,9 @@ class Processor:
         while True:
             self.wakeup.clear()
             await self._step_aside()
-            done, took = await self.db.write(self._job)
+            done = await self.db.write(self._job)
             if done:
-                per_record = took / len(done)
-                self.batch = max(BATCH_MIN, min(BATCH_MAX, int(JOB_BUDGET_S / max(per_record, 1e-9))))
+                self.jobs += 1
                 self.idle.clear()
                 self.processed += len(done)
                 if self.on_progress is not None:

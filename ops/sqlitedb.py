@@ -203,6 +203,7 @@ class DurableDB:
         self._closed = False
         self.commits = 0
         self.jobs = 0
+        self._behind = 0  # jobs of the running group after the one running
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -251,6 +252,12 @@ class DurableDB:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((fn, fut))
         return fut
+
+    def waiting(self) -> int:
+        """Jobs waiting for the writer behind the one running: queued, or later in its group.
+        For a long job to ask between its steps (it runs in the writer thread; the count is
+        read as it stands, without a lock) whether to commit what it has and make way."""
+        return self._queue.qsize() + self._behind
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._rconn is None:
@@ -304,7 +311,8 @@ class DurableDB:
         out: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for fn, _ in jobs:
+            for i, (fn, _) in enumerate(jobs):
+                self._behind = len(jobs) - 1 - i
                 conn.execute("SAVEPOINT job")
                 try:
                     value = fn(conn)
@@ -318,6 +326,8 @@ class DurableDB:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            self._behind = 0
         self._commit(conn)
         return out
 

@@ -1,19 +1,21 @@
 """Central's work queue holds a received message's records a few dozen to a row: processing
 takes them in arrival order, a batch at a time (a row processed in part keeps its place and
 how far it got), each exactly once; rows queued one per record before the change are
-processed too; the Processor sizes its batches to a time budget."""
+processed too; a batch asked to stop leaves the rest queued in place; the Processor takes a
+backlog in one job when nothing else waits for the writer, and makes way when something does."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from central import ingest, processor
+from central import ingest, orders, processor
 from central.migrations import all_migrations
 from central.processor import Processor
 from ops import bench_allocation as bench
@@ -117,19 +119,54 @@ async def _processed_by_processor(tmp_path: Path, n: int) -> tuple[Processor, li
         await db.close()
 
 
-async def test_processor_batches_grow_to_the_time_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(processor, "JOB_BUDGET_S", 60.0)  # any batch is quick enough: the most
-    proc, numbered = await _processed_by_processor(tmp_path, 150)
-    assert proc.batch == processor.BATCH_MAX
+async def test_a_backlog_is_processed_in_one_job_when_nothing_waits(tmp_path: Path) -> None:
+    proc, numbered = await _processed_by_processor(tmp_path, 150)  # more than two chunks
+    assert proc.jobs == 1 and proc.processed == 150
     assert numbered == [f"o{i}" for i in range(150)]
 
 
-async def test_processor_batches_shrink_to_the_least_when_slow(
+async def test_a_processing_job_makes_way_for_a_waiting_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(processor, "JOB_BUDGET_S", 1e-9)  # every record is too slow: the least
+    monkeypatch.setattr(processor, "JOB_MIN_S", 0.0)
+    monkeypatch.setattr(DurableDB, "waiting", lambda self: 1)  # someone always waits
     proc, numbered = await _processed_by_processor(tmp_path, 30)
-    assert proc.batch == processor.BATCH_MIN == ingest.PROCESS_BATCH
+    assert proc.jobs == 30  # one order per commit: never more before the waiting job runs
     assert numbered == [f"o{i}" for i in range(30)]
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["batch-path", "one-by-one"])
+def test_a_stopped_batch_leaves_the_rest_queued_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, together: bool
+) -> None:
+    conn = connect(tmp_path / "c.db")
+    apply_migrations(conn, all_migrations())
+    names = bench._seed_masters(conn, skus=20)
+    for env in (_orders(150, names), _orders(3, names, first=150)):
+        ingest.receive_envelope(conn, topic_gw="gw-1", topic=topics.uplink("gw-1"), env=env)
+    if not together:
+        monkeypatch.setattr(orders, "create_realtime_batch", lambda *a, **k: [])
+    answers = itertools.chain([False] * 49, itertools.repeat(True))  # stop once 50 are done
+    first = ingest.process_queue(conn, limit=64, stop=lambda: next(answers))
+    assert list(first) == [f"o{i}" for i in range(50)] == _numbered(conn)
+    assert _queue(conn) == [(64, 50), (64, 0), (22, 0), (3, 0)]
+    unprocessed = conn.execute("SELECT count(*) FROM processed WHERE ref IS NULL").fetchone()
+    assert unprocessed == (103,)
+    ingest.process_queue(conn, limit=64)
+    assert _queue(conn) == [(64, 50), (22, 0), (3, 0)]
+    ingest.process_queue(conn, limit=None)
+    assert _numbered(conn) == [f"o{i}" for i in range(153)] and _queue(conn) == []
+
+
+async def test_a_job_sees_the_jobs_waiting_behind_it(tmp_path: Path) -> None:
+    db = DurableDB(tmp_path / "w.db")
+    await db.open()
+    try:
+        seen: list[int] = []
+        futs = [db.write(lambda c: seen.append(db.waiting())) for _ in range(3)]  # one group
+        await asyncio.gather(*futs)
+        assert seen == [2, 1, 0]
+        await db.write(lambda c: seen.append(db.waiting()))
+        assert seen[-1] == 0
+    finally:
+        await db.close()
