@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -23,7 +22,7 @@ import msgpack
 
 from ops import sqlitedb
 from ops.sqlitedb import DurableDB, Migration
-from protocols import envelope, topics
+from protocols import envelope, ids, topics
 from protocols.envelope import Ack
 
 log = logging.getLogger(__name__)
@@ -85,22 +84,11 @@ def packed_row(
 ) -> tuple[int, str, str, str, int, bytes]:
     """One ``downlink_outbox`` row ``(seq, id, gateway, type, ts, packed)`` for :func:`insert_rows`;
     ``seq`` must be the next free one (rows are inserted in seq order)."""
-    rid = record_id or _uuid4_hex()
     ts = now_ms()
+    rid = record_id or ids.new_record_id(ts)  # time-ordered: the id index grows at its end
     gw = topics.check_gateway_id(gateway)
     packed = msgpack.packb({"id": rid, "seq": seq, "type": type, "ts": ts, "body": body}, use_bin_type=True)
     return (seq, rid, gw, type, ts, packed)
-
-
-def _uuid4_hex() -> str:
-    """``uuid.uuid4().hex`` without building the UUID object (same bits: random, version 4,
-    RFC 4122 variant)."""
-    n = int.from_bytes(os.urandom(16))
-    return f"{(n & _UUID4_CLEAR) | _UUID4_SET:032x}"
-
-
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def insert_rows(conn: sqlite3.Connection, rows: list[tuple[int, str, str, str, int, bytes]]) -> None:

@@ -24,6 +24,7 @@ import msgpack
 
 from gateway.inbox import InboxRejected
 from ops.sqlitedb import ClosedError, DurableDB, Migration, insert_rows
+from protocols import ids
 from protocols.envelope import Ack, AckStatus, Record, pack_record
 
 MIGRATIONS = [
@@ -54,20 +55,9 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-# A record id is the 32 hex chars of a UUIDv7 (RFC 9562): 48 bits of creation time in ms,
-# the version and variant bits, 74 random bits. Time-ordered ids keep the outbox's id index
-# (and record_results' key) append-mostly: a commit of 256 records dirties a few index pages
-# instead of one page per record, which is most of what a commit writes and fsyncs.
-_ID_RAND_MASK = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
-_ID_FIXED = (0x7 << 76) | (0x2 << 62)
-
-
-def _uuid7_hex(ms: int, rand: bytes) -> str:
-    return f"{(ms << 80) | (int.from_bytes(rand, 'big') & _ID_RAND_MASK) | _ID_FIXED:032x}"
-
-
-def new_record_id() -> str:
-    return _uuid7_hex(now_ms(), os.urandom(10))
+# A record id: a UUIDv7, time-ordered so the outbox's id index (and record_results' key)
+# grows at its end (``protocols.ids``).
+new_record_id = ids.new_record_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +166,13 @@ class Outbox:
         n = len(items)
         now = now_ms()
         first = self._reserve_seqs(conn, n)
-        rand = os.urandom(10 * n)
+        rand = os.urandom(ids.RAND_BYTES * n)
         pack = self._packer.pack
         recs: list[Record | Exception] = []
         rows = []
         try:
             for i, (t, body, given_id, _fut) in enumerate(items):
-                rid = given_id or _uuid7_hex(now, rand[10 * i : 10 * i + 10])
+                rid = given_id or ids.uuid7_hex(now, rand[ids.RAND_BYTES * i : ids.RAND_BYTES * (i + 1)])
                 seq = first + i
                 wire = {"id": rid, "seq": seq, "type": t, "ts": now, "body": body}  # = pack_record's
                 recs.append(Record(rid, seq, t, now, body))
@@ -270,9 +260,9 @@ class Outbox:
         def job(conn: sqlite3.Connection) -> int:
             # An id no longer in the outbox was acked earlier (a repeated ack): nothing to do.
             removed = 0
-            for status, ids in plain.items():
+            for status, acked in plain.items():
                 # the ids as one JSON array: the same two statements (kept prepared) for any count
-                some = json.dumps(ids)
+                some = json.dumps(acked)
                 conn.execute(
                     "INSERT OR REPLACE INTO record_results (id, type, status, reason, ref, acked_at)"
                     " SELECT id, type, ?, NULL, NULL, ? FROM outbox"
