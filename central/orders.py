@@ -28,6 +28,7 @@ from central.allocation import ShortageAction, Special, allocate
 from central.lifecycle import Status
 from central.validation import Exposure, LineIn, OrderIn, Result
 from ops.sqlitedb import insert_rows
+from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 
@@ -668,6 +669,7 @@ def create_realtime_batch(
     # GTIN only: when its order comes)
     avail = kept.avail
     kept.read(conn, sorted({ln.sku for n in new for ln in n.order.lines if ln.sku}))
+    status_ids = iter(record_ids.new_record_ids(len(new), now))  # one random read for the run
     for n in new:
         if made and stop is not None and stop():
             break
@@ -775,7 +777,13 @@ def create_realtime_batch(
             "at": t_alloc,
         }
         d_rows.append(
-            downlink.packed_row(n.gateway, lifecycle.STATUS_RECORD, body, seq=ids["downlink_outbox"])
+            downlink.packed_row(
+                n.gateway,
+                lifecycle.STATUS_RECORD,
+                body,
+                seq=ids["downlink_outbox"],
+                record_id=next(status_ids),
+            )
         )
         ids["orders"] += 1
         ids["order_events"] += 3

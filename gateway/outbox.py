@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -166,13 +165,13 @@ class Outbox:
         n = len(items)
         now = now_ms()
         first = self._reserve_seqs(conn, n)
-        rand = os.urandom(ids.RAND_BYTES * n)
+        fresh = ids.new_record_ids(n, now)
         pack = self._packer.pack
         recs: list[Record | Exception] = []
         rows = []
         try:
             for i, (t, body, given_id, _fut) in enumerate(items):
-                rid = given_id or ids.uuid7_hex(now, rand[ids.RAND_BYTES * i : ids.RAND_BYTES * (i + 1)])
+                rid = given_id or fresh[i]
                 seq = first + i
                 wire = {"id": rid, "seq": seq, "type": t, "ts": now, "body": body}  # = pack_record's
                 recs.append(Record(rid, seq, t, now, body))

@@ -23,3 +23,9 @@ def uuid7_hex(ms: int, rand: bytes) -> str:
 
 def new_record_id(ms: int | None = None) -> str:
     return uuid7_hex(time.time_ns() // 1_000_000 if ms is None else ms, os.urandom(RAND_BYTES))
+
+
+def new_record_ids(n: int, ms: int) -> list[str]:
+    """``n`` ids for creation time ``ms``, from one read of the system's random source."""
+    rand = os.urandom(RAND_BYTES * n)
+    return [uuid7_hex(ms, rand[RAND_BYTES * i : RAND_BYTES * (i + 1)]) for i in range(n)]

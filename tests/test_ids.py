@@ -38,3 +38,9 @@ def test_central_downlink_records_get_time_ordered_ids() -> None:
     assert len({u.hex for u in made}) == 50
     given_id = downlink.packed_row("gw-1", "order_status", {}, seq=51, record_id="keep-me")
     assert given_id[1] == "keep-me"
+
+
+def test_ids_made_together_are_distinct_uuid7s_of_their_time() -> None:
+    made = ids.new_record_ids(1000, 1_700_000_000_000)
+    assert len(set(made)) == 1000
+    assert all(uuid.UUID(hex=r).version == 7 and uuid.UUID(hex=r).int >> 80 == 1_700_000_000_000 for r in made)
