@@ -43,4 +43,5 @@ def test_central_downlink_records_get_time_ordered_ids() -> None:
 def test_ids_made_together_are_distinct_uuid7s_of_their_time() -> None:
     made = ids.new_record_ids(1000, 1_700_000_000_000)
     assert len(set(made)) == 1000
-    assert all(uuid.UUID(hex=r).version == 7 and uuid.UUID(hex=r).int >> 80 == 1_700_000_000_000 for r in made)
+    parsed = [uuid.UUID(hex=r) for r in made]
+    assert all(u.version == 7 and u.int >> 80 == 1_700_000_000_000 for u in parsed)
