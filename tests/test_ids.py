@@ -45,3 +45,8 @@ def test_ids_made_together_are_distinct_uuid7s_of_their_time() -> None:
     assert len(set(made)) == 1000
     parsed = [uuid.UUID(hex=r) for r in made]
     assert all(u.version == 7 and u.int >> 80 == 1_700_000_000_000 for u in parsed)
+
+
+@given(MS, st.lists(RAND, max_size=20))
+def test_ids_built_as_text_are_the_ids_built_as_numbers(ms: int, chunks: list[bytes]) -> None:
+    assert ids.uuid7_hexes(ms, b"".join(chunks)) == [ids.uuid7_hex(ms, c) for c in chunks]
