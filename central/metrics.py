@@ -30,6 +30,8 @@ def read_kpis(conn: sqlite3.Connection) -> dict[str, Any]:
         "open_alerts": conn.execute("SELECT count(*) FROM alerts WHERE closed_ms IS NULL").fetchone()[0],
         "downlink_pending": conn.execute("SELECT count(*) FROM downlink_outbox").fetchone()[0],
         "quarantined": conn.execute("SELECT count(*) FROM quarantine").fetchone()[0],
+        # received (acked) and not processed yet: growing means processing is not keeping up
+        "work_queue": conn.execute("SELECT coalesce(sum(count - done), 0) FROM work_queue").fetchone()[0],
     }
 
 
@@ -67,6 +69,16 @@ class CentralMetrics:
             "storegate_central_downlink_sent", "downlink records published", self.consumer.downlink.sent
         )
         yield gauge("storegate_central_mqtt_connected", "1 while connected to the broker", int(s.connected))
+        proc = self.consumer.processor
+        yield counter(
+            "storegate_central_processed_records", "records processed after receipt", proc.processed
+        )
+        yield counter("storegate_central_processing_jobs", "processing transactions committed", proc.jobs)
+        yield counter(
+            "storegate_central_processing_seconds",
+            "writer time spent processing (its rate near 1: processing is saturated)",
+            proc.busy_s,
+        )
         k = self.kpis
         if not k:
             return
@@ -89,6 +101,9 @@ class CentralMetrics:
             "storegate_downlink_pending", "downlink records awaiting a gateway ack", k["downlink_pending"]
         )
         yield gauge("storegate_quarantine_records", "records in quarantine", k["quarantined"])
+        yield gauge(
+            "storegate_central_work_queue_records", "records received and not yet processed", k["work_queue"]
+        )
         if k["open_shortages"] is not None:
             yield gauge("storegate_open_shortages", "open shortage lines", k["open_shortages"])
         if k["fill_rate"] is not None:

@@ -55,9 +55,16 @@ class Processor:
         self.processed = 0
         self.idle = asyncio.Event()
         self.jobs = 0  # jobs that processed something
+        self.busy_s = 0.0  # the writer's time in processing jobs (its rate: how busy processing is)
 
     def _job(self, conn: sqlite3.Connection) -> dict[str, Ack]:
         start = time.perf_counter()
+        try:
+            return self._work(conn, start)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def _work(self, conn: sqlite3.Connection, start: float) -> dict[str, Ack]:
 
         def stop() -> bool:
             took = time.perf_counter() - start

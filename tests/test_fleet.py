@@ -125,6 +125,8 @@ async def test_killed_gateway_turns_offline_and_metrics_are_served(broker: Mosqu
         c_metrics = await asyncio.to_thread(fetch_text, f"{central.url}/metrics")
         assert "storegate_central_messages_total" in c_metrics
         assert 'storegate_central_acks_total{status="accepted"}' in c_metrics
+        for name in ("processed_records_total", "processing_jobs_total", "processing_seconds_total"):
+            assert f"storegate_central_{name} " in c_metrics
     finally:
         gw.kill()
         central.kill()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from central import ingest, orders, processor
+from central import ingest, metrics, orders, processor
 from central.migrations import all_migrations
 from central.processor import Processor
 from ops import bench_allocation as bench
@@ -121,7 +121,7 @@ async def _processed_by_processor(tmp_path: Path, n: int) -> tuple[Processor, li
 
 async def test_a_backlog_is_processed_in_one_job_when_nothing_waits(tmp_path: Path) -> None:
     proc, numbered = await _processed_by_processor(tmp_path, 150)  # more than two chunks
-    assert proc.jobs == 1 and proc.processed == 150
+    assert proc.jobs == 1 and proc.processed == 150 and proc.busy_s > 0
     assert numbered == [f"o{i}" for i in range(150)]
 
 
@@ -151,7 +151,7 @@ def test_a_stopped_batch_leaves_the_rest_queued_in_place(
     assert list(first) == [f"o{i}" for i in range(50)] == _numbered(conn)
     assert _queue(conn) == [(64, 50), (64, 0), (22, 0), (3, 0)]
     unprocessed = conn.execute("SELECT count(*) FROM processed WHERE ref IS NULL").fetchone()
-    assert unprocessed == (103,)
+    assert unprocessed == (103,) and metrics.read_kpis(conn)["work_queue"] == 103  # what ops sees
     ingest.process_queue(conn, limit=64)
     assert _queue(conn) == [(64, 50), (22, 0), (3, 0)]
     ingest.process_queue(conn, limit=None)
