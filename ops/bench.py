@@ -667,7 +667,13 @@ def bench_allocation(sizes: Sizes) -> Result:
     doc = fn(orders=orders, runs=sizes.runs)
     res.runs.append(doc)
     v = float(doc["value_orders_s"])
-    detail = f"{orders} orders, median of {sizes.runs}"
+    runs = doc.get("runs") or [{}]
+    busy = statistics.median(r.get("processing_us_per_order", 0.0) for r in runs)
+    share = statistics.median(r.get("processing_share", 0.0) for r in runs)
+    detail = (
+        f"{orders} orders, median of {sizes.runs}; processing {busy:.0f} us/order of the writer,"
+        f" {share:.0%} of the time"
+    )
     res.rows.append(Row("4", name, v, "orders/s", target, v >= 5000, detail))
     return res
 
