@@ -31,7 +31,7 @@ from central.downlink import DownlinkSender, apply_gateway_acks
 from central.ingest import now_ms, quarantine_message, quick_checks, receive_uplink
 from central.processor import Processor
 from ops.mqtt import no_delay
-from ops.retry import backoff_delay, only
+from ops.retry import backoff_delay, only, stopping
 from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import Ack, AckStatus, EnvelopeError
@@ -145,6 +145,8 @@ class Consumer:
             except (aiomqtt.MqttError, BaseExceptionGroup) as e:
                 if not only(e, aiomqtt.MqttError):
                     raise
+                if stopping():  # an MQTT error on the way out of a cancel: stop, do not retry
+                    raise asyncio.CancelledError from e
                 self.stats.connected = False
                 self.connected.clear()
                 self.client = None

@@ -33,7 +33,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.outbox import Outbox, now_ms
 from ops.mqtt import no_delay
-from ops.retry import backoff_delay, only
+from ops.retry import backoff_delay, only, stopping
 from protocols import envelope, topics
 from protocols.envelope import Ack, EnvelopeError, Record
 
@@ -160,6 +160,8 @@ class Sync:
             except (aiomqtt.MqttError, BaseExceptionGroup) as e:
                 if not only(e, aiomqtt.MqttError):
                     raise
+                if stopping():  # an MQTT error on the way out of a cancel: stop, do not retry
+                    raise asyncio.CancelledError from e
                 self.stats.connected = False
                 self.connected.clear()
                 self._client = None
