@@ -4,8 +4,12 @@ limits, so a queue limit cannot hide), and helpers to wait on conditions with a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
-from collections.abc import Awaitable, Callable, Iterator
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,36 @@ from ops.broker import BrokerConfig, Mosquitto, free_port
 os.environ.setdefault("PATH", "/usr/sbin:/usr/bin:/bin")
 if "/usr/sbin" not in os.environ["PATH"].split(":"):
     os.environ["PATH"] += ":/usr/sbin"
+
+# A test still running after this long is hung: its asyncio tasks' stacks are printed (where
+# each coroutine waits - what pytest-timeout's thread dump, which ends the run at 300 s, does
+# not show).
+HUNG_S = float(os.environ.get("SG_TEST_HUNG_S", "240"))
+
+
+def _print_asyncio_tasks(item: pytest.Item) -> None:
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        out = sys.stderr
+        print(f"\n=== {item.nodeid} still running after {HUNG_S:.0f} s; its asyncio tasks:", file=out)
+        for loop in [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]:
+            if loop.is_closed():
+                continue
+            for task in list(asyncio.all_tasks(loop)):
+                print(f"--- {task!r}", file=out)
+                task.print_stack(file=out)
+        out.flush()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    timer = threading.Timer(HUNG_S, _print_asyncio_tasks, args=(item,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.fixture
