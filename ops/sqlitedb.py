@@ -63,6 +63,24 @@ class Migration:
 TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
 
 
+def _bind_as_is() -> None:
+    """Bind ``None`` and ``bytes`` parameters without the adaptation lookup.
+
+    CPython's sqlite3 (3.11) binds exact ``int``, ``float`` and ``str`` directly but sends
+    ``None`` and ``bytes`` through ``microprotocols_adapt``: no adapter is registered, so it
+    asks ``PrepareProtocol`` for ``__adapt__``, which raises and formats an AttributeError
+    (~2,000 CPU instructions) before the value is bound as it is. Central's real-time path
+    binds ~20 such values per order (NULL columns, packed inputs and records), the outboxes
+    one blob per record. An identity adapter for each makes that one dict lookup (callgrind:
+    -2.6 % of the instructions per processed order). Exact types only: subclasses are
+    adapted as before; ``int``/``float``/``str`` keep the fast path (no adapter for them)."""
+    sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b itself for an exact bytes
+    sqlite3.register_adapter(type(None), {None: None}.get)
+
+
+_bind_as_is()
+
+
 def connect(
     path: Path | str, *, synchronous: str = "FULL", temp_store: str = "DEFAULT"
 ) -> sqlite3.Connection:

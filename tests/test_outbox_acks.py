@@ -1,6 +1,7 @@
 """The gateway outbox takes central's acks: an acked record leaves the outbox and its answer
 is kept in record_results - whatever the mix of statuses, reasons and refs in one message,
-and a repeated or unknown ack changes nothing. Plus the multi-row insert helper it relies on."""
+and a repeated or unknown ack changes nothing. Plus the multi-row insert helper it relies on
+and how parameters are bound (``ops.sqlitedb._bind_as_is``)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,29 @@ async def test_a_repeated_record_id_fails_alone_in_its_batch(tmp_path: Path) -> 
         assert (await box.backlog()).count == 11
         pending = await box.pending(after_seq=0, limit=100)
         assert [msgpack.unpackb(p)["body"]["n"] for _s, _rid, p in pending] == list(range(11))
+
+
+def test_none_and_bytes_bind_as_they_are_without_the_adapt_lookup() -> None:
+    """None is stored as NULL and bytes as a BLOB, as sqlite3 does by default, but through
+    the identity adapters ops.sqlitedb registers: no ``__adapt__`` lookup (which raises and
+    formats an AttributeError per value). A bytes subclass, an int/str subclass and a
+    registered adapter of another type behave as before."""
+
+    class Tag(bytes):
+        def __conform__(self, proto: object) -> bytes:
+            return b"conformed"
+
+    class Mark(str):
+        pass
+
+    assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)](b"ab") == b"ab"
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+    blob = b"\x00\x01raw"
+    assert sqlite3.adapt(blob) is blob and sqlite3.adapt(None) is None
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a, b, c, d)")
+    insert_rows(conn, "INSERT INTO t (a, b, c, d)", [(None, blob, Tag(b"x"), Mark("m"))] * 3)
+    assert (
+        conn.execute("SELECT typeof(a), typeof(b), b, c, typeof(d), d FROM t").fetchall()
+        == [("null", "blob", blob, b"conformed", "text", "m")] * 3
+    )
