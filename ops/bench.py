@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import items
 from gateway.app import migrations as gateway_migrations
@@ -322,7 +323,12 @@ async def fill_outbox(box: Outbox, n: int, *, chunk: int = 5000) -> None:
     done = 0
     while done < n:
         k = min(chunk, n - done)
-        await box.db.write(lambda conn, k=k: [box.add(conn, "order", body) for _ in range(k)])
+
+        def add(conn: sqlite3.Connection, k: int = k) -> None:
+            for _ in range(k):
+                box.add(conn, "order", body)
+
+        await box.db.write(add)
         done += k
     box.notify(n)
 
@@ -422,7 +428,7 @@ def paho_baseline(port: int, n: int, *, window: int = 20) -> dict[str, Any]:
             done.set()
 
     client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id=f"bench-base-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv5
+        CallbackAPIVersion.VERSION2, client_id=f"bench-base-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv5
     )
     client.max_inflight_messages_set(window)
     client.max_queued_messages_set(0)
