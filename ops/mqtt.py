@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import aiomqtt
 
+from ops.retry import stopping
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def keep_cancel(call: Awaitable[T]) -> T:
+    """Await an aiomqtt call (``publish``, ``subscribe``) without losing a cancel.
+
+    aiomqtt waits for the broker's answer with ``asyncio.wait_for``, which in Python 3.11
+    returns the result instead of raising when the task is cancelled in the same loop step as
+    the answer arrives (CPython gh-86296, fixed in 3.12). The caller's loop then goes on with
+    its cancel spent and waits forever at its next await: seen as a gateway whose sync never
+    stopped after the test's ``cancel()`` (the task "cancelling", parked on its next
+    ``Queue.get``). The task still counts the cancel (``Task.cancelling()``), so it is raised
+    here."""
+    result = await call
+    if stopping():
+        raise asyncio.CancelledError
+    return result
 
 
 def no_delay(client: aiomqtt.Client) -> None:

@@ -3,11 +3,16 @@
 A TaskGroup that is cancelled while one of its tasks fails hands back that task's error
 instead of the cancellation; taken for a lost link, it made central's consumer (or a
 gateway's sync) reconnect and run on forever after being told to stop. Real broker; the
-child task that fails is made to fail exactly when it is cancelled."""
+child task that fails is made to fail exactly when it is cancelled.
+
+And a cancel that lands as the broker's answer does is not lost (``ops.mqtt.keep_cancel``):
+aiomqtt waits for it with ``asyncio.wait_for``, which in Python 3.11 then returns instead of
+raising; a gateway's sync was seen parked forever on its next ``Queue.get`` after ``cancel()``."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,7 @@ from gateway.app import migrations as gateway_migrations
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
+from ops.mqtt import keep_cancel
 from ops.sqlitedb import DurableDB
 
 STOP_S = 10.0
@@ -82,3 +88,41 @@ async def test_gateway_sync_stops_on_cancel_when_a_child_fails_on_the_way_out(
         await _stops_when_cancelled(sync.run, sync.connected)
     finally:
         await db.close()
+
+
+async def _publishing_loop(step: Callable[[], Awaitable[None]], steps: list[int]) -> None:
+    while True:
+        await step()
+        steps.append(1)
+        await asyncio.Event().wait()  # the loop's next await: parked for good if the cancel was spent
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+async def test_a_cancel_that_arrives_with_the_brokers_answer_still_stops_the_loop(guarded: bool) -> None:
+    """The answer (a PUBACK, a SUBACK) and the cancel in the same loop step, awaited the way
+    aiomqtt awaits it (``asyncio.wait_for`` with its timeout). Unguarded, Python 3.11 hands
+    back the answer and the loop goes on to wait forever with the cancel spent (fixed in
+    3.12); through ``keep_cancel`` the task stops, cancelled, on every version."""
+    answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def step() -> None:
+        call = asyncio.wait_for(answer, timeout=30)
+        await (keep_cancel(call) if guarded else call)
+
+    steps: list[int] = []
+    task = asyncio.create_task(_publishing_loop(step, steps))
+    await asyncio.sleep(0)  # the task is now waiting for the answer
+    answer.set_result(None)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=STOP_S)
+    try:
+        if guarded:
+            assert task in done and task.cancelled() and steps == []
+        else:
+            lost = sys.version_info < (3, 12)
+            assert (task not in done) is lost, "asyncio.wait_for's cancel handling is not as documented here"
+            assert task.cancelling() == 1 and steps == ([1] if lost else [])
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=STOP_S)
+    assert task.cancelled()
