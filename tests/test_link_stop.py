@@ -12,6 +12,7 @@ raising; a gateway's sync was seen parked forever on its next ``Queue.get`` afte
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -126,3 +127,18 @@ async def test_a_cancel_that_arrives_with_the_brokers_answer_still_stops_the_loo
         task.cancel()
         await asyncio.wait({task}, timeout=STOP_S)
     assert task.cancelled()
+
+
+def test_every_awaited_mqtt_call_of_the_services_goes_through_keep_cancel() -> None:
+    """A new ``await client.publish(...)`` (or subscribe/unsubscribe) in the services'
+    code without ``keep_cancel`` would bring the lost cancel back."""
+    root = Path(__file__).resolve().parent.parent
+    raw = re.compile(r"await\s+[\w.]+\.(publish|subscribe|unsubscribe)\(")
+    bare = [
+        f"{path.relative_to(root)}:{n}"
+        for pkg in ("gateway", "central", "ops", "firmware_sim")
+        for path in sorted((root / pkg).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if raw.search(line)
+    ]
+    assert bare == [], f"awaited without keep_cancel: {bare}"
