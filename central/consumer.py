@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 from central.downlink import DownlinkSender, apply_gateway_acks
 from central.ingest import now_ms, quarantine_message, quick_checks, receive_uplink
 from central.processor import Processor
-from ops.mqtt import keep_cancel, no_delay
+from ops.mqtt import Client, no_delay
 from ops.retry import backoff_delay, only, stopping
 from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
@@ -96,11 +96,11 @@ class Consumer:
         self._sessions: dict[str, object] = {}  # gateway -> its MQTT session's connected_at
         self.processor = Processor(db, on_progress=self.downlink.notify, receiving=lambda: self.receiving > 0)
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         tls = aiomqtt.TLSParameters(ca_certs=self.broker.tls_ca) if self.broker.tls_ca else None
-        return aiomqtt.Client(
+        return Client(
             self.broker.host,
             self.broker.port,
             identifier=self.broker.client_id,
@@ -129,13 +129,11 @@ class Consumer:
                     attempt = 0
                     self.client = client
                     no_delay(client)
-                    await keep_cancel(
-                        client.subscribe(
-                            topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
-                        )
+                    await client.subscribe(
+                        topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
                     )
                     if self.on_status is not None:
-                        await keep_cancel(client.subscribe(topics.STATUS_SUBSCRIPTION, qos=1))
+                        await client.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
                     self.stats.connected = True
                     self.connected.set()
                     log.info("central connected to %s:%d", self.broker.host, self.broker.port)
@@ -226,7 +224,7 @@ class Consumer:
         for i in range(0, len(acks), envelope.MAX_ACKS):
             chunk = acks[i : i + envelope.MAX_ACKS]
             payload = envelope.encode(gw=gw, sent=now_ms(), acks=chunk)
-            await keep_cancel(client.publish(topics.downlink(gw), payload, qos=1))
+            await client.publish(topics.downlink(gw), payload, qos=1)
 
     async def on_gateway_acks(self, gw: str, acks: tuple[Ack, ...]) -> None:
         """Acks from a gateway for downlink records: they leave the downlink outbox."""

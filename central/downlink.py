@@ -21,7 +21,6 @@ import aiomqtt
 import msgpack
 
 from ops import sqlitedb
-from ops.mqtt import keep_cancel
 from ops.sqlitedb import DurableDB, Migration
 from protocols import envelope, ids, topics
 from protocols.envelope import Ack
@@ -179,7 +178,7 @@ class DownlinkSender:
                 payload = envelope.encode_raw_records(
                     gw=gw, sent=now_ms(), raw_records=[p for _r, p in chunk]
                 )
-                await keep_cancel(client.publish(topics.downlink(gw), payload, qos=1))
+                await client.publish(topics.downlink(gw), payload, qos=1)
                 t = time.monotonic()
                 for rid, _p in chunk:
                     self._sent_at[rid] = t

@@ -32,7 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.outbox import Outbox, now_ms
-from ops.mqtt import keep_cancel, no_delay
+from ops.mqtt import Client, no_delay
 from ops.retry import backoff_delay, only, stopping
 from protocols import envelope, topics
 from protocols.envelope import Ack, EnvelopeError, Record
@@ -118,14 +118,14 @@ class Sync:
         self._connected_at = 0
 
     # -- connection -------------------------------------------------------------------
-    def _client_for_session(self) -> aiomqtt.Client:
+    def _client_for_session(self) -> Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         will = aiomqtt.Will(topics.status(self.gw), self._status_payload("offline"), qos=1, retain=True)
         tls = None
         if self.mqtt.tls_ca:
             tls = aiomqtt.TLSParameters(ca_certs=self.mqtt.tls_ca)
-        return aiomqtt.Client(
+        return Client(
             self.mqtt.host,
             self.mqtt.port,
             identifier=f"gw-{self.gw}",
@@ -176,10 +176,8 @@ class Sync:
         no_delay(client)
         self._connected_at = now_ms()
         self._reset_inflight()
-        await keep_cancel(client.subscribe(topics.downlink(self.gw), qos=1))
-        await keep_cancel(
-            client.publish(topics.status(self.gw), self._status_payload("online"), qos=1, retain=True)
-        )
+        await client.subscribe(topics.downlink(self.gw), qos=1)
+        await client.publish(topics.status(self.gw), self._status_payload("online"), qos=1, retain=True)
         self.stats.connected = True
         self.connected.set()
         log.info("gw=%s connected to %s:%d", self.gw, self.mqtt.host, self.mqtt.port)
@@ -194,8 +192,9 @@ class Sync:
         """Refresh the retained online status (with telemetry from ``status_extra``)."""
         if self._client is not None:
             with contextlib.suppress(aiomqtt.MqttError):
-                status = self._status_payload("online")
-                await keep_cancel(self._client.publish(topics.status(self.gw), status, qos=1, retain=True))
+                await self._client.publish(
+                    topics.status(self.gw), self._status_payload("online"), qos=1, retain=True
+                )
 
     # -- uplink -----------------------------------------------------------------------
     def _reset_inflight(self) -> None:
@@ -232,7 +231,7 @@ class Sync:
             for rid in ids:
                 self._id_to_msg[rid] = self._msgno
             self._cursor = rows[-1][0]
-            await keep_cancel(client.publish(up, payload, qos=1))
+            await client.publish(up, payload, qos=1)
             self.stats.messages_sent += 1
             self.stats.records_sent += len(rows)
 
@@ -320,4 +319,4 @@ class Sync:
         acks = await self.on_records(records)
         if acks:
             payload = envelope.encode(gw=self.gw, sent=now_ms(), acks=acks)
-            await keep_cancel(client.publish(topics.uplink(self.gw), payload, qos=1))
+            await client.publish(topics.uplink(self.gw), payload, qos=1)

@@ -6,9 +6,10 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ops.retry import stopping
 
@@ -30,6 +31,21 @@ async def keep_cancel(call: Awaitable[T]) -> T:
     if stopping():
         raise asyncio.CancelledError
     return result
+
+
+class Client(aiomqtt.Client):
+    """``aiomqtt.Client`` whose ``publish``, ``subscribe`` and ``unsubscribe`` go through
+    :func:`keep_cancel`: the gateway's and central's clients are made from this class, so no
+    call of theirs can lose a cancel, whoever writes the next one."""
+
+    async def publish(self, *args: Any, **kwargs: Any) -> None:
+        await keep_cancel(super().publish(*args, **kwargs))
+
+    async def subscribe(self, *args: Any, **kwargs: Any) -> tuple[int, ...] | list[ReasonCode]:
+        return await keep_cancel(super().subscribe(*args, **kwargs))
+
+    async def unsubscribe(self, *args: Any, **kwargs: Any) -> None:
+        await keep_cancel(super().unsubscribe(*args, **kwargs))
 
 
 def no_delay(client: aiomqtt.Client) -> None:
