@@ -30,8 +30,8 @@ from paho.mqtt.properties import Properties
 from central.downlink import DownlinkSender, apply_gateway_acks
 from central.ingest import now_ms, quarantine_message, quick_checks, receive_uplink
 from central.processor import Processor
-from ops.mqtt import Client, no_delay
-from ops.retry import backoff_delay, only, stopping
+from ops.mqtt import Client, no_delay, raise_unless_link_lost
+from ops.retry import backoff_delay
 from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import Ack, AckStatus, EnvelopeError
@@ -143,10 +143,7 @@ class Consumer:
                             await self._sem.acquire()
                             tg.create_task(self._handle(client, message))
             except (aiomqtt.MqttError, BaseExceptionGroup) as e:
-                if not only(e, aiomqtt.MqttError):
-                    raise
-                if stopping():  # an MQTT error on the way out of a cancel: stop, do not retry
-                    raise asyncio.CancelledError from e
+                raise_unless_link_lost(e)
                 self.stats.connected = False
                 self.connected.clear()
                 self.client = None

@@ -54,11 +54,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-# A record id: a UUIDv7, time-ordered so the outbox's id index (and record_results' key)
-# grows at its end (``protocols.ids``).
-new_record_id = ids.new_record_id
-
-
 @dataclass(frozen=True, slots=True)
 class Backlog:
     count: int
@@ -122,7 +117,7 @@ class Outbox:
         """Put a record in the outbox. Call inside a ``db.write`` job, so it commits
         atomically with the caller's own writes."""
         rec = Record(
-            id=record_id or new_record_id(),
+            id=record_id or ids.new_record_id(),  # time-ordered: the id index grows at its end
             seq=self._next_seq(conn),
             type=type,
             ts=ts if ts is not None else now_ms(),

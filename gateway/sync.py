@@ -32,8 +32,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.outbox import Outbox, now_ms
-from ops.mqtt import Client, no_delay
-from ops.retry import backoff_delay, only, stopping
+from ops.mqtt import Client, no_delay, raise_unless_link_lost
+from ops.retry import backoff_delay
 from protocols import envelope, topics
 from protocols.envelope import Ack, EnvelopeError, Record
 
@@ -158,10 +158,7 @@ class Sync:
                     attempt = 0
                     await self._session(client)
             except (aiomqtt.MqttError, BaseExceptionGroup) as e:
-                if not only(e, aiomqtt.MqttError):
-                    raise
-                if stopping():  # an MQTT error on the way out of a cancel: stop, do not retry
-                    raise asyncio.CancelledError from e
+                raise_unless_link_lost(e)
                 self.stats.connected = False
                 self.connected.clear()
                 self._client = None

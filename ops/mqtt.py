@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ops.retry import stopping
+from ops.retry import only, stopping
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,6 +31,18 @@ async def keep_cancel(call: Awaitable[T]) -> T:
     if stopping():
         raise asyncio.CancelledError
     return result
+
+
+def raise_unless_link_lost(e: BaseException) -> None:
+    """For a reconnect loop's ``except (aiomqtt.MqttError, BaseExceptionGroup) as e``:
+    returns (reconnect) only if ``e`` is MQTT errors alone and the task is not being
+    cancelled. Anything else is raised again; an MQTT error on the way out of a cancel - a
+    cancelled TaskGroup hands back a failing child's error, not the cancellation - raises the
+    cancel (retrying would swallow the stop: the task would reconnect and run on forever)."""
+    if not only(e, aiomqtt.MqttError):
+        raise e
+    if stopping():
+        raise asyncio.CancelledError from e
 
 
 class Client(aiomqtt.Client):
