@@ -19,9 +19,9 @@ def only(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def stopping() -> bool:
-    """True while the current task is being cancelled. A reconnect loop asks it before taking
-    an MQTT error for a lost link: a TaskGroup that is cancelled while a child fails hands
-    back that child's error, not the cancellation (the child's error "has priority"), and
-    retrying then would swallow the stop - the task would reconnect and run on forever."""
+    """True while the current task is being cancelled (``Task.cancelling()``), even where the
+    CancelledError itself went astray: ``ops.mqtt.raise_unless_link_lost`` asks it before an
+    MQTT error is taken for a lost link (a cancelled TaskGroup hands back a failing child's
+    error), ``ops.mqtt.keep_cancel`` after an answer ``asyncio.wait_for`` returned in its place."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
