@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from central import allocation_api, dashboard, release, waves
+from central import allocation_api, dashboard, release, retention, waves
 from central.api import create_app
 from central.consumer import BrokerSettings, Consumer
 from central.fleet import AlertThresholds, Fleet
@@ -71,6 +71,7 @@ async def serve(cfg: CentralConfig) -> None:
             tg.create_task(metrics.run(), name="central-metrics")
             releaser = Releaser(db, cfg.release, on_release=consumer.downlink.notify)
             tg.create_task(releaser.run(), name="central-release")
+            tg.create_task(retention.run(db), name="central-retention")
     finally:
         await runner.cleanup()
         await db.close()

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from central import fleet, inventory, picking, schema
+from central import fleet, inventory, picking, retention, schema
 from ops.sqlitedb import DurableDB, Migration
 
 
 def all_migrations() -> list[Migration]:
-    return [*schema.MIGRATIONS, *inventory.MIGRATIONS, *fleet.MIGRATIONS, *picking.MIGRATIONS]
+    return [
+        *schema.MIGRATIONS,
+        *inventory.MIGRATIONS,
+        *fleet.MIGRATIONS,
+        *picking.MIGRATIONS,
+        *retention.MIGRATIONS,
+    ]
 
 
 def central_db(path: Path | str) -> DurableDB:

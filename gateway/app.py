@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, inbox, items, order_status, outbox, picking, scanner, stock
+from gateway import handheld, inbox, items, order_status, outbox, picking, retention, scanner, stock
 from gateway.devices import (
     HandheldConfig,
     HidScannerConfig,
@@ -193,6 +193,7 @@ async def serve(cfg: GatewayConfig) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(sync.run(), name=f"sync:{cfg.gateway_id}")
             tg.create_task(telemetry.run(), name=f"telemetry:{cfg.gateway_id}")
+            tg.create_task(retention.run(db, cfg.gateway_id), name=f"retention:{cfg.gateway_id}")
             if sessions is not None:
                 tg.create_task(sessions.run(), name=f"scan-sessions:{cfg.gateway_id}")
             for dev in devices:

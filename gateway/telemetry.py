@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import retention
 from gateway.outbox import Backlog, Outbox, now_ms
 from gateway.sync import Sync
 
@@ -108,6 +109,7 @@ class Telemetry:
         self.version = version
         self.sync: Sync | None = None
         self.backlog = Backlog(count=0, oldest_ts=None)
+        self.acked_below: int | None = None  # the retention watermark (gateway.retention)
         self.started = time.time()
 
     def extra(self) -> dict[str, object]:
@@ -123,10 +125,12 @@ class Telemetry:
             "records_sent": s.records_sent if s else 0,
             "rejected": self.outbox.rejected,
             "devices": self.board.snapshot(),
+            **({} if self.acked_below is None else {"acked_below": self.acked_below}),
         }
 
     async def refresh(self) -> None:
         self.backlog = await self.outbox.backlog()
+        self.acked_below = await self.outbox.db.read(retention.acked_below)
 
     async def run(self) -> None:
         while True:

@@ -1,0 +1,151 @@
+"""Retention of central's per-record history: which rows may go, and the job that removes them.
+
+``processed`` (the id of every uplink record received, for exactly-once) is the table a
+careless rule would break: an id may be forgotten only once its gateway can never send that
+record again. A gateway sends a record only while it is in its outbox, and it removes a
+record from its outbox only on our ack; its ``seq`` numbers increase and are never reused.
+So each gateway reports, in its retained status, ``acked_below``: the lowest ``seq`` still in
+its outbox (or the next ``seq`` it will use when the outbox is empty). Every record of that
+gateway with a lower ``seq`` has been acked and deleted there and will never be sent again.
+
+A copy sent before the report may still be in flight (in the broker's queue, or another
+central worker's hands: the status topic is not ordered with the uplink), so a report takes
+effect only after ``GRACE_S``: it is kept as a *candidate* and promoted to the gateway's
+*mark* once it is that old. Rows of ``processed`` with ``seq`` below the mark go, oldest
+first, a small batch per write job. A gateway that never reports (an older version) keeps
+all its ids, as before. Age alone would not be safe: a store may hold a record unsent (or
+its ack lost) for as long as it is offline, and business data never expires.
+
+``downlink_results`` (what each gateway answered to our downlink records) is history only:
+the gateway acked the record, so it left our downlink outbox and is never sent again; rows
+older than ``DOWNLINK_RESULTS_KEEP_S`` go. ``quarantine`` is kept: it is for a person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from functools import partial
+
+from ops.sqlitedb import DurableDB, Migration
+
+log = logging.getLogger(__name__)
+
+# Timing constants: module level so tests can shrink them.
+GRACE_S = 3600.0  # a watermark report takes effect this long after central received it
+DOWNLINK_RESULTS_KEEP_S = 7 * 24 * 3600.0
+PRUNE_INTERVAL_S = 60.0
+PRUNE_BATCH = 2000  # rows per write job: the writer is never held long
+
+MIGRATIONS = [
+    Migration(
+        "retention_0001_marks",
+        """
+        CREATE TABLE retention_marks (
+            gateway TEXT PRIMARY KEY,
+            mark INTEGER NOT NULL DEFAULT 0,
+            candidate INTEGER,
+            candidate_at INTEGER
+        );
+        """,
+    )
+]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def report(conn: sqlite3.Connection, gateway: str, acked_below: int, now: int) -> None:
+    """A gateway says every record of its with ``seq < acked_below`` left its outbox."""
+    row = conn.execute(
+        "SELECT candidate, candidate_at FROM retention_marks WHERE gateway = ?", (gateway,)
+    ).fetchone()
+    if row is None:
+        conn.execute(
+            "INSERT INTO retention_marks (gateway, candidate, candidate_at) VALUES (?, ?, ?)",
+            (gateway, acked_below, now),
+        )
+    elif row[0] is None:
+        conn.execute(
+            "UPDATE retention_marks SET candidate = ?, candidate_at = ? WHERE gateway = ?",
+            (acked_below, now, gateway),
+        )
+    # else: keep the older candidate until it is promoted (a newer one would never age)
+
+
+def promote(conn: sqlite3.Connection, *, now: int, grace_ms: int) -> None:
+    """Candidates at least ``grace_ms`` old become marks (a mark never goes down)."""
+    conn.execute(
+        "UPDATE retention_marks SET mark = max(mark, candidate), candidate = NULL, candidate_at = NULL"
+        " WHERE candidate IS NOT NULL AND candidate_at <= ?",
+        (now - grace_ms,),
+    )
+
+
+def marks(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT gateway, mark FROM retention_marks WHERE mark > 0"))
+
+
+def prune_processed(conn: sqlite3.Connection, *, gateway: str, mark: int, limit: int) -> int:
+    """Delete up to ``limit`` of ``gateway``'s ``processed`` rows with ``seq < mark``."""
+    return conn.execute(
+        "DELETE FROM processed WHERE record_id IN (SELECT record_id FROM processed"
+        " WHERE gateway = ? AND seq < ? ORDER BY seq LIMIT ?)",
+        (gateway, mark, limit),
+    ).rowcount
+
+
+def prune_downlink_results(conn: sqlite3.Connection, before_ms: int, *, limit: int) -> int:
+    return conn.execute(
+        "DELETE FROM downlink_results WHERE id IN"
+        " (SELECT id FROM downlink_results WHERE acked_at < ? LIMIT ?)",
+        (before_ms, limit),
+    ).rowcount
+
+
+@dataclass(slots=True)
+class PruneStats:
+    processed: int = 0
+    downlink_results: int = 0
+
+
+async def prune_once(
+    db: DurableDB, *, now: int | None = None, grace_s: float | None = None, batch: int | None = None
+) -> PruneStats:
+    """One pass: promote aged reports, then delete in batches of ``batch`` rows (one write
+    job each) until nothing is left to delete."""
+    t = now_ms() if now is None else now
+    grace_ms = int((GRACE_S if grace_s is None else grace_s) * 1000)
+    limit = PRUNE_BATCH if batch is None else batch
+    stats = PruneStats()
+    await db.write(lambda conn: promote(conn, now=t, grace_ms=grace_ms))
+    for gw, mark in (await db.read(marks)).items():
+        while True:
+            n = await db.write(partial(prune_processed, gateway=gw, mark=mark, limit=limit))
+            stats.processed += n
+            if n < limit:
+                break
+    before = t - int(DOWNLINK_RESULTS_KEEP_S * 1000)
+    while True:
+        n = await db.write(lambda conn: prune_downlink_results(conn, before, limit=limit))
+        stats.downlink_results += n
+        if n < limit:
+            break
+    return stats
+
+
+async def run(db: DurableDB) -> None:
+    """Prune every ``PRUNE_INTERVAL_S``; all state is in the database, so a restart resumes."""
+    while True:
+        stats = await prune_once(db)
+        if stats.processed or stats.downlink_results:
+            log.info(
+                "retention: %d processed ids, %d downlink results pruned",
+                stats.processed,
+                stats.downlink_results,
+            )
+        await asyncio.sleep(PRUNE_INTERVAL_S)
