@@ -25,6 +25,7 @@ import math
 import re
 import reprlib
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from protocols import ProtocolError
@@ -51,6 +52,8 @@ def bounded_reason(reason: str, limit: int = MAX_REASON) -> str:
     """``reason`` cut to ``limit`` characters (``...`` marks the cut)."""
     if len(reason) <= limit:
         return reason
+    if limit <= len(_TRUNCATED):
+        return reason[:limit]
     return reason[: limit - len(_TRUNCATED)] + _TRUNCATED
 
 
@@ -74,6 +77,21 @@ class _WireRepr(reprlib.Repr):
         return s if len(x) <= self.maxstring else s + _TRUNCATED
 
     repr_bytearray = repr_bytes
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        # reprlib sorts every key first (work and memory by the map's size): take the first
+        # few in the order they came instead
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [
+            f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+            for k, v in islice(x.items(), self.maxdict)
+        ]
+        if len(x) > self.maxdict:
+            pieces.append("...")
+        return "{" + ", ".join(pieces) + "}"
 
     def repr_instance(self, x: object, level: int) -> str:
         try:
