@@ -20,7 +20,7 @@ from central import documents, inventory, returns, shortage, waves
 from central.api import DB_KEY, requires
 from central.auth import Role
 from ops.jsonbody import json_object
-from protocols.bounded import value_repr
+from protocols.bounded import MAX_INT, MIN_INT, value_repr
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,9 +47,12 @@ def _date(raw: str, name: str) -> dt.date:
 
 def _int(raw: Any, name: str) -> int:
     try:
-        return int(raw)
+        v = int(raw)
     except (TypeError, ValueError, OverflowError):  # ValueError: bad text, or too many digits
         raise _bad(f"{name}: {value_repr(raw)} is not an integer") from None
+    if not MIN_INT <= v <= MAX_INT:  # what SQLite can store
+        raise _bad(f"{name}: {value_repr(raw)} is out of range")
+    return v
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -20,28 +20,34 @@ from protocols.bounded import JsonError, json_loads
 MAX_BODY = 256 * 1024
 
 
-def _refused(cls: type[web.HTTPClientError], reason: str) -> web.HTTPClientError:
-    return cls(text=json.dumps({"error": reason}), content_type="application/json")
+def _refused(reason: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": reason}), content_type="application/json")
+
+
+def _too_large(max_bytes: int, size: float) -> web.HTTPRequestEntityTooLarge:
+    reason = f"body: larger than {max_bytes} bytes"
+    return web.HTTPRequestEntityTooLarge(
+        max_bytes, size, text=json.dumps({"error": reason}), content_type="application/json"
+    )
 
 
 async def json_object(request: web.Request, *, max_bytes: int = MAX_BODY) -> dict[str, Any]:
     """The request body as one JSON object; raises ``HTTPBadRequest`` / ``HTTPRequestEntityTooLarge``
     (a JSON ``{"error": reason}`` answer) for anything else."""
-    too_large = f"body: larger than {max_bytes} bytes"
     if request.content_length is not None and request.content_length > max_bytes:
-        raise _refused(web.HTTPRequestEntityTooLarge, too_large)
+        raise _too_large(max_bytes, request.content_length)
     try:
         data = await request.read()  # at most the app's client_max_size
     except web.HTTPRequestEntityTooLarge:
-        raise _refused(web.HTTPRequestEntityTooLarge, too_large) from None
+        raise _too_large(max_bytes, request.content_length or 0) from None
     if len(data) > max_bytes:
-        raise _refused(web.HTTPRequestEntityTooLarge, too_large)
+        raise _too_large(max_bytes, len(data))
     try:
         doc = json_loads(data, max_bytes=max_bytes)
     except JsonError as e:
-        raise _refused(web.HTTPBadRequest, f"body: {e.reason}") from None
+        raise _refused(f"body: {e.reason}") from None
     if not isinstance(doc, dict):
-        raise _refused(web.HTTPBadRequest, f"body: expected a JSON object, got {_json_type(doc)}")
+        raise _refused(f"body: expected a JSON object, got {_json_type(doc)}")
     return doc
 
 

@@ -14,8 +14,9 @@ bounded amount of time and memory and can never raise anything but the decoder's
   recursion (a Python-level ``repr``, ``==``, ``json.dumps`` or ``msgpack.packb`` of a
   document about 1,000 deep raises ``RecursionError`` or ``ValueError``).
 - :func:`json_loads` reads JSON with a size limit, a nesting limit and numbers kept to what a
-  business value can be (no 5,000-digit integers, no ``1e309``, no ``NaN``); anything else is a
-  :class:`JsonError` naming the problem.
+  business value can be (integers that fit a signed 64-bit SQLite integer, finite floats: no
+  5,000-digit integers, no ``1e309``, no ``NaN``); anything else is a :class:`JsonError`
+  naming the problem.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ MAX_VALUE_REPR = 60  # characters of one value quoted in a reason
 REPR_LEVELS = 2  # nesting levels shown when a container is quoted (deeper: {...} / [...])
 MAX_DEPTH = 32  # containers nested in a document (an order is 3 deep: body, lines, a line)
 MAX_NAMES = 5  # field names listed in one reason (the rest are counted)
-MAX_INT_DIGITS = 20  # digits of an integer in JSON (a signed 64-bit integer has 19)
+MAX_INT_DIGITS = 19  # digits of an integer in JSON: a signed 64-bit one (what SQLite stores)
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 _TRUNCATED = "..."
 
 
@@ -165,9 +167,12 @@ def _json_nests_deeper(text: str, limit: int) -> bool:
 
 def _int(s: str) -> int:
     digits = len(s) - (s[0] == "-")
-    if digits > MAX_INT_DIGITS:
-        raise JsonError(f"an integer of {digits} digits (at most {MAX_INT_DIGITS})")
-    return int(s)
+    if digits > MAX_INT_DIGITS:  # refused before any conversion (quadratic in the digits)
+        raise JsonError(f"an integer of {digits} digits is out of range (a signed 64-bit integer)")
+    v = int(s)
+    if not MIN_INT <= v <= MAX_INT:
+        raise JsonError(f"integer {s} is out of range (a signed 64-bit integer)")
+    return v
 
 
 def _float(s: str) -> float:
@@ -183,8 +188,8 @@ def _constant(s: str) -> float:
 
 def json_loads(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """One JSON document, bounded: at most ``max_bytes`` long (UTF-8), containers nested at
-    most ``max_depth`` deep, integers of at most :data:`MAX_INT_DIGITS` digits, finite numbers
-    only (no ``NaN``, ``Infinity``, ``1e309``). Raises :class:`JsonError` with the reason."""
+    most ``max_depth`` deep, integers in the signed 64-bit range, finite numbers only (no
+    ``NaN``, ``Infinity``, ``1e309``). Raises :class:`JsonError` with the reason."""
     if len(data) > max_bytes:
         raise JsonError(f"larger than {max_bytes} bytes")
     if isinstance(data, str):
