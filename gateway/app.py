@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, inbox, items, order_status, outbox, picking, scanner, stock
+from gateway import handheld, idempotency, inbox, items, order_status, outbox, picking, scanner, stock
 from gateway.devices import (
     HandheldConfig,
     HidScannerConfig,
@@ -82,6 +82,7 @@ def migrations() -> list[Migration]:
         *handheld.MIGRATIONS,
         *picking.MIGRATIONS,
         *stock.MIGRATIONS,
+        *idempotency.MIGRATIONS,
     ]
 
 
