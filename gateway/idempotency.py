@@ -9,7 +9,8 @@ Two things name an order the gateway has already taken:
 - the order's ``(customer, source_ref)`` where the order carries a ``source_ref`` that is the
   client's own reference for it (every order type but ``contract`` and ``voucher``, whose
   ``source_ref`` names a contract or voucher that many orders may share): the same order again
-  -> the original answer, also without the header; another order under that reference -> 409.
+  -> the original answer, also without the header; another order under that reference -> 422
+  (not 409: the draft's 409 tells a client to retry unchanged, which would never succeed).
 
 "The same order" means the same order once parsed (:func:`fingerprint`): JSON spacing, key order
 and defaulted fields do not matter.
@@ -47,8 +48,9 @@ RETRY_WINDOW_S = 24 * 3600  # a client may send one key again for this long afte
 KEEP_S = 7 * 24 * 3600  # a key (and a source_ref) is remembered this long after its order's commit
 PRUNE_BATCH = 64  # expired rows removed per keyed entry
 
-SCOPE_KEY = "POST /api/orders"  # rows named by an Idempotency-Key
-SCOPE_REF = "order source_ref"  # rows named by (customer, source_ref)
+SCOPE_KEY = 1  # rows named by an Idempotency-Key of POST /api/orders
+SCOPE_REF = 2  # rows named by an order's (customer, source_ref)
+FINGERPRINT_BYTES = 16  # of the SHA-256: two orders under one key never collide in 128 bits
 REF_TYPES_EXCLUDED = frozenset({"contract", "voucher"})  # source_ref names a shared contract/voucher
 
 MIGRATIONS = [
@@ -56,7 +58,7 @@ MIGRATIONS = [
         "idempotency_0001",
         """
         CREATE TABLE idempotency (
-            scope TEXT NOT NULL,
+            scope INTEGER NOT NULL,
             key TEXT NOT NULL,
             fingerprint BLOB NOT NULL,
             status INTEGER NOT NULL,
@@ -112,9 +114,10 @@ def parse_key(values: list[str]) -> str | None:
 
 
 def fingerprint(order: dict[str, Any]) -> bytes:
-    """SHA-256 of the parsed order in canonical JSON (what "the same order" means)."""
+    """SHA-256 (its first :data:`FINGERPRINT_BYTES`) of the parsed order in canonical JSON:
+    what "the same order" means."""
     text = json.dumps(order, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).digest()
+    return hashlib.sha256(text.encode()).digest()[:FINGERPRINT_BYTES]
 
 
 def source_ref_name(order: dict[str, Any]) -> str | None:
@@ -144,7 +147,7 @@ class _Row:
     record_id: str
 
 
-def _find(conn: sqlite3.Connection, scope: str, key: str) -> _Row | None:
+def _find(conn: sqlite3.Connection, scope: int, key: str) -> _Row | None:
     row = conn.execute(
         "SELECT fingerprint, status, answer, record_id FROM idempotency WHERE scope = ? AND key = ?",
         (scope, key),
@@ -152,7 +155,7 @@ def _find(conn: sqlite3.Connection, scope: str, key: str) -> _Row | None:
     return _Row(*row) if row else None
 
 
-def _remember(conn: sqlite3.Connection, scope: str, key: str, row: _Row, *, now: int) -> None:
+def _remember(conn: sqlite3.Connection, scope: int, key: str, row: _Row, *, now: int) -> None:
     conn.execute(
         "INSERT INTO idempotency (scope, key, fingerprint, status, answer, record_id, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -180,7 +183,7 @@ class OrderEntry:
     async def submit(self, order: dict[str, Any], *, key: str | None) -> Answer:
         """Commit ``order`` (its wire body) and answer 201, or answer what the first request
         with the same key or source_ref was told. Raises :class:`IdempotencyError` (422: the
-        key was used for another order; 409: the source_ref names another order)."""
+        key was used for another order, or the source_ref names another order)."""
         ref = source_ref_name(order)
         if key is None and ref is None:  # nothing names it: the outbox's shared batch
             rec = await self.outbox.submit("order", order)
@@ -198,7 +201,7 @@ class OrderEntry:
             if ref is not None and (row := _find(conn, SCOPE_REF, ref)) is not None:
                 if row.fingerprint != fp:
                     raise IdempotencyError(
-                        409,
+                        422,
                         f"source_ref {order['source_ref']!r} of customer {order['customer']!r} already"
                         f" names another order (record {row.record_id})",
                     )

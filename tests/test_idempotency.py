@@ -165,9 +165,9 @@ async def test_source_ref_duplicate_without_header_gets_the_original_answer(gw: 
     s3, b3, _ = await gw.post(order("a", ref="HT07-0042"), '"new-key"')
     s4, b4, _ = await gw.post(order("a", ref="HT07-0042"), '"new-key"')
     assert (s3, b3) == (s4, b4) == (s1, b1)
-    # another order under the same reference: 409 naming it; another customer's is its own
+    # another order under the same reference: 422 naming it; another customer's is its own
     s5, b5, _ = await gw.post(order("a", qty=9, ref="HT07-0042"))
-    assert s5 == 409 and "source_ref 'HT07-0042' of customer 'S001' already names" in b5["error"]
+    assert s5 == 422 and "source_ref 'HT07-0042' of customer 'S001' already names" in b5["error"]
     s6, b6, _ = await gw.post({**order("a", ref="HT07-0042"), "customer": "S002"})
     assert s6 == 201 and b6["id"] != b1["id"]
     assert len(await gw.outbox()) == 2
