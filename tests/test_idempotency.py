@@ -26,6 +26,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway import idempotency
 from gateway.app import migrations as gateway_migrations
@@ -148,6 +150,22 @@ def _multi(pairs: list[tuple[str, str]]) -> Any:
     from multidict import CIMultiDict
 
     return CIMultiDict(pairs)
+
+
+@given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=128))
+def test_any_rfc8941_string_is_its_key(key: str) -> None:
+    sf = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    assert idempotency.parse_key([sf]) == key
+
+
+@given(st.text(max_size=300))
+def test_parse_key_takes_a_key_or_says_why_not(raw: str) -> None:
+    try:
+        key = idempotency.parse_key([raw])
+    except idempotency.IdempotencyError as e:
+        assert e.status == 400 and e.reason.startswith("Idempotency-Key: ")
+    else:
+        assert key is not None and 0 < len(key) <= idempotency.MAX_KEY and key.isascii()
 
 
 async def test_escaped_sf_string_key(gw: Gw) -> None:
