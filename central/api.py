@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -498,14 +499,21 @@ async def quarantine(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """200 whenever the process answers (the REST API works without the broker); the broker
+    link is ``mqtt.link``, "up" only while the consumer's MQTT session is up."""
     db = request.app[DB_KEY]
     counts = await db.read(repo.counts)
     consumer = request.app.get(CONSUMER_KEY)
     mqtt = None
     if consumer is not None:
         s = consumer.stats
+        up = consumer.link_up
         mqtt = {
-            "connected": s.connected,
+            "link": "up" if up else "down",
+            "connected": up,
+            "link_age_s": round(time.monotonic() - s.link_since, 3),
+            "reconnects": s.reconnects,
+            "restarts": s.restarts,
             "messages": s.messages,
             "records": s.records,
             "accepted": s.accepted,

@@ -3,7 +3,6 @@ dashboard under one TaskGroup."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from central.migrations import central_db
 from central.release import Releaser, ReleaseSettings
 from ops import config
 from ops.metrics import add_metrics
+from ops.retry import TaskGroup
 from ops.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ async def serve(cfg: CentralConfig) -> None:
     try:
         await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
         log.info("central dashboard on http://%s:%d/", cfg.http.host, cfg.http.port)
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             tg.create_task(consumer.run(), name="central-consumer")
             tg.create_task(fleet.run(), name="central-fleet-alerts")
             tg.create_task(metrics.run(), name="central-metrics")
