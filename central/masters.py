@@ -523,6 +523,7 @@ class Customer:
     unloading: str
     gateway: str | None
     active: bool
+    discount_pct: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,9 +563,11 @@ def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
     snap = Snapshot()
     for r in conn.execute(
         "SELECT code, name, grade, price_class, credit_limit, delivery_requirements, delivery_window,"
-        " unloading, gateway, active FROM customers"
+        " unloading, gateway, active, discount_pct FROM customers"
     ):
-        snap.customers[r[0]] = Customer(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
+        snap.customers[r[0]] = Customer(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), float(r[10])
+        )
     for r in conn.execute(
         "SELECT sku, description, pack_size, supplier, price, max_order_qty, active FROM items"
     ):

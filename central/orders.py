@@ -108,8 +108,8 @@ def create(
         conn.execute("UPDATE orders SET order_no = ? WHERE order_id = ?", (number, oid))
     priced = {p.line_no: p for p in result.lines}
     conn.executemany(
-        "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price, amount)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 oid,
@@ -119,6 +119,7 @@ def create(
                 ln.qty,
                 ln.price,
                 priced[ln.line_no].unit_price,
+                priced[ln.line_no].amount,
             )
             for ln in order.lines
         ],
@@ -317,8 +318,8 @@ def revalidate(conn: sqlite3.Connection, oid: int, *, actor: str, now: int, appr
         )
     priced = {p.line_no: p for p in result.lines}
     conn.executemany(
-        "UPDATE order_lines SET sku = ?, unit_price = ? WHERE order_id = ? AND line_no = ?",
-        [(p.sku, p.unit_price, oid, p.line_no) for p in priced.values()],
+        "UPDATE order_lines SET sku = ?, unit_price = ?, amount = ? WHERE order_id = ? AND line_no = ?",
+        [(p.sku, p.unit_price, p.amount, oid, p.line_no) for p in priced.values()],
     )
     if st.status is Status.VALIDATED:  # the open value moves with the order's new value
         conn.execute(
@@ -702,8 +703,10 @@ def create_realtime_batch(
             special.add(Special.PROMISED.value)
         if str(order.note).upper().startswith("URGENT"):
             special.add(Special.URGENT.value)
-        dl = sorted([(ln, sku or gtin or "", qty, price or 0) for ln, gtin, sku, qty, price in lines])
-        d = demand.make_demand(oid, order.customer, dl, profile, special=special, received_at=now)
+        dl = sorted([(ln, sku or gtin or "", qty) for ln, gtin, sku, qty, _ in lines])
+        d = demand.make_demand(
+            oid, order.customer, dl, profile, special=special, received_at=now, value=result.value
+        )
         skus = {ln.sku for ln in d.lines}
         kept.read(conn, skus)
         stock = kept.of(skus)
@@ -742,7 +745,8 @@ def create_realtime_batch(
             )
         )
         l_rows.extend(
-            (oid, ln, gtin, sku, qty, price, priced[ln].unit_price) for ln, gtin, sku, qty, price in lines
+            (oid, ln, gtin, sku, qty, price, priced[ln].unit_price, priced[ln].amount)
+            for ln, gtin, sku, qty, price in lines
         )
         e_rows.append((ev, oid, now, "received", "received", n.origin or f"via {n.channel}", "system"))
         c_rows.extend((oid, 1, c.name, c.outcome.value, c.detail, now) for c in result.checks)
@@ -802,7 +806,7 @@ def create_realtime_batch(
         o_rows,
     )
     insert_rows(
-        conn, "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)", l_rows
+        conn, "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price, amount)", l_rows
     )
     insert_rows(conn, "INSERT INTO order_events (id, order_id, at, event, status, detail, actor)", e_rows)
     insert_rows(conn, "INSERT INTO order_checks (order_id, run, name, outcome, detail, at)", c_rows)

@@ -10,8 +10,11 @@ and applies it in the caller's transaction:
 - ``repair``, ``scrap``, ``return_to_supplier``: no stock change (the unit is not sellable);
   the supplier is recorded for return to supplier.
 
-Every RMA credits the customer's receivable with unit price x quantity (a ``credit_note``
-entry in ``receivables``). The rule that chose the location is stored with the RMA.
+Every RMA credits the customer with what the returned units were sold for - their share of
+the line's amount, net of the customer's discount (:func:`central.valuation.return_credit`) -
+in the same transaction: a ``credit_note`` entry in the ``receivables`` ledger and the
+customer master's ``receivables`` (the figure the credit check reads). The rule that chose
+the location is stored with the RMA.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from central import CentralError, demand, inventory
+from central import CentralError, demand, inventory, masters, valuation
 
 DISPOSITION = {
     "wrong_item": "restock",
@@ -69,13 +72,14 @@ def create_rma(
     if reason not in DISPOSITION:
         raise ReturnError(order_id, line_no, f"unknown reason {reason!r}; one of {', '.join(DISPOSITION)}")
     line = conn.execute(
-        "SELECT l.sku, l.gtin, l.qty, coalesce(l.price, 0), o.customer FROM order_lines l"
-        " JOIN orders o ON o.order_id = l.order_id WHERE l.order_id = ? AND l.line_no = ?",
+        "SELECT l.sku, l.gtin, l.qty, o.customer FROM order_lines l"
+        " JOIN orders o ON o.order_id = l.order_id"
+        " WHERE l.order_id = ? AND l.line_no = ? AND l.cancelled = 0",
         (order_id, line_no),
     ).fetchone()
     if line is None:
         raise ReturnError(order_id, line_no, "no such order line")
-    sku, gtin, ordered, price, customer = line
+    sku, gtin, ordered, customer = line
     sku = sku or gtin or ""
     before = conn.execute(
         "SELECT coalesce(sum(qty), 0) FROM rmas WHERE order_id = ? AND line_no = ?", (order_id, line_no)
@@ -97,7 +101,7 @@ def create_rma(
         ).fetchone()
         location = row[0] if row else ""
         rule += f"; supplier {location or 'unknown'}"
-    credit = price * qty
+    credit = valuation.return_credit(conn, order_id, line_no, qty)
     cur = conn.execute(
         "INSERT INTO rmas (order_id, line_no, sku, qty, reason, disposition, location, rule, credit,"
         " created_at)"
@@ -111,6 +115,7 @@ def create_rma(
         " VALUES (?, ?, ?, 'credit_note', ?, ?)",
         (customer, order_id, -credit, f"RMA{rma_id:08d}", now),
     )
+    masters.adjust_receivables(conn, customer, -credit)
     conn.execute(
         "INSERT INTO order_events (order_id, at, event, detail, actor) VALUES (?, ?, 'return', ?, 'returns')",
         (order_id, now, f"RMA{rma_id:08d}: {qty} x {sku} line {line_no}: {rule}"),

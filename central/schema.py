@@ -270,4 +270,14 @@ MIGRATIONS: list[Migration] = [
         ALTER TABLE work_queue_m RENAME TO work_queue;
         """,
     ),
+    Migration(
+        # What each order line is worth (``central.valuation``): its validated unit price x
+        # qty less the customer's discount, written when the line is priced. Lines priced
+        # before are valued at their unit price (the discount was not applied then).
+        "central_0005_line_amount",
+        """
+        ALTER TABLE order_lines ADD COLUMN amount INTEGER;
+        UPDATE order_lines SET amount = qty * unit_price WHERE unit_price IS NOT NULL;
+        """,
+    ),
 ]

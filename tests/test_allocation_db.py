@@ -38,9 +38,11 @@ def _order(
         (oid, f"SO{oid:08d}", f"r{oid}", oid, customer, status, oid * 1000),
     )
     conn.executemany(
-        "INSERT INTO order_lines (order_id, line_no, sku, qty, price) VALUES (?, ?, ?, ?, 100)",
-        [(oid, i + 1, s, q) for i, (s, q) in enumerate(lines)],
+        "INSERT INTO order_lines (order_id, line_no, sku, qty, unit_price, amount)"
+        " VALUES (?, ?, ?, ?, 100, ?)",
+        [(oid, i + 1, s, q, 100 * q) for i, (s, q) in enumerate(lines)],
     )
+    conn.execute("UPDATE orders SET value = ? WHERE order_id = ?", (100 * sum(q for _, q in lines), oid))
 
 
 def _setup(conn: sqlite3.Connection) -> None:

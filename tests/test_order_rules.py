@@ -1,0 +1,201 @@
+"""Order rules through central's real REST app on a real SQLite file (every migration):
+what an order is worth (priority by value, return credits, receivables), which orders take
+returns, and the other rules of issue 15."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from central import allocation_api, auth, inventory, lifecycle, release, valuation, waves
+from central.allocation import SourcingRule
+from central.api import create_app
+from central.migrations import central_db
+from ops.sqlitedb import DurableDB
+
+auth.PBKDF2_ITERATIONS = 1_000
+TODAY = dt.datetime.now(dt.UTC).date()
+LATER = (TODAY + dt.timedelta(days=5)).isoformat()
+
+ITEMS = """sku,description,price,storage
+A,Apples,100,DC1=01-01
+B,Beans,99,DC1=01-02
+"""
+
+
+class Desk:
+    """The real app (orders, masters, allocation, returns, release) on a real database."""
+
+    def __init__(self, db: DurableDB, client: TestClient[Any, Any], token: str) -> None:
+        self.db = db
+        self.client = client
+        self.h = {"Authorization": f"Bearer {token}"}
+
+    async def req(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+        async with self.client.request(method, path, headers=self.h, **kw) as r:
+            body = await r.json() if r.content_type == "application/json" else await r.text()
+            return r.status, body
+
+    async def ok(self, method: str, path: str, **kw: Any) -> Any:
+        status, body = await self.req(method, path, **kw)
+        assert status in (200, 201), (method, path, status, body)
+        return body
+
+    async def masters(self, customers: str, items: str = ITEMS) -> None:
+        await self.ok("POST", "/api/masters/locations/import", data="code,kind,gateway\nDC1,dc,dc-1\n")
+        await self.ok("POST", "/api/masters/items/import", data=items)
+        await self.ok("POST", "/api/masters/customers/import", data=customers)
+
+    async def stock(self, sku: str, qty: int) -> None:
+        await self.ok("POST", "/api/inventory/stock", json={"location": "DC1", "sku": sku, "on_hand": qty})
+
+    async def order(self, customer: str, *lines: tuple[str, int], date: str = LATER) -> dict[str, Any]:
+        body = {
+            "customer": customer,
+            "order_type": "normal",
+            "requested_date": date,
+            "lines": [{"sku": s, "qty": q} for s, q in lines],
+        }
+        out: dict[str, Any] = await self.ok("POST", "/api/orders", json=body)
+        return out
+
+    async def status(self, order_no: str, *statuses: str) -> None:
+        for s in statuses:
+            await self.ok("POST", f"/api/orders/{order_no}/status", json={"status": s})
+
+    async def credit(self, customer: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self.ok("GET", f"/api/customers/{customer}/credit")
+        return out
+
+
+@pytest.fixture
+def realtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Allocation at once, as central runs by default (hooks restored afterwards)."""
+    monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
+    monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
+    monkeypatch.setattr(waves, "MODE", waves.MODE)
+    waves.install(waves.AllocationSettings(realtime=True))
+    yield
+
+
+@pytest.fixture
+def batch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Allocation in waves only."""
+    monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
+    monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
+    monkeypatch.setattr(waves, "MODE", waves.MODE)
+    waves.install(waves.AllocationSettings(realtime=False, batch=waves.BatchRules(("zone",))))
+    yield
+
+
+@asynccontextmanager
+async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
+    db = central_db(tmp_path / "central.db")
+    await db.open()
+    try:
+        token = await db.write(lambda c: auth.add_user(c, "boss", auth.Role.SUPERVISOR))
+        await db.write(lambda c: inventory.set_sourcing(c, [SourcingRule("*", "DC1", 1, preferred=True)]))
+        app = create_app(db=db)
+        allocation_api.add_routes(app)
+        release.add_routes(app)
+        async with TestClient(TestServer(app)) as client:
+            yield Desk(db, client, token)
+    finally:
+        await db.close()
+
+
+# -- 1. money: every order line valued at its validated unit price, less the discount ------
+
+
+def test_line_amount_rounds_the_discount_half_up() -> None:
+    assert valuation.line_amount(3, 100) == 300
+    assert valuation.line_amount(3, 100, 10) == 270
+    assert valuation.line_amount(3, 99, 12.5) == 260  # 259.875
+    assert valuation.line_amount(1, 1, 50) == 1  # 0.5 rounds up
+    assert valuation.line_amount(4, None, 10) == 0
+
+
+async def test_priority_by_value_uses_the_validated_price_less_discount(tmp_path: Path, batch: None) -> None:
+    """Two orders for scarce stock, same grade, no special priority: the more valuable one
+    is served first. Neither quotes a price, so only the validated unit price values them."""
+    async with desk(tmp_path) as d:
+        await d.masters("code,grade,discount_pct\nSMALL,B,0\nBIG,B,10\n")
+        await d.stock("A", 6)
+        small = await d.order("SMALL", ("A", 4))  # 400, received first
+        big = await d.order("BIG", ("A", 6))  # 600 less 10% = 540
+        assert (small["value"], big["value"]) == (400, 540)
+        assert [ln["amount"] for ln in big["lines"]] == [540]
+        (wave,) = (await d.ok("POST", "/api/waves", json={}))["waves"]
+        trace = await d.ok("GET", f"/api/allocation/runs/{wave['run_id']}")
+        assert f"order {big['order_id']} customer BIG zone - [special=- grade=B value=540" in trace
+        assert f"order {small['order_id']} customer SMALL zone - [special=- grade=B value=400" in trace
+        assert trace.index("customer BIG") < trace.index("customer SMALL")
+        got = await d.ok("GET", f"/api/allocation/orders/{big['order_id']}")
+        assert sum(a["qty"] for a in got["allocations"]) == 6
+        got = await d.ok("GET", f"/api/allocation/orders/{small['order_id']}")
+        assert got["allocations"] == [] and got["shortages"][0]["qty"] == 4
+
+
+async def test_returns_credit_the_net_amount_and_the_receivables(tmp_path: Path, realtime: None) -> None:
+    """Delivered: the value goes on the receivables; each return credits its share of the
+    line's net amount there (and in the ledger), a line returned in full exactly its amount."""
+    async with desk(tmp_path) as d:
+        await d.masters("code,credit_limit,discount_pct\nC1,100000,12.5\n")
+        await d.stock("A", 10)
+        await d.stock("B", 10)
+        o = await d.order("C1", ("A", 2), ("B", 3))  # 200 - 12.5% = 175; 297 - 12.5% = 260
+        assert o["status"] == "allocated" and o["value"] == 435
+        assert (await d.credit("C1"))["open_orders"] == 435
+        await d.status(o["order_no"], "released", "picked", "shipped", "delivered")
+        c = await d.credit("C1")
+        assert (c["receivables"], c["open_orders"]) == (435, 0)
+        credits = []
+        for qty in (1, 2):
+            rma = await d.ok(
+                "POST",
+                "/api/returns",
+                json={"order_id": o["order_id"], "line_no": 2, "qty": qty, "reason": "unwanted"},
+            )
+            credits.append(rma["credit"])
+        assert credits == [87, 173]  # 260 x 1/3 rounded, then the rest of the line
+        assert (await d.credit("C1"))["receivables"] == 175
+        status, body = await d.req(
+            "POST",
+            "/api/returns",
+            json={"order_id": o["order_id"], "line_no": 2, "qty": 1, "reason": "unwanted"},
+        )
+        assert status == 400 and "already returned" in body["error"]
+        ledger = await d.db.read(
+            lambda c: c.execute("SELECT sum(amount) FROM receivables WHERE customer = 'C1'").fetchone()[0]
+        )
+        assert ledger == -260
+        # the rest comes back as a whole: returned settles what the RMAs did not credit
+        await d.status(o["order_no"], "returned")
+        c = await d.credit("C1")
+        assert (c["receivables"], c["open_orders"]) == (0, 0)
+
+
+async def test_returned_before_delivery_owes_nothing(tmp_path: Path, realtime: None) -> None:
+    """Shipped (value still open), part returned, then the rest refused at the door."""
+    async with desk(tmp_path) as d:
+        await d.masters("code,credit_limit\nC1,100000\n")
+        await d.stock("A", 10)
+        o = await d.order("C1", ("A", 5))
+        await d.status(o["order_no"], "released", "picked", "shipped")
+        rma = await d.ok(
+            "POST",
+            "/api/returns",
+            json={"order_id": o["order_id"], "line_no": 1, "qty": 2, "reason": "damaged"},
+        )
+        assert rma["credit"] == 200
+        c = await d.credit("C1")
+        assert (c["receivables"], c["open_orders"]) == (-200, 500)  # owes 300 in all
+        await d.status(o["order_no"], "returned")
+        c = await d.credit("C1")
+        assert (c["receivables"], c["open_orders"]) == (0, 0)
