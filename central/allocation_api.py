@@ -2,7 +2,8 @@
 
 ``add_routes(app)`` adds them to central's app (the DB comes from ``central.api.DB_KEY``).
 Domain errors map to HTTP here and nowhere else: 400 for bad input, 404 for unknown ids,
-409 for stock operations that would break an invariant.
+409 for stock operations that would break an invariant and for a return on an order not
+shipped or delivered.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def _mapped(fn: Handler) -> Handler:
         try:
             return await fn(request)
         except inventory.InventoryError as e:
+            raise _bad(str(e), 409) from None
+        except returns.NotReturnable as e:
             raise _bad(str(e), 409) from None
         except returns.ReturnError as e:
             raise _bad(str(e), 400) from None

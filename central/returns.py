@@ -1,6 +1,7 @@
 """Returns (reverse logistics): an RMA linked to its order line, routed by rule.
 
-:func:`create_rma` checks the line exists and that no more comes back than was ordered
+:func:`create_rma` checks the order has been shipped or delivered (:data:`RETURNABLE`; else
+:class:`NotReturnable`), the line exists and that no more comes back than was ordered
 (less what earlier RMAs returned), picks a disposition by the reason (:data:`DISPOSITION`),
 and applies it in the caller's transaction:
 
@@ -57,6 +58,22 @@ class ReturnError(CentralError):
         self.reason = reason
 
 
+class NotReturnable(ReturnError):
+    """The order has not reached the customer (or is closed): nothing of it can come back."""
+
+    def __init__(self, order_id: int, line_no: int, order_no: str, status: str) -> None:
+        super().__init__(
+            order_id,
+            line_no,
+            f"order {order_no} is {status}; returns are taken only on {' or '.join(RETURNABLE)} orders",
+        )
+        self.status = status
+
+
+# Only goods the customer has had can come back: a picked order is still at the DC.
+RETURNABLE = ("shipped", "delivered")
+
+
 @dataclass(frozen=True, slots=True)
 class Rma:
     rma_id: int
@@ -71,6 +88,11 @@ def create_rma(
 ) -> Rma:
     if reason not in DISPOSITION:
         raise ReturnError(order_id, line_no, f"unknown reason {reason!r}; one of {', '.join(DISPOSITION)}")
+    head = conn.execute("SELECT order_no, status FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+    if head is None:
+        raise ReturnError(order_id, line_no, "no such order")
+    if head[1] not in RETURNABLE:
+        raise NotReturnable(order_id, line_no, head[0], head[1])
     line = conn.execute(
         "SELECT l.sku, l.gtin, l.qty, o.customer FROM order_lines l"
         " JOIN orders o ON o.order_id = l.order_id"

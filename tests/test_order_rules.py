@@ -199,3 +199,36 @@ async def test_returned_before_delivery_owes_nothing(tmp_path: Path, realtime: N
         await d.status(o["order_no"], "returned")
         c = await d.credit("C1")
         assert (c["receivables"], c["open_orders"]) == (0, 0)
+
+
+# -- 8. returns only on orders the customer has had -----------------------------------------
+
+
+async def test_returns_only_on_shipped_or_delivered_orders(tmp_path: Path, realtime: None) -> None:
+    async with desk(tmp_path) as d:
+        await d.masters("code\nC1\n")
+        await d.stock("A", 10)
+        o = await d.order("C1", ("A", 4))
+        body = {"order_id": o["order_id"], "line_no": 1, "qty": 1, "reason": "unwanted"}
+        assert o["status"] == "allocated"
+        for status in ("allocated", "released", "picked"):
+            if status != "allocated":
+                await d.status(o["order_no"], status)
+            code, err = await d.req("POST", "/api/returns", json=body)
+            assert code == 409, (status, err)
+            assert err["error"] == (
+                f"order {o['order_id']} line 1: order {o['order_no']} is {status};"
+                " returns are taken only on shipped or delivered orders"
+            )
+        on_hand = await d.ok("GET", "/api/inventory/items/A")
+        assert await d.db.read(lambda c: c.execute("SELECT count(*) FROM rmas").fetchone()[0]) == 0
+        assert await d.ok("GET", "/api/inventory/items/A") == on_hand  # nothing restocked
+        await d.status(o["order_no"], "shipped")
+        assert (await d.ok("POST", "/api/returns", json=body))["credit"] == 100
+        await d.status(o["order_no"], "delivered")
+        assert (await d.ok("POST", "/api/returns", json=body))["credit"] == 100
+        await d.status(o["order_no"], "returned")
+        code, err = await d.req("POST", "/api/returns", json=body)
+        assert code == 409 and "is returned" in err["error"]
+        code, err = await d.req("POST", "/api/returns", json={**body, "order_id": 999})
+        assert code == 400 and err["error"] == "order 999 line 1: no such order"
