@@ -232,3 +232,39 @@ async def test_returns_only_on_shipped_or_delivered_orders(tmp_path: Path, realt
         assert code == 409 and "is returned" in err["error"]
         code, err = await d.req("POST", "/api/returns", json={**body, "order_id": 999})
         assert code == 400 and err["error"] == "order 999 line 1: no such order"
+
+
+# -- 7. orders of a batch wave wait for their wave -------------------------------------------
+
+
+async def test_auto_release_leaves_wave_orders_to_their_wave(
+    tmp_path: Path, batch: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with desk(tmp_path) as d:
+        await d.masters("code\nC1\nC2\n")
+        await d.stock("A", 20)
+        await d.stock("B", 20)
+        w1 = await d.order("C1", ("A", 2), ("B", 1))
+        w2 = await d.order("C2", ("B", 3))
+        (wave,) = (await d.ok("POST", "/api/waves", json={}))["waves"]
+        assert wave["outcomes"] == {"allocated": 2}
+        # an order allocated in real time meanwhile is the release tick's to send
+        monkeypatch.setattr(waves, "MODE", waves.AllocationSettings(realtime=True))
+        rt = await d.order("C2", ("A", 1))
+        assert rt["status"] == "allocated"
+        releaser = release.Releaser(d.db, release.ReleaseSettings(), on_release=lambda: None)
+        assert await releaser.tick() == 1
+        assert await releaser.tick() == 0
+        for o, status in ((w1, "allocated"), (w2, "allocated"), (rt, "released")):
+            assert (await d.ok("GET", f"/api/orders/{o['order_no']}"))["status"] == status
+        # the wave's pick list and release still hold all of its lines
+        pick_list = await d.ok("GET", f"/api/documents/picklist/{wave['wave_id']}.csv")
+        assert len(pick_list.strip().splitlines()) == 1 + 3
+        out = await d.ok("POST", f"/api/waves/{wave['wave_id']}/release")
+        assert (out["tasks"], out["orders"]) == (3, 2)
+        for o in (w1, w2):
+            assert (await d.ok("GET", f"/api/orders/{o['order_no']}"))["status"] == "released"
+        waves_of = await d.db.read(
+            lambda c: c.execute("SELECT DISTINCT wave FROM pick_tasks ORDER BY wave").fetchall()
+        )
+        assert waves_of == [(f"O{rt['order_id']}",), (f"W{wave['wave_id']}",)]
