@@ -280,4 +280,19 @@ MIGRATIONS: list[Migration] = [
         UPDATE order_lines SET amount = qty * unit_price WHERE unit_price IS NOT NULL;
         """,
     ),
+    Migration(
+        # What central's clock ran (``central.schedule``): one row per job item, written in
+        # the transaction of the item's effect, so no item runs twice.
+        "central_0006_schedule_runs",
+        """
+        CREATE TABLE schedule_runs (
+            job TEXT NOT NULL,
+            item TEXT NOT NULL,
+            ran_at INTEGER NOT NULL,
+            result TEXT NOT NULL,
+            PRIMARY KEY (job, item)
+        ) WITHOUT ROWID;
+        CREATE INDEX schedule_runs_at ON schedule_runs(ran_at);
+        """,
+    ),
 ]

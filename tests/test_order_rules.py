@@ -13,11 +13,26 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import allocation_api, auth, inventory, lifecycle, release, valuation, waves
+from central import (
+    allocation_api,
+    auth,
+    inventory,
+    lifecycle,
+    masters,
+    ordertypes,
+    release,
+    schedule,
+    valuation,
+    waves,
+)
 from central.allocation import SourcingRule
 from central.api import create_app
 from central.migrations import central_db
-from ops.sqlitedb import DurableDB
+from ops.broker import Mosquitto
+from ops.sqlitedb import DurableDB, connect
+from tests.conftest import wait_for
+from tests.procs import central_db as procs_db
+from tests.procs import central_proc
 
 auth.PBKDF2_ITERATIONS = 1_000
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -268,3 +283,113 @@ async def test_auto_release_leaves_wave_orders_to_their_wave(
             lambda c: c.execute("SELECT DISTINCT wave FROM pick_tasks ORDER BY wave").fetchall()
         )
         assert waves_of == [(f"O{rt['order_id']}",), (f"W{wave['wave_id']}",)]
+
+
+# -- 4. central's clock: contract deliveries and delay limits, once per item -----------------
+
+
+def _day(n: int) -> str:
+    return (TODAY + dt.timedelta(days=n)).isoformat()
+
+
+async def test_schedule_runs_each_due_item_once_across_a_crash_and_a_restart(
+    tmp_path: Path, realtime: None
+) -> None:
+    clock = [TODAY]
+    async with desk(tmp_path) as d:
+        await d.masters("code,backorder_policy,backorder_limit_days\nC1,backorder,\nWAIT,all-at-once,1\n")
+        await d.stock("A", 100)
+        await d.stock("B", 1)
+        body = {"code": "K1", "customer": "C1", "lines": [{"sku": "A", "qty": 2}]}
+        dates = [_day(-2), _day(-1), _day(0), _day(3)]
+        await d.ok("POST", "/api/contracts", json={**body, "dates": dates})
+        held = await d.order("WAIT", ("B", 3))  # 1 of 3 in stock: held until complete, 1 day at most
+        assert await d.db.read(
+            lambda c: c.execute(
+                "SELECT status, deadline FROM alloc_orders WHERE order_id = ?", (held["order_id"],)
+            ).fetchone()
+        ) == ("held", _day(1))
+        sched = schedule.Scheduler(
+            d.db, schedule.ScheduleSettings(per_job=2), on_work=lambda: None, today=lambda: clock[0]
+        )
+        ran = await sched.tick()
+        assert [(r.job, r.item) for r in ran] == [("contract", f"K1@{x}") for x in dates[:3]]
+        assert await sched.tick() == []
+        # three days on: the last delivery and the delay limit are due; a job that does them
+        # and then fails (a crash before COMMIT) leaves no trace of either
+        clock[0] = TODAY + dt.timedelta(days=3)
+
+        def crash(conn: Any) -> None:
+            assert len(schedule.run_due(conn, today=clock[0], now=1, limit=10)) == 2
+            raise RuntimeError("power cut")
+
+        with pytest.raises(RuntimeError):
+            await d.db.write(crash)
+        assert await d.db.read(lambda c: c.execute("SELECT count(*) FROM schedule_runs").fetchone()[0]) == 3
+    # a restart: the same file, a new process's scheduler
+    async with desk(tmp_path) as d:
+        sched = schedule.Scheduler(
+            d.db, schedule.ScheduleSettings(), on_work=lambda: None, today=lambda: clock[0]
+        )
+        ran = await sched.tick()
+        assert [(r.job, r.item) for r in ran] == [
+            ("contract", f"K1@{dates[3]}"),
+            ("delay-expiry", f"{held['order_id']}@{_day(1)}"),
+        ]
+        assert await sched.tick() == []
+        runs = (await d.ok("GET", "/api/schedule/runs"))["runs"]
+        assert len(runs) == 5
+        made = await d.ok("GET", "/api/orders?channel=schedule")
+        assert sorted(o["record_id"] for o in made["orders"]) == [f"contract:K1:{x}" for x in dates]
+        assert (await d.ok("GET", f"/api/orders/{held['order_no']}"))["status"] == "cancelled"
+        short = await d.ok("GET", f"/api/shortages?order_id={held['order_id']}")
+        assert [s["status"] for s in short["shortages"]] == ["expired"]
+        # by hand, the same path: nothing left to make
+        assert (await d.ok("POST", "/api/contracts/run", json={"today": _day(3)}))["orders"] == []
+
+
+async def test_central_runs_the_schedule_on_its_clock_once_across_sigkill(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The real central process: due contract deliveries become orders without any request,
+    one per job; SIGKILLed midway and started again, every delivery has exactly one order."""
+    n = 60
+    proc = central_proc(tmp_path, broker.port)
+    with proc.config.open("a") as f:
+        f.write("[schedule]\nevery_s = 0.05\nper_job = 1\n[release]\nenabled = false\n")
+    conn = connect(tmp_path / "central" / "central.db", synchronous="NORMAL")
+    try:
+        with conn:
+            masters.import_csv(conn, "customers", "code\nC1\n")
+            masters.import_csv(conn, "items", "sku,price\nA,100\n")
+            dates = [(TODAY - dt.timedelta(days=i)).isoformat() for i in range(n)]
+            ordertypes.add_contract(conn, code="K1", customer="C1", lines={"A": 1}, dates=dates)
+    finally:
+        conn.close()
+
+    def count(sql: str) -> int:
+        c = procs_db(tmp_path)
+        try:
+            return int(c.execute(sql).fetchone()[0])
+        finally:
+            c.close()
+
+    proc.start()
+    try:
+        await wait_for(
+            lambda: count("SELECT count(*) FROM schedule_runs") > 0, timeout=30, what="a first run"
+        )
+        proc.kill()
+        before = count("SELECT count(*) FROM schedule_runs")
+        assert before < n, "the kill came too late to land midway"
+        proc.start()
+        await wait_for(
+            lambda: count("SELECT count(*) FROM contract_deliveries WHERE order_id IS NULL") == 0,
+            timeout=60,
+            what="every delivery made",
+        )
+    finally:
+        proc.stop()
+    assert count("SELECT count(*) FROM orders WHERE channel = 'schedule'") == n
+    assert count("SELECT count(DISTINCT order_id) FROM contract_deliveries") == n
+    assert count("SELECT count(*) FROM schedule_runs WHERE job = 'contract'") == n
