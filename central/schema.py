@@ -295,4 +295,9 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX schedule_runs_at ON schedule_runs(ran_at);
         """,
     ),
+    Migration(
+        # the customer master says whether a line may be split over several sources
+        "central_0007_customer_allow_split",
+        "ALTER TABLE customers ADD COLUMN allow_split INTEGER NOT NULL DEFAULT 0;",
+    ),
 ]

@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     us.set_defaults(fn=cmd_users)
 
     ms = sub.add_parser(
-        "masters", help="import central master data (customers, items, prices, locations) from CSV"
+        "masters",
+        help="import central master data (customers, items, prices, locations, sourcing, totes) from CSV",
     )
     ms.add_argument(
         "masters_args", nargs=argparse.REMAINDER, help="e.g. import items items.csv --db central.db"

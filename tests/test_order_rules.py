@@ -5,6 +5,8 @@ returns, and the other rules of issue 15."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -110,12 +112,13 @@ def batch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @asynccontextmanager
-async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
+async def desk(tmp_path: Path, *, sourcing: bool = True) -> AsyncIterator[Desk]:
     db = central_db(tmp_path / "central.db")
     await db.open()
     try:
         token = await db.write(lambda c: auth.add_user(c, "boss", auth.Role.SUPERVISOR))
-        await db.write(lambda c: inventory.set_sourcing(c, [SourcingRule("*", "DC1", 1, preferred=True)]))
+        if sourcing:
+            await db.write(lambda c: inventory.set_sourcing(c, [SourcingRule("*", "DC1", 1, preferred=True)]))
         app = create_app(db=db)
         allocation_api.add_routes(app)
         release.add_routes(app)
@@ -393,3 +396,156 @@ async def test_central_runs_the_schedule_on_its_clock_once_across_sigkill(
     assert count("SELECT count(*) FROM orders WHERE channel = 'schedule'") == n
     assert count("SELECT count(DISTINCT order_id) FROM contract_deliveries") == n
     assert count("SELECT count(*) FROM schedule_runs WHERE job = 'contract'") == n
+
+
+# -- 6. split lines, sourcing rules and AS/RS totes are masters ------------------------------
+
+LOCATIONS = "code,kind,gateway\nDC1,dc,dc-1\nDC2,dc,dc-2\nSTORE1,store,store-1\n"
+
+
+async def test_allow_split_and_sourcing_rules_are_masters(tmp_path: Path, realtime: None) -> None:
+    async with desk(tmp_path, sourcing=False) as d:
+        await d.ok("POST", "/api/masters/locations/import", data=LOCATIONS)
+        await d.ok("POST", "/api/masters/items/import", data=ITEMS)
+        await d.ok(
+            "POST", "/api/masters/customers/import", data="code,region,allow_split\nSPLIT,N,yes\nWHOLE,N,\n"
+        )
+        assert (await d.ok("GET", "/api/masters/customers/SPLIT"))["allow_split"] == 1
+        assert (await d.ok("GET", "/api/masters/customers/WHOLE"))["allow_split"] == 0
+        rules = "zone,location,cost,preferred,transfer\nN,DC1,1,yes,\nN,DC2,2,,\n*,DC2,1,1,0\n"
+        assert (await d.ok("POST", "/api/masters/sourcing/import", data=rules))["imported"] == 3
+        zone = await d.ok("GET", "/api/masters/sourcing/N")
+        assert zone["rules"] == [
+            {"location": "DC1", "cost": 1, "preferred": 1, "transfer": 0},
+            {"location": "DC2", "cost": 2, "preferred": 0, "transfer": 0},
+        ]
+        assert [z["zone"] for z in (await d.ok("GET", "/api/masters/sourcing"))["sourcing"]] == ["*", "N"]
+        for loc in ("DC1", "DC2"):
+            for sku in ("A", "B"):
+                await d.ok("POST", "/api/inventory/stock", json={"location": loc, "sku": sku, "on_hand": 4})
+        split = await d.order("SPLIT", ("A", 6))
+        whole = await d.order("WHOLE", ("B", 6))
+        got = await d.ok("GET", f"/api/allocation/orders/{split['order_id']}")
+        assert sorted((a["location"], a["qty"]) for a in got["allocations"]) == [("DC1", 4), ("DC2", 2)]
+        got = await d.ok("GET", f"/api/allocation/orders/{whole['order_id']}")
+        assert [(a["location"], a["qty"]) for a in got["allocations"]] == [("DC1", 4)]
+        assert got["shortages"][0]["qty"] == 2
+        # a bad row names its line and field, and no row of the file is stored
+        bad = "zone,location,cost\nS,DC1,1\nS,DC9,1\n"
+        status, err = await d.req("POST", "/api/masters/sourcing/import", data=bad)
+        assert status == 400
+        assert (
+            err["error"] == "sourcing 'S': location: line 3: 'DC9' is not an active location in the masters"
+        )
+        status, _ = await d.req("GET", "/api/masters/sourcing/S")
+        assert status == 404
+        for row, reason in (
+            ({"location": "DC1", "preferred": True, "transfer": True}, "preferred"),
+            ({"location": "DC1", "cost": -1}, "cost"),
+            ({"location": "DC1", "priority": 1}, "priority: unknown field"),
+        ):
+            status, err = await d.req("PUT", "/api/masters/sourcing/S", json=row)
+            assert status == 400 and reason in err["error"], err
+        # deleting a zone removes its rules
+        assert (await d.ok("DELETE", "/api/masters/sourcing/*"))["deleted"] == "*"
+        status, _ = await d.req("GET", "/api/masters/sourcing/*")
+        assert status == 404
+
+
+async def test_asrs_totes_are_a_master_named_on_pick_tasks(tmp_path: Path, realtime: None) -> None:
+    async with desk(tmp_path) as d:
+        await d.ok("POST", "/api/masters/locations/import", data=LOCATIONS)
+        await d.masters("code\nC1\n")
+        totes = "tote,location,sku,tote_location\nT00001,DC1,A,A01-03-07\n"
+        assert (await d.ok("POST", "/api/masters/totes/import", data=totes))["imported"] == 1
+        assert await d.ok("GET", "/api/masters/totes/T00001") == {
+            "tote": "T00001",
+            "location": "DC1",
+            "sku": "A",
+            "tote_location": "A01-03-07",
+        }
+        for row, reason in (
+            ({"location": "STORE1", "sku": "B", "tote_location": "A01"}, "'STORE1' is a store, not a dc"),
+            ({"location": "DC1", "sku": "ZZ", "tote_location": "A01"}, "'ZZ' is not an active item"),
+            ({"location": "DC1", "sku": "B", "tote_location": "A 01"}, "tote_location: 'A 01' is not"),
+            ({"location": "DC1", "sku": "B", "tote_location": ""}, "tote_location: '' is not"),
+        ):
+            status, err = await d.req("PUT", "/api/masters/totes/T00002", json=row)
+            assert status == 400 and reason in err["error"], err
+        status, err = await d.req(
+            "PUT", "/api/masters/totes/T00001", json={"location": "DC1", "sku": "B", "tote_location": "A01"}
+        )
+        assert status == 400 and err["error"] == "totes 'T00001': tote: already holds 'A' at DC1"
+        await d.stock("A", 5)
+        o = await d.order("C1", ("A", 2))
+        await d.db.write(lambda c: release.release_allocated(c, limit=10))
+        task = await d.db.read(lambda c: c.execute("SELECT tote, tote_location FROM pick_tasks").fetchone())
+        assert task == ("T00001", "A01-03-07")
+        assert (await d.ok("GET", f"/api/orders/{o['order_no']}"))["status"] == "released"
+
+
+def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path) -> None:
+    db = tmp_path / "central.db"
+
+    def storegate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ops.cli", "masters", "import", *args, "--db", str(db)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=False,
+        )
+
+    files = {
+        "locations": LOCATIONS,
+        "items": ITEMS,
+        "sourcing": "zone,location,cost,preferred\nN,DC1,1,yes\nN,DC2,3,no\n",
+        "totes": "tote,location,sku,tote_location\nT1,DC1,A,A01-01\nT2,DC2,B,B01-01\n",
+    }
+    bad = {
+        "sourcing": "zone,location,cost\nS,DC1,1\nS,DC2,x\n",
+        "totes": "tote,location,sku,tote_location\nT3,DC1,B,A01-02\nT3,DC2,A,A01-03\n",
+    }
+    for kind, text in bad.items():
+        (tmp_path / f"{kind}.csv").write_text(text)
+    assert storegate("locations", str(_write(tmp_path, "locations", files["locations"]))).returncode == 0
+    assert storegate("items", str(_write(tmp_path, "items", files["items"]))).returncode == 0
+    out = storegate("sourcing", str(tmp_path / "sourcing.csv"))
+    assert (
+        out.returncode == 1
+        and out.stderr.strip() == "error: sourcing 'S': cost: line 3: 'x' is not an integer"
+    )
+    out = storegate("totes", str(tmp_path / "totes.csv"))
+    assert out.returncode == 1
+    assert out.stderr.strip() == "error: totes 'T3': tote: line 3: already holds 'B' at DC1"
+    conn = connect(db)
+    try:
+        assert conn.execute("SELECT count(*) FROM alloc_sourcing").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pick_totes").fetchone()[0] == 0
+    finally:
+        conn.close()
+    for kind in ("sourcing", "totes"):
+        out = storegate(kind, str(_write(tmp_path, kind, files[kind])))
+        assert (out.returncode, out.stdout.strip()) == (0, f"imported 2 {kind}"), out.stderr
+    conn = connect(db)
+    try:
+        assert conn.execute(
+            "SELECT zone, location, cost, preferred, transfer FROM alloc_sourcing ORDER BY 2"
+        ).fetchall() == [
+            ("N", "DC1", 1, 1, 0),
+            ("N", "DC2", 3, 0, 0),
+        ]
+        assert conn.execute(
+            "SELECT tote, location, sku, tote_location FROM pick_totes ORDER BY 1"
+        ).fetchall() == [
+            ("T1", "DC1", "A", "A01-01"),
+            ("T2", "DC2", "B", "B01-01"),
+        ]
+    finally:
+        conn.close()
+
+
+def _write(tmp_path: Path, kind: str, text: str) -> Path:
+    path = tmp_path / f"good-{kind}.csv"
+    path.write_text(text)
+    return path
