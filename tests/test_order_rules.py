@@ -4,7 +4,9 @@ returns, and the other rules of issue 15."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -44,6 +46,16 @@ ITEMS = """sku,description,price,storage
 A,Apples,100,DC1=01-01
 B,Beans,99,DC1=01-02
 """
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def storegate(*args: str) -> subprocess.CompletedProcess[str]:
+    """The ``storegate`` CLI as a real process, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
 
 
 class Desk:
@@ -487,14 +499,8 @@ async def test_asrs_totes_are_a_master_named_on_pick_tasks(tmp_path: Path, realt
 def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path) -> None:
     db = tmp_path / "central.db"
 
-    def storegate(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ops.cli", "masters", "import", *args, "--db", str(db)],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent.parent,
-            check=False,
-        )
+    def masters_import(*args: str) -> subprocess.CompletedProcess[str]:
+        return storegate("masters", "import", *args, "--db", str(db))
 
     files = {
         "locations": LOCATIONS,
@@ -508,14 +514,14 @@ def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path)
     }
     for kind, text in bad.items():
         (tmp_path / f"{kind}.csv").write_text(text)
-    assert storegate("locations", str(_write(tmp_path, "locations", files["locations"]))).returncode == 0
-    assert storegate("items", str(_write(tmp_path, "items", files["items"]))).returncode == 0
-    out = storegate("sourcing", str(tmp_path / "sourcing.csv"))
+    assert masters_import("locations", str(_write(tmp_path, "locations", files["locations"]))).returncode == 0
+    assert masters_import("items", str(_write(tmp_path, "items", files["items"]))).returncode == 0
+    out = masters_import("sourcing", str(tmp_path / "sourcing.csv"))
     assert (
         out.returncode == 1
         and out.stderr.strip() == "error: sourcing 'S': cost: line 3: 'x' is not an integer"
     )
-    out = storegate("totes", str(tmp_path / "totes.csv"))
+    out = masters_import("totes", str(tmp_path / "totes.csv"))
     assert out.returncode == 1
     assert out.stderr.strip() == "error: totes 'T3': tote: line 3: already holds 'B' at DC1"
     conn = connect(db)
@@ -525,7 +531,7 @@ def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path)
     finally:
         conn.close()
     for kind in ("sourcing", "totes"):
-        out = storegate(kind, str(_write(tmp_path, kind, files[kind])))
+        out = masters_import(kind, str(_write(tmp_path, kind, files[kind])))
         assert (out.returncode, out.stdout.strip()) == (0, f"imported 2 {kind}"), out.stderr
     conn = connect(db)
     try:
@@ -549,3 +555,66 @@ def _write(tmp_path: Path, kind: str, text: str) -> Path:
     path = tmp_path / f"good-{kind}.csv"
     path.write_text(text)
     return path
+
+
+# -- 5. standard pick time from the item master; the wave schedule over REST and the CLI -----
+
+
+async def test_pick_time_uses_the_item_master_and_the_schedule_is_reachable(
+    tmp_path: Path, batch: None
+) -> None:
+    items = "sku,price,pack_size,pick_seconds,storage\nCASE,10,6,5,DC1=01-01\nLOOSE,10,1,0,DC1=01-02\n"
+    start = 1_800_000_000_000
+    async with desk(tmp_path) as d:
+        await d.masters("code,region\nC1,N\nC2,S\n", items=items)
+        await d.stock("CASE", 100)
+        await d.stock("LOOSE", 100)
+        await d.order("C1", ("CASE", 14))
+        (w1,) = (await d.ok("POST", "/api/waves", json={"departure": start + 60_000}))["waves"]
+        await d.order("C2", ("LOOSE", 3))
+        (w2,) = (await d.ok("POST", "/api/waves", json={"departure": start + 200_000}))["waves"]
+        # 14 of CASE = 2 cases of 6 (12 s each) + 2 eaches at the item's own 5 s, + 8 s search
+        # + 30 s paperwork; 3 LOOSE eaches at the standard 3 s + 8 + 30
+        assert (w1["pick_seconds"], w2["pick_seconds"]) == (72.0, 47.0)
+        plan = await d.ok("GET", f"/api/waves/schedule?teams=1&start={start}")
+        assert plan["waves"] == [
+            {
+                "wave_id": w1["wave_id"],
+                "team": 1,
+                "start": start,
+                "finish": start + 72_000,
+                "departure": start + 60_000,
+                "slack_s": -12,
+                "late": True,
+            },
+            {
+                "wave_id": w2["wave_id"],
+                "team": 1,
+                "start": start + 72_000,
+                "finish": start + 119_000,
+                "departure": start + 200_000,
+                "slack_s": 81,
+                "late": False,
+            },
+        ]
+        two = await d.ok("GET", f"/api/waves/schedule?teams=2&start={start}&load_s=10&waves={w2['wave_id']}")
+        assert [(w["team"], w["finish"]) for w in two["waves"]] == [(1, start + 57_000)]
+        for bad, reason in (
+            ("teams=0", "teams must be >= 1"),
+            ("waves=99", "no wave 99"),
+            ("team=2", "unknown"),
+        ):
+            status, err = await d.req("GET", f"/api/waves/schedule?{bad}")
+            assert status == 400 and reason in err["error"], err
+    iso = dt.datetime.fromtimestamp(start / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    db = str(tmp_path / "central.db")
+    out = await asyncio.to_thread(
+        storegate, "pick-schedule", "--db", db, "--teams", "1", "--start", iso, "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["waves"] == plan["waves"]
+    out = await asyncio.to_thread(storegate, "pick-schedule", "--db", db, "--start", iso)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].split()[-2:] == ["-12", "LATE"]
+    out = await asyncio.to_thread(storegate, "pick-schedule", "--db", db, "--wave", "99")
+    assert (out.returncode, out.stderr.strip()) == (1, f"error: {db}: no wave 99")
