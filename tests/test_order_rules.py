@@ -389,7 +389,7 @@ async def test_central_runs_the_schedule_on_its_clock_once_across_sigkill(
         finally:
             c.close()
 
-    proc.start()
+    proc.start(wait=False)  # watch the file from the first moment, to kill it midway
     try:
         await wait_for(
             lambda: count("SELECT count(*) FROM schedule_runs") > 0, timeout=30, what="a first run"
