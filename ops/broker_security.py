@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,6 +294,33 @@ class Credentials:
 class ServiceCredentials:
     central: Credentials
     ops: Credentials
+    share_group: str  # central's secret MQTT 5 share group (see new_share_group)
+
+
+def new_share_group() -> str:
+    """A share group name nobody can guess (128 random bits).
+
+    Mosquitto 2.0's ACL file cannot refuse a SUBSCRIBE (only reads and writes are checked), so
+    any authenticated client may subscribe to ``$share/<group>/...``; a member of central's group
+    whose read ACL denies the topic takes its turn in the group's round robin and the message is
+    dropped for the whole group. Only who knows the group name can join it: central's config is
+    the only place it is written."""
+    return f"{CENTRAL_USER}-{secrets.token_hex(16)}"
+
+
+def _existing_share_group(central_config: Path) -> str | None:
+    """The share group already in central's config, so a re-run keeps central's subscription."""
+    try:
+        raw = tomllib.loads(central_config.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    group = raw.get("broker", {}).get("share_group")
+    if not isinstance(group, str) or group == topics.CENTRAL_SHARE_GROUP:
+        return None
+    try:
+        return topics.check_share_group(group)
+    except topics.TopicError:
+        return None
 
 
 def _broker_section(
@@ -316,12 +344,14 @@ def init_broker_security(
     etc_dir: Path, *, broker_host: str = "127.0.0.1", broker_port: int = 1883, tls_ca: Path | None = None
 ) -> ServiceCredentials:
     """Create the ACL, and central's and ops' credentials (new random passwords, hashed into
-    the password file, plaintext only in the 0600 files ``central.toml``/``ops-mqtt.toml``).
+    the password file, plaintext only in the 0600 files ``central.toml``/``ops-mqtt.toml``),
+    and central's secret share group (kept if central.toml already has one).
     Running it again rotates both passwords; gateway entries are kept."""
     paths = SecurityPaths(etc_dir)
     ensure_acl(paths.acl_file)
     central = Credentials(CENTRAL_USER, new_password())
     ops = Credentials(OPS_USER, new_password())
+    share_group = _existing_share_group(paths.central_config) or new_share_group()
     for c in (central, ops):
         set_password(paths, c.username, c.password)
     write_atomic(
@@ -332,14 +362,14 @@ def init_broker_security(
             host=broker_host,
             port=broker_port,
             tls_ca=tls_ca,
-            extra={"client_id": "central-1"},
+            extra={"client_id": "central-1", "share_group": share_group},
         ),
     )
     write_atomic(
         paths.ops_config,
         _broker_section("mqtt", ops, host=broker_host, port=broker_port, tls_ca=tls_ca, extra={}),
     )
-    return ServiceCredentials(central=central, ops=ops)
+    return ServiceCredentials(central=central, ops=ops, share_group=share_group)
 
 
 # -- TLS --------------------------------------------------------------------------------
