@@ -30,6 +30,7 @@ import grp
 import json
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -50,6 +51,7 @@ CENTRAL_USER = "central"
 OPS_USER = "ops"
 RESERVED_USERS = frozenset({CENTRAL_USER, OPS_USER})
 BROKER_GROUP = "mosquitto"  # the Debian package's mosquitto drops privileges to this user/group
+BROKER_USER = "mosquitto"
 
 ROOT = topics.ROOT
 
@@ -485,17 +487,24 @@ def reload_from_pid_file(pid_file: Path) -> None:
 
 
 # -- CLI --------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="storegate broker-init",
-        description="Create the broker ACL and the central/ops broker credentials under --etc "
-        "(rotates their passwords if run again), optionally a test CA and server certificate, "
-        "and print the mosquitto.conf to run with. See ops/BROKER.md.",
-    )
+DESCRIPTION = (
+    "Create the broker ACL and the central/ops broker credentials under --etc "
+    "(rotates their passwords if run again), the broker's data directory, optionally a test CA "
+    "and server certificate, and write the mosquitto.conf to run with. See ops/BROKER.md."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """broker-init's options; shared by ``storegate broker-init`` and :func:`main`."""
     p.add_argument("--etc", type=Path, required=True, help="configuration directory (created if missing)")
     p.add_argument("--broker-host", default="127.0.0.1", help="host the clients connect to")
     p.add_argument("--broker-port", type=int, default=1883, help="plain MQTT port")
-    p.add_argument("--data-dir", type=Path, default=Path("var/broker"), help="broker persistence directory")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var/broker"),
+        help="broker persistence and log directory (created, owned by the broker user when run as root)",
+    )
     p.add_argument(
         "--tls-port", type=int, default=None, help="also listen with TLS on this port (clients then use it)"
     )
@@ -504,8 +513,31 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --tls-port: generate a private test CA and server certificate for --broker-host",
     )
-    args = p.parse_args(argv)
-    paths = SecurityPaths(args.etc)
+
+
+def prepare_data_dir(data_dir: Path, *, user: str = BROKER_USER) -> None:
+    """Create the broker's persistence/log directory, writable by the user mosquitto runs as.
+
+    Started as root, mosquitto drops to ``user`` before it writes its persistence file and
+    log; a directory it cannot write silently leaves the broker without either. Run as root,
+    the directory is given to that user (0750); otherwise it belongs to whoever runs this."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o750)
+    if os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            log.warning("no user %r: %s stays owned by root", user, data_dir)
+            return
+        os.chown(data_dir, pw.pw_uid, pw.pw_gid)
+        for f in data_dir.iterdir():  # a re-run keeps the broker's own files writable by it
+            if f.name in ("mosquitto.db", "mosquitto.log"):
+                os.chown(f, pw.pw_uid, pw.pw_gid)
+
+
+def run(args: argparse.Namespace) -> int:
+    etc = args.etc.absolute()  # mosquitto and central run from anywhere: no relative paths in configs
+    paths = SecurityPaths(etc)
     tls: TlsListener | None = None
     if args.tls_port is not None:
         if args.test_pki:
@@ -524,20 +556,29 @@ def main(argv: list[str] | None = None) -> int:
         tls = pki.listener(args.tls_port)
     client_port = args.tls_port if tls is not None else args.broker_port
     init_broker_security(
-        args.etc,
+        etc,
         broker_host=args.broker_host,
         broker_port=client_port,
         tls_ca=tls.cafile if tls is not None else None,
     )
-    cfg = secure_broker_config(args.etc, port=args.broker_port, data_dir=args.data_dir, tls=tls)
-    conf = args.etc / "broker" / "mosquitto.conf"
+    data_dir = args.data_dir.absolute()
+    prepare_data_dir(data_dir)
+    cfg = secure_broker_config(etc, port=args.broker_port, data_dir=data_dir, tls=tls, run_as=BROKER_USER)
+    conf = paths.broker_dir / "mosquitto.conf"
     write_atomic(conf, cfg.render(), mode=0o644)
     print(f"password file  {paths.password_file}")
     print(f"ACL            {paths.acl_file}")
     print(f"central config {paths.central_config} (merge its [broker] section into central's config)")
     print(f"ops config     {paths.ops_config}")
+    print(f"data dir       {data_dir}  (persistence and mosquitto.log)")
     print(f"broker config  {conf}  (run: mosquitto -c {conf})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="storegate broker-init", description=DESCRIPTION)
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
