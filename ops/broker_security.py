@@ -41,6 +41,7 @@ import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ops.broker import BrokerAuth, BrokerConfig, Mosquitto, TlsListener
 from protocols import topics
@@ -106,6 +107,10 @@ class SecurityPaths:
         return self.broker_dir / "acl"
 
     @property
+    def dynsec_file(self) -> Path:
+        return self.broker_dir / "dynamic-security.json"
+
+    @property
     def lock_file(self) -> Path:
         return self.broker_dir / ".lock"
 
@@ -130,7 +135,13 @@ class SecurityPaths:
 
     @property
     def auth(self) -> BrokerAuth:
-        return BrokerAuth(password_file=self.password_file, acl_file=self.acl_file)
+        plugin = find_dynsec_plugin()
+        return BrokerAuth(
+            password_file=self.password_file,
+            acl_file=self.acl_file,
+            dynsec_plugin=plugin,
+            dynsec_file=self.dynsec_file if plugin is not None else None,
+        )
 
 
 @contextlib.contextmanager
@@ -212,6 +223,77 @@ def ensure_acl(path: Path) -> None:
     missing = missing_acl_lines(path.read_text())
     if missing:
         raise AclError(path, missing)
+
+
+# -- dynamic security: refuse shared subscriptions ----------------------------------------
+# Mosquitto's ACL file never checks a SUBSCRIBE. The dynamic-security plugin does, for the
+# clients it lists; for anything its roles do not match it defers (all default accesses are
+# false), so the ACL file and password file keep deciding everything else. Clients are listed
+# without a password: authentication stays with the password file. The plugin reads its file
+# at broker start only (not on SIGHUP); no client is granted $CONTROL, so the broker never
+# rewrites it and these files remain the only source.
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+NO_SHARED_ROLE = "storegate-no-shared-subscriptions"
+
+
+def find_dynsec_plugin() -> Path | None:
+    for candidate in DYNSEC_PLUGIN_PATHS:
+        if Path(candidate).exists():
+            return Path(candidate)
+    return None
+
+
+def _empty_dynsec() -> dict[str, Any]:
+    return {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": False,
+        },
+        "clients": [],
+        "groups": [],
+        "roles": [
+            {
+                "rolename": NO_SHARED_ROLE,
+                "textdescription": "Storegate: no shared subscriptions (only central shares uplinks)",
+                "acls": [{"acltype": "subscribePattern", "topic": "$share/#", "priority": 0, "allow": False}],
+            }
+        ],
+    }
+
+
+def dynsec_clients(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    clients = json.loads(path.read_text()).get("clients", [])
+    return {c["username"] for c in clients if isinstance(c, dict) and "username" in c}
+
+
+def deny_shared_subscriptions(paths: SecurityPaths, usernames: Sequence[str]) -> None:
+    """List ``usernames`` in the dynamic-security file with the role refusing ``$share/...``.
+
+    Takes effect at the broker's next start (the plugin does not reload on SIGHUP)."""
+    with locked(paths):
+        f = paths.dynsec_file
+        data = json.loads(f.read_text()) if f.exists() else _empty_dynsec()
+        roles = {r.get("rolename") for r in data.setdefault("roles", [])}
+        if NO_SHARED_ROLE not in roles:
+            data["roles"] += _empty_dynsec()["roles"]
+        clients = data.setdefault("clients", [])
+        known = {c.get("username") for c in clients}
+        for user in usernames:
+            if user == CENTRAL_USER:
+                raise ReservedUserError(user)  # central's own shared subscription must stay allowed
+            if user not in known:
+                clients.append({"username": user, "roles": [{"rolename": NO_SHARED_ROLE}]})
+        write_atomic(f, json.dumps(data, indent=2) + "\n", mode=0o640)
+        _broker_readable(f)
 
 
 # -- passwords --------------------------------------------------------------------------
@@ -356,6 +438,7 @@ def init_broker_security(
     share_group = _existing_share_group(paths.central_config) or new_share_group()
     for c in (central, ops):
         set_password(paths, c.username, c.password)
+    deny_shared_subscriptions(paths, sorted(set(read_users(paths.password_file)) - {CENTRAL_USER}))
     write_atomic(
         paths.central_config,
         _broker_section(

@@ -27,6 +27,7 @@ from ops.broker_security import (
     BrokerSecurityError,
     ReservedUserError,
     SecurityPaths,
+    deny_shared_subscriptions,
     ensure_acl,
     new_password,
     read_users,
@@ -131,6 +132,7 @@ def provision_gateway(
     ensure_acl(paths.acl_file)
     password = new_password()
     set_password(paths, gw, password)
+    deny_shared_subscriptions(paths, [gw])
     text = render_gateway_config(
         gateway_id=gw,
         customer=customer,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,7 +29,15 @@ import pytest
 from central.app import load_config as load_central_config
 from central.consumer import Consumer
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
-from ops.broker_security import CENTRAL_USER, SecurityPaths, init_broker_security
+from ops.broker import BrokerAuth
+from ops.broker_security import (
+    CENTRAL_USER,
+    OPS_USER,
+    SecurityPaths,
+    dynsec_clients,
+    init_broker_security,
+)
+from ops.provision import provision_gateway
 from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import AckStatus, Record
@@ -160,6 +169,7 @@ async def central(secured: Secured, tmp_path: Path) -> AsyncIterator[Consumer]:
 
 
 async def test_gateway_cannot_divert_or_read_uplinks(secured: Secured, tmp_path: Path) -> None:
+    assert "plugin_opt_config_file" in secured.broker.config.render()  # the shipped config has it
     b = GatewayB(secured)
     async with central(secured, tmp_path):
         # 1. A connected with a persistent session, subscribed to everything it could try.
@@ -167,9 +177,11 @@ async def test_gateway_cannot_divert_or_read_uplinks(secured: Secured, tmp_path:
             await a.subscribe(topics.downlink("gw-a"), qos=1)
             for flt in HIJACK_FILTERS:
                 (code,) = await a.subscribe(flt, qos=1)
-                # 2.0.11 grants every SUBACK (its ACL file does not check subscriptions); a
-                # broker that refuses is as good. What matters is what A receives: nothing.
-                assert getattr(code, "value", code) in (0, 1, *NOT_AUTHORIZED), (flt, code)
+                code = getattr(code, "value", code)
+                if flt.startswith("$share/"):  # refused by the dynamic-security role
+                    assert code in NOT_AUTHORIZED, (flt, code)
+                else:  # the ACL file grants every SUBSCRIBE; each delivery is read-checked
+                    assert code in (0, 1, *NOT_AUTHORIZED), (flt, code)
             for topic in (topics.uplink("gw-b"), topics.status("gw-b"), topics.downlink("gw-b")):
                 assert await forge(secured.broker.port, secured.creds("gw-a"), topic) in ("acked", "dropped")
             ids = await b.send_round("connected")
@@ -189,18 +201,50 @@ async def test_gateway_cannot_divert_or_read_uplinks(secured: Secured, tmp_path:
     assert not any(r.startswith("forged") for r in b.acks)
 
 
+async def test_ops_cannot_share_but_central_can(secured: Secured) -> None:
+    port = secured.broker.port
+    dynsec = SecurityPaths(secured.etc).dynsec_file
+    written = dynsec.read_text()
+    for user in (OPS_USER, "gw-b"):
+        async with mqtt(port, secured.creds(user), client_id=f"probe-{user}") as c:
+            for group in (topics.CENTRAL_SHARE_GROUP, secured.service.share_group, "x"):
+                (code,) = await c.subscribe(topics.central_uplink_subscription(group=group), qos=1)
+                assert getattr(code, "value", code) in NOT_AUTHORIZED, (user, group, code)
+    async with mqtt(port, secured.creds(CENTRAL_USER), client_id="central-probe") as c:
+        (code,) = await c.subscribe(
+            topics.central_uplink_subscription(group=secured.service.share_group), qos=1
+        )
+        assert getattr(code, "value", code) == 1
+    secured.broker.stop()
+    assert dynsec.read_text() == written  # the broker never rewrites it: our files stay the source
+
+
 async def test_membership_persisted_before_the_fix_takes_nothing(secured: Secured, tmp_path: Path) -> None:
-    """A joined central's old group (``$share/central/...``) when that was central's subscription;
-    then the installation is upgraded (broker-init again, broker restarted from persistence,
-    which restores A's subscription without any ACL check). Central moves to its secret group;
-    A's stale membership must not cost central one uplink."""
+    """Before the fix, A joined central's group (``$share/central/...``, then central's
+    subscription) and the broker granted it. The installation is upgraded: broker-init again,
+    the shipped config, a broker restart from persistence - which restores A's subscription
+    with no ACL check at all. Central moves to its secret group; A's stale membership must not
+    cost central one uplink."""
+    shipped = secured.broker.config
+    secured.broker.stop()
+    paths = SecurityPaths(secured.etc)
+    # What main shipped: no dynamic-security plugin, central.toml without a share group.
+    secured.broker.config = dataclasses.replace(
+        shipped, auth=BrokerAuth(password_file=paths.password_file, acl_file=paths.acl_file)
+    )
+    text = paths.central_config.read_text()
+    paths.central_config.write_text(
+        "".join(line for line in text.splitlines(True) if "share_group" not in line)
+    )
+    secured.broker.start()
     async with gateway_a(secured) as (a, _rx):
         (code,) = await a.subscribe(topics.central_uplink_subscription(), qos=1)
-        assert getattr(code, "value", code) in (0, 1, *NOT_AUTHORIZED)
+        assert getattr(code, "value", code) == 1  # granted: this is the hijack as it was
     secured.broker.stop()  # graceful: A's session is written to the persistence file
-    secured.service = init_broker_security(
-        secured.etc, broker_host="127.0.0.1", broker_port=secured.broker.port
-    )  # the upgrade: same etc, re-run (rotates central/ops passwords)
+
+    # The upgrade: re-run broker-init on the same etc (rotates central/ops passwords).
+    secured.service = init_broker_security(secured.etc, broker_host="127.0.0.1", broker_port=shipped.port)
+    secured.broker.config = shipped
     secured.broker.start()
     b = GatewayB(secured)
     async with central(secured, tmp_path):
@@ -230,3 +274,23 @@ def test_share_group_is_secret_stable_and_only_in_centrals_config(tmp_path: Path
     assert (paths.central_config.stat().st_mode & 0o777) == 0o600
     for f in (paths.acl_file, paths.password_file, paths.ops_config):
         assert first.share_group not in f.read_text()
+
+
+async def test_gateway_provisioned_on_a_running_broker_is_refused_after_restart(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """The dynamic-security plugin reads its file at start only: a gateway provisioned while the
+    broker runs is refused ``$share`` from the next restart (until then only the secret group
+    keeps it out of central's group - the test above shows that is enough)."""
+    port = secured.broker.port
+    new = provision_gateway(
+        "store-new", etc_dir=secured.etc, broker_host="127.0.0.1", broker_port=port, data_dir=tmp_path / "n"
+    )
+    assert "store-new" in dynsec_clients(SecurityPaths(secured.etc).dynsec_file)
+    secured.broker.stop()
+    secured.broker.start()
+    async with mqtt(port, ("store-new", new.password), client_id="gw-store-new") as c:
+        (code,) = await c.subscribe(topics.central_uplink_subscription(group="x"), qos=1)
+        assert getattr(code, "value", code) in NOT_AUTHORIZED
+        (code,) = await c.subscribe(topics.downlink("store-new"), qos=1)
+        assert getattr(code, "value", code) == 1  # its own downlink: the ACL file still decides
