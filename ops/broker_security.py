@@ -4,6 +4,8 @@ Everything lives under one ``etc`` directory (see :class:`SecurityPaths`)::
 
     etc/broker/passwd        mosquitto password file (PBKDF2-SHA512 hashes, never plaintext)
     etc/broker/acl           mosquitto ACL file (rendered by render_acl)
+    etc/broker/dynamic-security.json  the dynamic-security plugin's file: refuses $share to
+                             every listed user (ops, gateways); see deny_shared_subscriptions
     etc/central.toml         central's [broker] section with its credentials
     etc/ops-mqtt.toml        read-only monitoring credentials (status topics only)
     etc/gateways/<gw>.toml   one gateway config per provisioned gateway (ops/provision.py)
@@ -17,8 +19,11 @@ Hashes are made by ``mosquitto_passwd -U`` on a private temporary file (the pass
 appears on a command line); the password file is replaced atomically under a lock, so a
 broker reloading it on SIGHUP (:func:`reload_broker`) never sees half a file.
 
-``main()`` is ``storegate broker-init``: create the service credentials, the ACL and
-optionally a test PKI, and print the mosquitto.conf to run with.
+Central's uplink subscription uses a secret share group (:func:`new_share_group`), written
+only into central.toml, so no other client can join central's group.
+
+``main()`` is ``storegate broker-init``: create the service credentials, the ACL, the broker's
+data dir and optionally a test PKI, and write the mosquitto.conf to run with.
 """
 
 from __future__ import annotations
