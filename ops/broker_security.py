@@ -398,7 +398,7 @@ def new_share_group() -> str:
 
 
 def _existing_share_group(central_config: Path) -> str | None:
-    """The share group already in central's config, so a re-run keeps central's subscription."""
+    """The share group already in central's config: a re-run keeps central's subscription."""
     try:
         raw = tomllib.loads(central_config.read_text())
     except (OSError, tomllib.TOMLDecodeError):

@@ -242,23 +242,29 @@ async def test_membership_persisted_before_the_fix_takes_nothing(secured: Secure
         "".join(line for line in text.splitlines(True) if "share_group" not in line)
     )
     secured.broker.start()
+    async with central(secured, tmp_path) as old_central:  # central's session joins group `central`
+        assert old_central.broker.share_group == topics.CENTRAL_SHARE_GROUP
     async with gateway_a(secured) as (a, _rx):
         (code,) = await a.subscribe(topics.central_uplink_subscription(), qos=1)
         assert getattr(code, "value", code) == 1  # granted: this is the hijack as it was
-    secured.broker.stop()  # graceful: A's session is written to the persistence file
+    secured.broker.stop()  # graceful: both sessions are written to the persistence file
 
     # The upgrade: re-run broker-init on the same etc (rotates central/ops passwords).
     secured.service = init_broker_security(secured.etc, broker_host="127.0.0.1", broker_port=shipped.port)
     secured.broker.config = shipped
     secured.broker.start()
     b = GatewayB(secured)
-    async with central(secured, tmp_path):
+    async with central(secured, tmp_path) as consumer:
         ids = await b.send_round("after-upgrade")
         async with gateway_a(secured) as (a, rx):
             await a.subscribe(topics.downlink("gw-a"), qos=1)
             ids += await b.send_round("a-back")
             await nothing_reached_a(secured, a, rx)
     assert all(b.acks[r].status is AckStatus.ACCEPTED for r in ids)
+    # Central's session still holds the old group too; mosquitto sends a message once per
+    # client however many of its subscriptions match, and A's stale turn in the old group
+    # costs nothing: every uplink came exactly once.
+    assert (consumer.stats.messages, consumer.stats.duplicates) == (len(ids), 0)
     assert secured.service.share_group != topics.CENTRAL_SHARE_GROUP
 
 
@@ -269,8 +275,8 @@ def test_share_group_is_secret_stable_and_only_in_centrals_config(tmp_path: Path
     cfg = load_central_config(paths.central_config)
     assert cfg.broker.share_group == first.share_group != topics.CENTRAL_SHARE_GROUP
     assert len(first.share_group) >= 32
-    # Re-running broker-init rotates passwords but keeps the group: central's persistent
-    # session would otherwise hold two groups and get every uplink twice.
+    # Re-running broker-init rotates passwords but keeps the group (central's persistent
+    # session keeps its subscription; a leaked group is changed by editing central.toml).
     again = init_broker_security(etc)
     assert again.share_group == first.share_group and again.central.password != first.central.password
     # Another installation gets another group.
