@@ -76,6 +76,15 @@ class BrokerSettings:
     client_id: str = "central-1"
     shared_subscription: bool = True
     keepalive: int = 30
+    # The MQTT 5 share group of central's uplink subscription. broker-init writes a secret one:
+    # whoever joins central's group takes uplinks away from it (ops/BROKER.md, "Shared subscriptions").
+    share_group: str = topics.CENTRAL_SHARE_GROUP
+
+    def __post_init__(self) -> None:
+        try:
+            topics.check_share_group(self.share_group)
+        except topics.TopicError as e:
+            raise ValueError(f"share_group: {e}") from None
 
 
 class Consumer:
@@ -167,7 +176,10 @@ class Consumer:
         self.client = client
         no_delay(client)
         await client.subscribe(
-            topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
+            topics.central_uplink_subscription(
+                shared=self.broker.shared_subscription, group=self.broker.share_group
+            ),
+            qos=1,
         )
         if self.on_status is not None:
             await client.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)

@@ -168,10 +168,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_init(args: argparse.Namespace) -> int:
-    from ops.broker_security import main as broker_main
+    from ops.broker_security import run
 
-    rc: int = broker_main(args.broker_args)
-    return rc
+    return run(args)
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -296,10 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ps.set_defaults(fn=cmd_pick_schedule)
 
+    from ops.broker_security import DESCRIPTION as BROKER_INIT_DESCRIPTION
+    from ops.broker_security import add_arguments as broker_init_arguments
+
     bi = sub.add_parser(
-        "broker-init", help="write the broker's ACL, central/ops credentials and mosquitto.conf"
+        "broker-init",
+        help="write the broker's ACL, central/ops credentials and mosquitto.conf",
+        description=BROKER_INIT_DESCRIPTION,
     )
-    bi.add_argument("broker_args", nargs=argparse.REMAINDER, help="see storegate broker-init -- --help")
+    broker_init_arguments(bi)  # its own options, not a REMAINDER: one starting with -- must parse
     bi.set_defaults(fn=cmd_broker_init)
 
     pv = sub.add_parser(
