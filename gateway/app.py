@@ -116,6 +116,28 @@ class GatewayMetrics:
             self.telemetry.backlog.oldest_age_s(),
         )
         yield gauge("storegate_gateway_connected", "1 while connected to the broker", int(s.connected))
+        storage = self.outbox.db.storage_state()
+        yield gauge(
+            "storegate_gateway_storage_full",
+            "1 while the gateway's disk is full (new records refused with 507)",
+            int(storage["state"] == "full"),
+        )
+        if storage["free_bytes"] is not None:
+            yield gauge(
+                "storegate_gateway_storage_free_bytes",
+                "bytes free on the gateway's data file system",
+                storage["free_bytes"],
+            )
+        yield counter(
+            "storegate_gateway_storage_full_errors",
+            "database jobs failed because the disk was full",
+            storage["errors"],
+        )
+        yield counter(
+            "storegate_gateway_acks_unapplied",
+            "acks from central not applied because the disk was full (the records go again)",
+            s.acks_unapplied,
+        )
         devs = self.telemetry.board.snapshot()
         yield labelled(
             CounterMetricFamily,
@@ -164,6 +186,13 @@ async def serve(cfg: GatewayConfig) -> None:
         status_extra=telemetry.extra,
     )
     telemetry.sync = sync
+
+    def storage_changed(writable: bool) -> None:
+        telemetry.wake()  # the fleet hears of a full disk (and of its end) at once
+        if writable:
+            sync.storage_writable()
+
+    db.on_storage_change.append(storage_changed)
     sessions, devices = build_devices(
         db=db,
         outbox=box,
@@ -193,6 +222,7 @@ async def serve(cfg: GatewayConfig) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(sync.run(), name=f"sync:{cfg.gateway_id}")
             tg.create_task(telemetry.run(), name=f"telemetry:{cfg.gateway_id}")
+            tg.create_task(db.watch_storage(), name=f"storage-probe:{cfg.gateway_id}")
             if sessions is not None:
                 tg.create_task(sessions.run(), name=f"scan-sessions:{cfg.gateway_id}")
             for dev in devices:

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.http_errors import domain_errors
 from gateway.outbox import Outbox
 from gateway.sync import Sync
 from protocols.records import RecordSchemaError, parse_order
@@ -67,12 +68,13 @@ async def health(request: web.Request) -> web.Response:
             "submitted": outbox.submitted,
             "acked": outbox.acked,
             "rejected": outbox.rejected,
+            "storage": outbox.db.storage_state(),
         }
     )
 
 
 def create_app(*, gateway_id: str, outbox: Outbox, sync: Sync | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[domain_errors])
     app[GATEWAY_ID_KEY] = gateway_id
     app[OUTBOX_KEY] = outbox
     if sync is not None:

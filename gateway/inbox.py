@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from gateway import GatewayError
-from ops.sqlitedb import DurableDB, Migration
+from ops.sqlitedb import DurableDB, Migration, is_storage_full
 from protocols.envelope import Ack, AckStatus, Record
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,10 @@ class Inbox:
                 except InboxRejected as e:
                     conn.execute("ROLLBACK TO inbox_rec")
                     status, reason = AckStatus.REJECTED, e.reason
-                except Exception:
-                    # Our bug or a storage fault: undo, leave unacked, central resends later.
+                except Exception as e:
+                    if is_storage_full(e):  # the whole job fails: nothing applied, nothing acked
+                        raise
+                    # Our bug or another storage fault: undo, leave unacked, central resends later.
                     conn.execute("ROLLBACK TO inbox_rec")
                     conn.execute("RELEASE inbox_rec")
                     log.exception("downlink record %s (%s) failed; left unacked for retry", rec.id, rec.type)

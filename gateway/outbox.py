@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from gateway.inbox import InboxRejected
-from ops.sqlitedb import ClosedError, DurableDB, Migration, insert_rows
+from ops.sqlitedb import ClosedError, DurableDB, Migration, insert_rows, is_storage_full
 from protocols import ids
 from protocols.envelope import Ack, AckStatus, Record, pack_record
 
@@ -177,7 +177,9 @@ class Outbox:
         conn.execute("SAVEPOINT outbox_batch")
         try:
             insert_rows(conn, "INSERT INTO outbox (seq, id, type, ts, packed)", rows)
-        except Exception:  # one bad record (say a repeated id): one by one, so only it fails
+        except Exception as e:  # one bad record (say a repeated id): one by one, so only it fails
+            if is_storage_full(e):  # not one record's fault: the whole job fails (StorageFull)
+                raise
             conn.execute("ROLLBACK TO outbox_batch")
             conn.execute("RELEASE outbox_batch")
             return [self._insert_one(conn, t, body, rid) for t, body, rid, _fut in items]
@@ -191,6 +193,8 @@ class Outbox:
         try:
             rec = self.add(conn, type, body, record_id=record_id)
         except Exception as e:
+            if is_storage_full(e):
+                raise
             conn.execute("ROLLBACK TO outbox_one")
             conn.execute("RELEASE outbox_one")
             return e

@@ -46,7 +46,7 @@ from gateway.asrs import (
 from gateway.inbox import Inbox, InboxRejected
 from gateway.outbox import Outbox, now_ms
 from gateway.ptl import DEFAULT_PORT, PickResult, PickTask, PtlCart
-from ops.sqlitedb import DurableDB, Migration
+from ops.sqlitedb import DurableDB, Migration, StorageFull
 from protocols import ptl
 from protocols.asrs import ErrorCode
 from protocols.envelope import Record
@@ -302,7 +302,12 @@ class PickExecutor:
     async def _feed_loop(self) -> None:
         while True:
             self._wake.clear()
-            await self.feed_once()
+            try:
+                await self.feed_once()
+            except StorageFull as e:
+                log.warning("picking: feed postponed: %s", e)
+                await self.db.wait_writable()
+                continue
             try:
                 async with asyncio.timeout(IDLE_POLL_S):
                     await self._wake.wait()
