@@ -78,7 +78,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except RecordSchemaError as e:
         return _error(400, e.reason)
     except StorageFull as e:
-        log.warning("%s %s refused: %s", request.method, request.path, e)
+        log.debug("%s %s refused: %s", request.method, request.path, e)
         return storage_full_response(e)
 
 
@@ -519,6 +519,7 @@ async def health(request: web.Request) -> web.Response:
             "duplicates": s.duplicates,
             "rejected": s.rejected,
             "quarantined_messages": s.quarantined_messages,
+            "storage_refused": s.storage_refused,
         }
     storage = db.storage_state()
     return _json(

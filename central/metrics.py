@@ -69,6 +69,16 @@ class CentralMetrics:
             "storegate_central_downlink_sent", "downlink records published", self.consumer.downlink.sent
         )
         yield gauge("storegate_central_mqtt_connected", "1 while connected to the broker", int(s.connected))
+        yield gauge(
+            "storegate_central_storage_full",
+            "1 while central's disk is full (nothing taken, nothing acked)",
+            int(self.db.storage_full is not None),
+        )
+        yield counter(
+            "storegate_central_storage_refused_messages",
+            "messages not taken nor acked because the disk was full (the gateways send them again)",
+            s.storage_refused,
+        )
         proc = self.consumer.processor
         yield counter(
             "storegate_central_processed_records", "records processed after receipt", proc.processed

@@ -23,5 +23,6 @@ async def domain_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except StorageFull as e:
-        log.warning("%s %s refused: %s", request.method, request.path, e)
+        # the database said it at ERROR when the disk filled up; every refusal is counted
+        log.debug("%s %s refused: %s", request.method, request.path, e)
         return storage_full_response(e)

@@ -20,8 +20,9 @@ Reads go through ``read(fn)`` on a separate connection and thread (WAL readers d
 the writer).
 
 A full disk (SQLite's ``SQLITE_FULL``: the file system, or ``PRAGMA max_page_count``) fails
-the jobs it hits with :class:`StorageFull` and nothing else: the writer lives on, later jobs
-run as space allows. From the first such failure the database counts as full
+the group commit it hits: SQLite rolls the whole transaction back (savepoints or not), so each
+job of that group fails with :class:`StorageFull` and nothing of it is kept. The writer lives
+on; later groups commit as space allows. From the first such failure the database counts as full
 (:attr:`DurableDB.storage_full`) until :meth:`DurableDB.watch_storage` - run beside the
 database under the process's TaskGroup - has committed a probe write and seen
 :data:`STORAGE_HEADROOM_BYTES` free again; ``on_storage_change`` listeners hear both turns.
@@ -71,13 +72,20 @@ class StorageFull(DatabaseError):
 
 
 def is_storage_full(e: BaseException) -> bool:
-    """True for :class:`StorageFull` and for SQLite's own ``database or disk is full``."""
-    if isinstance(e, StorageFull):
-        return True
-    return (
-        isinstance(e, sqlite3.Error)
-        and (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL
-    )
+    """True for :class:`StorageFull` and for SQLite's own ``database or disk is full``, also
+    where that was the error being handled when ``e`` was raised (a job's ``ROLLBACK TO`` that
+    fails because the full disk already rolled the whole transaction back)."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 8:
+        if isinstance(cur, StorageFull):
+            return True
+        code = getattr(cur, "sqlite_errorcode", None) if isinstance(cur, sqlite3.Error) else None
+        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
 
 
 # While the database counts as full, a probe write is tried this often; it counts as writable
@@ -297,6 +305,9 @@ class DurableDB:
             self._rx, lambda: connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
         )
         self._task = asyncio.create_task(self._writer(), name=f"sqlite-writer:{self.path.name}")
+        # Opening needs no free space (a database already migrated is only read): a full disk
+        # is found here and reported, not a reason to exit and be restarted into it again.
+        await self.probe()
 
     async def close(self) -> None:
         self._closed = True
@@ -380,8 +391,8 @@ class DurableDB:
                 results = await loop.run_in_executor(self._wx, self._run_group, jobs)
             except BaseException as e:  # the COMMIT itself failed: every job in the group failed
                 err = self._storage_error(e)
-                if isinstance(err, StorageFull):
-                    log.warning("group commit of %d jobs failed on %s: %s", len(jobs), self.path, err.reason)
+                if isinstance(err, StorageFull):  # said once at ERROR when the disk fills up
+                    log.debug("group commit of %d jobs failed on %s: %s", len(jobs), self.path, err.reason)
                     self._note_full(err, len(jobs))
                 else:
                     log.exception("group commit of %d jobs failed on %s", len(jobs), self.path)
@@ -405,17 +416,23 @@ class DurableDB:
                     fut.set_exception(value)
 
     async def probe(self) -> bool:
-        """Try a small write; True (and the database counts as writable again) if it committed
-        and the file system has :data:`STORAGE_HEADROOM_BYTES` free."""
+        """Try a small write; True if it committed and the file system has
+        :data:`STORAGE_HEADROOM_BYTES` free (the database then counts as writable again), else
+        False (and the database counts as full)."""
 
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS _storage_probe (id INTEGER PRIMARY KEY, at INTEGER, pad BLOB)"
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO _storage_probe (id, at, pad) VALUES (1, ?, zeroblob(4096))",
-                (time.time_ns() // 1_000_000,),
-            )
+            # new pages, given back at once (a page limit refuses them here), then one page
+            # really written: the header's user_version, set to what it is
+            conn.execute("SAVEPOINT probe")
+            try:
+                conn.execute("CREATE TABLE _storage_probe (pad BLOB)")
+                conn.execute("INSERT INTO _storage_probe VALUES (zeroblob(16384))")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO probe")
+                    conn.execute("RELEASE probe")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version = {int(version)}")
 
         try:
             await self.write(job)
@@ -423,6 +440,9 @@ class DurableDB:
             return False
         free = free_bytes(self.path.parent)
         if free is not None and free < STORAGE_HEADROOM_BYTES:
+            self._note_full(
+                StorageFull(self.path, f"{free} bytes free, less than {STORAGE_HEADROOM_BYTES}"), 0
+            )
             return False
         if self.storage_full is not None:
             log.warning(
