@@ -23,8 +23,13 @@ from typing import Any
 
 import pytest
 
+from gateway import outbox as outbox_mod
+from gateway.app import migrations as gateway_migrations
+from gateway.inbox import Inbox
+from gateway.outbox import Outbox
 from ops.broker import Mosquitto, free_port
 from ops.sqlitedb import DurableDB, Migration, StorageFull
+from protocols.envelope import Ack, AckStatus, Record
 from protocols.records import Channel
 from tests.conftest import wait_for
 from tests.procs import Proc, basic_auth, central_db, central_proc, gateway_proc
@@ -211,6 +216,37 @@ async def test_commit_on_a_full_file_system_fails_its_whole_group_and_recovers(
         await asyncio.gather(*(db.write(row) for _ in range(8)))
         after = await db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0])
         assert after == before + 8
+
+
+# -- an ack the full disk kept from being applied ---------------------------------------------
+
+
+async def test_a_late_refusal_waits_for_its_records_ack_rather_than_being_lost(tmp_path: Path) -> None:
+    """Central acks a record on receipt and may refuse it later in processing (a downlink
+    ``record_result``). If the ack was not applied here (the disk was full; it comes again as
+    ``duplicate`` with the resend) the refusal must not be applied first and then lost: it
+    stays unacked until the record's ack is in, and then sticks."""
+    async with DurableDB(tmp_path / "g.db", migrations=gateway_migrations()) as db:
+        box = Outbox(db)
+        inbox = Inbox(db)
+        inbox.register(outbox_mod.RECORD_RESULT, outbox_mod.apply_record_result)
+        rec = await box.submit("order", order("late-1"))
+        refusal = Record(
+            id="rr-1",
+            seq=1,
+            type=outbox_mod.RECORD_RESULT,
+            ts=0,
+            body={"id": rec.id, "status": "rejected", "reason": "customer S001 unknown"},
+        )
+        assert await inbox.handle((refusal,)) == []  # not yet: central sends it again
+        await box.apply_acks([Ack(rec.id, AckStatus.DUPLICATE)])
+        [ack] = await inbox.handle((refusal,))
+        assert ack.status is AckStatus.ACCEPTED
+        result = await box.result(rec.id)
+        assert result is not None and (result["status"], result["reason"]) == (
+            "rejected",
+            "customer S001 unknown",
+        )
 
 
 # -- devices: each gets its own protocol's refusal -----------------------------------------------
