@@ -559,8 +559,16 @@ class PickExecutor:
         self._wake.set()
 
     async def _write(self, job: Callable[[sqlite3.Connection], int]) -> None:
-        """Run a job that queues outbox records; tell the sync task after the commit."""
-        n = await self.db.write(job)
+        """Run a job that queues outbox records; tell the sync task after the commit. On a full
+        disk it waits for room and runs the job again: a pick or an AS/RS telegram is acked only
+        once it is recorded, and is never dropped."""
+        while True:
+            try:
+                n = await self.db.write(job)
+                break
+            except StorageFull as e:
+                log.warning("picking: waiting for storage to record a result: %s", e)
+                await self.db.wait_writable()
         if n:
             self.outbox.notify(n)
 
