@@ -69,7 +69,6 @@ async def serve(cfg: CentralConfig) -> None:
             tg.create_task(consumer.run(), name="central-consumer")
             tg.create_task(fleet.run(), name="central-fleet-alerts")
             tg.create_task(metrics.run(), name="central-metrics")
-            tg.create_task(db.watch_storage(), name="central-storage-probe")
             releaser = Releaser(db, cfg.release, on_release=consumer.downlink.notify)
             tg.create_task(releaser.run(), name="central-release")
     finally:

@@ -222,7 +222,6 @@ async def serve(cfg: GatewayConfig) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(sync.run(), name=f"sync:{cfg.gateway_id}")
             tg.create_task(telemetry.run(), name=f"telemetry:{cfg.gateway_id}")
-            tg.create_task(db.watch_storage(), name=f"storage-probe:{cfg.gateway_id}")
             if sessions is not None:
                 tg.create_task(sessions.run(), name=f"scan-sessions:{cfg.gateway_id}")
             for dev in devices:

@@ -22,10 +22,11 @@ the writer).
 A full disk (SQLite's ``SQLITE_FULL``: the file system, or ``PRAGMA max_page_count``) fails
 the group commit it hits: SQLite rolls the whole transaction back (savepoints or not), so each
 job of that group fails with :class:`StorageFull` and nothing of it is kept. The writer lives
-on; later groups commit as space allows. From the first such failure the database counts as full
-(:attr:`DurableDB.storage_full`) until :meth:`DurableDB.watch_storage` - run beside the
-database under the process's TaskGroup - has committed a probe write and seen
-:data:`STORAGE_HEADROOM_BYTES` free again; ``on_storage_change`` listeners hear both turns.
+on; later groups commit as space allows. From the first such failure (or a probe at open) the
+database counts as full (:attr:`DurableDB.storage_full`) until its own probe task has committed
+a small write and seen :data:`STORAGE_HEADROOM_BYTES` free again, every
+:data:`STORAGE_PROBE_S`; ``on_storage_change`` listeners hear both turns, and
+:meth:`DurableDB.wait_writable` lets a loop whose write failed wait for room.
 """
 
 from __future__ import annotations
@@ -286,7 +287,9 @@ class DurableDB:
         self.storage_full: StorageFull | None = None  # the failure that made it count as full
         self.storage_full_since_ms: int | None = None
         self.storage_full_errors = 0  # jobs failed with StorageFull
-        self.on_storage_change: list[Callable[[bool], None]] = []  # called with True when writable again
+        # called with False when the disk fills up, with True when it has room again
+        self.on_storage_change: list[Callable[[bool], None]] = []
+        self._probe_task: asyncio.Task[None] | None = None
         self._full = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -308,13 +311,15 @@ class DurableDB:
         # Opening needs no free space (a database already migrated is only read): a full disk
         # is found here and reported, not a reason to exit and be restarted into it again.
         await self.probe()
+        self._probe_task = asyncio.create_task(self._watch_storage(), name=f"sqlite-probe:{self.path.name}")
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._probe_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()
             if not fut.done():
@@ -457,13 +462,16 @@ class DurableDB:
             self._tell_storage(True)
         return True
 
-    async def watch_storage(self, interval: float | None = None) -> None:
-        """While the database counts as full, probe it every ``interval`` seconds (default
-        :data:`STORAGE_PROBE_S`) until it is writable again; runs until cancelled."""
+    async def _watch_storage(self) -> None:
+        """While the database counts as full, probe it every :data:`STORAGE_PROBE_S` (read at
+        each turn, so tests may shrink it) until it is writable again; runs until closed."""
         while True:
             await self._full.wait()
-            await asyncio.sleep(STORAGE_PROBE_S if interval is None else interval)
-            await self.probe()
+            await asyncio.sleep(STORAGE_PROBE_S)
+            try:
+                await self.probe()
+            except Exception:  # a probe that fails otherwise must not end the watch
+                log.exception("%s: storage probe failed", self.path)
 
     async def wait_writable(self) -> None:
         """Return at once, or, while the database counts as full, when it is writable again:
