@@ -11,6 +11,7 @@ tests are skipped with that reason, and the group-commit tests run on SQLite's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import sqlite3
@@ -24,9 +25,13 @@ from typing import Any
 
 import pytest
 
+from firmware_sim.handheld import Faults, Pty, Terminal
+from gateway import handheld, items
 from gateway import outbox as outbox_mod
 from gateway.app import migrations as gateway_migrations
+from gateway.handheld import HandheldAdapter
 from gateway.inbox import Inbox
+from gateway.items import Item
 from gateway.outbox import Outbox
 from ops.broker import Mosquitto, free_port
 from ops.sqlitedb import STORAGE_PROBE_S, DurableDB, Migration, StorageFull
@@ -35,6 +40,8 @@ from protocols.records import Channel
 from tests.conftest import wait_for
 from tests.procs import Proc, basic_auth, central_db, central_proc, gateway_proc
 from tests.scanner_fixtures import GTIN_A, seeded_gw
+from tests.test_handheld import DEADLINE, ENQ_INTERVAL, G1, G2, RX_TIMEOUT
+from tests.test_handheld import batch as ht_batch
 from tests.test_pos import gateway as pos_gateway
 from tests.test_pos import tx
 
@@ -295,6 +302,54 @@ async def test_devices_get_their_refusal_not_a_crash_on_a_full_disk(
             assert int(r.headers["Retry-After"]) > 0
         ballast.unlink()
         assert (await g.sell(("SKU-PEN", 2)))["on_hand"] == {"SKU-PEN": 28}
+
+
+async def test_handheld_batch_is_refused_on_a_full_disk_and_goes_through_after(
+    small_disk: Callable[[str, str], Path],
+) -> None:
+    """The terminal gets EOT (refused, nothing kept) rather than an ACK or a hang; the clerk's
+    resend after space returns commits the batch once."""
+    disk = small_disk("htdisk", "4m")
+    db = DurableDB(
+        disk / "gw.db", migrations=[*outbox_mod.MIGRATIONS, *items.MIGRATIONS, *handheld.MIGRATIONS]
+    )
+    await db.open()
+    await db.write(lambda c: items.upsert_items(c, [Item(G1, "SKU-1"), Item(G2, "SKU-2")]))
+    pty = Pty()
+    adapter = HandheldAdapter(
+        port=pty.name,
+        db=db,
+        outbox=Outbox(db),
+        default_customer="STORE-001",
+        device_id="cradle-1",
+        receiver_timeout=RX_TIMEOUT,
+        linger=0.5,
+        reopen_delay=0.05,
+    )
+    task = asyncio.create_task(adapter.run(), name="ht-adapter")
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await adapter.connected.wait()
+        term = Terminal(pty.master, enq_interval=ENQ_INTERVAL)
+        ballast = fill_after_checkpoint(db, disk)
+        async with asyncio.timeout(DEADLINE):
+            res = await term.upload(ht_batch(), Faults())
+        assert not res.ok and "receiver sent EOT" in res.reason, res
+        assert adapter.counters["commit_errors"] == 1 and adapter.counters["batches_committed"] == 0
+        ballast.unlink()
+        async with asyncio.timeout(DEADLINE):
+            while adapter.counters["batches_committed"] < 1:
+                if not (await term.upload(ht_batch(), Faults())).ok:
+                    await asyncio.sleep(0.1)  # refused while lingering: retry like a clerk
+        assert not task.done()
+        n = await db.read(lambda c: c.execute("SELECT count(*) FROM ht_batches").fetchone()[0])
+        assert n == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await db.close()
+        pty.close()
 
 
 # -- a gateway on a full disk -----------------------------------------------------------------
