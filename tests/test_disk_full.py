@@ -3,9 +3,10 @@ lost, recovery by itself when space returns, and a fleet alert while it lasts.
 
 The disk is a real small file system (tmpfs, mounted for the test; it needs root) filled
 with a ballast file until ``ENOSPC``, holding the data directory of a real gateway or central
-process; the broker and the other side are real too. Where mounting is not permitted those
-tests are skipped with that reason, and the group-commit tests run on SQLite's
-``PRAGMA max_page_count`` instead (a full database without a small file system).
+process (or of a device adapter's database); the broker and the other side are real too.
+Where mounting is not permitted those tests are skipped, saying so (``-ra`` lists them); the
+group-commit writer's test then still runs, on SQLite's ``PRAGMA max_page_count`` (a full
+database without a small file system), and so does the late-refusal test (no disk needed).
 """
 
 from __future__ import annotations
