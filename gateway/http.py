@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.http_errors import domain_errors
 from gateway.idempotency import HEADER, IdempotencyError, OrderEntry, parse_key
 from gateway.outbox import Outbox
 from gateway.sync import Sync
@@ -72,12 +73,13 @@ async def health(request: web.Request) -> web.Response:
             "submitted": outbox.submitted,
             "acked": outbox.acked,
             "rejected": outbox.rejected,
+            "storage": outbox.db.storage_state(),
         }
     )
 
 
 def create_app(*, gateway_id: str, outbox: Outbox, sync: Sync | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[domain_errors])
     app[GATEWAY_ID_KEY] = gateway_id
     app[OUTBOX_KEY] = outbox
     app[ORDER_ENTRY_KEY] = OrderEntry(outbox=outbox, gateway_id=gateway_id)
