@@ -2,7 +2,7 @@
 entry, central's REST API).
 
 :func:`json_object` reads at most ``max_bytes`` and parses with
-:func:`protocols.bounded.json_loads` (nesting, integer length and non-finite numbers bounded).
+:func:`protocols.bounded.json_loads` (nesting, integers to 64 bits, no non-finite numbers).
 A body it refuses is answered by the exception it raises, a JSON error like every other one
 of these APIs: ``{"error": "<reason>"}`` with 400 (not JSON, too deep, a number out of range,
 not an object) or 413 (too large). No body can make a view answer a bare 500.
