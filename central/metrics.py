@@ -68,7 +68,27 @@ class CentralMetrics:
         yield counter(
             "storegate_central_downlink_sent", "downlink records published", self.consumer.downlink.sent
         )
-        yield gauge("storegate_central_mqtt_connected", "1 while connected to the broker", int(s.connected))
+        yield gauge(
+            "storegate_central_mqtt_connected",
+            "1 while an MQTT session with the broker is up",
+            int(self.consumer.link_up),
+        )
+        yield counter("storegate_central_mqtt_reconnects", "MQTT reconnects", s.reconnects)
+        yield counter(
+            "storegate_central_mqtt_restarts",
+            "times the MQTT loop ended by something else than a lost link and was started again",
+            s.restarts,
+        )
+        yield gauge(
+            "storegate_central_storage_full",
+            "1 while central's disk is full (nothing taken, nothing acked)",
+            int(self.db.storage_full is not None),
+        )
+        yield counter(
+            "storegate_central_storage_refused_messages",
+            "messages not taken nor acked because the disk was full (the gateways send them again)",
+            s.storage_refused,
+        )
         proc = self.consumer.processor
         yield counter(
             "storegate_central_processed_records", "records processed after receipt", proc.processed

@@ -24,13 +24,14 @@ older than ``DOWNLINK_RESULTS_KEEP_S`` go. ``quarantine`` is kept: it is for a p
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from functools import partial
 
-from ops.sqlitedb import DurableDB, Migration
+from ops.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,22 @@ def prune_processed(conn: sqlite3.Connection, *, gateway: str, mark: int, limit:
     ).rowcount
 
 
-def prune_downlink_results(conn: sqlite3.Connection, before_ms: int, *, limit: int) -> int:
+def old_downlink_results(conn: sqlite3.Connection, before_ms: int, *, after: str, limit: int) -> list[str]:
+    """The next ``limit`` ids acked before ``before_ms``, after ``after`` in id order (read
+    side: the writer is held only for the delete)."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM downlink_results WHERE id > ? AND acked_at < ? ORDER BY id LIMIT ?",
+            (after, before_ms, limit),
+        )
+    ]
+
+
+def delete_downlink_results(conn: sqlite3.Connection, ids: list[str], before_ms: int) -> int:
     return conn.execute(
-        "DELETE FROM downlink_results WHERE id IN"
-        " (SELECT id FROM downlink_results WHERE acked_at < ? LIMIT ?)",
-        (before_ms, limit),
+        "DELETE FROM downlink_results WHERE id IN (SELECT value FROM json_each(?)) AND acked_at < ?",
+        (json.dumps(ids), before_ms),
     ).rowcount
 
 
@@ -130,18 +142,21 @@ async def prune_once(
             if n < limit:
                 break
     before = t - int(DOWNLINK_RESULTS_KEEP_S * 1000)
-    while True:
-        n = await db.write(lambda conn: prune_downlink_results(conn, before, limit=limit))
-        stats.downlink_results += n
-        if n < limit:
-            break
+    after = ""
+    while ids := await db.read(partial(old_downlink_results, before_ms=before, after=after, limit=limit)):
+        stats.downlink_results += await db.write(partial(delete_downlink_results, ids=ids, before_ms=before))
+        after = ids[-1]
     return stats
 
 
 async def run(db: DurableDB) -> None:
     """Prune every ``PRUNE_INTERVAL_S``; all state is in the database, so a restart resumes."""
     while True:
-        stats = await prune_once(db)
+        try:
+            stats = await prune_once(db)
+        except StorageFull as e:  # a delete needs room in the WAL too: the next pass does it
+            log.warning("retention: pruning waits for room: %s", e)
+            stats = PruneStats()
         if stats.processed or stats.downlink_results:
             log.info(
                 "retention: %d processed ids, %d downlink results pruned",

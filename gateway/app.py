@@ -3,8 +3,8 @@ local HTTP under one TaskGroup."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +12,18 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, inbox, items, order_status, outbox, picking, retention, scanner, stock
+from gateway import (
+    handheld,
+    idempotency,
+    inbox,
+    items,
+    order_status,
+    outbox,
+    picking,
+    retention,
+    scanner,
+    stock,
+)
 from gateway.devices import (
     HandheldConfig,
     HidScannerConfig,
@@ -31,6 +42,7 @@ from gateway.sync import MqttSettings, Sync
 from gateway.telemetry import DeviceBoard, Telemetry
 from ops import config
 from ops.metrics import add_metrics, counter, gauge, labelled
+from ops.retry import TaskGroup
 from ops.sqlitedb import DurableDB, Migration
 from protocols.topics import GATEWAY_ID_RE
 
@@ -82,6 +94,7 @@ def migrations() -> list[Migration]:
         *handheld.MIGRATIONS,
         *picking.MIGRATIONS,
         *stock.MIGRATIONS,
+        *idempotency.MIGRATIONS,
     ]
 
 
@@ -106,6 +119,11 @@ class GatewayMetrics:
         yield counter("storegate_gateway_acks", "acks received from central", s.acks_received)
         yield counter("storegate_gateway_resends", "times the unacked outbox was sent again", s.resends)
         yield counter("storegate_gateway_reconnects", "MQTT reconnects", s.reconnects)
+        yield counter(
+            "storegate_gateway_sync_restarts",
+            "times the sync loop ended by something else than a lost link and was started again",
+            s.restarts,
+        )
         yield counter("storegate_gateway_downlink_applied", "downlink records applied", self.inbox.applied)
         yield gauge(
             "storegate_gateway_backlog", "records waiting in the outbox", self.telemetry.backlog.count
@@ -115,7 +133,39 @@ class GatewayMetrics:
             "age of the oldest unsent record",
             self.telemetry.backlog.oldest_age_s(),
         )
-        yield gauge("storegate_gateway_connected", "1 while connected to the broker", int(s.connected))
+        yield gauge(
+            "storegate_gateway_connected",
+            "1 while an MQTT session with the broker is up",
+            int(self.sync.link_up),
+        )
+        if s.last_ack_at is not None:
+            yield gauge(
+                "storegate_gateway_last_ack_age_seconds",
+                "seconds since the last ack from central (absent before the first)",
+                time.monotonic() - s.last_ack_at,
+            )
+        storage = self.outbox.db.storage_state()
+        yield gauge(
+            "storegate_gateway_storage_full",
+            "1 while the gateway's disk is full (new records refused with 507)",
+            int(storage["state"] == "full"),
+        )
+        if storage["free_bytes"] is not None:
+            yield gauge(
+                "storegate_gateway_storage_free_bytes",
+                "bytes free on the gateway's data file system",
+                storage["free_bytes"],
+            )
+        yield counter(
+            "storegate_gateway_storage_full_errors",
+            "database jobs failed because the disk was full",
+            storage["errors"],
+        )
+        yield counter(
+            "storegate_gateway_acks_unapplied",
+            "acks from central not applied because the disk was full (the records go again)",
+            s.acks_unapplied,
+        )
         devs = self.telemetry.board.snapshot()
         yield labelled(
             CounterMetricFamily,
@@ -164,6 +214,13 @@ async def serve(cfg: GatewayConfig) -> None:
         status_extra=telemetry.extra,
     )
     telemetry.sync = sync
+
+    def storage_changed(writable: bool) -> None:
+        telemetry.wake()  # the fleet hears of a full disk (and of its end) at once
+        if writable:
+            sync.storage_writable()
+
+    db.on_storage_change.append(storage_changed)
     sessions, devices = build_devices(
         db=db,
         outbox=box,
@@ -190,7 +247,7 @@ async def serve(cfg: GatewayConfig) -> None:
     try:
         await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
         log.info("gw=%s order entry on http://%s:%d/api/orders", cfg.gateway_id, cfg.http.host, cfg.http.port)
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             tg.create_task(sync.run(), name=f"sync:{cfg.gateway_id}")
             tg.create_task(telemetry.run(), name=f"telemetry:{cfg.gateway_id}")
             tg.create_task(retention.run(db, cfg.gateway_id), name=f"retention:{cfg.gateway_id}")

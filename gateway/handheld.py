@@ -22,7 +22,8 @@ import serial
 
 from gateway.items import lookup_gtin
 from gateway.outbox import Outbox, now_ms
-from ops.sqlitedb import DurableDB, Migration
+from ops.retry import TaskGroup
+from ops.sqlitedb import DurableDB, Migration, StorageFull
 from protocols import bht
 from protocols.bht import (
     ORDER_FIELD_LENGTHS,
@@ -166,7 +167,7 @@ class HandheldAdapter:
         link = _Link(self, ser, loop)
         lost: _LinkDown | None = None
         try:
-            async with asyncio.TaskGroup() as tg:  # a commit in flight finishes before we reopen
+            async with TaskGroup() as tg:  # a commit in flight finishes before we reopen
                 link.tg = tg
                 loop.add_reader(ser.fileno(), link.readable)
                 self.connected.set()
@@ -392,6 +393,10 @@ class _Link:
             a.counters["batches_conflict"] += 1
             log.warning("HT %s: refusing %s: %s", a.device_id, file.name, e.reason)
             self.handle(self.rx.refuse(e.reason))
+        except StorageFull as e:
+            a.counters["commit_errors"] += 1
+            log.warning("HT %s: refusing %s: %s", a.device_id, file.name, e)
+            self.handle(self.rx.refuse("gateway storage full, send again later"))
         except Exception:  # task boundary: any failure refuses the batch (nothing was committed)
             a.counters["commit_errors"] += 1
             log.exception("HT %s: commit of %s failed", a.device_id, file.name)

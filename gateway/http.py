@@ -1,23 +1,26 @@
 """The gateway's local HTTP endpoint: order entry (until/besides device adapters), record
 status and health. Devices on the store LAN (and the ``storegate gateway order`` CLI) use it.
 
-``POST /api/orders`` answers 201 only after the order is durably in the outbox.
+``POST /api/orders`` answers 201 only after the order is durably in the outbox; a repeat (same
+``Idempotency-Key``, or same customer and ``source_ref``) gets the first answer again
+(``gateway/idempotency.py``, ``protocols/GATEWAY-HTTP.md``).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from aiohttp import web
 
+from gateway.http_errors import domain_errors
+from gateway.idempotency import HEADER, IdempotencyError, OrderEntry, parse_key
 from gateway.outbox import Outbox
 from gateway.sync import Sync
+from ops.jsonbody import json_object
 from protocols.records import RecordSchemaError, parse_order
 
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
 SYNC_KEY = web.AppKey("sync", Sync)
 GATEWAY_ID_KEY = web.AppKey("gateway_id", str)
+ORDER_ENTRY_KEY = web.AppKey("order_entry", OrderEntry)
 
 MAX_BODY = 256 * 1024
 
@@ -27,22 +30,20 @@ def _error(status: int, reason: str) -> web.Response:
 
 
 async def post_order(request: web.Request) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _error(413, f"body larger than {MAX_BODY} bytes")
-    try:
-        body: Any = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return _error(400, f"body is not JSON: {e}")
-    if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object")
+    body = await json_object(request, max_bytes=MAX_BODY)  # or a 400/413 JSON answer
     body.setdefault("channel", "manual")
     body.setdefault("order_type", "normal")
     try:
         order = parse_order(body)
     except RecordSchemaError as e:
         return _error(422, e.reason)
-    rec = await request.app[OUTBOX_KEY].submit("order", order.to_wire())
-    return web.json_response({"id": rec.id, "seq": rec.seq, "status": "pending"}, status=201)
+    try:
+        key = parse_key(request.headers.getall(HEADER, []))
+        answer = await request.app[ORDER_ENTRY_KEY].submit(order.to_wire(), key=key)
+    except IdempotencyError as e:
+        return _error(e.status, e.reason)
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    return web.json_response(answer.body, status=answer.status, headers=headers)
 
 
 async def get_record(request: web.Request) -> web.Response:
@@ -54,27 +55,34 @@ async def get_record(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """200 whenever the process answers: orders are taken with the link up or down (they wait
+    in the outbox), so a down link is reported in the body (``"link": "down"``), not by the
+    status code. ``link``/``connected`` come from the MQTT client's own state, ``oldest_age_s``
+    is the age of the oldest record central has not acked (0 when none)."""
     outbox = request.app[OUTBOX_KEY]
     backlog = await outbox.backlog()
     sync = request.app.get(SYNC_KEY)
+    link: dict[str, object] = {"link": "down", "connected": False} if sync is None else sync.link_report()
     return web.json_response(
         {
             "gateway": request.app[GATEWAY_ID_KEY],
+            **link,
             "backlog": backlog.count,
             "oldest_age_s": round(backlog.oldest_age_s(), 3),
-            "connected": bool(sync and sync.stats.connected),
             "last_sync_ms": sync.stats.last_sync_ms if sync else None,
             "submitted": outbox.submitted,
             "acked": outbox.acked,
             "rejected": outbox.rejected,
+            "storage": outbox.db.storage_state(),
         }
     )
 
 
 def create_app(*, gateway_id: str, outbox: Outbox, sync: Sync | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[domain_errors])
     app[GATEWAY_ID_KEY] = gateway_id
     app[OUTBOX_KEY] = outbox
+    app[ORDER_ENTRY_KEY] = OrderEntry(outbox=outbox, gateway_id=gateway_id)
     if sync is not None:
         app[SYNC_KEY] = sync
     app.router.add_post("/api/orders", post_order)

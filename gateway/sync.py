@@ -14,7 +14,11 @@ Downlink: acks for our records, and records from central (handed to ``on_records
 returns the acks we send back once those records are durable here).
 
 Connection: persistent session (clean_start=False, session expiry), Last Will + retained
-``status`` (``online`` / ``offline``), jittered exponential reconnect backoff.
+``status`` (``online`` / ``offline``), jittered exponential reconnect backoff. A lost link
+(broker gone, or silent past the keepalive) ends the session and the loop connects again by
+itself; anything else that ends the loop is logged, counted (``SyncStats.restarts``) and the
+loop started again (``ops.retry.supervise``). :attr:`Sync.link_up` is true only while a
+session is up.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from paho.mqtt.properties import Properties
 
 from gateway.outbox import Outbox, now_ms
 from ops.mqtt import Client, no_delay, raise_unless_link_lost
-from ops.retry import backoff_delay
+from ops.retry import TaskGroup, backoff_delay, supervise
+from ops.sqlitedb import StorageFull
 from protocols import envelope, topics
-from protocols.envelope import Ack, EnvelopeError, Record
+from protocols.envelope import Ack, BadRecord, EnvelopeError, Record
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,11 @@ class SyncStats:
     acks_received: int = 0
     resends: int = 0
     reconnects: int = 0
+    restarts: int = 0  # the sync loop ended by something else than a lost link (a bug)
+    acks_unapplied: int = 0  # acks from central the full disk kept from being applied
     last_sync_ms: int | None = None
+    last_ack_at: float | None = None  # time.monotonic() of the last ack from central
+    link_since: float = field(default_factory=time.monotonic)  # when the link last went up or down
     clock_offset_ms: int | None = None
     rejects: dict[str, int] = field(default_factory=dict)
 
@@ -120,7 +129,7 @@ class Sync:
         self._cursor = 0
         self._progress = asyncio.Event()
         self._ack_slots = asyncio.Semaphore(MAX_ACK_JOBS)
-        self._client: aiomqtt.Client | None = None
+        self._client: Client | None = None
         self.ack_timeout = ACK_TIMEOUT_S if ack_timeout is None else ack_timeout
         self._ack_timeout = self.ack_timeout
         self._connected_at = 0
@@ -160,24 +169,60 @@ class Sync:
                 doc.update(self.status_extra())
         return json.dumps(doc, separators=(",", ":")).encode()
 
+    @property
+    def link_up(self) -> bool:
+        """True while a session is up: subscribed, status published, and the client has not
+        lost the connection (checked at each call, not only when the session ends)."""
+        client = self._client
+        return self.stats.connected and client is not None and client.link_up
+
+    def link_report(self) -> dict[str, object]:
+        """The link as health reports it: ``link`` "up" only while :attr:`link_up`, how long
+        it has been so, seconds since central's last ack (None: none since start), reconnects
+        and restarts of the sync loop."""
+        now = time.monotonic()
+        s = self.stats
+        up = self.link_up
+        return {
+            "link": "up" if up else "down",
+            "connected": up,
+            "link_age_s": round(now - s.link_since, 3),
+            "last_ack_age_s": None if s.last_ack_at is None else round(now - s.last_ack_at, 3),
+            "reconnects": s.reconnects,
+            "sync_restarts": s.restarts,
+        }
+
     async def run(self) -> None:
         """Keep a session up forever; returns only when cancelled."""
+        await supervise(f"gw={self.gw} sync", self._link_loop, on_restart=self._on_restart)
+
+    def _on_restart(self) -> None:
+        self.stats.restarts += 1
+
+    async def _link_loop(self) -> None:
         attempt = 0
         while True:
             try:
                 async with self._client_for_session() as client:
                     attempt = 0
-                    await self._session(client)
+                    try:
+                        await self._session(client)
+                    finally:
+                        self._link_down()
             except (aiomqtt.MqttError, BaseExceptionGroup) as e:
                 raise_unless_link_lost(e)
-                self.stats.connected = False
-                self.connected.clear()
-                self._client = None
                 delay = backoff_delay(attempt, lo=BACKOFF_MIN_S, hi=BACKOFF_MAX_S)
                 attempt += 1
                 self.stats.reconnects += 1
                 log.warning("gw=%s mqtt link down (%s); retry in %.2fs", self.gw, e, delay)
                 await asyncio.sleep(delay)
+
+    def _link_down(self) -> None:
+        if self.stats.connected:
+            self.stats.link_since = time.monotonic()
+        self.stats.connected = False
+        self.connected.clear()
+        self._client = None
 
     async def _session(self, client: Client) -> None:
         self._client = client
@@ -187,9 +232,10 @@ class Sync:
         await client.subscribe(topics.downlink(self.gw), qos=1)
         await client.publish(topics.status(self.gw), self._status_payload("online"), qos=1, retain=True)
         self.stats.connected = True
+        self.stats.link_since = time.monotonic()
         self.connected.set()
         log.info("gw=%s connected to %s:%d", self.gw, self.mqtt.host, self.mqtt.port)
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             tg.create_task(self._sender(client), name=f"sync-send:{self.gw}")
             records: asyncio.Queue[tuple[aiomqtt.Message, tuple[Record, ...]]] = asyncio.Queue(
                 MAX_DOWNLINK_QUEUED
@@ -262,6 +308,17 @@ class Sync:
                 self._reset_inflight()
                 self.outbox.new_records.set()
 
+    def storage_writable(self) -> None:
+        """The disk has room again: acks that could not be applied meanwhile left their records
+        in the outbox; send everything unacked again now rather than at the next ack timeout."""
+        self._ack_timeout = self.ack_timeout
+        if self._inflight:
+            log.info(
+                "gw=%s storage writable again; resending %d unacked messages", self.gw, len(self._inflight)
+            )
+            self._reset_inflight()
+            self.outbox.new_records.set()
+
     def _on_acked(self, ids: list[str]) -> None:
         self._ack_timeout = self.ack_timeout
         for rid in ids:
@@ -313,14 +370,35 @@ class Sync:
                 await records.put((message, env.records))  # waits while the inbox is behind
             else:
                 client.puback(message)
+            if env.bad_records:
+                tg.create_task(self._reject_bad(client, env.bad_records), name=f"sync-reject:{self.gw}")
+
+    async def _reject_bad(self, client: aiomqtt.Client, bad: tuple[BadRecord, ...]) -> None:
+        """Downlink records that do not decode can never be applied: each one with a readable
+        id is answered ``rejected`` with its reason, so central stops resending it."""
+        for b in bad:
+            log.error("gw=%s undecodable downlink record %s rejected: %s", self.gw, b.id, b.reason)
+        acks = [Ack(b.id, envelope.AckStatus.REJECTED, b.reason) for b in bad if b.id is not None]
+        if acks:
+            payload = envelope.encode(gw=self.gw, sent=now_ms(), acks=acks)
+            await client.publish(topics.uplink(self.gw), payload, qos=1)
 
     async def _apply_acks(self, acks: tuple[Ack, ...]) -> None:
         try:
             await self.outbox.apply_acks(acks)
+        except StorageFull as e:
+            # Not applied: the records stay in the outbox and go again (after the ack timeout,
+            # or at once when the disk is writable again); central answers them `duplicate`.
+            self.stats.acks_unapplied += len(acks)
+            log.warning(
+                "gw=%s %d acks from central not applied (%s); records stay queued", self.gw, len(acks), e
+            )
+            return
         finally:
             self._ack_slots.release()
         self.stats.acks_received += len(acks)
         self.stats.last_sync_ms = now_ms()
+        self.stats.last_ack_at = time.monotonic()
         for a in acks:
             if a.status is envelope.AckStatus.REJECTED:
                 log.warning("gw=%s record %s rejected by central: %s", self.gw, a.id, a.reason)
@@ -338,7 +416,11 @@ class Sync:
         if self.on_records is None:
             log.warning("gw=%s %d downlink records but no handler; not acked", self.gw, len(records))
             return
-        acks = await self.on_records(records)
+        try:
+            acks = await self.on_records(records)
+        except StorageFull as e:  # not applied, not acked: central sends them again
+            log.warning("gw=%s %d downlink records not applied (%s); left unacked", self.gw, len(records), e)
+            return
         if acks:
             payload = envelope.encode(gw=self.gw, sent=now_ms(), acks=acks)
             await client.publish(topics.uplink(self.gw), payload, qos=1)

@@ -198,22 +198,35 @@ async def test_pruning_bounds_processed_under_a_steady_stream(tmp_path: Path) ->
 
 
 async def test_downlink_results_and_record_results_go_by_age(tmp_path: Path) -> None:
+    """History that is no duplicate check goes by age, in batches; a gateway keeps the
+    answers a store still needs (rejections, and an open reorder's answer)."""
     async with two_sides(tmp_path) as (box, cdb):
         recs = await submit(box, 30)
-        await box.apply_acks(Ack(r.id, AckStatus.ACCEPTED) for r in recs)
+        rejected = {recs[1].id, recs[2].id}
+        await box.apply_acks(
+            Ack(r.id, AckStatus.REJECTED if r.id in rejected else AckStatus.ACCEPTED, "no") for r in recs
+        )
         now = int(time.time() * 1000)
         old = [r.id for r in recs[:18]]
+        open_reorder = recs[3].id
         keep_ms = int(gateway_retention.RECORD_RESULTS_KEEP_S * 1000)
 
         def age(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "UPDATE record_results SET acked_at = ? WHERE id = ?", [(now - keep_ms - 1, i) for i in old]
             )
+            conn.execute(
+                "INSERT INTO stock_reorders (record_id, sku, qty, raised_at, trigger)"
+                " VALUES (?, 'SKU-1', 6, 1, 'sale')",
+                (open_reorder,),
+            )
 
         await box.db.write(age)
-        assert await gateway_retention.prune_once(box.db, now=now, batch=5) == 18
+        assert await gateway_retention.prune_once(box.db, now=now, batch=5) == 18 - 3
         assert await box.result(old[0]) is None
         assert (await box.result(recs[-1].id) or {}).get("status") == "accepted"
+        assert [(await box.result(i) or {}).get("status") for i in sorted(rejected)] == ["rejected"] * 2
+        assert (await box.result(open_reorder) or {}).get("status") == "accepted"
 
         keep_dl = int(central_retention.DOWNLINK_RESULTS_KEEP_S * 1000)
 
