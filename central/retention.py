@@ -6,7 +6,9 @@ record again. A gateway sends a record only while it is in its outbox, and it re
 record from its outbox only on our ack; its ``seq`` numbers increase and are never reused.
 So each gateway reports, in its retained status, ``acked_below``: the lowest ``seq`` still in
 its outbox (or the next ``seq`` it will use when the outbox is empty). Every record of that
-gateway with a lower ``seq`` has been acked and deleted there and will never be sent again.
+gateway with a lower ``seq`` has been acked and deleted there and will never be sent again -
+among those central had received when the report arrived (a gateway whose database was
+replaced starts again at ``seq`` 1, so later rows are never taken for covered).
 
 A copy sent before the report may still be in flight (in the broker's queue, or another
 central worker's hands: the status topic is not ordered with the uplink), so a report takes
@@ -48,6 +50,7 @@ MIGRATIONS = [
         CREATE TABLE retention_marks (
             gateway TEXT PRIMARY KEY,
             mark INTEGER NOT NULL DEFAULT 0,
+            mark_at INTEGER NOT NULL DEFAULT 0,
             candidate INTEGER,
             candidate_at INTEGER
         );
@@ -79,24 +82,33 @@ def report(conn: sqlite3.Connection, gateway: str, acked_below: int, now: int) -
 
 
 def promote(conn: sqlite3.Connection, *, now: int, grace_ms: int) -> None:
-    """Candidates at least ``grace_ms`` old become marks (a mark never goes down)."""
+    """A candidate at least ``grace_ms`` old becomes the gateway's mark, with the time it was
+    received (``mark_at``): the pair is always one real report."""
     conn.execute(
-        "UPDATE retention_marks SET mark = max(mark, candidate), candidate = NULL, candidate_at = NULL"
+        "UPDATE retention_marks SET mark = candidate, mark_at = candidate_at,"
+        " candidate = NULL, candidate_at = NULL"
         " WHERE candidate IS NOT NULL AND candidate_at <= ?",
         (now - grace_ms,),
     )
 
 
-def marks(conn: sqlite3.Connection) -> dict[str, int]:
-    return dict(conn.execute("SELECT gateway, mark FROM retention_marks WHERE mark > 0"))
+def marks(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """Per gateway, its mark and when central received the report that set it."""
+    return {
+        gw: (mark, at)
+        for gw, mark, at in conn.execute("SELECT gateway, mark, mark_at FROM retention_marks WHERE mark > 0")
+    }
 
 
-def prune_processed(conn: sqlite3.Connection, *, gateway: str, mark: int, limit: int) -> int:
-    """Delete up to ``limit`` of ``gateway``'s ``processed`` rows with ``seq < mark``."""
+def prune_processed(conn: sqlite3.Connection, *, gateway: str, mark: int, mark_at: int, limit: int) -> int:
+    """Delete up to ``limit`` of ``gateway``'s ``processed`` rows with ``seq < mark`` received
+    before the report that set the mark. A report covers only what central had received when
+    it was sent, so rows received later - a gateway whose database was replaced starts its
+    ``seq`` again at 1 - are never taken for covered."""
     return conn.execute(
         "DELETE FROM processed WHERE record_id IN (SELECT record_id FROM processed"
-        " WHERE gateway = ? AND seq < ? ORDER BY seq LIMIT ?)",
-        (gateway, mark, limit),
+        " WHERE gateway = ? AND seq < ? AND processed_at < ? ORDER BY seq LIMIT ?)",
+        (gateway, mark, mark_at, limit),
     ).rowcount
 
 
@@ -135,9 +147,9 @@ async def prune_once(
     limit = PRUNE_BATCH if batch is None else batch
     stats = PruneStats()
     await db.write(lambda conn: promote(conn, now=t, grace_ms=grace_ms))
-    for gw, mark in (await db.read(marks)).items():
+    for gw, (mark, mark_at) in (await db.read(marks)).items():
         while True:
-            n = await db.write(partial(prune_processed, gateway=gw, mark=mark, limit=limit))
+            n = await db.write(partial(prune_processed, gateway=gw, mark=mark, mark_at=mark_at, limit=limit))
             stats.processed += n
             if n < limit:
                 break
