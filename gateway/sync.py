@@ -65,6 +65,7 @@ MAX_ACK_JOBS = 64
 # central resends what we never acked.
 MAX_DOWNLINK_QUEUED = 4
 RECEIVE_MAXIMUM = 16
+DOWNLINK_ACKED_BELOW = "acked_below"  # = central.downlink.ACKED_BELOW (a gateway imports no central)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,7 @@ class Sync:
         self.ack_timeout = ACK_TIMEOUT_S if ack_timeout is None else ack_timeout
         self._ack_timeout = self.ack_timeout
         self._connected_at = 0
+        self.downlink_acked_below: tuple[int, int] | None = None  # (central's mark, when received)
 
     # -- connection -------------------------------------------------------------------
     def _client_for_session(self) -> Client:
@@ -365,6 +367,7 @@ class Sync:
                 client.puback(message)
                 continue
             self.stats.clock_offset_ms = env.sent - now_ms()
+            self._note_downlink_mark(message)
             if env.acks:
                 await self._ack_slots.acquire()
                 tg.create_task(self._apply_acks(env.acks), name=f"sync-acks:{self.gw}")
@@ -374,6 +377,13 @@ class Sync:
                 client.puback(message)
             if env.bad_records:
                 tg.create_task(self._reject_bad(client, env.bad_records), name=f"sync-reject:{self.gw}")
+
+    def _note_downlink_mark(self, message: aiomqtt.Message) -> None:
+        """Central's ``acked_below`` user property (WIRE.md rule 7): kept, with when it came,
+        for the inbox's retention (``gateway.retention``)."""
+        for key, value in getattr(message.properties, "UserProperty", None) or ():
+            if key == DOWNLINK_ACKED_BELOW and value.isascii() and value.isdigit() and len(value) < 19:
+                self.downlink_acked_below = (int(value), now_ms())
 
     async def _reject_bad(self, client: aiomqtt.Client, bad: tuple[BadRecord, ...]) -> None:
         """Downlink records that do not decode can never be applied: each one with a readable

@@ -17,22 +17,26 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from central import ingest
+from central import downlink, ingest
 from central import retention as central_retention
 from central.consumer import BrokerSettings, Consumer
 from central.fleet import Fleet
 from central.migrations import central_db
+from gateway import order_status
 from gateway import retention as gateway_retention
 from gateway import sync as sync_mod
 from gateway.app import migrations as gateway_migrations
+from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from gateway.telemetry import DeviceBoard, Telemetry
 from ops.broker import Mosquitto
+from ops.mqtt import Client as MqttClient
 from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import Ack, AckStatus, Record
@@ -381,3 +385,90 @@ async def test_a_downlink_backlog_is_read_in_bounded_batches(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await gdb.close()
+
+
+# -- the downlink: the gateway's inbox ------------------------------------------------------------
+
+
+def downlink_record(seq: int) -> Record:
+    body = {
+        "record_id": uuid.uuid4().hex,
+        "order_no": f"SO{seq:08d}",
+        "status": "held",
+        "detail": "",
+        "version": 1,
+    }
+    return Record(uuid.uuid4().hex, seq, "order_status", 1, body)
+
+
+async def test_inbox_ids_go_only_below_centrals_mark_and_before_its_report(tmp_path: Path) -> None:
+    """Central's ``acked_below`` takes effect after the grace period; inbox ids below it that
+    came before the report go, the rest stay - and a resend of a kept one is a duplicate."""
+    gdb = DurableDB(tmp_path / f"{GW}.db", migrations=gateway_migrations())
+    await gdb.open()
+    try:
+        inbox = Inbox(gdb)
+        applied: list[str] = []
+
+        def apply(_conn: sqlite3.Connection, rec: Record) -> None:
+            applied.append(rec.id)  # the effect: counted
+
+        inbox.register(order_status.RECORD, apply)
+        recs = tuple(downlink_record(s) for s in range(1, 101))
+        await inbox.handle(recs)
+        t_report = gateway_retention.now_ms()  # central's report arrives now
+        grace_ms = int(gateway_retention.GRACE_S * 1000)
+        assert await gateway_retention.prune_once(gdb, now=t_report, downlink_mark=(61, t_report)) == 0
+        # a central with a new database numbers its downlink from 1 again, after the report
+        await wait_for(lambda: gateway_retention.now_ms() > t_report, what="the clock past the report")
+        fresh = tuple(downlink_record(s) for s in range(1, 11))
+        await inbox.handle(fresh)
+        pruned = await gateway_retention.prune_once(gdb, now=t_report + grace_ms, batch=7)
+        assert pruned == 60
+        left = {r[0] for r in await gdb.read(lambda c: c.execute("SELECT id FROM inbox").fetchall())}
+        assert left == {r.id for r in recs[60:]} | {r.id for r in fresh}
+        again = await inbox.handle(recs[60:] + fresh)
+        assert {a.status for a in again} == {AckStatus.DUPLICATE}
+        assert len(applied) == 110
+    finally:
+        await gdb.close()
+
+
+async def test_central_puts_its_downlink_mark_on_each_message(broker: Mosquitto, tmp_path: Path) -> None:
+    cdb = central_db(tmp_path / "central.db")
+    gdb = DurableDB(tmp_path / f"{GW}.db", migrations=gateway_migrations())
+    await cdb.open()
+    await gdb.open()
+    inbox = Inbox(gdb)
+    inbox.register(order_status.RECORD, order_status.apply_order_status)
+    sync = Sync(
+        gateway_id=GW, outbox=Outbox(gdb), mqtt=MqttSettings(port=broker.port), on_records=inbox.handle
+    )
+    sender = downlink.DownlinkSender(cdb)
+    tasks = [asyncio.create_task(sync.run())]
+    try:
+        await sync.connected.wait()
+
+        def enqueue(conn: sqlite3.Connection) -> list[int]:
+            for s in range(5):
+                downlink.enqueue(conn, gateway=GW, type="order_status", body=downlink_record(s + 1).body)
+            return [r[0] for r in conn.execute("SELECT seq FROM downlink_outbox ORDER BY seq")]
+
+        seqs = await cdb.write(enqueue)
+        async with MqttClient(
+            "127.0.0.1", broker.port, identifier="central-ret", protocol=aiomqtt.ProtocolVersion.V5
+        ) as client:
+            tasks.append(asyncio.create_task(sender.run(client)))
+            await wait_for(
+                lambda: sync.downlink_acked_below is not None, timeout=30, what="a downlink message"
+            )
+            assert sync.downlink_acked_below is not None
+            assert sync.downlink_acked_below[0] == seqs[0]  # nothing acked yet when it went
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await t
+        await gdb.close()
+        await cdb.close()
