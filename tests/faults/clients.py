@@ -38,8 +38,17 @@ class Load:
     :meth:`stop` - then each finishes the submission it is on (retrying) until
     :meth:`give_up`, after which an unanswered one is indeterminate."""
 
-    def __init__(self, url: Callable[[], str], *, prefix: str, history: History, workers: int = 4) -> None:
+    def __init__(
+        self,
+        url: Callable[[], str],
+        *,
+        prefix: str,
+        history: History,
+        workers: int = 4,
+        pause_s: float = SUBMIT_PAUSE_S,
+    ) -> None:
         self.url = url
+        self.pause_s = pause_s
         self.prefix = prefix
         self.history = history
         self.workers = workers
@@ -95,7 +104,7 @@ class Load:
         while not self._stopping.is_set():
             await self._submit(self.history.begin(f"{self.prefix}-w{w}-{n}"))
             n += 1
-            await asyncio.sleep(SUBMIT_PAUSE_S)
+            await asyncio.sleep(self.pause_s)
 
     async def _submit(self, sub: Submission) -> None:
         assert self._session is not None

@@ -27,7 +27,7 @@ import aiohttp
 from ops.broker import Mosquitto
 from tests.conftest import wait_for
 from tests.faults.checker import History, Outcome, check
-from tests.faults.clients import Load
+from tests.faults.clients import SUBMIT_PAUSE_S, Load
 from tests.faults.report import RoundResult
 from tests.procs import Proc, central_db
 
@@ -110,13 +110,17 @@ async def run_round(
     extra_check: Callable[[], Awaitable[list[str]]] | None = None,
     extra_ready: Callable[[], Awaitable[bool]] | None = None,
     history: History | None = None,
+    workers: int = 4,
+    pause_s: float = SUBMIT_PAUSE_S,
 ) -> RoundResult:
     """Run one round; return its result (the caller records it, then asserts ``passed``)."""
     prefix = f"{scenario}-r{round_no}"
     history = history if history is not None else History()
     problems: list[str] = []
     recovery: float | None = None
-    async with Load(lambda: cluster.gateway.url, prefix=prefix, history=history) as load:
+    async with Load(
+        lambda: cluster.gateway.url, prefix=prefix, history=history, workers=workers, pause_s=pause_s
+    ) as load:
         cluster.load = load
         start = time.monotonic()
         await wait_for(lambda: load.oks_since(start), timeout=30, what=f"{prefix}: first order acknowledged")

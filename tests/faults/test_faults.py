@@ -50,7 +50,10 @@ POISON_DEADLINE_S = 20.0
 HIJACK_DEADLINE_S = 10.0
 HIJACK_ACK_TIMEOUT_S = 30.0
 
-DOWN_S = (0.2, 1.0)  # how long a killed process stays down before its restart
+DOWN_S = (0.2, 1.0)
+GATEWAY_KILLS = 5  # kill -9 of the gateway this many times per round
+GATEWAY_KILL_WORKERS = 8
+LOAD_BETWEEN_KILLS_S = (0.1, 0.5)  # how long a killed process stays down before its restart
 KEEPALIVE_S = 2  # the partitioned gateway's MQTT keepalive
 PARTITION_S = 3 * KEEPALIVE_S  # longer than the keepalive: both ends must notice the loss
 TMPFS_SIZE = "8m"
@@ -130,7 +133,13 @@ async def test_gateway_kill9_under_load(
     ) as c:
         for r in range(ROUNDS):
 
-            async def kill() -> None:
+            async def kills() -> None:
+                # The window that matters (committed, 201 not yet sent) is a millisecond wide:
+                # several kills per round, under load with no pause, to land in it.
+                for _ in range(GATEWAY_KILLS - 1):
+                    c.gateway.kill()
+                    await asyncio.to_thread(c.gateway.start)
+                    await asyncio.sleep(c.rng.uniform(*LOAD_BETWEEN_KILLS_S))
                 c.gateway.kill()
                 await asyncio.sleep(c.rng.uniform(*DOWN_S))
 
@@ -138,9 +147,11 @@ async def test_gateway_kill9_under_load(
                 c,
                 "gateway-kill9",
                 r,
-                fault=kill,
+                fault=kills,
                 heal=lambda: run_in_thread(c.gateway.start),
                 deadline_s=KILL_DEADLINE_S,
+                workers=GATEWAY_KILL_WORKERS,
+                pause_s=0.0,
             )
             record(campaign, result)
 
