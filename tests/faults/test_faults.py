@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,21 +63,32 @@ DISK_FULL_WAIT_S = 15.0
 POISON_DEPTH = 1000
 POISON_GW = "poison-1"
 HIJACKER = "gw-b"
+# central's share group as shipped until issue 14: the name a hostile gateway tries first
+HIJACK_FILTER = f"$share/{topics.CENTRAL_SHARE_GROUP}/{topics.ROOT}/+/up"
 
 RUN_AS = "root" if os.geteuid() == 0 else None
 
 
 # -- the cluster ----------------------------------------------------------------------------
 def write_central(
-    tmp: Path, broker_port: int, *, host: str = "127.0.0.1", creds: tuple[str, str] | None = None
+    tmp: Path,
+    broker_port: int,
+    *,
+    host: str = "127.0.0.1",
+    shipped: Path | None = None,
 ) -> Proc:
+    """Central's config; with ``shipped`` (the central.toml broker-init wrote), its whole
+    ``[broker]`` section as shipped (credentials and whatever else broker-init puts there)."""
     seed_viewer(tmp / "central" / "central.db")
     port = free_port()
-    auth = f'username = "{creds[0]}"\npassword = "{creds[1]}"\n' if creds else ""
+    broker: dict[str, object] = {"host": host, "port": broker_port, "client_id": "central-faults"}
+    if shipped is not None:
+        broker = tomllib.loads(shipped.read_text())["broker"]
     cfg = tmp / "central.toml"
     cfg.write_text(
-        f'data_dir = "{tmp / "central"}"\n[broker]\nhost = "{host}"\nport = {broker_port}\n'
-        f'client_id = "central-faults"\n{auth}[http]\nport = {port}\n'
+        f'data_dir = "{tmp / "central"}"\n[broker]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in broker.items())
+        + f"[http]\nport = {port}\n"
     )
     return Proc("central", cfg, port, tmp / "central.log")
 
@@ -501,14 +514,13 @@ async def test_share_hijack_by_gateway_credentials(tmp_path: Path, campaign: lis
     """Waits for: broker (the shipped ACL lets a gateway join central's share group)."""
     etc = tmp_path / "etc"
     port = free_port()
-    service = init_broker_security(etc, broker_host="127.0.0.1", broker_port=port)
+    init_broker_security(etc, broker_host="127.0.0.1", broker_port=port)
     gws = {
         gw: provision_gateway(gw, etc_dir=etc, broker_host="127.0.0.1", broker_port=port, customer="S001")
         for gw in ("store-1", HIJACKER)
     }
     broker = Mosquitto(secure_broker_config(etc, port=port, data_dir=tmp_path / "broker", run_as=RUN_AS))
-    assert SecurityPaths(etc).acl_file.exists()
-    central = write_central(tmp_path, port, creds=(service.central.username, service.central.password))
+    central = write_central(tmp_path, port, shipped=SecurityPaths(etc).central_config)
     gateway = write_gateway(
         tmp_path,
         port,
@@ -535,7 +547,7 @@ async def test_share_hijack_by_gateway_credentials(tmp_path: Path, campaign: lis
         )
         async with client:
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.subscribe(topics.central_uplink_subscription(shared=True), qos=1)
+                await client.subscribe(HIJACK_FILTER, qos=1)
 
             async def read() -> None:
                 async for m in client.messages:
