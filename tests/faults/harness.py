@@ -99,6 +99,11 @@ class Cluster:
         return out
 
 
+def round_prefix(scenario: str, round_no: int) -> str:
+    """Every reference a round submits starts with this and a dash."""
+    return f"{scenario}-r{round_no}"
+
+
 async def run_round(
     cluster: Cluster,
     scenario: str,
@@ -114,7 +119,7 @@ async def run_round(
     pause_s: float = SUBMIT_PAUSE_S,
 ) -> RoundResult:
     """Run one round; return its result (the caller records it, then asserts ``passed``)."""
-    prefix = f"{scenario}-r{round_no}"
+    prefix = round_prefix(scenario, round_no)
     history = history if history is not None else History()
     problems: list[str] = []
     recovery: float | None = None

@@ -36,7 +36,7 @@ from tests.conftest import wait_for
 from tests.faults import netns
 from tests.faults.checker import History, Outcome
 from tests.faults.clients import order_body
-from tests.faults.harness import ROUNDS, Cluster, describe, run_in_thread, run_round
+from tests.faults.harness import ROUNDS, Cluster, describe, round_prefix, run_in_thread, run_round
 from tests.faults.report import RoundResult
 from tests.procs import Proc, central_db, seed_viewer
 
@@ -473,7 +473,8 @@ async def test_poison_record_among_valid_ones(
         for r in range(ROUNDS):
             spot = POISON_SPOTS[r % len(POISON_SPOTS)]
             history = History()
-            async with PoisonGateway(broker.port, history, f"poison-r{r}", seq) as pgw:
+            scenario = f"poison-{spot}"
+            async with PoisonGateway(broker.port, history, round_prefix(scenario, r), seq) as pgw:
                 before = quarantined(tmp_path, POISON_GW)
 
                 async def inject(pgw: PoisonGateway = pgw, spot: str = spot) -> None:
@@ -496,7 +497,7 @@ async def test_poison_record_among_valid_ones(
 
                 result = await run_round(
                     c,
-                    f"poison-{spot}",
+                    scenario,
                     r,
                     fault=inject,
                     heal=nothing,
