@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -70,7 +71,8 @@ class Cluster:
         finally:
             conn.close()
 
-    async def gateway_backlog(self) -> int | None:
+    async def gateway_health(self) -> dict[str, Any] | None:
+        """The gateway's ``/api/health`` document; None when it does not answer 200."""
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as s,
@@ -78,10 +80,14 @@ class Cluster:
             ):
                 if r.status != 200:
                     return None
-                backlog: int = (await r.json())["backlog"]
-                return backlog
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                doc: dict[str, Any] = await r.json()
+                return doc
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
+
+    async def gateway_backlog(self) -> int | None:
+        doc = await self.gateway_health()
+        return None if doc is None else doc.get("backlog")
 
     async def delivered(self, history: History, prefix: str) -> bool:
         """The gateway holds nothing, central processed all, every acknowledged order is there."""
