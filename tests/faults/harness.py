@@ -137,8 +137,8 @@ async def run_round(
         await wait_for(lambda: load.oks_since(start), timeout=30, what=f"{prefix}: first order acknowledged")
         await asyncio.sleep(cluster.rng.uniform(*LOAD_BEFORE_S))  # load for a while, then the fault
         await fault()
+        healed = time.monotonic()  # recovery counts from here: the restart, the link up, the space freed
         await heal()
-        healed = time.monotonic()
 
         def left() -> float:
             return max(0.1, deadline_s - (time.monotonic() - healed))

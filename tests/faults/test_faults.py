@@ -52,10 +52,12 @@ POISON_DEADLINE_S = 20.0
 HIJACK_DEADLINE_S = 10.0
 HIJACK_ACK_TIMEOUT_S = 30.0
 
-DOWN_S = (0.2, 1.0)
-GATEWAY_KILLS = 5  # kill -9 of the gateway this many times per round
+DOWN_S = (0.2, 1.0)  # how long a killed process stays down before its restart
+# The gateway's window that matters (committed, 201 not yet sent) is a millisecond wide: each
+# round kills it this many times, under 8 clients posting without a pause, to land in it.
+GATEWAY_KILLS = 5
 GATEWAY_KILL_WORKERS = 8
-LOAD_BETWEEN_KILLS_S = (0.1, 0.5)  # how long a killed process stays down before its restart
+LOAD_BETWEEN_KILLS_S = (0.1, 0.5)  # load between two kills of one round
 KEEPALIVE_S = 2  # the partitioned gateway's MQTT keepalive
 # Longer than the keepalive: both ends must notice the loss (paho: a PINGREQ after one
 # keepalive, no PINGRESP within another; mosquitto: 1.5 keepalives of silence).
@@ -150,8 +152,6 @@ async def test_gateway_kill9_under_load(
         for r in range(ROUNDS):
 
             async def kills() -> None:
-                # The window that matters (committed, 201 not yet sent) is a millisecond wide:
-                # several kills per round, under load with no pause, to land in it.
                 for _ in range(GATEWAY_KILLS - 1):
                     c.gateway.kill()
                     await asyncio.to_thread(c.gateway.start)
