@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from central import auth, lifecycle, masters, orders, ordertypes, repo
+from central import auth, lifecycle, masters, orders, ordertypes, repo, schedule
 from central.auth import Role, User
 from central.consumer import Consumer
 from central.validation import LineIn, OrderIn
@@ -448,8 +449,16 @@ async def run_contracts(request: web.Request) -> web.Response:
     """Generate the orders of contract deliveries due by ``today`` (default: today, UTC)."""
     body = await _body(request) if request.can_read_body else {}
     today = parse_date(body["today"], "today") if "today" in body else dt.datetime.now(dt.UTC).date()
-    made = await _write(request, partial(orders.run_contracts, today=today))
-    return _json({"orders": made})
+    now = lifecycle.now_ms()
+    ran = await _write(request, lambda c: schedule.run_contracts(c, today=today, now=now))
+    return _json({"orders": [r.result for r in ran]})
+
+
+@requires(Role.VIEWER)
+async def schedule_runs(request: web.Request) -> web.Response:
+    """What central's clock has run (contract deliveries, delay expiries), latest first."""
+    limit = _int_param(request, "limit", 100, lo=1, hi=MAX_LIMIT)
+    return _json({"runs": await request.app[DB_KEY].read(partial(schedule.list_runs, limit=limit))})
 
 
 @requires(Role.ORDER_DESK)
@@ -498,14 +507,21 @@ async def quarantine(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """200 whenever the process answers (the REST API works without the broker); the broker
+    link is ``mqtt.link``, "up" only while the consumer's MQTT session is up."""
     db = request.app[DB_KEY]
     counts = await db.read(repo.counts)
     consumer = request.app.get(CONSUMER_KEY)
     mqtt = None
     if consumer is not None:
         s = consumer.stats
+        up = consumer.link_up
         mqtt = {
-            "connected": s.connected,
+            "link": "up" if up else "down",
+            "connected": up,
+            "link_age_s": round(time.monotonic() - s.link_since, 3),
+            "reconnects": s.reconnects,
+            "restarts": s.restarts,
             "messages": s.messages,
             "records": s.records,
             "accepted": s.accepted,
@@ -541,6 +557,7 @@ def create_app(*, db: DurableDB, consumer: Consumer | None = None) -> web.Applic
     r.add_get("/api/customers/{code}/credit", credit)
     r.add_post("/api/contracts", add_contract)
     r.add_post("/api/contracts/run", run_contracts)
+    r.add_get("/api/schedule/runs", schedule_runs)
     r.add_post("/api/vouchers", add_voucher)
     r.add_post("/api/consignment/deposits", deposit)
     r.add_get("/api/consignment/{customer}", consignment)

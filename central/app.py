@@ -3,14 +3,13 @@ dashboard under one TaskGroup."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
-from central import allocation_api, dashboard, release, waves
+from central import allocation_api, dashboard, release, schedule, waves
 from central.api import create_app
 from central.consumer import BrokerSettings, Consumer
 from central.fleet import AlertThresholds, Fleet
@@ -19,6 +18,7 @@ from central.migrations import central_db
 from central.release import Releaser, ReleaseSettings
 from ops import config
 from ops.metrics import add_metrics
+from ops.retry import TaskGroup
 from ops.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class CentralConfig:
     alerts: AlertThresholds = field(default_factory=AlertThresholds)
     allocation: waves.AllocationSettings = field(default_factory=waves.AllocationSettings)
     release: ReleaseSettings = field(default_factory=ReleaseSettings)
+    schedule: schedule.ScheduleSettings = field(default_factory=schedule.ScheduleSettings)
 
 
 def load_config(path: Path | str) -> CentralConfig:
@@ -65,12 +66,14 @@ async def serve(cfg: CentralConfig) -> None:
     try:
         await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
         log.info("central dashboard on http://%s:%d/", cfg.http.host, cfg.http.port)
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             tg.create_task(consumer.run(), name="central-consumer")
             tg.create_task(fleet.run(), name="central-fleet-alerts")
             tg.create_task(metrics.run(), name="central-metrics")
             releaser = Releaser(db, cfg.release, on_release=consumer.downlink.notify)
             tg.create_task(releaser.run(), name="central-release")
+            scheduler = schedule.Scheduler(db, cfg.schedule, on_work=consumer.downlink.notify)
+            tg.create_task(scheduler.run(), name="central-schedule")
     finally:
         await runner.cleanup()
         await db.close()

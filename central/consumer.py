@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from central.downlink import DownlinkSender, apply_gateway_acks
 from central.ingest import now_ms, quarantine_message, quick_checks, receive_uplink
 from central.processor import Processor
 from ops.mqtt import Client, no_delay, raise_unless_link_lost
-from ops.retry import backoff_delay
+from ops.retry import TaskGroup, backoff_delay, supervise
 from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import Ack, AckStatus, EnvelopeError
@@ -59,6 +60,9 @@ class ConsumerStats:
     rejected: int = 0
     quarantined_messages: int = 0
     connected: bool = False
+    reconnects: int = 0
+    restarts: int = 0  # the MQTT loop ended by something else than a lost link (a bug)
+    link_since: float = field(default_factory=time.monotonic)  # when the link last went up or down
     per_gateway_last_ms: dict[str, int] = field(default_factory=dict)
 
 
@@ -71,6 +75,7 @@ class BrokerSettings:
     tls_ca: str | None = None
     client_id: str = "central-1"
     shared_subscription: bool = True
+    keepalive: int = 30
 
 
 class Consumer:
@@ -89,7 +94,7 @@ class Consumer:
         self._sem = asyncio.Semaphore(MAX_OUTSTANDING)
         self._receive_slots = asyncio.Semaphore(RECEIVE_JOBS)  # FIFO: arrival order is kept
         self._fault_marker = os.environ.get("STOREGATE_FAULT_KILL_AFTER_COMMIT")
-        self.client: aiomqtt.Client | None = None
+        self.client: Client | None = None
         self.downlink = DownlinkSender(db)
         self.receiving = 0  # messages being received right now
         self._quick = quick_checks()  # record handlers are registered at import
@@ -110,6 +115,7 @@ class Consumer:
             clean_start=False,
             properties=props,
             tls_params=tls,
+            keepalive=self.broker.keepalive,
             max_inflight_messages=100,
             timeout=30,
         )
@@ -117,9 +123,27 @@ class Consumer:
     async def run(self) -> None:
         """Process what was received (even while the broker is away) and keep the MQTT
         session up; returns only when cancelled."""
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             tg.create_task(self.processor.run(), name="central-processor")
-            tg.create_task(self._mqtt(), name="central-mqtt")
+            tg.create_task(
+                supervise("central mqtt", self._mqtt, on_restart=self._on_restart), name="central-mqtt"
+            )
+
+    @property
+    def link_up(self) -> bool:
+        """True while a session is up: subscribed, and the client has not lost the connection."""
+        client = self.client
+        return self.stats.connected and client is not None and client.link_up
+
+    def _on_restart(self) -> None:
+        self.stats.restarts += 1
+
+    def _link_down(self) -> None:
+        if self.stats.connected:
+            self.stats.link_since = time.monotonic()
+        self.stats.connected = False
+        self.connected.clear()
+        self.client = None
 
     async def _mqtt(self) -> None:
         attempt = 0
@@ -127,30 +151,35 @@ class Consumer:
             try:
                 async with self._client() as client:
                     attempt = 0
-                    self.client = client
-                    no_delay(client)
-                    await client.subscribe(
-                        topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
-                    )
-                    if self.on_status is not None:
-                        await client.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
-                    self.stats.connected = True
-                    self.connected.set()
-                    log.info("central connected to %s:%d", self.broker.host, self.broker.port)
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self.downlink.run(client), name="central-downlink")
-                        async for message in client.messages:
-                            await self._sem.acquire()
-                            tg.create_task(self._handle(client, message))
+                    try:
+                        await self._session(client)
+                    finally:
+                        self._link_down()
             except (aiomqtt.MqttError, BaseExceptionGroup) as e:
                 raise_unless_link_lost(e)
-                self.stats.connected = False
-                self.connected.clear()
-                self.client = None
                 delay = backoff_delay(attempt, lo=BACKOFF_MIN_S, hi=BACKOFF_MAX_S)
                 attempt += 1
+                self.stats.reconnects += 1
                 log.warning("central mqtt link down (%s); retry in %.2fs", e, delay)
                 await asyncio.sleep(delay)
+
+    async def _session(self, client: Client) -> None:
+        self.client = client
+        no_delay(client)
+        await client.subscribe(
+            topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
+        )
+        if self.on_status is not None:
+            await client.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
+        self.stats.connected = True
+        self.stats.link_since = time.monotonic()
+        self.connected.set()
+        log.info("central connected to %s:%d", self.broker.host, self.broker.port)
+        async with TaskGroup() as tg:
+            tg.create_task(self.downlink.run(client), name="central-downlink")
+            async for message in client.messages:
+                await self._sem.acquire()
+                tg.create_task(self._handle(client, message))
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         self.receiving += 1

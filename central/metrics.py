@@ -68,7 +68,17 @@ class CentralMetrics:
         yield counter(
             "storegate_central_downlink_sent", "downlink records published", self.consumer.downlink.sent
         )
-        yield gauge("storegate_central_mqtt_connected", "1 while connected to the broker", int(s.connected))
+        yield gauge(
+            "storegate_central_mqtt_connected",
+            "1 while an MQTT session with the broker is up",
+            int(self.consumer.link_up),
+        )
+        yield counter("storegate_central_mqtt_reconnects", "MQTT reconnects", s.reconnects)
+        yield counter(
+            "storegate_central_mqtt_restarts",
+            "times the MQTT loop ended by something else than a lost link and was started again",
+            s.restarts,
+        )
         proc = self.consumer.processor
         yield counter(
             "storegate_central_processed_records", "records processed after receipt", proc.processed

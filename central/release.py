@@ -2,7 +2,9 @@
 
 Real-time allocation leaves orders ``allocated``; at each release tick (the pick wave's
 cut-off) every allocated order is released: its allocations become pick tasks, in
-storage-location order, on the durable downlink of the DC gateway that picks them."""
+storage-location order, on the durable downlink of the DC gateway that picks them. Orders
+allocated in a batch wave are not: they wait for their wave's release, so the wave is
+picked (and its pick list printed) as one."""
 
 from __future__ import annotations
 
@@ -31,10 +33,17 @@ class ReleaseSettings:
 
 
 def release_allocated(conn: sqlite3.Connection, *, limit: int) -> list[dict[str, Any]]:
+    """Release allocated orders one by one - except an order of a batch wave that is not
+    released yet: it waits for its wave (``POST /api/waves/{id}/release``), whose pick
+    list and tasks hold the whole wave."""
     ids = [
         r[0]
         for r in conn.execute(
-            "SELECT order_id FROM orders WHERE status = 'allocated' ORDER BY order_id LIMIT ?", (limit,)
+            "SELECT o.order_id FROM orders o WHERE o.status = 'allocated' AND NOT EXISTS"
+            " (SELECT 1 FROM wave_orders wo JOIN waves w ON w.wave_id = wo.wave_id"
+            "  WHERE wo.order_id = o.order_id AND w.status != 'released')"
+            " ORDER BY o.order_id LIMIT ?",
+            (limit,),
         )
     ]
     return [picking.release_order(conn, oid) for oid in ids]

@@ -3,8 +3,8 @@ local HTTP under one TaskGroup."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from gateway.sync import MqttSettings, Sync
 from gateway.telemetry import DeviceBoard, Telemetry
 from ops import config
 from ops.metrics import add_metrics, counter, gauge, labelled
+from ops.retry import TaskGroup
 from ops.sqlitedb import DurableDB, Migration
 from protocols.topics import GATEWAY_ID_RE
 
@@ -106,6 +107,11 @@ class GatewayMetrics:
         yield counter("storegate_gateway_acks", "acks received from central", s.acks_received)
         yield counter("storegate_gateway_resends", "times the unacked outbox was sent again", s.resends)
         yield counter("storegate_gateway_reconnects", "MQTT reconnects", s.reconnects)
+        yield counter(
+            "storegate_gateway_sync_restarts",
+            "times the sync loop ended by something else than a lost link and was started again",
+            s.restarts,
+        )
         yield counter("storegate_gateway_downlink_applied", "downlink records applied", self.inbox.applied)
         yield gauge(
             "storegate_gateway_backlog", "records waiting in the outbox", self.telemetry.backlog.count
@@ -115,7 +121,17 @@ class GatewayMetrics:
             "age of the oldest unsent record",
             self.telemetry.backlog.oldest_age_s(),
         )
-        yield gauge("storegate_gateway_connected", "1 while connected to the broker", int(s.connected))
+        yield gauge(
+            "storegate_gateway_connected",
+            "1 while an MQTT session with the broker is up",
+            int(self.sync.link_up),
+        )
+        if s.last_ack_at is not None:
+            yield gauge(
+                "storegate_gateway_last_ack_age_seconds",
+                "seconds since the last ack from central (absent before the first)",
+                time.monotonic() - s.last_ack_at,
+            )
         devs = self.telemetry.board.snapshot()
         yield labelled(
             CounterMetricFamily,
@@ -190,7 +206,7 @@ async def serve(cfg: GatewayConfig) -> None:
     try:
         await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
         log.info("gw=%s order entry on http://%s:%d/api/orders", cfg.gateway_id, cfg.http.host, cfg.http.port)
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             tg.create_task(sync.run(), name=f"sync:{cfg.gateway_id}")
             tg.create_task(telemetry.run(), name=f"telemetry:{cfg.gateway_id}")
             if sessions is not None:

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from gateway import GatewayError
+from ops.retry import TaskGroup
 from protocols.asrs import (
     MAX_SEQ,
     Acked,
@@ -305,7 +306,7 @@ class AsrsAdapter:
         self._flush()
         reason = ""
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with TaskGroup() as tg:
                 tg.create_task(self._read_loop(reader), name=f"{self.device_id}-asrs-read")
                 tg.create_task(self._timer_loop(), name=f"{self.device_id}-asrs-timer")
         except* _Dropped as eg:

@@ -22,6 +22,7 @@ import serial
 
 from gateway.items import lookup_gtin
 from gateway.outbox import Outbox, now_ms
+from ops.retry import TaskGroup
 from ops.sqlitedb import DurableDB, Migration
 from protocols import bht
 from protocols.bht import (
@@ -166,7 +167,7 @@ class HandheldAdapter:
         link = _Link(self, ser, loop)
         lost: _LinkDown | None = None
         try:
-            async with asyncio.TaskGroup() as tg:  # a commit in flight finishes before we reopen
+            async with TaskGroup() as tg:  # a commit in flight finishes before we reopen
                 link.tg = tg
                 loop.add_reader(ser.fileno(), link.readable)
                 self.connected.set()

@@ -54,15 +54,20 @@ async def get_record(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """200 whenever the process answers: orders are taken with the link up or down (they wait
+    in the outbox), so a down link is reported in the body (``"link": "down"``), not by the
+    status code. ``link``/``connected`` come from the MQTT client's own state, ``oldest_age_s``
+    is the age of the oldest record central has not acked (0 when none)."""
     outbox = request.app[OUTBOX_KEY]
     backlog = await outbox.backlog()
     sync = request.app.get(SYNC_KEY)
+    link: dict[str, object] = {"link": "down", "connected": False} if sync is None else sync.link_report()
     return web.json_response(
         {
             "gateway": request.app[GATEWAY_ID_KEY],
+            **link,
             "backlog": backlog.count,
             "oldest_age_s": round(backlog.oldest_age_s(), 3),
-            "connected": bool(sync and sync.stats.connected),
             "last_sync_ms": sync.stats.last_sync_ms if sync else None,
             "submitted": outbox.submitted,
             "acked": outbox.acked,

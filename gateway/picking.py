@@ -46,6 +46,7 @@ from gateway.asrs import (
 from gateway.inbox import Inbox, InboxRejected
 from gateway.outbox import Outbox, now_ms
 from gateway.ptl import DEFAULT_PORT, PickResult, PickTask, PtlCart
+from ops.retry import TaskGroup
 from ops.sqlitedb import DurableDB, Migration
 from protocols import ptl
 from protocols.asrs import ErrorCode
@@ -291,7 +292,7 @@ class PickExecutor:
     # -- run --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             self._tg = tg
             for cart in self.carts.values():
                 tg.create_task(cart.run(), name=f"ptl:{cart.cart_id}")

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ops.retry import backoff_delay
+from ops.retry import TaskGroup, backoff_delay
 from protocols import ptl
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class PtlCart:
         await self.wait_until(lambda: self.outstanding == 0 and self._unreported == 0)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             tg.create_task(self._connection_loop(), name=f"ptl-{self.cart_id}-link")
             tg.create_task(self._report_loop(), name=f"ptl-{self.cart_id}-report")
 

@@ -14,7 +14,11 @@ Downlink: acks for our records, and records from central (handed to ``on_records
 returns the acks we send back once those records are durable here).
 
 Connection: persistent session (clean_start=False, session expiry), Last Will + retained
-``status`` (``online`` / ``offline``), jittered exponential reconnect backoff.
+``status`` (``online`` / ``offline``), jittered exponential reconnect backoff. A lost link
+(broker gone, or silent past the keepalive) ends the session and the loop connects again by
+itself; anything else that ends the loop is logged, counted (``SyncStats.restarts``) and the
+loop started again (``ops.retry.supervise``). :attr:`Sync.link_up` is true only while a
+session is up.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.outbox import Outbox, now_ms
 from ops.mqtt import Client, no_delay, raise_unless_link_lost
-from ops.retry import backoff_delay
+from ops.retry import TaskGroup, backoff_delay, supervise
 from protocols import envelope, topics
 from protocols.envelope import Ack, EnvelopeError, Record
 
@@ -76,7 +80,10 @@ class SyncStats:
     acks_received: int = 0
     resends: int = 0
     reconnects: int = 0
+    restarts: int = 0  # the sync loop ended by something else than a lost link (a bug)
     last_sync_ms: int | None = None
+    last_ack_at: float | None = None  # time.monotonic() of the last ack from central
+    link_since: float = field(default_factory=time.monotonic)  # when the link last went up or down
     clock_offset_ms: int | None = None
     rejects: dict[str, int] = field(default_factory=dict)
 
@@ -112,7 +119,7 @@ class Sync:
         self._cursor = 0
         self._progress = asyncio.Event()
         self._ack_slots = asyncio.Semaphore(MAX_ACK_JOBS)
-        self._client: aiomqtt.Client | None = None
+        self._client: Client | None = None
         self.ack_timeout = ACK_TIMEOUT_S if ack_timeout is None else ack_timeout
         self._ack_timeout = self.ack_timeout
         self._connected_at = 0
@@ -149,26 +156,62 @@ class Sync:
                 doc.update(self.status_extra())
         return json.dumps(doc, separators=(",", ":")).encode()
 
+    @property
+    def link_up(self) -> bool:
+        """True while a session is up: subscribed, status published, and the client has not
+        lost the connection (checked at each call, not only when the session ends)."""
+        client = self._client
+        return self.stats.connected and client is not None and client.link_up
+
+    def link_report(self) -> dict[str, object]:
+        """The link as health reports it: ``link`` "up" only while :attr:`link_up`, how long
+        it has been so, seconds since central's last ack (None: none since start), reconnects
+        and restarts of the sync loop."""
+        now = time.monotonic()
+        s = self.stats
+        up = self.link_up
+        return {
+            "link": "up" if up else "down",
+            "connected": up,
+            "link_age_s": round(now - s.link_since, 3),
+            "last_ack_age_s": None if s.last_ack_at is None else round(now - s.last_ack_at, 3),
+            "reconnects": s.reconnects,
+            "sync_restarts": s.restarts,
+        }
+
     async def run(self) -> None:
         """Keep a session up forever; returns only when cancelled."""
+        await supervise(f"gw={self.gw} sync", self._link_loop, on_restart=self._on_restart)
+
+    def _on_restart(self) -> None:
+        self.stats.restarts += 1
+
+    async def _link_loop(self) -> None:
         attempt = 0
         while True:
             try:
                 async with self._client_for_session() as client:
                     attempt = 0
-                    await self._session(client)
+                    try:
+                        await self._session(client)
+                    finally:
+                        self._link_down()
             except (aiomqtt.MqttError, BaseExceptionGroup) as e:
                 raise_unless_link_lost(e)
-                self.stats.connected = False
-                self.connected.clear()
-                self._client = None
                 delay = backoff_delay(attempt, lo=BACKOFF_MIN_S, hi=BACKOFF_MAX_S)
                 attempt += 1
                 self.stats.reconnects += 1
                 log.warning("gw=%s mqtt link down (%s); retry in %.2fs", self.gw, e, delay)
                 await asyncio.sleep(delay)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    def _link_down(self) -> None:
+        if self.stats.connected:
+            self.stats.link_since = time.monotonic()
+        self.stats.connected = False
+        self.connected.clear()
+        self._client = None
+
+    async def _session(self, client: Client) -> None:
         self._client = client
         no_delay(client)
         self._connected_at = now_ms()
@@ -176,9 +219,10 @@ class Sync:
         await client.subscribe(topics.downlink(self.gw), qos=1)
         await client.publish(topics.status(self.gw), self._status_payload("online"), qos=1, retain=True)
         self.stats.connected = True
+        self.stats.link_since = time.monotonic()
         self.connected.set()
         log.info("gw=%s connected to %s:%d", self.gw, self.mqtt.host, self.mqtt.port)
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             tg.create_task(self._sender(client), name=f"sync-send:{self.gw}")
             records: asyncio.Queue[tuple[Record, ...]] = asyncio.Queue()
             tg.create_task(self._receiver(client, tg, records), name=f"sync-recv:{self.gw}")
@@ -298,6 +342,7 @@ class Sync:
             self._ack_slots.release()
         self.stats.acks_received += len(acks)
         self.stats.last_sync_ms = now_ms()
+        self.stats.last_ack_at = time.monotonic()
         for a in acks:
             if a.status is envelope.AckStatus.REJECTED:
                 log.warning("gw=%s record %s rejected by central: %s", self.gw, a.id, a.reason)

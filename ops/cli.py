@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import importlib
 import json
 import logging
@@ -153,6 +154,30 @@ def cmd_masters(args: argparse.Namespace) -> int:
     return rc
 
 
+def _when(raw: str) -> int:
+    """Epoch ms from digits, or from an ISO time (UTC unless it names its zone)."""
+    if raw.isdigit():
+        return int(raw)
+    try:
+        t = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is neither epoch ms nor an ISO time") from None
+    return int((t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp() * 1000)
+
+
+def cmd_pick_schedule(args: argparse.Namespace) -> int:
+    from central.waves import pick_schedule
+
+    return pick_schedule(
+        db=args.db,
+        teams=args.teams,
+        start_ms=args.start,
+        load_s=args.load_s,
+        wave_ids=args.wave,
+        as_json=args.json,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="storegate", description="Storegate: store gateways, central order hub, devices."
@@ -203,12 +228,27 @@ def build_parser() -> argparse.ArgumentParser:
     us.set_defaults(fn=cmd_users)
 
     ms = sub.add_parser(
-        "masters", help="import central master data (customers, items, prices, locations) from CSV"
+        "masters",
+        help="import central master data (customers, items, prices, locations, sourcing, totes) from CSV",
     )
     ms.add_argument(
         "masters_args", nargs=argparse.REMAINDER, help="e.g. import items items.csv --db central.db"
     )
     ms.set_defaults(fn=cmd_masters)
+
+    ps = sub.add_parser(
+        "pick-schedule",
+        help="put central's open pick waves on picking teams against their departures",
+        description="Put the open pick waves (or those named) on picking teams, earliest departure"
+        " first, by their standard pick time; shows start, finish and slack (negative: late).",
+    )
+    ps.add_argument("--db", default="var/central/central.db", help="central database file (read only)")
+    ps.add_argument("--teams", type=int, default=1, help="picking teams working in parallel")
+    ps.add_argument("--start", type=_when, default=None, help="picking starts: epoch ms or ISO time (UTC)")
+    ps.add_argument("--load-s", type=float, default=0.0, help="staging/loading seconds after each wave")
+    ps.add_argument("--wave", type=int, action="append", help="only this wave (repeatable)")
+    ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ps.set_defaults(fn=cmd_pick_schedule)
 
     bi = sub.add_parser(
         "broker-init", help="write the broker's ACL, central/ops credentials and mosquitto.conf"

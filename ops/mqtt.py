@@ -48,7 +48,34 @@ def raise_unless_link_lost(e: BaseException) -> None:
 class Client(aiomqtt.Client):
     """``aiomqtt.Client`` whose ``publish``, ``subscribe`` and ``unsubscribe`` go through
     :func:`keep_cancel`: the gateway's and central's clients are made from this class, so no
-    call of theirs can lose a cancel, whoever writes the next one."""
+    call of theirs can lose a cancel, whoever writes the next one.
+
+    Two more things aiomqtt 2.5 does not give: :attr:`link_up`, and a connect that ends when
+    paho gives up on it. paho drops a connection whose CONNACK does not come within the
+    keepalive (a broker that accepted the TCP connection but does not answer: stopped, or
+    behind a partition) and reports it as a disconnect, which aiomqtt ignores before CONNACK:
+    the connect then waited for its full ``timeout`` (30 s) whatever the keepalive, and a
+    gateway came back that much later after a partition ended."""
+
+    @property
+    def link_up(self) -> bool:
+        """True from CONNACK until the connection is lost or closed (aiomqtt's own state)."""
+        connected, disconnected = self._connected, self._disconnected
+        return (
+            connected.done()
+            and not connected.cancelled()
+            and connected.exception() is None
+            and not disconnected.done()
+        )
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None
+    ) -> None:
+        if self._lock.locked() and not self._connected.done():  # a connect waits for its CONNACK
+            lost = aiomqtt.MqttError(f"connection lost before CONNACK: {reason_code}")
+            self._connected.set_exception(lost)
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
     async def publish(self, *args: Any, **kwargs: Any) -> None:
         await keep_cancel(super().publish(*args, **kwargs))
