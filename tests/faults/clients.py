@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,8 @@ class Load:
         self.errors = 0  # answers that were not 2xx (including no answer)
         self.last_ok_at = 0.0  # monotonic time of the latest acknowledgement
         self.last_error_at = 0.0  # and of the latest error (no answer, or not 2xx)
+        # every answer that was not 2xx: (status, whether the body was JSON with an "error")
+        self.refusals: Counter[tuple[int, bool]] = Counter()
         self._stopping = asyncio.Event()
         self._giving_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -127,6 +130,8 @@ class Load:
                 return
             self.errors += 1
             self.last_error_at = time.monotonic()
+            if status is not None:
+                self.refusals[status, _has_reason(text)] += 1
             sub.detail = f"{status}: {text[:200]}"
             if status is not None and 400 <= status < 500 and status not in RETRYABLE:
                 sub.outcome = Outcome.FAILED
@@ -135,3 +140,11 @@ class Load:
                 sub.outcome = Outcome.INDETERMINATE
                 return
             await asyncio.sleep(RETRY_PAUSE_S)
+
+
+def _has_reason(text: str) -> bool:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("error"), str) and bool(doc["error"])

@@ -35,7 +35,7 @@ from protocols.envelope import AckStatus, Record, pack_record
 from tests.conftest import wait_for
 from tests.faults import netns
 from tests.faults.checker import History, Outcome
-from tests.faults.clients import order_body
+from tests.faults.clients import Load, order_body
 from tests.faults.harness import ROUNDS, Cluster, describe, round_prefix, run_in_thread, run_round
 from tests.faults.report import RoundResult
 from tests.procs import Proc, central_db, seed_viewer
@@ -322,29 +322,37 @@ def fill(path: Path) -> None:
 async def test_full_disk_at_the_gateway(
     broker: Mosquitto, tmp_path: Path, campaign: list[RoundResult]
 ) -> None:
-    """Waits for: disk (plain 500s, then the gateway crashes applying acks on a full disk)."""
+    """Waits for: disk (the full disk answers a plain-text 500; the gateway crashed applying
+    acks until the link fix restarted its sync)."""
     with small_disk(tmp_path / "gwdisk") as disk:
         gateway = write_gateway(tmp_path, broker.port, data_dir=disk / "store-1")
         with running(broker, write_central(tmp_path, broker.port), gateway, tmp_path) as c:
             ballast = disk / "ballast"
-
-            async def full() -> None:
-                t = time.monotonic()
-                await asyncio.to_thread(fill, ballast)
-                assert c.load is not None
-                load = c.load
-                # The load goes on against the full disk until the gateway has refused some of it.
-                await wait_for(
-                    lambda: load.errors_since(t),
-                    timeout=DISK_FULL_WAIT_S,
-                    what="the full disk to refuse orders",
-                )
-
-            async def free() -> None:
-                ballast.unlink()
-
             for r in range(ROUNDS):
-                result = await run_round(c, "disk-full", r, fault=full, heal=free, deadline_s=DISK_DEADLINE_S)
+                loads: list[Load] = []
+
+                async def full(loads: list[Load] = loads) -> None:
+                    t = time.monotonic()
+                    await asyncio.to_thread(fill, ballast)
+                    assert c.load is not None
+                    load = c.load
+                    loads.append(load)
+                    # The load goes on against the full disk until the gateway has refused some of it.
+                    await wait_for(
+                        lambda: load.errors_since(t), timeout=DISK_FULL_WAIT_S, what="the full disk to refuse"
+                    )
+
+                async def free() -> None:
+                    ballast.unlink()
+
+                async def answers(loads: list[Load] = loads) -> list[str]:
+                    """A full disk is told to the device: 507 (or 503) with a JSON reason."""
+                    bad = {k: n for k, n in loads[0].refusals.items() if k[0] not in (503, 507) or not k[1]}
+                    return [f"refusals that are not 507/503 JSON with a reason: {bad}"] if bad else []
+
+                result = await run_round(
+                    c, "disk-full", r, fault=full, heal=free, deadline_s=DISK_DEADLINE_S, extra_check=answers
+                )
                 record(campaign, result)
 
 
