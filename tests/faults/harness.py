@@ -136,14 +136,15 @@ async def run_round(
         start = time.monotonic()
         await wait_for(lambda: load.oks_since(start), timeout=30, what=f"{prefix}: first order acknowledged")
         await asyncio.sleep(cluster.rng.uniform(*LOAD_BEFORE_S))  # load for a while, then the fault
-        await fault()
-        healed = time.monotonic()  # recovery counts from here: the restart, the link up, the space freed
-        await heal()
+        healed = time.monotonic()
 
         def left() -> float:
             return max(0.1, deadline_s - (time.monotonic() - healed))
 
         try:
+            await fault()
+            healed = time.monotonic()  # recovery counts from here: the restart, the link up, the space freed
+            await heal()
             await wait_for(
                 lambda: load.oks_since(healed), timeout=left(), what="the gateway to acknowledge orders again"
             )
@@ -159,6 +160,8 @@ async def run_round(
             recovery = time.monotonic() - healed
         except AssertionError as e:
             problems.append(f"not recovered: {e}")
+        except Exception as e:  # a restart that failed, say: the round's finding, with the others
+            problems.append(f"fault or heal failed: {type(e).__name__}: {e}")
         load.give_up()
     cluster.load = None
     problems += cluster.exited()
