@@ -13,7 +13,9 @@ After the round, central's ``orders`` (source ref, record id) are read and compa
 
 * lost - acknowledged to the client, absent at central;
 * duplicated - present at central more than once (whatever the client was told);
-* unexpected - present at central but never submitted, or submitted and refused.
+* unexpected - present at central but never submitted, or submitted and refused;
+* misnamed - acknowledged with a record id, present once at central under another one (a
+  retry answered as a new order while the first one went through).
 
 The checker is pure: it takes the history and central's rows, so it is tested on its own
 (tests/faults/test_checker.py) and a scenario only has to collect the two.
@@ -69,22 +71,23 @@ class Verdict:
     lost: tuple[str, ...]
     duplicated: tuple[str, ...]
     unexpected: tuple[str, ...]
+    misnamed: tuple[str, ...] = ()
 
     @property
     def valid(self) -> bool:
-        return not (self.lost or self.duplicated or self.unexpected)
+        return not (self.lost or self.duplicated or self.unexpected or self.misnamed)
 
     def explain(self, limit: int = 5) -> str:
         parts = []
-        for name in ("lost", "duplicated", "unexpected"):
+        for name in ("lost", "duplicated", "unexpected", "misnamed"):
             refs = getattr(self, name)
             if refs:
                 parts.append(f"{len(refs)} {name} (e.g. {', '.join(refs[:limit])})")
         return "; ".join(parts) or "valid"
 
 
-def check(history: History | Iterable[Submission], central_refs: Iterable[str]) -> Verdict:
-    """Compare a finished history with the source refs central holds (one entry per order row).
+def check(history: History | Iterable[Submission], central: Iterable[tuple[str, str]]) -> Verdict:
+    """Compare a finished history with central's orders as (source ref, record id) rows.
 
     A submission still ``pending`` is a bug in the harness, not in the system: refused."""
     subs = list(history.submissions.values() if isinstance(history, History) else history)
@@ -92,10 +95,20 @@ def check(history: History | Iterable[Submission], central_refs: Iterable[str]) 
     if pending:
         raise ValueError(f"{len(pending)} submissions never finished (e.g. {pending[:3]})")
     by_ref = {s.ref: s for s in subs}
-    present = Counter(central_refs)
+    rows = list(central)
+    present = Counter(ref for ref, _rid in rows)
+    stored = dict(rows)
     lost = sorted(s.ref for s in subs if s.outcome is Outcome.OK and present[s.ref] == 0)
     duplicated = sorted(ref for ref, n in present.items() if n > 1)
     unexpected = sorted(ref for ref in present if ref not in by_ref or by_ref[ref].outcome is Outcome.FAILED)
+    misnamed = sorted(
+        s.ref
+        for s in subs
+        if s.outcome is Outcome.OK
+        and s.record_id is not None
+        and present[s.ref] == 1
+        and stored[s.ref] != s.record_id
+    )
     outcomes = Counter(s.outcome for s in subs)
     return Verdict(
         submissions=len(subs),
@@ -108,4 +121,5 @@ def check(history: History | Iterable[Submission], central_refs: Iterable[str]) 
         lost=tuple(lost),
         duplicated=tuple(duplicated),
         unexpected=tuple(unexpected),
+        misnamed=tuple(misnamed),
     )

@@ -53,14 +53,15 @@ class Cluster:
     rng: random.Random = field(default_factory=lambda: random.Random(os.environ.get("SG_FAULT_SEED")))
     load: Load | None = None  # the round's clients, while a round runs
 
-    def central_refs(self, prefix: str) -> list[str]:
+    def central_orders(self, prefix: str) -> list[tuple[str, str]]:
+        """(source ref, record id) of central's orders whose ref starts with ``prefix-``."""
         conn = central_db(self.tmp)
         try:
             rows = conn.execute(
-                "SELECT source_ref FROM orders WHERE source_ref LIKE ? ESCAPE '\\'",
+                "SELECT source_ref, record_id FROM orders WHERE source_ref LIKE ? ESCAPE '\\'",
                 (prefix.replace("_", "\\_") + "-%",),
             )
-            return [r for (r,) in rows]
+            return [(ref, rid) for ref, rid in rows]
         finally:
             conn.close()
 
@@ -93,7 +94,7 @@ class Cluster:
         """The gateway holds nothing, central processed all, every acknowledged order is there."""
         if await self.gateway_backlog() != 0 or not self.central_idle():
             return False
-        present = set(self.central_refs(prefix))
+        present = {ref for ref, _rid in self.central_orders(prefix)}
         return all(s.ref in present for s in history.submissions.values() if s.outcome is Outcome.OK)
 
     def exited(self) -> list[str]:
@@ -167,7 +168,7 @@ async def run_round(
     problems += cluster.exited()
     if extra_check is not None:
         problems += await extra_check()
-    verdict = check(history, cluster.central_refs(prefix))
+    verdict = check(history, cluster.central_orders(prefix))
     return RoundResult.of(
         scenario, round_no, verdict, recovery_s=recovery, deadline_s=deadline_s, problems=problems
     )

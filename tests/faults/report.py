@@ -59,7 +59,14 @@ class RoundResult:
             unexpected=len(verdict.unexpected),
             recovery_s=None if recovery_s is None else round(recovery_s, 2),
             deadline_s=deadline_s,
-            problems=tuple(problems),
+            problems=(
+                *problems,
+                *(
+                    [f"{len(verdict.misnamed)} acknowledged under another record id"]
+                    if verdict.misnamed
+                    else []
+                ),
+            ),
             examples="" if verdict.valid else verdict.explain(),
         )
 
