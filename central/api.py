@@ -27,7 +27,9 @@ from central.auth import Role, User
 from central.consumer import Consumer
 from central.validation import LineIn, OrderIn
 from ops.http_errors import storage_full_response
+from ops.jsonbody import json_object
 from ops.sqlitedb import DurableDB, StorageFull
+from protocols.bounded import value_repr
 from protocols.order_changes import parse_order_change
 from protocols.records import Channel, RecordSchemaError, parse_date, parse_order
 
@@ -37,6 +39,7 @@ CONSUMER_KEY = web.AppKey("consumer", Consumer)
 USER_KEY = web.RequestKey("user", User)
 
 MAX_LIMIT = 1000
+MAX_BODY = 1024 * 1024  # a master import or a big order; aiohttp's own limit
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -111,13 +114,7 @@ def _user(request: web.Request) -> User:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HttpError(400, f"malformed JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise HttpError(400, f"expected a JSON object, got {type(data).__name__}")
-    return data
+    return await json_object(request, max_bytes=MAX_BODY)  # or a 400/413 JSON answer
 
 
 def _str_field(body: dict[str, Any], key: str, *, required: bool = True) -> str:
@@ -132,7 +129,7 @@ def _str_field(body: dict[str, Any], key: str, *, required: bool = True) -> str:
 def _int_field(body: dict[str, Any], key: str, *, lo: int, hi: int) -> int:
     v = body.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise HttpError(400, f"{key}: expected an integer in {lo}..{hi}, got {v!r}")
+        raise HttpError(400, f"{key}: expected an integer in {lo}..{hi}, got {value_repr(v)}")
     return v
 
 

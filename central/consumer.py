@@ -13,7 +13,6 @@ records, before the ack is published (a real crash at the worst moment, once).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -35,6 +34,7 @@ from ops.mqtt import Client, no_delay, raise_unless_link_lost
 from ops.retry import TaskGroup, backoff_delay, supervise
 from ops.sqlitedb import DurableDB, StorageFull
 from protocols import envelope, topics
+from protocols.bounded import JsonError, json_loads
 from protocols.envelope import Ack, AckStatus, EnvelopeError
 
 log = logging.getLogger(__name__)
@@ -253,8 +253,8 @@ class Consumer:
         """Telemetry repeats the status every few seconds; a new ``connected_at`` means the
         gateway (re)connected, and whatever it has not acked is sent to it at once."""
         try:
-            doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            doc = json_loads(payload, max_bytes=envelope.MAX_PAYLOAD_BYTES)
+        except JsonError:
             return  # the fleet registry reports bad status payloads
         if not isinstance(doc, dict) or doc.get("state") != "online":
             self._sessions.pop(gw, None)

@@ -11,7 +11,6 @@ thresholds.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import time
@@ -20,6 +19,8 @@ from functools import partial
 from typing import Any
 
 from ops.sqlitedb import DurableDB, Migration, StorageFull
+from protocols.bounded import JsonError, json_loads, value_repr
+from protocols.envelope import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,15 @@ class StatusError(ValueError):
 
 def parse_status(gw: str, payload: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StatusError(f"status of {gw} is not JSON: {e}") from None
+        doc = json_loads(payload, max_bytes=MAX_PAYLOAD_BYTES)
+    except JsonError as e:
+        raise StatusError(f"status of {gw}: {e.reason}") from None
     if not isinstance(doc, dict):
         raise StatusError(f"status of {gw} is not a JSON object")
     if doc.get("gw") != gw:
-        raise StatusError(f"status on {gw}'s topic names gateway {doc.get('gw')!r}")
+        raise StatusError(f"status on {gw}'s topic names gateway {value_repr(doc.get('gw'))}")
     if doc.get("state") not in ("online", "offline"):
-        raise StatusError(f"status of {gw}: state {doc.get('state')!r} is not online/offline")
+        raise StatusError(f"status of {gw}: state {value_repr(doc.get('state'))} is not online/offline")
     return doc
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from gateway import GatewayError
 from ops.sqlitedb import DurableDB, Migration, is_storage_full
+from protocols.bounded import bounded_reason
 from protocols.envelope import Ack, AckStatus, Record
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,11 @@ def now_ms() -> int:
 
 
 class InboxRejected(GatewayError):
+    """A downlink record that can never apply; ``reason`` (cut to
+    :data:`protocols.bounded.MAX_REASON` characters) goes back to central in the ack."""
+
     def __init__(self, reason: str) -> None:
+        reason = bounded_reason(reason)
         super().__init__(reason)
         self.reason = reason
 
