@@ -145,7 +145,8 @@ def record(campaign: list[RoundResult], result: RoundResult) -> None:
 async def test_gateway_kill9_under_load(
     broker: Mosquitto, tmp_path: Path, campaign: list[RoundResult]
 ) -> None:
-    """Waits for: idem (a retried order after a commit the client never heard of)."""
+    """Before issue 14 (39be532): 1-15 duplicates a round - a retried order after a commit whose
+    201 the client never got (fixed by Idempotency-Key, branch idem)."""
     with running(
         broker, write_central(tmp_path, broker.port), write_gateway(tmp_path, broker.port), tmp_path
     ) as c:
@@ -200,7 +201,7 @@ async def test_central_kill9_under_load(
 async def test_broker_kill9_restart_same_port(
     broker: Mosquitto, tmp_path: Path, campaign: list[RoundResult]
 ) -> None:
-    """Waits for: link (the gateway's sync stops for good after a lost link)."""
+    """Before issue 14: the gateway never reconnected after the broker's restart (branch link)."""
     with running(
         broker, write_central(tmp_path, broker.port), write_gateway(tmp_path, broker.port), tmp_path
     ) as c:
@@ -263,7 +264,8 @@ def partitionable(tmp: Path) -> Iterator[tuple[Cluster, Callable[[], None], Call
 
 
 async def test_partition_longer_than_keepalive(tmp_path: Path, campaign: list[RoundResult]) -> None:
-    """Waits for: link (no reconnect after the keepalive expires; health says connected)."""
+    """Before issue 14: no reconnect after the keepalive expired, and health said connected
+    throughout (branch link)."""
     with partitionable(tmp_path) as (c, cut, mend, how):
         print(f"partition by {how}")
         for r in range(ROUNDS):
@@ -322,8 +324,8 @@ def fill(path: Path) -> None:
 async def test_full_disk_at_the_gateway(
     broker: Mosquitto, tmp_path: Path, campaign: list[RoundResult]
 ) -> None:
-    """Waits for: disk (the full disk answers a plain-text 500; the gateway crashed applying
-    acks until the link fix restarted its sync)."""
+    """Before issue 14: the full disk was answered with a plain-text 500 and the gateway exited
+    applying acks (branches disk, and link's sync restart)."""
     with small_disk(tmp_path / "gwdisk") as disk:
         gateway = write_gateway(tmp_path, broker.port, data_dir=disk / "store-1")
         with running(broker, write_central(tmp_path, broker.port), gateway, tmp_path) as c:
@@ -486,7 +488,8 @@ def quarantined(tmp: Path, gw: str) -> int:
 async def test_poison_records_among_valid_ones(
     broker: Mosquitto, tmp_path: Path, campaign: list[RoundResult]
 ) -> None:
-    """Waits for: bounds (central dies of RecursionError formatting the poison's reason)."""
+    """Before issue 14: central died of RecursionError formatting the poison's reason (branch
+    bounds)."""
     with running(
         broker, write_central(tmp_path, broker.port), write_gateway(tmp_path, broker.port), tmp_path
     ) as c:
@@ -522,7 +525,8 @@ async def test_poison_records_among_valid_ones(
 
 # 7 -- the $share hijack by a gateway's credentials ----------------------------------------------
 async def test_share_hijack_by_gateway_credentials(tmp_path: Path, campaign: list[RoundResult]) -> None:
-    """Waits for: broker (the shipped ACL lets a gateway join central's share group)."""
+    """Before issue 14: a gateway could join central's share group, and a quarter to a third of
+    the uplinks were dropped until a resend (branch broker: a secret share group)."""
     etc = tmp_path / "etc"
     port = free_port()
     init_broker_security(etc, broker_host="127.0.0.1", broker_port=port)
