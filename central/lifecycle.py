@@ -11,10 +11,11 @@
 :func:`transition` is the only way an order's status changes. It checks the table (raising
 :class:`IllegalTransition`), writes the status and one ``order_events`` row, keeps the
 customer's open-order value and receivables in step, queues an ``order_status`` downlink
-record to the order's originating gateway, and runs the hooks - all in the caller's
-transaction. ``ON_VALIDATED`` hooks run when an order that is filled from stock becomes
-``validated`` (allocation registers itself there); ``ON_CANCELLED`` hooks run after an order
-is cancelled (give back stock, vouchers, consignment).
+record to the order's originating gateway (and, when the customer's exposure moved in a way
+the customer's gateway cannot count itself, a ``customer_standing`` record to it), and runs
+the hooks - all in the caller's transaction. ``ON_VALIDATED`` hooks run when an order that
+is filled from stock becomes ``validated`` (allocation registers itself there);
+``ON_CANCELLED`` hooks run after an order is cancelled (give back stock, vouchers, consignment).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from central import CentralError, downlink
+from central import CentralError, downlink, masters
 
 STATUS_RECORD = "order_status"
 
@@ -198,6 +199,10 @@ def transition_from(
             "UPDATE customers SET open_value = open_value + ?, receivables = receivables + ? WHERE code = ?",
             (delta_open, delta_recv, customer),
         )
+        if delta_open + delta_recv < 0:
+            notify_standing(conn, customer)  # the edge cannot see its exposure fall
+        elif delta_open + delta_recv > 0:
+            notify_standing(conn, customer, counted_by=gateway)
     notify_status(
         conn,
         gateway=gateway,
@@ -222,6 +227,20 @@ def transition_from(
 
 # id(conn) -> {(gateway, record_id): latest body}; present only inside ``coalesce_status``
 _PENDING: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
+# id(conn) -> {customer whose exposure moved: the gateway that counts it itself, or ""}
+_STANDING: dict[int, dict[str, str]] = {}
+
+
+def notify_standing(conn: sqlite3.Connection, customer: str, *, counted_by: str = "") -> None:
+    """Tell the customer's gateway (if mapped) its new credit standing, once per unit of work.
+
+    ``counted_by``: the gateway the order came from; it counts its own orders' value at the
+    edge (``gateway/edge_checks.py``), so a rise caused by its order is not sent to it."""
+    pending = _STANDING.get(id(conn))
+    if pending is not None:
+        pending[customer] = counted_by if pending.get(customer, counted_by) == counted_by else ""
+        return
+    masters.publish_standing(conn, [customer], skip_gateways=[counted_by] if counted_by else ())
 
 
 def notify_status(conn: sqlite3.Connection, *, gateway: str, body: dict[str, Any]) -> None:
@@ -242,10 +261,15 @@ def coalesce_status(conn: sqlite3.Connection) -> Iterator[None]:
         yield
         return
     pending: dict[tuple[str, str], dict[str, Any]] = {}
+    standing: dict[str, str] = {}
     _PENDING[id(conn)] = pending
+    _STANDING[id(conn)] = standing
     try:
         yield
     finally:
         del _PENDING[id(conn)]
+        del _STANDING[id(conn)]
     for (gw, _rid), body in pending.items():
         downlink.enqueue(conn, gateway=gw, type=STATUS_RECORD, body=body)
+    for customer, counted_by in sorted(standing.items()):
+        masters.publish_standing(conn, [customer], skip_gateways=[counted_by] if counted_by else ())

@@ -162,6 +162,7 @@ async def serve(cfg: GatewayConfig) -> None:
     box = Outbox(db)
     inb = Inbox(db)
     inb.register(items.MASTER_RECORD, items.apply_master_items)
+    inb.register(items.STANDING_RECORD, items.apply_customer_standing)
     inb.register(order_status.RECORD, order_status.apply_order_status)
     inb.register(outbox.RECORD_RESULT, outbox.apply_record_result)
     executor = PickExecutor(db=db, outbox=box, config=cfg.picking) if cfg.picking.carts else None
@@ -195,7 +196,7 @@ async def serve(cfg: GatewayConfig) -> None:
             board.add_source(cart_id, cart_status(cart_id, cart))
         if executor.asrs is not None:
             board.add_source(executor.asrs.device_id, asrs_status(executor.asrs))
-    app = create_app(gateway_id=cfg.gateway_id, outbox=box, sync=sync)
+    app = create_app(gateway_id=cfg.gateway_id, outbox=box, sync=sync, customer=cfg.customer)
     # The POS posts sales here; reorders are raised for this store's customer code.
     pos = PosService(db=db, outbox=box, customer=cfg.customer or cfg.gateway_id)
     pos.on_till = lambda workstation: board.register(f"till-{workstation}", "pos").seen()

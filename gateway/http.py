@@ -1,7 +1,8 @@
 """The gateway's local HTTP endpoint: order entry (until/besides device adapters), record
 status and health. Devices on the store LAN (and the ``storegate gateway order`` CLI) use it.
 
-``POST /api/orders`` answers 201 only after the order is durably in the outbox.
+``POST /api/orders`` answers 201 only after the order is durably in the outbox, and 422 with
+the reason for each refused line when the edge checks (``gateway/edge_checks.py``) refuse it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import edge_checks
 from gateway.outbox import Outbox
 from gateway.sync import Sync
 from protocols.records import RecordSchemaError, parse_order
@@ -18,6 +20,7 @@ from protocols.records import RecordSchemaError, parse_order
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
 SYNC_KEY = web.AppKey("sync", Sync)
 GATEWAY_ID_KEY = web.AppKey("gateway_id", str)
+CUSTOMER_KEY = web.AppKey("customer", str)  # this store's customer code at central
 
 MAX_BODY = 256 * 1024
 
@@ -41,8 +44,17 @@ async def post_order(request: web.Request) -> web.Response:
         order = parse_order(body)
     except RecordSchemaError as e:
         return _error(422, e.reason)
-    rec = await request.app[OUTBOX_KEY].submit("order", order.to_wire())
-    return web.json_response({"id": rec.id, "seq": rec.seq, "status": "pending"}, status=201)
+    # the cached-master checks every edge entry applies (gateway/edge_checks.py)
+    rec, verdict = await edge_checks.submit_order(
+        request.app[OUTBOX_KEY], order, store_customer=request.app[CUSTOMER_KEY]
+    )
+    if rec is None:
+        refused = [r.to_json() for r in verdict.refusals]
+        return web.json_response({"error": refused[0]["reason"], "refused": refused}, status=422)
+    status = "held" if verdict.credit is edge_checks.Credit.HOLD else "pending"
+    return web.json_response(
+        {"id": rec.id, "seq": rec.seq, "status": status, **verdict.to_json()}, status=201
+    )
 
 
 async def get_record(request: web.Request) -> web.Response:
@@ -76,9 +88,12 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-def create_app(*, gateway_id: str, outbox: Outbox, sync: Sync | None = None) -> web.Application:
+def create_app(
+    *, gateway_id: str, outbox: Outbox, sync: Sync | None = None, customer: str = ""
+) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[GATEWAY_ID_KEY] = gateway_id
+    app[CUSTOMER_KEY] = customer
     app[OUTBOX_KEY] = outbox
     if sync is not None:
         app[SYNC_KEY] = sync

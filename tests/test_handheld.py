@@ -20,7 +20,7 @@ import pytest
 from firmware_sim.handheld import Faults, Pty, Terminal, make_batch
 from gateway import handheld, items, outbox
 from gateway.handheld import HandheldAdapter
-from gateway.items import Item
+from gateway.items import Item, Standing
 from gateway.outbox import Outbox
 from ops.sqlitedb import DurableDB
 from protocols import bht
@@ -64,6 +64,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     db = DurableDB(path, migrations=[*outbox.MIGRATIONS, *items.MIGRATIONS, *handheld.MIGRATIONS])
     await db.open()
     await db.write(lambda c: items.upsert_items(c, [Item(G1, "SKU-1"), Item(G2, "SKU-2")]))
+    # the customers central maps to this gateway (customer_standing): the edge takes their orders
+    await db.write(lambda c: items.upsert_standing(c, [Standing("STORE-001"), Standing("C0042")]))
     pty = Pty()
     adapter = HandheldAdapter(
         port=pty.name,
