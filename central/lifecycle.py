@@ -4,6 +4,7 @@
 
     received -> validated | held        held -> validated | cancelled
     validated -> allocated -> released -> picked -> shipped -> delivered -> returned
+    allocated -> validated | held              (a change gave the allocation back)
     cash sale: validated -> delivered          (no picking: handed over at once)
     drop-ship: validated -> released -> shipped (the supplier ships)
     cancelled from received, held, validated, allocated; returned from shipped, delivered
@@ -15,7 +16,8 @@ record to the order's originating gateway (and, when the customer's exposure mov
 the customer's gateway cannot count itself, a ``customer_standing`` record to it), and runs
 the hooks - all in the caller's transaction. ``ON_VALIDATED`` hooks run when an order that
 is filled from stock becomes ``validated`` (allocation registers itself there);
-``ON_CANCELLED`` hooks run after an order is cancelled (give back stock, vouchers, consignment).
+``ON_CANCELLED`` hooks run after an order is cancelled (give back stock, vouchers, consignment);
+``ON_GIVE_BACK`` hooks run before a change to an allocated order (give its allocation back).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ TRANSITIONS: dict[tuple[Status, Status], frozenset[str] | None] = {
     (S.VALIDATED, S.RELEASED): frozenset({"drop-ship"}),
     (S.VALIDATED, S.DELIVERED): frozenset({"cash-sale"}),
     (S.VALIDATED, S.CANCELLED): ANY_TYPE,
-    (S.ALLOCATED, S.VALIDATED): STOCK_TYPES,  # allocation undone (reallocate)
+    (S.ALLOCATED, S.VALIDATED): STOCK_TYPES,  # allocation given back for a change: allocate again
+    (S.ALLOCATED, S.HELD): STOCK_TYPES,  # a change made it fail a check (allocation given back)
     (S.ALLOCATED, S.RELEASED): STOCK_TYPES,
     (S.ALLOCATED, S.CANCELLED): STOCK_TYPES,
     (S.RELEASED, S.PICKED): STOCK_TYPES,
@@ -74,13 +77,17 @@ TRANSITIONS: dict[tuple[Status, Status], frozenset[str] | None] = {
 }
 # Orders whose value counts against the customer's credit until delivered.
 OPEN = frozenset({S.VALIDATED, S.ALLOCATED, S.RELEASED, S.PICKED, S.SHIPPED})
-# Lines may be changed (and the order re-validated) only before allocation.
-EDITABLE = frozenset({S.RECEIVED, S.HELD, S.VALIDATED})
+# Lines may be changed (and the order re-validated) until the order is released to picking;
+# an allocated order gives its allocation back first and is allocated again after the change.
+EDITABLE = frozenset({S.RECEIVED, S.HELD, S.VALIDATED, S.ALLOCATED})
 FINAL = frozenset({S.CANCELLED, S.RETURNED})
 
 Hook = Callable[[sqlite3.Connection, int], None]
 ON_VALIDATED: list[Hook] = []
 ON_CANCELLED: list[Hook] = []
+# before a change to an allocated order: give its allocation back (it is allocated again
+# when the changed order is validated again)
+ON_GIVE_BACK: list[Hook] = []
 
 
 class LifecycleError(CentralError):

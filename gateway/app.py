@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, inbox, items, order_status, outbox, picking, scanner, stock
+from gateway import handheld, inbox, items, order_changes, order_status, outbox, picking, scanner, stock
 from gateway.devices import (
     HandheldConfig,
     HidScannerConfig,
@@ -79,6 +79,7 @@ def migrations() -> list[Migration]:
         *inbox.MIGRATIONS,
         *items.MIGRATIONS,
         *order_status.MIGRATIONS,
+        *order_changes.MIGRATIONS,
         *scanner.MIGRATIONS,
         *handheld.MIGRATIONS,
         *picking.MIGRATIONS,
@@ -201,6 +202,7 @@ async def serve(cfg: GatewayConfig) -> None:
     pos = PosService(db=db, outbox=box, customer=cfg.customer or cfg.gateway_id)
     pos.on_till = lambda workstation: board.register(f"till-{workstation}", "pos").seen()
     add_pos_routes(app, pos)
+    order_changes.add_routes(app, outbox=box, customer=cfg.customer)
     add_metrics(app, GatewayMetrics(outbox=box, sync=sync, inbox=inb, telemetry=telemetry, pos=pos).collect)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
