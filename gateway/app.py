@@ -12,7 +12,18 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, inbox, items, order_changes, order_status, outbox, picking, scanner, stock
+from gateway import (
+    handheld,
+    inbox,
+    items,
+    order_changes,
+    order_status,
+    outbox,
+    picking,
+    scanner,
+    stock,
+    supplier,
+)
 from gateway.devices import (
     HandheldConfig,
     HidScannerConfig,
@@ -80,6 +91,7 @@ def migrations() -> list[Migration]:
         *items.MIGRATIONS,
         *order_status.MIGRATIONS,
         *order_changes.MIGRATIONS,
+        *supplier.MIGRATIONS,
         *scanner.MIGRATIONS,
         *handheld.MIGRATIONS,
         *picking.MIGRATIONS,
@@ -164,6 +176,7 @@ async def serve(cfg: GatewayConfig) -> None:
     inb = Inbox(db)
     inb.register(items.MASTER_RECORD, items.apply_master_items)
     inb.register(items.STANDING_RECORD, items.apply_customer_standing)
+    inb.register(supplier.RECORD, supplier.apply_drop_ship)  # any gateway may serve a supplier
     inb.register(order_status.RECORD, order_status.apply_order_status)
     inb.register(outbox.RECORD_RESULT, outbox.apply_record_result)
     executor = PickExecutor(db=db, outbox=box, config=cfg.picking) if cfg.picking.carts else None
@@ -203,6 +216,7 @@ async def serve(cfg: GatewayConfig) -> None:
     pos.on_till = lambda workstation: board.register(f"till-{workstation}", "pos").seen()
     add_pos_routes(app, pos)
     order_changes.add_routes(app, outbox=box, customer=cfg.customer)
+    supplier.add_routes(app, outbox=box)
     add_metrics(app, GatewayMetrics(outbox=box, sync=sync, inbox=inb, telemetry=telemetry, pos=pos).collect)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -143,6 +143,19 @@ def cmd_order(args: argparse.Namespace) -> int:
     return _gateway_call(f"{base}/api/orders", body)
 
 
+def cmd_supplier(args: argparse.Namespace) -> int:
+    base = f"{args.gateway_url.rstrip('/')}/api/supplier/orders"
+    if args.action == "list":
+        return _gateway_call(base + (f"?state={urllib.parse.quote(args.state)}" if args.state else ""))
+    if not args.order_no:
+        print(f"supplier {args.action}: ORDER_NO is needed", file=sys.stderr)
+        return 2
+    url = f"{base}/{urllib.parse.quote(args.order_no, safe='')}"
+    if args.action == "show":
+        return _gateway_call(url)
+    return _gateway_call(f"{url}/{args.action}", {"ref": args.ref, "detail": args.detail})
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     module, _ = SIMULATORS[args.kind]
     try:
@@ -225,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--cancel-order", action="store_true", help="with --change: cancel the order")
     o.add_argument("--status", metavar="ORDER_ID", help="show the order's status as the gateway knows it")
     o.set_defaults(fn=cmd_order)
+
+    sp = sub.add_parser(
+        "supplier", help="a supplier's drop-ship orders at its gateway: list, show, confirm, ship, refuse"
+    )
+    sp.add_argument("action", choices=("list", "show", "confirm", "ship", "refuse"))
+    sp.add_argument("order_no", nargs="?", help="the order number (SO...) for show/confirm/ship/refuse")
+    sp.add_argument(
+        "--gateway-url", default="http://127.0.0.1:8081", help="the supplier gateway's HTTP base URL"
+    )
+    sp.add_argument("--state", help="list: only orders in this state (received, confirmed, shipped, refused)")
+    sp.add_argument("--ref", default="", help="the supplier's reference (delivery note, ...)")
+    sp.add_argument("--detail", default="", help="free text (why refused, carrier, ...)")
+    sp.set_defaults(fn=cmd_supplier)
 
     s = sub.add_parser("sim", help="run a device simulator against a running gateway")
     s.add_argument(
