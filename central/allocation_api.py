@@ -2,7 +2,8 @@
 
 ``add_routes(app)`` adds them to central's app (the DB comes from ``central.api.DB_KEY``).
 Domain errors map to HTTP here and nowhere else: 400 for bad input, 404 for unknown ids,
-409 for stock operations that would break an invariant.
+409 for stock operations that would break an invariant and for a return on an order not
+shipped or delivered.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 from aiohttp import web
 
-from central import documents, inventory, returns, shortage, waves
+from central import documents, inventory, picktime, returns, shortage, waves
 from central.api import DB_KEY, requires
 from central.auth import Role
+from ops.jsonbody import json_object
+from protocols.bounded import MAX_INT, MIN_INT, value_repr
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -40,24 +43,21 @@ def _date(raw: str, name: str) -> dt.date:
     try:
         return dt.date.fromisoformat(raw)
     except ValueError:
-        raise _bad(f"{name}: {raw!r} is not a date (YYYY-MM-DD)") from None
+        raise _bad(f"{name}: {value_repr(raw)} is not a date (YYYY-MM-DD)") from None
 
 
 def _int(raw: Any, name: str) -> int:
     try:
-        return int(raw)
-    except (TypeError, ValueError):
-        raise _bad(f"{name}: {raw!r} is not an integer") from None
+        v = int(raw)
+    except (TypeError, ValueError, OverflowError):  # ValueError: bad text, or too many digits
+        raise _bad(f"{name}: {value_repr(raw)} is not an integer") from None
+    if not MIN_INT <= v <= MAX_INT:  # what SQLite can store
+        raise _bad(f"{name}: {value_repr(raw)} is out of range")
+    return v
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise _bad("body is not JSON") from None
-    if not isinstance(data, dict):
-        raise _bad("body must be a JSON object")
-    return data
+    return await json_object(request)  # or a 400/413 JSON answer
 
 
 def _mapped(fn: Handler) -> Handler:
@@ -65,6 +65,10 @@ def _mapped(fn: Handler) -> Handler:
         try:
             return await fn(request)
         except inventory.InventoryError as e:
+            raise _bad(str(e), 409) from None
+        except picktime.PickTimeError as e:
+            raise _bad(str(e), 400) from None
+        except returns.NotReturnable as e:
             raise _bad(str(e), 409) from None
         except returns.ReturnError as e:
             raise _bad(str(e), 400) from None
@@ -180,10 +184,31 @@ async def post_wave(request: web.Request) -> web.Response:
             )
         except (ValueError, TypeError) as e:
             raise _bad(str(e)) from None
+    departure = None if b.get("departure") is None else _int(b["departure"], "departure")
     out = await request.app[DB_KEY].write(
-        lambda c: waves.run_wave(c, cutoff=cutoff, now=now, settings=settings, departure=b.get("departure"))
+        lambda c: waves.run_wave(c, cutoff=cutoff, now=now, settings=settings, departure=departure)
     )
     return _json({"waves": out}, status=201)
+
+
+async def wave_schedule(request: web.Request) -> web.Response:
+    """``GET /api/waves/schedule?teams=2&start=MS&load_s=600&waves=3,4``: the open waves (or
+    those named) on picking teams, earliest departure first, with start, finish and slack."""
+    q = request.query
+    unknown = set(q) - {"teams", "start", "load_s", "waves"}
+    if unknown:
+        raise _bad(f"unknown query parameter {sorted(unknown)[0]!r}; known: teams, start, load_s, waves")
+    teams = _int(q.get("teams", "1"), "teams")
+    start = _int(q.get("start", _now()), "start")
+    try:
+        load_s = float(q.get("load_s", "0"))
+    except ValueError:
+        raise _bad(f"load_s: {q['load_s']!r} is not a number") from None
+    ids = [_int(w, "waves") for w in q["waves"].split(",") if w] if "waves" in q else None
+    out = await request.app[DB_KEY].read(
+        partial(waves.plan, start_ms=start, teams=teams, load_s=load_s, wave_ids=ids)
+    )
+    return _json(out)
 
 
 async def list_waves(request: web.Request) -> web.Response:
@@ -305,6 +330,7 @@ def add_routes(app: web.Application) -> None:
         ("GET", "/api/allocation/runs/{run_id}", run_view),
         ("POST", "/api/waves", post_wave),
         ("GET", "/api/waves", list_waves),
+        ("GET", "/api/waves/schedule", wave_schedule),
         ("GET", "/api/waves/{wave_id}", get_wave),
         ("GET", "/api/shortages", list_shortages),
         ("GET", "/api/documents/picklist/{wave_id:\\d+}.{fmt}", pick_list),

@@ -3,7 +3,8 @@
 Every route but ``/api/health`` needs a user (``central.auth``); each names the least role
 it needs. Domain errors become HTTP answers in one middleware, always as
 ``{"error": "<reason>"}``: 400 bad input, 401 no/bad credentials, 403 wrong role,
-404 unknown, 409 the order's state forbids it, 422 an order that fails its checks.
+404 unknown, 409 the order's state forbids it, 422 an order that fails its checks, 507 central's
+disk is full (``{"error", "code": "storage_full", "reason", "retry_after_s"}`` and ``Retry-After``).
 Writes run in one ``DurableDB.write`` job each, so a refused request writes nothing.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -20,19 +22,24 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from central import auth, lifecycle, masters, orders, ordertypes, repo
+from central import auth, lifecycle, masters, orders, ordertypes, repo, schedule
 from central.auth import Role, User
 from central.consumer import Consumer
 from central.validation import LineIn, OrderIn
-from ops.sqlitedb import DurableDB
+from ops.http_errors import storage_full_response
+from ops.jsonbody import json_object
+from ops.sqlitedb import DurableDB, StorageFull
+from protocols.bounded import value_repr
 from protocols.order_changes import parse_order_change
 from protocols.records import Channel, RecordSchemaError, parse_date, parse_order
 
+log = logging.getLogger(__name__)
 DB_KEY = web.AppKey("db", DurableDB)
 CONSUMER_KEY = web.AppKey("consumer", Consumer)
 USER_KEY = web.RequestKey("user", User)
 
 MAX_LIMIT = 1000
+MAX_BODY = 1024 * 1024  # a master import or a big order; aiohttp's own limit
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,6 +81,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, str(e))
     except RecordSchemaError as e:
         return _error(400, e.reason)
+    except StorageFull as e:
+        log.debug("%s %s refused: %s", request.method, request.path, e)
+        return storage_full_response(e)
 
 
 def requires(role: Role) -> Callable[[Handler], Handler]:
@@ -104,13 +114,7 @@ def _user(request: web.Request) -> User:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HttpError(400, f"malformed JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise HttpError(400, f"expected a JSON object, got {type(data).__name__}")
-    return data
+    return await json_object(request, max_bytes=MAX_BODY)  # or a 400/413 JSON answer
 
 
 def _str_field(body: dict[str, Any], key: str, *, required: bool = True) -> str:
@@ -125,7 +129,7 @@ def _str_field(body: dict[str, Any], key: str, *, required: bool = True) -> str:
 def _int_field(body: dict[str, Any], key: str, *, lo: int, hi: int) -> int:
     v = body.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise HttpError(400, f"{key}: expected an integer in {lo}..{hi}, got {v!r}")
+        raise HttpError(400, f"{key}: expected an integer in {lo}..{hi}, got {value_repr(v)}")
     return v
 
 
@@ -449,8 +453,16 @@ async def run_contracts(request: web.Request) -> web.Response:
     """Generate the orders of contract deliveries due by ``today`` (default: today, UTC)."""
     body = await _body(request) if request.can_read_body else {}
     today = parse_date(body["today"], "today") if "today" in body else dt.datetime.now(dt.UTC).date()
-    made = await _write(request, partial(orders.run_contracts, today=today))
-    return _json({"orders": made})
+    now = lifecycle.now_ms()
+    ran = await _write(request, lambda c: schedule.run_contracts(c, today=today, now=now))
+    return _json({"orders": [r.result for r in ran]})
+
+
+@requires(Role.VIEWER)
+async def schedule_runs(request: web.Request) -> web.Response:
+    """What central's clock has run (contract deliveries, delay expiries), latest first."""
+    limit = _int_param(request, "limit", 100, lo=1, hi=MAX_LIMIT)
+    return _json({"runs": await request.app[DB_KEY].read(partial(schedule.list_runs, limit=limit))})
 
 
 @requires(Role.ORDER_DESK)
@@ -520,8 +532,17 @@ async def health(request: web.Request) -> web.Response:
             "duplicates": s.duplicates,
             "rejected": s.rejected,
             "quarantined_messages": s.quarantined_messages,
+            "storage_refused": s.storage_refused,
         }
-    return _json({"status": "ok", "db": counts, "mqtt": mqtt})
+    storage = db.storage_state()
+    return _json(
+        {
+            "status": "ok" if storage["state"] == "ok" else "storage_full",
+            "db": counts,
+            "mqtt": mqtt,
+            "storage": storage,
+        }
+    )
 
 
 def create_app(*, db: DurableDB, consumer: Consumer | None = None) -> web.Application:
@@ -549,6 +570,7 @@ def create_app(*, db: DurableDB, consumer: Consumer | None = None) -> web.Applic
     r.add_get("/api/customers/{code}/credit", credit)
     r.add_post("/api/contracts", add_contract)
     r.add_post("/api/contracts/run", run_contracts)
+    r.add_get("/api/schedule/runs", schedule_runs)
     r.add_post("/api/vouchers", add_voucher)
     r.add_post("/api/consignment/deposits", deposit)
     r.add_get("/api/consignment/{customer}", consignment)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from central import allocation_api, dashboard, release, waves
+from central import allocation_api, dashboard, release, schedule, waves
 from central.api import create_app
 from central.consumer import BrokerSettings, Consumer
 from central.fleet import AlertThresholds, Fleet
@@ -38,6 +38,7 @@ class CentralConfig:
     alerts: AlertThresholds = field(default_factory=AlertThresholds)
     allocation: waves.AllocationSettings = field(default_factory=waves.AllocationSettings)
     release: ReleaseSettings = field(default_factory=ReleaseSettings)
+    schedule: schedule.ScheduleSettings = field(default_factory=schedule.ScheduleSettings)
 
 
 def load_config(path: Path | str) -> CentralConfig:
@@ -71,6 +72,8 @@ async def serve(cfg: CentralConfig) -> None:
             tg.create_task(metrics.run(), name="central-metrics")
             releaser = Releaser(db, cfg.release, on_release=consumer.downlink.notify)
             tg.create_task(releaser.run(), name="central-release")
+            scheduler = schedule.Scheduler(db, cfg.schedule, on_work=consumer.downlink.notify)
+            tg.create_task(scheduler.run(), name="central-schedule")
     finally:
         await runner.cleanup()
         await db.close()

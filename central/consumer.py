@@ -13,7 +13,6 @@ records, before the ack is published (a real crash at the worst moment, once).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -33,8 +32,9 @@ from central.ingest import now_ms, quarantine_message, quick_checks, receive_upl
 from central.processor import Processor
 from ops.mqtt import Client, no_delay, raise_unless_link_lost
 from ops.retry import TaskGroup, backoff_delay, supervise
-from ops.sqlitedb import DurableDB
+from ops.sqlitedb import DurableDB, StorageFull
 from protocols import envelope, topics
+from protocols.bounded import JsonError, json_loads
 from protocols.envelope import Ack, AckStatus, EnvelopeError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class ConsumerStats:
     duplicates: int = 0
     rejected: int = 0
     quarantined_messages: int = 0
+    storage_refused: int = 0  # messages not taken (nor acked) because the disk was full
     connected: bool = False
     reconnects: int = 0
     restarts: int = 0  # the MQTT loop ended by something else than a lost link (a bug)
@@ -76,6 +77,15 @@ class BrokerSettings:
     client_id: str = "central-1"
     shared_subscription: bool = True
     keepalive: int = 30
+    # The MQTT 5 share group of central's uplink subscription. broker-init writes a secret one:
+    # whoever joins central's group takes uplinks away from it (ops/BROKER.md, "Shared subscriptions").
+    share_group: str = topics.CENTRAL_SHARE_GROUP
+
+    def __post_init__(self) -> None:
+        try:
+            topics.check_share_group(self.share_group)
+        except topics.TopicError as e:
+            raise ValueError(f"share_group: {e}") from None
 
 
 class Consumer:
@@ -167,7 +177,10 @@ class Consumer:
         self.client = client
         no_delay(client)
         await client.subscribe(
-            topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
+            topics.central_uplink_subscription(
+                shared=self.broker.shared_subscription, group=self.broker.share_group
+            ),
+            qos=1,
         )
         if self.on_status is not None:
             await client.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
@@ -185,6 +198,11 @@ class Consumer:
         self.receiving += 1
         try:
             await self._handle_inner(client, message)
+        except StorageFull as e:
+            # Nothing of the message was committed, so nothing is acked: the gateway sends its
+            # records again (ack timeout) and they are taken once the disk has room.
+            self.stats.storage_refused += 1
+            log.warning("message on %s not taken and not acked: %s", message.topic.value, e)
         finally:
             self.receiving -= 1
             self._sem.release()
@@ -235,8 +253,8 @@ class Consumer:
         """Telemetry repeats the status every few seconds; a new ``connected_at`` means the
         gateway (re)connected, and whatever it has not acked is sent to it at once."""
         try:
-            doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            doc = json_loads(payload, max_bytes=envelope.MAX_PAYLOAD_BYTES)
+        except JsonError:
             return  # the fleet registry reports bad status payloads
         if not isinstance(doc, dict) or doc.get("state") != "online":
             self._sessions.pop(gw, None)

@@ -232,22 +232,22 @@ def load_demands(
     layout = _layout(conn)
     has_priority = layout.has_priority
     heads: dict[int, tuple[Any, ...]] = {}
-    lines: dict[int, list[tuple[int, str, int, int]]] = {}
+    lines: dict[int, list[tuple[int, str, int]]] = {}
     for chunk in _chunks(list(order_ids)):
         marks = ",".join("?" * len(chunk))
         extra = ", priority" if has_priority else ", ''"
         for row in conn.execute(
-            f"SELECT order_id, customer, requested_date, note, received_at{extra} FROM orders"
+            f"SELECT order_id, customer, requested_date, note, received_at, value{extra} FROM orders"
             f" WHERE order_id IN ({marks})",
             chunk,
         ):
             heads[row[0]] = row
-        for oid, ln, gtin, sku, qty, price in conn.execute(
-            f"SELECT order_id, line_no, gtin, sku, qty, price FROM order_lines WHERE order_id IN ({marks})"
+        for oid, ln, gtin, sku, qty in conn.execute(
+            f"SELECT order_id, line_no, gtin, sku, qty FROM order_lines WHERE order_id IN ({marks})"
             " AND cancelled = 0 ORDER BY order_id, line_no",  # a cancelled line is not demand
             chunk,
         ):
-            lines.setdefault(oid, []).append((ln, sku or gtin or "", qty, price or 0))
+            lines.setdefault(oid, []).append((ln, sku or gtin or "", qty))
     profiles = _load_profiles(conn, (h[1] for h in heads.values()), layout)
     out = []
     iso_today = today.isoformat()
@@ -255,7 +255,7 @@ def load_demands(
         h = heads.get(oid)
         if h is None:
             continue
-        _, customer, requested, note, received, priority = h
+        _, customer, requested, note, received, value, priority = h
         p = profiles.get(customer, DEFAULT_PROFILE)
         special = set()
         if requested and requested <= iso_today:
@@ -263,7 +263,9 @@ def load_demands(
         if str(priority).lower() == "urgent" or str(note).upper().startswith("URGENT"):
             special.add(Special.URGENT.value)
         ls = lines.get(oid, [])
-        out.append(make_demand(oid, customer, ls, p, special=special, received_at=received))
+        out.append(
+            make_demand(oid, customer, ls, p, special=special, received_at=received, value=int(value or 0))
+        )
     return out
 
 
@@ -316,23 +318,25 @@ def _lifecycle() -> Any:
 def make_demand(
     order_id: int,
     customer: str,
-    lines: list[tuple[int, str, int, int]],
+    lines: list[tuple[int, str, int]],
     profile: CustomerProfile,
     *,
     special: set[str],
     received_at: int,
+    value: int,
 ) -> OrderDemand:
-    """The engine's view of one order: ``lines`` are (line_no, sku, qty, unit price)."""
+    """The engine's view of one order: ``lines`` are (line_no, sku, qty); ``value`` is the
+    order's value as priced (``orders.value``, see ``central.valuation``)."""
     return OrderDemand(
         order_id=order_id,
         customer=customer,
-        lines=tuple(DemandLine(ln, sku, qty) for ln, sku, qty, _ in lines),
+        lines=tuple(DemandLine(ln, sku, qty) for ln, sku, qty in lines),
         grade=profile.grade,
         zone=profile.zone,
         route=profile.route,
         vehicle=profile.vehicle,
         special=frozenset(special),
-        value=sum(q * pr for _, _, q, pr in lines),
+        value=value,
         credit=profile.credit,
         allow_split=profile.allow_split,
         pref=profile.pref,

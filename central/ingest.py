@@ -26,6 +26,7 @@ from central import CentralError, downlink, orders, ordertypes
 from central.validation import LineIn, OrderIn
 from ops.sqlitedb import insert_rows
 from protocols import envelope
+from protocols.bounded import bounded_reason
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Received, Record, Uplink, gc_paused
 from protocols.order_changes import parse_order_change, parse_supplier_confirmation
 from protocols.records import (
@@ -40,9 +41,11 @@ log = logging.getLogger(__name__)
 
 
 class Rejected(CentralError):
-    """A record that will never be applied; ``reason`` goes back to the gateway."""
+    """A record that will never be applied; ``reason`` goes back to the gateway (cut to
+    :data:`protocols.bounded.MAX_REASON` characters)."""
 
     def __init__(self, reason: str) -> None:
+        reason = bounded_reason(reason)
         super().__init__(reason)
         self.reason = reason
 
@@ -183,7 +186,7 @@ def _quarantine(
     conn.execute(
         "INSERT INTO quarantine (gateway, topic, record_id, seq, type, reason, raw, at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (gateway, topic, record_id, seq, rtype, reason, raw, now),
+        (gateway, topic, record_id, seq, rtype, bounded_reason(reason), raw, now),
     )
 
 
@@ -401,7 +404,8 @@ def _process_queue(
             conn.execute("ROLLBACK TO rec")
             log.exception("gw=%s record %s (%s) failed in processing; quarantined", gw, rec.id, rec.type)
             INTERNAL_ERRORS[0] += 1
-            status, reason = AckStatus.REJECTED, f"internal error while processing: {type(e).__name__}: {e}"
+            status = AckStatus.REJECTED
+            reason = bounded_reason(f"internal error while processing: {type(e).__name__}: {e}")
         conn.execute("RELEASE rec")
         if status is AckStatus.REJECTED:
             _quarantine(

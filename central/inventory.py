@@ -187,6 +187,11 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX receivables_customer ON receivables(customer, entry_id);
         """,
     ),
+    Migration(
+        # the release tick asks, per allocated order, whether it waits for a wave
+        "allocation_0002_wave_orders_by_order",
+        "CREATE INDEX wave_orders_order ON wave_orders(order_id, wave_id);",
+    ),
 ]
 
 

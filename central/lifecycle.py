@@ -11,13 +11,14 @@
 
 :func:`transition` is the only way an order's status changes. It checks the table (raising
 :class:`IllegalTransition`), writes the status and one ``order_events`` row, keeps the
-customer's open-order value and receivables in step, queues an ``order_status`` downlink
-record to the order's originating gateway (and, when the customer's exposure moved in a way
-the customer's gateway cannot count itself, a ``customer_standing`` record to it), and runs
-the hooks - all in the caller's transaction. ``ON_VALIDATED`` hooks run when an order that
-is filled from stock becomes ``validated`` (allocation registers itself there);
-``ON_CANCELLED`` hooks run after an order is cancelled (give back stock, vouchers, consignment);
-``ON_GIVE_BACK`` hooks run before a change to an allocated order (give its allocation back).
+customer's open-order value and receivables in step (``returned`` settles what the
+order's RMAs have not credited yet), queues an ``order_status`` downlink record to the order's
+originating gateway (and, when the customer's exposure moved in a way the customer's gateway
+cannot count itself, a ``customer_standing`` record to it), and runs the hooks - all in the
+caller's transaction. ``ON_VALIDATED`` hooks run when an order that is filled from stock
+becomes ``validated`` (allocation registers itself there); ``ON_CANCELLED`` hooks run after
+an order is cancelled (give back stock, vouchers, consignment); ``ON_GIVE_BACK`` hooks run
+before a change to an allocated order (give its allocation back).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from central import CentralError, downlink, masters
+from central import CentralError, downlink, masters, valuation
 
 STATUS_RECORD = "order_status"
 
@@ -201,7 +202,11 @@ def transition_from(
     was_open, is_open = Status(current) in OPEN, new in OPEN
     if was_open != is_open or new in (S.DELIVERED, S.RETURNED):
         delta_open = value if is_open and not was_open else -value if was_open and not is_open else 0
-        delta_recv = value if new is S.DELIVERED else -value if new is S.RETURNED else 0
+        delta_recv = value if new is S.DELIVERED else 0
+        if new is S.RETURNED:
+            # nothing is owed for the order any more: take back what delivery put on the
+            # receivables, less what its RMAs have credited already
+            delta_recv = (-value if current == S.DELIVERED else 0) + valuation.credited(conn, order_id)
         conn.execute(
             "UPDATE customers SET open_value = open_value + ?, receivables = receivables + ? WHERE code = ?",
             (delta_open, delta_recv, customer),

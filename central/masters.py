@@ -1,4 +1,6 @@
-"""Master data: customers, items, price lists, locations (and the gateway mapping).
+"""Master data: customers, items, price lists, locations (and the gateway mapping),
+sourcing rules (which locations serve a delivery zone) and AS/RS totes (which storage tote
+holds an item at a DC).
 
 Every write goes through this module, inside the caller's write transaction:
 :func:`upsert` / :func:`delete` / :func:`import_csv` validate the row against the kind's
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from central import CentralError, downlink
+from protocols.asrs import ID_RE as ASRS_ID_RE
+from protocols.bounded import value_repr
 from protocols.topics import GATEWAY_ID_RE
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,7 @@ class MasterError(CentralError):
     """A master row that cannot be stored; ``field`` and ``reason`` say why."""
 
     def __init__(self, kind: str, key: str, field: str, reason: str) -> None:
-        where = f"{kind} {key!r}" if key else kind
+        where = f"{kind} {value_repr(key)}" if key else kind
         super().__init__(f"{where}: {field}: {reason}" if field else f"{where}: {reason}")
         self.kind = kind
         self.key = key
@@ -87,7 +91,7 @@ def _int(lo: int, hi: int, *, optional: bool = False) -> Conv:
             try:
                 v = int(v.strip())
             except ValueError:
-                raise ValueError(f"{v!r} is not an integer") from None
+                raise ValueError(f"{value_repr(v)} is not an integer") from None
         if not isinstance(v, int) or isinstance(v, bool):
             raise ValueError(f"expected integer, got {type(v).__name__}")
         if not lo <= v <= hi:
@@ -103,7 +107,7 @@ def _real(lo: float, hi: float) -> Conv:
             try:
                 v = float(v.strip() or 0)
             except ValueError:
-                raise ValueError(f"{v!r} is not a number") from None
+                raise ValueError(f"{value_repr(v)} is not a number") from None
         if v is None:
             v = 0.0
         if not isinstance(v, int | float) or isinstance(v, bool):
@@ -144,7 +148,19 @@ def _bool(v: object) -> object:
         return v
     if isinstance(v, str) and v.strip().lower() in ("1", "0", "true", "false", "yes", "no"):
         return int(v.strip().lower() in ("1", "true", "yes"))
-    raise ValueError(f"{v!r} is not a boolean")
+    raise ValueError(f"{value_repr(v)} is not a boolean")
+
+
+def _flag(v: object) -> object:
+    """A yes/no field that is no unless given."""
+    return 0 if v is None or v == "" else _bool(v)
+
+
+def _asrs_id(v: object) -> object:
+    s = _text(20)(v)
+    if not isinstance(s, str) or not ASRS_ID_RE.fullmatch(s):
+        raise ValueError(f"{s!r} is not 1-20 characters of A-Z a-z 0-9 - . / : (an AS/RS id)")
+    return s
 
 
 MONEY = _int(0, 10**12)
@@ -186,6 +202,7 @@ KINDS: dict[str, Kind] = {
             "delivery_requirements": _text(),
             "backorder_policy": _choice(BACKORDER_POLICIES, "backorder"),
             "backorder_limit_days": _int(0, 3650, optional=True),
+            "allow_split": _flag,
             "gateway": _gateway,
             "active": _bool,
         },
@@ -234,6 +251,29 @@ KINDS: dict[str, Kind] = {
             "tolerance_pct": _real(0, 100),
         },
     ),
+    "sourcing": Kind(
+        "sourcing",
+        "alloc_sourcing",
+        "zone",
+        {
+            "zone": _code,  # a customer's delivery zone (its region), or * for every other zone
+            "location": _code,
+            "cost": _int(0, 10**9, optional=True),
+            "preferred": _flag,
+            "transfer": _flag,
+        },
+    ),
+    "totes": Kind(
+        "totes",
+        "pick_totes",
+        "tote",
+        {
+            "tote": _asrs_id,
+            "location": _code,
+            "sku": _code,
+            "tote_location": _asrs_id,
+        },
+    ),
 }
 _DEFAULTS = {
     "unit": "EA",
@@ -244,6 +284,7 @@ _DEFAULTS = {
     "drop_seq": 0,
     "receivables": 0,
     "min_qty": 1,
+    "cost": 0,
 }
 
 
@@ -312,6 +353,8 @@ def parse_row(kind: str, raw: dict[str, Any], *, key: str | None = None) -> dict
         row["price_class"] = row["grade"]
     if kind == "locations" and not row["kind"]:
         raise MasterError(kind, label, "kind", f"missing; one of {', '.join(LOCATION_KINDS)}")
+    if kind == "sourcing" and row["preferred"] and row["transfer"]:
+        raise MasterError(kind, label, "preferred", "a transfer source cannot be the preferred one")
     return row
 
 
@@ -395,6 +438,21 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
         )
         _publish_items(conn, [sku])
         return str(sku)
+    if kind == "sourcing":
+        _known(conn, kind, row["zone"], "location", master="locations", code=row["location"])
+        _replace(conn, "alloc_sourcing", row, key=("zone", "location"))
+        return f"{row['zone']}/{row['location']}"
+    if kind == "totes":
+        _known(conn, kind, row["tote"], "location", master="locations", code=row["location"], dc=True)
+        _known(conn, kind, row["tote"], "sku", master="items", code=row["sku"])
+        other = conn.execute(
+            "SELECT location, sku FROM pick_totes WHERE tote = ? AND (location, sku) != (?, ?)",
+            (row["tote"], row["location"], row["sku"]),
+        ).fetchone()
+        if other is not None:
+            raise MasterError(kind, row["tote"], "tote", f"already holds {other[1]!r} at {other[0]}")
+        _replace(conn, "pick_totes", row, key=("location", "sku"))
+        return str(row["tote"])
     # prices: one quantity break of one class; tolerance is per class
     tol = row.pop("tolerance_pct")
     conn.execute(
@@ -405,6 +463,20 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
     _replace(conn, "price_breaks", row, key=("price_class", "sku", "min_qty"))
     _publish_items(conn, [row["sku"]])
     return f"{row['price_class']}/{row['sku']}/{row['min_qty']}"
+
+
+def _known(
+    conn: sqlite3.Connection, kind: str, label: str, field: str, *, master: str, code: str, dc: bool = False
+) -> None:
+    """``code`` must be an active row of the ``master`` kind (a DC when ``dc``)."""
+    k = KINDS[master]
+    row = conn.execute(
+        f"SELECT active{', kind' if dc else ''} FROM {k.table} WHERE {k.key} = ?", (code,)
+    ).fetchone()
+    if row is None or not row[0]:
+        raise MasterError(kind, label, field, f"{code!r} is not an active {master[:-1]} in the masters")
+    if dc and row[1] != "dc":
+        raise MasterError(kind, label, field, f"{code!r} is a {row[1]}, not a dc")
 
 
 def _replace(conn: sqlite3.Connection, table: str, row: dict[str, Any], *, key: tuple[str, ...]) -> None:
@@ -425,6 +497,10 @@ def delete(conn: sqlite3.Connection, kind: str, key: str) -> bool:
         n = conn.execute("DELETE FROM price_breaks WHERE price_class = ?", (key,)).rowcount
         conn.execute("DELETE FROM price_lists WHERE price_class = ?", (key,))
         return n > 0
+    if kind == "sourcing":  # the zone's rules (nothing refers to them)
+        return conn.execute("DELETE FROM alloc_sourcing WHERE zone = ?", (key,)).rowcount > 0
+    if kind == "totes":
+        return conn.execute("DELETE FROM pick_totes WHERE tote = ?", (key,)).rowcount > 0
     k = KINDS.get(kind)
     if k is None:
         raise MasterError(kind, key, "", f"unknown master kind; known: {', '.join(KINDS)}")
@@ -495,6 +571,16 @@ def get(conn: sqlite3.Connection, kind: str, key: str) -> dict[str, Any] | None:
             "tolerance_pct": tol[0],
             "breaks": [{"sku": s, "min_qty": q, "price": p} for s, q, p in breaks],
         }
+    if kind == "sourcing":
+        rules = conn.execute(
+            "SELECT location, cost, preferred, transfer FROM alloc_sourcing WHERE zone = ?"
+            " ORDER BY preferred DESC, cost, location",
+            (key,),
+        ).fetchall()
+        if not rules:
+            return None
+        cols = ("location", "cost", "preferred", "transfer")
+        return {"zone": key, "rules": [dict(zip(cols, r, strict=True)) for r in rules]}
     cur = conn.execute(f"SELECT * FROM {k.table} WHERE {k.key} = ?", (key,))
     row = cur.fetchone()
     if row is None:
@@ -519,7 +605,7 @@ def list_keys(conn: sqlite3.Connection, kind: str, *, limit: int, after: str = "
         keys = [
             r[0]
             for r in conn.execute(
-                f"SELECT {k.key} FROM {k.table} WHERE {k.key} > ? ORDER BY 1 LIMIT ?", (after, limit)
+                f"SELECT DISTINCT {k.key} FROM {k.table} WHERE {k.key} > ? ORDER BY 1 LIMIT ?", (after, limit)
             )
         ]
     return [row for key in keys if (row := get(conn, kind, key)) is not None]
@@ -540,6 +626,7 @@ class Customer:
     unloading: str
     gateway: str | None
     active: bool
+    discount_pct: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,9 +666,11 @@ def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
     snap = Snapshot()
     for r in conn.execute(
         "SELECT code, name, grade, price_class, credit_limit, delivery_requirements, delivery_window,"
-        " unloading, gateway, active FROM customers"
+        " unloading, gateway, active, discount_pct FROM customers"
     ):
-        snap.customers[r[0]] = Customer(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
+        snap.customers[r[0]] = Customer(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), float(r[10])
+        )
     for r in conn.execute(
         "SELECT sku, description, pack_size, supplier, price, max_order_qty, active FROM items"
     ):
@@ -745,7 +834,7 @@ def publish_standing(
 
 def main(argv: list[str] | None = None) -> int:
     """``storegate masters import KIND FILE.csv --db PATH``: import a master CSV atomically."""
-    from central.schema import MIGRATIONS  # noqa: PLC0415
+    from central.migrations import all_migrations  # noqa: PLC0415
     from ops.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
 
     p = argparse.ArgumentParser(prog="storegate masters", description="Central master data.")
@@ -757,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     conn = connect(args.db)
     try:
-        apply_migrations(conn, MIGRATIONS)
+        apply_migrations(conn, all_migrations())
         with open(args.file, encoding="utf-8-sig") as f:
             text = f.read()
         conn.execute("BEGIN IMMEDIATE")

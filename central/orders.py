@@ -9,7 +9,8 @@ Every function runs inside the caller's write transaction (a ``DurableDB.write``
 - :func:`gateway_change` - the same from a gateway's ``order_change`` record, applied in the
   order's change sequence; an early one is parked until its predecessor arrives.
 - :func:`approve` / :func:`reject` - a supervisor's decision on a held order.
-- :func:`run_contracts` - scheduled contract deliveries due by a date become orders.
+- :func:`make_contract_delivery` - a scheduled contract delivery becomes an order
+  (``central.schedule`` runs the due ones on a clock).
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ def create(
         conn.execute("UPDATE orders SET order_no = ? WHERE order_id = ?", (number, oid))
     priced = {p.line_no: p for p in result.lines}
     conn.executemany(
-        "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price, amount)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 oid,
@@ -119,6 +120,7 @@ def create(
                 ln.qty,
                 ln.price,
                 priced[ln.line_no].unit_price,
+                priced[ln.line_no].amount,
             )
             for ln in order.lines
         ],
@@ -323,8 +325,8 @@ def revalidate(conn: sqlite3.Connection, oid: int, *, actor: str, now: int, appr
         )
     priced = {p.line_no: p for p in result.lines}
     conn.executemany(
-        "UPDATE order_lines SET sku = ?, unit_price = ? WHERE order_id = ? AND line_no = ?",
-        [(p.sku, p.unit_price, oid, p.line_no) for p in priced.values()],
+        "UPDATE order_lines SET sku = ?, unit_price = ?, amount = ? WHERE order_id = ? AND line_no = ?",
+        [(p.sku, p.unit_price, p.amount, oid, p.line_no) for p in priced.values()],
     )
     if st.status in _COUNTED_OPEN:  # the open value moves with the order's new value
         conn.execute(
@@ -521,49 +523,60 @@ def drain_parked(conn: sqlite3.Connection, order_ref: str, *, now: int) -> int:
 # -- contracts -------------------------------------------------------------------------------
 
 
-def run_contracts(conn: sqlite3.Connection, today: dt.date, *, now: int | None = None) -> list[str]:
-    """Create the orders of every scheduled contract delivery due by ``today`` (once each)."""
-    t = now if now is not None else lifecycle.now_ms()
-    due = conn.execute(
-        "SELECT d.contract, d.date, c.customer FROM contract_deliveries d"
-        " JOIN contracts c ON c.code = d.contract"
-        " WHERE d.order_id IS NULL AND d.date <= ? AND c.active = 1 ORDER BY d.date, d.contract",
-        (today.isoformat(),),
-    ).fetchall()
-    made = []
-    for code, date, customer in due:
-        lines = tuple(
-            LineIn(line_no=i + 1, qty=q, sku=s)
-            for i, (s, q) in enumerate(
-                conn.execute("SELECT sku, qty FROM contract_lines WHERE contract = ? ORDER BY sku", (code,))
-            )
+def due_contract_deliveries(
+    conn: sqlite3.Connection, today: dt.date, *, limit: int = -1
+) -> list[tuple[str, str, str]]:
+    """(contract, date, customer) of the active contracts' deliveries due by ``today`` that
+    have no order yet, oldest first."""
+    return [
+        (str(c), str(d), str(cu))
+        for c, d, cu in conn.execute(
+            "SELECT d.contract, d.date, c.customer FROM contract_deliveries d"
+            " JOIN contracts c ON c.code = d.contract"
+            " WHERE d.order_id IS NULL AND d.date <= ? AND c.active = 1 ORDER BY d.date, d.contract LIMIT ?",
+            (today.isoformat(), limit),
         )
-        gw = conn.execute("SELECT gateway FROM customers WHERE code = ?", (customer,)).fetchone()
-        order = OrderIn(
-            customer=customer,
-            order_type="contract",
-            requested_date=max(dt.date.fromisoformat(date), today),
-            lines=lines,
-            note=f"scheduled delivery {date} of contract {code}",
-            source_ref=code,
+    ]
+
+
+def make_contract_delivery(
+    conn: sqlite3.Connection, code: str, date: str, customer: str, *, today: dt.date, now: int
+) -> Created:
+    """The order of one scheduled contract delivery, marked on the delivery in the same
+    transaction (so it is made once)."""
+    lines = tuple(
+        LineIn(line_no=i + 1, qty=q, sku=s)
+        for i, (s, q) in enumerate(
+            conn.execute("SELECT sku, qty FROM contract_lines WHERE contract = ? ORDER BY sku", (code,))
         )
-        created = create(
-            conn,
-            order,
-            record_id=f"contract:{code}:{date}",
-            gateway=(gw[0] or "") if gw else "",
-            seq=0,
-            channel="schedule",
-            created_at=t,
-            now=t,
-            origin=f"contract {code} delivery due {date}",
-        )
-        conn.execute(
-            "UPDATE contract_deliveries SET order_id = ? WHERE contract = ? AND date = ?",
-            (created.order_id, code, date),
-        )
-        made.append(created.order_no)
-    return made
+    )
+    gw = conn.execute("SELECT gateway FROM customers WHERE code = ?", (customer,)).fetchone()
+    order = OrderIn(
+        customer=customer,
+        order_type="contract",
+        requested_date=max(dt.date.fromisoformat(date), today),
+        lines=lines,
+        note=f"scheduled delivery {date} of contract {code}",
+        source_ref=code,
+    )
+    created = create(
+        conn,
+        order,
+        record_id=f"contract:{code}:{date}",
+        gateway=(gw[0] or "") if gw else "",
+        seq=0,
+        channel="schedule",
+        created_at=now,
+        now=now,
+        origin=f"contract {code} delivery due {date}",
+    )
+    cur = conn.execute(
+        "UPDATE contract_deliveries SET order_id = ? WHERE contract = ? AND date = ? AND order_id IS NULL",
+        (created.order_id, code, date),
+    )
+    if cur.rowcount != 1:
+        raise OrderError(f"contract {code} delivery {date} already has its order", kind="conflict")
+    return created
 
 
 def with_line_numbers(order: OrderIn) -> OrderIn:
@@ -716,8 +729,10 @@ def create_realtime_batch(
             special.add(Special.PROMISED.value)
         if str(order.note).upper().startswith("URGENT"):
             special.add(Special.URGENT.value)
-        dl = sorted([(ln, sku or gtin or "", qty, price or 0) for ln, gtin, sku, qty, price in lines])
-        d = demand.make_demand(oid, order.customer, dl, profile, special=special, received_at=now)
+        dl = sorted([(ln, sku or gtin or "", qty) for ln, gtin, sku, qty, _ in lines])
+        d = demand.make_demand(
+            oid, order.customer, dl, profile, special=special, received_at=now, value=result.value
+        )
         skus = {ln.sku for ln in d.lines}
         kept.read(conn, skus)
         stock = kept.of(skus)
@@ -756,7 +771,8 @@ def create_realtime_batch(
             )
         )
         l_rows.extend(
-            (oid, ln, gtin, sku, qty, price, priced[ln].unit_price) for ln, gtin, sku, qty, price in lines
+            (oid, ln, gtin, sku, qty, price, priced[ln].unit_price, priced[ln].amount)
+            for ln, gtin, sku, qty, price in lines
         )
         e_rows.append((ev, oid, now, "received", "received", n.origin or f"via {n.channel}", "system"))
         c_rows.extend((oid, 1, c.name, c.outcome.value, c.detail, now) for c in result.checks)
@@ -816,7 +832,7 @@ def create_realtime_batch(
         o_rows,
     )
     insert_rows(
-        conn, "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price)", l_rows
+        conn, "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price, amount)", l_rows
     )
     insert_rows(conn, "INSERT INTO order_events (id, order_id, at, event, status, detail, actor)", e_rows)
     insert_rows(conn, "INSERT INTO order_checks (order_id, run, name, outcome, detail, at)", c_rows)

@@ -2,9 +2,10 @@
 
 Three stages, as in the reference chapter:
 
-1. a standard time per handling unit: pallet, case, each (:class:`PickStandards`);
-2. per line: the quantity broken into pallets, cases and eaches by the item's pack sizes,
-   times the unit times, plus the line's search time;
+1. a standard time per handling unit: pallet, case, each (:class:`PickStandards`), and an
+   item's own time per each where its master sets one (``items.pick_seconds``);
+2. per line: the quantity broken into pallets, cases and eaches by the item's pack sizes
+   (``items.pack_size`` eaches to a case), times the unit times, plus the line's search time;
 3. per order (or wave): the lines plus the paperwork time per order.
 
 :func:`schedule` then places waves on a number of picking teams, latest departure last,
@@ -16,15 +17,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from central import CentralError
+
 __all__ = [
     "PackSize",
     "PickStandards",
+    "PickTimeError",
     "ScheduledWave",
     "WaveWork",
     "line_seconds",
     "order_seconds",
     "schedule",
 ]
+
+
+class PickTimeError(CentralError, ValueError):
+    """A schedule that cannot be made (no teams, an unknown wave)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +46,11 @@ class PickStandards:
 
 @dataclass(frozen=True, slots=True)
 class PackSize:
+    """How one item is picked: its pack sizes and its own time per each."""
+
     case_qty: int = 1  # eaches per case (1 = no cases)
     pallet_qty: int = 0  # eaches per pallet (0 = never picked by pallet)
+    each_s: float = 0.0  # the item's standard time per each (0 = the standard ``each_s``)
 
 
 EACH_ONLY = PackSize()
@@ -56,7 +67,7 @@ def units(qty: int, pack: PackSize) -> tuple[int, int, int]:
 
 def line_seconds(qty: int, pack: PackSize, std: PickStandards) -> float:
     p, c, e = units(qty, pack)
-    return p * std.pallet_s + c * std.case_s + e * std.each_s + std.search_s
+    return p * std.pallet_s + c * std.case_s + e * (pack.each_s or std.each_s) + std.search_s
 
 
 def order_seconds(
@@ -100,7 +111,7 @@ def schedule(waves: Sequence[WaveWork], *, start: int, teams: int = 1) -> list[S
     Each wave goes to the team that frees up first (lowest team number on ties); ties between
     waves break on wave id. Deterministic."""
     if teams < 1:
-        raise ValueError(f"teams must be >= 1, got {teams}")
+        raise PickTimeError(f"teams must be >= 1, got {teams}")
     free = [start] * teams
     out = []
     for w in sorted(waves, key=lambda w: (w.departure, w.wave_id)):

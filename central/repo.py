@@ -52,7 +52,7 @@ def get_order(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
         return None
     order = dict(zip(ORDER_COLS, row, strict=True))
     oid = order["order_id"]
-    line_cols = ("line_no", "gtin", "sku", "qty", "price", "unit_price", "cancelled")
+    line_cols = ("line_no", "gtin", "sku", "qty", "price", "unit_price", "amount", "cancelled")
     order["lines"] = [
         dict(zip(line_cols, r, strict=True))
         for r in conn.execute(

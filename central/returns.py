@@ -1,6 +1,7 @@
 """Returns (reverse logistics): an RMA linked to its order line, routed by rule.
 
-:func:`create_rma` checks the line exists and that no more comes back than was ordered
+:func:`create_rma` checks the order has been shipped or delivered (:data:`RETURNABLE`; else
+:class:`NotReturnable`), the line exists and that no more comes back than was ordered
 (less what earlier RMAs returned), picks a disposition by the reason (:data:`DISPOSITION`),
 and applies it in the caller's transaction:
 
@@ -11,8 +12,11 @@ and applies it in the caller's transaction:
   for return to supplier the RMA's ``location`` is the item master's supplier (else the
   supplier noted on the item's inventory row).
 
-Every RMA credits the customer's receivable with unit price x quantity (a ``credit_note``
-entry in ``receivables``). The rule that chose the location is stored with the RMA.
+Every RMA credits the customer with what the returned units were sold for - their share of
+the line's amount, net of the customer's discount (:func:`central.valuation.return_credit`) -
+in the same transaction: a ``credit_note`` entry in the ``receivables`` ledger and the
+customer master's ``receivables`` (the figure the credit check reads). The rule that chose
+the location is stored with the RMA.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from central import CentralError, demand, inventory
+from central import CentralError, demand, inventory, masters, valuation
 
 DISPOSITION = {
     "wrong_item": "restock",
@@ -55,6 +59,22 @@ class ReturnError(CentralError):
         self.reason = reason
 
 
+class NotReturnable(ReturnError):
+    """The order has not reached the customer (or is closed): nothing of it can come back."""
+
+    def __init__(self, order_id: int, line_no: int, order_no: str, status: str) -> None:
+        super().__init__(
+            order_id,
+            line_no,
+            f"order {order_no} is {status}; returns are taken only on {' or '.join(RETURNABLE)} orders",
+        )
+        self.status = status
+
+
+# Only goods the customer has had can come back: a picked order is still at the DC.
+RETURNABLE = ("shipped", "delivered")
+
+
 @dataclass(frozen=True, slots=True)
 class Rma:
     rma_id: int
@@ -69,14 +89,20 @@ def create_rma(
 ) -> Rma:
     if reason not in DISPOSITION:
         raise ReturnError(order_id, line_no, f"unknown reason {reason!r}; one of {', '.join(DISPOSITION)}")
+    head = conn.execute("SELECT order_no, status FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+    if head is None:
+        raise ReturnError(order_id, line_no, "no such order")
+    if head[1] not in RETURNABLE:
+        raise NotReturnable(order_id, line_no, head[0], head[1])
     line = conn.execute(
-        "SELECT l.sku, l.gtin, l.qty, coalesce(l.price, 0), o.customer FROM order_lines l"
-        " JOIN orders o ON o.order_id = l.order_id WHERE l.order_id = ? AND l.line_no = ?",
+        "SELECT l.sku, l.gtin, l.qty, o.customer FROM order_lines l"
+        " JOIN orders o ON o.order_id = l.order_id"
+        " WHERE l.order_id = ? AND l.line_no = ? AND l.cancelled = 0",
         (order_id, line_no),
     ).fetchone()
     if line is None:
         raise ReturnError(order_id, line_no, "no such order line")
-    sku, gtin, ordered, price, customer = line
+    sku, gtin, ordered, customer = line
     sku = sku or gtin or ""
     before = conn.execute(
         "SELECT coalesce(sum(qty), 0) FROM rmas WHERE order_id = ? AND line_no = ?", (order_id, line_no)
@@ -94,7 +120,7 @@ def create_rma(
     elif disposition == "return_to_supplier":  # the item master's supplier
         location = inventory.suppliers(conn, [sku]).get(sku, "")
         rule += f"; supplier {location or 'unknown'}"
-    credit = price * qty
+    credit = valuation.return_credit(conn, order_id, line_no, qty)
     cur = conn.execute(
         "INSERT INTO rmas (order_id, line_no, sku, qty, reason, disposition, location, rule, credit,"
         " created_at)"
@@ -108,6 +134,7 @@ def create_rma(
         " VALUES (?, ?, ?, 'credit_note', ?, ?)",
         (customer, order_id, -credit, f"RMA{rma_id:08d}", now),
     )
+    masters.adjust_receivables(conn, customer, -credit)
     conn.execute(
         "INSERT INTO order_events (order_id, at, event, detail, actor) VALUES (?, ?, 'return', ?, 'returns')",
         (order_id, now, f"RMA{rma_id:08d}: {qty} x {sku} line {line_no}: {rule}"),

@@ -270,4 +270,34 @@ MIGRATIONS: list[Migration] = [
         ALTER TABLE work_queue_m RENAME TO work_queue;
         """,
     ),
+    Migration(
+        # What each order line is worth (``central.valuation``): its validated unit price x
+        # qty less the customer's discount, written when the line is priced. Lines priced
+        # before are valued at their unit price (the discount was not applied then).
+        "central_0005_line_amount",
+        """
+        ALTER TABLE order_lines ADD COLUMN amount INTEGER;
+        UPDATE order_lines SET amount = qty * unit_price WHERE unit_price IS NOT NULL;
+        """,
+    ),
+    Migration(
+        # What central's clock ran (``central.schedule``): one row per job item, written in
+        # the transaction of the item's effect, so no item runs twice.
+        "central_0006_schedule_runs",
+        """
+        CREATE TABLE schedule_runs (
+            job TEXT NOT NULL,
+            item TEXT NOT NULL,
+            ran_at INTEGER NOT NULL,
+            result TEXT NOT NULL,
+            PRIMARY KEY (job, item)
+        ) WITHOUT ROWID;
+        CREATE INDEX schedule_runs_at ON schedule_runs(ran_at);
+        """,
+    ),
+    Migration(
+        # the customer master says whether a line may be split over several sources
+        "central_0007_customer_allow_split",
+        "ALTER TABLE customers ADD COLUMN allow_split INTEGER NOT NULL DEFAULT 0;",
+    ),
 ]

@@ -11,7 +11,8 @@ delay the whole order / cancel). This module keeps the result:
   in priority order (special priority ``backorder_refill`` first, then the configured rules).
 - Ship-with-next shortages wait for the customer's next order: :func:`refill_demands` turns
   them into extra demand in that order's allocation run (see :mod:`central.waves`).
-- :func:`expire_delays` cancels held orders whose delay time limit has passed.
+- :func:`expire_delays` cancels held orders whose delay time limit has passed
+  (``central.schedule`` runs it on a clock, one order at a time).
 
 A shortage row is ``open`` while units are owed (``qty - filled``), then ``filled``,
 ``cut``, ``cancelled`` or ``expired``.
@@ -301,19 +302,29 @@ def receive(
     return {"location": location, "sku": sku, "qty": qty, "release_run": run_id}
 
 
-def expire_delays(conn: sqlite3.Connection, *, today: dt.date, now: int) -> list[int]:
-    """Cancel held orders whose delay limit is before ``today``; return their ids."""
-    ids = [
-        r[0]
+def due_delay_expiries(conn: sqlite3.Connection, today: dt.date, *, limit: int = -1) -> list[tuple[int, str]]:
+    """(order id, deadline) of the orders held for delay whose limit is before ``today``."""
+    return [
+        (int(r[0]), str(r[1]))
         for r in conn.execute(
-            "SELECT order_id FROM alloc_orders"
+            "SELECT order_id, deadline FROM alloc_orders"
             " WHERE status = 'held' AND deadline IS NOT NULL AND deadline < ?"
-            " ORDER BY order_id",
-            (today.isoformat(),),
+            " ORDER BY deadline, order_id LIMIT ?",
+            (today.isoformat(), limit),
         )
     ]
+
+
+def expire_delay(conn: sqlite3.Connection, order_id: int, *, now: int) -> int:
+    """Cancel one order held past its delay limit (its stock given back, shortages expired)."""
+    return cancel_order(conn, order_id, reason="delay time limit passed", now=now, status="expired")
+
+
+def expire_delays(conn: sqlite3.Connection, *, today: dt.date, now: int) -> list[int]:
+    """Cancel held orders whose delay limit is before ``today``; return their ids."""
+    ids = [oid for oid, _ in due_delay_expiries(conn, today)]
     for oid in ids:
-        cancel_order(conn, oid, reason="delay time limit passed", now=now, status="expired")
+        expire_delay(conn, oid, now=now)
     return ids
 
 

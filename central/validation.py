@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from central.masters import Item, Snapshot
+from central.valuation import line_amount
 from protocols.frozen import quick_init
 
 # Requested delivery date window, relative to today (module level so tests set them).
@@ -71,8 +72,8 @@ class OrderIn:
 class PricedLine:
     line_no: int
     sku: str | None  # resolved from the GTIN when the line gave only a GTIN
-    unit_price: int | None  # the price the order is valued at
-    amount: int | None = None  # exact line amount when lots at several prices make it up
+    unit_price: int | None  # the validated unit price (list price; the type's fixed price)
+    amount: int = 0  # what the line is worth: ``central.valuation.line_amount`` (net of discount)
 
 
 @quick_init
@@ -164,41 +165,51 @@ def check_price(
     fixed_prices: dict[int, int] | None = None,
     fixed_amounts: dict[int, int] | None = None,
 ) -> tuple[Check, list[PricedLine]]:
-    """Price each line from the customer's price list; a quote outside tolerance holds."""
+    """Price each line from the customer's price list; a quote outside tolerance holds.
+    Each line is valued at its validated unit price less the customer's discount
+    (:func:`central.valuation.line_amount`); a price the order type fixes is taken as it is."""
     cust = snap.customers.get(order.customer)
     cls = cust.price_class if cust else ""
+    discount = cust.discount_pct if cust else 0.0
     tol = snap.tolerance_pct.get(cls, 0.0)
     problems: list[str] = []
     priced: list[PricedLine] = []
     for ln in order.lines:
         item = items.get(ln.line_no)
         if fixed_prices is not None and ln.line_no in fixed_prices:
+            fixed = fixed_prices[ln.line_no]
             amount = (fixed_amounts or {}).get(ln.line_no)
             priced.append(
-                PricedLine(ln.line_no, item.sku if item else ln.sku, fixed_prices[ln.line_no], amount)
+                PricedLine(
+                    ln.line_no,
+                    item.sku if item else ln.sku,
+                    fixed,
+                    amount if amount is not None else line_amount(ln.qty, fixed),
+                )
             )
             continue
         if item is None:
-            priced.append(PricedLine(ln.line_no, ln.sku, ln.price))
+            priced.append(PricedLine(ln.line_no, ln.sku, ln.price, line_amount(ln.qty, ln.price, discount)))
             continue
         listed = snap.unit_price(cls, item, ln.qty)
         if listed is None:
             if ln.price is None:
                 problems.append(f"line {ln.line_no}: no list price for {item.sku!r} and no quoted price")
-            priced.append(PricedLine(ln.line_no, item.sku, ln.price))
+            priced.append(PricedLine(ln.line_no, item.sku, ln.price, line_amount(ln.qty, ln.price, discount)))
             continue
         if ln.price is not None and outside_tolerance(ln.price, listed, tol):
             problems.append(
                 f"line {ln.line_no}: quoted {ln.price} vs list {listed} for {item.sku!r}"
                 f" x{ln.qty} is outside {tol:g}% tolerance"
             )
-        priced.append(PricedLine(ln.line_no, item.sku, listed))
-    return _verdict("price", problems, Outcome.HOLD, f"price class {cls!r}"), priced
+        priced.append(PricedLine(ln.line_no, item.sku, listed, line_amount(ln.qty, listed, discount)))
+    ok = f"price class {cls!r}" + (f", discount {discount:g}%" if discount else "")
+    return _verdict("price", problems, Outcome.HOLD, ok), priced
 
 
-def order_value(order: OrderIn, priced: Sequence[PricedLine]) -> int:
-    qty = {ln.line_no: ln.qty for ln in order.lines}
-    return sum(p.amount if p.amount is not None else qty[p.line_no] * (p.unit_price or 0) for p in priced)
+def order_value(priced: Sequence[PricedLine]) -> int:
+    """The order's value: the sum of its lines' amounts."""
+    return sum(p.amount for p in priced)
 
 
 def check_credit(limit: int | None, exposure: Exposure, value: int) -> Check:
@@ -253,7 +264,7 @@ def validate(
 ) -> Result:
     completeness, items = check_completeness(order, snap, today=today)
     price, priced = check_price(order, snap, items, fixed_prices=fixed_prices, fixed_amounts=fixed_amounts)
-    value = order_value(order, priced)
+    value = order_value(priced)
     cust = snap.customers.get(order.customer)
     credit = check_credit(cust.credit_limit if cust else None, exposure, value)
     packaging, requirements = check_packaging(order, snap, items)

@@ -18,7 +18,9 @@ Open ship-with-next-order shortages of the customers in a batch ride along as
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -305,20 +307,61 @@ def run_wave(
 
 
 def pack_sizes(conn: sqlite3.Connection, skus: set[str]) -> dict[str, picktime.PackSize]:
-    """Pack sizes from the item master (``items`` with ``case_qty``/``pallet_qty``) if present."""
-    cols = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
-    if not skus or "sku" not in cols or "case_qty" not in cols:
-        return {}
-    pallet = "pallet_qty" if "pallet_qty" in cols else "0"
+    """How each item is picked, from the item master: ``pack_size`` eaches to a case and
+    ``pick_seconds`` its own time per each (0: the standard). Unknown items: eaches."""
     out = {}
     wanted = sorted(skus)
     for i in range(0, len(wanted), 500):
         chunk = wanted[i : i + 500]
-        for sku, case_qty, pallet_qty in conn.execute(
-            f"SELECT sku, case_qty, {pallet} FROM items WHERE sku IN ({','.join('?' * len(chunk))})", chunk
+        for sku, pack_size, pick_s in conn.execute(
+            f"SELECT sku, pack_size, pick_seconds FROM items WHERE sku IN ({','.join('?' * len(chunk))})",
+            chunk,
         ):
-            out[sku] = picktime.PackSize(int(case_qty or 1), int(pallet_qty or 0))
+            out[sku] = picktime.PackSize(case_qty=int(pack_size or 1), each_s=float(pick_s or 0))
     return out
+
+
+def plan(
+    conn: sqlite3.Connection,
+    *,
+    start_ms: int,
+    teams: int = 1,
+    load_s: float = 0.0,
+    wave_ids: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Put waves on ``teams`` picking teams from ``start_ms`` (:func:`picktime.schedule`):
+    the given waves, else every wave not released yet. A wave needs a departure to be
+    scheduled against; those without one are listed as ``unscheduled``. Times in epoch ms."""
+    sql = "SELECT wave_id, pick_seconds, departure FROM waves"
+    args: list[Any] = []
+    if wave_ids is not None:
+        sql += f" WHERE wave_id IN ({','.join('?' * len(wave_ids))})"
+        args = list(wave_ids)
+    else:
+        sql += " WHERE status != 'released'"
+    rows = conn.execute(sql + " ORDER BY wave_id", args).fetchall()
+    missing = sorted(set(wave_ids or ()) - {r[0] for r in rows})
+    if missing:
+        raise picktime.PickTimeError(f"no wave {missing[0]}")
+    work = [picktime.WaveWork(w, secs, dep // 1000, load_s) for w, secs, dep in rows if dep is not None]
+    placed = picktime.schedule(work, start=start_ms // 1000, teams=teams)
+    return {
+        "start": start_ms,
+        "teams": teams,
+        "waves": [
+            {
+                "wave_id": p.wave_id,
+                "team": p.team,
+                "start": p.start * 1000,
+                "finish": p.finish * 1000,
+                "departure": p.departure * 1000,
+                "slack_s": p.slack_s,
+                "late": p.late,
+            }
+            for p in placed
+        ],
+        "unscheduled": [{"wave_id": w, "reason": "no departure"} for w, _, dep in rows if dep is None],
+    }
 
 
 def list_waves(conn: sqlite3.Connection, *, limit: int = 100) -> list[dict[str, Any]]:
@@ -338,3 +381,43 @@ def get_wave(conn: sqlite3.Connection, wave_id: int) -> dict[str, Any] | None:
         for r in conn.execute("SELECT order_id FROM wave_orders WHERE wave_id = ? ORDER BY 1", (wave_id,))
     ]
     return w
+
+
+# -- CLI (``storegate pick-schedule``, parsed in ops.cli) ------------------------------------
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def pick_schedule(
+    *,
+    db: str,
+    teams: int,
+    start_ms: int | None,
+    load_s: float,
+    wave_ids: Sequence[int] | None,
+    as_json: bool,
+) -> int:
+    """Print :func:`plan` for central's database file ``db`` (opened read only)."""
+    start = start_ms if start_ms is not None else _now_ms()
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            out = plan(conn, start_ms=start, teams=teams, load_s=load_s, wave_ids=wave_ids)
+        finally:
+            conn.close()
+    except (picktime.PickTimeError, sqlite3.Error) as e:
+        print(f"error: {db}: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{'wave':>6} {'team':>4}  {'start (UTC)':19}  {'finish':19}  {'departure':19}  {'slack_s':>8}")
+    for w in out["waves"]:
+        times = f"{_iso(w['start'])}  {_iso(w['finish'])}  {_iso(w['departure'])}"
+        late = "  LATE" if w["late"] else ""
+        print(f"{w['wave_id']:>6} {w['team']:>4}  {times}  {w['slack_s']:>8}{late}")
+    for w in out["unscheduled"]:
+        print(f"{w['wave_id']:>6}    -  not scheduled: {w['reason']}")
+    return 0

@@ -24,7 +24,7 @@ import serial
 from gateway import edge_checks
 from gateway.outbox import Outbox, now_ms
 from ops.retry import TaskGroup
-from ops.sqlitedb import DurableDB, Migration
+from ops.sqlitedb import DurableDB, Migration, StorageFull
 from protocols import bht
 from protocols.bht import (
     ORDER_FIELD_LENGTHS,
@@ -408,6 +408,10 @@ class _Link:
             a.counters["batches_conflict"] += 1
             log.warning("HT %s: refusing %s: %s", a.device_id, file.name, e.reason)
             self.handle(self.rx.refuse(e.reason))
+        except StorageFull as e:
+            a.counters["commit_errors"] += 1
+            log.warning("HT %s: refusing %s: %s", a.device_id, file.name, e)
+            self.handle(self.rx.refuse("gateway storage full, send again later"))
         except Exception:  # task boundary: any failure refuses the batch (nothing was committed)
             a.counters["commit_errors"] += 1
             log.exception("HT %s: commit of %s failed", a.device_id, file.name)

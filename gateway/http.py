@@ -1,26 +1,27 @@
 """The gateway's local HTTP endpoint: order entry (until/besides device adapters), record
 status and health. Devices on the store LAN (and the ``storegate gateway order`` CLI) use it.
 
-``POST /api/orders`` answers 201 only after the order is durably in the outbox, and 422 with
-the reason for each refused line when the edge checks (``gateway/edge_checks.py``) refuse it.
+``POST /api/orders`` answers 201 only after the order is durably in the outbox; a repeat (same
+``Idempotency-Key``, or same customer and ``source_ref``) gets the first answer again
+(``gateway/idempotency.py``, ``protocols/GATEWAY-HTTP.md``); an order the edge checks refuse
+(``gateway/edge_checks.py``) is 422 with the reason for each refused line.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from aiohttp import web
 
-from gateway import edge_checks
+from gateway.http_errors import domain_errors
+from gateway.idempotency import HEADER, IdempotencyError, OrderEntry, parse_key
 from gateway.outbox import Outbox
 from gateway.sync import Sync
+from ops.jsonbody import json_object
 from protocols.records import RecordSchemaError, parse_order
 
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
 SYNC_KEY = web.AppKey("sync", Sync)
 GATEWAY_ID_KEY = web.AppKey("gateway_id", str)
-CUSTOMER_KEY = web.AppKey("customer", str)  # this store's customer code at central
+ORDER_ENTRY_KEY = web.AppKey("order_entry", OrderEntry)
 
 MAX_BODY = 256 * 1024
 
@@ -30,31 +31,20 @@ def _error(status: int, reason: str) -> web.Response:
 
 
 async def post_order(request: web.Request) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _error(413, f"body larger than {MAX_BODY} bytes")
-    try:
-        body: Any = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return _error(400, f"body is not JSON: {e}")
-    if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object")
+    body = await json_object(request, max_bytes=MAX_BODY)  # or a 400/413 JSON answer
     body.setdefault("channel", "manual")
     body.setdefault("order_type", "normal")
     try:
         order = parse_order(body)
     except RecordSchemaError as e:
         return _error(422, e.reason)
-    # the cached-master checks every edge entry applies (gateway/edge_checks.py)
-    rec, verdict = await edge_checks.submit_order(
-        request.app[OUTBOX_KEY], order, store_customer=request.app[CUSTOMER_KEY]
-    )
-    if rec is None:
-        refused = [r.to_json() for r in verdict.refusals]
-        return web.json_response({"error": refused[0]["reason"], "refused": refused}, status=422)
-    status = "held" if verdict.credit is edge_checks.Credit.HOLD else "pending"
-    return web.json_response(
-        {"id": rec.id, "seq": rec.seq, "status": status, **verdict.to_json()}, status=201
-    )
+    try:
+        key = parse_key(request.headers.getall(HEADER, []))
+        answer = await request.app[ORDER_ENTRY_KEY].submit(order, key=key)
+    except IdempotencyError as e:
+        return _error(e.status, e.reason)
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    return web.json_response(answer.body, status=answer.status, headers=headers)
 
 
 async def get_record(request: web.Request) -> web.Response:
@@ -84,6 +74,7 @@ async def health(request: web.Request) -> web.Response:
             "submitted": outbox.submitted,
             "acked": outbox.acked,
             "rejected": outbox.rejected,
+            "storage": outbox.db.storage_state(),
         }
     )
 
@@ -91,10 +82,10 @@ async def health(request: web.Request) -> web.Response:
 def create_app(
     *, gateway_id: str, outbox: Outbox, sync: Sync | None = None, customer: str = ""
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[domain_errors])
     app[GATEWAY_ID_KEY] = gateway_id
-    app[CUSTOMER_KEY] = customer
     app[OUTBOX_KEY] = outbox
+    app[ORDER_ENTRY_KEY] = OrderEntry(outbox=outbox, gateway_id=gateway_id, customer=customer)
     if sync is not None:
         app[SYNC_KEY] = sync
     app.router.add_post("/api/orders", post_order)

@@ -4,7 +4,8 @@ and acked to central only after that commit.
 
 Handlers register per record type: ``@handler("master_items") def f(conn, record): ...``;
 raise :class:`InboxRejected` for a record that can never apply (it is acked ``rejected``
-with the reason, so central stops resending it and shows the reason).
+with the reason, so central stops resending it and shows the reason), :class:`InboxNotYet`
+for one that cannot apply yet (left unacked: central sends it again).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 from collections.abc import Callable
 
 from gateway import GatewayError
-from ops.sqlitedb import DurableDB, Migration
+from ops.sqlitedb import DurableDB, Migration, is_storage_full
+from protocols.bounded import bounded_reason
 from protocols.envelope import Ack, AckStatus, Record
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,19 @@ def now_ms() -> int:
 
 
 class InboxRejected(GatewayError):
+    """A downlink record that can never apply; ``reason`` (cut to
+    :data:`protocols.bounded.MAX_REASON` characters) goes back to central in the ack."""
+
+    def __init__(self, reason: str) -> None:
+        reason = bounded_reason(reason)
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InboxNotYet(GatewayError):
+    """The record cannot apply yet (it answers for something this gateway has not finished
+    recording): left unacked, central sends it again later."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -81,8 +96,15 @@ class Inbox:
                 except InboxRejected as e:
                     conn.execute("ROLLBACK TO inbox_rec")
                     status, reason = AckStatus.REJECTED, e.reason
-                except Exception:
-                    # Our bug or a storage fault: undo, leave unacked, central resends later.
+                except InboxNotYet as e:
+                    conn.execute("ROLLBACK TO inbox_rec")
+                    conn.execute("RELEASE inbox_rec")
+                    log.info("downlink record %s (%s) left unacked for now: %s", rec.id, rec.type, e.reason)
+                    continue
+                except Exception as e:
+                    if is_storage_full(e):  # the whole job fails: nothing applied, nothing acked
+                        raise
+                    # Our bug or another storage fault: undo, leave unacked, central resends later.
                     conn.execute("ROLLBACK TO inbox_rec")
                     conn.execute("RELEASE inbox_rec")
                     log.exception("downlink record %s (%s) failed; left unacked for retry", rec.id, rec.type)

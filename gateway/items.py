@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from gateway.inbox import InboxRejected
 from ops.sqlitedb import Migration
+from protocols.bounded import names, value_repr
 from protocols.envelope import Record
 
 MIGRATIONS = [
@@ -130,18 +131,18 @@ def item_from_wire(raw: object) -> Item:
         raise ValueError(f"item: unknown field {sorted(map(str, unknown))[0]}")
     gtin, sku = raw.get("gtin"), raw.get("sku")
     if not isinstance(gtin, str) or not gtin.isdigit() or len(gtin) not in (8, 12, 13, 14):
-        raise ValueError(f"item.gtin: {gtin!r} is not 8, 12, 13 or 14 digits")
+        raise ValueError(f"item.gtin: {value_repr(gtin)} is not 8, 12, 13 or 14 digits")
     if not isinstance(sku, str) or not sku:
-        raise ValueError(f"item.sku: {sku!r} is not a code")
+        raise ValueError(f"item.sku: {value_repr(sku)} is not a code")
     ints = {}
     for k in ("pack_size", "safety_stock", "order_up_to", "max_order_qty"):
         v = raw.get(k, 1 if k == "pack_size" else 0)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"item.{k}: {v!r} is not a non-negative integer")
+            raise ValueError(f"item.{k}: {value_repr(v)} is not a non-negative integer")
         ints[k] = v
     price = raw.get("price")
     if price is not None and (not isinstance(price, int) or isinstance(price, bool)):
-        raise ValueError(f"item.price: {price!r} is not an integer (minor units)")
+        raise ValueError(f"item.price: {value_repr(price)} is not an integer (minor units)")
     desc = raw.get("description", "")
     return Item(gtin=gtin, sku=sku, description=str(desc), price=price, **ints)
 
@@ -191,7 +192,7 @@ def _money(raw: dict[str, object], key: str, *, optional: bool = False) -> int |
     if v is None:
         return 0
     if not isinstance(v, int) or isinstance(v, bool):
-        raise ValueError(f"customer.{key}: {v!r} is not an integer (minor units)")
+        raise ValueError(f"customer.{key}: {value_repr(v)} is not an integer (minor units)")
     return v
 
 
@@ -201,13 +202,13 @@ def standing_from_wire(raw: object, as_of: int) -> Standing:
         raise ValueError(f"customer: expected map, got {type(raw).__name__}")
     unknown = set(raw) - _STANDING_FIELDS
     if unknown:
-        raise ValueError(f"customer: unknown field {sorted(map(str, unknown))[0]}")
+        raise ValueError(f"customer: unknown field {names(unknown)}")
     code = raw.get("code")
     if not isinstance(code, str) or not code:
-        raise ValueError(f"customer.code: {code!r} is not a code")
+        raise ValueError(f"customer.code: {value_repr(code)} is not a code")
     active = raw.get("active", True)
     if not isinstance(active, bool):
-        raise ValueError(f"customer.active: {active!r} is not true/false")
+        raise ValueError(f"customer.active: {value_repr(active)} is not true/false")
     return Standing(
         code=code,
         name=str(raw.get("name", "")),
@@ -226,7 +227,7 @@ def apply_customer_standing(conn: sqlite3.Connection, rec: Record) -> None:
     if not isinstance(raw, list):
         raise InboxRejected("customers: expected an array")
     if not isinstance(as_of, int) or isinstance(as_of, bool) or as_of < 0:
-        raise InboxRejected(f"at: {as_of!r} is not a time in ms")
+        raise InboxRejected(f"at: {value_repr(as_of)} is not a time in ms")
     try:
         parsed = [standing_from_wire(r, as_of) for r in raw]
     except ValueError as e:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import sqlite3
 from typing import Any
@@ -27,7 +26,9 @@ from aiohttp import web
 
 from gateway import edge_checks, order_status
 from gateway.outbox import Outbox
+from ops.jsonbody import json_object
 from ops.sqlitedb import Migration
+from protocols.bounded import names, value_repr
 from protocols.envelope import Record
 from protocols.order_changes import ChangeAction, parse_order_change
 from protocols.records import Channel, OrderBody, OrderLine, OrderType, RecordSchemaError
@@ -80,9 +81,9 @@ def enter_change(
     """Check a clerk's change and put it in the outbox as the order's next ``change_seq``."""
     unknown = set(body) - _BODY_KEYS
     if unknown:
-        raise ChangeRefused(422, f"unknown field {', '.join(sorted(map(str, unknown)))}")
+        raise ChangeRefused(422, f"unknown field {names(unknown)}")
     if not _ours(conn, order_ref):
-        raise ChangeRefused(404, f"no order {order_ref!r} was entered at this gateway")
+        raise ChangeRefused(404, f"no order {value_repr(order_ref)} was entered at this gateway")
     row = conn.execute("SELECT last_seq FROM order_changes WHERE order_ref = ?", (order_ref,)).fetchone()
     seq = (row[0] if row else 0) + 1
     wire = {**body, "order": order_ref, "change_seq": seq}
@@ -113,12 +114,7 @@ def enter_change(
 
 async def post_change(request: web.Request) -> web.Response:
     order_ref = request.match_info["id"]
-    try:
-        body: Any = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return web.json_response({"error": f"body is not JSON: {e}"}, status=400)
-    if not isinstance(body, dict):
-        return web.json_response({"error": "body must be a JSON object"}, status=400)
+    body = await json_object(request)  # or a 400/413 JSON answer
     outbox = request.app[CHANGES_OUTBOX_KEY]
     customer = request.app[CHANGES_CUSTOMER_KEY]
     try:
@@ -169,7 +165,7 @@ async def get_status(request: web.Request) -> web.Response:
     key = request.match_info["id"]
     view = await request.app[CHANGES_OUTBOX_KEY].db.read(lambda conn: order_view(conn, key))
     if view is None:
-        return web.json_response({"error": f"no order {key!r} at this gateway"}, status=404)
+        return web.json_response({"error": f"no order {value_repr(key)} at this gateway"}, status=404)
     return web.json_response(view)
 
 

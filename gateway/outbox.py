@@ -21,9 +21,10 @@ from typing import Any
 
 import msgpack
 
-from gateway.inbox import InboxRejected
-from ops.sqlitedb import ClosedError, DurableDB, Migration, insert_rows
+from gateway.inbox import InboxNotYet, InboxRejected
+from ops.sqlitedb import ClosedError, DurableDB, Migration, insert_rows, is_storage_full
 from protocols import ids
+from protocols.bounded import value_repr
 from protocols.envelope import Ack, AckStatus, Record, pack_record
 
 MIGRATIONS = [
@@ -177,7 +178,9 @@ class Outbox:
         conn.execute("SAVEPOINT outbox_batch")
         try:
             insert_rows(conn, "INSERT INTO outbox (seq, id, type, ts, packed)", rows)
-        except Exception:  # one bad record (say a repeated id): one by one, so only it fails
+        except Exception as e:  # one bad record (say a repeated id): one by one, so only it fails
+            if is_storage_full(e):  # not one record's fault: the whole job fails (StorageFull)
+                raise
             conn.execute("ROLLBACK TO outbox_batch")
             conn.execute("RELEASE outbox_batch")
             return [self._insert_one(conn, t, body, rid) for t, body, rid, _fut in items]
@@ -191,6 +194,8 @@ class Outbox:
         try:
             rec = self.add(conn, type, body, record_id=record_id)
         except Exception as e:
+            if is_storage_full(e):
+                raise
             conn.execute("ROLLBACK TO outbox_one")
             conn.execute("RELEASE outbox_one")
             return e
@@ -322,8 +327,12 @@ def apply_record_result(conn: sqlite3.Connection, rec: Record) -> None:
     (body ``{"id", "status", "reason"}``); keep its final answer for the store to see."""
     rid, status, reason = rec.body.get("id"), rec.body.get("status"), rec.body.get("reason")
     if not isinstance(rid, str) or status not in ("accepted", "rejected"):
-        raise InboxRejected(f"record_result: bad body {rec.body!r}")
-    conn.execute(
+        raise InboxRejected(f"record_result: bad body {value_repr(rec.body)}")
+    updated = conn.execute(
         "UPDATE record_results SET status = ?, reason = ? WHERE id = ?",
         (status, reason if isinstance(reason, str) else None, rid),
-    )
+    ).rowcount
+    if not updated and conn.execute("SELECT 1 FROM outbox WHERE id = ?", (rid,)).fetchone():
+        # central's ack for the record has not been applied here yet (a full disk refused it,
+        # or it is on its way): the final answer would be lost, so it waits for the next send
+        raise InboxNotYet(f"record_result for {rid}: its ack is not applied yet")

@@ -47,7 +47,7 @@ from gateway.inbox import Inbox, InboxRejected
 from gateway.outbox import Outbox, now_ms
 from gateway.ptl import DEFAULT_PORT, PickResult, PickTask, PtlCart
 from ops.retry import TaskGroup
-from ops.sqlitedb import DurableDB, Migration
+from ops.sqlitedb import DurableDB, Migration, StorageFull
 from protocols import ptl
 from protocols.asrs import ErrorCode
 from protocols.envelope import Record
@@ -303,7 +303,12 @@ class PickExecutor:
     async def _feed_loop(self) -> None:
         while True:
             self._wake.clear()
-            await self.feed_once()
+            try:
+                await self.feed_once()
+            except StorageFull as e:
+                log.warning("picking: feed postponed: %s", e)
+                await self.db.wait_writable()
+                continue
             try:
                 async with asyncio.timeout(IDLE_POLL_S):
                     await self._wake.wait()
@@ -555,8 +560,16 @@ class PickExecutor:
         self._wake.set()
 
     async def _write(self, job: Callable[[sqlite3.Connection], int]) -> None:
-        """Run a job that queues outbox records; tell the sync task after the commit."""
-        n = await self.db.write(job)
+        """Run a job that queues outbox records; tell the sync task after the commit. On a full
+        disk it waits for room and runs the job again: a pick or an AS/RS telegram is acked only
+        once it is recorded, and is never dropped."""
+        while True:
+            try:
+                n = await self.db.write(job)
+                break
+            except StorageFull as e:
+                log.warning("picking: waiting for storage to record a result: %s", e)
+                await self.db.wait_writable()
         if n:
             self.outbox.notify(n)
 

@@ -28,7 +28,9 @@ from aiohttp import web
 
 from gateway.inbox import InboxRejected
 from gateway.outbox import Outbox, now_ms
+from ops.jsonbody import json_object
 from ops.sqlitedb import Migration
+from protocols.bounded import value_repr
 from protocols.envelope import Record
 from protocols.order_changes import parse_drop_ship, parse_supplier_confirmation
 from protocols.records import MAX_TEXT, RecordSchemaError, text_field
@@ -143,7 +145,7 @@ def answer(
     """Record the supplier's answer and queue its ``supplier_confirmation`` for central."""
     row = conn.execute("SELECT state FROM supplier_orders WHERE order_no = ?", (order_no,)).fetchone()
     if row is None:
-        raise AnswerRefused(404, f"no drop-ship order {order_no!r} at this gateway")
+        raise AnswerRefused(404, f"no drop-ship order {value_repr(order_no)} at this gateway")
     if state not in NEXT[row[0]]:
         raise AnswerRefused(409, f"order {order_no} is {row[0]}: it cannot be {state} now")
     body = {"order_no": order_no, "state": state, "ref": ref, "detail": detail}
@@ -170,7 +172,7 @@ def _error(status: int, reason: str) -> web.Response:
 async def get_orders(request: web.Request) -> web.Response:
     state = request.query.get("state")
     if state is not None and state not in NEXT:
-        return _error(400, f"state: {state!r} is not one of {', '.join(NEXT)}")
+        return _error(400, f"state: {value_repr(state)} is not one of {', '.join(NEXT)}")
     rows = await request.app[SUPPLIER_OUTBOX_KEY].db.read(lambda conn: list_orders(conn, state=state))
     return web.json_response({"orders": rows})
 
@@ -179,7 +181,7 @@ async def get_one(request: web.Request) -> web.Response:
     order_no = request.match_info["order_no"]
     row = await request.app[SUPPLIER_OUTBOX_KEY].db.read(lambda conn: get_order(conn, order_no))
     if row is None:
-        return _error(404, f"no drop-ship order {order_no!r} at this gateway")
+        return _error(404, f"no drop-ship order {value_repr(order_no)} at this gateway")
     return web.json_response(row)
 
 
@@ -187,14 +189,9 @@ async def post_answer(request: web.Request) -> web.Response:
     order_no, action = request.match_info["order_no"], request.match_info["action"]
     state = ACTIONS.get(action)
     if state is None:
-        return _error(404, f"no action {action!r}; one of {', '.join(ACTIONS)}")
-    body: Any = {}
-    if request.can_read_body:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return _error(400, f"body is not JSON: {e}")
-    if not isinstance(body, dict) or set(body) - {"ref", "detail"}:
+        return _error(404, f"no action {value_repr(action)}; one of {', '.join(ACTIONS)}")
+    body = await json_object(request) if request.can_read_body else {}  # or a 400/413 JSON answer
+    if set(body) - {"ref", "detail"}:
         return _error(422, 'body: expected {"ref": "...", "detail": "..."}')
     try:
         ref = text_field(body, "ref", required=False)

@@ -78,7 +78,8 @@ MAX_BUFFER = HEADER_LEN + MAX_UNKNOWN_PAYLOAD
 
 PAD = "_"  # right padding of text fields and partner ids
 EMPTY = "*"  # a field with no value is all '*'
-_TEXT_RE = re.compile(r"[A-Za-z0-9\-./:]{1,20}")
+ID_RE = re.compile(r"[A-Za-z0-9\-./:]{1,20}")  # a tote barcode or a location
+_TEXT_RE = ID_RE
 _PARTNER_RE = re.compile(r"[A-Z0-9]{1,5}")
 _TYPE_RE = re.compile(rb"[A-Z_]{4}")
 

@@ -38,9 +38,11 @@ def _order(
         (oid, f"SO{oid:08d}", f"r{oid}", oid, customer, status, oid * 1000),
     )
     conn.executemany(
-        "INSERT INTO order_lines (order_id, line_no, sku, qty, price) VALUES (?, ?, ?, ?, 100)",
-        [(oid, i + 1, s, q) for i, (s, q) in enumerate(lines)],
+        "INSERT INTO order_lines (order_id, line_no, sku, qty, unit_price, amount)"
+        " VALUES (?, ?, ?, ?, 100, ?)",
+        [(oid, i + 1, s, q, 100 * q) for i, (s, q) in enumerate(lines)],
     )
+    conn.execute("UPDATE orders SET value = ? WHERE order_id = ?", (100 * sum(q for _, q in lines), oid))
 
 
 def _setup(conn: sqlite3.Connection) -> None:
@@ -150,7 +152,8 @@ def test_realtime_ship_with_next_and_returns(tmp_path: Path) -> None:
     assert shortage.list_shortages(conn, filters={"order_id": "1"})[0]["status"] == "filled"
     assert sum(r["qty"] for r in inventory.order_allocations(conn, 1)) == 6
     _check_invariant(conn)
-    # returns: restock to the shipping location, credit the customer
+    # returns (once delivered): restock to the shipping location, credit the customer
+    conn.execute("UPDATE orders SET status = 'delivered' WHERE order_id = 1")
     on_hand = inventory.stock(conn, location="DC-N", sku="B")[0].on_hand
     rma = returns.create_rma(conn, order_id=1, line_no=1, qty=2, reason="unwanted", now=5)
     assert (rma.disposition, rma.location, rma.credit) == ("restock", "DC-N", 200)
@@ -236,6 +239,11 @@ async def test_rest_routes(client: TestClient[web.Request, web.Application]) -> 
         "item,lines" in await (await client.get("/api/documents/shortages.csv", params={"status": ""})).text()
     )
     assert (await client.get("/api/documents/shortages.pdf")).status == 400
+    r = await client.post("/api/returns", json={"order_id": 1, "line_no": 2, "qty": 1, "reason": "defective"})
+    assert r.status == 409  # allocated: not shipped yet
+    await client.app[DB_KEY].write(
+        lambda c: c.execute("UPDATE orders SET status = 'shipped' WHERE order_id = 1")
+    )
     r = await client.post("/api/returns", json={"order_id": 1, "line_no": 2, "qty": 1, "reason": "defective"})
     assert r.status == 201 and (await r.json())["disposition"] == "return_to_supplier"
     r = await client.post("/api/returns", json={"order_id": 1, "line_no": 2, "qty": 5, "reason": "unwanted"})
