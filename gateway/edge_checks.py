@@ -81,7 +81,10 @@ class Verdict:
         return not self.refusals
 
     def to_json(self) -> dict[str, Any]:
-        return {"credit": self.credit.value, "credit_detail": self.credit_detail, "value": self.value}
+        """What the answer to the clerk adds: the credit warning or hold, if any."""
+        if self.credit is Credit.PASS:
+            return {}
+        return {"credit": self.credit.value, "credit_detail": self.credit_detail}
 
 
 def line_limit(item: Item | None) -> int:
