@@ -15,7 +15,7 @@ from typing import Any
 
 from central import masters
 from central.migrations import all_migrations
-from gateway import items, order_status, outbox, stock
+from gateway import items, order_status, outbox, scanner, stock
 from gateway.items import Item
 from gateway.outbox import Outbox
 from ops.broker import Mosquitto
@@ -199,7 +199,13 @@ async def open_gateway_db(tmp_path: Path) -> tuple[DurableDB, Outbox]:
 
     db = DurableDB(
         tmp_path / "gw.db",
-        migrations=[*outbox.MIGRATIONS, *items.MIGRATIONS, *order_status.MIGRATIONS, *stock.MIGRATIONS],
+        migrations=[
+            *outbox.MIGRATIONS,
+            *items.MIGRATIONS,
+            *order_status.MIGRATIONS,
+            *stock.MIGRATIONS,
+            *scanner.MIGRATIONS,
+        ],
     )
     await db.open()
     await db.write(
@@ -248,9 +254,25 @@ async def test_check_order_is_the_one_rule_for_every_entry(tmp_path: Path) -> No
         assert verdicts[0].accepted and verdicts[0].value == 50 * PRICE
         assert [r.field for v in verdicts[1:] for r in v.refusals] == ["customer", "sku", "qty"]
 
-        # the POS safety-stock reorder is cut to the item's limit in whole packs (48, not 396)
+        # the POS safety-stock reorder is cut to the item's limit in whole packs (48, not 396);
+        # its value (4800 of the 10000 limit) counts against the customer's credit at the edge
         book = stock.StockBook(outbox=box, customer="S001")
         applied = await db.write(lambda conn: book.count(conn, "PEN", 4))
         assert [r.qty for r in applied.reorders] == [48]
+
+        # a scanner: each scan is checked as the line it would make; the closed order gets the
+        # credit check (4800 + 50 x 100 = 9800: over 90 %, warn; then 60 more: hold)
+        sessions = scanner.ScanSessions(db=db, outbox=box, customer="S001")
+        assert (await sessions.scan("sc-1", Channel.SCANNER, "SG-QTY-50")).accepted
+        assert (await sessions.scan("sc-1", Channel.SCANNER, GTIN_A)).accepted
+        refused = await sessions.scan("sc-1", Channel.SCANNER, GTIN_A)  # 51 > PEN's 50
+        assert (refused.accepted, refused.code) == (False, "qty-too-large")
+        first = (await sessions.scan("sc-1", Channel.SCANNER, "SG-END")).record
+        await sessions.scan("sc-1", Channel.SCANNER, "SG-QTY-6")
+        await sessions.scan("sc-1", Channel.SCANNER, GTIN_A)
+        second = (await sessions.scan("sc-1", Channel.SCANNER, "SG-END")).record
+        assert first is not None and second is not None
+        answers = await db.read(lambda conn: [edge_checks.entry(conn, r.id) for r in (first, second)])
+        assert [(a["value"], a["credit"]) for a in answers if a] == [(5000, "warn"), (600, "hold")]
     finally:
         await db.close()
