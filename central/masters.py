@@ -549,7 +549,11 @@ def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
 
 
 def adjust_receivables(conn: sqlite3.Connection, customer: str, delta: int) -> None:
+    """Book ``delta`` on the customer's receivables (a credit note, a payment) and tell the
+    customer's gateway its new standing."""
     conn.execute("UPDATE customers SET receivables = receivables + ? WHERE code = ?", (delta, customer))
+    if delta:
+        _publish_standing(conn, customer)
 
 
 # -- reads ----------------------------------------------------------------------------

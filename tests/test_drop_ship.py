@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from central import inventory, lifecycle, masters, picking, repo, returns, shortage, waves
@@ -223,3 +224,12 @@ async def test_shortages_and_returns_name_the_item_masters_supplier(db: DurableD
 
     rma = await db.write(ship_and_return)
     assert rma.disposition == "return_to_supplier" and rma.location == "SUP1" and "supplier SUP1" in rma.rule
+    # the credit note lowers S001's receivables: its gateway is told its new standing
+    rows = await db.read(
+        lambda c: c.execute(
+            "SELECT gateway, packed FROM downlink_outbox WHERE type = 'customer_standing' ORDER BY seq"
+        ).fetchall()
+    )
+    gw, packed = rows[-1]
+    assert gw == "store-1" and rma.credit > 0
+    assert msgpack.unpackb(packed)["body"]["customers"][0]["receivables"] == -rma.credit
