@@ -187,7 +187,7 @@ async def test_supplier_gateway_shows_confirms_ships_and_refuses_drop_ship_order
 async def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DurableDB]:
     monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
     monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
-    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])
+    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [], raising=False)
     monkeypatch.setattr(waves, "MODE", waves.MODE)
     waves.install(waves.AllocationSettings(realtime=True))
     d = DurableDB(tmp_path / "central.db", migrations=all_migrations())

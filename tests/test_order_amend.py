@@ -28,7 +28,7 @@ _seq = itertools.count(1)
 async def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DurableDB]:
     monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
     monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
-    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])
+    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [], raising=False)
     monkeypatch.setattr(waves, "MODE", waves.MODE)
     waves.install(waves.AllocationSettings(realtime=True))  # allocation at once, as central runs
     d = DurableDB(tmp_path / "central.db", migrations=all_migrations())
