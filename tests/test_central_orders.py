@@ -6,6 +6,8 @@ import base64
 import datetime as dt
 from pathlib import Path
 
+import pytest
+
 from central import lifecycle
 from tests.central_fixtures import SOON, TODAY, central, order
 
@@ -214,8 +216,11 @@ async def test_changes_and_cancel_while_state_allows(tmp_path: Path) -> None:
         assert st == 409 and "cannot go from cancelled to shipped" in body["error"]
 
 
-async def test_on_validated_hook_runs_in_the_same_transaction(tmp_path: Path) -> None:
+async def test_on_validated_hook_runs_in_the_same_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[int] = []
+    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])  # no allocation tables here: nothing to give back
 
     def allocate(conn, order_id):  # type: ignore[no-untyped-def]
         seen.append(order_id)
