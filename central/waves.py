@@ -180,7 +180,8 @@ def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
 
 
 def install(settings: AllocationSettings | None = None) -> None:
-    """Set :data:`MODE` and register :func:`on_validated` with ``central.lifecycle``."""
+    """Set :data:`MODE` and register :func:`on_validated`, :func:`on_cancelled` and
+    :func:`give_back` with ``central.lifecycle``."""
     global MODE  # noqa: PLW0603 - one settings object per process, set at start
     if settings is not None:
         MODE = settings
@@ -191,6 +192,8 @@ def install(settings: AllocationSettings | None = None) -> None:
         lifecycle.ON_VALIDATED.append(on_validated)
     if on_cancelled not in lifecycle.ON_CANCELLED:
         lifecycle.ON_CANCELLED.append(on_cancelled)
+    if give_back not in lifecycle.ON_GIVE_BACK:
+        lifecycle.ON_GIVE_BACK.append(give_back)
 
 
 def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
@@ -205,6 +208,32 @@ def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
     )
     conn.execute(
         "UPDATE alloc_orders SET status = 'cancelled', updated_at = ? WHERE order_id = ?", (now, order_id)
+    )
+
+
+def give_back(conn: sqlite3.Connection, order_id: int) -> None:
+    """``ON_GIVE_BACK`` hook: undo an order's allocation before a change (it is allocated again
+    after it). Its stock goes back, its open shortages close as ``cancelled`` ("order
+    changed") and it leaves ``alloc_orders``, so real-time allocation or the next wave takes
+    it as new; the order's history says how many units went back."""
+    now = _now_ms()
+    units = inventory.release_order(conn, order_id)
+    conn.execute(
+        "UPDATE shortages SET status = 'cancelled', resolved_at = ?,"
+        " resolution = resolution || 'order changed'"
+        " WHERE order_id = ? AND status = 'open'",
+        (now, order_id),
+    )
+    conn.execute("DELETE FROM alloc_orders WHERE order_id = ?", (order_id,))
+    from central import lifecycle  # noqa: PLC0415 - as in install()
+
+    lifecycle.record_event(
+        conn,
+        order_id,
+        "allocation given back",
+        detail=f"{units} units back to stock for a change; allocated again once it passes the checks",
+        actor="allocation",
+        now=now,
     )
 
 

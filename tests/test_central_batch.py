@@ -73,6 +73,7 @@ def _run(path: Path, *, together: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
                 m.setattr(orders, "create_realtime_batch", lambda *a, **k: [])
             m.setattr(lifecycle, "ON_VALIDATED", [])
             m.setattr(lifecycle, "ON_CANCELLED", [])
+            m.setattr(lifecycle, "ON_GIVE_BACK", [])
             m.setattr(waves, "MODE", waves.MODE)
             waves.install(waves.AllocationSettings(realtime=True))
             acks = []
@@ -155,6 +156,7 @@ def test_kept_customer_rows_follow_raw_sql(tmp_path: Path, monkeypatch: pytest.M
         names = bench._seed_masters(conn, skus=120)
         monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
         monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
+        monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])
         monkeypatch.setattr(waves, "MODE", waves.MODE)
         waves.install(waves.AllocationSettings(realtime=True))
         seen: set[str] = set()

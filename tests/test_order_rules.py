@@ -108,6 +108,7 @@ def realtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Allocation at once, as central runs by default (hooks restored afterwards)."""
     monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
     monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
+    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])
     monkeypatch.setattr(waves, "MODE", waves.MODE)
     waves.install(waves.AllocationSettings(realtime=True))
     yield
@@ -118,6 +119,7 @@ def batch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Allocation in waves only."""
     monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
     monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
+    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])
     monkeypatch.setattr(waves, "MODE", waves.MODE)
     waves.install(waves.AllocationSettings(realtime=False, batch=waves.BatchRules(("zone",))))
     yield
