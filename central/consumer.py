@@ -258,6 +258,8 @@ class Consumer:
             return  # the fleet registry reports bad status payloads
         if not isinstance(doc, dict) or doc.get("state") != "online":
             self._sessions.pop(gw, None)
+            if isinstance(doc, dict) and doc.get("state") == "offline":
+                self.downlink.gateway_offline(gw)
             return
         session = doc.get("connected_at")
         if self._sessions.get(gw, ...) != session:
@@ -273,7 +275,7 @@ class Consumer:
     async def on_gateway_acks(self, gw: str, acks: tuple[Ack, ...]) -> None:
         """Acks from a gateway for downlink records: they leave the downlink outbox."""
         await self.db.write(partial(apply_gateway_acks, gateway=gw, acks=acks))
-        self.downlink.forget(a.id for a in acks)
+        self.downlink.forget(gw, (a.id for a in acks))
         log.debug("gw=%s acked %d downlink records", gw, len(acks))
 
     def _maybe_crash(self) -> None:
