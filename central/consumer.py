@@ -251,7 +251,8 @@ class Consumer:
 
     def _note_session(self, gw: str, payload: bytes) -> None:
         """Telemetry repeats the status every few seconds; a new ``connected_at`` means the
-        gateway (re)connected, and whatever it has not acked is sent to it at once."""
+        gateway (re)connected (as does ``online`` after ``offline``), and its downlink window
+        is sent to it again at once."""
         try:
             doc = json_loads(payload, max_bytes=envelope.MAX_PAYLOAD_BYTES)
         except JsonError:
@@ -262,7 +263,7 @@ class Consumer:
                 self.downlink.gateway_offline(gw)
             return
         session = doc.get("connected_at")
-        if self._sessions.get(gw, ...) != session:
+        if self._sessions.get(gw, ...) != session or self.downlink.is_offline(gw):
             self._sessions[gw] = session
             self.downlink.gateway_online(gw)
 

@@ -242,6 +242,9 @@ class DownlinkSender:
         persistent session; nothing is resent until it is back (:meth:`gateway_online`)."""
         self._offline.add(gw)
 
+    def is_offline(self, gw: str) -> bool:
+        return gw in self._offline
+
     def notify(self) -> None:
         self.wakeup.set()
 

@@ -249,7 +249,12 @@ def _restart_once(tmp: Path, n: int) -> dict[str, Any]:
             deadline = time.monotonic() + FIGURE_TIMEOUT_S
             while (
                 _central_count(cdb, "SELECT count(*) FROM work_queue")
-                or _central_count(cdb, "SELECT count(*) FROM downlink_outbox") < n
+                # every order's order_status made: waiting, or acked by the gateway before its kill
+                or _central_count(
+                    cdb,
+                    "SELECT (SELECT count(*) FROM downlink_outbox) + (SELECT count(*) FROM downlink_results)",
+                )
+                < n
             ):
                 if time.monotonic() > deadline:
                     raise BenchError("central did not process the orders in time")
