@@ -304,7 +304,7 @@ def test_cli_change_sends_a_key_and_retries_with_it_until_the_gateway_answers(
 # -- crash: SIGKILL between commit and 201, clients resend with the same key --------------------
 
 ORDERS = 8
-ROUNDS = 10
+ROUNDS = 20
 PER_ROUND = 60  # new changes per round (plus the unanswered ones of the round before)
 CLIENTS = 24  # concurrent posts: the more in flight, the likelier a kill between commit and 201
 DEADLINE_S = 90.0
