@@ -38,7 +38,7 @@ async def test_close_during_a_commit_gives_the_job_its_result_and_logs_no_error(
 
     fut = db.write(job)
     assert await asyncio.to_thread(started.wait, HOLD_S), "the job never ran"
-    caplog.set_level(logging.DEBUG, logger="ops.sqlitedb")
+    caplog.set_level(logging.DEBUG, logger=DurableDB.__module__)
     closing = asyncio.create_task(db.close())
     writer = db._task
     assert writer is not None
