@@ -136,18 +136,9 @@ class StoreDevices:
     handheld: Pty
     scanner: Pty
     hid_fifo: Path
-
-    @property
-    def handheld_id(self) -> str:
-        return "ht-01"
-
-    @property
-    def scanner_id(self) -> str:
-        return "scanner-01"
-
-    @property
-    def hid_id(self) -> str:
-        return "hid-01"
+    handheld_id: str = "ht-01"  # device ids on the gateway's fleet status
+    scanner_id: str = "scanner-01"
+    hid_id: str = "hid-01"
 
     def gateway_config(self) -> str:
         """The gateway TOML sections for these devices (``gateway.devices``)."""
@@ -235,7 +226,8 @@ class Demo:
     def start(self) -> dict[str, str]:
         """Broker with the shipped security (no anonymous access, a password per gateway,
         the ACL), central seeded with masters and DC stock, the DC's pick-to-light cart and
-        AS/RS simulators, each gateway provisioned like a real site, and store activity."""
+        AS/RS simulators, each gateway provisioned like a real site (a store's with its
+        handheld, serial scanner and HID scanner), and store activity."""
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         for old in ("etc", "broker", "central", "devices", *STORES, DC):
             if (self.dir / old).exists():
