@@ -189,7 +189,7 @@ class _Message:
 class _Gateway:
     """What the sender knows of one gateway's downlink in this MQTT session."""
 
-    __slots__ = ("ack_timeout", "cursor", "id_to_msg", "inflight", "known_upto", "sent_upto")
+    __slots__ = ("ack_timeout", "cursor", "epoch", "id_to_msg", "inflight", "known_upto", "sent_upto")
 
     def __init__(self) -> None:
         self.cursor = 0  # highest seq sent since the window was last (re)started
@@ -198,8 +198,10 @@ class _Gateway:
         self.known_upto = 0  # highest seq known to be queued for the gateway
         self.sent_upto = 0  # highest seq ever sent in this session (what goes again is a resend)
         self.ack_timeout = RESEND_AFTER_S
+        self.epoch = 0  # counts restarts of the window
 
     def restart_window(self) -> None:
+        self.epoch += 1
         self.inflight.clear()
         self.id_to_msg.clear()
         self.cursor = 0
@@ -226,7 +228,6 @@ class DownlinkSender:
         self._msgno = 0
         self.sent = 0
         self.resent = 0
-        self.max_inflight = 0  # most messages in flight to one gateway at once (tests, metrics)
 
     def gateway_online(self, gw: str) -> None:
         """A gateway (re)connected: its window goes again now, not at the next ack timeout."""
@@ -247,11 +248,6 @@ class DownlinkSender:
 
     def notify(self) -> None:
         self.wakeup.set()
-
-    def inflight(self, gw: str) -> int:
-        """Messages sent to ``gw`` and not yet wholly acked."""
-        state = self._gws.get(gw)
-        return 0 if state is None else len(state.inflight)
 
     def forget(self, gw: str, ids: Iterable[str]) -> None:
         """``gw`` acked these records (they left the outbox): window slots free up."""
@@ -283,26 +279,29 @@ class DownlinkSender:
         for gw, state in self._gws.items():
             if len(state.inflight) >= WINDOW or state.cursor >= state.known_upto:
                 continue
+            epoch = state.epoch  # a restart of the window while this awaits voids what it read
             rows = await self.db.read(
                 partial(_gateway_range, gateway=gw, after=state.cursor, upto=state.known_upto)
             )
             if not rows:
-                state.cursor = state.known_upto
+                if state.epoch == epoch:
+                    state.cursor = state.known_upto
                 continue
             mark = await self.db.read(partial(acked_below, gateway=gw, floor=rows[0][0]))
             payload = envelope.encode_raw_records(gw=gw, sent=now_ms(), raw_records=[r[3] for r in rows])
             await client.publish(topics.downlink(gw), payload, qos=1, properties=mark_property(mark))
+            self.sent += len(rows)
+            sent = True
+            if state.epoch != epoch:
+                continue  # the window was restarted meanwhile: these records go again from its start
             self._msgno += 1
             ids = {r[2] for r in rows}
             state.inflight[self._msgno] = _Message(ids, time.monotonic())
             for rid in ids:
                 state.id_to_msg[rid] = self._msgno
-            self.max_inflight = max(self.max_inflight, len(state.inflight))
-            self.sent += len(rows)
             self.resent += sum(1 for r in rows if r[0] <= state.sent_upto)
             state.cursor = rows[-1][0]
             state.sent_upto = max(state.sent_upto, state.cursor)
-            sent = True
         return sent
 
     def _check_timeouts(self) -> None:
