@@ -234,10 +234,12 @@ async def test_a_backlog_is_delivered_once_across_a_gateway_restart(
     broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """10k records queued at central while the gateway is away (its persistent session at the
-    broker): when it comes back they are all applied exactly once, and the broker delivers
-    at most one window's worth of copies beyond them - central does not send again the whole
+    broker, its status ``offline``): central sends it one window and no more, ack timeouts
+    passing; when it comes back they are all applied exactly once, and the broker delivers at
+    most one window's worth of copies beyond them - central does not send again the whole
     backlog the broker already holds for the session."""
     monkeypatch.setattr(sync_mod, "BACKOFF_MAX_S", 0.3)
+    monkeypatch.setattr(downlink, "RESEND_AFTER_S", 0.4)
     gw = "store-back"
     cdb = DurableDB(tmp_path / "c.db", migrations=all_migrations())
     gdb = DurableDB(tmp_path / "g.db", migrations=gateway_migrations())
@@ -269,9 +271,15 @@ async def test_a_backlog_is_delivered_once_across_a_gateway_restart(
         gateway.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gateway
+        # a clean disconnect sends no Last Will: publish the broker's "offline" for it
+        watch.client.publish(topics.status(gw), b'{"gw":"store-back","state":"offline","ts":1}', 1, True)
+        await wait_for(lambda: consumer.downlink.is_offline(gw), timeout=30, what="central sees it offline")
         ids = await _enqueue_backlog(cdb, gw, BACKLOG)
         consumer.downlink.notify()
-        await wait_for(lambda: watch.records > 0, timeout=30, what="central sends while the gateway is away")
+        window = downlink.WINDOW
+        await wait_for(lambda: watch.messages >= window, timeout=30, what="central sends while it is away")
+        await asyncio.sleep(2.0)  # five ack timeouts
+        assert watch.messages == window, "an absent gateway gets one window, not resends"
         sync = new_sync()
         gateway = asyncio.create_task(sync.run())
 
