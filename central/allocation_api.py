@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -20,6 +19,7 @@ from aiohttp import web
 from central import documents, inventory, picktime, returns, shortage, waves
 from central.api import DB_KEY, requires
 from central.auth import Role
+from runtime.clock import now_ms
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -31,10 +31,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
 def _bad(reason: str, status: int = 400) -> web.HTTPException:
     cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
     return cls(text=json.dumps({"error": reason}), content_type="application/json")
-
-
-def _now() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _date(raw: str, name: str) -> dt.date:
@@ -139,7 +135,7 @@ async def post_receipt(request: web.Request) -> web.Response:
 
 async def receive(request: web.Request) -> web.Response:
     rid = _int(request.match_info["receipt_id"], "receipt_id")
-    now, today = _now(), dt.date.today()
+    now, today = now_ms(), dt.date.today()
     out = await request.app[DB_KEY].write(lambda c: shortage.receive(c, now=now, today=today, receipt_id=rid))
     return _json(out)
 
@@ -150,7 +146,7 @@ async def post_reservation(request: web.Request) -> web.Response:
         loc, sku, qty, ref = str(b["location"]), str(b["sku"]), _int(b["qty"], "qty"), str(b["ref"])
     except KeyError as e:
         raise _bad(f"missing {e.args[0]!r}") from None
-    now = _now()
+    now = now_ms()
     rid = await request.app[DB_KEY].write(lambda c: inventory.reserve(c, loc, sku, qty, ref=ref, now=now))
     return _json({"reservation_id": rid}, status=201)
 
@@ -170,7 +166,7 @@ async def order_allocation(request: web.Request) -> web.Response:
 
 async def post_wave(request: web.Request) -> web.Response:
     b = await _body(request) if request.can_read_body else {}
-    now = _now()
+    now = now_ms()
     cutoff = _int(b.get("cutoff", now), "cutoff")
     settings = waves.MODE
     if "batch_by" in b:
@@ -200,7 +196,7 @@ async def wave_schedule(request: web.Request) -> web.Response:
     if unknown:
         raise _bad(f"unknown query parameter {sorted(unknown)[0]!r}; known: teams, start, load_s, waves")
     teams = _int(q.get("teams", "1"), "teams")
-    start = _int(q.get("start", _now()), "start")
+    start = _int(q.get("start", now_ms()), "start")
     try:
         load_s = float(q.get("load_s", "0"))
     except ValueError:
@@ -292,7 +288,7 @@ async def post_return(request: web.Request) -> web.Response:
         )
     except KeyError as e:
         raise _bad(f"missing {e.args[0]!r}") from None
-    now = _now()
+    now = now_ms()
     rma = await request.app[DB_KEY].write(
         lambda c: returns.create_rma(c, order_id=oid, line_no=ln, qty=qty, reason=reason, now=now)
     )

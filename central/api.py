@@ -24,9 +24,10 @@ from central import auth, lifecycle, masters, orders, ordertypes, repo, schedule
 from central.auth import Role, User
 from central.consumer import Consumer
 from central.validation import LineIn, OrderIn
-from ops.sqlitedb import DurableDB
 from protocols.order_changes import parse_order_change
 from protocols.records import Channel, RecordSchemaError, parse_date, parse_order
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB
 
 DB_KEY = web.AppKey("db", DurableDB)
 CONSUMER_KEY = web.AppKey("consumer", Consumer)
@@ -213,7 +214,7 @@ async def create_order(request: web.Request) -> web.Response:
         if key and conn.execute("SELECT 1 FROM orders WHERE record_id = ?", (record_id,)).fetchone():
             return 200, None
         cust = masters.cache(conn).customers.get(order.customer)
-        now = lifecycle.now_ms()
+        now = now_ms()
         created = orders.create(
             conn,
             order,
@@ -242,7 +243,7 @@ async def _order_action(
 
     def job(conn: sqlite3.Connection) -> None:
         oid = orders.find(conn, key)
-        fn(conn, oid, user, lifecycle.now_ms())
+        fn(conn, oid, user, now_ms())
 
     await _write(request, job)
     return _json(await request.app[DB_KEY].read(partial(repo.get_order, key=key)))
@@ -449,7 +450,7 @@ async def run_contracts(request: web.Request) -> web.Response:
     """Generate the orders of contract deliveries due by ``today`` (default: today, UTC)."""
     body = await _body(request) if request.can_read_body else {}
     today = parse_date(body["today"], "today") if "today" in body else dt.datetime.now(dt.UTC).date()
-    now = lifecycle.now_ms()
+    now = now_ms()
     ran = await _write(request, lambda c: schedule.run_contracts(c, today=today, now=now))
     return _json({"orders": [r.result for r in ran]})
 

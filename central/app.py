@@ -16,10 +16,10 @@ from central.fleet import AlertThresholds, Fleet
 from central.metrics import CentralMetrics
 from central.migrations import central_db
 from central.release import Releaser, ReleaseSettings
-from ops import config
-from ops.metrics import add_metrics
-from ops.retry import TaskGroup
-from ops.sqlitedb import DurableDB
+from runtime import config
+from runtime.metrics import add_metrics
+from runtime.retry import TaskGroup
+from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
 

@@ -125,7 +125,7 @@ def authenticate(conn: sqlite3.Connection, header: str | None) -> User:
 def main(argv: list[str] | None = None) -> int:
     """``storegate users add NAME --role ROLE [--password PW] --db PATH``: prints the token."""
     from central.schema import MIGRATIONS  # noqa: PLC0415
-    from ops.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
+    from runtime.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
 
     p = argparse.ArgumentParser(prog="storegate users", description="Central REST API users.")
     sub = p.add_subparsers(dest="cmd", required=True)

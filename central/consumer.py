@@ -29,13 +29,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from central.downlink import DownlinkSender, apply_gateway_acks
-from central.ingest import now_ms, quarantine_message, quick_checks, receive_uplink
+from central.ingest import quarantine_message, quick_checks, receive_uplink
 from central.processor import Processor
-from ops.mqtt import Client, no_delay, raise_unless_link_lost
-from ops.retry import TaskGroup, backoff_delay, supervise
-from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import Ack, AckStatus, EnvelopeError
+from runtime.clock import now_ms
+from runtime.mqtt import Client, no_delay, raise_unless_link_lost
+from runtime.retry import TaskGroup, backoff_delay, supervise
+from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
 

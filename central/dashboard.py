@@ -19,7 +19,7 @@ from central import fleet as fleet_mod
 from central.api import requires
 from central.auth import Role
 from central.fleet import Fleet
-from ops.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB
 
 FLEET_KEY = web.AppKey("fleet", Fleet)
 FLEET_DB_KEY = web.AppKey("fleet_db", DurableDB)

@@ -20,10 +20,11 @@ from typing import Any
 import aiomqtt
 import msgpack
 
-from ops import sqlitedb
-from ops.sqlitedb import DurableDB, Migration
 from protocols import envelope, ids, topics
 from protocols.envelope import Ack
+from runtime import sqlitedb
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB, Migration
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ MIGRATIONS = [
         """,
     )
 ]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def enqueue(

@@ -12,12 +12,12 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ops.sqlitedb import DurableDB, Migration
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB, Migration
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,6 @@ class AlertThresholds:
     naks_per_window: int = 5
     rejects_per_window: int = 5
     battery_low_pct: int = 20
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class StatusError(ValueError):

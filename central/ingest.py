@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,6 @@ import msgpack
 
 from central import CentralError, downlink, orders, ordertypes
 from central.validation import LineIn, OrderIn
-from ops.sqlitedb import insert_rows
 from protocols import envelope
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Received, Record, Uplink, gc_paused
 from protocols.order_changes import parse_order_change, parse_supplier_confirmation
@@ -35,6 +33,8 @@ from protocols.records import (
     packed_order_certainly_valid,
     parse_order,
 )
+from runtime.clock import now_ms
+from runtime.sqlitedb import insert_rows, savepoint
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,6 @@ def handler(record_type: str, *, schema: Schema | None = None) -> Callable[[Hand
         return fn
 
     return register
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 order_no = orders.order_no  # kept for callers of the spine API
@@ -390,19 +386,16 @@ def _process_queue(
         i += 1
         ctx = Context(gateway=gw, now=now)
         fn = HANDLERS[rec.type]
-        conn.execute("SAVEPOINT rec")
         status, reason, ref = AckStatus.ACCEPTED, None, None
         try:
-            ref = fn(conn, ctx, rec)
+            with savepoint(conn, "rec"):
+                ref = fn(conn, ctx, rec)
         except Rejected as e:
-            conn.execute("ROLLBACK TO rec")
             status, reason = AckStatus.REJECTED, e.reason
         except Exception as e:
-            conn.execute("ROLLBACK TO rec")
             log.exception("gw=%s record %s (%s) failed in processing; quarantined", gw, rec.id, rec.type)
             INTERNAL_ERRORS[0] += 1
             status, reason = AckStatus.REJECTED, f"internal error while processing: {type(e).__name__}: {e}"
-        conn.execute("RELEASE rec")
         if status is AckStatus.REJECTED:
             _quarantine(
                 conn,
@@ -501,15 +494,12 @@ def _orders_together(
         if new is None:
             break
         batch.append(new)
-    conn.execute("SAVEPOINT orders_together")
     try:
-        made = orders.create_realtime_batch(conn, batch, now=now, stop=stop)
+        with savepoint(conn, "orders_together"):
+            made = orders.create_realtime_batch(conn, batch, now=now, stop=stop)
     except Exception:
-        conn.execute("ROLLBACK TO orders_together")
-        conn.execute("RELEASE orders_together")
         log.exception("orders processed together failed; processing them one by one")
         return None
-    conn.execute("RELEASE orders_together")
     return made
 
 

@@ -42,7 +42,7 @@ from central.allocation import (
     encode_setting,
     trace_digest,
 )
-from ops.sqlitedb import Migration
+from runtime.sqlitedb import Migration, savepoint
 
 MIGRATIONS: list[Migration] = [
     Migration(
@@ -516,21 +516,15 @@ def _bump(conn: sqlite3.Connection, per: dict[tuple[str, str], int]) -> None:
     if len(items) == 1:
         _bump_one(conn, *items[0])
         return
-    conn.execute("SAVEPOINT bump")
-    try:
+    with savepoint(conn, "bump") as sp:
         try:
             changed = conn.executemany(_BUMP_SQL, [(qty, loc, sku) for (loc, sku), qty in items]).rowcount
         except sqlite3.IntegrityError:
             changed = -1
         if changed != len(items):
-            conn.execute("ROLLBACK TO bump")
+            sp.rollback()
             for key, qty in items:
                 _bump_one(conn, key, qty)  # raises at the row at fault
-    except BaseException:
-        conn.execute("ROLLBACK TO bump")
-        conn.execute("RELEASE bump")
-        raise
-    conn.execute("RELEASE bump")
 
 
 def _bump_one(conn: sqlite3.Connection, key: tuple[str, str], qty: int) -> None:

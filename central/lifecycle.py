@@ -23,11 +23,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from central import CentralError, downlink, valuation
+from runtime.clock import now_ms
 
 STATUS_RECORD = "order_status"
 
@@ -113,10 +113,6 @@ def allowed(current: Status | str, new: Status | str, order_type: str) -> bool:
         return False
     types = TRANSITIONS[key]
     return types is None or order_type in types
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def record_event(

@@ -31,6 +31,7 @@ from typing import Any
 from central import CentralError, downlink
 from protocols.asrs import ID_RE as ASRS_ID_RE
 from protocols.topics import GATEWAY_ID_RE
+from runtime.sqlitedb import savepoint
 
 log = logging.getLogger(__name__)
 
@@ -501,32 +502,27 @@ def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
     if not reader.fieldnames:
         raise MasterError(kind, "", "", "CSV has no header row")
     n = 0
-    conn.execute("SAVEPOINT master_import")
     batch: tuple[set[str], set[str]] = (set(), set())
-    _BATCH[id(conn)] = batch
-    try:
-        for row in reader:
-            if None in row:
-                raise MasterError(kind, "", "", f"line {reader.line_num}: more values than header fields")
-            try:
-                upsert(conn, kind, {k: v for k, v in row.items() if v is not None})
-            except MasterError as e:
-                raise MasterError(kind, e.key, e.field, f"line {reader.line_num}: {e.reason}") from None
-            n += 1
-    except BaseException:
-        conn.execute("ROLLBACK TO master_import")
-        conn.execute("RELEASE master_import")
-        raise
-    finally:
-        del _BATCH[id(conn)]
-    skus, gws = batch
-    for gw in sorted(gws):
-        publish_snapshot(conn, gw)
-    if skus:  # the snapshots above already carry them
-        for gw, cls in gateways(conn).items():
-            if gw not in gws:
-                _send(conn, gw, _item_wire(conn, sorted(skus), cls), replace=False)
-    conn.execute("RELEASE master_import")
+    with savepoint(conn, "master_import"):
+        _BATCH[id(conn)] = batch
+        try:
+            for row in reader:
+                if None in row:
+                    raise MasterError(kind, "", "", f"line {reader.line_num}: more values than header fields")
+                try:
+                    upsert(conn, kind, {k: v for k, v in row.items() if v is not None})
+                except MasterError as e:
+                    raise MasterError(kind, e.key, e.field, f"line {reader.line_num}: {e.reason}") from None
+                n += 1
+        finally:
+            del _BATCH[id(conn)]
+        skus, gws = batch
+        for gw in sorted(gws):
+            publish_snapshot(conn, gw)
+        if skus:  # the snapshots above already carry them
+            for gw, cls in gateways(conn).items():
+                if gw not in gws:
+                    _send(conn, gw, _item_wire(conn, sorted(skus), cls), replace=False)
     return n
 
 
@@ -764,7 +760,7 @@ def publish_snapshot(conn: sqlite3.Connection, gw: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``storegate masters import KIND FILE.csv --db PATH``: import a master CSV atomically."""
     from central.migrations import all_migrations  # noqa: PLC0415
-    from ops.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
+    from runtime.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
 
     p = argparse.ArgumentParser(prog="storegate masters", description="Central master data.")
     sub = p.add_subparsers(dest="cmd", required=True)

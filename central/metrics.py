@@ -14,8 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from central import fleet as fleet_mod
 from central import ingest
 from central.consumer import Consumer
-from ops.metrics import counter, gauge, labelled
-from ops.sqlitedb import DurableDB
+from runtime.metrics import counter, gauge, labelled
+from runtime.sqlitedb import DurableDB
 
 REFRESH_S = 5.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from central import fleet, inventory, picking, schema
-from ops.sqlitedb import DurableDB, Migration
+from runtime.sqlitedb import DurableDB, Migration
 
 
 def all_migrations() -> list[Migration]:

@@ -28,10 +28,11 @@ from central import CentralError, downlink, lifecycle, masters, ordertypes, vali
 from central.allocation import ShortageAction, Special, allocate
 from central.lifecycle import Status
 from central.validation import Exposure, LineIn, OrderIn, Result
-from ops.sqlitedb import insert_rows
 from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
+from runtime.clock import now_ms
+from runtime.sqlitedb import insert_rows, savepoint
 
 
 class OrderError(CentralError):
@@ -469,12 +470,10 @@ def _apply_in_sequence(
     conn: sqlite3.Connection, oid: int, change: OrderChange, *, gateway: str, now: int
 ) -> None:
     conn.execute("UPDATE orders SET change_seq = ? WHERE order_id = ?", (change.change_seq, oid))
-    conn.execute("SAVEPOINT order_change")
     try:
-        apply_change(conn, oid, change, actor=f"gateway:{gateway}", now=now)
+        with savepoint(conn, "order_change"):
+            apply_change(conn, oid, change, actor=f"gateway:{gateway}", now=now)
     except OrderError as e:  # refused by the order's state: the sequence still moves on
-        conn.execute("ROLLBACK TO order_change")
-        conn.execute("RELEASE order_change")
         lifecycle.record_event(
             conn,
             oid,
@@ -485,7 +484,6 @@ def _apply_in_sequence(
         )
         _notify_current(conn, oid, f"change {change.change_seq} refused: {e.reason}", now)
         return
-    conn.execute("RELEASE order_change")
 
 
 def drain_parked(conn: sqlite3.Connection, order_ref: str, *, now: int) -> int:
@@ -727,7 +725,7 @@ def create_realtime_batch(
         if res.shortfalls or len(res.outcomes) != 1 or res.outcomes[0].status != "allocated":
             break
         # -- the order goes through: its rows, in the order one by one would write them
-        t_alloc = waves._now_ms()
+        t_alloc = now_ms()
         run_id = ids["alloc_runs"]
         ev = ids["order_events"]
         outcome = res.outcomes[0]

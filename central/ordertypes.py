@@ -24,6 +24,7 @@ from central import CentralError, downlink, lifecycle
 from central.masters import Snapshot
 from central.validation import Check, LineIn, OrderIn, Outcome
 from protocols.frozen import quick_init
+from runtime.clock import now_ms
 
 DROP_SHIP_RECORD = "drop_ship"
 DROP_SHIP_STATES = ("sent", "confirmed", "shipped", "refused")
@@ -209,7 +210,7 @@ def apply_effects(conn: sqlite3.Connection, order_id: int, order: OrderIn, snap:
 def undo_effects(conn: sqlite3.Connection, order_id: int) -> None:
     """Give back what :func:`apply_effects` took (a cancelled or changed order)."""
     otype = conn.execute("SELECT order_type FROM orders WHERE order_id = ?", (order_id,)).fetchone()[0]
-    now = lifecycle.now_ms()
+    now = now_ms()
     if otype == "consignment":
         moves = conn.execute(
             "SELECT lot_id, line_no, sum(qty) FROM consignment_moves WHERE order_id = ?"
@@ -376,7 +377,7 @@ def add_voucher(conn: sqlite3.Connection, *, code: str, customer: str | None, sk
         raise OrderTypeError(f"qty: {qty} is not positive")
     conn.execute(
         "INSERT INTO vouchers (code, customer, sku, qty, status, issued_at) VALUES (?, ?, ?, ?, 'issued', ?)",
-        (code, customer, sku, qty, lifecycle.now_ms()),
+        (code, customer, sku, qty, now_ms()),
     )
 
 
@@ -391,12 +392,12 @@ def deposit(conn: sqlite3.Connection, *, customer: str, sku: str, qty: int, pric
     cur = conn.execute(
         "INSERT INTO consignment_lots (customer, sku, qty, remaining, price, deposited_at, ref)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (customer, sku, qty, qty, price, lifecycle.now_ms(), ref),
+        (customer, sku, qty, qty, price, now_ms(), ref),
     )
     assert cur.lastrowid is not None
     conn.execute(
         "INSERT INTO consignment_moves (lot_id, qty, at) VALUES (?, ?, ?)",
-        (cur.lastrowid, qty, lifecycle.now_ms()),
+        (cur.lastrowid, qty, now_ms()),
     )
     return cur.lastrowid
 

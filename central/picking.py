@@ -27,14 +27,12 @@ import dataclasses
 import datetime as dt
 import logging
 import sqlite3
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from central import CentralError, demand, downlink, inventory, lifecycle, shortage, waves
 from central.allocation import DemandLine, allocate, encode_inputs
 from central.ingest import Context, Rejected, handler
-from ops.sqlitedb import Migration
 from protocols.envelope import Record
 from protocols.picking import (
     PICK_RESULT,
@@ -46,6 +44,8 @@ from protocols.picking import (
     result_record_id,
 )
 from protocols.records import RecordSchemaError
+from runtime.clock import now_ms
+from runtime.sqlitedb import Migration
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,6 @@ class UnknownWave(PickingError):
     def __init__(self, wave_id: int) -> None:
         super().__init__(f"no wave {wave_id}")
         self.wave_id = wave_id
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def task_id_for(alloc_id: int) -> str:

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 
 from central.ingest import process_queue
-from ops.sqlitedb import DurableDB
 from protocols.envelope import Ack
+from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
 

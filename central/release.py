@@ -20,7 +20,7 @@ from aiohttp import web
 from central import picking
 from central.api import CONSUMER_KEY, DB_KEY, requires
 from central.auth import Role
-from ops.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from functools import partial
 from typing import Any
 
 from central import lifecycle, orders, shortage
-from ops.sqlitedb import DurableDB
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Scheduler:
         limit = max(1, self.settings.per_job)
         out: list[Ran] = []
         while True:
-            job = partial(run_due, today=self.today(), now=lifecycle.now_ms(), limit=limit)
+            job = partial(run_due, today=self.today(), now=now_ms(), limit=limit)
             ran = await self.db.write(job)
             if ran:
                 out += ran

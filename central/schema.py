@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from central import downlink
-from ops.sqlitedb import Migration
+from runtime.sqlitedb import Migration
 
 MIGRATIONS: list[Migration] = [
     Migration(

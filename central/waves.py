@@ -34,6 +34,7 @@ from central.allocation import (
     allocate,
     encode_inputs,
 )
+from runtime.clock import now_ms
 
 BATCH_KEYS = ("window", "run", "zone", "route", "processing", "vehicle")
 
@@ -176,7 +177,7 @@ def allocate_now(
 def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
     """``ON_VALIDATED`` hook: allocate at once in real-time mode, else leave it for a wave."""
     if MODE.realtime:
-        allocate_now(conn, order_id, now=_now_ms())
+        allocate_now(conn, order_id, now=now_ms())
 
 
 def install(settings: AllocationSettings | None = None) -> None:
@@ -195,7 +196,7 @@ def install(settings: AllocationSettings | None = None) -> None:
 
 def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
     """``ON_CANCELLED`` hook: give the order's stock back and close what it was owed."""
-    now = _now_ms()
+    now = now_ms()
     inventory.release_order(conn, order_id)
     conn.execute(
         "UPDATE shortages SET status = 'cancelled', resolved_at = ?,"
@@ -206,12 +207,6 @@ def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
     conn.execute(
         "UPDATE alloc_orders SET status = 'cancelled', updated_at = ? WHERE order_id = ?", (now, order_id)
     )
-
-
-def _now_ms() -> int:
-    import time  # noqa: PLC0415
-
-    return time.time_ns() // 1_000_000
 
 
 def run_wave(
@@ -371,7 +366,7 @@ def pick_schedule(
     as_json: bool,
 ) -> int:
     """Print :func:`plan` for central's database file ``db`` (opened read only)."""
-    start = start_ms if start_ms is not None else _now_ms()
+    start = start_ms if start_ms is not None else now_ms()
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
         try:

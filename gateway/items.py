@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.inbox import InboxRejected
-from ops.sqlitedb import Migration
 from protocols.envelope import Record
+from runtime.sqlitedb import Migration
 
 MIGRATIONS = [
     Migration(

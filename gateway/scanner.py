@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from gateway import GatewayError
 from gateway.items import lookup_gtin
 from gateway.outbox import Outbox
-from ops.sqlitedb import DurableDB, Migration
 from protocols.barcode import (
     DEFAULT_OPTIONS,
     BarcodeError,
@@ -35,6 +34,7 @@ from protocols.barcode import (
 )
 from protocols.envelope import Record
 from protocols.records import MAX_LINES, MAX_QTY, Channel, OrderBody, OrderLine, OrderType
+from runtime.sqlitedb import DurableDB, Migration
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.outbox import Backlog, Outbox, now_ms
+from gateway.outbox import Backlog, Outbox
 from gateway.sync import Sync
+from runtime.clock import now_ms
 
 log = logging.getLogger(__name__)
 

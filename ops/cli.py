@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from ops.config import ConfigError
+from runtime.config import ConfigError
 
 log = logging.getLogger("storegate")
 
@@ -57,7 +57,7 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, object]]) -> int:
 
 def cmd_central(args: argparse.Namespace) -> int:
     from central.app import load_config, serve
-    from ops.sqlitedb import tune_interpreter
+    from runtime.sqlitedb import tune_interpreter
 
     cfg = load_config(args.config)
     tune_interpreter()

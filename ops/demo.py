@@ -32,7 +32,7 @@ from central.migrations import all_migrations
 from ops.broker import Mosquitto, free_port
 from ops.broker_security import init_broker_security, reload_broker, secure_broker_config, toml_str
 from ops.provision import provision_gateway
-from ops.sqlitedb import apply_migrations, connect
+from runtime.sqlitedb import apply_migrations, connect
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from central import auth
 from central.api import create_app
 from central.schema import MIGRATIONS
-from ops.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB
 
 auth.PBKDF2_ITERATIONS = 1_000  # fast tests; the stored hash names its own count
 TODAY = dt.datetime.now(dt.UTC).date()

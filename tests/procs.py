@@ -102,7 +102,7 @@ def seed_viewer(db_path: Path) -> None:
     """Create central's database with a viewer user before the process starts."""
     from central import auth
     from central.migrations import all_migrations
-    from ops.sqlitedb import apply_migrations, connect
+    from runtime.sqlitedb import apply_migrations, connect
 
     db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(db_path, synchronous="NORMAL")

@@ -26,8 +26,8 @@ from central.allocation import (
     encode_inputs,
 )
 from central.schema import MIGRATIONS
-from ops.sqlitedb import apply_migrations, connect, insert_rows
 from protocols.frozen import quick_init
+from runtime.sqlitedb import apply_migrations, connect, insert_rows
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from central import allocation_api, auth, demand, documents, inventory, returns,
 from central.allocation import CustomerPref, SourcingRule
 from central.api import DB_KEY, errors
 from central.schema import MIGRATIONS
-from ops.sqlitedb import DurableDB, apply_migrations, connect
+from runtime.sqlitedb import DurableDB, apply_migrations, connect
 
 TODAY = dt.date(2026, 1, 10)
 SETTINGS = waves.AllocationSettings(batch=waves.BatchRules(("zone",)))

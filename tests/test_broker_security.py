@@ -47,10 +47,10 @@ from ops.broker_security import (
     secure_broker_config,
 )
 from ops.provision import AlreadyProvisionedError, Provisioned, provision_gateway
-from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import AckStatus, Record
 from protocols.topics import TopicError
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 
 # Started as root, mosquitto drops to the 'mosquitto' user and could not read tmp_path.

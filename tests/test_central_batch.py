@@ -21,9 +21,9 @@ from central import inventory, lifecycle, orders, waves
 from central.ingest import apply_envelope
 from central.migrations import all_migrations
 from ops import bench_allocation as bench
-from ops.sqlitedb import apply_migrations, connect
 from protocols import topics
 from protocols.envelope import Envelope, Record
+from runtime.sqlitedb import apply_migrations, connect
 
 TIME_COLS = {
     "at",

@@ -14,8 +14,8 @@ import pytest
 from central import masters, repo
 from central.ingest import apply_envelope
 from central.schema import MIGRATIONS
-from ops.sqlitedb import DurableDB
 from protocols.envelope import Ack, Envelope, Record
+from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, PRICES_CSV, order
 
 _seq = itertools.count(1)

@@ -34,8 +34,8 @@ from gateway.outbox import Outbox
 from gateway.picking import AsrsConfig, CartConfig, PickExecutor, PickingConfig
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB, apply_migrations, connect
 from protocols.envelope import Ack, AckStatus, Envelope, Record
+from runtime.sqlitedb import DurableDB, apply_migrations, connect
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, SOON
 from tests.conftest import wait_for
 

@@ -33,7 +33,7 @@ from central.allocation import SourcingRule
 from central.api import create_app
 from central.migrations import central_db
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB, connect
+from runtime.sqlitedb import DurableDB, connect
 from tests.conftest import wait_for
 from tests.procs import central_db as procs_db
 from tests.procs import central_proc

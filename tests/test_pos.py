@@ -34,7 +34,7 @@ from gateway.outbox import Outbox
 from gateway.pos import PosService, add_routes
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB, Migration
+from runtime.sqlitedb import DurableDB, Migration
 from tests.conftest import wait_for
 
 DAY = dt.date(2026, 3, 14)

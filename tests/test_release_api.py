@@ -13,7 +13,7 @@ from central import allocation_api, auth, inventory, release, waves
 from central.allocation import SourcingRule
 from central.api import create_app
 from central.migrations import all_migrations
-from ops.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB
 
 auth.PBKDF2_ITERATIONS = 1_000
 

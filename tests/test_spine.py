@@ -28,9 +28,9 @@ from gateway.app import migrations as gateway_migrations
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import AckStatus, Record
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.procs import central_db, central_proc, central_settled, gateway_proc
 

@@ -14,7 +14,7 @@ from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 
 ORDER = {

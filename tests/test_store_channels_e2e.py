@@ -23,9 +23,9 @@ from firmware_sim.handheld import Pty, Terminal, make_batch
 from gateway.app import migrations as gateway_migrations
 from gateway.items import Item, upsert_items
 from ops.broker import Mosquitto, free_port
-from ops.sqlitedb import DurableDB
 from protocols.bht import OrderRecord
 from protocols.serial_scanner import GoodBeep
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.procs import Proc
 

@@ -19,9 +19,9 @@ from central import ingest, metrics, orders, processor
 from central.migrations import all_migrations
 from central.processor import Processor
 from ops import bench_allocation as bench
-from ops.sqlitedb import DurableDB, apply_migrations, connect
 from protocols import envelope, topics
 from protocols.envelope import Envelope, Record
+from runtime.sqlitedb import DurableDB, apply_migrations, connect
 
 PER_MESSAGE = "central_0004_work_queue_by_message"
 

@@ -52,6 +52,35 @@ class ClosedError(DatabaseError):
     pass
 
 
+class savepoint:
+    """``with savepoint(conn, "name") as sp:`` runs the block under ``SAVEPOINT name``.
+
+    The block's changes are released into the enclosing transaction when it ends normally;
+    if it raises, they are rolled back (``ROLLBACK TO`` + ``RELEASE``) and the exception goes
+    on. ``sp.rollback()`` undoes what the block did so far and keeps the savepoint open (a
+    batch that falls back to row by row). A class, not a generator: it sits on hot paths."""
+
+    __slots__ = ("_conn", "_name")
+
+    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
+        if not name.isidentifier():
+            raise ValueError(f"savepoint name must be an identifier: {name!r}")
+        self._conn = conn
+        self._name = name
+
+    def __enter__(self) -> savepoint:
+        self._conn.execute(f"SAVEPOINT {self._name}")
+        return self
+
+    def rollback(self) -> None:
+        self._conn.execute(f"ROLLBACK TO {self._name}")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is not None:
+            self._conn.execute(f"ROLLBACK TO {self._name}")
+        self._conn.execute(f"RELEASE {self._name}")
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """A named schema change, applied once, in list order, at open."""
@@ -331,15 +360,12 @@ class DurableDB:
         try:
             for i, (fn, _) in enumerate(jobs):
                 self._behind = len(jobs) - 1 - i
-                conn.execute("SAVEPOINT job")
                 try:
-                    value = fn(conn)
+                    with savepoint(conn, "job"):
+                        value = fn(conn)
                 except Exception as e:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
                     out.append((False, e))
                 else:
-                    conn.execute("RELEASE job")
                     out.append((True, value))
         except BaseException:
             conn.execute("ROLLBACK")

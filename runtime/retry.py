@@ -32,9 +32,9 @@ def only(exc: BaseException, kind: type[BaseException]) -> bool:
 
 def stopping() -> bool:
     """True while the current task is being cancelled (``Task.cancelling()``), even where the
-    CancelledError itself went astray: ``ops.mqtt.raise_unless_link_lost`` asks it before an
+    CancelledError itself went astray: ``runtime.mqtt.raise_unless_link_lost`` asks it before an
     MQTT error is taken for a lost link (a cancelled TaskGroup hands back a failing child's
-    error), ``ops.mqtt.keep_cancel`` after an answer ``asyncio.wait_for`` returned in its place.
+    error), ``runtime.mqtt.keep_cancel`` after an answer ``asyncio.wait_for`` returned in its place.
     Only true to the task's state if every TaskGroup it ran was a :class:`TaskGroup`."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0

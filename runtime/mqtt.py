@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ops.retry import only, stopping
+from runtime.retry import only, stopping
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
