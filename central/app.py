@@ -9,13 +9,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from central import allocation_api, dashboard, release, schedule, waves
-from central.api import create_app
-from central.consumer import BrokerSettings, Consumer
+from central import schedule
+from central.allocate import waves
 from central.fleet import AlertThresholds, Fleet
+from central.fulfil import release
+from central.fulfil.release import Releaser, ReleaseSettings
+from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
-from central.release import Releaser, ReleaseSettings
+from central.web import allocation_api, dashboard
+from central.web.api import create_app
 from runtime import config
 from runtime.metrics import add_metrics
 from runtime.retry import TaskGroup

@@ -12,8 +12,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from central import fleet as fleet_mod
-from central import ingest
-from central.consumer import Consumer
+from central.intake import ingest
+from central.intake.consumer import Consumer
 from runtime.metrics import counter, gauge, labelled
 from runtime.sqlitedb import DurableDB
 

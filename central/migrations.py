@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from central import fleet, inventory, picking, schema
+from central import fleet, schema
+from central.allocate import inventory
+from central.fulfil import picking
 from runtime.sqlitedb import DurableDB, Migration
 
 

@@ -3,9 +3,9 @@
 Jobs, each item run once:
 
 - ``contract``: a contract's scheduled delivery due by today becomes its order
-  (:func:`central.orders.make_contract_delivery`); item ``<contract>@<date>``;
+  (:func:`central.orders.orders.make_contract_delivery`); item ``<contract>@<date>``;
 - ``delay-expiry``: an order held for a complete delivery (shortage action DELAY) past its
-  time limit is cancelled and its stock given back (:func:`central.shortage.expire_delay`);
+  time limit is cancelled and its stock given back (:func:`central.allocate.shortage.expire_delay`);
   item ``<order id>@<deadline>``.
 
 Each item's effect, the mark that takes it off the due list (the delivery's order id, the
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from central import lifecycle, orders, shortage
+from central.allocate import shortage
+from central.orders import lifecycle, orders
 from runtime.clock import now_ms
 from runtime.sqlitedb import DurableDB
 

@@ -271,7 +271,7 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
     Migration(
-        # What each order line is worth (``central.valuation``): its validated unit price x
+        # What each order line is worth (``central.orders.valuation``): its validated unit price x
         # qty less the customer's discount, written when the line is priced. Lines priced
         # before are valued at their unit price (the discount was not applied then).
         "central_0005_line_amount",

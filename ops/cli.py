@@ -141,14 +141,14 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from central.auth import main as users_main
+    from central.web.auth import main as users_main
 
     rc: int = users_main(args.users_args)
     return rc
 
 
 def cmd_masters(args: argparse.Namespace) -> int:
-    from central.masters import main as masters_main
+    from central.orders.masters import main as masters_main
 
     rc: int = masters_main(args.masters_args)
     return rc
@@ -166,7 +166,7 @@ def _when(raw: str) -> int:
 
 
 def cmd_pick_schedule(args: argparse.Namespace) -> int:
-    from central.waves import pick_schedule
+    from central.allocate.waves import pick_schedule
 
     return pick_schedule(
         db=args.db,

@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import auth
-from central.api import create_app
 from central.schema import MIGRATIONS
+from central.web import auth
+from central.web.api import create_app
 from runtime.sqlitedb import DurableDB
 
 auth.PBKDF2_ITERATIONS = 1_000  # fast tests; the stored hash names its own count

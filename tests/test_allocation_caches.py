@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from central import demand, inventory
-from central.allocation import (
+from central.allocate import demand, inventory
+from central.allocate.allocation import (
     AllocationResult,
     CompanyPolicy,
     DemandLine,

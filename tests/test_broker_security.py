@@ -23,7 +23,7 @@ import aiomqtt
 import pytest
 
 from central.app import load_config as load_central_config
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
 from gateway.app import load_config as load_gateway_config
 from gateway.app import migrations as gateway_migrations

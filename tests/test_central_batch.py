@@ -17,9 +17,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from central import inventory, lifecycle, orders, waves
-from central.ingest import apply_envelope
+from central.allocate import inventory, waves
+from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
+from central.orders import lifecycle, orders
 from ops import bench_allocation as bench
 from protocols import topics
 from protocols.envelope import Envelope, Record

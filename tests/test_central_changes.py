@@ -11,8 +11,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from central import masters, repo
-from central.ingest import apply_envelope
+from central.intake.ingest import apply_envelope
+from central.orders import masters, repo
 from central.schema import MIGRATIONS
 from protocols.envelope import Ack, Envelope, Record
 from runtime.sqlitedb import DurableDB

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from central import downlink, masters, ordertypes, repo
-from central.consumer import BrokerSettings, Consumer
+from central import downlink
+from central.intake.consumer import BrokerSettings, Consumer
+from central.orders import masters, ordertypes, repo
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
 from gateway import inbox, items, order_status, outbox
 from gateway.inbox import Inbox

@@ -6,7 +6,7 @@ import base64
 import datetime as dt
 from pathlib import Path
 
-from central import lifecycle
+from central.orders import lifecycle
 from tests.central_fixtures import SOON, TODAY, central, order
 
 

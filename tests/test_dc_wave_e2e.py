@@ -20,11 +20,14 @@ from typing import Any
 
 import pytest
 
-from central import documents, downlink, inventory, masters, picking, repo, shortage, waves
-from central.allocation import SourcingRule
-from central.consumer import BrokerSettings, Consumer
-from central.ingest import apply_envelope
+from central import downlink
+from central.allocate import inventory, shortage, waves
+from central.allocate.allocation import SourcingRule
+from central.fulfil import documents, picking
+from central.intake.consumer import BrokerSettings, Consumer
+from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
+from central.orders import masters, repo
 from firmware_sim.asrs import AsrsSimulator, default_slots
 from firmware_sim.ptl import Press, PtlController, ScriptedPicker
 from gateway import inbox, items, order_status, outbox

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from central import downlink
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
 from gateway import outbox as outbox_mod
 from gateway import sync as sync_mod

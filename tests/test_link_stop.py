@@ -22,7 +22,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
 from gateway.app import migrations as gateway_migrations
 from gateway.outbox import Outbox

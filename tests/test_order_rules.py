@@ -17,21 +17,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import (
-    allocation_api,
-    auth,
-    inventory,
-    lifecycle,
-    masters,
-    ordertypes,
-    release,
-    schedule,
-    valuation,
-    waves,
-)
-from central.allocation import SourcingRule
-from central.api import create_app
+from central import schedule
+from central.allocate import inventory, waves
+from central.allocate.allocation import SourcingRule
+from central.fulfil import release
 from central.migrations import central_db
+from central.orders import lifecycle, masters, ordertypes, valuation
+from central.web import allocation_api, auth
+from central.web.api import create_app
 from ops.broker import Mosquitto
 from runtime.sqlitedb import DurableDB, connect
 from tests.conftest import wait_for

@@ -9,10 +9,12 @@ from pathlib import Path
 import msgpack
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import allocation_api, auth, inventory, release, waves
-from central.allocation import SourcingRule
-from central.api import create_app
+from central.allocate import inventory, waves
+from central.allocate.allocation import SourcingRule
+from central.fulfil import release
 from central.migrations import all_migrations
+from central.web import allocation_api, auth
+from central.web.api import create_app
 from runtime.sqlitedb import DurableDB
 
 auth.PBKDF2_ITERATIONS = 1_000

@@ -20,8 +20,8 @@ import msgpack
 import paho.mqtt.client as paho
 import pytest
 
-from central import repo
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
+from central.orders import repo
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
 from gateway import sync as sync_mod
 from gateway.app import migrations as gateway_migrations

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
 from firmware_sim import hid_scanner as hid_sim
 from firmware_sim import serial_scanner as ser_sim

@@ -41,7 +41,7 @@ def test_doc_has_examples_for_both_directions() -> None:
 
 
 def test_every_record_type_handled_by_central_is_documented() -> None:
-    from central.ingest import HANDLERS
+    from central.intake.ingest import HANDLERS
 
     text = DOC.read_text()
     for rtype in HANDLERS:

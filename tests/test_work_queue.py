@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from central import ingest, metrics, orders, processor
+from central import metrics
+from central.intake import ingest, processor
+from central.intake.processor import Processor
 from central.migrations import all_migrations
-from central.processor import Processor
+from central.orders import orders
 from ops import bench_allocation as bench
 from protocols import envelope, topics
 from protocols.envelope import Envelope, Record

@@ -5,7 +5,7 @@
   (order id order), each cart's list again in bin sequence.
 - Delivery note (送货单): ordered, shipped and short quantity per line, short lines marked
   with what happens to them (back order, cut, ...).
-- Shortage report (缺货资料): :func:`central.shortage.report` by item/supplier or
+- Shortage report (缺货资料): :func:`central.allocate.shortage.report` by item/supplier or
   customer/salesperson.
 
 Each builder returns rows (dicts); :func:`to_csv` and :func:`to_html` render any of them.
@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from central import shortage
+from central.allocate import shortage
 
 PICK_COLS = ("cart", "seq", "location", "bin", "sku", "qty", "order_id", "line_no")
 NOTE_COLS = ("line_no", "sku", "ordered", "shipped", "short", "shortage")

@@ -3,7 +3,7 @@
 Every function runs inside the caller's write transaction (a ``DurableDB.write`` job):
 
 - :func:`create` - a new order from a gateway record, manual entry over REST or a contract
-  schedule: stored, numbered, validated (``central.validation`` + the type's own check),
+  schedule: stored, numbered, validated (``central.orders.validation`` + the type's own check),
   then validated (hooks: allocation) or held, and routed by its type.
 - :func:`apply_change` - modify/add/cancel a line or cancel the order while its state allows.
 - :func:`gateway_change` - the same from a gateway's ``order_change`` record, applied in the
@@ -24,10 +24,11 @@ from typing import Any
 
 import msgpack
 
-from central import CentralError, downlink, lifecycle, masters, ordertypes, validation
-from central.allocation import ShortageAction, Special, allocate
-from central.lifecycle import Status
-from central.validation import Exposure, LineIn, OrderIn, Result
+from central import CentralError, downlink
+from central.allocate.allocation import ShortageAction, Special, allocate
+from central.orders import lifecycle, masters, ordertypes, validation
+from central.orders.lifecycle import Status
+from central.orders.validation import Exposure, LineIn, OrderIn, Result
 from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
@@ -615,7 +616,7 @@ def create_realtime_batch(
     (and may call again for the rest). Returns ``[]`` when the path does not apply.
     ``stop``, asked before each order once one is made, ends the run early when it says so
     (the caller's to take up later)."""
-    from central import demand, inventory, waves  # noqa: PLC0415 - waves -> shortage -> demand
+    from central.allocate import demand, inventory, waves  # noqa: PLC0415 - waves -> shortage -> demand
 
     settings = waves.MODE
     if (

@@ -1,6 +1,6 @@
 """Central's REST API (aiohttp): orders, holds, masters, order-type desks, quarantine, health.
 
-Every route but ``/api/health`` needs a user (``central.auth``); each names the least role
+Every route but ``/api/health`` needs a user (``central.web.auth``); each names the least role
 it needs. Domain errors become HTTP answers in one middleware, always as
 ``{"error": "<reason>"}``: 400 bad input, 401 no/bad credentials, 403 wrong role,
 404 unknown, 409 the order's state forbids it, 422 an order that fails its checks.
@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from central import auth, lifecycle, masters, orders, ordertypes, repo, schedule
-from central.auth import Role, User
-from central.consumer import Consumer
-from central.validation import LineIn, OrderIn
+from central import schedule
+from central.intake.consumer import Consumer
+from central.orders import lifecycle, masters, orders, ordertypes, repo
+from central.orders.validation import LineIn, OrderIn
+from central.web import auth
+from central.web.auth import Role, User
 from protocols.order_changes import parse_order_change
 from protocols.records import Channel, RecordSchemaError, parse_date, parse_order
 from runtime.clock import now_ms

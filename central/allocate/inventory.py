@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 from central import CentralError
-from central.allocation import (
+from central.allocate.allocation import (
     AllocationResult,
     CompanyPolicy,
     Network,
@@ -447,7 +447,7 @@ class InputsPacker:
 
 
 def unpack_inputs(stored: bytes | str) -> dict[str, Any]:
-    """Stored inputs -> the :func:`central.allocation.encode_inputs` dict (JSON text from
+    """Stored inputs -> the :func:`central.allocate.allocation.encode_inputs` dict (JSON text from
     runs stored before inputs were packed, msgpack since)."""
     data: dict[str, Any] = json.loads(stored) if isinstance(stored, str) else msgpack.unpackb(stored)
     return data
@@ -621,7 +621,7 @@ def mark_received(
     conn: sqlite3.Connection, receipt_id: int, *, now: int, qty: int | None = None
 ) -> tuple[str, str, int]:
     """Book an expected receipt into on hand; return ``(location, sku, qty)``. Use
-    :func:`central.shortage.receive` to also release back orders."""
+    :func:`central.allocate.shortage.receive` to also release back orders."""
     row = conn.execute(
         "SELECT location, sku, qty FROM receipts WHERE receipt_id = ? AND status = 'expected'", (receipt_id,)
     ).fetchone()

@@ -1,16 +1,16 @@
 """Shortages: the shortage file, and what happens to short quantities over time.
 
-What a shortage *becomes* is decided by the engine (:func:`central.allocation.resolve_shortage`:
+What a shortage *becomes* is decided by the engine (:func:`central.allocate.allocation.resolve_shortage`:
 customer preference x company policy -> reallocate / backorder / ship with next order / cut /
 delay the whole order / cancel). This module keeps the result:
 
-- :func:`settle` stores an engine run: allocations (via :mod:`central.inventory`), one row per
+- :func:`settle` stores an engine run: allocations (via :mod:`central.allocate.inventory`), one row per
   short line in ``shortages`` (the shortage file, with customer, salesperson and supplier for
   the reports), and each order's allocation status.
 - :func:`receive` books stock in and releases open back orders for that sku automatically,
   in priority order (special priority ``backorder_refill`` first, then the configured rules).
 - Ship-with-next shortages wait for the customer's next order: :func:`refill_demands` turns
-  them into extra demand in that order's allocation run (see :mod:`central.waves`).
+  them into extra demand in that order's allocation run (see :mod:`central.allocate.waves`).
 - :func:`expire_delays` cancels held orders whose delay time limit has passed
   (``central.schedule`` runs it on a clock, one order at a time).
 
@@ -26,8 +26,8 @@ import sqlite3
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from central import demand, inventory
-from central.allocation import (
+from central.allocate import demand, inventory
+from central.allocate.allocation import (
     OPEN_ACTIONS,
     AllocationResult,
     CompanyPolicy,

@@ -5,11 +5,11 @@ orders that has no task yet becomes one pick task with a stable id (``PT`` + the
 id, so releasing again changes nothing), sequenced in storage-location order (location,
 bin, sku, order, line) per gateway, and is queued durably on the downlink of the gateway
 that serves the allocating location (``locations.gateway``, DC locations only). Orders go
-``allocated -> released`` through :mod:`central.lifecycle`. Stock in an AS/RS storage tote
+``allocated -> released`` through :mod:`central.orders.lifecycle`. Stock in an AS/RS storage tote
 (:func:`set_tote`) names the tote on the task, so the gateway has it brought to the station.
 
 Results (``pick_result`` uplink, record id ``pick:<task id>``, exactly once through
-:mod:`central.ingest`): the picked units leave stock (``on_hand`` and ``allocated`` both
+:mod:`central.intake.ingest`): the picked units leave stock (``on_hand`` and ``allocated`` both
 drop; the allocation row becomes ``picked`` with the picked quantity). A short means the
 location did not hold the units: they are written off at that location (``on_hand`` drops
 by the short quantity too) and the short quantity goes through the allocation engine with
@@ -30,9 +30,11 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from central import CentralError, demand, downlink, inventory, lifecycle, shortage, waves
-from central.allocation import DemandLine, allocate, encode_inputs
-from central.ingest import Context, Rejected, handler
+from central import CentralError, downlink
+from central.allocate import demand, inventory, shortage, waves
+from central.allocate.allocation import DemandLine, allocate, encode_inputs
+from central.intake.ingest import Context, Rejected, handler
+from central.orders import lifecycle
 from protocols.envelope import Record
 from protocols.picking import (
     PICK_RESULT,

@@ -1,12 +1,12 @@
 """What an order is worth: the one place that turns quantities and prices into money.
 
 Money is integer minor units (cents). An order line is valued when it is priced
-(``central.validation.check_price``) at its validated ``unit_price`` - never the price the
+(``central.orders.validation.check_price``) at its validated ``unit_price`` - never the price the
 sender quoted, which only decides a price hold - less the customer's ``discount_pct``:
 :func:`line_amount`. The amount is stored with the line (``order_lines.amount``) and the
 order's ``value`` is the sum of its open lines' amounts; everything after that reads those
-two: allocation priority by value (``central.demand``), open orders and receivables
-(``central.lifecycle``) and the credit of a return (:func:`return_credit`).
+two: allocation priority by value (``central.allocate.demand``), open orders and receivables
+(``central.orders.lifecycle``) and the credit of a return (:func:`return_credit`).
 
 A line whose price the order type fixes (a consignment deposit's price, a voucher's 0) is
 valued at that price as it is: the deposit price is what the customer agreed when it

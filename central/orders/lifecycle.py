@@ -26,7 +26,8 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from central import CentralError, downlink, valuation
+from central import CentralError, downlink
+from central.orders import valuation
 from runtime.clock import now_ms
 
 STATUS_RECORD = "order_status"

@@ -29,8 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from central.downlink import DownlinkSender, apply_gateway_acks
-from central.ingest import quarantine_message, quick_checks, receive_uplink
-from central.processor import Processor
+from central.intake.ingest import quarantine_message, quick_checks, receive_uplink
+from central.intake.processor import Processor
 from protocols import envelope, topics
 from protocols.envelope import Ack, AckStatus, EnvelopeError
 from runtime.clock import now_ms

@@ -1,7 +1,7 @@
 """Real-time and batch (wave) allocation: which orders are allocated together, and when.
 
 Real time (单一订单分配): :func:`allocate_now` allocates one validated order in the
-validating transaction; :func:`install` registers it as a ``central.lifecycle.ON_VALIDATED``
+validating transaction; :func:`install` registers it as a ``central.orders.lifecycle.ON_VALIDATED``
 hook when :data:`MODE` says so.
 
 Batch (批次分配): :func:`run_wave` collects validated, not yet allocated orders received up
@@ -9,7 +9,7 @@ to a cut-off, splits them into batches by :class:`BatchRules` (time window / del
 zone, route, processing requirement, vehicle type - any combination, in order), and
 allocates each batch together with the priority rules. Batches are served one after the
 other in key order, each seeing the stock the earlier ones left. Each batch becomes a wave
-with its standard pick time (:mod:`central.picktime`).
+with its standard pick time (:mod:`central.fulfil.picktime`).
 
 Open ship-with-next-order shortages of the customers in a batch ride along as
 ``backorder_refill`` demand in the same run.
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from central import demand, inventory, picktime, shortage
-from central.allocation import (
+from central.allocate import demand, inventory, shortage
+from central.allocate.allocation import (
     CompanyPolicy,
     OrderDemand,
     PriorityRules,
@@ -34,6 +34,7 @@ from central.allocation import (
     allocate,
     encode_inputs,
 )
+from central.fulfil import picktime
 from runtime.clock import now_ms
 
 BATCH_KEYS = ("window", "run", "zone", "route", "processing", "vehicle")
@@ -181,13 +182,13 @@ def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
 
 
 def install(settings: AllocationSettings | None = None) -> None:
-    """Set :data:`MODE` and register :func:`on_validated` with ``central.lifecycle``."""
+    """Set :data:`MODE` and register :func:`on_validated` with ``central.orders.lifecycle``."""
     global MODE  # noqa: PLW0603 - one settings object per process, set at start
     if settings is not None:
         MODE = settings
     import importlib  # noqa: PLC0415 - lifecycle is another helper's module, may not exist yet
 
-    lifecycle = importlib.import_module("central.lifecycle")
+    lifecycle = importlib.import_module("central.orders.lifecycle")
     if on_validated not in lifecycle.ON_VALIDATED:
         lifecycle.ON_VALIDATED.append(on_validated)
     if on_cancelled not in lifecycle.ON_CANCELLED:

@@ -8,7 +8,7 @@ requested date out of range, a voucher already used; a supervisor cannot approve
 that, only reject it, or the sender fixes it with an order change).
 
 Checks, in order: ``completeness``, ``price``, ``credit``, ``packaging``, then the order
-type's own check (``central.ordertypes``).
+type's own check (``central.orders.ordertypes``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from central.masters import Item, Snapshot
-from central.valuation import line_amount
+from central.orders.masters import Item, Snapshot
+from central.orders.valuation import line_amount
 from protocols.frozen import quick_init
 
 # Requested delivery date window, relative to today (module level so tests set them).
@@ -73,7 +73,7 @@ class PricedLine:
     line_no: int
     sku: str | None  # resolved from the GTIN when the line gave only a GTIN
     unit_price: int | None  # the validated unit price (list price; the type's fixed price)
-    amount: int = 0  # what the line is worth: ``central.valuation.line_amount`` (net of discount)
+    amount: int = 0  # what the line is worth: ``central.orders.valuation.line_amount`` (net of discount)
 
 
 @quick_init
@@ -167,7 +167,7 @@ def check_price(
 ) -> tuple[Check, list[PricedLine]]:
     """Price each line from the customer's price list; a quote outside tolerance holds.
     Each line is valued at its validated unit price less the customer's discount
-    (:func:`central.valuation.line_amount`); a price the order type fixes is taken as it is."""
+    (:func:`central.orders.valuation.line_amount`); a price the order type fixes is taken as it is."""
     cust = snap.customers.get(order.customer)
     cls = cust.price_class if cust else ""
     discount = cust.discount_pct if cust else 0.0

@@ -1,6 +1,6 @@
 """REST routes for inventory, allocation, waves, shortages, documents and returns.
 
-``add_routes(app)`` adds them to central's app (the DB comes from ``central.api.DB_KEY``).
+``add_routes(app)`` adds them to central's app (the DB comes from ``central.web.api.DB_KEY``).
 Domain errors map to HTTP here and nowhere else: 400 for bad input, 404 for unknown ids,
 409 for stock operations that would break an invariant and for a return on an order not
 shipped or delivered.
@@ -16,9 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from central import documents, inventory, picktime, returns, shortage, waves
-from central.api import DB_KEY, requires
-from central.auth import Role
+from central.allocate import inventory, shortage, waves
+from central.fulfil import documents, picktime, returns
+from central.web.api import DB_KEY, requires
+from central.web.auth import Role
 from runtime.clock import now_ms
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

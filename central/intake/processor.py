@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from central.ingest import process_queue
+from central.intake.ingest import process_queue
 from protocols.envelope import Ack
 from runtime.sqlitedb import DurableDB
 

@@ -20,9 +20,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from central import CentralError, downlink, lifecycle
-from central.masters import Snapshot
-from central.validation import Check, LineIn, OrderIn, Outcome
+from central import CentralError, downlink
+from central.orders import lifecycle
+from central.orders.masters import Snapshot
+from central.orders.validation import Check, LineIn, OrderIn, Outcome
 from protocols.frozen import quick_init
 from runtime.clock import now_ms
 

@@ -7,7 +7,7 @@ name (:data:`CUSTOMER_COLUMNS` lists the names accepted for each field), and oth
 :data:`DEFAULT_PROFILE`. Everything is read in a few set-based queries (no per-line SQL).
 
 Order status: allocation keeps its own per-order state in ``alloc_orders`` and writes an
-``order_events`` row; when ``central.lifecycle`` is present its ``transition`` is called
+``order_events`` row; when ``central.orders.lifecycle`` is present its ``transition`` is called
 with the status from :data:`ORDER_STATUS` (so the store hears about it).
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from central.allocation import CustomerPref, DemandLine, OrderDemand, Special
+from central.allocate.allocation import CustomerPref, DemandLine, OrderDemand, Special
 from protocols.frozen import quick_init
 
 CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -35,7 +35,7 @@ CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
     "salesperson": ("salesperson", "sales_rep"),
 }
 
-#: allocation outcome -> order lifecycle status (used only when central.lifecycle exists)
+#: allocation outcome -> order lifecycle status (used only when central.orders.lifecycle exists)
 ORDER_STATUS: dict[str, str] = {"allocated": "allocated", "short": "allocated", "cancelled": "cancelled"}
 
 
@@ -308,9 +308,9 @@ def set_status(
 
 
 def _lifecycle() -> Any:
-    """``central.lifecycle`` if it is there (and the orders table has its columns)."""
+    """``central.orders.lifecycle`` if it is there (and the orders table has its columns)."""
     try:
-        return importlib.import_module("central.lifecycle")
+        return importlib.import_module("central.orders.lifecycle")
     except ModuleNotFoundError:
         return None
 
@@ -326,7 +326,7 @@ def make_demand(
     value: int,
 ) -> OrderDemand:
     """The engine's view of one order: ``lines`` are (line_no, sku, qty); ``value`` is the
-    order's value as priced (``orders.value``, see ``central.valuation``)."""
+    order's value as priced (``orders.value``, see ``central.orders.valuation``)."""
     return OrderDemand(
         order_id=order_id,
         customer=customer,

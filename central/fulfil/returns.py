@@ -12,7 +12,7 @@ and applies it in the caller's transaction:
   the supplier is recorded for return to supplier.
 
 Every RMA credits the customer with what the returned units were sold for - their share of
-the line's amount, net of the customer's discount (:func:`central.valuation.return_credit`) -
+the line's amount, net of the customer's discount (:func:`central.orders.valuation.return_credit`) -
 in the same transaction: a ``credit_note`` entry in the ``receivables`` ledger and the
 customer master's ``receivables`` (the figure the credit check reads). The rule that chose
 the location is stored with the RMA.
@@ -24,7 +24,9 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from central import CentralError, demand, inventory, masters, valuation
+from central import CentralError
+from central.allocate import demand, inventory
+from central.orders import masters, valuation
 
 DISPOSITION = {
     "wrong_item": "restock",

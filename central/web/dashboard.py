@@ -16,9 +16,9 @@ from typing import Any
 from aiohttp import web
 
 from central import fleet as fleet_mod
-from central.api import requires
-from central.auth import Role
 from central.fleet import Fleet
+from central.web.api import requires
+from central.web.auth import Role
 from runtime.sqlitedb import DurableDB
 
 FLEET_KEY = web.AppKey("fleet", Fleet)

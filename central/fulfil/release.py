@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from central import picking
-from central.api import CONSUMER_KEY, DB_KEY, requires
-from central.auth import Role
+from central.fulfil import picking
+from central.web.api import CONSUMER_KEY, DB_KEY, requires
+from central.web.auth import Role
 from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,9 @@ from typing import Any
 
 import msgpack
 
-from central import CentralError, downlink, orders, ordertypes
-from central.validation import LineIn, OrderIn
+from central import CentralError, downlink
+from central.orders import orders, ordertypes
+from central.orders.validation import LineIn, OrderIn
 from protocols import envelope
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Received, Record, Uplink, gc_paused
 from protocols.order_changes import parse_order_change, parse_supplier_confirmation
