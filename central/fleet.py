@@ -1,9 +1,11 @@
 """The fleet registry: sites -> gateways -> devices, with history and alerts.
 
 Gateways publish a retained JSON status (``sg/v1/gw/<gw>/status``; the broker publishes
-their Last Will ``offline`` when they vanish). Central records every status in SQLite: the
-current state per gateway and device, a sampled history (backlog, oldest age) for charts, an
-event log of state changes, and alerts opened and closed by thresholds.
+their Last Will ``offline`` when they vanish); its ``storage.state`` ``full`` opens a critical
+``storage_full`` alert that closes when a status says ``ok`` again. Central records every
+status in SQLite: the current state per gateway and device, a sampled history (backlog,
+oldest age) for charts, an event log of state changes, and alerts opened and closed by
+thresholds.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from runtime.clock import now_ms
-from runtime.sqlitedb import DurableDB, Migration
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,16 @@ MIGRATIONS = [
         );
         CREATE UNIQUE INDEX alerts_open ON alerts(key) WHERE closed_ms IS NULL;
         """,
-    )
+    ),
+    Migration(
+        "fleet_0002_storage",
+        """
+        ALTER TABLE fleet_gateways ADD COLUMN storage_state TEXT NOT NULL DEFAULT 'ok';
+        ALTER TABLE fleet_gateways ADD COLUMN storage_since_ms INTEGER;
+        ALTER TABLE fleet_gateways ADD COLUMN storage_free_bytes INTEGER;
+        ALTER TABLE fleet_gateways ADD COLUMN storage_reason TEXT;
+        """,
+    ),
 ]
 
 
@@ -162,6 +173,19 @@ def apply_status(conn: sqlite3.Connection, gw: str, doc: dict[str, Any], now: in
                 gw,
             ),
         )
+        raw = doc.get("storage")
+        storage: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        conn.execute(
+            "UPDATE fleet_gateways SET storage_state = ?, storage_since_ms = ?, storage_free_bytes = ?,"
+            " storage_reason = ? WHERE gateway = ?",
+            (
+                "full" if storage.get("state") == "full" else "ok",
+                _int(storage.get("since_ms")),
+                _int(storage.get("free_bytes")),
+                storage.get("reason") if isinstance(storage.get("reason"), str) else None,
+                gw,
+            ),
+        )
         for dev in doc.get("devices") or []:
             if isinstance(dev, dict) and isinstance(dev.get("id"), str):
                 changed |= _apply_device(conn, gw, dev, now)
@@ -221,9 +245,18 @@ def evaluate_alerts(
 ) -> tuple[int, int]:
     """Open alerts whose condition holds, close those whose condition cleared."""
     want: dict[str, tuple[str, str, str | None, str, str]] = {}  # key -> kind, gw, dev, severity, message
-    for gw, state, last_ms, oldest, rejected in conn.execute(
-        "SELECT gateway, state, last_status_ms, oldest_age_s, rejected FROM fleet_gateways"
+    for gw, state, last_ms, oldest, rejected, storage, storage_reason in conn.execute(
+        "SELECT gateway, state, last_status_ms, oldest_age_s, rejected, storage_state, storage_reason"
+        " FROM fleet_gateways"
     ):
+        if state == "online" and storage == "full":
+            want[f"storage-full:{gw}"] = (
+                "storage_full",
+                gw,
+                None,
+                "critical",
+                f"{gw} disk full: new records refused until space returns ({storage_reason or 'no reason'})",
+            )
         if state == "offline" and (now - last_ms) / 1000 >= th.gateway_offline_s:
             mins = (now - last_ms) / 60000
             want[f"gw-offline:{gw}"] = (
@@ -316,6 +349,10 @@ def snapshot(conn: sqlite3.Connection, *, history_s: int = 900) -> dict[str, Any
         "clock_offset_ms",
         "version",
         "rejected",
+        "storage_state",
+        "storage_since_ms",
+        "storage_free_bytes",
+        "storage_reason",
     )
     gateways = [
         dict(zip(gcols, r, strict=True))
@@ -453,7 +490,11 @@ class Fleet:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(EVALUATE_EVERY_S)
-            await self.evaluate()
+            try:
+                await self.evaluate()
+            except StorageFull as e:  # central's own disk: alerts wait until there is room
+                log.warning("fleet alerts not evaluated: %s", e)
+                await self.db.wait_writable()
 
     async def wait_change(self, version: int, within_s: float) -> int:
         """Wait until the version moves past ``version`` (or ``within_s`` passes); return it."""

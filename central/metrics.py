@@ -79,6 +79,16 @@ class CentralMetrics:
             "times the MQTT loop ended by something else than a lost link and was started again",
             s.restarts,
         )
+        yield gauge(
+            "storegate_central_storage_full",
+            "1 while central's disk is full (nothing taken, nothing acked)",
+            int(self.db.storage_full is not None),
+        )
+        yield counter(
+            "storegate_central_storage_refused_messages",
+            "messages not taken nor acked because the disk was full (the gateways send them again)",
+            s.storage_refused,
+        )
         proc = self.consumer.processor
         yield counter(
             "storegate_central_processed_records", "records processed after receipt", proc.processed

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, inbox, items, order_status, outbox, picking, scanner, stock
+from gateway import handheld, idempotency, inbox, items, order_status, outbox, picking, scanner, stock
 from gateway.devices import (
     HandheldConfig,
     HidScannerConfig,
@@ -83,6 +83,7 @@ def migrations() -> list[Migration]:
         *handheld.MIGRATIONS,
         *picking.MIGRATIONS,
         *stock.MIGRATIONS,
+        *idempotency.MIGRATIONS,
     ]
 
 
@@ -132,6 +133,28 @@ class GatewayMetrics:
                 "seconds since the last ack from central (absent before the first)",
                 time.monotonic() - s.last_ack_at,
             )
+        storage = self.outbox.db.storage_state()
+        yield gauge(
+            "storegate_gateway_storage_full",
+            "1 while the gateway's disk is full (new records refused with 507)",
+            int(storage["state"] == "full"),
+        )
+        if storage["free_bytes"] is not None:
+            yield gauge(
+                "storegate_gateway_storage_free_bytes",
+                "bytes free on the gateway's data file system",
+                storage["free_bytes"],
+            )
+        yield counter(
+            "storegate_gateway_storage_full_errors",
+            "database jobs failed because the disk was full",
+            storage["errors"],
+        )
+        yield counter(
+            "storegate_gateway_acks_unapplied",
+            "acks from central not applied because the disk was full (the records go again)",
+            s.acks_unapplied,
+        )
         devs = self.telemetry.board.snapshot()
         yield labelled(
             CounterMetricFamily,
@@ -180,6 +203,13 @@ async def serve(cfg: GatewayConfig) -> None:
         status_extra=telemetry.extra,
     )
     telemetry.sync = sync
+
+    def storage_changed(writable: bool) -> None:
+        telemetry.wake()  # the fleet hears of a full disk (and of its end) at once
+        if writable:
+            sync.storage_writable()
+
+    db.on_storage_change.append(storage_changed)
     sessions, devices = build_devices(
         db=db,
         outbox=box,

@@ -43,7 +43,7 @@ from protocols.bht import (
 from protocols.records import MAX_LINES, Channel, OrderBody, OrderLine, OrderType
 from runtime.clock import now_ms
 from runtime.retry import TaskGroup
-from runtime.sqlitedb import DurableDB, Migration
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +394,10 @@ class _Link:
             a.counters["batches_conflict"] += 1
             log.warning("HT %s: refusing %s: %s", a.device_id, file.name, e.reason)
             self.handle(self.rx.refuse(e.reason))
+        except StorageFull as e:
+            a.counters["commit_errors"] += 1
+            log.warning("HT %s: refusing %s: %s", a.device_id, file.name, e)
+            self.handle(self.rx.refuse("gateway storage full, send again later"))
         except Exception:  # task boundary: any failure refuses the batch (nothing was committed)
             a.counters["commit_errors"] += 1
             log.exception("HT %s: commit of %s failed", a.device_id, file.name)

@@ -1,7 +1,9 @@
 """The gateway's local HTTP endpoint: order entry (until/besides device adapters), record
 status and health. Devices on the store LAN (and the ``storegate gateway order`` CLI) use it.
 
-``POST /api/orders`` answers 201 only after the order is durably in the outbox.
+``POST /api/orders`` answers 201 only after the order is durably in the outbox; a repeat (same
+``Idempotency-Key``, or same customer and ``source_ref``) gets the first answer again
+(``gateway/idempotency.py``, ``protocols/GATEWAY-HTTP.md``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.http_errors import domain_errors
+from gateway.idempotency import HEADER, IdempotencyError, OrderEntry, parse_key
 from gateway.outbox import Outbox
 from gateway.sync import Sync
 from protocols.records import RecordSchemaError, parse_order
@@ -18,6 +22,7 @@ from protocols.records import RecordSchemaError, parse_order
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
 SYNC_KEY = web.AppKey("sync", Sync)
 GATEWAY_ID_KEY = web.AppKey("gateway_id", str)
+ORDER_ENTRY_KEY = web.AppKey("order_entry", OrderEntry)
 
 MAX_BODY = 256 * 1024
 
@@ -41,8 +46,13 @@ async def post_order(request: web.Request) -> web.Response:
         order = parse_order(body)
     except RecordSchemaError as e:
         return _error(422, e.reason)
-    rec = await request.app[OUTBOX_KEY].submit("order", order.to_wire())
-    return web.json_response({"id": rec.id, "seq": rec.seq, "status": "pending"}, status=201)
+    try:
+        key = parse_key(request.headers.getall(HEADER, []))
+        answer = await request.app[ORDER_ENTRY_KEY].submit(order.to_wire(), key=key)
+    except IdempotencyError as e:
+        return _error(e.status, e.reason)
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    return web.json_response(answer.body, status=answer.status, headers=headers)
 
 
 async def get_record(request: web.Request) -> web.Response:
@@ -72,14 +82,16 @@ async def health(request: web.Request) -> web.Response:
             "submitted": outbox.submitted,
             "acked": outbox.acked,
             "rejected": outbox.rejected,
+            "storage": outbox.db.storage_state(),
         }
     )
 
 
 def create_app(*, gateway_id: str, outbox: Outbox, sync: Sync | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[domain_errors])
     app[GATEWAY_ID_KEY] = gateway_id
     app[OUTBOX_KEY] = outbox
+    app[ORDER_ENTRY_KEY] = OrderEntry(outbox=outbox, gateway_id=gateway_id)
     if sync is not None:
         app[SYNC_KEY] = sync
     app.router.add_post("/api/orders", post_order)

@@ -4,7 +4,8 @@ and acked to central only after that commit.
 
 Handlers register per record type: ``@handler("master_items") def f(conn, record): ...``;
 raise :class:`InboxRejected` for a record that can never apply (it is acked ``rejected``
-with the reason, so central stops resending it and shows the reason).
+with the reason, so central stops resending it and shows the reason), :class:`InboxNotYet`
+for one that cannot apply yet (left unacked: central sends it again).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from gateway import GatewayError
 from protocols.envelope import Ack, AckStatus, Record
 from runtime.clock import now_ms
-from runtime.sqlitedb import DurableDB, Migration, savepoint
+from runtime.sqlitedb import DurableDB, Migration, is_storage_full, savepoint
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,15 @@ MIGRATIONS = [
 
 
 class InboxRejected(GatewayError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InboxNotYet(GatewayError):
+    """The record cannot apply yet (it answers for something this gateway has not finished
+    recording): left unacked, central sends it again later."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -76,8 +86,13 @@ class Inbox:
                         fn(conn, rec)
                 except InboxRejected as e:
                     status, reason = AckStatus.REJECTED, e.reason
-                except Exception:
-                    # Our bug or a storage fault: undone, left unacked, central resends later.
+                except InboxNotYet as e:
+                    log.info("downlink record %s (%s) left unacked for now: %s", rec.id, rec.type, e.reason)
+                    continue
+                except Exception as e:
+                    if is_storage_full(e):  # the whole job fails: nothing applied, nothing acked
+                        raise
+                    # Our bug or another storage fault: undone, left unacked, central resends later.
                     log.exception("downlink record %s (%s) failed; left unacked for retry", rec.id, rec.type)
                     self.errors += 1
                     continue

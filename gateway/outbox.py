@@ -20,11 +20,11 @@ from typing import Any
 
 import msgpack
 
-from gateway.inbox import InboxRejected
+from gateway.inbox import InboxNotYet, InboxRejected
 from protocols import ids
 from protocols.envelope import Ack, AckStatus, Record, pack_record
 from runtime.clock import now_ms
-from runtime.sqlitedb import ClosedError, DurableDB, Migration, insert_rows, savepoint
+from runtime.sqlitedb import ClosedError, DurableDB, Migration, insert_rows, is_storage_full, savepoint
 
 MIGRATIONS = [
     Migration(
@@ -173,7 +173,9 @@ class Outbox:
         try:
             with savepoint(conn, "outbox_batch"):
                 insert_rows(conn, "INSERT INTO outbox (seq, id, type, ts, packed)", rows)
-        except Exception:  # one bad record (say a repeated id): one by one, so only it fails
+        except Exception as e:  # one bad record (say a repeated id): one by one, so only it fails
+            if is_storage_full(e):  # not one record's fault: the whole job fails (StorageFull)
+                raise
             return [self._insert_one(conn, t, body, rid) for t, body, rid, _fut in items]
         return recs
 
@@ -184,6 +186,8 @@ class Outbox:
             with savepoint(conn, "outbox_one"):
                 return self.add(conn, type, body, record_id=record_id)
         except Exception as e:
+            if is_storage_full(e):
+                raise
             return e
 
     def _batch_done(self, batch: _Batch, job: asyncio.Future[list[Record | Exception]]) -> None:
@@ -312,7 +316,11 @@ def apply_record_result(conn: sqlite3.Connection, rec: Record) -> None:
     rid, status, reason = rec.body.get("id"), rec.body.get("status"), rec.body.get("reason")
     if not isinstance(rid, str) or status not in ("accepted", "rejected"):
         raise InboxRejected(f"record_result: bad body {rec.body!r}")
-    conn.execute(
+    updated = conn.execute(
         "UPDATE record_results SET status = ?, reason = ? WHERE id = ?",
         (status, reason if isinstance(reason, str) else None, rid),
-    )
+    ).rowcount
+    if not updated and conn.execute("SELECT 1 FROM outbox WHERE id = ?", (rid,)).fetchone():
+        # central's ack for the record has not been applied here yet (a full disk refused it,
+        # or it is on its way): the final answer would be lost, so it waits for the next send
+        raise InboxNotYet(f"record_result for {rid}: its ack is not applied yet")

@@ -64,7 +64,7 @@ from protocols.picking import (
 from protocols.records import RecordSchemaError
 from runtime.clock import now_ms
 from runtime.retry import TaskGroup
-from runtime.sqlitedb import DurableDB, Migration
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,12 @@ class PickExecutor:
     async def _feed_loop(self) -> None:
         while True:
             self._wake.clear()
-            await self.feed_once()
+            try:
+                await self.feed_once()
+            except StorageFull as e:
+                log.warning("picking: feed postponed: %s", e)
+                await self.db.wait_writable()
+                continue
             try:
                 async with asyncio.timeout(IDLE_POLL_S):
                     await self._wake.wait()
@@ -556,8 +561,16 @@ class PickExecutor:
         self._wake.set()
 
     async def _write(self, job: Callable[[sqlite3.Connection], int]) -> None:
-        """Run a job that queues outbox records; tell the sync task after the commit."""
-        n = await self.db.write(job)
+        """Run a job that queues outbox records; tell the sync task after the commit. On a full
+        disk it waits for room and runs the job again: a pick or an AS/RS telegram is acked only
+        once it is recorded, and is never dropped."""
+        while True:
+            try:
+                n = await self.db.write(job)
+                break
+            except StorageFull as e:
+                log.warning("picking: waiting for storage to record a result: %s", e)
+                await self.db.wait_writable()
         if n:
             self.outbox.notify(n)
 

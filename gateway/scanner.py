@@ -34,7 +34,7 @@ from protocols.barcode import (
 )
 from protocols.envelope import Record
 from protocols.records import MAX_LINES, MAX_QTY, Channel, OrderBody, OrderLine, OrderType
-from runtime.sqlitedb import DurableDB, Migration
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,8 @@ class ScanSessions:
             outcome = await self.db.write(job)
         except ScanRefused as e:
             return self._refused(device_id, e.code, e.reason, text)
+        except StorageFull as e:  # nothing recorded: the scanner gets its NAK / error beep
+            return self._refused(device_id, "storage_full", f"gateway storage full ({e.reason})", text)
         self._changed.set()
         if outcome.record is not None:
             self.outbox.notify()
@@ -346,7 +348,11 @@ class ScanSessions:
             self._changed.clear()
             deadline = await self.next_idle_deadline()
             if deadline is not None and deadline <= self.clock():
-                await self.close_idle()
+                try:
+                    await self.close_idle()
+                except StorageFull as e:  # the sessions stay open; closed once there is room
+                    log.warning("scanner sessions: idle close postponed: %s", e)
+                    await self.db.wait_writable()
                 continue
             timeout = None if deadline is None else deadline - self.clock()
             try:

@@ -41,6 +41,7 @@ from protocols.envelope import Ack, EnvelopeError, Record
 from runtime.clock import now_ms
 from runtime.mqtt import Client, no_delay, raise_unless_link_lost
 from runtime.retry import TaskGroup, backoff_delay, supervise
+from runtime.sqlitedb import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class SyncStats:
     resends: int = 0
     reconnects: int = 0
     restarts: int = 0  # the sync loop ended by something else than a lost link (a bug)
+    acks_unapplied: int = 0  # acks from central the full disk kept from being applied
     last_sync_ms: int | None = None
     last_ack_at: float | None = None  # time.monotonic() of the last ack from central
     link_since: float = field(default_factory=time.monotonic)  # when the link last went up or down
@@ -294,6 +296,17 @@ class Sync:
                 self._reset_inflight()
                 self.outbox.new_records.set()
 
+    def storage_writable(self) -> None:
+        """The disk has room again: acks that could not be applied meanwhile left their records
+        in the outbox; send everything unacked again now rather than at the next ack timeout."""
+        self._ack_timeout = self.ack_timeout
+        if self._inflight:
+            log.info(
+                "gw=%s storage writable again; resending %d unacked messages", self.gw, len(self._inflight)
+            )
+            self._reset_inflight()
+            self.outbox.new_records.set()
+
     def _on_acked(self, ids: list[str]) -> None:
         self._ack_timeout = self.ack_timeout
         for rid in ids:
@@ -339,6 +352,14 @@ class Sync:
     async def _apply_acks(self, acks: tuple[Ack, ...]) -> None:
         try:
             await self.outbox.apply_acks(acks)
+        except StorageFull as e:
+            # Not applied: the records stay in the outbox and go again (after the ack timeout,
+            # or at once when the disk is writable again); central answers them `duplicate`.
+            self.stats.acks_unapplied += len(acks)
+            log.warning(
+                "gw=%s %d acks from central not applied (%s); records stay queued", self.gw, len(acks), e
+            )
+            return
         finally:
             self._ack_slots.release()
         self.stats.acks_received += len(acks)
@@ -359,7 +380,11 @@ class Sync:
         if self.on_records is None:
             log.warning("gw=%s %d downlink records but no handler; not acked", self.gw, len(records))
             return
-        acks = await self.on_records(records)
+        try:
+            acks = await self.on_records(records)
+        except StorageFull as e:  # not applied, not acked: central sends them again
+            log.warning("gw=%s %d downlink records not applied (%s); left unacked", self.gw, len(records), e)
+            return
         if acks:
             payload = envelope.encode(gw=self.gw, sent=now_ms(), acks=acks)
             await client.publish(topics.uplink(self.gw), payload, qos=1)

@@ -2,8 +2,9 @@
 
 Device adapters register on the :class:`DeviceBoard` and report what they see (seen, errors,
 NAKs, battery, firmware). :class:`Telemetry` publishes the gateway's retained status every
-``STATUS_INTERVAL_S`` with its backlog, oldest unsent age, last sync, clock offset and the
-devices. Telemetry is sampled: business records never travel this way.
+``STATUS_INTERVAL_S`` (and at once when its disk fills up or has room again) with its backlog,
+oldest unsent age, last sync, clock offset, storage state and the devices.
+Telemetry is sampled: business records never travel this way.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ class Telemetry:
         self.sync: Sync | None = None
         self.backlog = Backlog(count=0, oldest_ts=None)
         self.started = time.time()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Publish the status now (e.g. the disk just filled up or has room again)."""
+        self._wake.set()
 
     def extra(self) -> dict[str, object]:
         s = self.sync.stats if self.sync else None
@@ -123,6 +129,7 @@ class Telemetry:
             "clock_offset_ms": s.clock_offset_ms if s else None,
             "records_sent": s.records_sent if s else 0,
             "rejected": self.outbox.rejected,
+            "storage": _storage(self.outbox.db.storage_state()),
             "devices": self.board.snapshot(),
         }
 
@@ -131,7 +138,18 @@ class Telemetry:
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()
             await self.refresh()
             if self.sync is not None:
                 await self.sync.publish_status()
-            await asyncio.sleep(STATUS_INTERVAL_S)
+            try:
+                async with asyncio.timeout(STATUS_INTERVAL_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+
+def _storage(state: dict[str, Any]) -> dict[str, object]:
+    """The status record's ``storage``: ``state`` (``ok`` / ``full``), ``since_ms`` (full since),
+    ``free_bytes`` on the gateway's data file system, ``reason`` (SQLite's error while full)."""
+    return {k: state[k] for k in ("state", "since_ms", "free_bytes", "reason")}

@@ -52,10 +52,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass(frozen=True, slots=True)
 class BrokerAuth:
-    """Authenticated broker: password file + ACL file (see ops/broker_security)."""
+    """Authenticated broker: password file + ACL file (see ops/broker_security), and Mosquitto's
+    dynamic-security plugin with its config file when the plugin is installed: it refuses
+    subscriptions, which the ACL file cannot (ops/BROKER.md, "Shared subscriptions")."""
 
     password_file: Path
     acl_file: Path
+    dynsec_plugin: Path | None = None
+    dynsec_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,11 @@ class BrokerConfig:
                 f"password_file {self.auth.password_file}",
                 f"acl_file {self.auth.acl_file}",
             ]
+            if self.auth.dynsec_plugin is not None and self.auth.dynsec_file is not None:
+                lines += [
+                    f"plugin {self.auth.dynsec_plugin}",
+                    f"plugin_opt_config_file {self.auth.dynsec_file}",
+                ]
         if self.tls is not None:
             lines += [
                 f"listener {self.tls.port} {self.host}",

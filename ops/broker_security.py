@@ -4,6 +4,8 @@ Everything lives under one ``etc`` directory (see :class:`SecurityPaths`)::
 
     etc/broker/passwd        mosquitto password file (PBKDF2-SHA512 hashes, never plaintext)
     etc/broker/acl           mosquitto ACL file (rendered by render_acl)
+    etc/broker/dynamic-security.json  the dynamic-security plugin's file: refuses $share to
+                             every listed user (ops, gateways); see deny_shared_subscriptions
     etc/central.toml         central's [broker] section with its credentials
     etc/ops-mqtt.toml        read-only monitoring credentials (status topics only)
     etc/gateways/<gw>.toml   one gateway config per provisioned gateway (ops/provision.py)
@@ -17,8 +19,11 @@ Hashes are made by ``mosquitto_passwd -U`` on a private temporary file (the pass
 appears on a command line); the password file is replaced atomically under a lock, so a
 broker reloading it on SIGHUP (:func:`reload_broker`) never sees half a file.
 
-``main()`` is ``storegate broker-init``: create the service credentials, the ACL and
-optionally a test PKI, and print the mosquitto.conf to run with.
+Central's uplink subscription uses a secret share group (:func:`new_share_group`), written
+only into central.toml, so no other client can join central's group.
+
+``main()`` is ``storegate broker-init``: create the service credentials, the ACL, the broker's
+data dir and optionally a test PKI, and write the mosquitto.conf to run with.
 """
 
 from __future__ import annotations
@@ -30,15 +35,18 @@ import grp
 import json
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ops.broker import BrokerAuth, BrokerConfig, Mosquitto, TlsListener
 from protocols import topics
@@ -49,6 +57,7 @@ CENTRAL_USER = "central"
 OPS_USER = "ops"
 RESERVED_USERS = frozenset({CENTRAL_USER, OPS_USER})
 BROKER_GROUP = "mosquitto"  # the Debian package's mosquitto drops privileges to this user/group
+BROKER_USER = "mosquitto"
 
 ROOT = topics.ROOT
 
@@ -103,6 +112,10 @@ class SecurityPaths:
         return self.broker_dir / "acl"
 
     @property
+    def dynsec_file(self) -> Path:
+        return self.broker_dir / "dynamic-security.json"
+
+    @property
     def lock_file(self) -> Path:
         return self.broker_dir / ".lock"
 
@@ -127,7 +140,13 @@ class SecurityPaths:
 
     @property
     def auth(self) -> BrokerAuth:
-        return BrokerAuth(password_file=self.password_file, acl_file=self.acl_file)
+        plugin = find_dynsec_plugin()
+        return BrokerAuth(
+            password_file=self.password_file,
+            acl_file=self.acl_file,
+            dynsec_plugin=plugin,
+            dynsec_file=self.dynsec_file if plugin is not None else None,
+        )
 
 
 @contextlib.contextmanager
@@ -209,6 +228,77 @@ def ensure_acl(path: Path) -> None:
     missing = missing_acl_lines(path.read_text())
     if missing:
         raise AclError(path, missing)
+
+
+# -- dynamic security: refuse shared subscriptions ----------------------------------------
+# Mosquitto's ACL file never checks a SUBSCRIBE. The dynamic-security plugin does, for the
+# clients it lists; for anything its roles do not match it defers (all default accesses are
+# false), so the ACL file and password file keep deciding everything else. Clients are listed
+# without a password: authentication stays with the password file. The plugin reads its file
+# at broker start only (not on SIGHUP); no client is granted $CONTROL, so the broker never
+# rewrites it and these files remain the only source.
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+NO_SHARED_ROLE = "storegate-no-shared-subscriptions"
+
+
+def find_dynsec_plugin() -> Path | None:
+    for candidate in DYNSEC_PLUGIN_PATHS:
+        if Path(candidate).exists():
+            return Path(candidate)
+    return None
+
+
+def _empty_dynsec() -> dict[str, Any]:
+    return {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": False,
+        },
+        "clients": [],
+        "groups": [],
+        "roles": [
+            {
+                "rolename": NO_SHARED_ROLE,
+                "textdescription": "Storegate: no shared subscriptions (only central shares uplinks)",
+                "acls": [{"acltype": "subscribePattern", "topic": "$share/#", "priority": 0, "allow": False}],
+            }
+        ],
+    }
+
+
+def dynsec_clients(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    clients = json.loads(path.read_text()).get("clients", [])
+    return {c["username"] for c in clients if isinstance(c, dict) and "username" in c}
+
+
+def deny_shared_subscriptions(paths: SecurityPaths, usernames: Sequence[str]) -> None:
+    """List ``usernames`` in the dynamic-security file with the role refusing ``$share/...``.
+
+    Takes effect at the broker's next start (the plugin does not reload on SIGHUP)."""
+    with locked(paths):
+        f = paths.dynsec_file
+        data = json.loads(f.read_text()) if f.exists() else _empty_dynsec()
+        roles = {r.get("rolename") for r in data.setdefault("roles", [])}
+        if NO_SHARED_ROLE not in roles:
+            data["roles"] += _empty_dynsec()["roles"]
+        clients = data.setdefault("clients", [])
+        known = {c.get("username") for c in clients}
+        for user in usernames:
+            if user == CENTRAL_USER:
+                raise ReservedUserError(user)  # central's own shared subscription must stay allowed
+            if user not in known:
+                clients.append({"username": user, "roles": [{"rolename": NO_SHARED_ROLE}]})
+        write_atomic(f, json.dumps(data, indent=2) + "\n", mode=0o640)
+        _broker_readable(f)
 
 
 # -- passwords --------------------------------------------------------------------------
@@ -293,6 +383,33 @@ class Credentials:
 class ServiceCredentials:
     central: Credentials
     ops: Credentials
+    share_group: str  # central's secret MQTT 5 share group (see new_share_group)
+
+
+def new_share_group() -> str:
+    """A share group name nobody can guess (128 random bits).
+
+    Mosquitto 2.0's ACL file cannot refuse a SUBSCRIBE (only reads and writes are checked), so
+    any authenticated client may subscribe to ``$share/<group>/...``; a member of central's group
+    whose read ACL denies the topic takes its turn in the group's round robin and the message is
+    dropped for the whole group. Only who knows the group name can join it: central's config is
+    the only place it is written."""
+    return f"{CENTRAL_USER}-{secrets.token_hex(16)}"
+
+
+def _existing_share_group(central_config: Path) -> str | None:
+    """The share group already in central's config: a re-run keeps central's subscription."""
+    try:
+        raw = tomllib.loads(central_config.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    group = raw.get("broker", {}).get("share_group")
+    if not isinstance(group, str) or group == topics.CENTRAL_SHARE_GROUP:
+        return None
+    try:
+        return topics.check_share_group(group)
+    except topics.TopicError:
+        return None
 
 
 def _broker_section(
@@ -316,14 +433,17 @@ def init_broker_security(
     etc_dir: Path, *, broker_host: str = "127.0.0.1", broker_port: int = 1883, tls_ca: Path | None = None
 ) -> ServiceCredentials:
     """Create the ACL, and central's and ops' credentials (new random passwords, hashed into
-    the password file, plaintext only in the 0600 files ``central.toml``/``ops-mqtt.toml``).
+    the password file, plaintext only in the 0600 files ``central.toml``/``ops-mqtt.toml``),
+    and central's secret share group (kept if central.toml already has one).
     Running it again rotates both passwords; gateway entries are kept."""
     paths = SecurityPaths(etc_dir)
     ensure_acl(paths.acl_file)
     central = Credentials(CENTRAL_USER, new_password())
     ops = Credentials(OPS_USER, new_password())
+    share_group = _existing_share_group(paths.central_config) or new_share_group()
     for c in (central, ops):
         set_password(paths, c.username, c.password)
+    deny_shared_subscriptions(paths, sorted(set(read_users(paths.password_file)) - {CENTRAL_USER}))
     write_atomic(
         paths.central_config,
         _broker_section(
@@ -332,14 +452,14 @@ def init_broker_security(
             host=broker_host,
             port=broker_port,
             tls_ca=tls_ca,
-            extra={"client_id": "central-1"},
+            extra={"client_id": "central-1", "share_group": share_group},
         ),
     )
     write_atomic(
         paths.ops_config,
         _broker_section("mqtt", ops, host=broker_host, port=broker_port, tls_ca=tls_ca, extra={}),
     )
-    return ServiceCredentials(central=central, ops=ops)
+    return ServiceCredentials(central=central, ops=ops, share_group=share_group)
 
 
 # -- TLS --------------------------------------------------------------------------------
@@ -455,17 +575,24 @@ def reload_from_pid_file(pid_file: Path) -> None:
 
 
 # -- CLI --------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="storegate broker-init",
-        description="Create the broker ACL and the central/ops broker credentials under --etc "
-        "(rotates their passwords if run again), optionally a test CA and server certificate, "
-        "and print the mosquitto.conf to run with. See ops/BROKER.md.",
-    )
+DESCRIPTION = (
+    "Create the broker ACL and the central/ops broker credentials under --etc "
+    "(rotates their passwords if run again), the broker's data directory, optionally a test CA "
+    "and server certificate, and write the mosquitto.conf to run with. See ops/BROKER.md."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """broker-init's options; shared by ``storegate broker-init`` and :func:`main`."""
     p.add_argument("--etc", type=Path, required=True, help="configuration directory (created if missing)")
     p.add_argument("--broker-host", default="127.0.0.1", help="host the clients connect to")
     p.add_argument("--broker-port", type=int, default=1883, help="plain MQTT port")
-    p.add_argument("--data-dir", type=Path, default=Path("var/broker"), help="broker persistence directory")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var/broker"),
+        help="broker persistence and log directory (created, owned by the broker user when run as root)",
+    )
     p.add_argument(
         "--tls-port", type=int, default=None, help="also listen with TLS on this port (clients then use it)"
     )
@@ -474,8 +601,31 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --tls-port: generate a private test CA and server certificate for --broker-host",
     )
-    args = p.parse_args(argv)
-    paths = SecurityPaths(args.etc)
+
+
+def prepare_data_dir(data_dir: Path, *, user: str = BROKER_USER) -> None:
+    """Create the broker's persistence/log directory, writable by the user mosquitto runs as.
+
+    Started as root, mosquitto drops to ``user`` before it writes its persistence file and
+    log; a directory it cannot write silently leaves the broker without either. Run as root,
+    the directory is given to that user (0750); otherwise it belongs to whoever runs this."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o750)
+    if os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            log.warning("no user %r: %s stays owned by root", user, data_dir)
+            return
+        os.chown(data_dir, pw.pw_uid, pw.pw_gid)
+        for f in data_dir.iterdir():  # a re-run keeps the broker's own files writable by it
+            if f.name in ("mosquitto.db", "mosquitto.log"):
+                os.chown(f, pw.pw_uid, pw.pw_gid)
+
+
+def run(args: argparse.Namespace) -> int:
+    etc = args.etc.absolute()  # mosquitto and central run from anywhere: no relative paths in configs
+    paths = SecurityPaths(etc)
     tls: TlsListener | None = None
     if args.tls_port is not None:
         if args.test_pki:
@@ -494,20 +644,29 @@ def main(argv: list[str] | None = None) -> int:
         tls = pki.listener(args.tls_port)
     client_port = args.tls_port if tls is not None else args.broker_port
     init_broker_security(
-        args.etc,
+        etc,
         broker_host=args.broker_host,
         broker_port=client_port,
         tls_ca=tls.cafile if tls is not None else None,
     )
-    cfg = secure_broker_config(args.etc, port=args.broker_port, data_dir=args.data_dir, tls=tls)
-    conf = args.etc / "broker" / "mosquitto.conf"
+    data_dir = args.data_dir.absolute()
+    prepare_data_dir(data_dir)
+    cfg = secure_broker_config(etc, port=args.broker_port, data_dir=data_dir, tls=tls, run_as=BROKER_USER)
+    conf = paths.broker_dir / "mosquitto.conf"
     write_atomic(conf, cfg.render(), mode=0o644)
     print(f"password file  {paths.password_file}")
     print(f"ACL            {paths.acl_file}")
     print(f"central config {paths.central_config} (merge its [broker] section into central's config)")
     print(f"ops config     {paths.ops_config}")
+    print(f"data dir       {data_dir}  (persistence and mosquitto.log)")
     print(f"broker config  {conf}  (run: mosquitto -c {conf})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="storegate broker-init", description=DESCRIPTION)
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ import json
 import logging
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,11 @@ from typing import Any
 from runtime.config import ConfigError
 
 log = logging.getLogger("storegate")
+
+# storegate order: per-attempt timeout and the backoff between attempts (same key each time)
+ORDER_TIMEOUT_S = 10.0
+ORDER_RETRY_FIRST_S = 0.5
+ORDER_RETRY_MAX_S = 10.0
 
 # Simulators live in firmware_sim/; each exposes main(argv) -> int. Imported lazily so a
 # missing optional device stack cannot break the other commands.
@@ -78,8 +85,7 @@ def cmd_order(args: argparse.Namespace) -> int:
         if not qty.isdigit():
             print(f"--line {spec!r}: expected CODE=QTY", file=sys.stderr)
             return 2
-        key = "gtin" if code.isdigit() else "sku"
-        lines.append({key: code, "qty": int(qty)})
+        lines.append({"gtin" if code.isdigit() else "sku": code, "qty": int(qty)})
     body = {
         "customer": args.customer,
         "channel": "manual",
@@ -88,19 +94,47 @@ def cmd_order(args: argparse.Namespace) -> int:
         "lines": lines,
         "note": args.note,
     }
+    if args.source_ref:
+        body["source_ref"] = args.source_ref
+    from gateway.idempotency import RETRY_WINDOW_S
+
+    if not 0 <= args.retry_for <= RETRY_WINDOW_S:
+        print(
+            f"--retry-for: 0..{RETRY_WINDOW_S} s (the gateway keeps a key longer than that)", file=sys.stderr
+        )
+        return 2
+    key = args.idempotency_key or str(uuid.uuid4())
+    quoted = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'  # an RFC 8941 string
+    # printed first, so that an order whose answer is lost can be resumed with the same key
+    print(f'Idempotency-Key: "{key}" (to send this order again: --idempotency-key {key})', file=sys.stderr)
     req = urllib.request.Request(
         f"{args.gateway_url.rstrip('/')}/api/orders",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Idempotency-Key": quoted},
         method="POST",
     )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            print(resp.read().decode())
-            return 0
-    except urllib.error.HTTPError as e:
-        print(f"refused ({e.code}): {e.read().decode()}", file=sys.stderr)
-        return 1
+    deadline = time.monotonic() + args.retry_for
+    delay = ORDER_RETRY_FIRST_S
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=ORDER_TIMEOUT_S) as resp:
+                if resp.headers.get("Idempotent-Replayed") == "true":
+                    print("already taken: the gateway answered with its first answer", file=sys.stderr)
+                print(resp.read().decode())
+                return 0
+        except urllib.error.HTTPError as e:
+            problem = f"{e.code}: {e.read().decode(errors='replace')}"
+            if e.code < 500:
+                print(f"refused ({problem})", file=sys.stderr)
+                return 1
+        except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out: the same key again
+            problem = str(getattr(e, "reason", e))
+        if time.monotonic() + delay > deadline:
+            print(f"gave up after {args.retry_for:g} s ({problem}); key {key}", file=sys.stderr)
+            return 1
+        print(f"no answer ({problem}); retrying in {delay:.1f} s with the same key", file=sys.stderr)
+        time.sleep(delay)
+        delay = min(delay * 2, ORDER_RETRY_MAX_S)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -134,10 +168,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_init(args: argparse.Namespace) -> int:
-    from ops.broker_security import main as broker_main
+    from ops.broker_security import run
 
-    rc: int = broker_main(args.broker_args)
-    return rc
+    return run(args)
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -200,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--line", action="append", required=True, help="GTIN=QTY or SKU=QTY; repeat per line")
     o.add_argument("--order-type", default="normal", help="normal, cash-sale, drop-ship, ...")
     o.add_argument("--note", default="", help="free text")
+    o.add_argument("--source-ref", default="", help="your own reference for the order (deduplicated)")
+    o.add_argument(
+        "--idempotency-key",
+        default=None,
+        help="this Idempotency-Key (default: a new UUID, printed): resumes an order whose answer got lost",
+    )
+    o.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        help="retry connection failures and 5xx answers with the same key for this many seconds",
+    )
     o.set_defaults(fn=cmd_order)
 
     s = sub.add_parser("sim", help="run a device simulator against a running gateway")
@@ -250,10 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ps.set_defaults(fn=cmd_pick_schedule)
 
+    from ops.broker_security import DESCRIPTION as BROKER_INIT_DESCRIPTION
+    from ops.broker_security import add_arguments as broker_init_arguments
+
     bi = sub.add_parser(
-        "broker-init", help="write the broker's ACL, central/ops credentials and mosquitto.conf"
+        "broker-init",
+        help="write the broker's ACL, central/ops credentials and mosquitto.conf",
+        description=BROKER_INIT_DESCRIPTION,
     )
-    bi.add_argument("broker_args", nargs=argparse.REMAINDER, help="see storegate broker-init -- --help")
+    broker_init_arguments(bi)  # its own options, not a REMAINDER: one starting with -- must parse
     bi.set_defaults(fn=cmd_broker_init)
 
     pv = sub.add_parser(

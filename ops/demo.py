@@ -182,7 +182,7 @@ class Demo:
         the ACL), central seeded with masters and DC stock, the DC's pick-to-light cart and
         AS/RS simulators, each gateway provisioned like a real site, and store activity."""
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-        for old in ("etc", "central", *STORES, DC):
+        for old in ("etc", "broker", "central", *STORES, DC):
             if (self.dir / old).exists():
                 shutil.rmtree(self.dir / old)  # every demo starts from the same seeded state
         etc = self.dir / "etc"
@@ -200,6 +200,7 @@ class Demo:
                     "[broker]",
                     f"port = {broker_port}",
                     'client_id = "central-demo"',
+                    f"share_group = {toml_str(creds.share_group)}",
                     f"username = {toml_str(creds.central.username)}",
                     f"password = {toml_str(creds.central.password)}",
                     "[http]",

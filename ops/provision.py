@@ -4,7 +4,9 @@
 
 1. checks the id (it is the MQTT username and a topic level; ``central``/``ops`` are reserved),
 2. makes sure the ACL confines gateways by username pattern (no per-gateway ACL entry needed),
-3. hashes a new random password into the broker's password file,
+3. hashes a new random password into the broker's password file and lists the gateway in
+   the dynamic-security file, which refuses it every ``$share`` subscription (from the
+   broker's next start),
 4. writes ``<etc>/gateways/<gw>.toml`` (0600: it holds the password) that
    ``gateway.app.load_config`` reads,
 5. optionally tells the running broker to reload (SIGHUP) so the gateway can connect at once.
@@ -27,6 +29,7 @@ from ops.broker_security import (
     BrokerSecurityError,
     ReservedUserError,
     SecurityPaths,
+    deny_shared_subscriptions,
     ensure_acl,
     new_password,
     read_users,
@@ -131,6 +134,7 @@ def provision_gateway(
     ensure_acl(paths.acl_file)
     password = new_password()
     set_password(paths, gw, password)
+    deny_shared_subscriptions(paths, [gw])
     text = render_gateway_config(
         gateway_id=gw,
         customer=customer,

@@ -7,8 +7,11 @@ username, so one ACL pattern per direction confines it::
     sg/v1/gw/<gw>/down     central -> gateway   acks and records      (gateway: read)
     sg/v1/gw/<gw>/status   gateway -> anyone    retained online/offline + telemetry (gateway: write)
 
-Central subscribes to ``$share/central/sg/v1/gw/+/up`` (a shared subscription, so several
-central workers can split the load) and ``sg/v1/gw/+/status``.
+Central subscribes to ``$share/<group>/sg/v1/gw/+/up`` (a shared subscription, so several
+central workers can split the load) and ``sg/v1/gw/+/status``. The group is ``central`` on an
+open development broker; ``storegate broker-init`` gives a secured installation a secret group
+name known only to central's config, because any client that joins central's group takes every
+n-th uplink away from central (see ops/BROKER.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from protocols import ProtocolError
 
 ROOT = "sg/v1/gw"
 CENTRAL_SHARE_GROUP = "central"
+# A share group name is one topic level; keep it to characters no broker treats specially.
+SHARE_GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 # A gateway id is also an MQTT username and a topic level: keep it boring.
 GATEWAY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -48,9 +53,15 @@ def status(gw: str) -> str:
     return f"{ROOT}/{check_gateway_id(gw)}/status"
 
 
-def central_uplink_subscription(*, shared: bool = True) -> str:
+def check_share_group(group: str) -> str:
+    if not SHARE_GROUP_RE.match(group):
+        raise TopicError(f"invalid share group {group!r}: use 1-128 of A-Z a-z 0-9 _ -")
+    return group
+
+
+def central_uplink_subscription(*, shared: bool = True, group: str = CENTRAL_SHARE_GROUP) -> str:
     topic = f"{ROOT}/+/up"
-    return f"$share/{CENTRAL_SHARE_GROUP}/{topic}" if shared else topic
+    return f"$share/{check_share_group(group)}/{topic}" if shared else topic
 
 
 STATUS_SUBSCRIPTION = f"{ROOT}/+/status"

@@ -18,6 +18,15 @@ the WAL on every commit; group commit amortises that fsync over many records.
 
 Reads go through ``read(fn)`` on a separate connection and thread (WAL readers do not block
 the writer).
+
+A full disk (SQLite's ``SQLITE_FULL``: the file system, or ``PRAGMA max_page_count``) fails
+the group commit it hits: SQLite rolls the whole transaction back (savepoints or not), so each
+job of that group fails with :class:`StorageFull` and nothing of it is kept. The writer lives
+on; later groups commit as space allows. From the first such failure (or a probe at open) the
+database counts as full (:attr:`DurableDB.storage_full`) until its own probe task has committed
+a small write and seen :data:`STORAGE_HEADROOM_BYTES` free again, every
+:data:`STORAGE_PROBE_S`; ``on_storage_change`` listeners hear both turns, and
+:meth:`DurableDB.wait_writable` lets a loop whose write failed wait for room.
 """
 
 from __future__ import annotations
@@ -27,9 +36,11 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,13 +63,51 @@ class ClosedError(DatabaseError):
     pass
 
 
+class StorageFull(DatabaseError):
+    """The disk (or the database's page limit) is full: nothing of the failed job was kept."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: storage full ({reason})")
+        self.path = str(path)
+        self.reason = reason
+
+
+def is_storage_full(e: BaseException) -> bool:
+    """True for :class:`StorageFull` and for SQLite's own ``database or disk is full``, also
+    where that was the error being handled when ``e`` was raised (a job's ``ROLLBACK TO`` that
+    fails because the full disk already rolled the whole transaction back)."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 8:
+        if isinstance(cur, StorageFull):
+            return True
+        code = getattr(cur, "sqlite_errorcode", None) if isinstance(cur, sqlite3.Error) else None
+        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
+
+
+# While the database counts as full, a probe write is tried this often; it counts as writable
+# again once the probe commits and the file system has this much free (a free page or two
+# would let the probe through and the next real job fail again).
+STORAGE_PROBE_S = 2.0
+STORAGE_HEADROOM_BYTES = 1024 * 1024
+
+
 class savepoint:
     """``with savepoint(conn, "name") as sp:`` runs the block under ``SAVEPOINT name``.
 
     The block's changes are released into the enclosing transaction when it ends normally;
     if it raises, they are rolled back (``ROLLBACK TO`` + ``RELEASE``) and the exception goes
-    on. ``sp.rollback()`` undoes what the block did so far and keeps the savepoint open (a
-    batch that falls back to row by row). A class, not a generator: it sits on hot paths."""
+    on. If SQLite rolled back the whole transaction under the block (a full disk can), there is
+    nothing left to undo: the block's error goes on as it is (so :func:`is_storage_full` still
+    sees it), and a block that ended normally raises :class:`DatabaseError`; if the savepoint's
+    own ROLLBACK TO or RELEASE fails, the whole transaction is rolled back (the caller's job
+    then fails as a lost transaction, as when it raised itself). ``sp.rollback()``
+    undoes what the block did so far and keeps the savepoint open (a batch that falls back to
+    row by row). A class, not a generator: it sits on hot paths."""
 
     __slots__ = ("_conn", "_name")
 
@@ -76,9 +125,17 @@ class savepoint:
         self._conn.execute(f"ROLLBACK TO {self._name}")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc_type is not None:
-            self._conn.execute(f"ROLLBACK TO {self._name}")
-        self._conn.execute(f"RELEASE {self._name}")
+        if not self._conn.in_transaction:  # SQLite rolled back the whole transaction (a full disk can)
+            if exc_type is not None:
+                return  # the savepoint went with it: the block's own error goes on
+            raise DatabaseError(f"the transaction was rolled back under savepoint {self._name}")
+        try:
+            if exc_type is not None:
+                self._conn.execute(f"ROLLBACK TO {self._name}")
+            self._conn.execute(f"RELEASE {self._name}")
+        except BaseException:  # the block's changes may still be in: give the whole transaction up
+            _rollback(self._conn)
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +283,24 @@ def tune_interpreter() -> None:
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 
 
+class _TransactionLost(Exception):
+    """A job left the group's transaction rolled back (SQLite undoes the whole transaction on
+    some errors, e.g. a full disk at commit): every job of the group failed with ``cause``."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes free to an unprivileged writer on the file system holding ``path``."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 class DurableDB:
     def __init__(
         self,
@@ -251,6 +326,15 @@ class DurableDB:
         self.commits = 0
         self.jobs = 0
         self._behind = 0  # jobs of the running group after the one running
+        self.storage_full: StorageFull | None = None  # the failure that made it count as full
+        self.storage_full_since_ms: int | None = None
+        self.storage_full_errors = 0  # jobs failed with StorageFull
+        # called with False when the disk fills up, with True when it has room again
+        self.on_storage_change: list[Callable[[bool], None]] = []
+        self._probe_task: asyncio.Task[None] | None = None
+        self._full = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -266,13 +350,18 @@ class DurableDB:
             self._rx, lambda: connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
         )
         self._task = asyncio.create_task(self._writer(), name=f"sqlite-writer:{self.path.name}")
+        # Opening needs no free space (a database already migrated is only read): a full disk
+        # is found here and reported, not a reason to exit and be restarted into it again.
+        await self.probe()
+        self._probe_task = asyncio.create_task(self._watch_storage(), name=f"sqlite-probe:{self.path.name}")
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._probe_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()
             if not fut.done():
@@ -312,6 +401,33 @@ class DurableDB:
         conn = self._rconn
         return await asyncio.get_running_loop().run_in_executor(self._rx, fn, conn)
 
+    def _storage_error(self, e: BaseException) -> BaseException:
+        """``e`` as the callers see it: SQLite's full-disk error becomes :class:`StorageFull`."""
+        if isinstance(e, _TransactionLost):
+            e = e.cause
+        if is_storage_full(e) and not isinstance(e, StorageFull):
+            full = StorageFull(self.path, str(e))
+            full.__cause__ = e
+            return full
+        return e
+
+    def _note_full(self, e: StorageFull, jobs: int) -> None:
+        self.storage_full_errors += jobs
+        if self.storage_full is None:
+            self.storage_full = e
+            self.storage_full_since_ms = time.time_ns() // 1_000_000
+            self._full.set()
+            self._writable.clear()
+            log.error("%s: storage full, writes fail until space returns: %s", self.path, e.reason)
+            self._tell_storage(False)
+
+    def _tell_storage(self, writable: bool) -> None:
+        for fn in list(self.on_storage_change):
+            try:
+                fn(writable)
+            except Exception:  # a listener's bug must not stop the writer
+                log.exception("%s: storage listener failed", self.path)
+
     async def _writer(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -321,15 +437,23 @@ class DurableDB:
             try:
                 results = await loop.run_in_executor(self._wx, self._run_group, jobs)
             except BaseException as e:  # the COMMIT itself failed: every job in the group failed
-                log.exception("group commit of %d jobs failed on %s", len(jobs), self.path)
+                err = self._storage_error(e)
+                if isinstance(err, StorageFull):  # said once at ERROR when the disk fills up
+                    log.debug("group commit of %d jobs failed on %s: %s", len(jobs), self.path, err.reason)
+                    self._note_full(err, len(jobs))
+                else:
+                    log.exception("group commit of %d jobs failed on %s", len(jobs), self.path)
                 for _, fut in jobs:
                     if not fut.done():
-                        fut.set_exception(e if isinstance(e, Exception) else DatabaseError(str(e)))
+                        fut.set_exception(err if isinstance(err, Exception) else DatabaseError(str(err)))
                 if isinstance(e, asyncio.CancelledError):
                     raise
                 continue
             self.commits += 1
             self.jobs += len(jobs)
+            full = [v for ok, v in results if not ok and isinstance(v, StorageFull)]
+            if full:
+                self._note_full(full[0], len(full))
             for (_, fut), (ok, value) in zip(jobs, results, strict=True):
                 if fut.done():
                     continue
@@ -337,6 +461,75 @@ class DurableDB:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)
+
+    async def probe(self) -> bool:
+        """Try a small write; True if it committed and the file system has
+        :data:`STORAGE_HEADROOM_BYTES` free (the database then counts as writable again), else
+        False (and the database counts as full)."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            # new pages, given back at once (a page limit refuses them here), then one page
+            # really written: the header's user_version, set to what it is
+            conn.execute("SAVEPOINT probe")
+            try:
+                conn.execute("CREATE TABLE _storage_probe (pad BLOB)")
+                conn.execute("INSERT INTO _storage_probe VALUES (zeroblob(16384))")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO probe")
+                    conn.execute("RELEASE probe")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+
+        try:
+            await self.write(job)
+        except StorageFull:
+            return False
+        free = free_bytes(self.path.parent)
+        if free is not None and free < STORAGE_HEADROOM_BYTES:
+            self._note_full(
+                StorageFull(self.path, f"{free} bytes free, less than {STORAGE_HEADROOM_BYTES}"), 0
+            )
+            return False
+        if self.storage_full is not None:
+            log.warning(
+                "%s: storage writable again after %.1fs",
+                self.path,
+                (time.time_ns() // 1_000_000 - (self.storage_full_since_ms or 0)) / 1000,
+            )
+            self.storage_full = None
+            self.storage_full_since_ms = None
+            self._full.clear()
+            self._writable.set()
+            self._tell_storage(True)
+        return True
+
+    async def _watch_storage(self) -> None:
+        """While the database counts as full, probe it every :data:`STORAGE_PROBE_S` (read at
+        each turn, so tests may shrink it) until it is writable again; runs until closed."""
+        while True:
+            await self._full.wait()
+            await asyncio.sleep(STORAGE_PROBE_S)
+            try:
+                await self.probe()
+            except Exception:  # a probe that fails otherwise must not end the watch
+                log.exception("%s: storage probe failed", self.path)
+
+    async def wait_writable(self) -> None:
+        """Return at once, or, while the database counts as full, when it is writable again:
+        for a loop whose write failed with :class:`StorageFull` (it retries instead of dying)."""
+        await self._writable.wait()
+
+    def storage_state(self) -> dict[str, Any]:
+        """For health, metrics and telemetry: ``state`` is ``ok`` or ``full``."""
+        full = self.storage_full
+        return {
+            "state": "full" if full is not None else "ok",
+            "since_ms": self.storage_full_since_ms,
+            "reason": full.reason if full is not None else None,
+            "free_bytes": free_bytes(self.path.parent),
+            "errors": self.storage_full_errors,
+        }
 
     def _run_group(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
         conn = self._wconn
@@ -348,11 +541,13 @@ class DurableDB:
             try:
                 value = fn(conn)
             except Exception as e:
-                conn.execute("ROLLBACK")
-                return [(False, e)]
+                _rollback(conn)
+                return [(False, self._storage_error(e))]
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
+            if not conn.in_transaction:  # the job swallowed an error that undid the transaction
+                raise DatabaseError("the transaction was rolled back under the job")
             self._commit(conn)
             return [(True, value)]
         out: list[tuple[bool, Any]] = []
@@ -364,11 +559,15 @@ class DurableDB:
                     with savepoint(conn, "job"):
                         value = fn(conn)
                 except Exception as e:
-                    out.append((False, e))
+                    # SQLite may have rolled back the whole transaction (a full disk can): the
+                    # jobs before this one are gone too, and the next would run outside it
+                    if not conn.in_transaction:
+                        raise _TransactionLost(e) from e
+                    out.append((False, self._storage_error(e)))
                 else:
                     out.append((True, value))
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         finally:
             self._behind = 0
@@ -380,6 +579,15 @@ class DurableDB:
         try:
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, if SQLite has not already; the error that brought us here
+    is the one to report, not a failing ROLLBACK."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            log.warning("ROLLBACK failed: %s", e)

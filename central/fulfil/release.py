@@ -20,7 +20,7 @@ from aiohttp import web
 from central.fulfil import picking
 from central.web.api import CONSUMER_KEY, DB_KEY, requires
 from central.web.auth import Role
-from runtime.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,11 @@ class Releaser:
             return
         while True:
             await asyncio.sleep(self.settings.every_s)
-            await self.tick()
+            try:
+                await self.tick()
+            except StorageFull as e:  # nothing released; the next tick after space returns does it
+                log.warning("release postponed: %s", e)
+                await self.db.wait_writable()
 
 
 @requires(Role.ORDER_DESK)

@@ -36,7 +36,7 @@ from protocols.envelope import Ack, AckStatus, EnvelopeError
 from runtime.clock import now_ms
 from runtime.mqtt import Client, no_delay, raise_unless_link_lost
 from runtime.retry import TaskGroup, backoff_delay, supervise
-from runtime.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class ConsumerStats:
     duplicates: int = 0
     rejected: int = 0
     quarantined_messages: int = 0
+    storage_refused: int = 0  # messages not taken (nor acked) because the disk was full
     connected: bool = False
     reconnects: int = 0
     restarts: int = 0  # the MQTT loop ended by something else than a lost link (a bug)
@@ -77,6 +78,15 @@ class BrokerSettings:
     client_id: str = "central-1"
     shared_subscription: bool = True
     keepalive: int = 30
+    # The MQTT 5 share group of central's uplink subscription. broker-init writes a secret one:
+    # whoever joins central's group takes uplinks away from it (ops/BROKER.md, "Shared subscriptions").
+    share_group: str = topics.CENTRAL_SHARE_GROUP
+
+    def __post_init__(self) -> None:
+        try:
+            topics.check_share_group(self.share_group)
+        except topics.TopicError as e:
+            raise ValueError(f"share_group: {e}") from None
 
 
 class Consumer:
@@ -168,7 +178,10 @@ class Consumer:
         self.client = client
         no_delay(client)
         await client.subscribe(
-            topics.central_uplink_subscription(shared=self.broker.shared_subscription), qos=1
+            topics.central_uplink_subscription(
+                shared=self.broker.shared_subscription, group=self.broker.share_group
+            ),
+            qos=1,
         )
         if self.on_status is not None:
             await client.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
@@ -186,6 +199,11 @@ class Consumer:
         self.receiving += 1
         try:
             await self._handle_inner(client, message)
+        except StorageFull as e:
+            # Nothing of the message was committed, so nothing is acked: the gateway sends its
+            # records again (ack timeout) and they are taken once the disk has room.
+            self.stats.storage_refused += 1
+            log.warning("message on %s not taken and not acked: %s", message.topic.value, e)
         finally:
             self.receiving -= 1
             self._sem.release()

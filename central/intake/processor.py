@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from central.intake.ingest import process_queue
 from protocols.envelope import Ack
-from runtime.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,12 @@ class Processor:
         while True:
             self.wakeup.clear()
             await self._step_aside()
-            done = await self.db.write(self._job)
+            try:
+                done = await self.db.write(self._job)
+            except StorageFull as e:  # the queue stays as it was; processed once there is room
+                log.warning("processing postponed: %s", e)
+                await self.db.wait_writable()
+                continue
             if done:
                 self.jobs += 1
                 self.idle.clear()

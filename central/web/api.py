@@ -3,7 +3,8 @@
 Every route but ``/api/health`` needs a user (``central.web.auth``); each names the least role
 it needs. Domain errors become HTTP answers in one middleware, always as
 ``{"error": "<reason>"}``: 400 bad input, 401 no/bad credentials, 403 wrong role,
-404 unknown, 409 the order's state forbids it, 422 an order that fails its checks.
+404 unknown, 409 the order's state forbids it, 422 an order that fails its checks, 507 central's
+disk is full (``{"error", "code": "storage_full", "reason", "retry_after_s"}`` and ``Retry-After``).
 Writes run in one ``DurableDB.write`` job each, so a refused request writes nothing.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -29,8 +31,10 @@ from central.web.auth import Role, User
 from protocols.order_changes import parse_order_change
 from protocols.records import Channel, RecordSchemaError, parse_date, parse_order
 from runtime.clock import now_ms
-from runtime.sqlitedb import DurableDB
+from runtime.http_errors import storage_full_response
+from runtime.sqlitedb import DurableDB, StorageFull
 
+log = logging.getLogger(__name__)
 DB_KEY = web.AppKey("db", DurableDB)
 CONSUMER_KEY = web.AppKey("consumer", Consumer)
 USER_KEY = web.RequestKey("user", User)
@@ -77,6 +81,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, str(e))
     except RecordSchemaError as e:
         return _error(400, e.reason)
+    except StorageFull as e:
+        log.debug("%s %s refused: %s", request.method, request.path, e)
+        return storage_full_response(e)
 
 
 def requires(role: Role) -> Callable[[Handler], Handler]:
@@ -531,8 +538,17 @@ async def health(request: web.Request) -> web.Response:
             "duplicates": s.duplicates,
             "rejected": s.rejected,
             "quarantined_messages": s.quarantined_messages,
+            "storage_refused": s.storage_refused,
         }
-    return _json({"status": "ok", "db": counts, "mqtt": mqtt})
+    storage = db.storage_state()
+    return _json(
+        {
+            "status": "ok" if storage["state"] == "ok" else "storage_full",
+            "db": counts,
+            "mqtt": mqtt,
+            "storage": storage,
+        }
+    )
 
 
 def create_app(*, db: DurableDB, consumer: Consumer | None = None) -> web.Application:

@@ -1,0 +1,234 @@
+"""Idempotent order entry: a client that did not see the answer may send the order again and
+gets the first answer back, never a second order (``protocols/GATEWAY-HTTP.md``).
+
+Two things name an order the gateway has already taken:
+
+- the request's ``Idempotency-Key`` header (IETF httpapi draft "The Idempotency-Key HTTP Header
+  Field"): same key and same order -> the original answer (status and JSON body) replayed;
+  same key and another order -> 422; a malformed key -> 400;
+- the order's ``(customer, source_ref)`` where the order carries a ``source_ref`` that is the
+  client's own reference for it (every order type but ``contract`` and ``voucher``, whose
+  ``source_ref`` names a contract or voucher that many orders may share): the same order again
+  -> the original answer, also without the header; another order under that reference -> 422
+  (not 409: the draft's 409 tells a client to retry unchanged, which would never succeed).
+
+"The same order" means the same order once parsed (:func:`fingerprint`): JSON spacing, key order
+and defaulted fields do not matter.
+
+The key -> answer rows are written in the SAME database job as the order's outbox record
+(:meth:`OrderEntry.submit`), so one commit holds both: a crash leaves either the order with its
+keys or neither. Two requests with one key cannot both create: the gateway's single writer runs
+their jobs one after the other, and the second finds the first's row.
+
+Retention: a row is kept :data:`KEEP_S` (7 days) after its order was created and then pruned
+(a few expired rows at each keyed entry). Clients retry a key for at most :data:`RETRY_WINDOW_S`
+(24 hours) after their first attempt; the first attempt precedes the commit, so every retry
+falls within 24 hours of the row's creation, well inside the 7 days: pruning never reopens a
+duplicate window for a client that keeps to the retry window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.outbox import Outbox
+from runtime.clock import now_ms
+from runtime.sqlitedb import Migration
+
+log = logging.getLogger(__name__)
+
+HEADER = "Idempotency-Key"
+MAX_KEY = 128  # characters of the key itself (without the quotes of an sf-string)
+RETRY_WINDOW_S = 24 * 3600  # a client may send one key again for this long after its first try
+KEEP_S = 7 * 24 * 3600  # a key (and a source_ref) is remembered this long after its order's commit
+PRUNE_BATCH = 64  # expired rows removed per keyed entry
+
+SCOPE_KEY = 1  # rows named by an Idempotency-Key of POST /api/orders
+SCOPE_REF = 2  # rows named by an order's (customer, source_ref)
+FINGERPRINT_BYTES = 16  # of the SHA-256: two orders under one key never collide in 128 bits
+REF_TYPES_EXCLUDED = frozenset({"contract", "voucher"})  # source_ref names a shared contract/voucher
+
+MIGRATIONS = [
+    Migration(
+        "idempotency_0001",
+        """
+        CREATE TABLE idempotency (
+            scope INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint BLOB NOT NULL,
+            status INTEGER NOT NULL,
+            answer TEXT NOT NULL,
+            record_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (scope, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX idempotency_created ON idempotency(created_at);
+        """,
+    )
+]
+
+# RFC 8941 sf-string (section 3.3.3): printable ASCII in double quotes, \" and \\ escaped.
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+# Many clients (and central's own API) send the key bare: visible ASCII, no quotes, no spaces.
+_BARE = re.compile(r"[\x21\x23-\x2b\x2d-\x7e]+")  # no '"', no ',' (a list of keys is not a key)
+_UNESCAPE = re.compile(r"\\([\"\\])")
+
+
+class IdempotencyError(Exception):
+    """A request the idempotency rules refuse; ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def parse_key(values: list[str]) -> str | None:
+    """The key from the request's ``Idempotency-Key`` header values (None: no header).
+
+    The draft's form is an RFC 8941 sf-string (``"8e03978e-40d5-43e8-bc93-6894a57f9324"``); a bare
+    value of visible ASCII is taken as it is. Raises :class:`IdempotencyError` (400) for more
+    than one header, an empty or too long key, or anything else."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise IdempotencyError(400, f"{HEADER}: more than one header field")
+    raw = values[0].strip(" \t")
+    m = _SF_STRING.fullmatch(raw)
+    if m is not None:
+        key = _UNESCAPE.sub(r"\1", m.group(1))
+    elif _BARE.fullmatch(raw):
+        key = raw
+    else:
+        raise IdempotencyError(
+            400, f'{HEADER}: expected a quoted string ("...") or a bare key of visible ASCII characters'
+        )
+    if not 0 < len(key) <= MAX_KEY:
+        raise IdempotencyError(400, f"{HEADER}: 1..{MAX_KEY} characters, got {len(key)}")
+    return key
+
+
+def fingerprint(order: dict[str, Any]) -> bytes:
+    """SHA-256 (its first :data:`FINGERPRINT_BYTES`) of the parsed order in canonical JSON:
+    what "the same order" means."""
+    text = json.dumps(order, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).digest()[:FINGERPRINT_BYTES]
+
+
+def source_ref_name(order: dict[str, Any]) -> str | None:
+    """The ``(customer, source_ref)`` name of an order, or None if its source_ref does not
+    identify it (none given, or a contract/voucher code)."""
+    ref = order.get("source_ref") or ""
+    if not ref or order.get("order_type") in REF_TYPES_EXCLUDED:
+        return None
+    return json.dumps([order["customer"], ref], ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the client is told: ``status`` and the JSON ``body``. ``replayed``: the original
+    answer of an earlier request."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    fingerprint: bytes
+    status: int
+    answer: str
+    record_id: str
+
+
+def _find(conn: sqlite3.Connection, scope: int, key: str) -> _Row | None:
+    row = conn.execute(
+        "SELECT fingerprint, status, answer, record_id FROM idempotency WHERE scope = ? AND key = ?",
+        (scope, key),
+    ).fetchone()
+    return _Row(*row) if row else None
+
+
+def _remember(conn: sqlite3.Connection, scope: int, key: str, row: _Row, *, now: int) -> None:
+    conn.execute(
+        "INSERT INTO idempotency (scope, key, fingerprint, status, answer, record_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (scope, key, row.fingerprint, row.status, row.answer, row.record_id, now),
+    )
+
+
+def prune(conn: sqlite3.Connection, *, now: int, limit: int = PRUNE_BATCH) -> int:
+    """Remove up to ``limit`` rows older than :data:`KEEP_S`; returns how many."""
+    return conn.execute(
+        "DELETE FROM idempotency WHERE (scope, key) IN"
+        " (SELECT scope, key FROM idempotency WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+        (now - KEEP_S * 1000, limit),
+    ).rowcount
+
+
+class OrderEntry:
+    """Puts orders entered over HTTP into the outbox, at most once per key or source_ref."""
+
+    def __init__(self, *, outbox: Outbox, gateway_id: str) -> None:
+        self.outbox = outbox
+        self.gateway_id = gateway_id
+        self.replayed = 0  # answers replayed (a client's repeat, recognised)
+
+    async def submit(self, order: dict[str, Any], *, key: str | None) -> Answer:
+        """Commit ``order`` (its wire body) and answer 201, or answer what the first request
+        with the same key or source_ref was told. Raises :class:`IdempotencyError` (422: the
+        key was used for another order, or the source_ref names another order)."""
+        ref = source_ref_name(order)
+        if key is None and ref is None:  # nothing names it: the outbox's shared batch
+            rec = await self.outbox.submit("order", order)
+            return Answer(201, {"id": rec.id, "seq": rec.seq, "status": "pending"})
+        fp = fingerprint(order)
+
+        def job(conn: sqlite3.Connection) -> Answer:
+            now = now_ms()
+            if key is not None and (row := _find(conn, SCOPE_KEY, key)) is not None:
+                if row.fingerprint != fp:
+                    raise IdempotencyError(
+                        422, f"{HEADER} {key!r} was already used for another order (record {row.record_id})"
+                    )
+                return Answer(row.status, json.loads(row.answer), replayed=True)
+            if ref is not None and (row := _find(conn, SCOPE_REF, ref)) is not None:
+                if row.fingerprint != fp:
+                    raise IdempotencyError(
+                        422,
+                        f"source_ref {order['source_ref']!r} of customer {order['customer']!r} already"
+                        f" names another order (record {row.record_id})",
+                    )
+                if key is not None:  # the new key answers the same from now on
+                    _remember(conn, SCOPE_KEY, key, row, now=now)
+                return Answer(row.status, json.loads(row.answer), replayed=True)
+            rec = self.outbox.add(conn, "order", order, ts=now)
+            body = {"id": rec.id, "seq": rec.seq, "status": "pending"}
+            new = _Row(fingerprint=fp, status=201, answer=json.dumps(body), record_id=rec.id)
+            if key is not None:
+                _remember(conn, SCOPE_KEY, key, new, now=now)
+            if ref is not None:
+                _remember(conn, SCOPE_REF, ref, new, now=now)
+            prune(conn, now=now)
+            return Answer(201, body)
+
+        answer = await self.outbox.db.write(job)
+        if answer.replayed:
+            self.replayed += 1
+            log.info(
+                "gw=%s order %s: repeat (key %r, source_ref %r), original answer replayed",
+                self.gateway_id,
+                answer.body.get("id"),
+                key,
+                order.get("source_ref"),
+            )
+        else:
+            self.outbox.notify()
+        return answer
