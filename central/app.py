@@ -1,5 +1,6 @@
 """The central process: config, database, MQTT consumer, REST API, fleet registry and
-dashboard under one TaskGroup."""
+dashboard under one TaskGroup, wired here: the hub (``central.wiring``: record handlers,
+lifecycle hooks, allocation settings) goes to the database's connections and the consumer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from central import schedule
+from central import schedule, wiring
 from central.allocate import waves
 from central.fleet import AlertThresholds, Fleet
 from central.fulfil import release
@@ -58,11 +59,11 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
 
 
 async def serve(cfg: CentralConfig) -> None:
-    waves.install(cfg.allocation)
-    db = central_db(cfg.data_dir / "central.db")
+    hub = wiring.hub(cfg.allocation)  # record handlers, lifecycle hooks, allocation settings
+    db = central_db(cfg.data_dir / "central.db", hub)
     await db.open()
     fleet = Fleet(db, cfg.alerts)
-    consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status)
+    consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status, hub=hub)
     metrics = CentralMetrics(db=db, consumer=consumer)
     runner = web.AppRunner(build_app(db, consumer, fleet, metrics), access_log=None)
     await runner.setup()

@@ -12,7 +12,6 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from central import fleet as fleet_mod
-from central.intake import ingest
 from central.intake.consumer import Consumer
 from runtime.metrics import counter, gauge, labelled
 from runtime.sqlitedb import DurableDB
@@ -63,7 +62,7 @@ class CentralMetrics:
         yield counter(
             "storegate_central_internal_errors",
             "records left unacked by an internal error",
-            ingest.INTERNAL_ERRORS[0],
+            self.consumer.hub.internal_errors,
         )
         yield counter(
             "storegate_central_downlink_sent", "downlink records published", self.consumer.downlink.sent

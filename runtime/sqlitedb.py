@@ -167,6 +167,14 @@ def _bind_as_is() -> None:
 _bind_as_is()
 
 
+class Connection(sqlite3.Connection):
+    """The connections :func:`connect` opens: a ``sqlite3.Connection`` that carries ``state``,
+    what the part using it keeps per connection (central: its wiring and caches, see
+    ``central.hub``), so nothing is kept in a module keyed by the connection's id."""
+
+    state: Any = None
+
+
 def connect(
     path: Path | str, *, synchronous: str = "FULL", temp_store: str = "DEFAULT"
 ) -> sqlite3.Connection:
@@ -177,7 +185,12 @@ def connect(
         raise DatabaseError(f"temp_store {temp_store!r}: one of {', '.join(TEMP_STORES)}")
     # room for the few prepared texts per table that insert_rows uses (the default keeps 128)
     conn = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, timeout=30, cached_statements=512
+        str(path),
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=30,
+        cached_statements=512,
+        factory=Connection,
     )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -310,8 +323,12 @@ class DurableDB:
         synchronous: str = "FULL",
         temp_store: str = "DEFAULT",
         max_group: int = MAX_GROUP,
+        on_connect: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
+        """``on_connect`` is called with each connection (the writer's, the reader's) in its
+        own thread once it is open and migrated: to give it its ``state``."""
         self.path = Path(path)
+        self._on_connect = on_connect
         self._migrations = list(migrations)
         self._synchronous = synchronous
         self._temp_store = temp_store
@@ -340,15 +357,16 @@ class DurableDB:
         loop = asyncio.get_running_loop()
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-        def _open_w() -> sqlite3.Connection:
+        def _open(migrate: bool) -> sqlite3.Connection:
             conn = connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
-            apply_migrations(conn, self._migrations)
+            if migrate:
+                apply_migrations(conn, self._migrations)
+            if self._on_connect is not None:
+                self._on_connect(conn)
             return conn
 
-        self._wconn = await loop.run_in_executor(self._wx, _open_w)
-        self._rconn = await loop.run_in_executor(
-            self._rx, lambda: connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
-        )
+        self._wconn = await loop.run_in_executor(self._wx, _open, True)
+        self._rconn = await loop.run_in_executor(self._rx, _open, False)
         self._task = asyncio.create_task(self._writer(), name=f"sqlite-writer:{self.path.name}")
         # Opening needs no free space (a database already migrated is only read): a full disk
         # is found here and reported, not a reason to exit and be restarted into it again.

@@ -151,7 +151,7 @@ def test_kept_stock_follows_every_change_and_rollback(conn: sqlite3.Connection, 
         conn.execute(begin)
         stock = inventory.take_stock(conn)
         stock.read(conn, ["A"])
-        inventory._bump(conn, {("DC-N", "A"): 4})
+        inventory.bump(conn, {("DC-N", "A"): 4})
         stock.avail[("DC-N", "A")] -= 4
         inventory.keep_stock(conn, stock)
         assert _kept(conn, ["A"]) == {("DC-N", "A"): 5}

@@ -17,10 +17,11 @@ from typing import Any
 import msgpack
 import pytest
 
+from central import wiring
 from central.allocate import inventory, waves
 from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
-from central.orders import lifecycle, orders
+from central.orders import orders
 from ops import bench_allocation as bench
 from protocols import topics
 from protocols.envelope import Envelope, Record
@@ -72,10 +73,7 @@ def _run(path: Path, *, together: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
         with monkeypatch.context() as m:
             if not together:
                 m.setattr(orders, "create_realtime_batch", lambda *a, **k: [])
-            m.setattr(lifecycle, "ON_VALIDATED", [])
-            m.setattr(lifecycle, "ON_CANCELLED", [])
-            m.setattr(waves, "MODE", waves.MODE)
-            waves.install(waves.AllocationSettings(realtime=True))
+            wiring.hub(waves.AllocationSettings(realtime=True)).attach(conn)
             acks = []
             seen: set[Any] = set()
             for k, env in enumerate(_envelopes(names, random.Random(8))):
@@ -154,10 +152,7 @@ def test_kept_customer_rows_follow_raw_sql(tmp_path: Path, monkeypatch: pytest.M
     try:
         apply_migrations(conn, all_migrations())
         names = bench._seed_masters(conn, skus=120)
-        monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
-        monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
-        monkeypatch.setattr(waves, "MODE", waves.MODE)
-        waves.install(waves.AllocationSettings(realtime=True))
+        wiring.hub(waves.AllocationSettings(realtime=True)).attach(conn)
         seen: set[str] = set()
         target = None
         for env in bench._envelopes(orders=200, lines=5, names=names, rng=random.Random(3)):

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 from pathlib import Path
 
+from central import wiring
 from central.orders import lifecycle
 from tests.central_fixtures import SOON, TODAY, central, order
 
@@ -221,24 +222,22 @@ async def test_on_validated_hook_runs_in_the_same_transaction(tmp_path: Path) ->
         seen.append(order_id)
         lifecycle.transition(conn, order_id, "allocated", actor="allocator", detail="all lines from DC1")
 
-    lifecycle.ON_VALIDATED.append(allocate)
-    try:
-        async with central(tmp_path) as c:
-            await c.load_masters()
-            st, o = await c.req("POST", "/api/orders", "order_desk", json=order())
-            assert o["status"] == "allocated" and seen == [o["order_id"]]
-            st, _ = await c.req(
-                "POST",
-                f"/api/orders/{o['order_no']}/changes",
-                "order_desk",
-                json={"action": "set_qty", "line_no": 1, "qty": 1},
-            )
-            assert st == 409
-            # cash sale and drop-ship do not go through allocation
-            st, cs = await c.req("POST", "/api/orders", "order_desk", json=order(order_type="cash-sale"))
-            assert cs["status"] == "delivered" and seen == [o["order_id"]]
-    finally:
-        lifecycle.ON_VALIDATED.remove(allocate)
+    hub = wiring.hub()
+    hub.on_validated.append(allocate)
+    async with central(tmp_path, hub=hub) as c:
+        await c.load_masters()
+        st, o = await c.req("POST", "/api/orders", "order_desk", json=order())
+        assert o["status"] == "allocated" and seen == [o["order_id"]]
+        st, _ = await c.req(
+            "POST",
+            f"/api/orders/{o['order_no']}/changes",
+            "order_desk",
+            json={"action": "set_qty", "line_no": 1, "qty": 1},
+        )
+        assert st == 409
+        # cash sale and drop-ship do not go through allocation
+        st, cs = await c.req("POST", "/api/orders", "order_desk", json=order(order_type="cash-sale"))
+        assert cs["status"] == "delivered" and seen == [o["order_id"]]
 
 
 async def test_contract_voucher_consignment_desks(tmp_path: Path) -> None:

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from central import downlink
+from central import downlink, wiring
 from central.allocate import inventory, shortage, waves
 from central.allocate.allocation import SourcingRule
 from central.fulfil import documents, picking
+from central.hub import Hub
 from central.intake.consumer import BrokerSettings, Consumer
 from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
@@ -48,7 +49,13 @@ WAVE_SETTINGS = waves.AllocationSettings(realtime=False, batch=waves.BatchRules(
 @pytest.fixture(autouse=True)
 def _batch_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(downlink, "RESEND_AFTER_S", 0.5)
-    monkeypatch.setattr(waves, "MODE", WAVE_SETTINGS)  # allocate in a wave, not at validation
+
+
+def _wave_hub() -> Hub:
+    """Central's wiring with allocation in a wave, not at validation (no allocation hooks)."""
+    hub = wiring.hub()
+    hub.allocation = WAVE_SETTINGS
+    return hub
 
 
 def _seed(conn: sqlite3.Connection) -> None:
@@ -78,7 +85,7 @@ class Gw:
 async def system(
     broker: Mosquitto, tmp_path: Path, ptl_sim: PtlController, asrs_sim: AsrsSimulator
 ) -> AsyncIterator[tuple[DurableDB, Consumer, dict[str, Gw]]]:
-    cdb = DurableDB(tmp_path / "central.db", migrations=all_migrations())
+    cdb = DurableDB(tmp_path / "central.db", migrations=all_migrations(), on_connect=_wave_hub().attach)
     await cdb.open()
     gws: dict[str, Gw] = {}
     try:
@@ -269,6 +276,7 @@ async def _backlog_empty(gw: Gw) -> bool:
 
 def _central(tmp_path: Path) -> sqlite3.Connection:
     conn = connect(tmp_path / "central-unit.db")
+    _wave_hub().attach(conn)
     apply_migrations(conn, all_migrations())
     conn.executemany(
         "INSERT INTO locations (code, kind, gateway) VALUES (?, 'dc', ?)", [("DC1", "dc-1"), ("DC2", "dc-2")]

@@ -14,13 +14,14 @@ with the status from :data:`ORDER_STATUS` (so the store hears about it).
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from central.allocate.allocation import CustomerPref, DemandLine, OrderDemand, Special
+from central.hub import state
+from central.orders import lifecycle
 from protocols.frozen import quick_init
 
 CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -63,7 +64,7 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Layout:
+class Layout:
     """How this database names things: which ``customers`` columns feed which profile
     field, and whether ``orders`` has a ``priority`` column. Read once per schema version."""
 
@@ -74,17 +75,13 @@ class _Layout:
     n_profile: int = 0  # the leading columns of ``select``; the rest is exposure (receivables, open value)
 
 
-# connection id -> (connection kept alive so the id is not reused, schema_version, layout)
-_LAYOUTS: dict[int, tuple[sqlite3.Connection, int, _Layout]] = {}
-
-
-def _layout(conn: sqlite3.Connection) -> _Layout:
+def customer_layout(conn: sqlite3.Connection) -> Layout:
     """The column layout, cached per connection until the schema changes (``PRAGMA
     schema_version`` moves with every CREATE/ALTER, from any connection)."""
     version = conn.execute("PRAGMA schema_version").fetchone()[0]
-    hit = _LAYOUTS.get(id(conn))
-    if hit is not None and hit[0] is conn and hit[1] == version:
-        return hit[2]
+    st = state(conn)
+    if st.layout is not None and st.layout[0] == version:
+        return st.layout[1]
     cols = _columns(conn, "customers")
     key = next((c for c in ("code", "customer", "customer_code") if c in cols), None)
     fields = {f: next((c for c in names if c in cols), None) for f, names in CUSTOMER_COLUMNS.items()}
@@ -92,8 +89,8 @@ def _layout(conn: sqlite3.Connection) -> _Layout:
     sel += [c for c in fields.values() if c is not None]
     n_profile = len(sel)
     sel += [c for c in ("receivables", "open_value") if c in cols and c not in sel]
-    layout = _Layout(key, fields, tuple(sel), "priority" in _columns(conn, "orders"), n_profile)
-    _LAYOUTS[id(conn)] = (conn, version, layout)
+    layout = Layout(key, fields, tuple(sel), "priority" in _columns(conn, "orders"), n_profile)
+    st.layout = (version, layout)
     return layout
 
 
@@ -104,7 +101,7 @@ _PROFILES: dict[tuple[tuple[str, ...], tuple[Any, ...]], tuple[CustomerProfile, 
 MAX_CACHED_PROFILES = 10_000
 
 
-def _profile(layout: _Layout, row: tuple[Any, ...]) -> CustomerProfile:
+def profile(layout: Layout, row: tuple[Any, ...]) -> CustomerProfile:
     key = (layout.select, row[: layout.n_profile])
     used = 0
     if layout.fields["credit"] == "credit_limit":
@@ -125,7 +122,7 @@ def _profile(layout: _Layout, row: tuple[Any, ...]) -> CustomerProfile:
     return p
 
 
-def _build_profile(layout: _Layout, row: tuple[Any, ...]) -> CustomerProfile:
+def _build_profile(layout: Layout, row: tuple[Any, ...]) -> CustomerProfile:
     fields = layout.fields
     d = dict(zip(layout.select, row, strict=True))
     v = {f: d[c] for f, c in fields.items() if c is not None and d[c] is not None}
@@ -189,20 +186,20 @@ def load_profiles(conn: sqlite3.Connection, customers: Iterable[str]) -> dict[st
 
 
 def _load_profiles(
-    conn: sqlite3.Connection, customers: Iterable[str], layout: _Layout | None
+    conn: sqlite3.Connection, customers: Iterable[str], layout: Layout | None
 ) -> dict[str, CustomerProfile]:
     wanted = sorted(set(customers))
     out: dict[str, CustomerProfile] = {}
     if not wanted:
         return out
-    layout = layout or _layout(conn)
+    layout = layout or customer_layout(conn)
     if layout.key is not None:
         for chunk in _chunks(wanted):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(
                 f"SELECT {', '.join(layout.select)} FROM customers WHERE {layout.key} IN ({marks})", chunk
             ):
-                out[str(row[0])] = _profile(layout, row)
+                out[str(row[0])] = profile(layout, row)
     missing = [c for c in wanted if c not in out]
     for chunk in _chunks(missing):
         marks = ",".join("?" * len(chunk))
@@ -229,7 +226,7 @@ def load_demands(
     the requested date is today or past; ``urgent`` when the order has a ``priority`` column
     saying so or its note starts with ``URGENT``."""
     today = today or dt.date.today()
-    layout = _layout(conn)
+    layout = customer_layout(conn)
     has_priority = layout.has_priority
     heads: dict[int, tuple[Any, ...]] = {}
     lines: dict[int, list[tuple[int, str, int]]] = {}
@@ -287,9 +284,8 @@ def set_status(
         " deadline = coalesce(excluded.deadline, deadline), updated_at = excluded.updated_at",
         (order_id, status, run_id, wave_id, deadline, now),
     )
-    lifecycle = _lifecycle()
     target = ORDER_STATUS.get(status)
-    if lifecycle is not None and target is not None:
+    if target is not None:
         row = conn.execute(
             "SELECT status, order_type, customer, value, gateway, record_id, order_no FROM orders"
             " WHERE order_id = ?",
@@ -305,14 +301,6 @@ def set_status(
         " VALUES (?, ?, 'allocation', ?, ?, 'allocation')",
         (order_id, now, status, detail),
     )
-
-
-def _lifecycle() -> Any:
-    """``central.orders.lifecycle`` if it is there (and the orders table has its columns)."""
-    try:
-        return importlib.import_module("central.orders.lifecycle")
-    except ModuleNotFoundError:
-        return None
 
 
 def make_demand(

@@ -42,6 +42,7 @@ from central.allocate.allocation import (
     encode_setting,
     trace_digest,
 )
+from central.hub import state
 from runtime.sqlitedb import Migration, savepoint
 
 MIGRATIONS: list[Migration] = [
@@ -330,8 +331,6 @@ _STOCK_WATCH = (
         )
     ),
 )
-# connection id -> (connection kept alive so the id is not reused, data_version, changes, stamp, stock)
-_KEPT: dict[int, tuple[sqlite3.Connection, int, int, int, Stock]] = {}
 _STAMPS = itertools.count(1)
 
 
@@ -345,12 +344,13 @@ def take_stock(conn: sqlite3.Connection) -> Stock:
     or ``alloc_sourcing``, and every row of ``inventory`` it inserts or deletes or whose
     location, sku or on hand it updates - by any code, raw SQL included - counts in a TEMP
     table through TEMP triggers (this connection only, nothing in the database file);
-    ``allocated`` moves only in :func:`_bump`, which drops what is kept (a trigger on it
+    ``allocated`` moves only in :func:`bump`, which drops what is kept (a trigger on it
     would fire for every row the batch path bumps itself, about half again the cost of the
     bump); and :func:`keep_stock` writes a fresh stamp in the TEMP table in the same
     transaction as the writes the kept state reflects, so a rollback of those writes - to a
     savepoint or of the whole transaction - takes the stamp back with them."""
-    hit = _KEPT.pop(id(conn), None)
+    st = state(conn)
+    hit, st.kept = st.kept, None
     version = conn.execute("PRAGMA data_version").fetchone()[0]
     try:
         changes, stamp = conn.execute("SELECT changes, stamp FROM temp.sg_stock_watch").fetchone()
@@ -358,8 +358,8 @@ def take_stock(conn: sqlite3.Connection) -> Stock:
         for sql in _STOCK_WATCH:
             conn.execute(sql)
         return Stock()
-    if hit is not None and hit[0] is conn and hit[1:4] == (version, changes, stamp):
-        return hit[4]
+    if hit is not None and hit[:3] == (version, changes, stamp):
+        return hit[3]
     return Stock()
 
 
@@ -373,7 +373,7 @@ def keep_stock(conn: sqlite3.Connection, stock: Stock) -> None:
         "UPDATE temp.sg_stock_watch SET stamp = ? RETURNING changes", (stamp,)
     ).fetchone()
     version = conn.execute("PRAGMA data_version").fetchone()[0]
-    _KEPT[id(conn)] = (conn, version, changes, stamp, stock)
+    state(conn).kept = (version, changes, stamp, stock)
 
 
 def set_sourcing(conn: sqlite3.Connection, rules: Iterable[SourcingRule]) -> None:
@@ -384,10 +384,6 @@ def set_sourcing(conn: sqlite3.Connection, rules: Iterable[SourcingRule]) -> Non
     )
 
 
-# connection id -> (connection kept alive so the id is not reused, rows, network)
-_NETWORKS: dict[int, tuple[sqlite3.Connection, list[Any], Network]] = {}
-
-
 def load_network(conn: sqlite3.Connection) -> Network:
     """The sourcing rules as a :class:`Network`. The rows are read every time (so a change by
     any connection, or one rolled back, is seen); while they are unchanged the same Network
@@ -395,11 +391,11 @@ def load_network(conn: sqlite3.Connection) -> Network:
     rows = conn.execute(
         "SELECT zone, location, cost, preferred, transfer FROM alloc_sourcing ORDER BY zone, location"
     ).fetchall()
-    hit = _NETWORKS.get(id(conn))
-    if hit is not None and hit[0] is conn and hit[1] == rows:
-        return hit[2]
+    st = state(conn)
+    if st.network is not None and st.network[0] == rows:
+        return st.network[1]
     net = Network(tuple(SourcingRule(z, loc, c, bool(p), bool(t)) for z, loc, c, p, t in rows))
-    _NETWORKS[id(conn)] = (conn, rows, net)
+    st.network = (rows, net)
     return net
 
 
@@ -495,7 +491,7 @@ def add_allocations(
     per: dict[tuple[str, str], int] = {}
     for _, _, loc, sku, qty, _ in rows:
         per[(loc, sku)] = per.get((loc, sku), 0) + qty
-    _bump(conn, per)
+    bump(conn, per)
     conn.executemany(
         "INSERT INTO allocations (order_id, line_no, location, sku, qty, rule, run_id, wave_id, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -506,12 +502,12 @@ def add_allocations(
 _BUMP_SQL = "UPDATE inventory SET allocated = allocated + ? WHERE location = ? AND sku = ?"
 
 
-def _bump(conn: sqlite3.Connection, per: dict[tuple[str, str], int]) -> None:
+def bump(conn: sqlite3.Connection, per: dict[tuple[str, str], int]) -> None:
     """Add ``qty`` to ``allocated`` of each ``(location, sku)``, all or nothing: one prepared
     statement run for every row under a savepoint (a broken CHECK or a missing row leaves
     nothing changed); on a failure, row by row to name the row at fault. Drops the stock
     this connection keeps (:func:`take_stock`): every change of ``allocated`` comes here."""
-    _KEPT.pop(id(conn), None)
+    state(conn).kept = None
     items = sorted(per.items())
     if len(items) == 1:
         _bump_one(conn, *items[0])
@@ -549,7 +545,7 @@ def release_order(conn: sqlite3.Connection, order_id: int, *, line_no: int | Non
     for _, loc, sku, qty in rows:
         per[(loc, sku)] = per.get((loc, sku), 0) - qty
     conn.executemany("UPDATE allocations SET status = 'released' WHERE alloc_id = ?", [(r[0],) for r in rows])
-    _bump(conn, per)
+    bump(conn, per)
     return -sum(per.values())
 
 
@@ -557,7 +553,7 @@ def reserve(conn: sqlite3.Connection, location: str, sku: str, qty: int, *, ref:
     """Hold ``qty`` units at a location for ``ref`` (not an order); return the reservation id."""
     if qty <= 0:
         raise InventoryError(location, sku, f"reservation quantity {qty} must be positive")
-    _bump(conn, {(location, sku): qty})  # first: a refused bump leaves nothing behind
+    bump(conn, {(location, sku): qty})  # first: a refused bump leaves nothing behind
     cur = conn.execute(
         "INSERT INTO allocations (location, sku, qty, kind, ref, created_at)"
         " VALUES (?, ?, ?, 'reservation', ?, ?)",
@@ -577,7 +573,7 @@ def release_reservation(conn: sqlite3.Connection, reservation_id: int) -> None:
     if row is None:
         raise InventoryError("?", "?", f"no open reservation {reservation_id}")
     conn.execute("UPDATE allocations SET status = 'released' WHERE alloc_id = ?", (reservation_id,))
-    _bump(conn, {(row[0], row[1]): -row[2]})
+    bump(conn, {(row[0], row[1]): -row[2]})
 
 
 def order_allocations(conn: sqlite3.Connection, order_id: int) -> list[dict[str, Any]]:

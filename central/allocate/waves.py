@@ -1,8 +1,9 @@
 """Real-time and batch (wave) allocation: which orders are allocated together, and when.
 
 Real time (单一订单分配): :func:`allocate_now` allocates one validated order in the
-validating transaction; :func:`install` registers it as a ``central.orders.lifecycle.ON_VALIDATED``
-hook when :data:`MODE` says so.
+validating transaction; ``central.wiring`` puts :func:`on_validated` on the hub's
+``on_validated`` hooks, which allocates at once when the hub's :class:`AllocationSettings`
+say real time.
 
 Batch (批次分配): :func:`run_wave` collects validated, not yet allocated orders received up
 to a cut-off, splits them into batches by :class:`BatchRules` (time window / delivery run,
@@ -35,6 +36,7 @@ from central.allocate.allocation import (
     encode_inputs,
 )
 from central.fulfil import picktime
+from central.hub import hub_of
 from runtime.clock import now_ms
 
 BATCH_KEYS = ("window", "run", "zone", "route", "processing", "vehicle")
@@ -59,7 +61,7 @@ class BatchRules:
 
 @dataclass(frozen=True, slots=True)
 class AllocationSettings:
-    """How allocation runs; one object per process (the lead may load it from config)."""
+    """How allocation runs: ``[allocation]`` of central's config, kept on its hub (``Hub.allocation``)."""
 
     realtime: bool = True
     batch: BatchRules = field(default_factory=BatchRules)
@@ -67,9 +69,6 @@ class AllocationSettings:
     company: CompanyPolicy = field(default_factory=CompanyPolicy)
     collect_status: tuple[str, ...] = ("validated",)
     standards: picktime.PickStandards = field(default_factory=picktime.PickStandards)
-
-
-MODE = AllocationSettings()
 
 
 def batch_key(o: OrderDemand, rules: BatchRules) -> str:
@@ -157,7 +156,7 @@ def allocate_now(
     settings: AllocationSettings | None = None,
 ) -> int:
     """Real-time allocation of one order inside the caller's transaction; return the run id."""
-    settings = settings or MODE
+    settings = settings or hub_of(conn).allocation
     today = today or dt.date.today()
     demands = demand.load_demands(conn, [order_id], today=today)
     if not demands:
@@ -176,27 +175,14 @@ def allocate_now(
 
 
 def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
-    """``ON_VALIDATED`` hook: allocate at once in real-time mode, else leave it for a wave."""
-    if MODE.realtime:
-        allocate_now(conn, order_id, now=now_ms())
-
-
-def install(settings: AllocationSettings | None = None) -> None:
-    """Set :data:`MODE` and register :func:`on_validated` with ``central.orders.lifecycle``."""
-    global MODE  # noqa: PLW0603 - one settings object per process, set at start
-    if settings is not None:
-        MODE = settings
-    import importlib  # noqa: PLC0415 - lifecycle is another helper's module, may not exist yet
-
-    lifecycle = importlib.import_module("central.orders.lifecycle")
-    if on_validated not in lifecycle.ON_VALIDATED:
-        lifecycle.ON_VALIDATED.append(on_validated)
-    if on_cancelled not in lifecycle.ON_CANCELLED:
-        lifecycle.ON_CANCELLED.append(on_cancelled)
+    """``on_validated`` hook: allocate at once in real-time mode, else leave it for a wave."""
+    settings = hub_of(conn).allocation
+    if settings.realtime:
+        allocate_now(conn, order_id, now=now_ms(), settings=settings)
 
 
 def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
-    """``ON_CANCELLED`` hook: give the order's stock back and close what it was owed."""
+    """``on_cancelled`` hook: give the order's stock back and close what it was owed."""
     now = now_ms()
     inventory.release_order(conn, order_id)
     conn.execute(
@@ -221,7 +207,7 @@ def run_wave(
 ) -> list[dict[str, Any]]:
     """Allocate every pending order received up to ``cutoff`` (ms), batch by batch; return
     one summary per wave created."""
-    settings = settings or MODE
+    settings = settings or hub_of(conn).allocation
     today = today or dt.date.today()
     ids = pending_orders(conn, statuses=settings.collect_status, cutoff=cutoff)
     demands = demand.load_demands(conn, ids, today=today)

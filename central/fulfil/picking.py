@@ -31,15 +31,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from central import CentralError, downlink
-from central.allocate import demand, inventory, shortage, waves
+from central.allocate import demand, inventory, shortage
 from central.allocate.allocation import DemandLine, allocate, encode_inputs
-from central.intake.ingest import Context, Rejected, handler
+from central.hub import hub_of
+from central.intake.ingest import Context, Rejected
 from central.orders import lifecycle
 from protocols.envelope import Record
 from protocols.picking import (
-    PICK_RESULT,
     PICK_TASK,
-    TOTE_EVENT,
     PickTaskBody,
     parse_pick_result,
     parse_tote_event,
@@ -293,7 +292,6 @@ def _release(
 # -- results ----------------------------------------------------------------------------------
 
 
-@handler(PICK_RESULT)
 def apply_pick_result(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     """A pick confirmed or short at a DC gateway (see the module doc)."""
     try:
@@ -383,7 +381,7 @@ def _handle_short(
     if not base:
         return "order gone"
     d = dataclasses.replace(base[0], lines=(DemandLine(line_no, sku, qty),), special=frozenset())
-    settings = waves.MODE
+    settings = hub_of(conn).allocation
     network = inventory.load_network(conn)
     stock = {k: v for k, v in inventory.available(conn, {sku}).items() if k != (location, sku)}
     kw: dict[str, Any] = {
@@ -429,7 +427,6 @@ def _maybe_picked(conn: sqlite3.Connection, order_id: int, *, now: int) -> None:
     )
 
 
-@handler(TOTE_EVENT)
 def apply_tote_event(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     try:
         ev = parse_tote_event(rec.body)

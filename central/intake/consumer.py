@@ -28,7 +28,9 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from central import wiring
 from central.downlink import DownlinkSender, apply_gateway_acks
+from central.hub import Hub
 from central.intake.ingest import quarantine_message, quick_checks, receive_uplink
 from central.intake.processor import Processor
 from protocols import envelope, topics
@@ -96,8 +98,12 @@ class Consumer:
         db: DurableDB,
         broker: BrokerSettings,
         on_status: Callable[[str, bytes], Awaitable[None]] | None = None,
+        hub: Hub | None = None,
     ) -> None:
+        """``hub``: the central's wiring, as its database was opened with (``central.wiring``);
+        by default the standard one."""
         self.db = db
+        self.hub = hub or wiring.hub()
         self.on_status = on_status
         self.broker = broker
         self.stats = ConsumerStats()
@@ -108,7 +114,7 @@ class Consumer:
         self.client: Client | None = None
         self.downlink = DownlinkSender(db)
         self.receiving = 0  # messages being received right now
-        self._quick = quick_checks()  # record handlers are registered at import
+        self._quick = quick_checks(self.hub)
         self._sessions: dict[str, object] = {}  # gateway -> its MQTT session's connected_at
         self.processor = Processor(db, on_progress=self.downlink.notify, receiving=lambda: self.receiving > 0)
 

@@ -5,7 +5,8 @@ record it writes the effect AND the record id to ``processed``; a repeated id ge
 it got the first time, with no second effect. A record that fails validation is quarantined
 with its reason and answered ``rejected``; its neighbours still go through.
 
-Record handlers are registered per record type; each takes the connection and the record
+Record handlers are per record type, on the central's hub (``central.wiring`` puts this
+module's and ``central.fulfil.picking``'s there); each takes the connection and the record
 and returns a reference (e.g. the order number) or raises :class:`Rejected`.
 """
 
@@ -22,11 +23,12 @@ from typing import Any
 import msgpack
 
 from central import CentralError, downlink
+from central.hub import Hub, hub_of
 from central.orders import orders, ordertypes
 from central.orders.validation import LineIn, OrderIn
 from protocols import envelope
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Received, Record, Uplink, gc_paused
-from protocols.order_changes import parse_order_change, parse_supplier_confirmation
+from protocols.order_changes import parse_supplier_confirmation
 from protocols.records import (
     OrderBody,
     RecordSchemaError,
@@ -56,27 +58,11 @@ class Context:
 
 Handler = Callable[[sqlite3.Connection, Context, Record], str | None]
 Schema = Callable[[dict[str, Any]], object]
-HANDLERS: dict[str, Handler] = {}
-SCHEMAS: dict[str, Schema] = {}
-INTERNAL_ERRORS = [0]
 PROCESS_BATCH = 8  # small: a receive job never waits long behind a processing job
 # Records a work_queue row holds: one insert per row instead of per record on receipt, and a
 # processing job that takes a few records reads one small row, not a whole big message.
 QUEUE_ROW_RECORDS = 64
 RECORD_RESULT = "record_result"  # downlink: a record accepted on receipt but refused later
-
-
-def handler(record_type: str, *, schema: Schema | None = None) -> Callable[[Handler], Handler]:
-    """Register the handler of a record type; ``schema`` (a parse function raising
-    RecordSchemaError) is checked on receipt, so a malformed record is refused in its ack."""
-
-    def register(fn: Handler) -> Handler:
-        HANDLERS[record_type] = fn
-        if schema is not None:
-            SCHEMAS[record_type] = schema
-        return fn
-
-    return register
 
 
 order_no = orders.order_no  # kept for callers of the spine API
@@ -96,7 +82,6 @@ def _order_in(order: OrderBody) -> OrderIn:
     )
 
 
-@handler("order", schema=parse_order)
 def apply_order(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     """A new order from a gateway. Schema errors reject the record; business problems
     (unknown customer or item, credit, price...) are kept on the order, which is held with
@@ -124,7 +109,6 @@ def apply_order(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     return created.order_no
 
 
-@handler("order_change", schema=parse_order_change)
 def apply_order_change(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     """A change to an order from its gateway, in the order's ``change_seq`` (early: parked)."""
     try:
@@ -135,7 +119,6 @@ def apply_order_change(conn: sqlite3.Connection, ctx: Context, rec: Record) -> s
         raise Rejected(e.reason) from None
 
 
-@handler("supplier_confirmation", schema=parse_supplier_confirmation)
 def apply_supplier_confirmation(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
     """A supplier's answer for a drop-ship order, from the supplier's own gateway."""
     try:
@@ -298,12 +281,12 @@ _CERTAINLY_VALID: dict[Schema, Callable[[dict[str, Any]], bool]] = {parse_order:
 _PACKED_CERTAINLY_VALID: dict[Schema, envelope.QuickCheck] = {parse_order: packed_order_certainly_valid}
 
 
-def quick_checks() -> dict[str, envelope.QuickCheck]:
-    """The quick body checks for :func:`envelope.decode_uplink`, per record type."""
+def quick_checks(hub: Hub) -> dict[str, envelope.QuickCheck]:
+    """The quick body checks for :func:`envelope.decode_uplink`, per record type of ``hub``."""
     return {
         rtype: _PACKED_CERTAINLY_VALID[schema]
-        for rtype, schema in SCHEMAS.items()
-        if HANDLERS.get(rtype) is not None and schema in _PACKED_CERTAINLY_VALID
+        for rtype, schema in hub.schemas.items()
+        if hub.handlers.get(rtype) is not None and schema in _PACKED_CERTAINLY_VALID
     }
 
 
@@ -312,9 +295,10 @@ def _check_one(
 ) -> Ack:
     """Schema-check a new record's ``body``; a refusal is quarantined and remembered here."""
     reason = None
-    if rec.type not in HANDLERS:
+    hub = hub_of(conn)
+    if rec.type not in hub.handlers:
         reason = f"unknown record type {rec.type!r}"
-    elif (schema := SCHEMAS.get(rec.type)) is not None:
+    elif (schema := hub.schemas.get(rec.type)) is not None:
         certainly_valid = _CERTAINLY_VALID.get(schema)
         if certainly_valid is None or not certainly_valid(body):
             try:
@@ -364,7 +348,8 @@ def _process_queue(
     out: dict[str, Ack] = {}
     done: list[tuple[str, str | None, str | None, str]] = []
     now = now_ms()
-    fast = HANDLERS.get("order") is apply_order
+    hub = hub_of(conn)
+    fast = hub.handlers.get("order") is apply_order
     parsed: dict[int, orders.NewOrder | None] = {}
     i = 0
     while i < len(rows):
@@ -386,7 +371,7 @@ def _process_queue(
         rec = recs[i]
         i += 1
         ctx = Context(gateway=gw, now=now)
-        fn = HANDLERS[rec.type]
+        fn = hub.handlers[rec.type]
         status, reason, ref = AckStatus.ACCEPTED, None, None
         try:
             with savepoint(conn, "rec"):
@@ -395,7 +380,7 @@ def _process_queue(
             status, reason = AckStatus.REJECTED, e.reason
         except Exception as e:
             log.exception("gw=%s record %s (%s) failed in processing; quarantined", gw, rec.id, rec.type)
-            INTERNAL_ERRORS[0] += 1
+            hub.internal_errors += 1
             status, reason = AckStatus.REJECTED, f"internal error while processing: {type(e).__name__}: {e}"
         if status is AckStatus.REJECTED:
             _quarantine(

@@ -13,8 +13,8 @@
 customer's open-order value and receivables in step (``returned`` settles what the
 order's RMAs have not credited yet), queues an ``order_status`` downlink
 record to the order's originating gateway, and runs the hooks - all in the caller's
-transaction. ``ON_VALIDATED`` hooks run when an order that is filled from stock becomes
-``validated`` (allocation registers itself there); ``ON_CANCELLED`` hooks run after an order
+transaction. the hub's ``on_validated`` hooks run when an order that is filled from stock becomes
+``validated`` (``central.wiring`` puts allocation there); ``on_cancelled`` hooks run after an order
 is cancelled (give back stock, vouchers, consignment).
 """
 
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from central import CentralError, downlink
+from central.hub import hub_of, state
 from central.orders import valuation
 from runtime.clock import now_ms
 
@@ -79,9 +80,7 @@ OPEN = frozenset({S.VALIDATED, S.ALLOCATED, S.RELEASED, S.PICKED, S.SHIPPED})
 EDITABLE = frozenset({S.RECEIVED, S.HELD, S.VALIDATED})
 FINAL = frozenset({S.CANCELLED, S.RETURNED})
 
-Hook = Callable[[sqlite3.Connection, int], None]
-ON_VALIDATED: list[Hook] = []
-ON_CANCELLED: list[Hook] = []
+Hook = Callable[[sqlite3.Connection, int], None]  # run by transition: Hub.on_validated, on_cancelled
 
 
 class LifecycleError(CentralError):
@@ -213,41 +212,44 @@ def transition_from(
         },
     )
     if new is S.VALIDATED and otype in STOCK_TYPES:
-        for hook in ON_VALIDATED:
+        for hook in hub_of(conn).on_validated:
             hook(conn, order_id)
     elif new is S.CANCELLED:
-        for hook in ON_CANCELLED:
+        for hook in hub_of(conn).on_cancelled:
             hook(conn, order_id)
 
 
 # -- status downlink, coalesced per order within one unit of work ----------------------
-
-# id(conn) -> {(gateway, record_id): latest body}; present only inside ``coalesce_status``
-_PENDING: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
 
 
 def notify_status(conn: sqlite3.Connection, *, gateway: str, body: dict[str, Any]) -> None:
     """Tell the originating gateway (if any) about an order's new status or event."""
     if not gateway:
         return  # entered at central with no gateway mapped for the customer
-    pending = _PENDING.get(id(conn))
+    pending = state(conn).pending_status  # {(gateway, record_id): latest body} in coalesce_status
     if pending is not None:
         pending[(gateway, body["record_id"])] = body
         return
     downlink.enqueue(conn, gateway=gateway, type=STATUS_RECORD, body=body)
 
 
+def coalescing(conn: sqlite3.Connection) -> bool:
+    """True inside :func:`coalesce_status` on this connection."""
+    return state(conn).pending_status is not None
+
+
 @contextlib.contextmanager
 def coalesce_status(conn: sqlite3.Connection) -> Iterator[None]:
     """Within this block, send each order's status down once (its latest), on success."""
-    if id(conn) in _PENDING:
+    st = state(conn)
+    if st.pending_status is not None:
         yield
         return
     pending: dict[tuple[str, str], dict[str, Any]] = {}
-    _PENDING[id(conn)] = pending
+    st.pending_status = pending
     try:
         yield
     finally:
-        del _PENDING[id(conn)]
+        st.pending_status = None
     for (gw, _rid), body in pending.items():
         downlink.enqueue(conn, gateway=gw, type=STATUS_RECORD, body=body)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from central import CentralError, downlink
+from central.hub import state
 from protocols.asrs import ID_RE as ASRS_ID_RE
 from protocols.topics import GATEWAY_ID_RE
 from runtime.sqlitedb import savepoint
@@ -358,12 +359,8 @@ def parse_row(kind: str, raw: dict[str, Any], *, key: str | None = None) -> dict
 # -- writes ---------------------------------------------------------------------------
 
 
-# id(conn) -> what an import will publish once at its end: (skus, gateways to snapshot)
-_BATCH: dict[int, tuple[set[str], set[str]]] = {}
-
-
 def _publish_items(conn: sqlite3.Connection, skus: list[str]) -> None:
-    batch = _BATCH.get(id(conn))
+    batch = state(conn).master_batch  # what an import publishes at its end: (skus, gateways)
     if batch is not None:
         batch[0].update(skus)
     else:
@@ -371,7 +368,7 @@ def _publish_items(conn: sqlite3.Connection, skus: list[str]) -> None:
 
 
 def _publish_snapshot(conn: sqlite3.Connection, gw: str) -> None:
-    batch = _BATCH.get(id(conn))
+    batch = state(conn).master_batch  # what an import publishes at its end: (skus, gateways)
     if batch is not None:
         batch[1].add(gw)
     else:
@@ -503,8 +500,9 @@ def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
         raise MasterError(kind, "", "", "CSV has no header row")
     n = 0
     batch: tuple[set[str], set[str]] = (set(), set())
+    st = state(conn)
     with savepoint(conn, "master_import"):
-        _BATCH[id(conn)] = batch
+        st.master_batch = batch
         try:
             for row in reader:
                 if None in row:
@@ -515,7 +513,7 @@ def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
                     raise MasterError(kind, e.key, e.field, f"line {reader.line_num}: {e.reason}") from None
                 n += 1
         finally:
-            del _BATCH[id(conn)]
+            st.master_batch = None
         skus, gws = batch
         for gw in sorted(gws):
             publish_snapshot(conn, gw)
@@ -662,26 +660,19 @@ def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
     return snap
 
 
-# connection id -> (connection kept alive so the id is not reused, data_version, snapshot)
-_CACHE: dict[int, tuple[sqlite3.Connection, int, Snapshot]] = {}
-
-
 def cache(conn: sqlite3.Connection) -> Snapshot:
     """The masters as of this connection's latest view; reloaded after any master change."""
     version = conn.execute("PRAGMA data_version").fetchone()[0]
-    hit = _CACHE.get(id(conn))
-    if hit is not None and hit[0] is conn and hit[1] == version:
-        return hit[2]
+    st = state(conn)
+    if st.masters is not None and st.masters[0] == version:
+        return st.masters[1]
     snap = load_snapshot(conn)
-    _CACHE[id(conn)] = (conn, version, snap)
+    st.masters = (version, snap)
     return snap
 
 
-def invalidate(conn: sqlite3.Connection | None = None) -> None:
-    if conn is None:
-        _CACHE.clear()
-    else:
-        _CACHE.pop(id(conn), None)
+def invalidate(conn: sqlite3.Connection) -> None:
+    state(conn).masters = None
 
 
 # -- publishing to gateways -----------------------------------------------------------

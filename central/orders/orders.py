@@ -26,6 +26,7 @@ import msgpack
 
 from central import CentralError, downlink
 from central.allocate.allocation import ShortageAction, Special, allocate
+from central.hub import hub_of, state
 from central.orders import lifecycle, masters, ordertypes, validation
 from central.orders.lifecycle import Status
 from central.orders.validation import Exposure, LineIn, OrderIn, Result
@@ -197,7 +198,7 @@ def _decide(
         ordertypes.apply_effects(conn, oid, order, snap, now)
         _move(conn, oid, row, Status.VALIDATED, actor=actor, detail=detail, now=now)
         ordertypes.route(conn, oid, order, snap, value=result.value, now=now)
-        if row is not None and not lifecycle.ON_VALIDATED and order.order_type not in _ROUTED:
+        if row is not None and not hub_of(conn).on_validated and order.order_type not in _ROUTED:
             return Status.VALIDATED.value  # nothing else can have moved it
     else:
         reasons = "; ".join(c.text() for c in result.holds)
@@ -423,16 +424,13 @@ def apply_change(conn: sqlite3.Connection, oid: int, change: OrderChange, *, act
     return revalidate(conn, oid, actor=actor, now=now)
 
 
-# connections known to hold no parked change, so a new order need not look (the value
-# keeps the connection alive, so its id cannot be reused by another database's connection)
-_NONE_PARKED: dict[int, sqlite3.Connection] = {}
-
-
 def may_have_parked(conn: sqlite3.Connection) -> bool:
-    if _NONE_PARKED.get(id(conn)) is conn:
+    """False when no order change is parked (a connection known to hold none need not look)."""
+    st = state(conn)
+    if st.none_parked:
         return False
     if conn.execute("SELECT 1 FROM parked_changes LIMIT 1").fetchone() is None:
-        _NONE_PARKED[id(conn)] = conn
+        st.none_parked = True
         return False
     return True
 
@@ -455,7 +453,7 @@ def gateway_change(
             (change.order, change.change_seq),
         ).fetchone():
             raise OrderError(f"change_seq {change.change_seq} for {change.order!r} is already waiting")
-        _NONE_PARKED.pop(id(conn), None)
+        state(conn).none_parked = False
         conn.execute(
             "INSERT INTO parked_changes (order_ref, change_seq, record_id, gateway, body, parked_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -618,16 +616,17 @@ def create_realtime_batch(
     (the caller's to take up later)."""
     from central.allocate import demand, inventory, waves  # noqa: PLC0415 - waves -> shortage -> demand
 
-    settings = waves.MODE
+    hub = hub_of(conn)
+    settings = hub.allocation
     if (
         not new
         or not settings.realtime
-        or [waves.on_validated] != lifecycle.ON_VALIDATED
-        or id(conn) in lifecycle._PENDING
+        or hub.on_validated != [waves.on_validated]
+        or lifecycle.coalescing(conn)
         or may_have_parked(conn)
     ):
         return []
-    layout = demand._layout(conn)
+    layout = demand.customer_layout(conn)
     if layout.key is None or layout.has_priority or "open_value" not in layout.select:
         return []
     i_recv = layout.select.index("receivables") if "receivables" in layout.select else None
@@ -708,7 +707,7 @@ def create_realtime_batch(
         requested = order.requested_date.isoformat()
         # validated: the order's value is open from here (the allocation sees it in credit)
         open_after = crow[i_open] + result.value
-        profile = demand._profile(layout, (*crow[:i_open], open_after, *crow[i_open + 1 :]))
+        profile = demand.profile(layout, (*crow[:i_open], open_after, *crow[i_open + 1 :]))
         special = set()
         if requested <= iso_today:
             special.add(Special.PROMISED.value)
@@ -826,7 +825,7 @@ def create_realtime_batch(
         [(v, c) for c, v in open_delta.items()],
     )
     insert_rows(conn, "INSERT INTO alloc_runs (run_id, kind, wave_id, at, inputs, trace, digest)", r_rows)
-    inventory._bump(conn, bump)
+    inventory.bump(conn, bump)
     insert_rows(
         conn,
         "INSERT INTO allocations (order_id, line_no, location, sku, qty, rule, run_id, wave_id, created_at)",

@@ -1,6 +1,6 @@
 """Order types, each with its own handling (see ``central/ORDERS.md``).
 
-- ``normal``: validated, then allocated from stock (``lifecycle.ON_VALIDATED`` hooks).
+- ``normal``: validated, then allocated from stock (the hub's ``on_validated`` hooks).
 - ``cash-sale``: goods handed over at once - no picking; validated -> delivered, the value
   goes onto the customer's receivables.
 - ``drop-ship``: passed to each line's supplier (a ``drop_ship`` downlink record to the
@@ -232,11 +232,9 @@ def undo_effects(conn: sqlite3.Connection, order_id: int) -> None:
         )
 
 
-def _on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
+def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
+    """``on_cancelled`` hook (``central.wiring``): undo what the order's type did."""
     undo_effects(conn, order_id)
-
-
-lifecycle.ON_CANCELLED.append(_on_cancelled)
 
 
 def route(

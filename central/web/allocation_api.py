@@ -8,8 +8,10 @@ shipped or delivered.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -18,6 +20,7 @@ from aiohttp import web
 
 from central.allocate import inventory, shortage, waves
 from central.fulfil import documents, picktime, returns
+from central.hub import hub_of
 from central.web.api import DB_KEY, requires
 from central.web.auth import Role
 from runtime.clock import now_ms
@@ -169,23 +172,21 @@ async def post_wave(request: web.Request) -> web.Response:
     b = await _body(request) if request.can_read_body else {}
     now = now_ms()
     cutoff = _int(b.get("cutoff", now), "cutoff")
-    settings = waves.MODE
+    batch = None
     if "batch_by" in b:
         try:
-            settings = waves.AllocationSettings(
-                realtime=settings.realtime,
-                batch=waves.BatchRules(tuple(b["batch_by"]), _int(b.get("window_s", 3600), "window_s")),
-                priority=settings.priority,
-                company=settings.company,
-                collect_status=settings.collect_status,
-                standards=settings.standards,
-            )
+            batch = waves.BatchRules(tuple(b["batch_by"]), _int(b.get("window_s", 3600), "window_s"))
         except (ValueError, TypeError) as e:
             raise _bad(str(e)) from None
     departure = None if b.get("departure") is None else _int(b["departure"], "departure")
-    out = await request.app[DB_KEY].write(
-        lambda c: waves.run_wave(c, cutoff=cutoff, now=now, settings=settings, departure=departure)
-    )
+
+    def run(c: sqlite3.Connection) -> list[dict[str, Any]]:
+        settings = hub_of(c).allocation  # the central's; the request may name its own batch rules
+        if batch is not None:
+            settings = dataclasses.replace(settings, batch=batch)
+        return waves.run_wave(c, cutoff=cutoff, now=now, settings=settings, departure=departure)
+
+    out = await request.app[DB_KEY].write(run)
     return _json({"waves": out}, status=201)
 
 
