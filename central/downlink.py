@@ -21,6 +21,7 @@ import aiomqtt
 import msgpack
 
 from protocols import envelope, ids, topics
+from protocols.bounded import bounded_reason
 from protocols.envelope import Ack
 from runtime import sqlitedb
 from runtime.clock import now_ms
@@ -105,7 +106,14 @@ def apply_gateway_acks(conn: sqlite3.Connection, gateway: str, acks: Iterable[Ac
         conn.execute(
             "INSERT OR REPLACE INTO downlink_results (id, gateway, type, status, reason, acked_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (a.id, gateway, row[0], a.status.value, a.reason, t),
+            (
+                a.id,
+                gateway,
+                row[0],
+                a.status.value,
+                None if a.reason is None else bounded_reason(a.reason),
+                t,
+            ),
         )
         if a.status is envelope.AckStatus.REJECTED:
             log.warning("gw=%s rejected downlink record %s: %s", gateway, a.id, a.reason)

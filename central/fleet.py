@@ -11,13 +11,14 @@ thresholds.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from protocols.bounded import JsonError, json_loads, value_repr
+from protocols.envelope import MAX_PAYLOAD_BYTES
 from runtime.clock import now_ms
 from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
@@ -117,15 +118,15 @@ class StatusError(ValueError):
 
 def parse_status(gw: str, payload: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StatusError(f"status of {gw} is not JSON: {e}") from None
+        doc = json_loads(payload, max_bytes=MAX_PAYLOAD_BYTES)
+    except JsonError as e:
+        raise StatusError(f"status of {gw}: {e.reason}") from None
     if not isinstance(doc, dict):
         raise StatusError(f"status of {gw} is not a JSON object")
     if doc.get("gw") != gw:
-        raise StatusError(f"status on {gw}'s topic names gateway {doc.get('gw')!r}")
+        raise StatusError(f"status on {gw}'s topic names gateway {value_repr(doc.get('gw'))}")
     if doc.get("state") not in ("online", "offline"):
-        raise StatusError(f"status of {gw}: state {doc.get('state')!r} is not online/offline")
+        raise StatusError(f"status of {gw}: state {value_repr(doc.get('state'))} is not online/offline")
     return doc
 
 

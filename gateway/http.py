@@ -8,9 +8,6 @@ status and health. Devices on the store LAN (and the ``storegate gateway order``
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from aiohttp import web
 
 from gateway.http_errors import domain_errors
@@ -18,6 +15,7 @@ from gateway.idempotency import HEADER, IdempotencyError, OrderEntry, parse_key
 from gateway.outbox import Outbox
 from gateway.sync import Sync
 from protocols.records import RecordSchemaError, parse_order
+from runtime.jsonbody import json_object
 
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
 SYNC_KEY = web.AppKey("sync", Sync)
@@ -32,14 +30,7 @@ def _error(status: int, reason: str) -> web.Response:
 
 
 async def post_order(request: web.Request) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _error(413, f"body larger than {MAX_BODY} bytes")
-    try:
-        body: Any = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return _error(400, f"body is not JSON: {e}")
-    if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object")
+    body = await json_object(request, max_bytes=MAX_BODY)  # or a 400/413 JSON answer
     body.setdefault("channel", "manual")
     body.setdefault("order_type", "normal")
     try:

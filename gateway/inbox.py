@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable
 
 from gateway import GatewayError
+from protocols.bounded import bounded_reason
 from protocols.envelope import Ack, AckStatus, Record
 from runtime.clock import now_ms
 from runtime.sqlitedb import DurableDB, Migration, is_storage_full, savepoint
@@ -39,7 +40,11 @@ MIGRATIONS = [
 
 
 class InboxRejected(GatewayError):
+    """A downlink record that can never apply; ``reason`` (cut to
+    :data:`protocols.bounded.MAX_REASON` characters) goes back to central in the ack."""
+
     def __init__(self, reason: str) -> None:
+        reason = bounded_reason(reason)
         super().__init__(reason)
         self.reason = reason
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.inbox import InboxRejected
+from protocols.bounded import value_repr
 from protocols.envelope import Record
 from runtime.sqlitedb import Migration
 
@@ -92,18 +93,18 @@ def item_from_wire(raw: object) -> Item:
         raise ValueError(f"item: unknown field {sorted(map(str, unknown))[0]}")
     gtin, sku = raw.get("gtin"), raw.get("sku")
     if not isinstance(gtin, str) or not gtin.isdigit() or len(gtin) not in (8, 12, 13, 14):
-        raise ValueError(f"item.gtin: {gtin!r} is not 8, 12, 13 or 14 digits")
+        raise ValueError(f"item.gtin: {value_repr(gtin)} is not 8, 12, 13 or 14 digits")
     if not isinstance(sku, str) or not sku:
-        raise ValueError(f"item.sku: {sku!r} is not a code")
+        raise ValueError(f"item.sku: {value_repr(sku)} is not a code")
     ints = {}
     for k in ("pack_size", "safety_stock", "order_up_to"):
         v = raw.get(k, 1 if k == "pack_size" else 0)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"item.{k}: {v!r} is not a non-negative integer")
+            raise ValueError(f"item.{k}: {value_repr(v)} is not a non-negative integer")
         ints[k] = v
     price = raw.get("price")
     if price is not None and (not isinstance(price, int) or isinstance(price, bool)):
-        raise ValueError(f"item.price: {price!r} is not an integer (minor units)")
+        raise ValueError(f"item.price: {value_repr(price)} is not an integer (minor units)")
     desc = raw.get("description", "")
     return Item(gtin=gtin, sku=sku, description=str(desc), price=price, **ints)
 

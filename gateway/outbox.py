@@ -22,6 +22,7 @@ import msgpack
 
 from gateway.inbox import InboxNotYet, InboxRejected
 from protocols import ids
+from protocols.bounded import value_repr
 from protocols.envelope import Ack, AckStatus, Record, pack_record
 from runtime.clock import now_ms
 from runtime.sqlitedb import ClosedError, DurableDB, Migration, insert_rows, is_storage_full, savepoint
@@ -315,7 +316,7 @@ def apply_record_result(conn: sqlite3.Connection, rec: Record) -> None:
     (body ``{"id", "status", "reason"}``); keep its final answer for the store to see."""
     rid, status, reason = rec.body.get("id"), rec.body.get("status"), rec.body.get("reason")
     if not isinstance(rid, str) or status not in ("accepted", "rejected"):
-        raise InboxRejected(f"record_result: bad body {rec.body!r}")
+        raise InboxRejected(f"record_result: bad body {value_repr(rec.body)}")
     updated = conn.execute(
         "UPDATE record_results SET status = ?, reason = ? WHERE id = ?",
         (status, reason if isinstance(reason, str) else None, rid),

@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.outbox import Outbox
 from protocols import envelope, topics
-from protocols.envelope import Ack, EnvelopeError, Record
+from protocols.envelope import Ack, BadRecord, EnvelopeError, Record
 from runtime.clock import now_ms
 from runtime.mqtt import Client, no_delay, raise_unless_link_lost
 from runtime.retry import TaskGroup, backoff_delay, supervise
@@ -348,6 +348,18 @@ class Sync:
                 tg.create_task(self._apply_acks(env.acks), name=f"sync-acks:{self.gw}")
             if env.records:
                 records.put_nowait(env.records)
+            if env.bad_records:
+                tg.create_task(self._reject_bad(client, env.bad_records), name=f"sync-reject:{self.gw}")
+
+    async def _reject_bad(self, client: aiomqtt.Client, bad: tuple[BadRecord, ...]) -> None:
+        """Downlink records that do not decode can never be applied: each one with a readable
+        id is answered ``rejected`` with its reason, so central stops resending it."""
+        for b in bad:
+            log.error("gw=%s undecodable downlink record %s rejected: %s", self.gw, b.id, b.reason)
+        acks = [Ack(b.id, envelope.AckStatus.REJECTED, b.reason) for b in bad if b.id is not None]
+        if acks:
+            payload = envelope.encode(gw=self.gw, sent=now_ms(), acks=acks)
+            await client.publish(topics.uplink(self.gw), payload, qos=1)
 
     async def _apply_acks(self, acks: tuple[Ack, ...]) -> None:
         try:

@@ -25,6 +25,7 @@ import msgspec
 from msgspec import Meta
 
 from protocols import ProtocolError
+from protocols.bounded import MAX_DEPTH, bounded_reason, names, nests_deeper, value_repr
 from protocols.frozen import quick_init
 from protocols.topics import GATEWAY_ID_RE
 
@@ -43,9 +44,11 @@ ACK_KEYS = frozenset({"id", "st", "reason", "ref"})
 
 
 class EnvelopeError(ProtocolError):
-    """The message as a whole cannot be accepted; ``reason`` says why, for a person."""
+    """The message as a whole cannot be accepted; ``reason`` says why, for a person (at most
+    :data:`protocols.bounded.MAX_REASON` characters)."""
 
     def __init__(self, reason: str) -> None:
+        reason = bounded_reason(reason)
         super().__init__(reason)
         self.reason = reason
 
@@ -244,7 +247,7 @@ def _check_keys(obj: object, where: str, allowed: frozenset[str], required: froz
         raise EnvelopeError(f"{where}: missing field {', '.join(sorted(missing))}")
     extra = [k for k in obj if k not in allowed]
     if extra:
-        raise EnvelopeError(f"{where}: unknown field {', '.join(sorted(map(str, extra)))}")
+        raise EnvelopeError(f"{where}: unknown field {names(extra)}")
     return obj
 
 
@@ -312,7 +315,7 @@ def _decode_ack_slow(i: int, raw: object) -> Ack:
     try:
         status = AckStatus(st)
     except ValueError:
-        raise EnvelopeError(f"{where}.st: unknown status {st!r}") from None
+        raise EnvelopeError(f"{where}.st: unknown status {value_repr(st)}") from None
     reason = obj.get("reason")
     ref = obj.get("ref")
     if reason is not None and not isinstance(reason, str):
@@ -427,8 +430,10 @@ def _decode_strict(payload: bytes) -> Envelope:
             max_bin_len=MAX_PAYLOAD_BYTES,
             max_ext_len=0,
         )
-    except Exception as e:  # msgpack raises many types (ExtraData, FormatError, ValueError...)
-        raise EnvelopeError(f"not a msgpack document: {type(e).__name__}: {e}") from None
+    except Exception as e:  # msgpack raises many types (ExtraData, FormatError, StackError...)
+        raise EnvelopeError(
+            f"not a msgpack document: {type(e).__name__}: {bounded_reason(str(e), 100)}"
+        ) from None
     return _envelope_from(obj, None)
 
 
@@ -436,7 +441,7 @@ def _envelope_from(obj: object, raws: list[bytes] | None) -> Envelope:
     env = _check_keys(obj, "envelope", ENVELOPE_KEYS, frozenset({"v", "gw", "sent"}))
     v = env["v"]
     if v != VERSION:
-        raise EnvelopeError(f"envelope.v: unknown version {v!r} (this side speaks {VERSION})")
+        raise EnvelopeError(f"envelope.v: unknown version {value_repr(v)} (this side speaks {VERSION})")
     gw = _check_str(env, "gw", "envelope", max_len=64)
     if not GATEWAY_ID_RE.match(gw):
         raise EnvelopeError(f"envelope.gw: {gw!r} is not a valid gateway id")
@@ -453,10 +458,16 @@ def _envelope_from(obj: object, raws: list[bytes] | None) -> Envelope:
     kept: list[bytes] = []
     bad: list[BadRecord] = []
     seen: set[str] = set()
+    # one look at all the records for a body nested too deep (the list and a record: 2 levels)
+    deep = nests_deeper(raw_records, MAX_DEPTH + 2)
     for i, raw in enumerate(raw_records):
         r = _decode_record(i, raw)
         if isinstance(r, Record) and r.id in seen:
             r = BadRecord(index=i, id=r.id, reason=f"records[{i}].id: repeated within the envelope")
+        elif deep and isinstance(r, Record) and nests_deeper(r.body, MAX_DEPTH):
+            r = BadRecord(
+                index=i, id=r.id, reason=f"records[{i}].body: nested deeper than {MAX_DEPTH} levels"
+            )
         if isinstance(r, Record):
             seen.add(r.id)
             records.append(r)
@@ -546,7 +557,7 @@ def _uplink_fast(payload: bytes, quick: QuickChecks) -> Uplink | None:
             body: dict[str, Any] | None = None
             if check is None or not check(r.body):
                 b = _unpack_body(r.body)
-                if type(b) is not dict:
+                if type(b) is not dict or nests_deeper(b, MAX_DEPTH):
                     return None
                 body = b
             out.append(Received(rid, r.seq, r.type, r.ts, rb, body))

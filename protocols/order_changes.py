@@ -19,6 +19,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from protocols.bounded import names, value_repr
 from protocols.records import (
     MAX_QTY,
     MAX_TEXT,
@@ -72,7 +73,7 @@ class OrderStatus:
 def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(body) - allowed
     if unknown:
-        raise RecordSchemaError(f"unknown field {', '.join(sorted(map(str, unknown)))}")
+        raise RecordSchemaError(f"unknown field {names(unknown)}")
 
 
 def parse_order_change(body: dict[str, Any]) -> OrderChange:
@@ -82,9 +83,8 @@ def parse_order_change(body: dict[str, Any]) -> OrderChange:
     try:
         action = ChangeAction(text_field(body, "action", required=True))
     except ValueError:
-        raise RecordSchemaError(
-            f"action: {body.get('action')!r} is not one of {', '.join(a.value for a in ChangeAction)}"
-        ) from None
+        actions = ", ".join(a.value for a in ChangeAction)
+        raise RecordSchemaError(f"action: {value_repr(body.get('action'))} is not one of {actions}") from None
     reason = text_field(body, "reason", required=False, max_len=MAX_TEXT)
     if action is ChangeAction.CANCEL_ORDER:
         return OrderChange(order, seq, action, reason=reason)
@@ -107,7 +107,7 @@ def parse_supplier_confirmation(body: dict[str, Any]) -> SupplierConfirmation:
     _check_keys(body, {"order_no", "state", "ref", "detail"})
     state = text_field(body, "state", required=True)
     if state not in ("confirmed", "shipped", "refused"):
-        raise RecordSchemaError(f"state: {state!r} is not one of confirmed, shipped, refused")
+        raise RecordSchemaError(f"state: {value_repr(state)} is not one of confirmed, shipped, refused")
     return SupplierConfirmation(
         order_no=text_field(body, "order_no", required=True),
         state=state,

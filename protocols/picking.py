@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from protocols.bounded import names, value_repr
 from protocols.records import MAX_QTY, MAX_TEXT, RecordSchemaError, int_value, text_field
 
 PICK_TASK = "pick_task"
@@ -60,7 +61,7 @@ def _req_int(body: dict[str, Any], key: str, *, lo: int, hi: int) -> int:
 def _no_unknown(body: dict[str, Any], known: frozenset[str]) -> None:
     unknown = set(body) - known
     if unknown:
-        raise RecordSchemaError(f"unknown field {', '.join(sorted(map(str, unknown)))}")
+        raise RecordSchemaError(f"unknown field {names(unknown)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +200,11 @@ def parse_pick_result(body: dict[str, Any]) -> PickResultBody:
     try:
         outcome = PickOutcome(text_field(body, "outcome"))
     except ValueError:
-        raise RecordSchemaError(f"outcome: {body['outcome']!r} is not picked or short") from None
+        raise RecordSchemaError(f"outcome: {value_repr(body['outcome'])} is not picked or short") from None
     try:
         key = PickKey(text_field(body, "key"))
     except ValueError:
-        raise RecordSchemaError(f"key: {body['key']!r} is not confirm, shortage or asrs") from None
+        raise RecordSchemaError(f"key: {value_repr(body['key'])} is not confirm, shortage or asrs") from None
     requested = _req_int(body, "requested_qty", lo=1, hi=MAX_QTY)
     picked = _req_int(body, "picked_qty", lo=0, hi=MAX_QTY)
     if outcome is PickOutcome.PICKED and picked < requested:
@@ -254,7 +255,7 @@ def parse_tote_event(body: dict[str, Any]) -> ToteEventBody:
     try:
         event = ToteEventKind(text_field(body, "event"))
     except ValueError:
-        raise RecordSchemaError(f"event: {body['event']!r} is not a tote event") from None
+        raise RecordSchemaError(f"event: {value_repr(body['event'])} is not a tote event") from None
     return ToteEventBody(
         wave=text_field(body, "wave"),
         tote=text_field(body, "tote"),

@@ -33,6 +33,7 @@ from biip import ParseError
 from biip.gtin import Gtin
 
 from protocols import ProtocolError
+from protocols.bounded import MAX_VALUE_REPR, JsonError, bounded_reason, json_loads
 
 MAX_BODY = 256 * 1024
 MAX_LINES = 500
@@ -41,6 +42,7 @@ MAX_CODE = 64
 MAX_RECEIPT_QTY = 100_000
 MAX_TEXT = 200
 MAX_SEQUENCE = 2**53 - 1  # JSON-safe integer
+MAX_FIELD_PATH = 2 * MAX_VALUE_REPR  # characters of a field path in an error
 MAX_PRICE = 10**9
 GTIN_LENGTHS = (8, 12, 13, 14)
 IGNORED_LINE_KINDS = frozenset({"Tender", "Tax", "Discount", "LoyaltyReward", "Customer"})
@@ -51,9 +53,11 @@ _RT = f"{_TX}.RetailTransaction"
 
 
 class PosFormatError(ProtocolError):
-    """The POS sent something that is not a valid transaction; ``field`` is its path."""
+    """The POS sent something that is not a valid transaction; ``field`` is its path (both
+    cut to a bounded length: a field path holds the POS's own keys)."""
 
     def __init__(self, field: str, reason: str) -> None:
+        field, reason = bounded_reason(field, MAX_FIELD_PATH), bounded_reason(reason)
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
@@ -181,16 +185,10 @@ def decode(data: bytes) -> PosTransaction:
 
 def json_object(data: bytes) -> dict[str, Any]:
     """Decode a request body that must be one JSON object (field ``body`` in errors)."""
-    if len(data) > MAX_BODY:
-        raise PosFormatError("body", f"larger than {MAX_BODY} bytes")
     try:
-        obj = json.loads(data)
-    except UnicodeDecodeError as e:
-        raise PosFormatError("body", f"not UTF-8: {e.reason} at byte {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise PosFormatError("body", f"not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except RecursionError:
-        raise PosFormatError("body", "nested too deeply") from None
+        obj = json_loads(data, max_bytes=MAX_BODY)
+    except JsonError as e:
+        raise PosFormatError("body", e.reason) from None
     return _map(obj, "body")
 
 

@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from protocols import ProtocolError
+from protocols.bounded import bounded_reason, names, value_repr
 
 MAX_LINES = 500
 MAX_QTY = 100_000
@@ -24,7 +25,11 @@ MAX_CODE = 64
 
 
 class RecordSchemaError(ProtocolError):
+    """A record body refused; ``reason`` says why, for a person (at most
+    :data:`protocols.bounded.MAX_REASON` characters: it travels in an ack)."""
+
     def __init__(self, reason: str) -> None:
+        reason = bounded_reason(reason)
         super().__init__(reason)
         self.reason = reason
 
@@ -99,7 +104,7 @@ def int_value(v: object, where: str, *, lo: int, hi: int) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise RecordSchemaError(f"{where}: expected integer, got {type(v).__name__}")
     if not lo <= v <= hi:
-        raise RecordSchemaError(f"{where}: {v} not in {lo}..{hi}")
+        raise RecordSchemaError(f"{where}: {value_repr(v)} not in {lo}..{hi}")
     return v
 
 
@@ -109,7 +114,7 @@ def parse_date(v: object, where: str) -> dt.date:
     try:
         return dt.date.fromisoformat(v)
     except ValueError:
-        raise RecordSchemaError(f"{where}: {v!r} is not a YYYY-MM-DD date") from None
+        raise RecordSchemaError(f"{where}: {value_repr(v)} is not a YYYY-MM-DD date") from None
 
 
 _LINE_KEYS = frozenset({"qty", "gtin", "sku", "price"})
@@ -127,7 +132,7 @@ def parse_order_line(i: int, raw: object) -> OrderLine:
     where = f"lines[{i}]"
     unknown = raw.keys() - _LINE_KEYS
     if unknown:
-        raise RecordSchemaError(f"{where}: unknown field {', '.join(sorted(map(str, unknown)))}")
+        raise RecordSchemaError(f"{where}: unknown field {names(unknown)}")
     gtin = raw.get("gtin")
     sku = raw.get("sku")
     if gtin is None and sku is None:
@@ -135,9 +140,9 @@ def parse_order_line(i: int, raw: object) -> OrderLine:
     if gtin is not None and (
         not isinstance(gtin, str) or not gtin.isdigit() or len(gtin) not in (8, 12, 13, 14)
     ):
-        raise RecordSchemaError(f"{where}.gtin: {gtin!r} is not 8, 12, 13 or 14 digits")
+        raise RecordSchemaError(f"{where}.gtin: {value_repr(gtin)} is not 8, 12, 13 or 14 digits")
     if sku is not None and (not isinstance(sku, str) or not 0 < len(sku) <= MAX_CODE):
-        raise RecordSchemaError(f"{where}.sku: {sku!r} is not a code of 1..{MAX_CODE} characters")
+        raise RecordSchemaError(f"{where}.sku: {value_repr(sku)} is not a code of 1..{MAX_CODE} characters")
     qty = raw.get("qty")
     if type(qty) is not int or not 1 <= qty <= MAX_QTY:  # exact int: bool is refused too
         qty = int_value(qty, f"{where}.qty", lo=1, hi=MAX_QTY)
@@ -150,17 +155,17 @@ def parse_order_line(i: int, raw: object) -> OrderLine:
 def parse_order(body: dict[str, Any]) -> OrderBody:
     unknown = body.keys() - _ORDER_KEYS
     if unknown:
-        raise RecordSchemaError(f"unknown field {', '.join(sorted(map(str, unknown)))}")
+        raise RecordSchemaError(f"unknown field {names(unknown)}")
     customer = text_field(body, "customer")
     ch, ot = body.get("channel"), body.get("order_type")
     channel = _CHANNELS.get(ch) if isinstance(ch, str) else None
     if channel is None:
         text_field(body, "channel")  # missing / not text / empty: its own reason
-        raise RecordSchemaError(f"channel: unknown channel {body.get('channel')!r}")
+        raise RecordSchemaError(f"channel: unknown channel {value_repr(body.get('channel'))}")
     order_type = _ORDER_TYPES.get(ot) if isinstance(ot, str) else None
     if order_type is None:
         text_field(body, "order_type")
-        raise RecordSchemaError(f"order_type: unknown order type {body.get('order_type')!r}")
+        raise RecordSchemaError(f"order_type: unknown order type {value_repr(body.get('order_type'))}")
     requested = parse_date(body.get("requested_date"), "requested_date")
     lines_raw = body.get("lines")
     if not isinstance(lines_raw, list) or not lines_raw:

@@ -249,6 +249,7 @@ async def test_bad_input_is_refused_with_a_reason_and_nothing_written(
     kw: dict[str, Any] = {"data": data} if isinstance(data, bytes) else {"json": data}
     r = await gw.client.post("/api/pos/transactions", **kw)
     assert r.status == status
+    assert r.content_type == "application/json"
     if status != 413:
         answer = await r.json()
         assert reason in answer["reason"] and answer["error"].endswith(answer["reason"])

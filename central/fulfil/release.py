@@ -20,9 +20,12 @@ from aiohttp import web
 from central.fulfil import picking
 from central.web.api import CONSUMER_KEY, DB_KEY, requires
 from central.web.auth import Role
+from protocols.bounded import value_repr
 from runtime.sqlitedb import DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
+
+MAX_WAVE_DIGITS = 18  # a wave id is a SQLite integer
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +87,8 @@ async def release_wave_view(request: web.Request) -> web.Response:
     """``POST /api/waves/{wave_id}/release``: a batch wave's allocations become pick tasks now
     (in storage-location order, on the DC gateways' durable downlinks)."""
     raw = request.match_info["wave_id"]
-    if not raw.isdigit():
-        return web.json_response({"error": f"wave id {raw!r} is not a number"}, status=400)
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_WAVE_DIGITS):
+        return web.json_response({"error": f"wave id {value_repr(raw)} is not a number"}, status=400)
     try:
         summary = await request.app[DB_KEY].write(lambda c: picking.release_wave(c, int(raw)))
     except picking.UnknownWave as e:

@@ -13,7 +13,6 @@ records, before the ack is published (a real crash at the worst moment, once).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -34,6 +33,7 @@ from central.hub import Hub
 from central.intake.ingest import quarantine_message, quick_checks, receive_uplink
 from central.intake.processor import Processor
 from protocols import envelope, topics
+from protocols.bounded import JsonError, json_loads
 from protocols.envelope import Ack, AckStatus, EnvelopeError
 from runtime.clock import now_ms
 from runtime.mqtt import Client, no_delay, raise_unless_link_lost
@@ -260,8 +260,8 @@ class Consumer:
         """Telemetry repeats the status every few seconds; a new ``connected_at`` means the
         gateway (re)connected, and whatever it has not acked is sent to it at once."""
         try:
-            doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            doc = json_loads(payload, max_bytes=envelope.MAX_PAYLOAD_BYTES)
+        except JsonError:
             return  # the fleet registry reports bad status payloads
         if not isinstance(doc, dict) or doc.get("state") != "online":
             self._sessions.pop(gw, None)

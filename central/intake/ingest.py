@@ -27,6 +27,7 @@ from central.hub import Hub, hub_of
 from central.orders import orders, ordertypes
 from central.orders.validation import LineIn, OrderIn
 from protocols import envelope
+from protocols.bounded import bounded_reason
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Received, Record, Uplink, gc_paused
 from protocols.order_changes import parse_supplier_confirmation
 from protocols.records import (
@@ -43,9 +44,11 @@ log = logging.getLogger(__name__)
 
 
 class Rejected(CentralError):
-    """A record that will never be applied; ``reason`` goes back to the gateway."""
+    """A record that will never be applied; ``reason`` goes back to the gateway (cut to
+    :data:`protocols.bounded.MAX_REASON` characters)."""
 
     def __init__(self, reason: str) -> None:
+        reason = bounded_reason(reason)
         super().__init__(reason)
         self.reason = reason
 
@@ -163,7 +166,7 @@ def _quarantine(
     conn.execute(
         "INSERT INTO quarantine (gateway, topic, record_id, seq, type, reason, raw, at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (gateway, topic, record_id, seq, rtype, reason, raw, now),
+        (gateway, topic, record_id, seq, rtype, bounded_reason(reason), raw, now),
     )
 
 
@@ -381,7 +384,8 @@ def _process_queue(
         except Exception as e:
             log.exception("gw=%s record %s (%s) failed in processing; quarantined", gw, rec.id, rec.type)
             hub.internal_errors += 1
-            status, reason = AckStatus.REJECTED, f"internal error while processing: {type(e).__name__}: {e}"
+            status = AckStatus.REJECTED
+            reason = bounded_reason(f"internal error while processing: {type(e).__name__}: {e}")
         if status is AckStatus.REJECTED:
             _quarantine(
                 conn,

@@ -31,6 +31,7 @@ from typing import Any
 from central import CentralError, downlink
 from central.hub import state
 from protocols.asrs import ID_RE as ASRS_ID_RE
+from protocols.bounded import value_repr
 from protocols.topics import GATEWAY_ID_RE
 from runtime.sqlitedb import savepoint
 
@@ -46,7 +47,7 @@ class MasterError(CentralError):
     """A master row that cannot be stored; ``field`` and ``reason`` say why."""
 
     def __init__(self, kind: str, key: str, field: str, reason: str) -> None:
-        where = f"{kind} {key!r}" if key else kind
+        where = f"{kind} {value_repr(key)}" if key else kind
         super().__init__(f"{where}: {field}: {reason}" if field else f"{where}: {reason}")
         self.kind = kind
         self.key = key
@@ -89,7 +90,7 @@ def _int(lo: int, hi: int, *, optional: bool = False) -> Conv:
             try:
                 v = int(v.strip())
             except ValueError:
-                raise ValueError(f"{v!r} is not an integer") from None
+                raise ValueError(f"{value_repr(v)} is not an integer") from None
         if not isinstance(v, int) or isinstance(v, bool):
             raise ValueError(f"expected integer, got {type(v).__name__}")
         if not lo <= v <= hi:
@@ -105,7 +106,7 @@ def _real(lo: float, hi: float) -> Conv:
             try:
                 v = float(v.strip() or 0)
             except ValueError:
-                raise ValueError(f"{v!r} is not a number") from None
+                raise ValueError(f"{value_repr(v)} is not a number") from None
         if v is None:
             v = 0.0
         if not isinstance(v, int | float) or isinstance(v, bool):
@@ -146,7 +147,7 @@ def _bool(v: object) -> object:
         return v
     if isinstance(v, str) and v.strip().lower() in ("1", "0", "true", "false", "yes", "no"):
         return int(v.strip().lower() in ("1", "true", "yes"))
-    raise ValueError(f"{v!r} is not a boolean")
+    raise ValueError(f"{value_repr(v)} is not a boolean")
 
 
 def _flag(v: object) -> object:

@@ -23,7 +23,9 @@ from central.fulfil import documents, picktime, returns
 from central.hub import hub_of
 from central.web.api import DB_KEY, requires
 from central.web.auth import Role
+from protocols.bounded import MAX_INT, MIN_INT, value_repr
 from runtime.clock import now_ms
+from runtime.jsonbody import json_object
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,24 +43,21 @@ def _date(raw: str, name: str) -> dt.date:
     try:
         return dt.date.fromisoformat(raw)
     except ValueError:
-        raise _bad(f"{name}: {raw!r} is not a date (YYYY-MM-DD)") from None
+        raise _bad(f"{name}: {value_repr(raw)} is not a date (YYYY-MM-DD)") from None
 
 
 def _int(raw: Any, name: str) -> int:
     try:
-        return int(raw)
-    except (TypeError, ValueError):
-        raise _bad(f"{name}: {raw!r} is not an integer") from None
+        v = int(raw)
+    except (TypeError, ValueError, OverflowError):  # ValueError: bad text, or too many digits
+        raise _bad(f"{name}: {value_repr(raw)} is not an integer") from None
+    if not MIN_INT <= v <= MAX_INT:  # what SQLite can store
+        raise _bad(f"{name}: {value_repr(raw)} is out of range")
+    return v
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise _bad("body is not JSON") from None
-    if not isinstance(data, dict):
-        raise _bad("body must be a JSON object")
-    return data
+    return await json_object(request)  # or a 400/413 JSON answer
 
 
 def _mapped(fn: Handler) -> Handler:

@@ -28,10 +28,12 @@ from central.orders import lifecycle, masters, orders, ordertypes, repo
 from central.orders.validation import LineIn, OrderIn
 from central.web import auth
 from central.web.auth import Role, User
+from protocols.bounded import value_repr
 from protocols.order_changes import parse_order_change
 from protocols.records import Channel, RecordSchemaError, parse_date, parse_order
 from runtime.clock import now_ms
 from runtime.http_errors import storage_full_response
+from runtime.jsonbody import json_object
 from runtime.sqlitedb import DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ CONSUMER_KEY = web.AppKey("consumer", Consumer)
 USER_KEY = web.RequestKey("user", User)
 
 MAX_LIMIT = 1000
+MAX_BODY = 1024 * 1024  # a master import or a big order; aiohttp's own limit
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -114,13 +117,7 @@ def _user(request: web.Request) -> User:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HttpError(400, f"malformed JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise HttpError(400, f"expected a JSON object, got {type(data).__name__}")
-    return data
+    return await json_object(request, max_bytes=MAX_BODY)  # or a 400/413 JSON answer
 
 
 def _str_field(body: dict[str, Any], key: str, *, required: bool = True) -> str:
@@ -135,7 +132,7 @@ def _str_field(body: dict[str, Any], key: str, *, required: bool = True) -> str:
 def _int_field(body: dict[str, Any], key: str, *, lo: int, hi: int) -> int:
     v = body.get(key)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise HttpError(400, f"{key}: expected an integer in {lo}..{hi}, got {v!r}")
+        raise HttpError(400, f"{key}: expected an integer in {lo}..{hi}, got {value_repr(v)}")
     return v
 
 
