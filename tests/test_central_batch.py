@@ -1,4 +1,4 @@
-"""New orders processed together (``orders.create_realtime_batch`` from ``ingest.process_queue``)
+"""New orders processed together (``orders.create_batch``, set-based, from ``ingest.process_queue``)
 leave exactly the rows one-by-one processing leaves: same ids, history, checks, allocations,
 runs (inputs and traces), shortages, status downlink and acks - also when the batch hands
 orders back to the one-by-one path (held orders, short stock, ship-with-next customers,
@@ -72,7 +72,7 @@ def _run(path: Path, *, together: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
         conn.execute("UPDATE customers SET backorder_policy = 'next-order' WHERE code IN ('C1', 'C2', 'C3')")
         with monkeypatch.context() as m:
             if not together:
-                m.setattr(orders, "create_realtime_batch", lambda *a, **k: [])
+                m.setattr(orders, "_create_together", lambda *a, **k: [])
             wiring.hub(waves.AllocationSettings(realtime=True)).attach(conn)
             acks = []
             seen: set[Any] = set()
@@ -127,14 +127,14 @@ def test_orders_together_leave_the_rows_of_one_by_one(
 ) -> None:
     one, one_acks = _run(tmp_path / "one.db", together=False, monkeypatch=monkeypatch)
     calls = []
-    real = orders.create_realtime_batch
+    real = orders._create_together
 
-    def counting(*a: Any, **k: Any) -> list[str]:
+    def counting(*a: Any, **k: Any) -> list[orders.Created]:
         made = real(*a, **k)
         calls.append(len(made))
         return made
 
-    monkeypatch.setattr(orders, "create_realtime_batch", counting)
+    monkeypatch.setattr(orders, "_create_together", counting)
     many, many_acks = _run(tmp_path / "many.db", together=True, monkeypatch=monkeypatch)
     assert sum(calls) > 100 and max(calls) > 5  # many orders went through together
     assert many_acks == one_acks

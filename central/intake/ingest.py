@@ -93,22 +93,8 @@ def apply_order(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
         order = parse_order(rec.body)
     except RecordSchemaError as e:
         raise Rejected(e.reason) from None
-    created = orders.create(
-        conn,
-        _order_in(order),
-        record_id=rec.id,
-        gateway=ctx.gateway,
-        seq=rec.seq,
-        channel=order.channel.value,
-        created_at=rec.ts,
-        now=ctx.now,
-        origin=f"from gateway {ctx.gateway} via {order.channel.value}, record {rec.id} seq {rec.seq}",
-    )
-    if (
-        orders.may_have_parked(conn)
-        and conn.execute("SELECT 1 FROM parked_changes WHERE order_ref = ? LIMIT 1", (rec.id,)).fetchone()
-    ):
-        orders.drain_parked(conn, rec.id, now=ctx.now)
+    new = _gateway_order(ctx.gateway, rec, order.channel.value, _order_in(order))
+    (created,) = orders.create_batch(conn, [new], now=ctx.now)
     return created.order_no
 
 
@@ -473,8 +459,9 @@ def _orders_together(
     parsed: dict[int, orders.NewOrder | None],
     stop: Callable[[], bool] | None = None,
 ) -> list[str] | None:
-    """Hand the run of new orders from ``start`` to :func:`orders.create_realtime_batch`
-    (the numbers of those it created, in order); None if it failed (rolled back).
+    """Hand the run of new orders from ``start`` to :func:`orders.create_batch` (the numbers
+    of those it created, in order: all of them unless ``stop`` said so); None if it failed
+    (rolled back: they go one by one).
     ``parsed`` keeps each record's parse across calls."""
     batch: list[orders.NewOrder] = []
     for k in range(start, len(rows)):
@@ -486,11 +473,11 @@ def _orders_together(
         batch.append(new)
     try:
         with savepoint(conn, "orders_together"):
-            made = orders.create_realtime_batch(conn, batch, now=now, stop=stop)
+            made = orders.create_batch(conn, batch, now=now, stop=stop)
     except Exception:
         log.exception("orders processed together failed; processing them one by one")
         return None
-    return made
+    return [c.order_no for c in made]
 
 
 def _new_order(gw: str, rec: Record) -> orders.NewOrder | None:
@@ -507,6 +494,10 @@ def _new_order(gw: str, rec: Record) -> orders.NewOrder | None:
             return None
         channel = order.channel.value
         order_in = _order_in(order)
+    return _gateway_order(gw, rec, channel, order_in)
+
+
+def _gateway_order(gw: str, rec: Record, channel: str, order_in: OrderIn) -> orders.NewOrder:
     return orders.NewOrder(
         record_id=rec.id,
         gateway=gw,

@@ -566,13 +566,13 @@ def with_line_numbers(order: OrderIn) -> OrderIn:
     return replace(order, lines=tuple(replace(ln, line_no=i + 1) for i, ln in enumerate(order.lines)))
 
 
-# -- real-time batch: many new orders validated and allocated together -------------------
+# -- new orders from gateways: one path, set-based where it pays ---------------------------
 
 
 @quick_init
 @dataclass(frozen=True, slots=True)
 class NewOrder:
-    """A new order from a gateway record, as :func:`create` takes it."""
+    """A new order from a gateway record, as :func:`create_batch` takes it."""
 
     record_id: str
     gateway: str
@@ -600,20 +600,57 @@ def _next_ids(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(zip(_FAST_KEYS, row, strict=True))
 
 
-def create_realtime_batch(
+def create_batch(
     conn: sqlite3.Connection, new: Sequence[NewOrder], *, now: int, stop: Callable[[], bool] | None = None
-) -> list[str]:
-    """:func:`create` for a run of new gateway orders with real-time allocation, set-based:
-    each order is validated and allocated in Python, in arrival order, over shared in-memory
-    customer exposure and stock, then every table is written with one statement, with the
-    same ids, rows and order history as one :func:`create` per order would leave.
+) -> list[Created]:
+    """Create new gateway orders, in their order: the one way a gateway's order is created.
+    Each run of orders that takes the common path (a normal order that passes its checks and
+    is allocated in full, allocation in real time and nothing else hooked) is written
+    set-based, together; any other order goes through :func:`create` and then takes any
+    change already parked for it. Either way every order leaves the same ids, rows and order
+    history as one :func:`create` per order would. ``stop``, asked before each order once one
+    is made, ends early when it says so; returns the orders created (a prefix of ``new``)."""
+    out: list[Created] = []
+    i = 0
+    while i < len(new):
+        if out and stop is not None and stop():
+            break
+        together = _create_together(conn, new[i:], now=now, stop=stop)
+        if together:
+            out += together
+            i += len(together)
+            continue
+        n = new[i]
+        created = create(
+            conn,
+            n.order,
+            record_id=n.record_id,
+            gateway=n.gateway,
+            seq=n.seq,
+            channel=n.channel,
+            created_at=n.created_at,
+            now=now,
+            origin=n.origin,
+        )
+        if (
+            may_have_parked(conn)
+            and conn.execute(
+                "SELECT 1 FROM parked_changes WHERE order_ref = ? LIMIT 1", (n.record_id,)
+            ).fetchone()
+        ):
+            drain_parked(conn, n.record_id, now=now)
+        out.append(created)
+        i += 1
+    return out
 
-    Handles the longest prefix of ``new`` that takes the common path (a normal order that
-    passes its checks and is allocated in full, allocation in real time and nothing else
-    hooked) and returns its order numbers; the caller creates the next order one by one
-    (and may call again for the rest). Returns ``[]`` when the path does not apply.
-    ``stop``, asked before each order once one is made, ends the run early when it says so
-    (the caller's to take up later)."""
+
+def _create_together(
+    conn: sqlite3.Connection, new: Sequence[NewOrder], *, now: int, stop: Callable[[], bool] | None = None
+) -> list[Created]:
+    """The longest prefix of ``new`` that takes the common path, set-based: each order is
+    validated and allocated in Python, in arrival order, over shared in-memory customer
+    exposure and stock, then every table is written with one statement. ``[]`` when the
+    first order does not take it. ``stop`` as for :func:`create_batch`."""
     from central.allocate import demand, inventory, waves  # noqa: PLC0415 - waves -> shortage -> demand
 
     hub = hub_of(conn)
@@ -675,7 +712,7 @@ def create_realtime_batch(
     d_rows: list[tuple[Any, ...]] = []
     open_delta: dict[str, int] = {}
     bump: dict[tuple[str, str], int] = {}
-    made: list[str] = []
+    made: list[Created] = []
     # the stock of every sku named in this run not read yet, in one read (a sku given as a
     # GTIN only: when its order comes)
     avail = kept.avail
@@ -803,7 +840,7 @@ def create_realtime_batch(
         ids["order_events"] += 3
         ids["alloc_runs"] += 1
         ids["downlink_outbox"] += 1
-        made.append(number)
+        made.append(Created(oid, number, "allocated", result))
     if not made:
         inventory.keep_stock(conn, kept)
         return []
