@@ -6,7 +6,7 @@
 - :class:`ConnState` - one per database connection (the writer's, the reader's), given to
   the connection as its ``state`` when it opens (``runtime.sqlitedb.Connection``): the
   :class:`Hub` and the caches that must not outlive or cross the connection (the customers'
-  column layout, the stock and sourcing network the real-time path keeps, the masters
+  column layout with the profiles read through it, the stock and sourcing network the real-time path keeps, the masters
   snapshot, the status updates held back inside ``lifecycle.coalesce_status``, the items and
   snapshots a master import publishes at its end, whether any change is parked).
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from central.allocate.allocation import CustomerPref, DemandLine, OrderDemand, Special
@@ -73,6 +73,10 @@ class Layout:
     select: tuple[str, ...]
     has_priority: bool
     n_profile: int = 0  # the leading columns of ``select``; the rest is exposure (receivables, open value)
+    # customers row but its exposure -> (profile, exposure it was built at), see :func:`profile`
+    profiles: dict[tuple[Any, ...], tuple[CustomerProfile, int]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
 
 def customer_layout(conn: sqlite3.Connection) -> Layout:
@@ -94,19 +98,20 @@ def customer_layout(conn: sqlite3.Connection) -> Layout:
     return layout
 
 
-# (layout columns, customers row but its exposure) -> (profile, exposure it was built at):
-# the row holds every input, so an equal row gives an equal profile; receivables and open
-# value move only the credit standing, and only where it is the headroom under the limit
-_PROFILES: dict[tuple[tuple[str, ...], tuple[Any, ...]], tuple[CustomerProfile, int]] = {}
 MAX_CACHED_PROFILES = 10_000
 
 
 def profile(layout: Layout, row: tuple[Any, ...]) -> CustomerProfile:
-    key = (layout.select, row[: layout.n_profile])
+    """The allocation profile of a ``customers`` row read with ``layout``'s columns, kept on
+    the layout (so per connection): the row holds every input, so an equal row gives an
+    equal profile; receivables and open value move only the credit standing, and only where
+    it is the headroom under the limit."""
+    profiles = layout.profiles
+    key = row[: layout.n_profile]
     used = 0
     if layout.fields["credit"] == "credit_limit":
         used = sum(int(v or 0) for v in row[layout.n_profile :])
-    hit = _PROFILES.get(key)
+    hit = profiles.get(key)
     if hit is not None:
         p, used_then = hit
         if used == used_then:
@@ -116,9 +121,9 @@ def profile(layout: Layout, row: tuple[Any, ...]) -> CustomerProfile:
         moved[_CREDIT_AT] = p.credit - (used - used_then)
         return CustomerProfile(*moved)
     p = _build_profile(layout, row)
-    if len(_PROFILES) >= MAX_CACHED_PROFILES:
-        _PROFILES.clear()
-    _PROFILES[key] = (p, used)
+    if len(profiles) >= MAX_CACHED_PROFILES:
+        profiles.clear()
+    profiles[key] = (p, used)
     return p
 
 

@@ -331,6 +331,10 @@ _STOCK_WATCH = (
         )
     ),
 )
+
+
+# Stamps unique in the process, not per connection: a connection given fresh state
+# (``Hub.attach``) keeps its TEMP table, and a stamp it wrote before must never come again.
 _STAMPS = itertools.count(1)
 
 
