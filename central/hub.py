@@ -6,9 +6,10 @@
 - :class:`ConnState` - one per database connection (the writer's, the reader's), given to
   the connection as its ``state`` when it opens (``runtime.sqlitedb.Connection``): the
   :class:`Hub` and the caches that must not outlive or cross the connection (the customers'
-  column layout with the profiles read through it, the stock and sourcing network the real-time path keeps, the masters
-  snapshot, the status updates held back inside ``lifecycle.coalesce_status``, the items and
-  snapshots a master import publishes at its end, whether any change is parked).
+  column layout with the profiles read through it, the stock and sourcing network the
+  real-time path keeps, the masters snapshot, the status updates held back inside
+  ``lifecycle.coalesce_status``, the items and snapshots a master import publishes at its
+  end, whether any change is parked).
 
 So two centrals in one process (two databases) share nothing. :func:`state` returns a
 connection's state; a connection nobody gave one (a test's or a tool's own ``connect``)
