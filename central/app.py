@@ -13,12 +13,11 @@ from aiohttp import web
 from central import schedule, wiring
 from central.allocate import waves
 from central.fleet import AlertThresholds, Fleet
-from central.fulfil import release
 from central.fulfil.release import Releaser, ReleaseSettings
 from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
-from central.web import allocation_api, dashboard
+from central.web import allocation_api, dashboard, release_api
 from central.web.api import create_app
 from runtime import config
 from runtime.metrics import add_metrics
@@ -53,7 +52,7 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
     app = create_app(db=db, consumer=consumer)
     dashboard.add_routes(app, fleet=fleet, db=db)
     allocation_api.add_routes(app)
-    release.add_routes(app)
+    release_api.add_routes(app)
     add_metrics(app, metrics.collect)
     return app
 

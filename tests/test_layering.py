@@ -95,6 +95,24 @@ def test_firmware_sim_speaks_only_protocols() -> None:
     assert not bad, "\n".join(bad)
 
 
+STAGES = ("intake", "orders", "allocate", "fulfil")
+
+
+def test_central_stages_never_reach_up_into_the_web_or_the_process() -> None:
+    """central/'s stages hold the order's rules; the REST layer (``central.web``) and the
+    process (``central.app``) stand on them, never the other way round."""
+    bad = []
+    for stage in STAGES:
+        for path in sorted((ROOT / "central" / stage).rglob("*.py")):
+            found = imports_of(path.read_text(encoding="utf-8"), path.relative_to(ROOT).parts[:-1])
+            bad += [
+                f"{path.relative_to(ROOT)}:{line} imports {mod}"
+                for line, mod in found
+                if mod in {"central.app", "central.web"} or mod.startswith("central.web.")
+            ]
+    assert not bad, "\n".join(bad)
+
+
 def test_the_checker_sees_every_kind_of_import() -> None:
     """The reader itself: module-level, in a function, relative, and importlib with a literal."""
     src = (

@@ -24,7 +24,7 @@ from central.fulfil import release
 from central.hub import Hub
 from central.migrations import central_db
 from central.orders import masters, ordertypes, valuation
-from central.web import allocation_api, auth
+from central.web import allocation_api, auth, release_api
 from central.web.api import create_app
 from ops.broker import Mosquitto
 from runtime.sqlitedb import DurableDB, connect
@@ -127,7 +127,7 @@ async def desk(tmp_path: Path, *, sourcing: bool = True) -> AsyncIterator[Desk]:
             await db.write(lambda c: inventory.set_sourcing(c, [SourcingRule("*", "DC1", 1, preferred=True)]))
         app = create_app(db=db)
         allocation_api.add_routes(app)
-        release.add_routes(app)
+        release_api.add_routes(app)
         async with TestClient(TestServer(app)) as client:
             yield Desk(db, client, token)
     finally:

@@ -15,17 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from central.fulfil import picking
-from central.web.api import CONSUMER_KEY, DB_KEY, requires
-from central.web.auth import Role
-from protocols.bounded import value_repr
 from runtime.sqlitedb import DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
-
-MAX_WAVE_DIGITS = 18  # a wave id is a SQLite integer
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +30,8 @@ class ReleaseSettings:
 
 def release_allocated(conn: sqlite3.Connection, *, limit: int) -> list[dict[str, Any]]:
     """Release allocated orders one by one - except an order of a batch wave that is not
-    released yet: it waits for its wave (``POST /api/waves/{id}/release``), whose pick
+    released yet: it waits for its wave (``POST /api/waves/{id}/release``,
+    ``central.web.release_api``), whose pick
     list and tasks hold the whole wave."""
     ids = [
         r[0]
@@ -80,24 +74,3 @@ class Releaser:
             except StorageFull as e:  # nothing released; the next tick after space returns does it
                 log.warning("release postponed: %s", e)
                 await self.db.wait_writable()
-
-
-@requires(Role.ORDER_DESK)
-async def release_wave_view(request: web.Request) -> web.Response:
-    """``POST /api/waves/{wave_id}/release``: a batch wave's allocations become pick tasks now
-    (in storage-location order, on the DC gateways' durable downlinks)."""
-    raw = request.match_info["wave_id"]
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_WAVE_DIGITS):
-        return web.json_response({"error": f"wave id {value_repr(raw)} is not a number"}, status=400)
-    try:
-        summary = await request.app[DB_KEY].write(lambda c: picking.release_wave(c, int(raw)))
-    except picking.UnknownWave as e:
-        return web.json_response({"error": str(e)}, status=404)
-    consumer = request.app.get(CONSUMER_KEY)
-    if consumer is not None:
-        consumer.downlink.notify()
-    return web.json_response(summary)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/waves/{wave_id}/release", release_wave_view)
