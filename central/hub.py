@@ -41,6 +41,7 @@ class Hub:
     schemas: dict[str, Schema] = field(default_factory=dict)
     on_validated: list[Hook] = field(default_factory=list)
     on_cancelled: list[Hook] = field(default_factory=list)
+    on_give_back: list[Hook] = field(default_factory=list)  # before a change to an allocated order
     internal_errors: int = 0  # records quarantined because their handler failed unexpectedly
 
     def handler(self, record_type: str, fn: Handler, *, schema: Schema | None = None) -> None:
@@ -65,7 +66,9 @@ class ConnState:
     network: tuple[list[Any], Network] | None = None  # (sourcing rows, network)
     masters: tuple[int, Snapshot] | None = None  # (data_version, snapshot)
     pending_status: dict[tuple[str, str], dict[str, Any]] | None = None  # inside coalesce_status
-    master_batch: tuple[set[str], set[str]] | None = None  # (skus, gateways) inside an import
+    pending_standing: dict[str, str] | None = None  # customer -> gateway counting it, ditto
+    # (skus, gateways to snapshot, customers whose standing changed) inside a master import
+    master_batch: tuple[set[str], set[str], set[str]] | None = None
     none_parked: bool = False  # known to hold no parked order change
 
 

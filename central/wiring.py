@@ -10,7 +10,9 @@ The path of an order through the stages (see README, Architecture):
 - orders: validated (or held) -> the hub's ``on_validated`` hooks: ``waves.on_validated``
   allocates at once when the allocation settings say real time (else a wave takes it);
 - cancelled -> ``on_cancelled``: the order type's effects undone
-  (``ordertypes.on_cancelled``), then its stock given back (``waves.on_cancelled``).
+  (``ordertypes.on_cancelled``), then its stock given back (``waves.on_cancelled``);
+- a change to an allocated order -> ``on_give_back``: its allocation given back first
+  (``waves.give_back``); the change's checks allocate it again.
 """
 
 from __future__ import annotations
@@ -41,4 +43,5 @@ def hub(allocation: AllocationSettings | None = None) -> Hub:
     if allocation is not None:
         h.on_validated.append(waves.on_validated)
         h.on_cancelled.append(waves.on_cancelled)
+        h.on_give_back.append(waves.give_back)
     return h

@@ -12,7 +12,19 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway import handheld, idempotency, inbox, items, order_status, outbox, picking, scanner, stock
+from gateway import (
+    handheld,
+    idempotency,
+    inbox,
+    items,
+    order_changes,
+    order_status,
+    outbox,
+    picking,
+    scanner,
+    stock,
+    supplier,
+)
 from gateway.devices import (
     HandheldConfig,
     HidScannerConfig,
@@ -79,6 +91,8 @@ def migrations() -> list[Migration]:
         *inbox.MIGRATIONS,
         *items.MIGRATIONS,
         *order_status.MIGRATIONS,
+        *order_changes.MIGRATIONS,
+        *supplier.MIGRATIONS,
         *scanner.MIGRATIONS,
         *handheld.MIGRATIONS,
         *picking.MIGRATIONS,
@@ -185,6 +199,8 @@ async def serve(cfg: GatewayConfig) -> None:
     box = Outbox(db)
     inb = Inbox(db)
     inb.register(items.MASTER_RECORD, items.apply_master_items)
+    inb.register(items.STANDING_RECORD, items.apply_customer_standing)
+    inb.register(supplier.RECORD, supplier.apply_drop_ship)  # any gateway may serve a supplier
     inb.register(order_status.RECORD, order_status.apply_order_status)
     inb.register(outbox.RECORD_RESULT, outbox.apply_record_result)
     executor = PickExecutor(db=db, outbox=box, config=cfg.picking) if cfg.picking.carts else None
@@ -225,11 +241,13 @@ async def serve(cfg: GatewayConfig) -> None:
             board.add_source(cart_id, cart_status(cart_id, cart))
         if executor.asrs is not None:
             board.add_source(executor.asrs.device_id, asrs_status(executor.asrs))
-    app = create_app(gateway_id=cfg.gateway_id, outbox=box, sync=sync)
+    app = create_app(gateway_id=cfg.gateway_id, outbox=box, sync=sync, customer=cfg.customer)
     # The POS posts sales here; reorders are raised for this store's customer code.
     pos = PosService(db=db, outbox=box, customer=cfg.customer or cfg.gateway_id)
     pos.on_till = lambda workstation: board.register(f"till-{workstation}", "pos").seen()
     add_pos_routes(app, pos)
+    order_changes.add_routes(app, outbox=box, customer=cfg.customer)
+    supplier.add_routes(app, outbox=box)
     add_metrics(app, GatewayMetrics(outbox=box, sync=sync, inbox=inb, telemetry=telemetry, pos=pos).collect)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

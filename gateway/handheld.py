@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 import serial
 
-from gateway.items import lookup_gtin
+from gateway import edge_checks
 from gateway.outbox import Outbox
 from protocols import bht
 from protocols.bht import (
@@ -47,7 +48,6 @@ from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_QTY = 9999  # per line; more is refused as absurd
 REOPEN_DELAY = 2.0  # s between attempts to reopen a lost serial port
 
 MIGRATIONS = [
@@ -130,7 +130,6 @@ class HandheldAdapter:
         baudrate: int = 9600,
         receiver_timeout: float = bht.RECEIVER_TIMEOUT,
         linger: float = bht.LINGER,
-        max_qty: int = DEFAULT_MAX_QTY,
         reopen_delay: float = REOPEN_DELAY,
     ) -> None:
         self.port = port
@@ -141,7 +140,6 @@ class HandheldAdapter:
         self.baudrate = baudrate
         self.receiver_timeout = receiver_timeout
         self.linger = linger
-        self.max_qty = max_qty
         self.reopen_delay = reopen_delay
         self.counters: collections.Counter[str] = collections.Counter()
         self.connected = asyncio.Event()
@@ -205,30 +203,33 @@ class HandheldAdapter:
         for serial_no, raw in enumerate(file.records, start=1):
             try:
                 rec = decode_order_record(raw, file.field_lengths)
-                if rec.qty > self.max_qty:
-                    raise RecordError("qty", f"{rec.qty} is more than {self.max_qty}", raw)
-                if lookup_gtin(conn, rec.gtin) is None:
-                    raise RecordError("gtin", f"unknown GTIN {rec.gtin}", raw)
             except RecordError as e:
                 rejects.append(Reject(serial_no, e.field, e.reason))
                 continue
             key = (rec.customer or self.default_customer, rec.requested_date)
-            groups.setdefault(key, []).append(OrderLine(qty=rec.qty, gtin=rec.gtin))
+            line = OrderLine(qty=rec.qty, gtin=rec.gtin)
+            # the edge checks every entry applies (item, quantity, this store's customer)
+            refused = edge_checks.check_order(
+                conn,
+                self._body(*key, (line,), file, batch),
+                store_customer=self.default_customer,
+                credit=False,
+            ).refusals
+            if refused:
+                rejects.append(Reject(serial_no, refused[0].field, refused[0].reason))
+                continue
+            groups.setdefault(key, []).append(line)
 
         ids: list[str] = []
         for (customer, date), lines in groups.items():
             for start in range(0, len(lines), MAX_LINES):
-                body = OrderBody(
-                    customer=customer,
-                    channel=Channel.HANDHELD,
-                    order_type=OrderType.NORMAL,
-                    requested_date=date,
-                    lines=tuple(lines[start : start + MAX_LINES]),
-                    note=f"HT upload {file.name}",
-                    source_ref=str(batch),
-                ).to_wire()
+                order = self._body(customer, date, tuple(lines[start : start + MAX_LINES]), file, batch)
                 rid = f"ht-{batch.terminal}-{batch.number:05d}-{digest[:16]}-{len(ids)}"
-                ids.append(self.outbox.add(conn, "order", body, record_id=rid).id)
+                made, verdict = edge_checks.enter_order(
+                    conn, self.outbox, order, store_customer=self.default_customer, record_id=rid
+                )
+                assert made is not None, verdict  # every line passed the same checks above
+                ids.append(made.id)
         conn.executemany(
             "INSERT INTO ht_rejects (terminal, batch_id, serial, field, reason, raw)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -260,6 +261,20 @@ class HandheldAdapter:
             ),
         )
         return CommitOutcome(batch, False, tuple(ids), n_lines, tuple(rejects))
+
+    @staticmethod
+    def _body(
+        customer: str, date: dt.date, lines: tuple[OrderLine, ...], file: BhtFile, batch: BatchId
+    ) -> OrderBody:
+        return OrderBody(
+            customer=customer,
+            channel=Channel.HANDHELD,
+            order_type=OrderType.NORMAL,
+            requested_date=date,
+            lines=lines,
+            note=f"HT upload {file.name}",
+            source_ref=str(batch),
+        )
 
     async def commit(self, file: BhtFile) -> CommitOutcome:
         """Durably commit a received batch (returns after COMMIT/fsync)."""

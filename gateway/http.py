@@ -3,7 +3,8 @@ status and health. Devices on the store LAN (and the ``storegate gateway order``
 
 ``POST /api/orders`` answers 201 only after the order is durably in the outbox; a repeat (same
 ``Idempotency-Key``, or same customer and ``source_ref``) gets the first answer again
-(``gateway/idempotency.py``, ``protocols/GATEWAY-HTTP.md``).
+(``gateway/idempotency.py``, ``protocols/GATEWAY-HTTP.md``); an order the edge checks refuse
+(``gateway/edge_checks.py``) is 422 with the reason for each refused line.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ async def post_order(request: web.Request) -> web.Response:
         return _error(422, e.reason)
     try:
         key = parse_key(request.headers.getall(HEADER, []))
-        answer = await request.app[ORDER_ENTRY_KEY].submit(order.to_wire(), key=key)
+        answer = await request.app[ORDER_ENTRY_KEY].submit(order, key=key)
     except IdempotencyError as e:
         return _error(e.status, e.reason)
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
@@ -78,11 +79,13 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-def create_app(*, gateway_id: str, outbox: Outbox, sync: Sync | None = None) -> web.Application:
+def create_app(
+    *, gateway_id: str, outbox: Outbox, sync: Sync | None = None, customer: str = ""
+) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[domain_errors])
     app[GATEWAY_ID_KEY] = gateway_id
     app[OUTBOX_KEY] = outbox
-    app[ORDER_ENTRY_KEY] = OrderEntry(outbox=outbox, gateway_id=gateway_id)
+    app[ORDER_ENTRY_KEY] = OrderEntry(outbox=outbox, gateway_id=gateway_id, customer=customer)
     if sync is not None:
         app[SYNC_KEY] = sync
     app.router.add_post("/api/orders", post_order)

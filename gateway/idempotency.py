@@ -37,7 +37,10 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import edge_checks
 from gateway.outbox import Outbox
+from protocols.envelope import Record
+from protocols.records import OrderBody
 from runtime.clock import now_ms
 from runtime.sqlitedb import Migration
 
@@ -176,19 +179,35 @@ def prune(conn: sqlite3.Connection, *, now: int, limit: int = PRUNE_BATCH) -> in
 class OrderEntry:
     """Puts orders entered over HTTP into the outbox, at most once per key or source_ref."""
 
-    def __init__(self, *, outbox: Outbox, gateway_id: str) -> None:
+    def __init__(self, *, outbox: Outbox, gateway_id: str, customer: str = "") -> None:
         self.outbox = outbox
         self.gateway_id = gateway_id
+        self.customer = customer  # this store's customer code at central (the edge checks)
         self.replayed = 0  # answers replayed (a client's repeat, recognised)
 
-    async def submit(self, order: dict[str, Any], *, key: str | None) -> Answer:
-        """Commit ``order`` (its wire body) and answer 201, or answer what the first request
-        with the same key or source_ref was told. Raises :class:`IdempotencyError` (422: the
-        key was used for another order, or the source_ref names another order)."""
+    def _enter(self, conn: sqlite3.Connection, parsed: OrderBody) -> tuple[Record | None, dict[str, Any]]:
+        """The edge checks, then the outbox (``gateway/edge_checks.py``): the record and the
+        201 body, or None and the 422 body naming each refused line."""
+        rec, verdict = edge_checks.enter_order(conn, self.outbox, parsed, store_customer=self.customer)
+        if rec is None:
+            refused = [r.to_json() for r in verdict.refusals]
+            return None, {"error": refused[0]["reason"], "refused": refused}
+        status = "held" if verdict.credit is edge_checks.Credit.HOLD else "pending"
+        return rec, {"id": rec.id, "seq": rec.seq, "status": status, **verdict.to_json()}
+
+    async def submit(self, parsed: OrderBody, *, key: str | None) -> Answer:
+        """Check and commit the order and answer 201 (422 when the edge checks refuse it: not
+        remembered, a retry is checked again), or answer what the first request with the same
+        key or source_ref was told. Raises :class:`IdempotencyError` (422: the key was used
+        for another order, or the source_ref names another order)."""
+        order = parsed.to_wire()
         ref = source_ref_name(order)
-        if key is None and ref is None:  # nothing names it: the outbox's shared batch
-            rec = await self.outbox.submit("order", order)
-            return Answer(201, {"id": rec.id, "seq": rec.seq, "status": "pending"})
+        if key is None and ref is None:  # nothing names it
+            rec, body = await self.outbox.db.write(lambda conn: self._enter(conn, parsed))
+            if rec is None:
+                return Answer(422, body)
+            self.outbox.notify()
+            return Answer(201, body)
         fp = fingerprint(order)
 
         def job(conn: sqlite3.Connection) -> Answer:
@@ -209,8 +228,9 @@ class OrderEntry:
                 if key is not None:  # the new key answers the same from now on
                     _remember(conn, SCOPE_KEY, key, row, now=now)
                 return Answer(row.status, json.loads(row.answer), replayed=True)
-            rec = self.outbox.add(conn, "order", order, ts=now)
-            body = {"id": rec.id, "seq": rec.seq, "status": "pending"}
+            rec, body = self._enter(conn, parsed)
+            if rec is None:
+                return Answer(422, body)
             new = _Row(fingerprint=fp, status=201, answer=json.dumps(body), record_id=rec.id)
             if key is not None:
                 _remember(conn, SCOPE_KEY, key, new, now=now)
@@ -220,6 +240,8 @@ class OrderEntry:
             return Answer(201, body)
 
         answer = await self.outbox.db.write(job)
+        if answer.status == 422:
+            return answer
         if answer.replayed:
             self.replayed += 1
             log.info(

@@ -20,8 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway import GatewayError
-from gateway.items import lookup_gtin
+from gateway import GatewayError, edge_checks, items
 from gateway.outbox import Outbox
 from protocols.barcode import (
     DEFAULT_OPTIONS,
@@ -33,7 +32,7 @@ from protocols.barcode import (
     parse_scan,
 )
 from protocols.envelope import Record
-from protocols.records import MAX_LINES, MAX_QTY, Channel, OrderBody, OrderLine, OrderType
+from protocols.records import MAX_LINES, Channel, OrderBody, OrderLine, OrderType
 from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
@@ -198,8 +197,8 @@ class ScanSessions:
         self, device_id: str, channel: Channel, r: ScanResult, now: float
     ) -> Callable[[sqlite3.Connection], ScanOutcome]:
         def job(conn: sqlite3.Connection) -> ScanOutcome:
-            item = lookup_gtin(conn, r.gtin)
-            if item is None:
+            item = items.lookup_gtin(conn, r.gtin)
+            if item is None:  # a scanner needs the item to beep OK
                 raise ScanRefused("unknown-gtin", f"GTIN {r.gtin} is not in the item master")
             sid, pending = _session(conn, device_id, channel, now)
             qty = pending or r.count or 1
@@ -213,8 +212,7 @@ class ScanSessions:
                 ).fetchone()
                 if distinct >= MAX_LINES:
                     raise ScanRefused("order-full", f"order full ({MAX_LINES} items) - scan SG-END")
-            if same[1] + qty > MAX_QTY:
-                raise ScanRefused("qty-too-large", f"quantity {same[1] + qty} > {MAX_QTY}")
+            self._check_line(conn, OrderLine(qty=same[1] + qty, gtin=r.gtin))
             conn.execute(
                 "INSERT INTO scanner_lines (session_id, gtin, sku, qty, location, raw, scanned_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -272,14 +270,32 @@ class ScanSessions:
                     "SELECT sum(qty) FROM scanner_lines WHERE session_id = ? AND gtin = ?",
                     (row[0], gtin),
                 ).fetchone()
-                if total - old_qty + c.qty > MAX_QTY:
-                    raise ScanRefused("qty-too-large", f"quantity {total - old_qty + c.qty} > {MAX_QTY}")
+                self._check_line(conn, OrderLine(qty=total - old_qty + c.qty, gtin=gtin))
                 conn.execute("UPDATE scanner_lines SET qty = ? WHERE id = ?", (c.qty, line_id))
                 qty = c.qty
             conn.execute("UPDATE scanner_sessions SET last_scan_at = ? WHERE device_id = ?", (now, device_id))
             return ScanOutcome(True, action=c.action.value.lower(), gtin=gtin, qty=qty)
 
         return job
+
+    def _body(self, channel: Channel, lines: tuple[OrderLine, ...], source_ref: str = "") -> OrderBody:
+        return OrderBody(
+            customer=self.customer,
+            channel=channel,
+            order_type=OrderType.NORMAL,
+            requested_date=self.today() + dt.timedelta(days=self.lead_days),
+            lines=lines,
+            source_ref=source_ref,
+        )
+
+    def _check_line(self, conn: sqlite3.Connection, line: OrderLine) -> None:
+        """The edge checks on the line this scan would make (its GTIN's total in the session)."""
+        v = edge_checks.check_order(
+            conn, self._body(Channel.SCANNER, (line,)), store_customer=self.customer, credit=False
+        )
+        for r in v.refusals:
+            code = "qty-too-large" if r.field == "qty" else "unknown-gtin" if r.field == "gtin" else r.field
+            raise ScanRefused(code, r.reason)
 
     def _close(self, conn: sqlite3.Connection, device_id: str) -> Record | None:
         """Turn the device's open session into one order record (or drop it if empty)."""
@@ -296,15 +312,22 @@ class ScanSessions:
         ).fetchall()
         rec = None
         if lines:
-            body = OrderBody(
-                customer=self.customer,
-                channel=Channel(channel),
-                order_type=OrderType.NORMAL,
-                requested_date=self.today() + dt.timedelta(days=self.lead_days),
-                lines=tuple(OrderLine(qty=q, gtin=g, sku=s) for g, s, q in lines),
-                source_ref=device_id,
+            body = self._body(
+                Channel(channel), tuple(OrderLine(qty=q, gtin=g, sku=s) for g, s, q in lines), device_id
             )
+            # every line passed the edge checks when it was scanned (the clerk had the beep);
+            # the credit check runs on the whole order now
+            verdict = edge_checks.check_order(conn, body, store_customer=self.customer)
             rec = self.outbox.add(conn, "order", body.to_wire(), record_id=sid)
+            edge_checks.record_entry(conn, rec, self.customer, verdict)
+            if verdict.credit is not edge_checks.Credit.PASS:
+                log.warning(
+                    "scanner %s: order %s credit %s: %s",
+                    device_id,
+                    sid,
+                    verdict.credit,
+                    verdict.credit_detail,
+                )
         conn.execute("DELETE FROM scanner_sessions WHERE device_id = ?", (device_id,))
         return rec
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway import GatewayError
+from gateway import GatewayError, edge_checks
 from gateway.items import Item, lookup_gtin, lookup_sku
 from gateway.outbox import Outbox
 from protocols.pos import GoodsReceipt, PosTransaction, VoidLine, is_gtin
@@ -310,6 +310,8 @@ class StockBook:
             order_up_to=item.order_up_to,
             pack_size=item.pack_size,
         )
+        pack = max(item.pack_size, 1)
+        qty = min(qty, edge_checks.line_limit(item) // pack * pack)  # the edge's line limit, whole packs
         if qty <= 0:
             return None
         body = OrderBody(
@@ -324,7 +326,14 @@ class StockBook:
             ),
             source_ref=trigger[:64],
         )
+        verdict = edge_checks.check_order(conn, body, store_customer=self.customer)
+        if not verdict.accepted:
+            log.warning(
+                "sku=%s reorder not raised: %s", item.sku, "; ".join(r.reason for r in verdict.refusals)
+            )
+            return None
         rec = self.outbox.add(conn, RECORD_TYPE, body.to_wire())
+        edge_checks.record_entry(conn, rec, self.customer, verdict)
         conn.execute(
             "INSERT INTO stock_reorders (record_id, sku, qty, raised_at, trigger) VALUES (?, ?, ?, ?, ?)",
             (rec.id, item.sku, qty, now, trigger),

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -78,7 +79,59 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return _run(lambda: serve(cfg))
 
 
+def _gateway_call(url: str, body: dict[str, Any] | None = None) -> int:
+    req = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            print(resp.read().decode())
+            return 0
+    except urllib.error.HTTPError as e:
+        print(f"refused ({e.code}): {e.read().decode()}", file=sys.stderr)
+        return 1
+
+
+def _change_body(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The ``order_change`` body the options ask for, or why they do not make one."""
+    asked = [a for a in ("set_qty", "add_line", "cancel_line", "cancel_order") if getattr(args, a)]
+    if len(asked) != 1:
+        return "--change needs exactly one of --set-qty, --add-line, --cancel-line, --cancel-order"
+    body: dict[str, Any] = {"action": asked[0], "reason": args.note}
+    if args.cancel_line:
+        body["line_no"] = args.cancel_line
+    elif args.set_qty or args.add_line:
+        spec = args.set_qty or args.add_line
+        code, _, qty = spec.partition("=")
+        if not qty.isdigit() or not code:
+            return f"{spec!r}: expected {'LINE' if args.set_qty else 'CODE'}=QTY"
+        body["qty"] = int(qty)
+        if args.set_qty:
+            if not code.isdigit():
+                return f"--set-qty {spec!r}: LINE is the order's line number"
+            body["line_no"] = int(code)
+        else:
+            body["gtin" if code.isdigit() else "sku"] = code
+    return body
+
+
 def cmd_order(args: argparse.Namespace) -> int:
+    base = args.gateway_url.rstrip("/")
+    if args.status:
+        return _gateway_call(f"{base}/api/orders/{urllib.parse.quote(args.status, safe='')}/status")
+    if args.change:
+        change = _change_body(args)
+        if isinstance(change, str):
+            print(change, file=sys.stderr)
+            return 2
+        return _gateway_call(f"{base}/api/orders/{urllib.parse.quote(args.change, safe='')}/changes", change)
+    missing = [f"--{n}" for n in ("customer", "date", "line") if not getattr(args, n)]
+    if missing:
+        print(f"a new order needs {', '.join(missing)}", file=sys.stderr)
+        return 2
     lines = []
     for spec in args.line:
         code, _, qty = spec.partition("=")
@@ -135,6 +188,19 @@ def cmd_order(args: argparse.Namespace) -> int:
         print(f"no answer ({problem}); retrying in {delay:.1f} s with the same key", file=sys.stderr)
         time.sleep(delay)
         delay = min(delay * 2, ORDER_RETRY_MAX_S)
+
+
+def cmd_supplier(args: argparse.Namespace) -> int:
+    base = f"{args.gateway_url.rstrip('/')}/api/supplier/orders"
+    if args.action == "list":
+        return _gateway_call(base + (f"?state={urllib.parse.quote(args.state)}" if args.state else ""))
+    if not args.order_no:
+        print(f"supplier {args.action}: ORDER_NO is needed", file=sys.stderr)
+        return 2
+    url = f"{base}/{urllib.parse.quote(args.order_no, safe='')}"
+    if args.action == "show":
+        return _gateway_call(url)
+    return _gateway_call(f"{url}/{args.action}", {"ref": args.ref, "detail": args.detail})
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -226,13 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", type=Path, required=True, help="gateway TOML config file")
     g.set_defaults(fn=cmd_gateway)
 
-    o = sub.add_parser("order", help="enter an order at a running gateway (its local HTTP endpoint)")
+    o = sub.add_parser(
+        "order", help="enter, change or look up an order at a running gateway (its local HTTP endpoint)"
+    )
     o.add_argument("--gateway-url", default="http://127.0.0.1:8081", help="gateway HTTP base URL")
-    o.add_argument("--customer", required=True, help="customer (store) code")
-    o.add_argument("--date", required=True, help="requested delivery date YYYY-MM-DD")
-    o.add_argument("--line", action="append", required=True, help="GTIN=QTY or SKU=QTY; repeat per line")
+    o.add_argument("--customer", help="customer (store) code (a new order)")
+    o.add_argument("--date", help="requested delivery date YYYY-MM-DD (a new order)")
+    o.add_argument("--line", action="append", help="GTIN=QTY or SKU=QTY; repeat per line (a new order)")
     o.add_argument("--order-type", default="normal", help="normal, cash-sale, drop-ship, ...")
-    o.add_argument("--note", default="", help="free text")
+    o.add_argument("--note", default="", help="free text (with --change: the reason)")
     o.add_argument("--source-ref", default="", help="your own reference for the order (deduplicated)")
     o.add_argument(
         "--idempotency-key",
@@ -245,7 +313,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="retry connection failures and 5xx answers with the same key for this many seconds",
     )
+    o.add_argument("--change", metavar="ORDER_ID", help="change the order entered here as record ORDER_ID")
+    o.add_argument("--set-qty", metavar="LINE=QTY", help="with --change: new quantity of line LINE")
+    o.add_argument("--add-line", metavar="CODE=QTY", help="with --change: add a line (GTIN or SKU)")
+    o.add_argument("--cancel-line", type=int, metavar="LINE", help="with --change: cancel line LINE")
+    o.add_argument("--cancel-order", action="store_true", help="with --change: cancel the order")
+    o.add_argument("--status", metavar="ORDER_ID", help="show the order's status as the gateway knows it")
     o.set_defaults(fn=cmd_order)
+
+    sp = sub.add_parser(
+        "supplier", help="a supplier's drop-ship orders at its gateway: list, show, confirm, ship, refuse"
+    )
+    sp.add_argument("action", choices=("list", "show", "confirm", "ship", "refuse"))
+    sp.add_argument("order_no", nargs="?", help="the order number (SO...) for show/confirm/ship/refuse")
+    sp.add_argument(
+        "--gateway-url", default="http://127.0.0.1:8081", help="the supplier gateway's HTTP base URL"
+    )
+    sp.add_argument("--state", help="list: only orders in this state (received, confirmed, shipped, refused)")
+    sp.add_argument("--ref", default="", help="the supplier's reference (delivery note, ...)")
+    sp.add_argument("--detail", default="", help="free text (why refused, carrier, ...)")
+    sp.set_defaults(fn=cmd_supplier)
 
     s = sub.add_parser("sim", help="run a device simulator against a running gateway")
     s.add_argument(

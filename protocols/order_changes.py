@@ -10,21 +10,26 @@ Uplink (gateway -> central):
   ``{"order_no": "SO00000012", "state": "confirmed" | "shipped" | "refused", "ref": "...",
   "detail": "..."}``.
 
-Downlink (central -> gateway): ``order_status`` (see :func:`parse_order_status`).
+Downlink (central -> gateway): ``order_status`` (see :func:`parse_order_status`) and, to a
+supplier's gateway, ``drop_ship`` (see :func:`parse_drop_ship`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass
 from typing import Any
 
 from protocols.bounded import names, value_repr
 from protocols.records import (
+    MAX_CODE,
+    MAX_LINES,
     MAX_QTY,
     MAX_TEXT,
     RecordSchemaError,
     int_value,
+    parse_date,
     parse_order_line,
     text_field,
 )
@@ -58,6 +63,25 @@ class SupplierConfirmation:
     state: str
     ref: str = ""
     detail: str = ""
+
+
+SUPPLIER_STATES = ("confirmed", "shipped", "refused")
+
+
+@dataclass(frozen=True, slots=True)
+class DropShipLine:
+    line_no: int
+    sku: str
+    qty: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropShip:
+    order_no: str
+    supplier: str
+    ship_to: str
+    requested_date: dt.date
+    lines: tuple[DropShipLine, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +130,8 @@ def parse_order_change(body: dict[str, Any]) -> OrderChange:
 def parse_supplier_confirmation(body: dict[str, Any]) -> SupplierConfirmation:
     _check_keys(body, {"order_no", "state", "ref", "detail"})
     state = text_field(body, "state", required=True)
-    if state not in ("confirmed", "shipped", "refused"):
-        raise RecordSchemaError(f"state: {value_repr(state)} is not one of confirmed, shipped, refused")
+    if state not in SUPPLIER_STATES:
+        raise RecordSchemaError(f"state: {value_repr(state)} is not one of {', '.join(SUPPLIER_STATES)}")
     return SupplierConfirmation(
         order_no=text_field(body, "order_no", required=True),
         state=state,
@@ -130,4 +154,34 @@ def parse_order_status(body: dict[str, Any]) -> OrderStatus:
         detail=detail,
         version=int_value(body.get("version"), "version", lo=0, hi=2**63 - 1),
         at=int_value(body.get("at"), "at", lo=0, hi=2**63 - 1),
+    )
+
+
+def parse_drop_ship(body: dict[str, Any]) -> DropShip:
+    """``drop_ship`` (central -> a supplier's gateway): ``{"order_no", "supplier", "ship_to",
+    "requested_date": "YYYY-MM-DD", "lines": [{"line_no", "sku", "qty"}]}``."""
+    _check_keys(body, {"order_no", "supplier", "ship_to", "requested_date", "lines"})
+    raw = body.get("lines")
+    if not isinstance(raw, list) or not raw:
+        raise RecordSchemaError("lines: expected a non-empty array")
+    if len(raw) > MAX_LINES:
+        raise RecordSchemaError(f"lines: {len(raw)} lines > {MAX_LINES}")
+    lines = []
+    for i, ln in enumerate(raw):
+        if not isinstance(ln, dict):
+            raise RecordSchemaError(f"lines[{i}]: expected map, got {type(ln).__name__}")
+        _check_keys(ln, {"line_no", "sku", "qty"})
+        lines.append(
+            DropShipLine(
+                line_no=int_value(ln.get("line_no"), f"lines[{i}].line_no", lo=1, hi=10_000),
+                sku=text_field(ln, "sku", required=True, max_len=MAX_CODE),
+                qty=int_value(ln.get("qty"), f"lines[{i}].qty", lo=1, hi=MAX_QTY),
+            )
+        )
+    return DropShip(
+        order_no=text_field(body, "order_no", required=True),
+        supplier=text_field(body, "supplier", required=True),
+        ship_to=text_field(body, "ship_to", required=True),
+        requested_date=parse_date(body.get("requested_date"), "requested_date"),
+        lines=tuple(lines),
     )

@@ -35,23 +35,48 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
 
 
 class Proc:
-    def __init__(self, kind: str, config: Path, http_port: int, log: Path, env: dict[str, str] | None = None):
+    """One ``storegate KIND`` child. ``host`` is where its HTTP port answers; ``prefix`` is put
+    before the command (``ip netns exec NS`` runs it in a network namespace: ``ip`` execs the
+    command, so the child's pid is still the storegate process a SIGKILL is meant for)."""
+
+    def __init__(
+        self,
+        kind: str,
+        config: Path,
+        http_port: int,
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
+    ):
         self.kind = kind
         self.config = config
         self.http_port = http_port
         self.log = log
         self.env = env or {}
+        self.host = host
+        self.prefix = prefix
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     def start(self, *, wait: bool = True) -> None:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ops.cli", "-v", self.kind, "--config", str(self.config)],
+                [
+                    *self.prefix,
+                    sys.executable,
+                    "-m",
+                    "ops.cli",
+                    "-v",
+                    self.kind,
+                    "--config",
+                    str(self.config),
+                ],
                 cwd=ROOT,
                 env=env,
                 stdout=out,

@@ -298,7 +298,7 @@ async def test_devices_get_their_refusal_not_a_crash_on_a_full_disk(
         ballast = fill_after_checkpoint(g.db, disk)
         for path, body in (
             ("/api/pos/transactions", tx(1, ("Sale", "SKU-PEN", 2))),
-            ("/api/orders", order("o1")),
+            ("/api/orders", {**order("o1"), "lines": [{"sku": "SKU-PEN", "qty": 1}]}),  # a cached item
         ):
             r = await g.client.post(path, json=body)
             answer = await r.json()

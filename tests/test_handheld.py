@@ -20,7 +20,7 @@ import pytest
 from firmware_sim.handheld import Faults, Pty, Terminal, make_batch
 from gateway import handheld, items, outbox
 from gateway.handheld import HandheldAdapter
-from gateway.items import Item
+from gateway.items import Item, Standing
 from gateway.outbox import Outbox
 from protocols import bht
 from protocols.bht import ORDER_FIELD_LENGTHS, BatchId, BhtFile, OrderRecord
@@ -64,6 +64,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     db = DurableDB(path, migrations=[*outbox.MIGRATIONS, *items.MIGRATIONS, *handheld.MIGRATIONS])
     await db.open()
     await db.write(lambda c: items.upsert_items(c, [Item(G1, "SKU-1"), Item(G2, "SKU-2")]))
+    # the customers central maps to this gateway (customer_standing): the edge takes their orders
+    await db.write(lambda c: items.upsert_standing(c, [Standing("STORE-001"), Standing("C0042")]))
     pty = Pty()
     adapter = HandheldAdapter(
         port=pty.name,
@@ -223,6 +225,31 @@ async def test_invalid_lines_are_quarantined_and_the_rest_committed(rig: Rig) ->
     ]
     assert "unknown GTIN" in rejects[0].reason and "check digit" in rejects[1].reason
     assert rig.adapter.counters["lines_rejected"] == 6
+
+
+async def test_the_edge_checks_refuse_another_stores_customer_and_the_items_limit(rig: Rig) -> None:
+    """The same checks as every order entry (gateway/edge_checks.py): a customer central has
+    not mapped to this gateway and a quantity over the item's max_order_qty are refused."""
+    await rig.db.write(lambda c: items.upsert_items(c, [Item(G2, "SKU-2", max_order_qty=24)]))
+
+    def raw(gtin: str, qty: str, customer: str = "") -> bytes:
+        return (gtin.rjust(14, "0") + qty + "20240503" + customer.ljust(10)).encode()
+
+    records = (
+        raw(G1, "000002", "C0099"),  # another store's customer
+        raw(G2, "000025"),  # over SKU-2's max_order_qty 24
+        raw(G2, "000024", "C0042"),  # ok: C0042 is mapped to this gateway
+    )
+    res = await rig.upload(BhtFile(BatchId("HT02", 6).file_name, ORDER_FIELD_LENGTHS, records))
+    assert res.ok, res.reason
+    assert [(b["customer"], b["lines"]) for b in (r["body"] for r in rig.orders())] == [
+        ("C0042", [{"gtin": G2, "qty": 24}])
+    ]
+    rejects = await handheld.rejects(rig.db, "HT02", 6)
+    assert [(r.serial, r.field, r.reason) for r in rejects] == [
+        (1, "customer", "customer 'C0099' is not this store's (C0042, STORE-001)"),
+        (2, "qty", "quantity 25 > 24 allowed for 'SKU-2'"),
+    ]
 
 
 async def test_foreign_file_layout_is_refused_at_the_heading(rig: Rig) -> None:

@@ -96,12 +96,14 @@ async def test_undo_setlast_cancel_and_devices_independent(gw: Gw) -> None:
 
 
 async def test_qty_limit(gw: Gw) -> None:
-    await scan(gw, "SG-QTY-9999")
-    for _ in range(10):
-        assert (await scan(gw, GTIN_A)).accepted
-        await scan(gw, "SG-QTY-9999")
+    """A GTIN's line in the session may total the edge's line limit (9999), no more."""
+    await scan(gw, "SG-QTY-9990")
+    assert (await scan(gw, GTIN_A)).accepted
+    await scan(gw, "SG-QTY-9")
+    assert (await scan(gw, GTIN_A)).accepted
     out = await scan(gw, GTIN_A)
-    assert not out.accepted and out.code == "qty-too-large"
+    assert not out.accepted and out.code == "qty-too-large" and "10000 > 9999" in out.reason
+    assert (await scan(gw, "SG-SETLAST-10")).accepted is False
 
 
 async def test_session_survives_restart_and_idle_timeout_closes_it(tmp_path: Path) -> None:

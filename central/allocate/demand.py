@@ -246,7 +246,7 @@ def load_demands(
             heads[row[0]] = row
         for oid, ln, gtin, sku, qty in conn.execute(
             f"SELECT order_id, line_no, gtin, sku, qty FROM order_lines WHERE order_id IN ({marks})"
-            " ORDER BY order_id, line_no",
+            " AND cancelled = 0 ORDER BY order_id, line_no",  # a cancelled line is not demand
             chunk,
         ):
             lines.setdefault(oid, []).append((ln, sku or gtin or "", qty))

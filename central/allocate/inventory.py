@@ -553,6 +553,30 @@ def release_order(conn: sqlite3.Connection, order_id: int, *, line_no: int | Non
     return -sum(per.values())
 
 
+def suppliers(conn: sqlite3.Connection, skus: Iterable[str]) -> dict[str, str]:
+    """Each sku's supplier: the item master's ``supplier`` (``items``), else the first
+    location's ``inventory.supplier``; a sku with neither is left out."""
+    want = sorted(set(skus))
+    out: dict[str, str] = {}
+    has_items = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'").fetchone()
+    for k in range(0, len(want), 500):
+        part = want[k : k + 500]
+        marks = ",".join("?" * len(part))
+        if has_items:
+            out.update(
+                conn.execute(
+                    f"SELECT sku, supplier FROM items WHERE supplier != '' AND sku IN ({marks})", part
+                )
+            )
+        for sku, supplier in conn.execute(
+            f"SELECT sku, supplier FROM inventory WHERE supplier != '' AND sku IN ({marks})"
+            " ORDER BY location",
+            part,
+        ):
+            out.setdefault(sku, supplier)
+    return out
+
+
 def reserve(conn: sqlite3.Connection, location: str, sku: str, qty: int, *, ref: str, now: int) -> int:
     """Hold ``qty`` units at a location for ``ref`` (not an order); return the reservation id."""
     if qty <= 0:

@@ -140,14 +140,7 @@ def settle(
 
 
 def _suppliers(conn: sqlite3.Connection, skus: Iterable[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for s in sorted(set(skus)):
-        row = conn.execute(
-            "SELECT supplier FROM inventory WHERE sku = ? AND supplier != '' ORDER BY location LIMIT 1", (s,)
-        ).fetchone()
-        if row is not None:
-            out[s] = row[0]
-    return out
+    return inventory.suppliers(conn, skus)  # the item master's supplier first
 
 
 def refill_demands(

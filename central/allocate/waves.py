@@ -37,6 +37,7 @@ from central.allocate.allocation import (
 )
 from central.fulfil import picktime
 from central.hub import hub_of
+from central.orders import lifecycle
 from runtime.clock import now_ms
 
 BATCH_KEYS = ("window", "run", "zone", "route", "processing", "vehicle")
@@ -193,6 +194,30 @@ def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
     )
     conn.execute(
         "UPDATE alloc_orders SET status = 'cancelled', updated_at = ? WHERE order_id = ?", (now, order_id)
+    )
+
+
+def give_back(conn: sqlite3.Connection, order_id: int) -> None:
+    """``on_give_back`` hook: undo an order's allocation before a change (it is allocated again
+    after it). Its stock goes back, its open shortages close as ``cancelled`` ("order
+    changed") and it leaves ``alloc_orders``, so real-time allocation or the next wave takes
+    it as new; the order's history says how many units went back."""
+    now = now_ms()
+    units = inventory.release_order(conn, order_id)
+    conn.execute(
+        "UPDATE shortages SET status = 'cancelled', resolved_at = ?,"
+        " resolution = resolution || 'order changed'"
+        " WHERE order_id = ? AND status = 'open'",
+        (now, order_id),
+    )
+    conn.execute("DELETE FROM alloc_orders WHERE order_id = ?", (order_id,))
+    lifecycle.record_event(
+        conn,
+        order_id,
+        "allocation given back",
+        detail=f"{units} units back to stock for a change; allocated again once it passes the checks",
+        actor="allocation",
+        now=now,
     )
 
 

@@ -9,7 +9,8 @@ and applies it in the caller's transaction:
   was shipped from, else the customer zone's preferred DC, else the first location stocking
   the sku;
 - ``repair``, ``scrap``, ``return_to_supplier``: no stock change (the unit is not sellable);
-  the supplier is recorded for return to supplier.
+  for return to supplier the RMA's ``location`` is the item master's supplier (else the
+  supplier noted on the item's inventory row).
 
 Every RMA credits the customer with what the returned units were sold for - their share of
 the line's amount, net of the customer's discount (:func:`central.orders.valuation.return_credit`) -
@@ -118,12 +119,8 @@ def create_rma(
         location, why = _restock_location(conn, order_id, line_no, sku, customer)
         rule += f"; restock at {location} ({why})"
         inventory.add_stock(conn, location, sku, qty)
-    elif disposition == "return_to_supplier":
-        row = conn.execute(
-            "SELECT supplier FROM inventory WHERE sku = ? AND supplier != '' ORDER BY location LIMIT 1",
-            (sku,),
-        ).fetchone()
-        location = row[0] if row else ""
+    elif disposition == "return_to_supplier":  # the item master's supplier
+        location = inventory.suppliers(conn, [sku]).get(sku, "")
         rule += f"; supplier {location or 'unknown'}"
     credit = valuation.return_credit(conn, order_id, line_no, qty)
     cur = conn.execute(

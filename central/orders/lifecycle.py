@@ -4,6 +4,7 @@
 
     received -> validated | held        held -> validated | cancelled
     validated -> allocated -> released -> picked -> shipped -> delivered -> returned
+    allocated -> validated | held              (a change gave the allocation back)
     cash sale: validated -> delivered          (no picking: handed over at once)
     drop-ship: validated -> released -> shipped (the supplier ships)
     cancelled from received, held, validated, allocated; returned from shipped, delivered
@@ -11,11 +12,13 @@
 :func:`transition` is the only way an order's status changes. It checks the table (raising
 :class:`IllegalTransition`), writes the status and one ``order_events`` row, keeps the
 customer's open-order value and receivables in step (``returned`` settles what the
-order's RMAs have not credited yet), queues an ``order_status`` downlink
-record to the order's originating gateway, and runs the hooks - all in the caller's
-transaction. the hub's ``on_validated`` hooks run when an order that is filled from stock becomes
-``validated`` (``central.wiring`` puts allocation there); ``on_cancelled`` hooks run after an order
-is cancelled (give back stock, vouchers, consignment).
+order's RMAs have not credited yet), queues an ``order_status`` downlink record to the order's
+originating gateway (and, when the customer's exposure moved in a way the customer's gateway
+cannot count itself, a ``customer_standing`` record to it), and runs the hub's hooks - all in
+the caller's transaction (``central.wiring`` puts them there). ``on_validated`` hooks run when
+an order that is filled from stock becomes ``validated`` (allocation); ``on_cancelled`` hooks
+run after an order is cancelled (give back stock, vouchers, consignment); ``on_give_back``
+hooks run before a change to an allocated order (give its allocation back).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, NamedTuple
 
 from central import CentralError, downlink
 from central.hub import hub_of, state
-from central.orders import valuation
+from central.orders import masters, valuation
 from runtime.clock import now_ms
 
 STATUS_RECORD = "order_status"
@@ -63,7 +66,8 @@ TRANSITIONS: dict[tuple[Status, Status], frozenset[str] | None] = {
     (S.VALIDATED, S.RELEASED): frozenset({"drop-ship"}),
     (S.VALIDATED, S.DELIVERED): frozenset({"cash-sale"}),
     (S.VALIDATED, S.CANCELLED): ANY_TYPE,
-    (S.ALLOCATED, S.VALIDATED): STOCK_TYPES,  # allocation undone (reallocate)
+    (S.ALLOCATED, S.VALIDATED): STOCK_TYPES,  # allocation given back for a change: allocate again
+    (S.ALLOCATED, S.HELD): STOCK_TYPES,  # a change made it fail a check (allocation given back)
     (S.ALLOCATED, S.RELEASED): STOCK_TYPES,
     (S.ALLOCATED, S.CANCELLED): STOCK_TYPES,
     (S.RELEASED, S.PICKED): STOCK_TYPES,
@@ -76,11 +80,12 @@ TRANSITIONS: dict[tuple[Status, Status], frozenset[str] | None] = {
 }
 # Orders whose value counts against the customer's credit until delivered.
 OPEN = frozenset({S.VALIDATED, S.ALLOCATED, S.RELEASED, S.PICKED, S.SHIPPED})
-# Lines may be changed (and the order re-validated) only before allocation.
-EDITABLE = frozenset({S.RECEIVED, S.HELD, S.VALIDATED})
+# Lines may be changed (and the order re-validated) until the order is released to picking;
+# an allocated order gives its allocation back first and is allocated again after the change.
+EDITABLE = frozenset({S.RECEIVED, S.HELD, S.VALIDATED, S.ALLOCATED})
 FINAL = frozenset({S.CANCELLED, S.RETURNED})
 
-Hook = Callable[[sqlite3.Connection, int], None]  # run by transition: Hub.on_validated, on_cancelled
+Hook = Callable[[sqlite3.Connection, int], None]  # the hub's on_validated, on_cancelled, on_give_back
 
 
 class LifecycleError(CentralError):
@@ -199,6 +204,10 @@ def transition_from(
             "UPDATE customers SET open_value = open_value + ?, receivables = receivables + ? WHERE code = ?",
             (delta_open, delta_recv, customer),
         )
+        if delta_open + delta_recv < 0:
+            notify_standing(conn, customer)  # the edge cannot see its exposure fall
+        elif delta_open + delta_recv > 0:
+            notify_standing(conn, customer, counted_by=gateway)
     notify_status(
         conn,
         gateway=gateway,
@@ -220,6 +229,18 @@ def transition_from(
 
 
 # -- status downlink, coalesced per order within one unit of work ----------------------
+
+
+def notify_standing(conn: sqlite3.Connection, customer: str, *, counted_by: str = "") -> None:
+    """Tell the customer's gateway (if mapped) its new credit standing, once per unit of work.
+
+    ``counted_by``: the gateway the order came from; it counts its own orders' value at the
+    edge (``gateway/edge_checks.py``), so a rise caused by its order is not sent to it."""
+    pending = state(conn).pending_standing  # {customer: the gateway that counts it, or ""}
+    if pending is not None:
+        pending[customer] = counted_by if pending.get(customer, counted_by) == counted_by else ""
+        return
+    masters.publish_standing(conn, [customer], skip_gateways=[counted_by] if counted_by else ())
 
 
 def notify_status(conn: sqlite3.Connection, *, gateway: str, body: dict[str, Any]) -> None:
@@ -246,10 +267,13 @@ def coalesce_status(conn: sqlite3.Connection) -> Iterator[None]:
         yield
         return
     pending: dict[tuple[str, str], dict[str, Any]] = {}
-    st.pending_status = pending
+    standing: dict[str, str] = {}
+    st.pending_status, st.pending_standing = pending, standing
     try:
         yield
     finally:
-        st.pending_status = None
+        st.pending_status = st.pending_standing = None
     for (gw, _rid), body in pending.items():
         downlink.enqueue(conn, gateway=gw, type=STATUS_RECORD, body=body)
+    for customer, counted_by in sorted(standing.items()):
+        masters.publish_standing(conn, [customer], skip_gateways=[counted_by] if counted_by else ())

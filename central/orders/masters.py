@@ -9,7 +9,10 @@ field table (:data:`KINDS`) and raise :class:`MasterError` naming the field and 
 Master changes that gateways need (items, their prices for the gateway's customer class,
 reorder parameters) are published down durably with ``downlink.enqueue(type="master_items")``
 in the same transaction. A gateway newly mapped to a customer or location gets a full
-snapshot (``replace: true``).
+snapshot (``replace: true``). The credit standing of the customers mapped to a gateway
+(limit, receivables, open-order value: what the edge credit check reads) goes down as
+``customer_standing`` with the snapshot, on every change of such a customer, and when an
+order's status moves the customer's exposure (:mod:`central.orders.lifecycle`).
 
 Validation reads masters through :func:`cache` - an in-memory snapshot per connection,
 dropped by every master write here and by commits from other processes
@@ -33,6 +36,7 @@ from central.hub import state
 from protocols.asrs import ID_RE as ASRS_ID_RE
 from protocols.bounded import value_repr
 from protocols.topics import GATEWAY_ID_RE
+from runtime.clock import now_ms
 from runtime.sqlitedb import savepoint
 
 log = logging.getLogger(__name__)
@@ -361,7 +365,7 @@ def parse_row(kind: str, raw: dict[str, Any], *, key: str | None = None) -> dict
 
 
 def _publish_items(conn: sqlite3.Connection, skus: list[str]) -> None:
-    batch = state(conn).master_batch  # what an import publishes at its end: (skus, gateways)
+    batch = state(conn).master_batch  # what an import publishes at its end
     if batch is not None:
         batch[0].update(skus)
     else:
@@ -369,11 +373,19 @@ def _publish_items(conn: sqlite3.Connection, skus: list[str]) -> None:
 
 
 def _publish_snapshot(conn: sqlite3.Connection, gw: str) -> None:
-    batch = state(conn).master_batch  # what an import publishes at its end: (skus, gateways)
+    batch = state(conn).master_batch  # what an import publishes at its end
     if batch is not None:
         batch[1].add(gw)
     else:
         publish_snapshot(conn, gw)
+
+
+def _publish_standing(conn: sqlite3.Connection, code: str) -> None:
+    batch = state(conn).master_batch  # what an import publishes at its end
+    if batch is not None:
+        batch[2].add(code)
+    else:
+        publish_standing(conn, [code])
 
 
 def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str | None = None) -> str:
@@ -396,6 +408,8 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
         )
         if row["gateway"] and (old is None or (old[0], old[3]) != (row["gateway"], row["price_class"])):
             _publish_snapshot(conn, row["gateway"])  # newly mapped, or its prices changed
+        else:
+            _publish_standing(conn, row["code"])
         return str(row["code"])
     if kind == "locations":
         old = conn.execute("SELECT gateway FROM locations WHERE code = ?", (row["code"],)).fetchone()
@@ -489,6 +503,8 @@ def delete(conn: sqlite3.Connection, kind: str, key: str) -> bool:
     if k is None:
         raise MasterError(kind, key, "", f"unknown master kind; known: {', '.join(KINDS)}")
     n = conn.execute(f"UPDATE {k.table} SET active = 0 WHERE {k.key} = ?", (key,)).rowcount
+    if n and kind == "customers":
+        _publish_standing(conn, key)
     return n > 0
 
 
@@ -500,7 +516,7 @@ def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
     if not reader.fieldnames:
         raise MasterError(kind, "", "", "CSV has no header row")
     n = 0
-    batch: tuple[set[str], set[str]] = (set(), set())
+    batch: tuple[set[str], set[str], set[str]] = (set(), set(), set())
     st = state(conn)
     with savepoint(conn, "master_import"):
         st.master_batch = batch
@@ -515,9 +531,10 @@ def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
                 n += 1
         finally:
             st.master_batch = None
-        skus, gws = batch
+        skus, gws, standing = batch
         for gw in sorted(gws):
             publish_snapshot(conn, gw)
+        publish_standing(conn, sorted(standing), skip_gateways=gws)
         if skus:  # the snapshots above already carry them
             for gw, cls in gateways(conn).items():
                 if gw not in gws:
@@ -526,7 +543,11 @@ def import_csv(conn: sqlite3.Connection, kind: str, text: str) -> int:
 
 
 def adjust_receivables(conn: sqlite3.Connection, customer: str, delta: int) -> None:
+    """Book ``delta`` on the customer's receivables (a credit note, a payment) and tell the
+    customer's gateway its new standing."""
     conn.execute("UPDATE customers SET receivables = receivables + ? WHERE code = ?", (delta, customer))
+    if delta:
+        _publish_standing(conn, customer)
 
 
 # -- reads ----------------------------------------------------------------------------
@@ -696,7 +717,7 @@ def _item_wire(
 ) -> list[dict[str, Any]]:
     sql = (
         "SELECT g.gtin, i.sku, i.description, i.pack_size, i.price, i.safety_stock, i.order_up_to,"
-        " (SELECT price FROM price_breaks b WHERE b.price_class = ? AND b.sku = i.sku"
+        " i.max_order_qty, (SELECT price FROM price_breaks b WHERE b.price_class = ? AND b.sku = i.sku"
         "  ORDER BY b.min_qty LIMIT 1)"
         " FROM items i JOIN item_gtins g ON g.sku = i.sku WHERE i.active = 1"
     )
@@ -706,7 +727,9 @@ def _item_wire(
         sql += f" AND i.sku IN ({', '.join('?' * len(skus))})"
         args += skus
     out = []
-    for gtin, sku, desc, pack, price, ss, out_to, class_price in conn.execute(sql + " ORDER BY g.gtin", args):
+    for gtin, sku, desc, pack, price, ss, out_to, max_qty, class_price in conn.execute(
+        sql + " ORDER BY g.gtin", args
+    ):
         item: dict[str, Any] = {
             "gtin": gtin,
             "sku": sku,
@@ -715,6 +738,8 @@ def _item_wire(
             "safety_stock": ss,
             "order_up_to": out_to,
         }
+        if max_qty:
+            item["max_order_qty"] = max_qty
         p = class_price if class_price is not None else price
         if p is not None:
             item["price"] = p
@@ -741,9 +766,58 @@ def publish_items(conn: sqlite3.Connection, skus: list[str]) -> None:
 
 
 def publish_snapshot(conn: sqlite3.Connection, gw: str) -> None:
-    """Send a gateway the whole active item master, replacing what it had."""
+    """Send a gateway the whole active item master, replacing what it had, and the standing
+    of every customer mapped to it."""
     cls = gateways(conn).get(gw)
     _send(conn, gw, _item_wire(conn, None, cls), replace=True)
+    codes = [c for (c,) in conn.execute("SELECT code FROM customers WHERE gateway = ? ORDER BY code", (gw,))]
+    _send_standing(conn, gw, _standing_rows(conn, codes), replace=True)
+
+
+STANDING_RECORD = "customer_standing"
+_STANDING_COLS = ("code", "name", "active", "credit_limit", "receivables", "open_value")
+
+
+def _standing_rows(conn: sqlite3.Connection, codes: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """gateway -> the standing of those of ``codes`` mapped to it."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for k in range(0, len(codes), 500):
+        part = codes[k : k + 500]
+        for row in conn.execute(
+            f"SELECT gateway, {', '.join(_STANDING_COLS)} FROM customers"
+            f" WHERE gateway IS NOT NULL AND code IN ({', '.join('?' * len(part))}) ORDER BY code",
+            part,
+        ):
+            c = dict(zip(_STANDING_COLS, row[1:], strict=True))
+            c["active"] = bool(c["active"])
+            if c["credit_limit"] is None:
+                del c["credit_limit"]
+            out.setdefault(row[0], []).append(c)
+    return out
+
+
+def _send_standing(
+    conn: sqlite3.Connection, gw: str, rows: dict[str, list[dict[str, Any]]], *, replace: bool
+) -> None:
+    customers = rows.get(gw, [])
+    if customers or replace:
+        downlink.enqueue(
+            conn,
+            gateway=gw,
+            type=STANDING_RECORD,
+            body={"customers": customers, "at": now_ms(), "replace": replace},
+        )
+
+
+def publish_standing(
+    conn: sqlite3.Connection, codes: Iterable[str], *, skip_gateways: Iterable[str] = ()
+) -> None:
+    """Send the credit standing of these customers to the gateways they are mapped to (the
+    edge credit check reads it; ``at`` is central's clock when it was read)."""
+    rows = _standing_rows(conn, list(codes))
+    skip = set(skip_gateways)
+    for gw in sorted(rows.keys() - skip):
+        _send_standing(conn, gw, rows, replace=False)
 
 
 # -- CLI ------------------------------------------------------------------------------

@@ -304,14 +304,20 @@ def load(conn: sqlite3.Connection, oid: int) -> Stored:
     return Stored(oid, row[0], Status(row[1]), row[2], row[3], row[4], row[5], order)
 
 
+# editable statuses whose value is in the customer's open orders and whose effects are applied
+_COUNTED_OPEN = frozenset({Status.VALIDATED, Status.ALLOCATED})
+
+
 def revalidate(conn: sqlite3.Connection, oid: int, *, actor: str, now: int, approved_by: str = "") -> str:
-    """Run the checks again (after a change, a master fix, or a supervisor's approval)."""
+    """Run the checks again (after a change, a master fix, or a supervisor's approval). An
+    allocated order (its allocation given back by :func:`apply_change`) goes back to
+    validated - allocated again by the hub's ``on_validated`` hooks - or to held."""
     st = load(conn, oid)
     if st.status not in lifecycle.EDITABLE:
         raise OrderError(
-            f"order {st.order_no} is {st.status}; checks run only before allocation", kind="conflict"
+            f"order {st.order_no} is {st.status}; checks run only before release to picking", kind="conflict"
         )
-    if st.status is Status.VALIDATED:
+    if st.status in _COUNTED_OPEN:
         ordertypes.undo_effects(conn, oid)
     snap = masters.cache(conn)
     result = _validate(conn, st.order, snap, now=now, order_id=oid)
@@ -325,7 +331,7 @@ def revalidate(conn: sqlite3.Connection, oid: int, *, actor: str, now: int, appr
         "UPDATE order_lines SET sku = ?, unit_price = ?, amount = ? WHERE order_id = ? AND line_no = ?",
         [(p.sku, p.unit_price, p.amount, oid, p.line_no) for p in priced.values()],
     )
-    if st.status is Status.VALIDATED:  # the open value moves with the order's new value
+    if st.status in _COUNTED_OPEN:  # the open value moves with the order's new value
         conn.execute(
             "UPDATE customers SET open_value = open_value + ? WHERE code = ?",
             (result.value - st.value, st.order.customer),
@@ -389,8 +395,22 @@ def apply_change(conn: sqlite3.Connection, oid: int, change: OrderChange, *, act
             lifecycle.transition(conn, oid, Status.CANCELLED, actor=actor, detail=f"cancelled{why}", now=now)
         return Status.CANCELLED.value
     if st.status not in lifecycle.EDITABLE:
-        raise OrderError(f"order {st.order_no} is {st.status}: lines can no longer change", kind="conflict")
+        raise OrderError(
+            f"order {st.order_no} is {st.status}: lines can no longer change (released to picking)",
+            kind="conflict",
+        )
     lines = {ln.line_no: ln for ln in st.order.lines}
+    if change.action is not ChangeAction.ADD_LINE:
+        assert change.line_no is not None
+        if change.line_no not in lines:
+            raise OrderError(f"order {st.order_no} has no open line {change.line_no}", kind="conflict")
+        if change.action is ChangeAction.CANCEL_LINE and len(lines) == 1:
+            raise OrderError(
+                f"line {change.line_no} is the last open line: cancel the order", kind="conflict"
+            )
+    if st.status is Status.ALLOCATED:  # the change is allowed: give the allocation back first
+        for hook in hub_of(conn).on_give_back:  # (the checks below allocate again)
+            hook(conn, oid)
     if change.action is ChangeAction.ADD_LINE:
         n = conn.execute("SELECT max(line_no) FROM order_lines WHERE order_id = ?", (oid,)).fetchone()[0]
         conn.execute(
@@ -400,13 +420,7 @@ def apply_change(conn: sqlite3.Connection, oid: int, change: OrderChange, *, act
         text = f"line {n + 1} added: {change.sku or change.gtin} x{change.qty}{why}"
     else:
         assert change.line_no is not None
-        if change.line_no not in lines:
-            raise OrderError(f"order {st.order_no} has no open line {change.line_no}", kind="conflict")
         if change.action is ChangeAction.CANCEL_LINE:
-            if len(lines) == 1:
-                raise OrderError(
-                    f"line {change.line_no} is the last open line: cancel the order", kind="conflict"
-                )
             conn.execute(
                 "UPDATE order_lines SET cancelled = 1 WHERE order_id = ? AND line_no = ?",
                 (oid, change.line_no),
