@@ -113,6 +113,23 @@ def test_central_stages_never_reach_up_into_the_web_or_the_process() -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_central_keeps_no_process_wide_state_and_looks_nothing_up() -> None:
+    """central/ is wired in one place (``central.wiring``, ``central.app``): no module rebinds
+    a global at run time and none finds another by name (``importlib``)."""
+    bad = []
+    for path in sorted((ROOT / "central").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(ROOT)
+        bad += [
+            f"{rel}:{n.lineno} global {', '.join(n.names)}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Global)
+        ]
+        found = imports_of(path.read_text(encoding="utf-8"), rel.parts[:-1])
+        bad += [f"{rel}:{line} imports importlib" for line, mod in found if mod.split(".")[0] == "importlib"]
+    assert not bad, "\n".join(bad)
+
+
 def test_the_checker_sees_every_kind_of_import() -> None:
     """The reader itself: module-level, in a function, relative, and importlib with a literal."""
     src = (
