@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from central import schedule, wiring
+from central import retention, schedule, wiring
 from central.allocate import waves
 from central.fleet import AlertThresholds, Fleet
 from central.fulfil.release import Releaser, ReleaseSettings
@@ -77,6 +77,7 @@ async def serve(cfg: CentralConfig) -> None:
             tg.create_task(releaser.run(), name="central-release")
             scheduler = schedule.Scheduler(db, cfg.schedule, on_work=consumer.downlink.notify)
             tg.create_task(scheduler.run(), name="central-schedule")
+            tg.create_task(retention.run(db), name="central-retention")
     finally:
         await runner.cleanup()
         await db.close()

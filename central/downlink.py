@@ -19,6 +19,8 @@ from typing import Any
 
 import aiomqtt
 import msgpack
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from protocols import envelope, ids, topics
 from protocols.bounded import bounded_reason
@@ -120,6 +122,23 @@ def apply_gateway_acks(conn: sqlite3.Connection, gateway: str, acks: Iterable[Ac
     return removed
 
 
+ACKED_BELOW = "acked_below"  # MQTT 5 user property on downlink messages (WIRE.md, rule 7)
+
+
+def acked_below(conn: sqlite3.Connection, *, gateway: str, floor: int) -> int:
+    """The lowest ``seq`` still in ``gateway``'s downlink outbox (``floor``, the first seq about
+    to be sent, when none is left): every downlink record for it with a lower ``seq`` was acked
+    and deleted here, and is never sent again."""
+    row = conn.execute("SELECT min(seq) FROM downlink_outbox WHERE gateway = ?", (gateway,)).fetchone()
+    return min(floor, row[0]) if row[0] is not None else floor
+
+
+def mark_property(mark: int) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.UserProperty = [(ACKED_BELOW, str(mark))]
+    return props
+
+
 def pending(conn: sqlite3.Connection, *, limit: int) -> list[tuple[int, str, str, bytes]]:
     return _sent_range(conn, after=0, upto=None, limit=limit)
 
@@ -175,15 +194,18 @@ class DownlinkSender:
 
     async def _publish(self, client: aiomqtt.Client, rows: list[tuple[int, str, str, bytes]]) -> None:
         by_gw: dict[str, list[tuple[str, bytes]]] = {}
-        for _seq, gw, rid, packed in rows:
+        first: dict[str, int] = {}
+        for seq, gw, rid, packed in rows:
             by_gw.setdefault(gw, []).append((rid, packed))
+            first.setdefault(gw, seq)
         for gw, items in by_gw.items():
+            mark = await self.db.read(partial(acked_below, gateway=gw, floor=first[gw]))
             for i in range(0, len(items), BATCH_RECORDS):
                 chunk = items[i : i + BATCH_RECORDS]
                 payload = envelope.encode_raw_records(
                     gw=gw, sent=now_ms(), raw_records=[p for _r, p in chunk]
                 )
-                await client.publish(topics.downlink(gw), payload, qos=1)
+                await client.publish(topics.downlink(gw), payload, qos=1, properties=mark_property(mark))
                 t = time.monotonic()
                 for rid, _p in chunk:
                     self._sent_at[rid] = t

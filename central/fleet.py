@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from central import retention
 from protocols.bounded import JsonError, json_loads, value_repr
 from protocols.envelope import MAX_PAYLOAD_BYTES
 from runtime.clock import now_ms
@@ -190,6 +191,9 @@ def apply_status(conn: sqlite3.Connection, gw: str, doc: dict[str, Any], now: in
         for dev in doc.get("devices") or []:
             if isinstance(dev, dict) and isinstance(dev.get("id"), str):
                 changed |= _apply_device(conn, gw, dev, now)
+        acked_below = _int(doc.get("acked_below"))
+        if acked_below is not None and acked_below > 0:
+            retention.report(conn, gw, acked_below, now)  # the retention rule of ``processed``
     else:
         conn.execute(
             "UPDATE fleet_gateways SET state = ?, last_status_ms = ? WHERE gateway = ?", (state, now, gw)

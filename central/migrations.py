@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from central import fleet, schema
+from central import fleet, retention, schema
 from central.allocate import inventory
 from central.fulfil import picking
 from central.hub import Hub
@@ -12,7 +12,13 @@ from runtime.sqlitedb import DurableDB, Migration
 
 
 def all_migrations() -> list[Migration]:
-    return [*schema.MIGRATIONS, *inventory.MIGRATIONS, *fleet.MIGRATIONS, *picking.MIGRATIONS]
+    return [
+        *schema.MIGRATIONS,
+        *inventory.MIGRATIONS,
+        *fleet.MIGRATIONS,
+        *picking.MIGRATIONS,
+        *retention.MIGRATIONS,
+    ]
 
 
 def central_db(path: Path | str, hub: Hub | None = None) -> DurableDB:

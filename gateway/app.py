@@ -21,6 +21,7 @@ from gateway import (
     order_status,
     outbox,
     picking,
+    retention,
     scanner,
     stock,
     supplier,
@@ -98,6 +99,7 @@ def migrations() -> list[Migration]:
         *picking.MIGRATIONS,
         *stock.MIGRATIONS,
         *idempotency.MIGRATIONS,
+        *retention.MIGRATIONS,
     ]
 
 
@@ -257,6 +259,10 @@ async def serve(cfg: GatewayConfig) -> None:
         async with TaskGroup() as tg:
             tg.create_task(sync.run(), name=f"sync:{cfg.gateway_id}")
             tg.create_task(telemetry.run(), name=f"telemetry:{cfg.gateway_id}")
+            tg.create_task(
+                retention.run(db, cfg.gateway_id, lambda: sync.downlink_acked_below),
+                name=f"retention:{cfg.gateway_id}",
+            )
             if sessions is not None:
                 tg.create_task(sessions.run(), name=f"scan-sessions:{cfg.gateway_id}")
             for dev in devices:

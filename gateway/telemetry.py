@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import retention
 from gateway.outbox import Backlog, Outbox
 from gateway.sync import Sync
 from runtime.clock import now_ms
@@ -110,6 +111,7 @@ class Telemetry:
         self.version = version
         self.sync: Sync | None = None
         self.backlog = Backlog(count=0, oldest_ts=None)
+        self.acked_below: int | None = None  # the retention watermark (gateway.retention)
         self.started = time.time()
         self._wake = asyncio.Event()
 
@@ -131,10 +133,12 @@ class Telemetry:
             "rejected": self.outbox.rejected,
             "storage": _storage(self.outbox.db.storage_state()),
             "devices": self.board.snapshot(),
+            **({} if self.acked_below is None else {"acked_below": self.acked_below}),
         }
 
     async def refresh(self) -> None:
         self.backlog = await self.outbox.backlog()
+        self.acked_below = await self.outbox.db.read(retention.acked_below)
 
     async def run(self) -> None:
         while True:

@@ -20,6 +20,9 @@ Figures (``--only NAME``):
 * ``allocation`` (4), ``batch`` (5): from ``ops.bench_allocation`` when present.
 * ``rss``     (6) peak RSS (VmHWM) of a real gateway process draining a 100,000-record backlog.
 * ``ptl``     (7) pick-to-light confirm -> next position lit, from ``ops.bench_ptl``.
+* ``disk``    (8) disk per 100k orders, central and gateway, before and after the retention
+  rule prunes; ``restart`` (9) peak RSS of a gateway restarted into a 55k downlink backlog:
+  from ``ops.bench_retention``.
 
 Central and the RSS gateway run as ``python -m ops.cli`` child processes, mosquitto as
 configured by :mod:`ops.broker`; the benchmarked gateway of figures 1-3 runs in this process.
@@ -68,7 +71,7 @@ from runtime.sqlitedb import DurableDB
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("ingest", "drain", "latency", "allocation", "batch", "rss", "ptl")
+FIGURES = ("ingest", "drain", "latency", "allocation", "batch", "rss", "ptl", "disk", "restart")
 SERVICE_START_TIMEOUT_S = 30.0
 FIGURE_TIMEOUT_S = 300.0
 
@@ -722,6 +725,21 @@ def bench_ptl(sizes: Sizes) -> Result:
     return res
 
 
+def _retention(name: str) -> Callable[[Sizes], Result]:
+    fn: Callable[[Sizes], Result] = getattr(importlib.import_module("ops.bench_retention"), name)
+    return fn
+
+
+def bench_disk(sizes: Sizes) -> Result:
+    """Figure 8 from ``ops.bench_retention``."""
+    return _retention("bench_disk")(sizes)
+
+
+def bench_restart(sizes: Sizes) -> Result:
+    """Figure 9 from ``ops.bench_retention``."""
+    return _retention("bench_restart")(sizes)
+
+
 BENCHES: dict[str, Callable[[Sizes], Result]] = {
     "ingest": bench_ingest,
     "drain": bench_drain,
@@ -730,6 +748,8 @@ BENCHES: dict[str, Callable[[Sizes], Result]] = {
     "batch": bench_batch,
     "rss": bench_rss,
     "ptl": bench_ptl,
+    "disk": bench_disk,
+    "restart": bench_restart,
 }
 
 

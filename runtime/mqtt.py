@@ -86,6 +86,17 @@ class Client(aiomqtt.Client):
     async def unsubscribe(self, *args: Any, **kwargs: Any) -> None:
         await keep_cancel(super().unsubscribe(*args, **kwargs))
 
+    def manual_puback(self) -> None:
+        """From now on an incoming QoS 1 message is PUBACKed only by :meth:`puback` (paho's
+        manual ack, which aiomqtt does not expose): with an MQTT 5 Receive Maximum, the
+        broker then sends no more than that many messages ahead of the application."""
+        self._client.manual_ack_set(True)
+
+    def puback(self, message: aiomqtt.Message) -> None:
+        """Acknowledge ``message`` to the broker (after :meth:`manual_puback`)."""
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+
 
 def no_delay(client: aiomqtt.Client) -> None:
     """Turn off Nagle's algorithm on the client's socket.
