@@ -72,3 +72,24 @@ def test_documented_device_fields_are_the_fields_sent() -> None:
     ``gateway/devices.py`` send the same keys) are the page's ``devices[]`` table."""
     sent = DeviceState(id="till-1", kind="pos").to_wire()
     assert set(sent) == set(documented("### `devices[]`"))
+
+
+@pytest.mark.slow
+async def test_a_cleanly_stopped_gateway_says_offline(broker: Mosquitto, tmp_path: Path) -> None:
+    """SIGTERM is a clean stop: the broker sends no Last Will for a clean DISCONNECT, so the
+    gateway itself sets its retained status to ``offline`` on the way out (it stayed ``online``,
+    its ``ts`` frozen, and central raised no offline alert)."""
+    gw = gateway_proc(tmp_path, broker.port, "store-stop")
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="telemetry-stop-test") as client:
+        await client.subscribe(topics.status("store-stop"), qos=1)
+        await asyncio.to_thread(gw.start)
+        try:
+            async with asyncio.timeout(STATUS_TIMEOUT_S):
+                await next_status(client.messages, "online")
+        finally:
+            await asyncio.to_thread(gw.stop)  # SIGTERM, waits for the exit
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="telemetry-stop-test-2") as client:
+        await client.subscribe(topics.status("store-stop"), qos=1)
+        async with asyncio.timeout(STATUS_TIMEOUT_S):
+            retained = await anext(aiter(client.messages))
+    assert json.loads(bytes(retained.payload))["state"] == "offline"  # type: ignore[arg-type]
