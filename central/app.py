@@ -1,5 +1,6 @@
 """The central process: config, database, MQTT consumer, REST API, fleet registry and
-dashboard under one TaskGroup."""
+dashboard under one TaskGroup, wired here: the hub (``central.wiring``: record handlers,
+lifecycle hooks, allocation settings) goes to the database's connections and the consumer."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ from pathlib import Path
 
 from aiohttp import web
 
-from central import allocation_api, dashboard, release, retention, schedule, waves
-from central.api import create_app
-from central.consumer import BrokerSettings, Consumer
+from central import retention, schedule, wiring
+from central.allocate import waves
 from central.fleet import AlertThresholds, Fleet
+from central.fulfil.release import Releaser, ReleaseSettings
+from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
-from central.release import Releaser, ReleaseSettings
-from ops import config
-from ops.metrics import add_metrics
-from ops.retry import TaskGroup
-from ops.sqlitedb import DurableDB
+from central.web import allocation_api, dashboard, release_api
+from central.web.api import create_app
+from runtime import config
+from runtime.metrics import add_metrics
+from runtime.retry import TaskGroup
+from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +52,17 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
     app = create_app(db=db, consumer=consumer)
     dashboard.add_routes(app, fleet=fleet, db=db)
     allocation_api.add_routes(app)
-    release.add_routes(app)
+    release_api.add_routes(app)
     add_metrics(app, metrics.collect)
     return app
 
 
 async def serve(cfg: CentralConfig) -> None:
-    waves.install(cfg.allocation)
-    db = central_db(cfg.data_dir / "central.db")
+    hub = wiring.hub(cfg.allocation)  # record handlers, lifecycle hooks, allocation settings
+    db = central_db(cfg.data_dir / "central.db", hub)
     await db.open()
     fleet = Fleet(db, cfg.alerts)
-    consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status)
+    consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status, hub=hub)
     metrics = CentralMetrics(db=db, consumer=consumer)
     runner = web.AppRunner(build_app(db, consumer, fleet, metrics), access_log=None)
     await runner.setup()

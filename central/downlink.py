@@ -24,11 +24,12 @@ import msgpack
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ops import sqlitedb
-from ops.sqlitedb import DurableDB, Migration
 from protocols import envelope, ids, topics
 from protocols.bounded import bounded_reason
 from protocols.envelope import Ack
+from runtime import sqlitedb
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB, Migration
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,6 @@ MIGRATIONS = [
         """,
     )
 ]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def enqueue(

@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from central import retention
-from ops.sqlitedb import DurableDB, Migration, StorageFull
 from protocols.bounded import JsonError, json_loads, value_repr
 from protocols.envelope import MAX_PAYLOAD_BYTES
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,6 @@ class AlertThresholds:
     naks_per_window: int = 5
     rejects_per_window: int = 5
     battery_low_pct: int = 20
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class StatusError(ValueError):

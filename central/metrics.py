@@ -12,10 +12,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from central import fleet as fleet_mod
-from central import ingest
-from central.consumer import Consumer
-from ops.metrics import counter, gauge, labelled
-from ops.sqlitedb import DurableDB
+from central.intake.consumer import Consumer
+from runtime.metrics import counter, gauge, labelled
+from runtime.sqlitedb import DurableDB
 
 REFRESH_S = 5.0
 
@@ -63,7 +62,7 @@ class CentralMetrics:
         yield counter(
             "storegate_central_internal_errors",
             "internal errors: a record or message failed by a bug (logged with its traceback)",
-            ingest.INTERNAL_ERRORS[0],
+            self.consumer.hub.internal_errors,
         )
         yield counter(
             "storegate_central_downlink_sent", "downlink records published", self.consumer.downlink.sent

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from central import fleet, inventory, picking, retention, schema
-from ops.sqlitedb import DurableDB, Migration
+from central import fleet, retention, schema
+from central.allocate import inventory
+from central.fulfil import picking
+from central.hub import Hub
+from runtime.sqlitedb import DurableDB, Migration
 
 
 def all_migrations() -> list[Migration]:
@@ -18,8 +21,14 @@ def all_migrations() -> list[Migration]:
     ]
 
 
-def central_db(path: Path | str) -> DurableDB:
+def central_db(path: Path | str, hub: Hub | None = None) -> DurableDB:
     """Central's database as the service opens it: every migration, WAL with
     ``synchronous=FULL`` and group commit, temp store in memory (its group commits hold a
-    savepoint per job, and the real-time batch path keeps a TEMP watch table)."""
-    return DurableDB(path, migrations=all_migrations(), temp_store="MEMORY")
+    savepoint per job, and the real-time batch path keeps a TEMP watch table); each of its
+    connections gets ``hub`` (``central.wiring``) and caches of its own."""
+    return DurableDB(
+        path,
+        migrations=all_migrations(),
+        temp_store="MEMORY",
+        on_connect=hub.attach if hub is not None else None,
+    )

@@ -29,11 +29,11 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
 from dataclasses import dataclass
 from functools import partial
 
-from ops.sqlitedb import DurableDB, Migration, StorageFull
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ MIGRATIONS = [
         """,
     )
 ]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def report(conn: sqlite3.Connection, gateway: str, acked_below: int, now: int) -> None:

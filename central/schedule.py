@@ -3,9 +3,9 @@
 Jobs, each item run once:
 
 - ``contract``: a contract's scheduled delivery due by today becomes its order
-  (:func:`central.orders.make_contract_delivery`); item ``<contract>@<date>``;
+  (:func:`central.orders.orders.make_contract_delivery`); item ``<contract>@<date>``;
 - ``delay-expiry``: an order held for a complete delivery (shortage action DELAY) past its
-  time limit is cancelled and its stock given back (:func:`central.shortage.expire_delay`);
+  time limit is cancelled and its stock given back (:func:`central.allocate.shortage.expire_delay`);
   item ``<order id>@<deadline>``.
 
 Each item's effect, the mark that takes it off the due list (the delivery's order id, the
@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from central import lifecycle, orders, shortage
-from ops.sqlitedb import DurableDB
+from central.allocate import shortage
+from central.orders import lifecycle, orders
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ class Scheduler:
         limit = max(1, self.settings.per_job)
         out: list[Ran] = []
         while True:
-            job = partial(run_due, today=self.today(), now=lifecycle.now_ms(), limit=limit)
+            job = partial(run_due, today=self.today(), now=now_ms(), limit=limit)
             ran = await self.db.write(job)
             if ran:
                 out += ran

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from central import downlink
-from ops.sqlitedb import Migration
+from runtime.sqlitedb import Migration
 
 MIGRATIONS: list[Migration] = [
     Migration(
@@ -271,7 +271,7 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
     Migration(
-        # What each order line is worth (``central.valuation``): its validated unit price x
+        # What each order line is worth (``central.orders.valuation``): its validated unit price x
         # qty less the customer's discount, written when the line is priced. Lines priced
         # before are valued at their unit price (the discount was not applied then).
         "central_0005_line_amount",
@@ -301,7 +301,7 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE customers ADD COLUMN allow_split INTEGER NOT NULL DEFAULT 0;",
     ),
     Migration(
-        # POST /api/orders' Idempotency-Key -> the first answer (``central.idempotency``)
+        # POST /api/orders' Idempotency-Key -> the first answer (``central.web.idempotency``)
         "central_0008_idempotency",
         """
         CREATE TABLE idempotency (

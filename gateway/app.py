@@ -42,11 +42,11 @@ from gateway.pos import PosService
 from gateway.pos import add_routes as add_pos_routes
 from gateway.sync import MqttSettings, Sync
 from gateway.telemetry import DeviceBoard, Telemetry
-from ops import config
-from ops.metrics import add_metrics, counter, gauge, labelled
-from ops.retry import TaskGroup
-from ops.sqlitedb import DurableDB, Migration
 from protocols.topics import GATEWAY_ID_RE
+from runtime import config
+from runtime.metrics import add_metrics, counter, gauge, labelled
+from runtime.retry import TaskGroup
+from runtime.sqlitedb import DurableDB, Migration
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"

@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from gateway import GatewayError
-from ops.retry import TaskGroup
 from protocols.asrs import (
     MAX_SEQ,
     Acked,
@@ -51,6 +50,7 @@ from protocols.asrs import (
     Resent,
     TransportRequest,
 )
+from runtime.retry import TaskGroup
 
 log = logging.getLogger(__name__)
 

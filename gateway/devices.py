@@ -17,7 +17,7 @@ from gateway.outbox import Outbox
 from gateway.ptl import PtlCart
 from gateway.scanner import ScanSessions
 from gateway.serial_scanner import SerialScannerAdapter
-from ops.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB
 
 
 @dataclass(frozen=True, slots=True)

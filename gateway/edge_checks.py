@@ -40,10 +40,11 @@ from typing import Any
 
 from gateway import items
 from gateway.items import Item
-from gateway.outbox import Outbox, now_ms
+from gateway.outbox import Outbox
 from protocols.barcode import MAX_CONTROL_QTY
 from protocols.envelope import Record
 from protocols.records import OrderBody, OrderLine
+from runtime.clock import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,7 @@ from typing import Any
 import serial
 
 from gateway import edge_checks
-from gateway.outbox import Outbox, now_ms
-from ops.retry import TaskGroup
-from ops.sqlitedb import DurableDB, Migration, StorageFull
+from gateway.outbox import Outbox
 from protocols import bht
 from protocols.bht import (
     ORDER_FIELD_LENGTHS,
@@ -44,6 +42,9 @@ from protocols.bht import (
     decode_order_record,
 )
 from protocols.records import MAX_LINES, Channel, OrderBody, OrderLine, OrderType
+from runtime.clock import now_ms
+from runtime.retry import TaskGroup
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from gateway.http_errors import domain_errors
 from gateway.idempotency import OrderEntry
 from gateway.outbox import Outbox
 from gateway.sync import Sync
-from ops.jsonbody import json_object
 from protocols.idempotency import HEADER, IdempotencyError, parse_key
 from protocols.records import RecordSchemaError, parse_order
+from runtime.jsonbody import json_object
 
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
 SYNC_KEY = web.AppKey("sync", Sync)

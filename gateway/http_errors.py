@@ -2,7 +2,7 @@
 entry, POS, receipts, stock) runs under.
 
 A full disk answers ``507 Insufficient Storage`` with a JSON reason and ``Retry-After``
-(``ops.http_errors``): nothing of the request was recorded, the device sends it again later.
+(``runtime.http_errors``): nothing of the request was recorded, the device sends it again later.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ops.http_errors import storage_full_response
-from ops.sqlitedb import StorageFull
+from runtime.http_errors import storage_full_response
+from runtime.sqlitedb import StorageFull
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import edge_checks
-from gateway.outbox import Outbox, now_ms
-from ops.sqlitedb import Migration
+from gateway.outbox import Outbox
 from protocols.envelope import Record
 from protocols.idempotency import (  # shared with central's POST /api/orders; the gateway's names
     HEADER,
@@ -51,6 +50,8 @@ from protocols.idempotency import (  # shared with central's POST /api/orders; t
     fingerprint,
 )
 from protocols.records import OrderBody
+from runtime.clock import now_ms
+from runtime.sqlitedb import Migration
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 
 from gateway import GatewayError
-from ops.sqlitedb import DurableDB, Migration, is_storage_full
 from protocols.bounded import bounded_reason
 from protocols.envelope import Ack, AckStatus, Record
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB, Migration, is_storage_full, savepoint
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,6 @@ MIGRATIONS = [
         """,
     )
 ]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class InboxRejected(GatewayError):
@@ -90,27 +86,21 @@ class Inbox:
             if fn is None:
                 status, reason = AckStatus.REJECTED, f"this gateway has no handler for {rec.type!r}"
             else:
-                conn.execute("SAVEPOINT inbox_rec")
                 try:
-                    fn(conn, rec)
+                    with savepoint(conn, "inbox_rec"):
+                        fn(conn, rec)
                 except InboxRejected as e:
-                    conn.execute("ROLLBACK TO inbox_rec")
                     status, reason = AckStatus.REJECTED, e.reason
                 except InboxNotYet as e:
-                    conn.execute("ROLLBACK TO inbox_rec")
-                    conn.execute("RELEASE inbox_rec")
                     log.info("downlink record %s (%s) left unacked for now: %s", rec.id, rec.type, e.reason)
                     continue
                 except Exception as e:
                     if is_storage_full(e):  # the whole job fails: nothing applied, nothing acked
                         raise
-                    # Our bug or another storage fault: undo, leave unacked, central resends later.
-                    conn.execute("ROLLBACK TO inbox_rec")
-                    conn.execute("RELEASE inbox_rec")
+                    # Our bug or another storage fault: undone, left unacked, central resends later.
                     log.exception("downlink record %s (%s) failed; left unacked for retry", rec.id, rec.type)
                     self.errors += 1
                     continue
-                conn.execute("RELEASE inbox_rec")
             conn.execute(
                 "INSERT INTO inbox (id, seq, type, status, reason, received_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (rec.id, rec.seq, rec.type, status.value, reason, t),

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.inbox import InboxRejected
-from ops.sqlitedb import Migration
 from protocols.bounded import names, value_repr
 from protocols.envelope import Record
+from runtime.sqlitedb import Migration
 
 MIGRATIONS = [
     Migration(

@@ -29,13 +29,13 @@ from aiohttp import web
 from gateway import edge_checks, idempotency, order_status
 from gateway.idempotency import Answer
 from gateway.outbox import Outbox
-from ops.jsonbody import json_object
-from ops.sqlitedb import Migration
 from protocols.bounded import names, value_repr
 from protocols.envelope import Record
 from protocols.idempotency import HEADER, IdempotencyError, fingerprint, parse_key
 from protocols.order_changes import ChangeAction, parse_order_change
 from protocols.records import Channel, OrderBody, OrderLine, OrderType, RecordSchemaError
+from runtime.jsonbody import json_object
+from runtime.sqlitedb import Migration
 
 log = logging.getLogger(__name__)
 

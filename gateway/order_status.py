@@ -11,10 +11,10 @@ import sqlite3
 from dataclasses import dataclass
 
 from gateway.inbox import InboxRejected
-from ops.sqlitedb import Migration
 from protocols.envelope import Record
 from protocols.order_changes import parse_order_status
 from protocols.records import RecordSchemaError
+from runtime.sqlitedb import Migration
 
 RECORD = "order_status"
 

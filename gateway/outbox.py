@@ -13,7 +13,6 @@ import asyncio
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -22,10 +21,11 @@ from typing import Any
 import msgpack
 
 from gateway.inbox import InboxNotYet, InboxRejected
-from ops.sqlitedb import ClosedError, DurableDB, Migration, insert_rows, is_storage_full
 from protocols import ids
 from protocols.bounded import value_repr
 from protocols.envelope import Ack, AckStatus, Record, pack_record
+from runtime.clock import now_ms
+from runtime.sqlitedb import ClosedError, DurableDB, Migration, insert_rows, is_storage_full, savepoint
 
 MIGRATIONS = [
     Migration(
@@ -49,10 +49,6 @@ MIGRATIONS = [
         """,
     )
 ]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,32 +171,25 @@ class Outbox:
         except Exception:  # a body msgpack cannot encode: one by one, so only it fails
             self._packer = msgpack.Packer(use_bin_type=True)
             return [self._insert_one(conn, t, body, rid) for t, body, rid, _fut in items]
-        conn.execute("SAVEPOINT outbox_batch")
         try:
-            insert_rows(conn, "INSERT INTO outbox (seq, id, type, ts, packed)", rows)
+            with savepoint(conn, "outbox_batch"):
+                insert_rows(conn, "INSERT INTO outbox (seq, id, type, ts, packed)", rows)
         except Exception as e:  # one bad record (say a repeated id): one by one, so only it fails
             if is_storage_full(e):  # not one record's fault: the whole job fails (StorageFull)
                 raise
-            conn.execute("ROLLBACK TO outbox_batch")
-            conn.execute("RELEASE outbox_batch")
             return [self._insert_one(conn, t, body, rid) for t, body, rid, _fut in items]
-        conn.execute("RELEASE outbox_batch")
         return recs
 
     def _insert_one(
         self, conn: sqlite3.Connection, type: str, body: dict[str, Any], record_id: str | None
     ) -> Record | Exception:
-        conn.execute("SAVEPOINT outbox_one")
         try:
-            rec = self.add(conn, type, body, record_id=record_id)
+            with savepoint(conn, "outbox_one"):
+                return self.add(conn, type, body, record_id=record_id)
         except Exception as e:
             if is_storage_full(e):
                 raise
-            conn.execute("ROLLBACK TO outbox_one")
-            conn.execute("RELEASE outbox_one")
             return e
-        conn.execute("RELEASE outbox_one")
-        return rec
 
     def _batch_done(self, batch: _Batch, job: asyncio.Future[list[Record | Exception]]) -> None:
         if job.cancelled() or job.exception() is not None:  # not committed: all fail

@@ -44,10 +44,8 @@ from gateway.asrs import (
     TransportFailed,
 )
 from gateway.inbox import Inbox, InboxRejected
-from gateway.outbox import Outbox, now_ms
+from gateway.outbox import Outbox
 from gateway.ptl import DEFAULT_PORT, PickResult, PickTask, PtlCart
-from ops.retry import TaskGroup
-from ops.sqlitedb import DurableDB, Migration, StorageFull
 from protocols import ptl
 from protocols.asrs import ErrorCode
 from protocols.envelope import Record
@@ -64,6 +62,9 @@ from protocols.picking import (
     result_record_id,
 )
 from protocols.records import RecordSchemaError
+from runtime.clock import now_ms
+from runtime.retry import TaskGroup
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from gateway.stock import (
 )
 from gateway.stock import stock_level as _stock_level
 from gateway.stock import stock_levels as _stock_levels
-from ops.metrics import counter, labelled
-from ops.sqlitedb import DurableDB
 from protocols import pos as codec
 from protocols.pos import GoodsReceipt, PosFormatError, PosTransaction
+from runtime.metrics import counter, labelled
+from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
 

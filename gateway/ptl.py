@@ -26,8 +26,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ops.retry import TaskGroup, backoff_delay
 from protocols import ptl
+from runtime.clock import now_ms
+from runtime.retry import TaskGroup, backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +478,7 @@ class PtlCart:
             picked_qty=qty,
             outcome=Outcome.SHORT if kind == "shortage" or qty < task.qty else Outcome.PICKED,
             key=kind,
-            ts_ms=time.time_ns() // 1_000_000,
+            ts_ms=now_ms(),
         )
         log.info(
             "cart %s: task %s order %s %s %d/%d",

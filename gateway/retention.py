@@ -23,11 +23,11 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from functools import partial
 
-from ops.sqlitedb import DurableDB, Migration, StorageFull
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,6 @@ def acked_below(conn: sqlite3.Connection) -> int:
     """Every record with a lower ``seq`` has left the outbox for good."""
     value: int = conn.execute(_ACKED_BELOW).fetchone()[0]
     return value
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 _PRUNABLE = (

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from gateway import GatewayError, edge_checks, items
 from gateway.outbox import Outbox
-from ops.sqlitedb import DurableDB, Migration, StorageFull
 from protocols.barcode import (
     DEFAULT_OPTIONS,
     BarcodeError,
@@ -34,6 +33,7 @@ from protocols.barcode import (
 )
 from protocols.envelope import Record
 from protocols.records import MAX_LINES, Channel, OrderBody, OrderLine, OrderType
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,11 @@ from typing import Any
 
 from gateway import GatewayError, edge_checks
 from gateway.items import Item, lookup_gtin, lookup_sku
-from gateway.outbox import Outbox, now_ms
-from ops.sqlitedb import Migration
+from gateway.outbox import Outbox
 from protocols.pos import GoodsReceipt, PosTransaction, VoidLine, is_gtin
 from protocols.records import MAX_QTY, Channel, OrderBody, OrderLine, OrderType
+from runtime.clock import now_ms
+from runtime.sqlitedb import Migration
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The supplier's side of a drop-ship order, on the supplier's own gateway.
 
 Central passes a drop-ship order to each line's supplier as a ``drop_ship`` downlink record
-to the gateway of the supplier location (``central/ordertypes.py``). This gateway applies it
+to the gateway of the supplier location (``central/orders/ordertypes.py``). This gateway applies it
 once (the inbox) into ``supplier_orders``; the supplier's staff see it and answer:
 
     received -> confirmed -> shipped        received | confirmed -> refused
@@ -35,14 +35,15 @@ from aiohttp import web
 from gateway import idempotency
 from gateway.idempotency import Answer
 from gateway.inbox import InboxRejected
-from gateway.outbox import Outbox, now_ms
-from ops.jsonbody import json_object
-from ops.sqlitedb import Migration
+from gateway.outbox import Outbox
 from protocols.bounded import value_repr
 from protocols.envelope import Record
 from protocols.idempotency import IdempotencyError, fingerprint
 from protocols.order_changes import parse_drop_ship, parse_supplier_confirmation
 from protocols.records import MAX_TEXT, RecordSchemaError, text_field
+from runtime.clock import now_ms
+from runtime.jsonbody import json_object
+from runtime.sqlitedb import Migration
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ Connection: persistent session (clean_start=False, session expiry), Last Will + 
 ``status`` (``online`` / ``offline``), jittered exponential reconnect backoff. A lost link
 (broker gone, or silent past the keepalive) ends the session and the loop connects again by
 itself; anything else that ends the loop is logged, counted (``SyncStats.restarts``) and the
-loop started again (``ops.retry.supervise``). :attr:`Sync.link_up` is true only while a
+loop started again (``runtime.retry.supervise``). :attr:`Sync.link_up` is true only while a
 session is up.
 """
 
@@ -35,12 +35,13 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.outbox import Outbox, now_ms
-from ops.mqtt import Client, no_delay, raise_unless_link_lost
-from ops.retry import TaskGroup, backoff_delay, supervise
-from ops.sqlitedb import StorageFull
+from gateway.outbox import Outbox
 from protocols import envelope, topics
 from protocols.envelope import Ack, BadRecord, EnvelopeError, Record
+from runtime.clock import now_ms
+from runtime.mqtt import Client, no_delay, raise_unless_link_lost
+from runtime.retry import TaskGroup, backoff_delay, supervise
+from runtime.sqlitedb import StorageFull
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import retention
-from gateway.outbox import Backlog, Outbox, now_ms
+from gateway.outbox import Backlog, Outbox
 from gateway.sync import Sync
+from runtime.clock import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,3 @@
-"""Running Storegate: the ``storegate`` CLI, demo orchestration, broker config, benchmarks,
-and the small infrastructure shared by the gateway and central processes (typed TOML
-config, durable SQLite with group commit, MQTT client, one bounded reader of JSON request
-bodies)."""
+"""Running Storegate: the ``storegate`` CLI, demo orchestration, broker config and provisioning,
+benchmarks. Nothing imports it but the entry point and tests; the infrastructure the parts
+share lives in :mod:`runtime`."""

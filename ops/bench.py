@@ -64,9 +64,9 @@ from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import BrokerConfig, Mosquitto, free_port
-from ops.sqlitedb import DurableDB
 from protocols import envelope
 from protocols.envelope import Record
+from runtime.sqlitedb import DurableDB
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@
   order records (5 lines, known customers and items, masters loaded, stock at the DCs) from
   several gateways, each message received as the MQTT consumer receives it
   (``ingest.receive_uplink`` on ``envelope.decode_uplink``'s result, the consumer's limits on
-  receive jobs and messages in flight) while ``central.processor.Processor`` works the queue,
+  receive jobs and messages in flight) while ``central.intake.processor.Processor`` works the queue,
   on the database as the central service opens it (``central.migrations.central_db``: WAL +
   ``synchronous=FULL``, temp store in memory, group commit), with
-  ``central.waves.install(AllocationSettings(realtime=True))`` on ``ON_VALIDATED`` - so each
+  the hub of ``central.wiring.hub(AllocationSettings(realtime=True))`` (as central runs) - so each
   order is received, parsed, numbered, validated, stored, allocated, its run and trace kept
   and its status queued for the gateway. Orders/s from the first message to the last order
   processed; target >= 5,000. Median of ``runs``.
@@ -29,12 +29,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from central import inventory, lifecycle, masters, waves
-from central.allocation import CustomerPref, DemandLine, Network, OrderDemand, SourcingRule, allocate
-from central.consumer import MAX_OUTSTANDING, RECEIVE_JOBS
-from central.ingest import quick_checks, receive_uplink
+from central import wiring
+from central.allocate import inventory, waves
+from central.allocate.allocation import CustomerPref, DemandLine, Network, OrderDemand, SourcingRule, allocate
+from central.intake.consumer import MAX_OUTSTANDING, RECEIVE_JOBS
+from central.intake.ingest import quick_checks, receive_uplink
+from central.intake.processor import Processor
 from central.migrations import central_db
-from central.processor import Processor
+from central.orders import masters
 from protocols import envelope, topics
 from protocols.envelope import Ack, AckStatus, Envelope, Record, Uplink
 
@@ -154,22 +156,21 @@ async def _realtime_once(path: Path, *, orders: int, lines: int, skus: int, seed
     """One run, the way the central service works: each message received
     (``ingest.receive_uplink`` on what ``envelope.decode_uplink`` gives, at most
     ``consumer.RECEIVE_JOBS`` receive jobs at the database and ``MAX_OUTSTANDING`` messages
-    in flight) while ``central.processor.Processor`` works the queue (stepping aside while
-    messages are being received), with real-time allocation on ``ON_VALIDATED``; WAL +
+    in flight) while ``central.intake.processor.Processor`` works the queue (stepping aside while
+    messages are being received), with real-time allocation on the hub's ``on_validated``; WAL +
     synchronous=FULL, group commit. Time from the first message to the last order processed,
     with where it went: the processing jobs' share, their number and the commits."""
-    db = central_db(path)  # as the central service opens it
+    hub = wiring.hub(waves.AllocationSettings(realtime=True))
+    db = central_db(path, hub)  # as the central service opens it
     await db.open()
-    saved = list(lifecycle.ON_VALIDATED), list(lifecycle.ON_CANCELLED), waves.MODE
     try:
         rng = random.Random(seed)
         names = await db.write(lambda c: _seed_masters(c, skus=skus))
-        quick = quick_checks()
+        quick = quick_checks(hub)
         ups = [  # decoded from the wire beforehand, as the consumer's event loop does
             envelope.decode_uplink(envelope.encode(gw=env.gw, sent=0, records=env.records), quick=quick)
             for env in _envelopes(orders=orders, lines=lines, names=names, rng=rng)
         ]
-        waves.install(waves.AllocationSettings(realtime=True))
         messages = asyncio.Semaphore(MAX_OUTSTANDING)
         receive_slots = asyncio.Semaphore(RECEIVE_JOBS)
         receiving = 0
@@ -223,7 +224,6 @@ async def _realtime_once(path: Path, *, orders: int, lines: int, skus: int, seed
             "commits": db.commits - commits,
         }
     finally:
-        lifecycle.ON_VALIDATED[:], lifecycle.ON_CANCELLED[:], waves.MODE = saved
         await db.close()
 
 

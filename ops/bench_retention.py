@@ -24,8 +24,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from central import downlink, ingest
+from central import downlink, wiring
 from central import retention as central_retention
+from central.intake import ingest
 from central.migrations import central_db
 from gateway import order_status
 from gateway import retention as gateway_retention
@@ -46,8 +47,8 @@ from ops.bench import (
     workdir,
 )
 from ops.broker import BrokerConfig, Mosquitto, free_port
-from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
+from runtime.sqlitedb import DurableDB
 
 GW = "store-disk"
 PER = 100_000
@@ -100,7 +101,8 @@ def _order(n: int) -> dict[str, Any]:
 
 async def _flow(tmp: Path, n: int) -> dict[str, Any]:
     gdb = DurableDB(tmp / f"{GW}.db", migrations=gateway_migrations())
-    cdb = central_db(tmp / "central.db")
+    hub = wiring.hub()
+    cdb = central_db(tmp / "central.db", hub)
     await gdb.open()
     await cdb.open()
     try:
@@ -108,7 +110,7 @@ async def _flow(tmp: Path, n: int) -> dict[str, Any]:
         inbox = Inbox(gdb)
         inbox.register(order_status.RECORD, order_status.apply_order_status)
         topic = topics.uplink(GW)
-        quick = ingest.quick_checks()
+        quick = ingest.quick_checks(hub)
         for start in range(0, n, 1000):
             k = min(1000, n - start)
             await asyncio.gather(*(box.submit("order", _order(start + i)) for i in range(k)))

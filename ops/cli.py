@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from ops.config import ConfigError
+from runtime.config import ConfigError
 
 log = logging.getLogger("storegate")
 
@@ -65,7 +65,7 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, object]]) -> int:
 
 def cmd_central(args: argparse.Namespace) -> int:
     from central.app import load_config, serve
-    from ops.sqlitedb import tune_interpreter
+    from runtime.sqlitedb import tune_interpreter
 
     cfg = load_config(args.config)
     tune_interpreter()
@@ -249,14 +249,14 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from central.auth import main as users_main
+    from central.web.auth import main as users_main
 
     rc: int = users_main(args.users_args)
     return rc
 
 
 def cmd_masters(args: argparse.Namespace) -> int:
-    from central.masters import main as masters_main
+    from central.orders.masters import main as masters_main
 
     rc: int = masters_main(args.masters_args)
     return rc
@@ -274,7 +274,7 @@ def _when(raw: str) -> int:
 
 
 def cmd_pick_schedule(args: argparse.Namespace) -> int:
-    from central.waves import pick_schedule
+    from central.allocate.waves import pick_schedule
 
     return pick_schedule(
         db=args.db,

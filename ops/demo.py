@@ -33,14 +33,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from central import auth, inventory, masters
-from central.allocation import SourcingRule
+from central.allocate import inventory
+from central.allocate.allocation import SourcingRule
 from central.migrations import all_migrations
+from central.orders import masters
+from central.web import auth
 from firmware_sim.handheld import Pty
 from ops.broker import Mosquitto, free_port
 from ops.broker_security import init_broker_security, reload_broker, secure_broker_config, toml_str
 from ops.provision import provision_gateway
-from ops.sqlitedb import apply_migrations, connect
+from runtime.sqlitedb import apply_migrations, connect
 
 log = logging.getLogger(__name__)
 

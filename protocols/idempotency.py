@@ -1,7 +1,7 @@
 """The ``Idempotency-Key`` request header (IETF httpapi draft "The Idempotency-Key HTTP Header
 Field"), shared by the gateway's and central's ``POST /api/orders``: how a key is read from the
 header and what "the same request" means. Pure: the stores of keys -> answers live with each
-side's database (``gateway/idempotency.py``, ``central/idempotency.py``).
+side's database (``gateway/idempotency.py``, ``central/web/idempotency.py``).
 
 - :func:`parse_key`: the draft's form is an RFC 8941 sf-string
   (``Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"``); a bare key of visible ASCII is

@@ -10,10 +10,11 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import auth
-from central.api import create_app
+from central.hub import Hub
 from central.schema import MIGRATIONS
-from ops.sqlitedb import DurableDB
+from central.web import auth
+from central.web.api import create_app
+from runtime.sqlitedb import DurableDB
 
 auth.PBKDF2_ITERATIONS = 1_000  # fast tests; the stored hash names its own count
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -86,10 +87,13 @@ class Central:
 
 
 @asynccontextmanager
-async def central(tmp_path: Path, *, db: DurableDB | None = None) -> AsyncIterator[Central]:
+async def central(
+    tmp_path: Path, *, db: DurableDB | None = None, hub: Hub | None = None
+) -> AsyncIterator[Central]:
+    """``hub``: central's wiring for the database opened here (``central.wiring``)."""
     own = db is None
     if db is None:
-        db = DurableDB(tmp_path / "central.db", migrations=MIGRATIONS)
+        db = DurableDB(tmp_path / "central.db", migrations=MIGRATIONS, on_connect=hub.attach if hub else None)
         await db.open()
     try:
         tokens = {}

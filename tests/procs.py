@@ -125,9 +125,9 @@ VIEWER = ("ops-viewer", "viewer-pass")  # a dashboard user every test central ha
 
 def seed_viewer(db_path: Path) -> None:
     """Create central's database with a viewer user before the process starts."""
-    from central import auth
     from central.migrations import all_migrations
-    from ops.sqlitedb import apply_migrations, connect
+    from central.web import auth
+    from runtime.sqlitedb import apply_migrations, connect
 
     db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(db_path, synchronous="NORMAL")

@@ -15,7 +15,7 @@ from gateway import items, outbox, scanner
 from gateway.items import Item, upsert_items
 from gateway.outbox import Outbox
 from gateway.scanner import ScanSessions
-from ops.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB
 
 GTIN_A = "4006381333931"
 GTIN_B = "96385074"

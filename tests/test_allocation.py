@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from central.allocation import (
+from central.allocate.allocation import (
     AllocationInputError,
     CompanyPolicy,
     CustomerPref,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from central import demand, inventory
-from central.allocation import (
+from central.allocate import demand, inventory
+from central.allocate.allocation import (
     AllocationResult,
     CompanyPolicy,
     DemandLine,
@@ -26,8 +26,8 @@ from central.allocation import (
     encode_inputs,
 )
 from central.schema import MIGRATIONS
-from ops.sqlitedb import apply_migrations, connect, insert_rows
 from protocols.frozen import quick_init
+from runtime.sqlitedb import apply_migrations, connect, insert_rows
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_kept_stock_follows_every_change_and_rollback(conn: sqlite3.Connection, 
         conn.execute(begin)
         stock = inventory.take_stock(conn)
         stock.read(conn, ["A"])
-        inventory._bump(conn, {("DC-N", "A"): 4})
+        inventory.bump(conn, {("DC-N", "A"): 4})
         stock.avail[("DC-N", "A")] -= 4
         inventory.keep_stock(conn, stock)
         assert _kept(conn, ["A"]) == {("DC-N", "A"): 5}

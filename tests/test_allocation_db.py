@@ -12,11 +12,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import allocation_api, auth, demand, documents, inventory, returns, shortage, waves
-from central.allocation import CustomerPref, SourcingRule
-from central.api import DB_KEY, errors
+from central.allocate import demand, inventory, shortage, waves
+from central.allocate.allocation import CustomerPref, SourcingRule
+from central.fulfil import documents, returns
 from central.schema import MIGRATIONS
-from ops.sqlitedb import DurableDB, apply_migrations, connect
+from central.web import allocation_api, auth
+from central.web.api import DB_KEY, errors
+from runtime.sqlitedb import DurableDB, apply_migrations, connect
 
 TODAY = dt.date(2026, 1, 10)
 SETTINGS = waves.AllocationSettings(batch=waves.BatchRules(("zone",)))

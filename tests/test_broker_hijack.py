@@ -28,7 +28,7 @@ import aiomqtt
 import pytest
 
 from central.app import load_config as load_central_config
-from central.consumer import Consumer
+from central.intake.consumer import Consumer
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
 from ops.broker import BrokerAuth
 from ops.broker_security import (
@@ -38,9 +38,9 @@ from ops.broker_security import (
     init_broker_security,
 )
 from ops.provision import provision_gateway
-from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import AckStatus, Record
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.test_broker_security import ORDER, Secured, _start_secured, collecting, forge, mqtt
 

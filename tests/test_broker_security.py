@@ -23,7 +23,7 @@ import aiomqtt
 import pytest
 
 from central.app import load_config as load_central_config
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
 from gateway.app import load_config as load_gateway_config
 from gateway.app import migrations as gateway_migrations
@@ -47,10 +47,10 @@ from ops.broker_security import (
     secure_broker_config,
 )
 from ops.provision import AlreadyProvisionedError, Provisioned, provision_gateway
-from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import AckStatus, Record
 from protocols.topics import TopicError
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 
 # Started as root, mosquitto drops to the 'mosquitto' user and could not read tmp_path.

@@ -1,4 +1,4 @@
-"""New orders processed together (``orders.create_realtime_batch`` from ``ingest.process_queue``)
+"""New orders processed together (``orders.create_batch``, set-based, from ``ingest.process_queue``)
 leave exactly the rows one-by-one processing leaves: same ids, history, checks, allocations,
 runs (inputs and traces), shortages, status downlink and acks - also when the batch hands
 orders back to the one-by-one path (held orders, short stock, ship-with-next customers,
@@ -17,13 +17,15 @@ from typing import Any
 import msgpack
 import pytest
 
-from central import inventory, lifecycle, orders, waves
-from central.ingest import apply_envelope
+from central import wiring
+from central.allocate import inventory, waves
+from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
+from central.orders import orders
 from ops import bench_allocation as bench
-from ops.sqlitedb import apply_migrations, connect
 from protocols import topics
 from protocols.envelope import Envelope, Record
+from runtime.sqlitedb import apply_migrations, connect
 
 TIME_COLS = {
     "at",
@@ -70,12 +72,8 @@ def _run(path: Path, *, together: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
         conn.execute("UPDATE customers SET backorder_policy = 'next-order' WHERE code IN ('C1', 'C2', 'C3')")
         with monkeypatch.context() as m:
             if not together:
-                m.setattr(orders, "create_realtime_batch", lambda *a, **k: [])
-            m.setattr(lifecycle, "ON_VALIDATED", [])
-            m.setattr(lifecycle, "ON_CANCELLED", [])
-            m.setattr(lifecycle, "ON_GIVE_BACK", [])
-            m.setattr(waves, "MODE", waves.MODE)
-            waves.install(waves.AllocationSettings(realtime=True))
+                m.setattr(orders, "_create_together", lambda *a, **k: [])
+            wiring.hub(waves.AllocationSettings(realtime=True)).attach(conn)
             acks = []
             seen: set[Any] = set()
             for k, env in enumerate(_envelopes(names, random.Random(8))):
@@ -129,14 +127,14 @@ def test_orders_together_leave_the_rows_of_one_by_one(
 ) -> None:
     one, one_acks = _run(tmp_path / "one.db", together=False, monkeypatch=monkeypatch)
     calls = []
-    real = orders.create_realtime_batch
+    real = orders._create_together
 
-    def counting(*a: Any, **k: Any) -> list[str]:
+    def counting(*a: Any, **k: Any) -> list[orders.Created]:
         made = real(*a, **k)
         calls.append(len(made))
         return made
 
-    monkeypatch.setattr(orders, "create_realtime_batch", counting)
+    monkeypatch.setattr(orders, "_create_together", counting)
     many, many_acks = _run(tmp_path / "many.db", together=True, monkeypatch=monkeypatch)
     assert sum(calls) > 100 and max(calls) > 5  # many orders went through together
     assert many_acks == one_acks
@@ -154,11 +152,7 @@ def test_kept_customer_rows_follow_raw_sql(tmp_path: Path, monkeypatch: pytest.M
     try:
         apply_migrations(conn, all_migrations())
         names = bench._seed_masters(conn, skus=120)
-        monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
-        monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
-        monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])
-        monkeypatch.setattr(waves, "MODE", waves.MODE)
-        waves.install(waves.AllocationSettings(realtime=True))
+        wiring.hub(waves.AllocationSettings(realtime=True)).attach(conn)
         seen: set[str] = set()
         target = None
         for env in bench._envelopes(orders=200, lines=5, names=names, rng=random.Random(3)):

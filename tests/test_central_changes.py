@@ -11,11 +11,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from central import masters, repo
-from central.ingest import apply_envelope
+from central.intake.ingest import apply_envelope
+from central.orders import masters, repo
 from central.schema import MIGRATIONS
-from ops.sqlitedb import DurableDB
 from protocols.envelope import Ack, Envelope, Record
+from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, PRICES_CSV, order
 
 _seq = itertools.count(1)

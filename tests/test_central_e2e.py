@@ -13,16 +13,17 @@ from typing import Any
 
 import pytest
 
-from central import downlink, masters, ordertypes, repo
-from central.consumer import BrokerSettings, Consumer
+from central import downlink
+from central.intake.consumer import BrokerSettings, Consumer
+from central.orders import masters, ordertypes, repo
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
 from gateway import inbox, items, order_status, outbox
 from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB
 from protocols.envelope import Record
+from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, order
 from tests.conftest import wait_for
 

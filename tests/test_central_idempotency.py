@@ -1,5 +1,5 @@
 """Central's own ``POST /api/orders`` with an ``Idempotency-Key`` follows the same draft rules as
-a gateway's (``central/idempotency.py``, ``central/ORDERS.md``): the same order again -> the
+a gateway's (``central/web/idempotency.py``, ``central/ORDERS.md``): the same order again -> the
 first answer with ``Idempotent-Replayed: true``; another order under the key -> 422; a malformed
 key -> 400. Against the real aiohttp app and a real SQLite file."""
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from central import idempotency
-from central.lifecycle import now_ms
+from central.orders.lifecycle import now_ms
+from central.web import idempotency
 from tests.central_fixtures import Central, central, order
 
 

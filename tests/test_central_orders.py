@@ -6,9 +6,8 @@ import base64
 import datetime as dt
 from pathlib import Path
 
-import pytest
-
-from central import lifecycle
+from central import wiring
+from central.orders import lifecycle
 from tests.central_fixtures import SOON, TODAY, central, order
 
 
@@ -216,35 +215,31 @@ async def test_changes_and_cancel_while_state_allows(tmp_path: Path) -> None:
         assert st == 409 and "cannot go from cancelled to shipped" in body["error"]
 
 
-async def test_on_validated_hook_runs_in_the_same_transaction(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_on_validated_hook_runs_in_the_same_transaction(tmp_path: Path) -> None:
+    """A hook of the hub's own (no allocation tables here: no give-back hook either)."""
     seen: list[int] = []
-    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])  # no allocation tables here: nothing to give back
 
     def allocate(conn, order_id):  # type: ignore[no-untyped-def]
         seen.append(order_id)
         lifecycle.transition(conn, order_id, "allocated", actor="allocator", detail="all lines from DC1")
 
-    lifecycle.ON_VALIDATED.append(allocate)
-    try:
-        async with central(tmp_path) as c:
-            await c.load_masters()
-            st, o = await c.req("POST", "/api/orders", "order_desk", json=order())
-            assert o["status"] == "allocated" and seen == [o["order_id"]]
-            # an allocated order may still change: validated again, the hook allocates again
-            st, changed = await c.req(
-                "POST",
-                f"/api/orders/{o['order_no']}/changes",
-                "order_desk",
-                json={"action": "set_qty", "line_no": 1, "qty": 1},
-            )
-            assert st == 200 and changed["status"] == "allocated" and seen == [o["order_id"]] * 2
-            # cash sale and drop-ship do not go through allocation
-            st, cs = await c.req("POST", "/api/orders", "order_desk", json=order(order_type="cash-sale"))
-            assert cs["status"] == "delivered" and seen == [o["order_id"]] * 2
-    finally:
-        lifecycle.ON_VALIDATED.remove(allocate)
+    hub = wiring.hub()
+    hub.on_validated.append(allocate)
+    async with central(tmp_path, hub=hub) as c:
+        await c.load_masters()
+        st, o = await c.req("POST", "/api/orders", "order_desk", json=order())
+        assert o["status"] == "allocated" and seen == [o["order_id"]]
+        # an allocated order may still change: validated again, the hook allocates again
+        st, changed = await c.req(
+            "POST",
+            f"/api/orders/{o['order_no']}/changes",
+            "order_desk",
+            json={"action": "set_qty", "line_no": 1, "qty": 1},
+        )
+        assert st == 200 and changed["status"] == "allocated" and seen == [o["order_id"]] * 2
+        # cash sale and drop-ship do not go through allocation
+        st, cs = await c.req("POST", "/api/orders", "order_desk", json=order(order_type="cash-sale"))
+        assert cs["status"] == "delivered" and seen == [o["order_id"]] * 2
 
 
 async def test_contract_voucher_consignment_desks(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from central import lifecycle, validation
-from central.masters import Customer, Item, Snapshot
-from central.validation import Exposure, LineIn, OrderIn, Outcome
+from central.orders import lifecycle, validation
+from central.orders.masters import Customer, Item, Snapshot
+from central.orders.validation import Exposure, LineIn, OrderIn, Outcome
 
 TODAY = dt.date(2026, 6, 1)
 

@@ -11,8 +11,8 @@ import pytest
 
 from central.app import CentralConfig
 from gateway.app import GatewayConfig, load_config
-from ops import config
 from ops.cli import SIMULATORS, build_parser
+from runtime import config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

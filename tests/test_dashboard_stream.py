@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession, web
 
-from central import auth, dashboard
-from central.api import create_app
 from central.fleet import Fleet
 from central.migrations import central_db
+from central.web import auth, dashboard
+from central.web.api import create_app
 from tests.conftest import wait_for
 
 auth.PBKDF2_ITERATIONS = 1_000  # fast tests; the stored hash names its own count
@@ -61,7 +61,7 @@ async def _close_three_tabs(url: str, token: str, caplog: pytest.LogCaptureFixtu
             resp.close()  # the tab closes: the connection goes, mid-stream
 
         def handlers_ended() -> bool:
-            ended = [r for r in caplog.records if r.name == "central.dashboard" and "closed" in r.message]
+            ended = [r for r in caplog.records if r.name == "central.web.dashboard" and "closed" in r.message]
             failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
             return len(ended) == 3 or bool(failed)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.sqlitedb import DurableDB, Migration
+from runtime.sqlitedb import DurableDB, Migration
 from tests.conftest import wait_for
 
 MIGRATIONS = [Migration("t_0001", "CREATE TABLE t (v INTEGER NOT NULL)")]

@@ -20,11 +20,15 @@ from typing import Any
 
 import pytest
 
-from central import documents, downlink, inventory, masters, picking, repo, shortage, waves
-from central.allocation import SourcingRule
-from central.consumer import BrokerSettings, Consumer
-from central.ingest import apply_envelope
+from central import downlink, wiring
+from central.allocate import inventory, shortage, waves
+from central.allocate.allocation import SourcingRule
+from central.fulfil import documents, picking
+from central.hub import Hub
+from central.intake.consumer import BrokerSettings, Consumer
+from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
+from central.orders import masters, repo
 from firmware_sim.asrs import AsrsSimulator, default_slots
 from firmware_sim.ptl import Press, PtlController, ScriptedPicker
 from gateway import inbox, items, order_status, outbox
@@ -34,8 +38,8 @@ from gateway.outbox import Outbox
 from gateway.picking import AsrsConfig, CartConfig, PickExecutor, PickingConfig
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB, apply_migrations, connect
 from protocols.envelope import Ack, AckStatus, Envelope, Record
+from runtime.sqlitedb import DurableDB, apply_migrations, connect
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, SOON
 from tests.conftest import wait_for
 
@@ -45,7 +49,13 @@ WAVE_SETTINGS = waves.AllocationSettings(realtime=False, batch=waves.BatchRules(
 @pytest.fixture(autouse=True)
 def _batch_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(downlink, "RESEND_AFTER_S", 0.5)
-    monkeypatch.setattr(waves, "MODE", WAVE_SETTINGS)  # allocate in a wave, not at validation
+
+
+def _wave_hub() -> Hub:
+    """Central's wiring with allocation in a wave, not at validation (no allocation hooks)."""
+    hub = wiring.hub()
+    hub.allocation = WAVE_SETTINGS
+    return hub
 
 
 def _seed(conn: sqlite3.Connection) -> None:
@@ -75,7 +85,7 @@ class Gw:
 async def system(
     broker: Mosquitto, tmp_path: Path, ptl_sim: PtlController, asrs_sim: AsrsSimulator
 ) -> AsyncIterator[tuple[DurableDB, Consumer, dict[str, Gw]]]:
-    cdb = DurableDB(tmp_path / "central.db", migrations=all_migrations())
+    cdb = DurableDB(tmp_path / "central.db", migrations=all_migrations(), on_connect=_wave_hub().attach)
     await cdb.open()
     gws: dict[str, Gw] = {}
     try:
@@ -266,6 +276,7 @@ async def _backlog_empty(gw: Gw) -> bool:
 
 def _central(tmp_path: Path) -> sqlite3.Connection:
     conn = connect(tmp_path / "central-unit.db")
+    _wave_hub().attach(conn)
     apply_migrations(conn, all_migrations())
     conn.executemany(
         "INSERT INTO locations (code, kind, gateway) VALUES (?, 'dc', ?)", [("DC1", "dc-1"), ("DC2", "dc-2")]

@@ -35,9 +35,9 @@ from gateway.inbox import Inbox
 from gateway.items import Item
 from gateway.outbox import Outbox
 from ops.broker import Mosquitto, free_port
-from ops.sqlitedb import STORAGE_PROBE_S, DurableDB, Migration, StorageFull
 from protocols.envelope import Ack, AckStatus, Record
 from protocols.records import Channel
+from runtime.sqlitedb import STORAGE_PROBE_S, DurableDB, Migration, StorageFull
 from tests.conftest import wait_for
 from tests.procs import Proc, basic_auth, central_db, central_proc, gateway_proc
 from tests.scanner_fixtures import GTIN_A, seeded_gw

@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central import downlink
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
 from gateway import outbox as outbox_mod
 from gateway import sync as sync_mod
@@ -22,9 +22,9 @@ from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import Ack, Record
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 
 

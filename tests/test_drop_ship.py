@@ -17,13 +17,16 @@ from typing import Any
 import msgpack
 import pytest
 
-from central import inventory, lifecycle, masters, picking, repo, returns, shortage, waves
-from central.allocation import SourcingRule
-from central.ingest import apply_envelope
+from central import wiring
+from central.allocate import inventory, shortage, waves
+from central.allocate.allocation import SourcingRule
+from central.fulfil import picking, returns
+from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
+from central.orders import lifecycle, masters, repo
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB, apply_migrations, connect
 from protocols.envelope import Envelope, Record
+from runtime.sqlitedb import DurableDB, apply_migrations, connect
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, SOON, order
 from tests.conftest import wait_for
 from tests.procs import ROOT, Proc, central_db, central_proc, gateway_proc
@@ -185,12 +188,8 @@ async def test_supplier_gateway_shows_confirms_ships_and_refuses_drop_ship_order
 
 @pytest.fixture
 async def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DurableDB]:
-    monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
-    monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
-    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [], raising=False)
-    monkeypatch.setattr(waves, "MODE", waves.MODE)
-    waves.install(waves.AllocationSettings(realtime=True))
-    d = DurableDB(tmp_path / "central.db", migrations=all_migrations())
+    hub = wiring.hub(waves.AllocationSettings(realtime=True))
+    d = DurableDB(tmp_path / "central.db", migrations=all_migrations(), on_connect=hub.attach)
     await d.open()
 
     def seed(c: Any) -> None:

@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from central import masters
 from central.migrations import all_migrations
+from central.orders import masters
 from gateway import items, order_status, outbox, scanner, stock
 from gateway.items import Item
 from gateway.outbox import Outbox
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB, apply_migrations, connect
 from protocols.records import Channel, OrderBody, OrderLine, OrderType
+from runtime.sqlitedb import DurableDB, apply_migrations, connect
 from tests.conftest import wait_for
 from tests.procs import ROOT, central_db, central_proc, gateway_proc
 

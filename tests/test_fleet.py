@@ -18,7 +18,7 @@ from central import fleet
 from central.fleet import AlertThresholds, _Counters, apply_status, evaluate_alerts
 from central.migrations import all_migrations
 from ops.broker import Mosquitto
-from ops.sqlitedb import apply_migrations, connect
+from runtime.sqlitedb import apply_migrations, connect
 from tests.conftest import wait_for
 from tests.procs import VIEWER, basic_auth, central_proc, gateway_proc
 

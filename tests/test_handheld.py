@@ -22,10 +22,10 @@ from gateway import handheld, items, outbox
 from gateway.handheld import HandheldAdapter
 from gateway.items import Item, Standing
 from gateway.outbox import Outbox
-from ops.sqlitedb import DurableDB
 from protocols import bht
 from protocols.bht import ORDER_FIELD_LENGTHS, BatchId, BhtFile, OrderRecord
 from protocols.records import parse_order
+from runtime.sqlitedb import DurableDB
 
 G1, G2, G3 = "04006381333931", "09781492053743", "05012345678900"
 D1, D2 = dt.date(2024, 5, 3), dt.date(2024, 5, 4)

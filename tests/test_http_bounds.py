@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import allocation_api, auth, release
-from central.api import create_app as central_app
 from central.migrations import all_migrations
-from ops.sqlitedb import DurableDB
+from central.web import allocation_api, auth, release_api
+from central.web.api import create_app as central_app
 from protocols.bounded import MAX_REASON
+from runtime.sqlitedb import DurableDB
 from tests.test_pos import gateway as pos_gateway
 
 auth.PBKDF2_ITERATIONS = 1_000
@@ -56,7 +56,7 @@ async def central(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], d
         token = await db.write(lambda c: auth.add_user(c, "desk", auth.Role.SUPERVISOR))
         app = central_app(db=db)
         allocation_api.add_routes(app)
-        release.add_routes(app)
+        release_api.add_routes(app)
         async with TestClient(TestServer(app)) as client:
             yield client, {"Authorization": f"Bearer {token}"}
     finally:

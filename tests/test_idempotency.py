@@ -32,10 +32,11 @@ from hypothesis import strategies as st
 from gateway import idempotency, order_changes
 from gateway.app import migrations as gateway_migrations
 from gateway.http import create_app
-from gateway.outbox import Outbox, now_ms
+from gateway.outbox import Outbox
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB
 from protocols.idempotency import MAX_KEY, IdempotencyError, parse_key
+from runtime.clock import now_ms
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.procs import ROOT, Proc, central_db, central_proc, central_settled, gateway_proc
 

@@ -30,14 +30,14 @@ import msgpack
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import inventory
+from central.allocate import inventory
 from gateway import order_changes, supplier
 from gateway.app import migrations as gateway_migrations
 from gateway.http import create_app
 from gateway.outbox import Outbox
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB, connect
 from protocols.envelope import Record
+from runtime.sqlitedb import DurableDB, connect
 from tests.central_fixtures import SOON
 from tests.conftest import wait_for
 from tests.procs import ROOT, Proc, central_db, central_settled, gateway_proc

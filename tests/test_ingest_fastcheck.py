@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from central import ingest
+from central.intake import ingest
 from protocols.records import (
     RecordSchemaError,
     order_certainly_valid,

@@ -9,7 +9,7 @@ central once.
 The cause on Python 3.11: a child of a TaskGroup that fails after the group's body is done
 (the link's receiver, when the broker goes away) makes the group cancel its own task and not
 undo it, so the reconnect loop read the lost link as a shutdown and the gateway's sync ended
-for good (``ops.retry.TaskGroup``)."""
+for good (``runtime.retry.TaskGroup``)."""
 
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
 from gateway.app import migrations as gateway_migrations
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
-from ops import retry
 from ops.broker import Mosquitto, free_port
-from ops.retry import TaskGroup, stopping
-from ops.sqlitedb import DurableDB
+from runtime import retry
+from runtime.retry import TaskGroup, stopping
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.procs import Proc, central_db, central_proc, central_settled
 

@@ -5,8 +5,8 @@ instead of the cancellation; taken for a lost link, it made central's consumer (
 gateway's sync) reconnect and run on forever after being told to stop. Real broker; the
 child task that fails is made to fail exactly when it is cancelled.
 
-And a cancel that lands as the broker's answer does is not lost (``ops.mqtt.keep_cancel``,
-through the services' ``ops.mqtt.Client``): aiomqtt waits for the answer with
+And a cancel that lands as the broker's answer does is not lost (``runtime.mqtt.keep_cancel``,
+through the services' ``runtime.mqtt.Client``): aiomqtt waits for the answer with
 ``asyncio.wait_for``, which in Python 3.11 then returns instead of raising; a gateway's sync
 was seen parked forever on its next ``Queue.get`` after ``cancel()``."""
 
@@ -22,14 +22,14 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
 from gateway.app import migrations as gateway_migrations
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.mqtt import Client, keep_cancel
-from ops.sqlitedb import DurableDB
+from runtime.mqtt import Client, keep_cancel
+from runtime.sqlitedb import DurableDB
 
 STOP_S = 10.0
 PARKED_S = 2.0  # the cancel races settle within a few loop steps: still running after this, parked
@@ -144,12 +144,12 @@ async def _cancelled_as_answered(
     return task
 
 
-@pytest.mark.parametrize("cls", [aiomqtt.Client, Client], ids=["aiomqtt", "ops.mqtt"])
+@pytest.mark.parametrize("cls", [aiomqtt.Client, Client], ids=["aiomqtt", "runtime.mqtt"])
 async def test_a_publish_cancelled_as_its_puback_arrives(
     broker: Mosquitto, cls: type[aiomqtt.Client]
 ) -> None:
     """aiomqtt's own client hands back the PUBACK and the loop goes on (Python 3.11; 3.12
-    fixed it); the services' client (``ops.mqtt.Client``) raises the cancel."""
+    fixed it); the services' client (``runtime.mqtt.Client``) raises the cancel."""
     async with cls("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=30) as client:
 
         async def step() -> None:

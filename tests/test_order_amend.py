@@ -13,12 +13,15 @@ from typing import Any
 import msgpack
 import pytest
 
-from central import inventory, lifecycle, masters, picking, repo, waves
-from central.allocation import SourcingRule
-from central.ingest import apply_envelope
+from central import wiring
+from central.allocate import inventory, waves
+from central.allocate.allocation import SourcingRule
+from central.fulfil import picking
+from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
-from ops.sqlitedb import DurableDB
+from central.orders import masters, repo
 from protocols.envelope import Ack, Envelope, Record
+from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, order
 
 _seq = itertools.count(1)
@@ -26,12 +29,8 @@ _seq = itertools.count(1)
 
 @pytest.fixture
 async def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DurableDB]:
-    monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
-    monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
-    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [], raising=False)
-    monkeypatch.setattr(waves, "MODE", waves.MODE)
-    waves.install(waves.AllocationSettings(realtime=True))  # allocation at once, as central runs
-    d = DurableDB(tmp_path / "central.db", migrations=all_migrations())
+    hub = wiring.hub(waves.AllocationSettings(realtime=True))  # allocation at once, as central runs
+    d = DurableDB(tmp_path / "central.db", migrations=all_migrations(), on_connect=hub.attach)
     await d.open()
 
     def seed(c: Any) -> None:

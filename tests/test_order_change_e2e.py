@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from central import inventory, masters
-from central.allocation import SourcingRule
+from central.allocate import inventory
+from central.allocate.allocation import SourcingRule
 from central.migrations import all_migrations
+from central.orders import masters
 from ops.broker import Mosquitto, free_port
-from ops.sqlitedb import apply_migrations, connect
+from runtime.sqlitedb import apply_migrations, connect
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, SOON
 from tests.conftest import wait_for
 from tests.procs import ROOT, Proc, central_db, gateway_proc, seed_viewer

@@ -17,23 +17,17 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import (
-    allocation_api,
-    auth,
-    inventory,
-    lifecycle,
-    masters,
-    ordertypes,
-    release,
-    schedule,
-    valuation,
-    waves,
-)
-from central.allocation import SourcingRule
-from central.api import create_app
+from central import schedule, wiring
+from central.allocate import inventory, waves
+from central.allocate.allocation import SourcingRule
+from central.fulfil import release
+from central.hub import Hub
 from central.migrations import central_db
+from central.orders import masters, ordertypes, valuation
+from central.web import allocation_api, auth, release_api
+from central.web.api import create_app
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB, connect
+from runtime.sqlitedb import DurableDB, connect
 from tests.conftest import wait_for
 from tests.procs import central_db as procs_db
 from tests.procs import central_proc
@@ -103,31 +97,29 @@ class Desk:
         return out
 
 
-@pytest.fixture
-def realtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Allocation at once, as central runs by default (hooks restored afterwards)."""
-    monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
-    monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
-    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])
-    monkeypatch.setattr(waves, "MODE", waves.MODE)
-    waves.install(waves.AllocationSettings(realtime=True))
-    yield
+# the hub desk() opens central with (central.wiring): set by the realtime / batch fixtures
+DESK_HUB: Hub | None = None
 
 
 @pytest.fixture
-def batch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def realtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    """Allocation at once, as central runs by default."""
+    hub = wiring.hub(waves.AllocationSettings(realtime=True))
+    monkeypatch.setattr(sys.modules[__name__], "DESK_HUB", hub)
+    yield hub
+
+
+@pytest.fixture
+def batch(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
     """Allocation in waves only."""
-    monkeypatch.setattr(lifecycle, "ON_VALIDATED", [])
-    monkeypatch.setattr(lifecycle, "ON_CANCELLED", [])
-    monkeypatch.setattr(lifecycle, "ON_GIVE_BACK", [])
-    monkeypatch.setattr(waves, "MODE", waves.MODE)
-    waves.install(waves.AllocationSettings(realtime=False, batch=waves.BatchRules(("zone",))))
-    yield
+    hub = wiring.hub(waves.AllocationSettings(realtime=False, batch=waves.BatchRules(("zone",))))
+    monkeypatch.setattr(sys.modules[__name__], "DESK_HUB", hub)
+    yield hub
 
 
 @asynccontextmanager
 async def desk(tmp_path: Path, *, sourcing: bool = True) -> AsyncIterator[Desk]:
-    db = central_db(tmp_path / "central.db")
+    db = central_db(tmp_path / "central.db", DESK_HUB)
     await db.open()
     try:
         token = await db.write(lambda c: auth.add_user(c, "boss", auth.Role.SUPERVISOR))
@@ -135,7 +127,7 @@ async def desk(tmp_path: Path, *, sourcing: bool = True) -> AsyncIterator[Desk]:
             await db.write(lambda c: inventory.set_sourcing(c, [SourcingRule("*", "DC1", 1, preferred=True)]))
         app = create_app(db=db)
         allocation_api.add_routes(app)
-        release.add_routes(app)
+        release_api.add_routes(app)
         async with TestClient(TestServer(app)) as client:
             yield Desk(db, client, token)
     finally:
@@ -153,7 +145,7 @@ def test_line_amount_rounds_the_discount_half_up() -> None:
     assert valuation.line_amount(4, None, 10) == 0
 
 
-async def test_priority_by_value_uses_the_validated_price_less_discount(tmp_path: Path, batch: None) -> None:
+async def test_priority_by_value_uses_the_validated_price_less_discount(tmp_path: Path, batch: Hub) -> None:
     """Two orders for scarce stock, same grade, no special priority: the more valuable one
     is served first. Neither quotes a price, so only the validated unit price values them."""
     async with desk(tmp_path) as d:
@@ -174,7 +166,7 @@ async def test_priority_by_value_uses_the_validated_price_less_discount(tmp_path
         assert got["allocations"] == [] and got["shortages"][0]["qty"] == 4
 
 
-async def test_returns_credit_the_net_amount_and_the_receivables(tmp_path: Path, realtime: None) -> None:
+async def test_returns_credit_the_net_amount_and_the_receivables(tmp_path: Path, realtime: Hub) -> None:
     """Delivered: the value goes on the receivables; each return credits its share of the
     line's net amount there (and in the ledger), a line returned in full exactly its amount."""
     async with desk(tmp_path) as d:
@@ -213,7 +205,7 @@ async def test_returns_credit_the_net_amount_and_the_receivables(tmp_path: Path,
         assert (c["receivables"], c["open_orders"]) == (0, 0)
 
 
-async def test_returned_before_delivery_owes_nothing(tmp_path: Path, realtime: None) -> None:
+async def test_returned_before_delivery_owes_nothing(tmp_path: Path, realtime: Hub) -> None:
     """Shipped (value still open), part returned, then the rest refused at the door."""
     async with desk(tmp_path) as d:
         await d.masters("code,credit_limit\nC1,100000\n")
@@ -236,7 +228,7 @@ async def test_returned_before_delivery_owes_nothing(tmp_path: Path, realtime: N
 # -- 8. returns only on orders the customer has had -----------------------------------------
 
 
-async def test_returns_only_on_shipped_or_delivered_orders(tmp_path: Path, realtime: None) -> None:
+async def test_returns_only_on_shipped_or_delivered_orders(tmp_path: Path, realtime: Hub) -> None:
     async with desk(tmp_path) as d:
         await d.masters("code\nC1\n")
         await d.stock("A", 10)
@@ -270,7 +262,7 @@ async def test_returns_only_on_shipped_or_delivered_orders(tmp_path: Path, realt
 
 
 async def test_auto_release_leaves_wave_orders_to_their_wave(
-    tmp_path: Path, batch: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, batch: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with desk(tmp_path) as d:
         await d.masters("code\nC1\nC2\n")
@@ -281,7 +273,7 @@ async def test_auto_release_leaves_wave_orders_to_their_wave(
         (wave,) = (await d.ok("POST", "/api/waves", json={}))["waves"]
         assert wave["outcomes"] == {"allocated": 2}
         # an order allocated in real time meanwhile is the release tick's to send
-        monkeypatch.setattr(waves, "MODE", waves.AllocationSettings(realtime=True))
+        batch.allocation = waves.AllocationSettings(realtime=True)
         rt = await d.order("C2", ("A", 1))
         assert rt["status"] == "allocated"
         releaser = release.Releaser(d.db, release.ReleaseSettings(), on_release=lambda: None)
@@ -310,7 +302,7 @@ def _day(n: int) -> str:
 
 
 async def test_schedule_runs_each_due_item_once_across_a_crash_and_a_restart(
-    tmp_path: Path, realtime: None
+    tmp_path: Path, realtime: Hub
 ) -> None:
     clock = [TODAY]
     async with desk(tmp_path) as d:
@@ -417,7 +409,7 @@ async def test_central_runs_the_schedule_on_its_clock_once_across_sigkill(
 LOCATIONS = "code,kind,gateway\nDC1,dc,dc-1\nDC2,dc,dc-2\nSTORE1,store,store-1\n"
 
 
-async def test_allow_split_and_sourcing_rules_are_masters(tmp_path: Path, realtime: None) -> None:
+async def test_allow_split_and_sourcing_rules_are_masters(tmp_path: Path, realtime: Hub) -> None:
     async with desk(tmp_path, sourcing=False) as d:
         await d.ok("POST", "/api/masters/locations/import", data=LOCATIONS)
         await d.ok("POST", "/api/masters/items/import", data=ITEMS)
@@ -466,7 +458,7 @@ async def test_allow_split_and_sourcing_rules_are_masters(tmp_path: Path, realti
         assert status == 404
 
 
-async def test_asrs_totes_are_a_master_named_on_pick_tasks(tmp_path: Path, realtime: None) -> None:
+async def test_asrs_totes_are_a_master_named_on_pick_tasks(tmp_path: Path, realtime: Hub) -> None:
     async with desk(tmp_path) as d:
         await d.ok("POST", "/api/masters/locations/import", data=LOCATIONS)
         await d.masters("code\nC1\n")
@@ -563,7 +555,7 @@ def _write(tmp_path: Path, kind: str, text: str) -> Path:
 
 
 async def test_pick_time_uses_the_item_master_and_the_schedule_is_reachable(
-    tmp_path: Path, batch: None
+    tmp_path: Path, batch: Hub
 ) -> None:
     items = "sku,price,pack_size,pick_seconds,storage\nCASE,10,6,5,DC1=01-01\nLOOSE,10,1,0,DC1=01-02\n"
     start = 1_800_000_000_000

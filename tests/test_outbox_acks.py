@@ -1,7 +1,7 @@
 """The gateway outbox takes central's acks: an acked record leaves the outbox and its answer
 is kept in record_results - whatever the mix of statuses, reasons and refs in one message,
 and a repeated or unknown ack changes nothing. Plus the multi-row insert helper it relies on
-and how parameters are bound (``ops.sqlitedb._bind_as_is``)."""
+and how parameters are bound (``runtime.sqlitedb._bind_as_is``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from gateway.app import migrations as gateway_migrations
 from gateway.outbox import Outbox
-from ops.sqlitedb import DurableDB, insert_rows
 from protocols.envelope import Ack, AckStatus
+from runtime.sqlitedb import DurableDB, insert_rows
 
 
 async def test_acks_move_records_to_their_results(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ async def test_a_repeated_record_id_fails_alone_in_its_batch(tmp_path: Path) -> 
 
 def test_none_and_bytes_bind_as_they_are_without_the_adapt_lookup() -> None:
     """None is stored as NULL and bytes as a BLOB, as sqlite3 does by default, but through
-    the identity adapters ops.sqlitedb registers: no ``__adapt__`` lookup (which raises and
+    the identity adapters runtime.sqlitedb registers: no ``__adapt__`` lookup (which raises and
     formats an AttributeError per value). A bytes subclass, an int/str subclass and a
     registered adapter of another type behave as before."""
 

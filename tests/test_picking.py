@@ -24,7 +24,6 @@ from gateway import picking
 from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.picking import AsrsConfig, CartConfig, PickExecutor, PickingConfig
-from ops.sqlitedb import DurableDB
 from protocols.envelope import AckStatus, Record
 from protocols.picking import (
     PickKey,
@@ -35,6 +34,7 @@ from protocols.picking import (
     parse_tote_event,
 )
 from protocols.records import RecordSchemaError
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 
 DOC = Path(__file__).resolve().parent.parent / "protocols" / "PICKING.md"

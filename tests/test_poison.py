@@ -28,20 +28,22 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import central.picking  # noqa: F401  (registers the pick record handlers, as central does)
-from central import consumer as consumer_mod
-from central import ingest
-from central.consumer import BrokerSettings, Consumer
+import central.fulfil.picking  # noqa: F401  (registers the pick record handlers, as central does)
+from central import wiring
+from central.hub import hub_of
+from central.intake import consumer as consumer_mod
+from central.intake import ingest
+from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
 from ops.broker import Mosquitto
-from ops.mqtt import Client
-from ops.sqlitedb import DurableDB, apply_migrations, connect
 from protocols import envelope, topics
 from protocols.bounded import MAX_DEPTH, MAX_REASON, JsonError, json_loads, nests_deeper, value_repr
 from protocols.envelope import Ack, AckStatus, EnvelopeError
 from protocols.order_changes import parse_order_change, parse_order_status, parse_supplier_confirmation
 from protocols.picking import parse_pick_result, parse_pick_task, parse_tote_event
 from protocols.records import RecordSchemaError, parse_order
+from runtime.mqtt import Client
+from runtime.sqlitedb import DurableDB, apply_migrations, connect
 from tests.conftest import wait_for
 from tests.procs import Proc, central_db, central_proc, gateway_proc
 
@@ -423,7 +425,7 @@ def _decoded(payload: bytes) -> list[envelope.Envelope | envelope.Uplink]:
 
 
 def _decode_uplink(payload: bytes) -> envelope.Uplink:
-    return envelope.decode_uplink(payload, quick=ingest.quick_checks())
+    return envelope.decode_uplink(payload, quick=ingest.quick_checks(wiring.hub()))
 
 
 def _check_envelope(env: envelope.Envelope | envelope.Uplink) -> None:
@@ -531,7 +533,7 @@ def test_fuzz_central_receives_any_message_without_an_internal_error(payload: by
     """The whole receive path at central on a real database: decode, check, store, ack,
     process. Every record with an id is answered; no reason is unbounded; nothing raises."""
     conn = _central_conn()
-    internal = ingest.INTERNAL_ERRORS[0]
+    internal = hub_of(conn).internal_errors
     conn.execute("BEGIN")
     try:
         try:
@@ -544,7 +546,7 @@ def test_fuzz_central_receives_any_message_without_an_internal_error(payload: by
         for a in [*acks, *outcome.values()]:
             _check_reason(a.reason)
         assert {a.id for a in acks} >= {r.id for r in up.records}
-        assert ingest.INTERNAL_ERRORS[0] == internal, "a record failed with an internal error"
+        assert hub_of(conn).internal_errors == internal, "a record failed with an internal error"
         assert all(n <= MAX_REASON for (n,) in conn.execute("SELECT length(reason) FROM quarantine"))
     finally:
         conn.execute("ROLLBACK")
@@ -616,9 +618,9 @@ async def test_a_message_that_meets_a_bug_is_left_unacked_and_the_rest_goes_on(
         return real(conn, topic_gw=topic_gw, topic=topic, up=up)
 
     monkeypatch.setattr(consumer_mod, "receive_uplink", receive)
-    errors = ingest.INTERNAL_ERRORS[0]
     async with DurableDB(tmp_path / "central.db", migrations=all_migrations()) as db:
         consumer = Consumer(db=db, broker=BrokerSettings(port=broker.port, client_id="central-bug"))
+        errors = consumer.hub.internal_errors
         task = asyncio.create_task(consumer.run())
         try:
             await wait_for(consumer.connected.is_set, timeout=20, what="central connected")
@@ -628,7 +630,9 @@ async def test_a_message_that_meets_a_bug_is_left_unacked_and_the_rest_goes_on(
                 await p.client.publish(topics.uplink(GW), bad, qos=1)
                 await p.client.publish(topics.uplink(GW), good, qos=1)
                 await wait_for(lambda: "after-bug" in p.answers(), timeout=20, what="the next message acked")
-                await wait_for(lambda: ingest.INTERNAL_ERRORS[0] > errors, timeout=20, what="the bug counted")
+                await wait_for(
+                    lambda: consumer.hub.internal_errors > errors, timeout=20, what="the bug counted"
+                )
                 assert "meets-bug" not in p.answers(), "a message that failed must not be acked"
                 assert not task.done() and consumer.stats.restarts == 0 and consumer.stats.reconnects == 0
                 bug["on"] = False  # the gateway's resend, after the fix

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
 from firmware_sim import pos as pos_sim
 from firmware_sim import store as store_sim
@@ -34,7 +34,7 @@ from gateway.outbox import Outbox
 from gateway.pos import PosService, add_routes
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB, Migration
+from runtime.sqlitedb import DurableDB, Migration
 from tests.conftest import wait_for
 
 DAY = dt.date(2026, 3, 14)

@@ -9,11 +9,12 @@ from pathlib import Path
 import msgpack
 from aiohttp.test_utils import TestClient, TestServer
 
-from central import allocation_api, auth, inventory, release, waves
-from central.allocation import SourcingRule
-from central.api import create_app
+from central.allocate import inventory, waves
+from central.allocate.allocation import SourcingRule
 from central.migrations import all_migrations
-from ops.sqlitedb import DurableDB
+from central.web import allocation_api, auth, release_api
+from central.web.api import create_app
+from runtime.sqlitedb import DurableDB
 
 auth.PBKDF2_ITERATIONS = 1_000
 
@@ -48,7 +49,7 @@ async def test_release_wave_over_rest(tmp_path: Path) -> None:
         viewer = await db.write(lambda c: auth.add_user(c, "eyes", auth.Role.VIEWER))
         app = create_app(db=db)
         allocation_api.add_routes(app)
-        release.add_routes(app)
+        release_api.add_routes(app)
         async with TestClient(TestServer(app)) as client:
             r = await client.post(
                 f"/api/waves/{wave_id}/release", headers={"Authorization": f"Bearer {viewer}"}

@@ -22,10 +22,11 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from central import downlink, ingest
+from central import downlink, wiring
 from central import retention as central_retention
-from central.consumer import BrokerSettings, Consumer
 from central.fleet import Fleet
+from central.intake import ingest
+from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import central_db
 from gateway import order_status
 from gateway import retention as gateway_retention
@@ -36,10 +37,11 @@ from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from gateway.telemetry import DeviceBoard, Telemetry
 from ops.broker import Mosquitto
-from ops.mqtt import Client as MqttClient
-from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import Ack, AckStatus, Record
+from runtime.clock import now_ms
+from runtime.mqtt import Client as MqttClient
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 
 GW = "store-ret"
@@ -80,7 +82,7 @@ async def send(box: Outbox, cdb: DurableDB) -> list[Ack]:
         payload = envelope.encode_raw_records(
             gw=GW, sent=1, raw_records=[p for _s, _r, p in rows[i : i + 500]]
         )
-        up = envelope.decode_uplink(payload, quick=ingest.quick_checks())
+        up = envelope.decode_uplink(payload, quick=ingest.quick_checks(wiring.hub()))
 
         def job(conn: sqlite3.Connection, up: envelope.Uplink = up) -> list[Ack]:
             got = ingest.receive_uplink(conn, topic_gw=GW, topic=topic, up=up)
@@ -188,7 +190,7 @@ async def test_a_gateway_with_a_new_database_keeps_its_new_ids(tmp_path: Path) -
     async with two_sides(tmp_path) as (box, cdb):
         await submit(box, 300)
         await box.apply_acks(await send(box, cdb))
-        t_report = central_retention.now_ms()
+        t_report = now_ms()
         mark = await box.db.read(gateway_retention.acked_below)
         await cdb.write(lambda c: central_retention.report(c, GW, mark, t_report))
         assert (await central_retention.prune_once(cdb, now=t_report + GRACE_MS)).processed == 300
@@ -416,11 +418,11 @@ async def test_inbox_ids_go_only_below_centrals_mark_and_before_its_report(tmp_p
         inbox.register(order_status.RECORD, apply)
         recs = tuple(downlink_record(s) for s in range(1, 101))
         await inbox.handle(recs)
-        t_report = gateway_retention.now_ms()  # central's report arrives now
+        t_report = now_ms()  # central's report arrives now
         grace_ms = int(gateway_retention.GRACE_S * 1000)
         assert await gateway_retention.prune_once(gdb, now=t_report, downlink_mark=(61, t_report)) == 0
         # a central with a new database numbers its downlink from 1 again, after the report
-        await wait_for(lambda: gateway_retention.now_ms() > t_report, what="the clock past the report")
+        await wait_for(lambda: now_ms() > t_report, what="the clock past the report")
         fresh = tuple(downlink_record(s) for s in range(1, 11))
         await inbox.handle(fresh)
         pruned = await gateway_retention.prune_once(gdb, now=t_report + grace_ms, batch=7)

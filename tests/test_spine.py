@@ -20,17 +20,17 @@ import msgpack
 import paho.mqtt.client as paho
 import pytest
 
-from central import repo
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
+from central.orders import repo
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
 from gateway import sync as sync_mod
 from gateway.app import migrations as gateway_migrations
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB
 from protocols import envelope, topics
 from protocols.envelope import AckStatus, Record
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.procs import central_db, central_proc, central_settled, gateway_proc
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from central import repo
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
+from central.orders import repo
 from central.schema import MIGRATIONS as CENTRAL_MIGRATIONS
 from gateway import order_status
 from gateway.app import migrations as gateway_migrations
@@ -14,7 +14,7 @@ from gateway.inbox import Inbox
 from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
-from ops.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 
 ORDER = {

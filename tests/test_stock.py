@@ -17,11 +17,11 @@ from gateway.app import migrations as gateway_migrations
 from gateway.items import Item, upsert_items
 from gateway.outbox import Outbox
 from gateway.stock import Applied, ConflictingRepeat, StockBook, UnknownItem, reorder_qty
-from ops.sqlitedb import DurableDB
 from protocols import pos
 from protocols.envelope import Ack, AckStatus
 from protocols.pos import GoodsReceipt, PosTransaction, ReceiptLine, ReturnLine, SaleLine, VoidLine
 from protocols.records import parse_order
+from runtime.sqlitedb import DurableDB
 
 DAY = dt.date(2026, 3, 14)
 PEN = Item(gtin="4006381333931", sku="SKU-PEN", pack_size=6, safety_stock=5, order_up_to=20)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from central.consumer import BrokerSettings, Consumer
+from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
 from firmware_sim import hid_scanner as hid_sim
 from firmware_sim import serial_scanner as ser_sim
@@ -23,9 +23,9 @@ from firmware_sim.handheld import Pty, Terminal, make_batch
 from gateway.app import migrations as gateway_migrations
 from gateway.items import Item, upsert_items
 from ops.broker import Mosquitto, free_port
-from ops.sqlitedb import DurableDB
 from protocols.bht import OrderRecord
 from protocols.serial_scanner import GoodBeep
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.procs import Proc
 

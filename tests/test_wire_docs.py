@@ -42,10 +42,10 @@ def test_doc_has_examples_for_both_directions() -> None:
 
 
 def test_every_record_type_handled_by_central_is_documented() -> None:
-    from central.ingest import HANDLERS
+    from central import wiring
 
     text = DOC.read_text()
-    for rtype in HANDLERS:
+    for rtype in wiring.hub().handlers:
         documented = f"### `{rtype}`" in text or any(
             f"### `{rtype}`" in p.read_text() for p in DOC.parent.parent.glob("*/*.md")
         )
@@ -57,7 +57,8 @@ async def test_doc_acks_are_what_central_answers(tmp_path: Path) -> None:
     MQTT consumer calls it) on a real SQLite file: the order example acked ``accepted`` with
     ``ref`` null; once processed, the same record again plus an order of quantity 0 acked
     ``duplicate`` with the order number and ``rejected`` with the schema error."""
-    from central import ingest
+    from central import wiring
+    from central.intake import ingest
     from tests.central_fixtures import central
 
     ex = examples()
@@ -74,7 +75,7 @@ async def test_doc_acks_are_what_central_answers(tmp_path: Path) -> None:
         sent=1795000031000,
         records=[first, envelope.Record(bad_id, first.seq + 1, "order", first.ts, bad_body)],
     )
-    quick = ingest.quick_checks()
+    quick = ingest.quick_checks(wiring.hub())
 
     async def acks_for(c: Any, payload: bytes) -> list[dict[str, Any]]:
         up = envelope.decode_uplink(payload, quick=quick)

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from central import ingest, metrics, orders, processor
+from central import metrics
+from central.intake import ingest, processor
+from central.intake.processor import Processor
 from central.migrations import all_migrations
-from central.processor import Processor
+from central.orders import orders
 from ops import bench_allocation as bench
-from ops.sqlitedb import DurableDB, apply_migrations, connect
 from protocols import envelope, topics
 from protocols.envelope import Envelope, Record
+from runtime.sqlitedb import DurableDB, apply_migrations, connect
 
 PER_MESSAGE = "central_0004_work_queue_by_message"
 
@@ -145,7 +147,7 @@ def test_a_stopped_batch_leaves_the_rest_queued_in_place(
     for env in (_orders(150, names), _orders(3, names, first=150)):
         ingest.receive_envelope(conn, topic_gw="gw-1", topic=topics.uplink("gw-1"), env=env)
     if not together:
-        monkeypatch.setattr(orders, "create_realtime_batch", lambda *a, **k: [])
+        monkeypatch.setattr(orders, "_create_together", lambda *a, **k: [])
     answers = itertools.chain([False] * 49, itertools.repeat(True))  # stop once 50 are done
     first = ingest.process_queue(conn, limit=64, stop=lambda: next(answers))
     assert list(first) == [f"o{i}" for i in range(50)] == _numbered(conn)

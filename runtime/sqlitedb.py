@@ -1,0 +1,626 @@
+"""Durable SQLite with group commit, shared by the gateway and central processes.
+
+One SQLite file, one writer thread, many concurrent writers in asyncio::
+
+    db = DurableDB(path, migrations=[Migration("0001_outbox", "CREATE TABLE ...")])
+    await db.open()
+    seq = await db.write(lambda conn: conn.execute("INSERT ...").lastrowid)
+
+``write(fn)`` queues ``fn``; the writer thread runs every queued job inside ONE transaction
+(each job under its own savepoint, so a job that raises is rolled back alone and its caller
+gets the exception) and commits once: many submitters share one fsync. The awaiting caller
+resumes only after COMMIT returned, i.e. after the data is on disk.
+
+Durability setting: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode, NORMAL
+syncs only at checkpoints, so a transaction committed just before power loss can be rolled
+back on recovery - a device would have been acked for a record that is gone. FULL fsyncs
+the WAL on every commit; group commit amortises that fsync over many records.
+
+Reads go through ``read(fn)`` on a separate connection and thread (WAL readers do not block
+the writer).
+
+A full disk (SQLite's ``SQLITE_FULL``: the file system, or ``PRAGMA max_page_count``) fails
+the group commit it hits: SQLite rolls the whole transaction back (savepoints or not), so each
+job of that group fails with :class:`StorageFull` and nothing of it is kept. The writer lives
+on; later groups commit as space allows. From the first such failure (or a probe at open) the
+database counts as full (:attr:`DurableDB.storage_full`) until its own probe task has committed
+a small write and seen :data:`STORAGE_HEADROOM_BYTES` free again, every
+:data:`STORAGE_PROBE_S`; ``on_storage_change`` listeners hear both turns, and
+:meth:`DurableDB.wait_writable` lets a loop whose write failed wait for room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_GROUP = 4096
+
+
+class DatabaseError(Exception):
+    """Base class for storage errors."""
+
+
+class ClosedError(DatabaseError):
+    pass
+
+
+class StorageFull(DatabaseError):
+    """The disk (or the database's page limit) is full: nothing of the failed job was kept."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: storage full ({reason})")
+        self.path = str(path)
+        self.reason = reason
+
+
+def is_storage_full(e: BaseException) -> bool:
+    """True for :class:`StorageFull` and for SQLite's own ``database or disk is full``, also
+    where that was the error being handled when ``e`` was raised (a job's ``ROLLBACK TO`` that
+    fails because the full disk already rolled the whole transaction back)."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 8:
+        if isinstance(cur, StorageFull):
+            return True
+        code = getattr(cur, "sqlite_errorcode", None) if isinstance(cur, sqlite3.Error) else None
+        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
+
+
+# While the database counts as full, a probe write is tried this often; it counts as writable
+# again once the probe commits and the file system has this much free (a free page or two
+# would let the probe through and the next real job fail again).
+STORAGE_PROBE_S = 2.0
+STORAGE_HEADROOM_BYTES = 1024 * 1024
+
+
+class savepoint:
+    """``with savepoint(conn, "name") as sp:`` runs the block under ``SAVEPOINT name``.
+
+    The block's changes are released into the enclosing transaction when it ends normally;
+    if it raises, they are rolled back (``ROLLBACK TO`` + ``RELEASE``) and the exception goes
+    on. If SQLite rolled back the whole transaction under the block (a full disk can), there is
+    nothing left to undo: the block's error goes on as it is (so :func:`is_storage_full` still
+    sees it), and a block that ended normally raises :class:`DatabaseError`; if the savepoint's
+    own ROLLBACK TO or RELEASE fails, the whole transaction is rolled back (the caller's job
+    then fails as a lost transaction, as when it raised itself). ``sp.rollback()``
+    undoes what the block did so far and keeps the savepoint open (a batch that falls back to
+    row by row). A class, not a generator: it sits on hot paths."""
+
+    __slots__ = ("_conn", "_name")
+
+    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
+        if not name.isidentifier():
+            raise ValueError(f"savepoint name must be an identifier: {name!r}")
+        self._conn = conn
+        self._name = name
+
+    def __enter__(self) -> savepoint:
+        self._conn.execute(f"SAVEPOINT {self._name}")
+        return self
+
+    def rollback(self) -> None:
+        self._conn.execute(f"ROLLBACK TO {self._name}")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if not self._conn.in_transaction:  # SQLite rolled back the whole transaction (a full disk can)
+            if exc_type is not None:
+                return  # the savepoint went with it: the block's own error goes on
+            raise DatabaseError(f"the transaction was rolled back under savepoint {self._name}")
+        try:
+            if exc_type is not None:
+                self._conn.execute(f"ROLLBACK TO {self._name}")
+            self._conn.execute(f"RELEASE {self._name}")
+        except BaseException:  # the block's changes may still be in: give the whole transaction up
+            _rollback(self._conn)
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """A named schema change, applied once, in list order, at open."""
+
+    name: str
+    sql: str
+
+
+TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
+
+
+def _bind_as_is() -> None:
+    """Bind ``None`` and ``bytes`` parameters without the adaptation lookup.
+
+    CPython's sqlite3 (3.11) binds exact ``int``, ``float`` and ``str`` directly but sends
+    ``None`` and ``bytes`` through ``microprotocols_adapt``: no adapter is registered, so it
+    asks ``PrepareProtocol`` for ``__adapt__``, which raises and formats an AttributeError
+    (~2,000 CPU instructions) before the value is bound as it is. Central's real-time path
+    binds ~20 such values per order (NULL columns, packed inputs and records), the outboxes
+    one blob per record. An identity adapter for each makes that one dict lookup (callgrind:
+    -2.6 % of the instructions per processed order). Exact types only: subclasses are
+    adapted as before; ``int``/``float``/``str`` keep the fast path (no adapter for them)."""
+    sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b itself for an exact bytes
+    sqlite3.register_adapter(type(None), {None: None}.get)
+
+
+_bind_as_is()
+
+
+class Connection(sqlite3.Connection):
+    """The connections :func:`connect` opens: a ``sqlite3.Connection`` that carries ``state``,
+    what the part using it keeps per connection (central: its wiring and caches, see
+    ``central.hub``), so nothing is kept in a module keyed by the connection's id."""
+
+    state: Any = None
+
+
+def connect(
+    path: Path | str, *, synchronous: str = "FULL", temp_store: str = "DEFAULT"
+) -> sqlite3.Connection:
+    """``temp_store="MEMORY"``: statement journals, savepoint sub-journals and TEMP tables in
+    memory rather than in temporary files (a write transaction that holds many savepoints -
+    one per job of a group commit - copies pages to them over and over)."""
+    if temp_store not in TEMP_STORES:
+        raise DatabaseError(f"temp_store {temp_store!r}: one of {', '.join(TEMP_STORES)}")
+    # room for the few prepared texts per table that insert_rows uses (the default keeps 128)
+    conn = sqlite3.connect(
+        str(path),
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=30,
+        cached_statements=512,
+        factory=Connection,
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA temp_store={temp_store}")
+    return conn
+
+
+# SQLite's default limit on ``?`` variables in one statement (builds may raise it, never lower it)
+MAX_VARIABLES = 32_766
+MAX_ROWS_PER_INSERT = 1024
+
+
+@functools.lru_cache(maxsize=512)
+def _values_sql(head: str, row: str, n: int) -> str:
+    return f"{head} VALUES {','.join([row] * n)}"
+
+
+def insert_rows(
+    conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]], *, row: str | None = None
+) -> None:
+    """``executemany(f"{head} VALUES {row}", rows)`` as a few multi-row ``VALUES`` statements
+    (the same rows and rowids, in order).
+
+    ``executemany`` steps the statement once per row, and hands the GIL to other threads and
+    waits to get it back at every step; with the event loop busy that wait is most of a big
+    insert's time. Here SQLite inserts a whole chunk in one step (the other threads run
+    meanwhile) and the rows cost less to bind. Chunks are powers of two (1,000 rows go as
+    512 + 256 + 128 + 64 + 32 + 8), so the few statement texts stay prepared in the
+    connection's cache: preparing a 1,000-row statement costs more than running it.
+    ``head`` is the statement up to ``VALUES``; ``row`` the placeholder group, e.g.
+    ``"(?, ?, 'accepted')"`` (default: one ``?`` per column of the rows)."""
+    if not rows:
+        return
+    if row is None:
+        row = "(" + ", ".join("?" * len(rows[0])) + ")"
+    width = max(1, row.count("?"))
+    top = MAX_ROWS_PER_INSERT
+    while top > 1 and top * width > MAX_VARIABLES:
+        top //= 2
+    i, n = 0, len(rows)
+    while i < n:
+        size = top
+        while size > n - i:
+            size //= 2
+        chunk = rows[i : i + size]
+        conn.execute(_values_sql(head, row, size), list(itertools.chain.from_iterable(chunk)))
+        i += size
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded in ``_migrations``; return their names."""
+    db = sqlite_utils.Database(conn)
+    if "_migrations" not in db.table_names():
+        db["_migrations"].create({"name": str, "applied_at": str}, pk="name")  # type: ignore[union-attr]
+    done = {row["name"] for row in db["_migrations"].rows}
+    names = [m.name for m in migrations]
+    if len(set(names)) != len(names):
+        raise DatabaseError(f"duplicate migration names in {names}")
+    applied = []
+    for m in migrations:
+        if m.name in done:
+            continue
+        with db.atomic():
+            for stmt in _split_sql(m.sql):
+                conn.execute(stmt)
+            conn.execute("INSERT INTO _migrations(name, applied_at) VALUES (?, datetime('now'))", (m.name,))
+        applied.append(m.name)
+        log.info("applied migration %s", m.name)
+    return applied
+
+
+def _split_sql(sql: str) -> list[str]:
+    out, buf = [], ""
+    for piece in sql.split(";"):
+        buf += piece
+        if sqlite3.complete_statement(buf + ";"):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+        else:
+            buf += ";"
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+# A process that runs a DurableDB has two busy threads: the event loop and the SQLite writer.
+# The writer gives up the GIL at every SQLite call and must get it back from the loop, which
+# (busy decoding, say) keeps it for up to the interpreter's switch interval - 5 ms by default,
+# so under load a receive job of a few statements at central spent most of its time waiting.
+SWITCH_INTERVAL_S = 0.001
+
+
+def tune_interpreter() -> None:
+    """For central's process: hand the GIL over every :data:`SWITCH_INTERVAL_S`, so its writer
+    thread is not starved by the event loop (drain ~+20% in interleaved runs; the same setting
+    in a gateway process measured slower, so gateways keep the default)."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+
+
+class _TransactionLost(Exception):
+    """A job left the group's transaction rolled back (SQLite undoes the whole transaction on
+    some errors, e.g. a full disk at commit): every job of the group failed with ``cause``."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes free to an unprivileged writer on the file system holding ``path``."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class DurableDB:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        migrations: Sequence[Migration] = (),
+        synchronous: str = "FULL",
+        temp_store: str = "DEFAULT",
+        max_group: int = MAX_GROUP,
+        on_connect: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """``on_connect`` is called with each connection (the writer's, the reader's) in its
+        own thread once it is open and migrated: to give it its ``state``."""
+        self.path = Path(path)
+        self._on_connect = on_connect
+        self._migrations = list(migrations)
+        self._synchronous = synchronous
+        self._temp_store = temp_store
+        self._max_group = max_group
+        self._wx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-w-{self.path.name}")
+        self._rx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-r-{self.path.name}")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.commits = 0
+        self.jobs = 0
+        self._behind = 0  # jobs of the running group after the one running
+        self.storage_full: StorageFull | None = None  # the failure that made it count as full
+        self.storage_full_since_ms: int | None = None
+        self.storage_full_errors = 0  # jobs failed with StorageFull
+        # called with False when the disk fills up, with True when it has room again
+        self.on_storage_change: list[Callable[[bool], None]] = []
+        self._probe_task: asyncio.Task[None] | None = None
+        self._full = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def _open(migrate: bool) -> sqlite3.Connection:
+            conn = connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
+            if migrate:
+                apply_migrations(conn, self._migrations)
+            if self._on_connect is not None:
+                self._on_connect(conn)
+            return conn
+
+        self._wconn = await loop.run_in_executor(self._wx, _open, True)
+        self._rconn = await loop.run_in_executor(self._rx, _open, False)
+        self._task = asyncio.create_task(self._writer(), name=f"sqlite-writer:{self.path.name}")
+        # Opening needs no free space (a database already migrated is only read): a full disk
+        # is found here and reported, not a reason to exit and be restarted into it again.
+        await self.probe()
+        self._probe_task = asyncio.create_task(self._watch_storage(), name=f"sqlite-probe:{self.path.name}")
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._probe_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(ClosedError("database closed"))
+        loop = asyncio.get_running_loop()
+        if self._wconn is not None:
+            await loop.run_in_executor(self._wx, self._wconn.close)
+        if self._rconn is not None:
+            await loop.run_in_executor(self._rx, self._rconn.close)
+        self._wx.shutdown(wait=True)
+        self._rx.shutdown(wait=True)
+
+    async def __aenter__(self) -> DurableDB:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` for the next group commit; the future resolves after COMMIT."""
+        if self._closed:
+            raise ClosedError("database closed")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((fn, fut))
+        return fut
+
+    def waiting(self) -> int:
+        """Jobs waiting for the writer behind the one running: queued, or later in its group.
+        For a long job to ask between its steps (it runs in the writer thread; the count is
+        read as it stands, without a lock) whether to commit what it has and make way."""
+        return self._queue.qsize() + self._behind
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._rconn is None:
+            raise ClosedError("database not open")
+        conn = self._rconn
+        return await asyncio.get_running_loop().run_in_executor(self._rx, fn, conn)
+
+    def _storage_error(self, e: BaseException) -> BaseException:
+        """``e`` as the callers see it: SQLite's full-disk error becomes :class:`StorageFull`."""
+        if isinstance(e, _TransactionLost):
+            e = e.cause
+        if is_storage_full(e) and not isinstance(e, StorageFull):
+            full = StorageFull(self.path, str(e))
+            full.__cause__ = e
+            return full
+        return e
+
+    def _note_full(self, e: StorageFull, jobs: int) -> None:
+        self.storage_full_errors += jobs
+        if self.storage_full is None:
+            self.storage_full = e
+            self.storage_full_since_ms = time.time_ns() // 1_000_000
+            self._full.set()
+            self._writable.clear()
+            log.error("%s: storage full, writes fail until space returns: %s", self.path, e.reason)
+            self._tell_storage(False)
+
+    def _tell_storage(self, writable: bool) -> None:
+        for fn in list(self.on_storage_change):
+            try:
+                fn(writable)
+            except Exception:  # a listener's bug must not stop the writer
+                log.exception("%s: storage listener failed", self.path)
+
+    async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            while len(jobs) < self._max_group and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            work = loop.run_in_executor(self._wx, self._run_group, jobs)
+            try:
+                results = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # closing: the group already runs in the writer thread and cannot be stopped;
+                # wait for it so every job gets its true outcome (committed is not "failed")
+                try:
+                    results = await work
+                except Exception as e:
+                    self._group_failed(jobs, e)
+                else:
+                    self._deliver(jobs, results)
+                raise
+            except Exception as e:  # the COMMIT itself failed: every job in the group failed
+                self._group_failed(jobs, e)
+                continue
+            self._deliver(jobs, results)
+
+    def _group_failed(self, jobs: list[_Job], e: Exception) -> None:
+        err = self._storage_error(e)
+        if isinstance(err, StorageFull):  # said once at ERROR when the disk fills up
+            log.debug("group commit of %d jobs failed on %s: %s", len(jobs), self.path, err.reason)
+            self._note_full(err, len(jobs))
+        else:
+            log.error("group commit of %d jobs failed on %s", len(jobs), self.path, exc_info=e)
+        for _, fut in jobs:
+            if not fut.done():
+                fut.set_exception(err if isinstance(err, Exception) else DatabaseError(str(err)))
+
+    def _deliver(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
+        self.commits += 1
+        self.jobs += len(jobs)
+        full = [v for ok, v in results if not ok and isinstance(v, StorageFull)]
+        if full:
+            self._note_full(full[0], len(full))
+        for (_, fut), (ok, value) in zip(jobs, results, strict=True):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    async def probe(self) -> bool:
+        """Try a small write; True if it committed and the file system has
+        :data:`STORAGE_HEADROOM_BYTES` free (the database then counts as writable again), else
+        False (and the database counts as full)."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            # new pages, given back at once (a page limit refuses them here), then one page
+            # really written: the header's user_version, set to what it is
+            conn.execute("SAVEPOINT probe")
+            try:
+                conn.execute("CREATE TABLE _storage_probe (pad BLOB)")
+                conn.execute("INSERT INTO _storage_probe VALUES (zeroblob(16384))")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO probe")
+                    conn.execute("RELEASE probe")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+
+        try:
+            await self.write(job)
+        except StorageFull:
+            return False
+        free = free_bytes(self.path.parent)
+        if free is not None and free < STORAGE_HEADROOM_BYTES:
+            self._note_full(
+                StorageFull(self.path, f"{free} bytes free, less than {STORAGE_HEADROOM_BYTES}"), 0
+            )
+            return False
+        if self.storage_full is not None:
+            log.warning(
+                "%s: storage writable again after %.1fs",
+                self.path,
+                (time.time_ns() // 1_000_000 - (self.storage_full_since_ms or 0)) / 1000,
+            )
+            self.storage_full = None
+            self.storage_full_since_ms = None
+            self._full.clear()
+            self._writable.set()
+            self._tell_storage(True)
+        return True
+
+    async def _watch_storage(self) -> None:
+        """While the database counts as full, probe it every :data:`STORAGE_PROBE_S` (read at
+        each turn, so tests may shrink it) until it is writable again; runs until closed."""
+        while True:
+            await self._full.wait()
+            await asyncio.sleep(STORAGE_PROBE_S)
+            try:
+                await self.probe()
+            except Exception:  # a probe that fails otherwise must not end the watch
+                log.exception("%s: storage probe failed", self.path)
+
+    async def wait_writable(self) -> None:
+        """Return at once, or, while the database counts as full, when it is writable again:
+        for a loop whose write failed with :class:`StorageFull` (it retries instead of dying)."""
+        await self._writable.wait()
+
+    def storage_state(self) -> dict[str, Any]:
+        """For health, metrics and telemetry: ``state`` is ``ok`` or ``full``."""
+        full = self.storage_full
+        return {
+            "state": "full" if full is not None else "ok",
+            "since_ms": self.storage_full_since_ms,
+            "reason": full.reason if full is not None else None,
+            "free_bytes": free_bytes(self.path.parent),
+            "errors": self.storage_full_errors,
+        }
+
+    def _run_group(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        conn = self._wconn
+        assert conn is not None
+        assert threading.current_thread().name.startswith("sqlite-w-")
+        if len(jobs) == 1:  # no savepoint needed: the job's own failure rolls back everything
+            fn = jobs[0][0]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = fn(conn)
+            except Exception as e:
+                _rollback(conn)
+                return [(False, self._storage_error(e))]
+            except BaseException:
+                _rollback(conn)
+                raise
+            if not conn.in_transaction:  # the job swallowed an error that undid the transaction
+                raise DatabaseError("the transaction was rolled back under the job")
+            self._commit(conn)
+            return [(True, value)]
+        out: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for i, (fn, _) in enumerate(jobs):
+                self._behind = len(jobs) - 1 - i
+                try:
+                    with savepoint(conn, "job"):
+                        value = fn(conn)
+                except Exception as e:
+                    # SQLite may have rolled back the whole transaction (a full disk can): the
+                    # jobs before this one are gone too, and the next would run outside it
+                    if not conn.in_transaction:
+                        raise _TransactionLost(e) from e
+                    out.append((False, self._storage_error(e)))
+                else:
+                    out.append((True, value))
+        except BaseException:
+            _rollback(conn)
+            raise
+        finally:
+            self._behind = 0
+        self._commit(conn)
+        return out
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, if SQLite has not already; the error that brought us here
+    is the one to report, not a failing ROLLBACK."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            log.warning("ROLLBACK failed: %s", e)
