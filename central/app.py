@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from central import allocation_api, dashboard, release, retention, schedule, waves
+from central import allocation_api, console, dashboard, release, retention, schedule, waves
 from central.api import create_app
 from central.consumer import BrokerSettings, Consumer
 from central.fleet import AlertThresholds, Fleet
@@ -50,6 +50,7 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
     dashboard.add_routes(app, fleet=fleet, db=db)
     allocation_api.add_routes(app)
     release.add_routes(app)
+    console.add_routes(app)
     add_metrics(app, metrics.collect)
     return app
 
