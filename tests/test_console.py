@@ -5,9 +5,11 @@ real aiohttp app and SQLite file - each effect checked in the database too."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sqlite3
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,8 +23,10 @@ from central import allocation_api, auth, console, inventory, lifecycle, release
 from central.allocation import SourcingRule
 from central.api import create_app
 from central.migrations import central_db
+from ops.broker import Mosquitto
 from ops.sqlitedb import DurableDB
 from tests.central_fixtures import SOON
+from tests.procs import VIEWER, basic_auth, central_proc
 
 auth.PBKDF2_ITERATIONS = 1_000
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -167,6 +171,28 @@ async def test_returns_of_an_order_listed_oldest_first(tmp_path: Path, batch: No
         for bad in ("", "?order_id=x", "?order_id=1&sku=A"):
             status, body = await d.req("GET", f"/api/returns{bad}", role="viewer")
             assert status == 400 and "error" in body, bad
+
+
+def _get(url: str) -> tuple[str, bytes]:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=basic_auth()), timeout=5) as r:
+        return str(r.headers["Content-Type"]), bytes(r.read())
+
+
+@pytest.mark.slow
+async def test_central_process_serves_the_console(broker: Mosquitto, tmp_path: Path) -> None:
+    """The central process itself (``central.app.build_app``) serves the page, its script and
+    ``/api/me``."""
+    central = central_proc(tmp_path, broker.port)
+    await asyncio.to_thread(central.start)
+    try:
+        ctype, page = await asyncio.to_thread(_get, central.url + "/console")
+        assert ctype.startswith("text/html") and b"/console/console.js" in page
+        ctype, _ = await asyncio.to_thread(_get, central.url + "/console/console.js")
+        assert ctype.startswith("application/javascript")
+        _, me = await asyncio.to_thread(_get, central.url + "/api/me")
+        assert json.loads(me) == {"name": VIEWER[0], "role": "viewer", "roles": ["viewer"]}
+    finally:
+        central.kill()
 
 
 # -- the console in a browser ---------------------------------------------------------------

@@ -43,6 +43,7 @@ def test_demo_runs_orders_through_and_stops_cleanly(tmp_path: Path) -> None:
         "Storegate demo is running.",
         f"http://127.0.0.1:{port}/",
         "dashboard login: ops /",
+        "/console   login: demo-supervisor /",
         "REST token (demo-supervisor):",
         "stopped; nothing left running.",
     ):

@@ -36,6 +36,7 @@ const $ = (sel) => document.querySelector(sel);
 // replaceChildren without null/false holes (they would show as "null")
 const fill = (el, ...kids) => el.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false).map((k) => (k instanceof Node ? k : document.createTextNode(String(k)))));
 const fmtTime = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "");
+const when = (ms) => h("span", { class: "nw" }, fmtTime(ms));
 // amounts are integers in the currency's minor unit, as the API and the hold reasons give them
 const money = (v) => (v === null || v === undefined ? "" : String(v));
 const badge = (status, attr = "status") => h("span", { class: "badge", dataset: { [attr]: status } }, status);
@@ -118,9 +119,9 @@ async function ordersView(params) {
     { label: "order", cell: (o) => h("a", { href: `#order/${encodeURIComponent(o.order_no)}` }, o.order_no) },
     { label: "customer", key: "customer" }, { label: "type", key: "order_type" }, { label: "channel", key: "channel" },
     { label: "gateway", key: "gateway" }, { label: "status", cell: (o) => badge(o.status) },
-    { label: "value", num: true, cell: (o) => money(o.value) }, { label: "requested", key: "requested_date" },
+    { label: "value", num: true, cell: (o) => money(o.value) }, { label: "requested", cell: (o) => h("span", { class: "nw" }, o.requested_date) },
     { label: "hold", cell: (o) => h("span", { class: "hold" }, o.hold_reason || "") },
-    { label: "updated", cell: (o) => fmtTime(o.updated_at) },
+    { label: "updated", cell: (o) => when(o.updated_at) },
   ];
   let rows = [];
   const load = async (after) => {
@@ -201,10 +202,10 @@ async function orderView(key) {
 
   const checks = h("section", { id: "order-checks" }, h("h2", {}, "Checks"), o.checks.length ? table([
     { label: "run", key: "run" }, { label: "check", key: "name" }, { label: "outcome", cell: (c) => badge(c.outcome, "outcome") },
-    { label: "detail", key: "detail" }, { label: "at", cell: (c) => fmtTime(c.at) },
+    { label: "detail", key: "detail" }, { label: "at", cell: (c) => when(c.at) },
   ], o.checks) : empty("no checks ran"));
   const history = h("section", { id: "order-history" }, h("h2", {}, "History"), table([
-    { label: "at", cell: (e) => fmtTime(e.at) }, { label: "event", key: "event" }, { label: "status", cell: (e) => (e.status ? badge(e.status) : "") },
+    { label: "at", cell: (e) => when(e.at) }, { label: "event", key: "event" }, { label: "status", cell: (e) => (e.status ? badge(e.status) : "") },
     { label: "detail", key: "detail" }, { label: "by", key: "actor" },
   ], o.events));
 
@@ -250,7 +251,7 @@ async function orderView(key) {
   const rets_ = h("section", { id: "order-returns" }, h("h2", {}, "Returns"), rets.returns.length ? table([
     { label: "RMA", key: "rma_id" }, { label: "line", key: "line_no" }, { label: "sku", key: "sku" }, { label: "qty", num: true, key: "qty" },
     { label: "reason", key: "reason" }, { label: "disposition", key: "disposition" }, { label: "location", key: "location" },
-    { label: "credit", num: true, cell: (r) => money(r.credit) }, { label: "at", cell: (r) => fmtTime(r.created_at) },
+    { label: "credit", num: true, cell: (r) => money(r.credit) }, { label: "at", cell: (r) => when(r.created_at) },
   ], rets.returns, { dataset: { count: rets.returns.length } }) : empty(RETURNABLE.has(o.status) ? "no returns yet" : "returns are taken on shipped or delivered orders"), retForm);
 
   return [head, h("div", { class: "grid2" }, lines, checks), history, allocation, rets_];
@@ -311,8 +312,8 @@ async function wavesView() {
       h("p", {}, full.orders.map((id) => h("a", { href: `#orderid/${id}` }, `#${id} `))));
   };
   const cols = [
-    { label: "wave", key: "wave_id" }, { label: "batch", key: "batch_key" }, { label: "cut-off", cell: (w) => fmtTime(w.cutoff) },
-    { label: "departure", cell: (w) => fmtTime(w.departure) }, { label: "status", cell: (w) => badge(w.status) },
+    { label: "wave", key: "wave_id" }, { label: "batch", key: "batch_key" }, { label: "cut-off", cell: (w) => when(w.cutoff) },
+    { label: "departure", cell: (w) => when(w.departure) }, { label: "status", cell: (w) => badge(w.status) },
     { label: "pick time", num: true, cell: (w) => `${Math.round(w.pick_seconds)} s` },
     { label: "", cell: (w) => [
       w.status !== "released" ? roleButton("order_desk", "Release", () => {
