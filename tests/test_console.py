@@ -246,6 +246,15 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await expect(page.locator("#order-results tbody tr")).to_have_count(5)
                 await _shot(page, "console-orders.png")
 
+                # paging: More follows next_after until the last page
+                await page.goto(f"{base}#orders?limit=2")
+                await expect(page.locator("#order-results tbody tr")).to_have_count(2)
+                await page.click("#more")
+                await expect(page.locator("#order-results tbody tr")).to_have_count(4)
+                await page.click("#more")
+                await expect(page.locator("#order-results tbody tr")).to_have_count(5)
+                await expect(page.locator("#more")).to_have_count(0)
+
                 # search: held orders
                 await page.select_option("#order-search select[name=status]", "held")
                 await page.click("#order-search button[type=submit]")
@@ -260,6 +269,7 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await expect(page.locator("#order-lines tbody tr")).to_have_count(1)
                 await expect(page.locator("#order-history")).to_contain_text("held")
                 await page.fill("#action-reason", "paid by phone")
+                await _shot(page, "console-hold.png")
                 await page.click("#approve")
                 await expect(page.locator("#order-head")).to_have_attribute("data-status", "validated")
                 await expect(page.locator("#flash")).to_contain_text("approve: done")

@@ -114,7 +114,7 @@ async function ordersView(params) {
   const results = h("div", { id: "order-results" });
   const view = [h("section", {}, h("h2", {}, "Search orders"), form), h("section", {}, h("h2", {}, "Orders"), results)];
   const query = new URLSearchParams(params);
-  query.set("limit", String(PAGE));
+  if (!query.has("limit")) query.set("limit", String(PAGE));
   const cols = [
     { label: "order", cell: (o) => h("a", { href: `#order/${encodeURIComponent(o.order_no)}` }, o.order_no) },
     { label: "customer", key: "customer" }, { label: "type", key: "order_type" }, { label: "channel", key: "channel" },
@@ -178,14 +178,13 @@ async function orderView(key) {
     { label: "amount", num: true, cell: (l) => money(l.amount) },
     { label: "quoted", num: true, cell: (l) => money(l.price) },
   ];
-  if (editable) lineCols.push({ label: "", cell: (l) => l.cancelled ? "cancelled" : [
+  if (editable) lineCols.push({ label: "", cell: (l) => l.cancelled ? "cancelled" : h("span", { class: "nw" },
     h("button", { type: "button", dataset: { role: "order_desk" }, id: `set-qty-${l.line_no}`, onclick: () => {
       const qty = Number($(`#qty-${l.line_no}`).value);
       act(`line ${l.line_no} quantity`, () => post("changes", { action: "set_qty", line_no: l.line_no, qty, reason: reason() || "changed at the console" }));
     } }, "Set qty"), " ",
     h("button", { type: "button", class: "danger", dataset: { role: "order_desk" }, id: `cancel-line-${l.line_no}`,
-      onclick: () => act(`cancel line ${l.line_no}`, () => post("changes", { action: "cancel_line", line_no: l.line_no, reason: reason() || "cancelled at the console" })) }, "Cancel line"),
-  ] });
+      onclick: () => act(`cancel line ${l.line_no}`, () => post("changes", { action: "cancel_line", line_no: l.line_no, reason: reason() || "cancelled at the console" })) }, "Cancel line")) });
   let addLine = null;
   if (editable) {
     const sku = h("input", { id: "add-sku", placeholder: "sku", size: 10 });
