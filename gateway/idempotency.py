@@ -15,6 +15,11 @@ Two things name an order the gateway has already taken:
 "The same order" means the same order once parsed (:func:`fingerprint`): JSON spacing, key order
 and defaulted fields do not matter.
 
+The other requests that create a record use the same rows through :func:`replay` and
+:func:`remember`, each under its own scope: a clerk's change to an order (``Idempotency-Key``
+of ``POST /api/orders/{id}/changes``, ``gateway/order_changes.py``) and a supplier's answer to a
+drop-ship order (named by the order and the state it moves to, ``gateway/supplier.py``).
+
 The key -> answer rows are written in the SAME database job as the order's outbox record
 (:meth:`OrderEntry.submit`), so one commit holds both: a crash leaves either the order with its
 keys or neither. Two requests with one key cannot both create: the gateway's single writer runs
@@ -53,6 +58,8 @@ PRUNE_BATCH = 64  # expired rows removed per keyed entry
 
 SCOPE_KEY = 1  # rows named by an Idempotency-Key of POST /api/orders
 SCOPE_REF = 2  # rows named by an order's (customer, source_ref)
+SCOPE_CHANGE = 3  # rows named by an Idempotency-Key of POST /api/orders/{id}/changes
+SCOPE_TRANSITION = 4  # rows named by a drop-ship order's (order_no, state): the supplier's answer
 FINGERPRINT_BYTES = 16  # of the SHA-256: two orders under one key never collide in 128 bits
 REF_TYPES_EXCLUDED = frozenset({"contract", "voucher"})  # source_ref names a shared contract/voucher
 
@@ -166,6 +173,28 @@ def _remember(conn: sqlite3.Connection, scope: int, key: str, row: _Row, *, now:
     )
 
 
+def replay(conn: sqlite3.Connection, scope: int, key: str, fp: bytes, *, clash: str) -> Answer | None:
+    """The answer remembered under ``key`` for the same request (fingerprint ``fp``), to be
+    replayed; None when the key is new. Raises :class:`IdempotencyError` (422, ``clash`` and the
+    record) when the key was remembered for another request."""
+    row = _find(conn, scope, key)
+    if row is None:
+        return None
+    if row.fingerprint != fp:
+        raise IdempotencyError(422, f"{clash} (record {row.record_id})")
+    return Answer(row.status, json.loads(row.answer), replayed=True)
+
+
+def remember(
+    conn: sqlite3.Connection, scope: int, key: str, fp: bytes, answer: Answer, *, record_id: str
+) -> None:
+    """Keep ``answer`` (of the request that created ``record_id``) under ``key``: call it in the
+    database job that creates the record, so one commit holds both. Prunes expired rows."""
+    now = now_ms()
+    _remember(conn, scope, key, _Row(fp, answer.status, json.dumps(answer.body), record_id), now=now)
+    prune(conn, now=now)
+
+
 def prune(conn: sqlite3.Connection, *, now: int, limit: int = PRUNE_BATCH) -> int:
     """Remove up to ``limit`` rows older than :data:`KEEP_S`; returns how many."""
     return conn.execute(
@@ -211,12 +240,9 @@ class OrderEntry:
 
         def job(conn: sqlite3.Connection) -> Answer:
             now = now_ms()
-            if key is not None and (row := _find(conn, SCOPE_KEY, key)) is not None:
-                if row.fingerprint != fp:
-                    raise IdempotencyError(
-                        422, f"{HEADER} {key!r} was already used for another order (record {row.record_id})"
-                    )
-                return Answer(row.status, json.loads(row.answer), replayed=True)
+            clash = f"{HEADER} {key!r} was already used for another order"
+            if key is not None and (ans := replay(conn, SCOPE_KEY, key, fp, clash=clash)) is not None:
+                return ans
             if ref is not None and (row := _find(conn, SCOPE_REF, ref)) is not None:
                 if row.fingerprint != fp:
                     raise IdempotencyError(

@@ -6,6 +6,8 @@ into an ``order_change`` record in the outbox, numbered 1, 2, 3 ... per order
 (``change_seq``) in the same database job, so central applies them in the order the clerk
 made them (it parks one that arrives early). An added line or a new quantity passes the edge
 checks first (``gateway/edge_checks.py``). Central's answer comes back as ``order_status``.
+Sending a change again is safe with an ``Idempotency-Key`` (``gateway/idempotency.py``): the
+same key and the same change get the first answer back, in the same job as the change record.
 
 ``GET /api/orders/{id}/status`` (``storegate order --status``) shows what the store knows of
 the order: central's latest ``order_status`` (``gateway/order_status.py``), the edge's credit
@@ -24,7 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import edge_checks, order_status
+from gateway import edge_checks, idempotency, order_status
+from gateway.idempotency import HEADER, Answer, IdempotencyError
 from gateway.outbox import Outbox
 from ops.jsonbody import json_object
 from ops.sqlitedb import Migration
@@ -112,25 +115,58 @@ def enter_change(
     return outbox.add(conn, RECORD, wire)
 
 
+def change_request(order_ref: str, body: dict[str, Any]) -> dict[str, Any]:
+    """What "the same change" means for an ``Idempotency-Key``: the order and the body's
+    fields, an empty or null field the same as an absent one."""
+    return {"order": order_ref, **{k: v for k, v in body.items() if v not in (None, "")}}
+
+
 async def post_change(request: web.Request) -> web.Response:
     order_ref = request.match_info["id"]
     body = await json_object(request)  # or a 400/413 JSON answer
+    try:
+        key = idempotency.parse_key(request.headers.getall(HEADER, []))
+    except IdempotencyError as e:
+        return web.json_response({"error": e.reason}, status=e.status)
     outbox = request.app[CHANGES_OUTBOX_KEY]
     customer = request.app[CHANGES_CUSTOMER_KEY]
+    fp = idempotency.fingerprint(change_request(order_ref, body))
+    clash = f"{HEADER} {key!r} was already used for another change"
+
+    def job(conn: sqlite3.Connection) -> Answer:
+        if (
+            key is not None
+            and (ans := idempotency.replay(conn, idempotency.SCOPE_CHANGE, key, fp, clash=clash)) is not None
+        ):
+            return ans
+        rec = enter_change(conn, outbox, order_ref, body, store_customer=customer)
+        seq = rec.body["change_seq"]
+        ans = Answer(201, {"id": rec.id, "order": order_ref, "change_seq": seq, "status": "pending"})
+        if key is not None:  # in this job: the change and its key commit together
+            idempotency.remember(conn, idempotency.SCOPE_CHANGE, key, fp, ans, record_id=rec.id)
+        return ans
+
     try:
-        rec = await outbox.db.write(
-            lambda conn: enter_change(conn, outbox, order_ref, body, store_customer=customer)
-        )
-    except ChangeRefused as e:
+        ans = await outbox.db.write(job)
+    except (ChangeRefused, IdempotencyError) as e:
         return web.json_response({"error": e.reason}, status=e.status)
+    if ans.replayed:
+        log.info(
+            "order %s: change %d repeated (key %r), original answer replayed",
+            order_ref,
+            ans.body["change_seq"],
+            key,
+        )
+        return web.json_response(ans.body, status=ans.status, headers={"Idempotent-Replayed": "true"})
     outbox.notify()
     log.info(
-        "order %s: change %d (%s) queued as %s", order_ref, rec.body["change_seq"], body.get("action"), rec.id
+        "order %s: change %d (%s) queued as %s",
+        order_ref,
+        ans.body["change_seq"],
+        body.get("action"),
+        ans.body["id"],
     )
-    return web.json_response(
-        {"id": rec.id, "order": order_ref, "change_seq": rec.body["change_seq"], "status": "pending"},
-        status=201,
-    )
+    return web.json_response(ans.body, status=ans.status)
 
 
 def order_view(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:

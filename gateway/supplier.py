@@ -13,6 +13,12 @@ once (the inbox) into ``supplier_orders``; the supplier's staff see it and answe
 queues a ``supplier_confirmation`` record in the outbox in the same database job (201); a
 step the table does not allow is 409 with the reason. The CLI is ``storegate supplier``.
 
+Each state is entered once, so the order and the state it moves to name the answer: a repeat
+(the supplier's client did not see the 201 and sends again) with the same ``ref`` and ``detail``
+gets the first answer back with ``Idempotent-Replayed: true`` and queues nothing; with another
+``ref`` or ``detail`` it is 422. The answer is kept in ``gateway/idempotency.py``'s rows, in the
+same job as the confirmation.
+
 Wiring: add :data:`MIGRATIONS` to the gateway's migrations, ``inbox.register(RECORD,
 apply_drop_ship)`` and :func:`add_routes`.
 """
@@ -26,6 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import idempotency
+from gateway.idempotency import Answer, IdempotencyError
 from gateway.inbox import InboxRejected
 from gateway.outbox import Outbox, now_ms
 from ops.jsonbody import json_object
@@ -141,8 +149,14 @@ class AnswerRefused(Exception):
 
 def answer(
     conn: sqlite3.Connection, outbox: Outbox, order_no: str, state: str, *, ref: str = "", detail: str = ""
-) -> Record:
-    """Record the supplier's answer and queue its ``supplier_confirmation`` for central."""
+) -> Answer:
+    """Record the supplier's answer and queue its ``supplier_confirmation`` for central (201),
+    or replay the answer to the same step taken before."""
+    name = json.dumps([order_no, state])
+    fp = idempotency.fingerprint({"ref": ref, "detail": detail})
+    clash = f"order {order_no} was already {state} with another ref or detail"
+    if (ans := idempotency.replay(conn, idempotency.SCOPE_TRANSITION, name, fp, clash=clash)) is not None:
+        return ans
     row = conn.execute("SELECT state FROM supplier_orders WHERE order_no = ?", (order_no,)).fetchone()
     if row is None:
         raise AnswerRefused(404, f"no drop-ship order {value_repr(order_no)} at this gateway")
@@ -157,7 +171,10 @@ def answer(
         "UPDATE supplier_orders SET state = ?, ref = ?, detail = ?, updated_at = ? WHERE order_no = ?",
         (state, ref, detail, now_ms(), order_no),
     )
-    return outbox.add(conn, CONFIRMATION_RECORD, body)
+    rec = outbox.add(conn, CONFIRMATION_RECORD, body)
+    ans = Answer(201, {"order_no": order_no, "state": state, "record_id": rec.id})
+    idempotency.remember(conn, idempotency.SCOPE_TRANSITION, name, fp, ans, record_id=rec.id)
+    return ans
 
 
 # -- HTTP -----------------------------------------------------------------------------------
@@ -200,16 +217,23 @@ async def post_answer(request: web.Request) -> web.Response:
         return _error(422, e.reason)
     outbox = request.app[SUPPLIER_OUTBOX_KEY]
     try:
-        rec = await outbox.db.write(
+        ans = await outbox.db.write(
             lambda conn: answer(conn, outbox, order_no, state, ref=ref, detail=detail)
         )
-    except AnswerRefused as e:
+    except (AnswerRefused, IdempotencyError) as e:
         return _error(e.status, e.reason)
+    if ans.replayed:
+        log.info("drop-ship order %s: %s repeated (ref %r), original answer replayed", order_no, state, ref)
+        return web.json_response(ans.body, status=ans.status, headers={"Idempotent-Replayed": "true"})
     outbox.notify()
     log.info(
-        "drop-ship order %s %s by the supplier (ref %r); confirmation %s queued", order_no, state, ref, rec.id
+        "drop-ship order %s %s by the supplier (ref %r); confirmation %s queued",
+        order_no,
+        state,
+        ref,
+        ans.body["record_id"],
     )
-    return web.json_response({"order_no": order_no, "state": state, "record_id": rec.id}, status=201)
+    return web.json_response(ans.body, status=ans.status)
 
 
 def add_routes(app: web.Application, *, outbox: Outbox) -> None:

@@ -127,7 +127,8 @@ def cmd_order(args: argparse.Namespace) -> int:
         if isinstance(change, str):
             print(change, file=sys.stderr)
             return 2
-        return _gateway_call(f"{base}/api/orders/{urllib.parse.quote(args.change, safe='')}/changes", change)
+        url = f"{base}/api/orders/{urllib.parse.quote(args.change, safe='')}/changes"
+        return _post_retrying(url, change, args, what="change")
     missing = [f"--{n}" for n in ("customer", "date", "line") if not getattr(args, n)]
     if missing:
         print(f"a new order needs {', '.join(missing)}", file=sys.stderr)
@@ -149,6 +150,13 @@ def cmd_order(args: argparse.Namespace) -> int:
     }
     if args.source_ref:
         body["source_ref"] = args.source_ref
+    return _post_retrying(f"{base}/api/orders", body, args, what="order")
+
+
+def _post_retrying(url: str, body: dict[str, Any], args: argparse.Namespace, *, what: str) -> int:
+    """POST ``body`` with an ``Idempotency-Key`` (``args.idempotency_key`` or a new UUID, printed
+    first) and retry connection failures and 5xx answers with the same key, backing off, for
+    ``args.retry_for`` seconds: a repeat gets the gateway's first answer, never a second record."""
     from gateway.idempotency import RETRY_WINDOW_S
 
     if not 0 <= args.retry_for <= RETRY_WINDOW_S:
@@ -158,10 +166,10 @@ def cmd_order(args: argparse.Namespace) -> int:
         return 2
     key = args.idempotency_key or str(uuid.uuid4())
     quoted = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'  # an RFC 8941 string
-    # printed first, so that an order whose answer is lost can be resumed with the same key
-    print(f'Idempotency-Key: "{key}" (to send this order again: --idempotency-key {key})', file=sys.stderr)
+    # printed first, so that a request whose answer is lost can be resumed with the same key
+    print(f'Idempotency-Key: "{key}" (to send this {what} again: --idempotency-key {key})', file=sys.stderr)
     req = urllib.request.Request(
-        f"{args.gateway_url.rstrip('/')}/api/orders",
+        url,
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "Idempotency-Key": quoted},
         method="POST",
@@ -176,10 +184,11 @@ def cmd_order(args: argparse.Namespace) -> int:
                 print(resp.read().decode())
                 return 0
         except urllib.error.HTTPError as e:
-            problem = f"{e.code}: {e.read().decode(errors='replace')}"
+            text = e.read().decode(errors="replace")
             if e.code < 500:
-                print(f"refused ({problem})", file=sys.stderr)
+                print(f"refused ({e.code}): {text}", file=sys.stderr)
                 return 1
+            problem = f"{e.code}: {text}"
         except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out: the same key again
             problem = str(getattr(e, "reason", e))
         if time.monotonic() + delay > deadline:
@@ -305,13 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--idempotency-key",
         default=None,
-        help="this Idempotency-Key (default: a new UUID, printed): resumes an order whose answer got lost",
+        help="this Idempotency-Key (default: a new UUID, printed): resumes an order or --change whose"
+        " answer got lost",
     )
     o.add_argument(
         "--retry-for",
         type=float,
         default=60.0,
-        help="retry connection failures and 5xx answers with the same key for this many seconds",
+        help="retry connection failures and 5xx answers with the same key for this many seconds"
+        " (an order or --change)",
     )
     o.add_argument("--change", metavar="ORDER_ID", help="change the order entered here as record ORDER_ID")
     o.add_argument("--set-qty", metavar="LINE=QTY", help="with --change: new quantity of line LINE")

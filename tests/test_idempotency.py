@@ -29,7 +29,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import idempotency
+from gateway import idempotency, order_changes
 from gateway.app import migrations as gateway_migrations
 from gateway.http import create_app
 from gateway.outbox import Outbox, now_ms
@@ -78,7 +78,9 @@ class Gw:
 async def gateway(path: Path) -> AsyncIterator[Gw]:
     db = DurableDB(path, migrations=gateway_migrations())
     await db.open()
-    app = create_app(gateway_id="store-001", outbox=Outbox(db))
+    box = Outbox(db)
+    app = create_app(gateway_id="store-001", outbox=box)
+    order_changes.add_routes(app, outbox=box, customer="")  # as gateway/app.py wires them
     try:
         async with TestClient(TestServer(app)) as client:
             yield Gw(db, client)
@@ -273,6 +275,7 @@ async def test_documented_examples(gw: Gw) -> None:
     for (_, req), (_, ans) in zip(blocks[::2], blocks[1::2], strict=True):
         line, headers, body = _http_block(req)
         method, path, _ = line.split()
+        path = ID.sub(lambda m: ids.get(m.group(), m.group()), path)  # an order's id in the path
         r = await gw.client.request(method, path, data=body.encode(), headers=headers)
         got = await r.json()
         status_line, want_headers, want_body = _http_block(ans)
