@@ -12,6 +12,7 @@ Besides the page this module adds the two small reads the console needs and the 
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,7 @@ from central.api import DB_KEY, USER_KEY, HttpError, requires
 from central.auth import Role, User
 
 STATIC = Path(__file__).parent / "static"
+_ORDER_ID = re.compile(r"[0-9]{1,18}")
 ASSETS = {"console.js": "application/javascript", "console.css": "text/css"}
 
 
@@ -61,7 +63,7 @@ async def list_returns(request: web.Request) -> web.Response:
     unknown = set(request.query) - {"order_id"}
     if unknown:
         raise HttpError(400, f"unknown query parameter {sorted(unknown)[0]!r}; known: order_id")
-    if raw is None or not raw.isdigit():
+    if raw is None or not _ORDER_ID.fullmatch(raw):
         raise HttpError(400, f"order_id: expected an order id (integer), got {raw!r}")
     rows = await request.app[DB_KEY].read(partial(_order_returns, order_id=int(raw)))
     return web.json_response({"returns": rows})

@@ -168,7 +168,7 @@ async def test_returns_of_an_order_listed_oldest_first(tmp_path: Path, batch: No
             (2, "damaged", "scrap"),
         ]
         assert (await d.ok("GET", f"/api/returns?order_id={oid + 1}")) == {"returns": []}
-        for bad in ("", "?order_id=x", "?order_id=1&sku=A"):
+        for bad in ("", "?order_id=x", "?order_id=%C2%B2", "?order_id=1&sku=A"):
             status, body = await d.req("GET", f"/api/returns{bad}", role="viewer")
             assert status == 400 and "error" in body, bad
 
@@ -222,6 +222,7 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
         so_short = await d.order("C1", "B", 8)  # 5 in stock: 3 short
         so_cancel = await d.order("C1", "A", 1)
         so_ship = await d.order("C1", "B", 2)  # shipped: takes a return
+        so_reject = await d.order("C2", "A", 3)  # credit hold, rejected
         for status in ("allocated", "released", "picked", "shipped"):
             await d.ok("POST", f"/api/orders/{so_ship}/status", json={"status": status})
         assert (await d.ok("GET", f"/api/orders/{so_held}"))["status"] == "held"
@@ -243,22 +244,20 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 # log in: the page knows who it is; the order list shows every order
                 await page.goto(base)
                 await expect(page.locator("#who")).to_contain_text("supervisor-user (supervisor)")
-                await expect(page.locator("#order-results tbody tr")).to_have_count(5)
+                await expect(page.locator("#order-results tbody tr")).to_have_count(6)
                 await _shot(page, "console-orders.png")
 
                 # paging: More follows next_after until the last page
-                await page.goto(f"{base}#orders?limit=2")
-                await expect(page.locator("#order-results tbody tr")).to_have_count(2)
-                await page.click("#more")
+                await page.goto(f"{base}#orders?limit=4")
                 await expect(page.locator("#order-results tbody tr")).to_have_count(4)
                 await page.click("#more")
-                await expect(page.locator("#order-results tbody tr")).to_have_count(5)
+                await expect(page.locator("#order-results tbody tr")).to_have_count(6)
                 await expect(page.locator("#more")).to_have_count(0)
 
                 # search: held orders
                 await page.select_option("#order-search select[name=status]", "held")
                 await page.click("#order-search button[type=submit]")
-                await expect(page.locator("#order-results tbody tr")).to_have_count(1)
+                await expect(page.locator("#order-results tbody tr")).to_have_count(2)
                 assert "status=held" in page.url
                 await page.click(f'#order-results tr[data-order="{so_held}"]')
 
@@ -279,6 +278,18 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                     so_held,
                 )
                 assert rows[0][0] == "validated" and rows[0][1] == "supervisor-user"
+
+                # reject another hold: the order is cancelled, the reason recorded
+                await open_order(page, base, so_reject)
+                await page.fill("#action-reason", "no payment")
+                await page.click("#reject")
+                await expect(page.locator("#order-head")).to_have_attribute("data-status", "cancelled")
+                got = await d.q(
+                    "SELECT o.status, e.actor FROM orders o JOIN order_events e USING (order_id)"
+                    " WHERE o.order_no = ? AND e.detail LIKE '%no payment%'",
+                    so_reject,
+                )
+                assert got and got[-1] == ("cancelled", "supervisor-user"), got
 
                 # amend a quantity
                 await open_order(page, base, so_take)
@@ -374,6 +385,20 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await expect(page.locator("#order-head")).to_contain_text(XSS)
                 assert await page.locator("#view img").count() == 0
                 assert await page.evaluate("window.pwned") is None
+
+                # the order desk may cancel and amend but not approve
+                dctx = await browser.new_context(
+                    http_credentials={"username": "order_desk-user", "password": "pw"}
+                )
+                dctx.set_default_timeout(UI_TIMEOUT_MS)
+                dpage = await dctx.new_page()
+                held_again = await d.order("C2", "A", 5)
+                await open_order(dpage, base, held_again)
+                await expect(dpage.locator("#order-head")).to_have_attribute("data-status", "held")
+                await expect(dpage.locator("#cancel-order")).to_have_count(1)
+                await expect(dpage.locator("#set-qty-1")).to_have_count(1)
+                for sel in ("#approve", "#reject"):
+                    await expect(dpage.locator(sel)).to_have_count(0)
 
                 # a viewer sees no action, and the server refuses one sent anyway
                 vctx = await browser.new_context(
