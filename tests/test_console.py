@@ -359,6 +359,16 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await expect(page.locator(".replay")).to_have_attribute("data-identical", "true")
                 await _shot(page, "console-order.png")
 
+                # its delivery note, printed: 5 shipped, 3 short on back order, the line marked
+                await page.click("#delivery-note")
+                note = page.locator("#document")
+                await expect(note).to_contain_text(f"Delivery note {so_short}")
+                await expect(note.locator("tr.short")).to_have_count(1)
+                await expect(note.locator("tr.short")).to_contain_text("3 backorder (open)")
+                await page.emulate_media(media="print")
+                await _shot(page, "console-delivery-note.png")
+                await page.emulate_media(media="screen")
+
                 # a return on the shipped order
                 await open_order(page, base, so_ship)
                 await page.fill("#ret-qty", "1")
@@ -373,9 +383,6 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 )
                 assert rmas == [(1, "unwanted", "restock")]
 
-                # the delivery note is printable too
-                await page.click("#delivery-note")
-                await expect(page.locator("#document")).to_contain_text(f"Delivery note {so_ship}")
                 assert errors == []
 
                 # markup in an order's note is shown as text, never run
