@@ -30,7 +30,8 @@ from tests.procs import VIEWER, basic_auth, central_proc
 
 auth.PBKDF2_ITERATIONS = 1_000
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+# STOREGATE_SCREENSHOTS=docs writes the README's screenshots; by default they go to tmp_path
+SHOTS_ENV = "STOREGATE_SCREENSHOTS"
 BROWSER_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -198,8 +199,8 @@ async def test_central_process_serves_the_console(broker: Mosquitto, tmp_path: P
 # -- the console in a browser ---------------------------------------------------------------
 
 
-async def _shot(page: Any, name: str) -> None:
-    path = DOCS / name
+async def _shot(page: Any, name: str, into: Path) -> None:
+    path = into / name
     await page.screenshot(path=str(path), full_page=True)
     assert await asyncio.to_thread(os.path.getsize, path) > 10_000
 
@@ -216,6 +217,7 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
     from playwright.async_api import async_playwright, expect
 
     assert CHROMIUM, "Debian's chromium is needed for this test (./run test installs it)"
+    shots = Path(os.environ.get(SHOTS_ENV) or tmp_path)
     async with desk(tmp_path) as d:
         so_take = await d.order("C1", "A", 4, note=XSS)  # amended to 6
         so_held = await d.order("C2", "A", 2)  # credit hold
@@ -245,7 +247,7 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await page.goto(base)
                 await expect(page.locator("#who")).to_contain_text("supervisor-user (supervisor)")
                 await expect(page.locator("#order-results tbody tr")).to_have_count(6)
-                await _shot(page, "console-orders.png")
+                await _shot(page, "console-orders.png", shots)
 
                 # paging: More follows next_after until the last page
                 await page.goto(f"{base}#orders?limit=4")
@@ -268,7 +270,7 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await expect(page.locator("#order-lines tbody tr")).to_have_count(1)
                 await expect(page.locator("#order-history")).to_contain_text("held")
                 await page.fill("#action-reason", "paid by phone")
-                await _shot(page, "console-hold.png")
+                await _shot(page, "console-hold.png", shots)
                 await page.click("#approve")
                 await expect(page.locator("#order-head")).to_have_attribute("data-status", "validated")
                 await expect(page.locator("#flash")).to_contain_text("approve: done")
@@ -331,7 +333,7 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await expect(doc).to_contain_text(f"Pick list — wave {wave_id}")
                 await expect(doc.locator("tbody tr")).to_have_count(3)
                 await expect(doc).to_contain_text("01-01")
-                await _shot(page, "console-picklist.png")
+                await _shot(page, "console-picklist.png", shots)
                 await page.emulate_media(media="print")
                 assert not await page.locator("header").is_visible()  # print CSS: the document only
                 assert not await page.locator("#document button").first.is_visible()
@@ -344,7 +346,7 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await expect(item_row.locator("td").nth(2)).to_have_text("3")
                 await page.click("#by-customer")
                 await expect(page.locator("table[data-by=customer] tbody tr").first).to_contain_text("C1")
-                await _shot(page, "console-shortages.png")
+                await _shot(page, "console-shortages.png", shots)
                 short = await d.q("SELECT sku, qty - filled, customer FROM shortages WHERE status = 'open'")
                 assert short == [("B", 3, "C1")]
 
@@ -357,7 +359,7 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await expect(page.locator(f"#trace-{run_id}")).to_contain_text("short 3")
                 await page.click(f"#replay-{run_id}")
                 await expect(page.locator(".replay")).to_have_attribute("data-identical", "true")
-                await _shot(page, "console-order.png")
+                await _shot(page, "console-order.png", shots)
 
                 # its delivery note, printed: 5 shipped, 3 short on back order, the line marked
                 await page.click("#delivery-note")
@@ -366,7 +368,7 @@ async def test_console_main_flows_in_chromium(tmp_path: Path, batch: None) -> No
                 await expect(note.locator("tr.short")).to_have_count(1)
                 await expect(note.locator("tr.short")).to_contain_text("3 backorder (open)")
                 await page.emulate_media(media="print")
-                await _shot(page, "console-delivery-note.png")
+                await _shot(page, "console-delivery-note.png", shots)
                 await page.emulate_media(media="screen")
 
                 # a return on the shipped order
