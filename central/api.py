@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from central import auth, lifecycle, masters, orders, ordertypes, repo, schedule
+from central import auth, idempotency, lifecycle, masters, orders, ordertypes, repo, schedule
 from central.auth import Role, User
 from central.consumer import Consumer
 from central.validation import LineIn, OrderIn
@@ -30,6 +30,7 @@ from ops.http_errors import storage_full_response
 from ops.jsonbody import json_object
 from ops.sqlitedb import DurableDB, StorageFull
 from protocols.bounded import value_repr
+from protocols.idempotency import HEADER, REPLAYED_HEADER, IdempotencyError, fingerprint, parse_key
 from protocols.order_changes import parse_order_change
 from protocols.records import Channel, RecordSchemaError, parse_date, parse_order
 
@@ -81,6 +82,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, str(e))
     except RecordSchemaError as e:
         return _error(400, e.reason)
+    except IdempotencyError as e:  # 400 a malformed Idempotency-Key, 422 one used for another order
+        return _error(e.status, e.reason)
     except StorageFull as e:
         log.debug("%s %s refused: %s", request.method, request.path, e)
         return storage_full_response(e)
@@ -183,7 +186,9 @@ async def get_order(request: web.Request) -> web.Response:
     return _json(order)
 
 
-def _order_from_json(body: dict[str, Any]) -> tuple[OrderIn, str]:
+def _order_from_json(body: dict[str, Any]) -> tuple[OrderIn, str, dict[str, Any]]:
+    """The order to create, its channel, and the parsed order as a dict (what "the same
+    order" means for an ``Idempotency-Key``)."""
     body = {"channel": Channel.MANUAL.value, **body}
     parsed = parse_order(body)
     order = OrderIn(
@@ -197,25 +202,25 @@ def _order_from_json(body: dict[str, Any]) -> tuple[OrderIn, str]:
         note=parsed.note,
         source_ref=parsed.source_ref,
     )
-    return order, parsed.channel.value
+    return order, parsed.channel.value, parsed.to_wire()
 
 
 @requires(Role.ORDER_DESK)
 async def create_order(request: web.Request) -> web.Response:
     """Manual entry: the same order record as any channel. An order failing completeness
     (unknown customer or item, bad date or quantity) is refused with 422 and not stored;
-    credit or price problems store it held. ``Idempotency-Key`` makes a retry safe."""
+    credit or price problems store it held. ``Idempotency-Key`` makes a retry safe: the same
+    order again gets the first answer, another order under the key 422 (``central.idempotency``)."""
+    key = parse_key(request.headers.getall(HEADER, []))  # 400 for a malformed one
     body = await _body(request)
-    order, channel = _order_from_json(body)
+    order, channel, wire = _order_from_json(body)
     user = _user(request)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 0 < len(key) <= 64:
-        raise HttpError(400, "Idempotency-Key: 1..64 characters")
-    record_id = f"rest:{key}" if key else f"rest:{uuid.uuid4().hex}"
+    record_id = idempotency.record_id(key) if key is not None else f"rest:{uuid.uuid4().hex}"
+    fp = fingerprint(wire)
 
-    def job(conn: sqlite3.Connection) -> tuple[int, str | None]:
-        if key and conn.execute("SELECT 1 FROM orders WHERE record_id = ?", (record_id,)).fetchone():
-            return 200, None
+    def job(conn: sqlite3.Connection) -> idempotency.Answer:
+        if key is not None and (replayed := idempotency.replay(conn, key, fp)) is not None:
+            return replayed
         cust = masters.cache(conn).customers.get(order.customer)
         now = lifecycle.now_ms()
         created = orders.create(
@@ -231,11 +236,17 @@ async def create_order(request: web.Request) -> web.Response:
             origin=f"entered by {user.name} over REST ({channel})",
             refuse_failures=True,
         )
-        return 201, created.order_no
+        answer = idempotency.Answer(201, repo.get_order(conn, record_id) or {})
+        if key is not None:
+            idempotency.remember(conn, key, fp, answer, order_no=created.order_no, now=now)
+        return answer
 
-    status, _number = await _write(request, job)
-    out = await request.app[DB_KEY].read(partial(repo.get_order, key=record_id))
-    return _json(out, status=status)
+    answer = await _write(request, job)
+    resp = _json(answer.body, status=answer.status)
+    if answer.replayed:
+        log.info("order %s: sent again under key %r, first answer replayed", answer.body.get("order_no"), key)
+        resp.headers[REPLAYED_HEADER] = "true"
+    return resp
 
 
 async def _order_action(

@@ -2,12 +2,14 @@
 
 ``GET /`` serves the page; it opens ``GET /api/stream`` (Server-Sent Events) and redraws on
 every fleet change (a status message, an alert opened or closed), with a heartbeat snapshot
-every few seconds so ages stay fresh.
+every few seconds so ages stay fresh. A browser that closes its tab ends its stream at the next
+write; that is the normal end of a stream, logged at DEBUG, not an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from functools import partial
 from pathlib import Path
@@ -23,6 +25,7 @@ from ops.sqlitedb import DurableDB
 
 FLEET_KEY = web.AppKey("fleet", Fleet)
 FLEET_DB_KEY = web.AppKey("fleet_db", DurableDB)
+log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 HEARTBEAT_S = 3.0
 
@@ -89,12 +92,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await resp.prepare(request)
-    while True:
-        version = fleet.version
-        snap = await db.read(fleet_mod.snapshot)
-        snap["version"] = version
-        await resp.write(f"event: fleet\ndata: {_dumps(snap)}\n\n".encode())
-        await fleet.wait_change(version, HEARTBEAT_S)
+    sent = 0
+    try:
+        while True:
+            version = fleet.version
+            snap = await db.read(fleet_mod.snapshot)
+            snap["version"] = version
+            await resp.write(f"event: fleet\ndata: {_dumps(snap)}\n\n".encode())
+            sent += 1
+            await fleet.wait_change(version, HEARTBEAT_S)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client went away
+        log.debug("dashboard stream to %s closed by the client after %d events", request.remote, sent)
+    return resp
 
 
 def add_routes(app: web.Application, *, fleet: Fleet, db: DurableDB) -> None:

@@ -300,4 +300,19 @@ MIGRATIONS: list[Migration] = [
         "central_0007_customer_allow_split",
         "ALTER TABLE customers ADD COLUMN allow_split INTEGER NOT NULL DEFAULT 0;",
     ),
+    Migration(
+        # POST /api/orders' Idempotency-Key -> the first answer (``central.idempotency``)
+        "central_0008_idempotency",
+        """
+        CREATE TABLE idempotency (
+            key TEXT PRIMARY KEY,
+            fingerprint BLOB NOT NULL,
+            status INTEGER NOT NULL,
+            answer TEXT NOT NULL,
+            order_no TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX idempotency_created ON idempotency(created_at);
+        """,
+    ),
 ]

@@ -1,10 +1,20 @@
-"""A whole store against a running gateway, over its HTTP endpoints only: N clerks ordering
-from the shelf, POS tills selling, and the goods-in desk receiving deliveries for the
-reorders the gateway raised. For the demo and for load. ``storegate sim store --help``.
+"""A whole store against a running gateway: N clerks ordering from the shelf, POS tills
+selling, the goods-in desk receiving deliveries for the reorders the gateway raised, and -
+when the gateway is configured for them - the store's ordering devices on their real
+protocols. For the demo and for load. ``storegate sim store --help``.
 
-- clerks post orders to ``/api/orders`` (channel ``manual``: the scanner and handheld
-  simulators speak their device protocols over PTYs/event files that a gateway must be
-  configured for, so a store scenario against any running gateway uses HTTP);
+- clerks post orders to ``/api/orders`` (channel ``manual``), so a store scenario works
+  against any running gateway;
+- a handheld terminal (``--handheld-fd``: the master end of a PTY whose slave is the
+  gateway's ``[[handhelds]]`` port) uploads an order batch now and then with the BHT block
+  protocol (:class:`firmware_sim.handheld.Terminal`);
+- a serial scanner (``--scanner-fd``: a PTY master, the slave is the gateway's
+  ``[[serial_scanners]]`` port, ACK/NAK host mode) scans shelf labels in sessions: a
+  quantity code, a label, ... and the "end order" code (:class:`firmware_sim.serial_scanner.
+  SerialScannerSim`);
+- a USB-HID scanner (``--hid-path``: the FIFO or file of the gateway's ``[[hid_scanners]]``)
+  types the same kind of session as the ``struct input_event`` records a keyboard-wedge
+  scanner produces (:mod:`firmware_sim.hid_scanner`; there is no /dev/uinput);
 - tills are :class:`firmware_sim.pos.PosTerminal`;
 - the goods-in desk polls ``GET /api/stock`` and, after ``--delivery-delay`` seconds, posts a
   receipt for every open reorder (``POST /api/receipts``), which closes it;
@@ -28,9 +38,20 @@ from typing import Any
 
 import aiohttp
 
+from firmware_sim import hid_scanner as hid_sim
+from firmware_sim.handheld import Terminal, make_batch
 from firmware_sim.pos import PosFaults, PosStats, PosTerminal
+from firmware_sim.serial_scanner import SerialScannerSim
+from protocols.barcode import order_texts
+from protocols.bht import OrderRecord
+from protocols.serial_scanner import GoodBeep
 
 log = logging.getLogger(__name__)
+
+FIRST_DEVICE_DELAY_S = (1.0, 4.0)  # a device's first order comes this soon (uniform), then at its rate
+SCAN_INTERVAL_S = 0.3  # between two scans of one session (a clerk walking the shelf)
+HT_UPLOAD_TIMEOUT_S = 90.0  # one batch upload, handshake to final ACK
+HT_DAYS_AHEAD = 2  # requested date on handheld lines
 
 
 @dataclass
@@ -41,6 +62,13 @@ class StoreStats:
     order_latencies_ms: list[float] = field(default_factory=list)
     receipts: int = 0
     pos: PosStats = field(default_factory=PosStats)
+    ht_batches_ok: int = 0
+    ht_batches_failed: int = 0
+    ht_lines: int = 0
+    scanner_orders: int = 0
+    scans_acked: int = 0
+    scans_refused: int = 0
+    hid_orders: int = 0
 
     def summary(self, elapsed_s: float) -> dict[str, Any]:
         lat = sorted(self.order_latencies_ms)
@@ -52,6 +80,17 @@ class StoreStats:
             "order_latency_ms_p50": round(lat[len(lat) // 2], 2) if lat else None,
             "order_latency_ms_p99": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2) if lat else None,
             "receipts": self.receipts,
+            "handheld": {
+                "batches_ok": self.ht_batches_ok,
+                "batches_failed": self.ht_batches_failed,
+                "lines": self.ht_lines,
+            },
+            "scanner": {
+                "orders": self.scanner_orders,
+                "acked": self.scans_acked,
+                "refused": self.scans_refused,
+            },
+            "hid": {"orders": self.hid_orders},
             "pos": self.pos.summary(),
             "pos_tx_per_s": round(self.pos.applied / elapsed_s, 1) if elapsed_s else None,
         }
@@ -70,6 +109,11 @@ class StoreScenario:
     stock_up: bool = False
     faults: PosFaults = field(default_factory=PosFaults)
     seed: int | None = None
+    handheld_fd: int | None = None  # PTY master of the gateway's handheld port
+    terminal: str = "HT01"  # the handheld's terminal id
+    scanner_fd: int | None = None  # PTY master of the gateway's serial scanner port
+    hid_path: str | None = None  # FIFO/file the gateway's HID scanner adapter reads
+    device_rate: float = 0.1  # orders per second per device
 
 
 async def _get_items(http: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
@@ -126,6 +170,105 @@ async def clerk(
         except aiohttp.ClientError as e:
             log.warning("clerk %d: %s", n, e)
         await _wait(stop, rng.expovariate(sc.order_rate) if sc.order_rate > 0 else 3600)
+
+
+def _order_specs(items: list[dict[str, Any]], rng: random.Random) -> list[tuple[str, int]]:
+    """1-3 distinct items that have a GTIN, each with a quantity: what a clerk orders."""
+    with_gtin = [i for i in items if i["gtin"]]
+    return [
+        (i["gtin"], rng.randint(1, 12)) for i in rng.sample(with_gtin, min(len(with_gtin), rng.randint(1, 3)))
+    ]
+
+
+def _next_delay(sc: StoreScenario, rng: random.Random) -> float:
+    return rng.expovariate(sc.device_rate) if sc.device_rate > 0 else 3600
+
+
+async def handheld(
+    fd: int,
+    *,
+    sc: StoreScenario,
+    items: list[dict[str, Any]],
+    stats: StoreStats,
+    rng: random.Random,
+    stop: asyncio.Event,
+) -> None:
+    """A handheld terminal in its cradle: every so often one order batch over the BHT protocol."""
+    term = Terminal(fd)
+    batch = 0
+    await _wait(stop, rng.uniform(*FIRST_DEVICE_DELAY_S))
+    while not stop.is_set():
+        batch += 1
+        date = dt.date.today() + dt.timedelta(days=HT_DAYS_AHEAD)
+        lines = [OrderRecord(gtin, qty, date) for gtin, qty in _order_specs(items, rng)]
+        try:
+            res = await asyncio.wait_for(
+                term.upload(make_batch(sc.terminal, batch, lines)), HT_UPLOAD_TIMEOUT_S
+            )
+        except TimeoutError:
+            res = None
+        if res is not None and res.ok:
+            stats.ht_batches_ok += 1
+            stats.ht_lines += len(lines)
+            log.info("%s HT %s: batch %d uploaded (%d lines)", sc.store_id, sc.terminal, batch, len(lines))
+        else:
+            stats.ht_batches_failed += 1
+            log.warning(
+                "%s HT %s: batch %d failed: %s",
+                sc.store_id,
+                sc.terminal,
+                batch,
+                res.reason if res is not None else "timed out",
+            )
+        await _wait(stop, _next_delay(sc, rng))
+
+
+async def serial_scanner(
+    fd: int,
+    *,
+    sc: StoreScenario,
+    items: list[dict[str, Any]],
+    stats: StoreStats,
+    rng: random.Random,
+    stop: asyncio.Event,
+) -> None:
+    """A serial scanner in ACK/NAK host mode: sessions of shelf labels closed by "end order"."""
+    async with SerialScannerSim(fd, ack_mode=True) as scanner:
+        await _wait(stop, rng.uniform(*FIRST_DEVICE_DELAY_S))
+        while not stop.is_set():
+            texts = order_texts([f"{g}:{q}" for g, q in _order_specs(items, rng)], end=True)
+            ok = True
+            for text in texts:
+                beep = await scanner.scan(text)
+                if isinstance(beep, GoodBeep):
+                    stats.scans_acked += 1
+                else:
+                    ok = False
+                    stats.scans_refused += 1
+                    log.warning("%s serial scanner: %r refused: %s", sc.store_id, text, beep)
+                await asyncio.sleep(SCAN_INTERVAL_S)
+            if ok:
+                stats.scanner_orders += 1
+            await _wait(stop, _next_delay(sc, rng))
+
+
+async def hid_scanner(
+    path: str,
+    *,
+    sc: StoreScenario,
+    items: list[dict[str, Any]],
+    stats: StoreStats,
+    rng: random.Random,
+    stop: asyncio.Event,
+) -> None:
+    """A keyboard-wedge scanner: each session's key events written to the gateway's event path."""
+    await _wait(stop, rng.uniform(*FIRST_DEVICE_DELAY_S))
+    while not stop.is_set():
+        for text in order_texts([f"{g}:{q}" for g, q in _order_specs(items, rng)], end=True):
+            await asyncio.to_thread(hid_sim.write_scans, path, [text])
+            await asyncio.sleep(SCAN_INTERVAL_S)
+        stats.hid_orders += 1  # no return channel: the gateway logs what it refused
+        await _wait(stop, _next_delay(sc, rng))
 
 
 async def goods_in(
@@ -202,6 +345,20 @@ async def run_store(
             for t in tills:
                 tg.create_task(t.run(http, rate=sc.sale_rate, stop=stop), name=f"till-{t.workstation_id}")
             tg.create_task(goods_in(http, sc, stats, stop), name="goods-in")
+            devices = {
+                "handheld": (handheld, sc.handheld_fd),
+                "serial-scanner": (serial_scanner, sc.scanner_fd),
+            }
+            for name, (fn, fd) in devices.items():
+                if fd is not None:
+                    dev_rng = random.Random(rng.random())
+                    tg.create_task(fn(fd, sc=sc, items=items, stats=stats, rng=dev_rng, stop=stop), name=name)
+            if sc.hid_path is not None:
+                hid_rng = random.Random(rng.random())
+                tg.create_task(
+                    hid_scanner(sc.hid_path, sc=sc, items=items, stats=stats, rng=hid_rng, stop=stop),
+                    name="hid-scanner",
+                )
             if duration > 0:
                 await _wait(stop, duration)
                 stop.set()
@@ -227,6 +384,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stock", action="store_true", help="first count every item up to its order-up-to level")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to run (0: until Ctrl-C)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--handheld-fd", type=int, help="PTY master fd for a handheld terminal (BHT uploads)")
+    p.add_argument("--terminal", default="HT01", help="the handheld's terminal id (4 of 0-9A-Z)")
+    p.add_argument("--scanner-fd", type=int, help="PTY master fd for a serial scanner (ACK/NAK host mode)")
+    p.add_argument("--hid-path", help="FIFO or file for a USB-HID scanner's input_event records")
+    p.add_argument("--device-rate", type=float, default=0.1, help="orders per second per device")
     p.add_argument(
         "--duplicate-rate", type=float, default=0.0, help="till fault: resend an answered transaction"
     )
@@ -253,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         stock_up=a.stock,
         faults=PosFaults(a.duplicate_rate, a.malformed_rate, a.unknown_rate),
         seed=a.seed,
+        handheld_fd=a.handheld_fd,
+        terminal=a.terminal,
+        scanner_fd=a.scanner_fd,
+        hid_path=a.hid_path,
+        device_rate=a.device_rate,
     )
     try:
         summary = asyncio.run(run_store(sc, duration=a.duration))

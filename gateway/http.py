@@ -12,10 +12,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.http_errors import domain_errors
-from gateway.idempotency import HEADER, IdempotencyError, OrderEntry, parse_key
+from gateway.idempotency import OrderEntry
 from gateway.outbox import Outbox
 from gateway.sync import Sync
 from ops.jsonbody import json_object
+from protocols.idempotency import HEADER, IdempotencyError, parse_key
 from protocols.records import RecordSchemaError, parse_order
 
 OUTBOX_KEY = web.AppKey("outbox", Outbox)

@@ -13,7 +13,8 @@ Two things name an order the gateway has already taken:
   (not 409: the draft's 409 tells a client to retry unchanged, which would never succeed).
 
 "The same order" means the same order once parsed (:func:`fingerprint`): JSON spacing, key order
-and defaulted fields do not matter.
+and defaulted fields do not matter. The header's parser and the fingerprint are shared with
+central's own ``POST /api/orders`` (``protocols/idempotency.py``).
 
 The other requests that create a record use the same rows through :func:`replay` and
 :func:`remember`, each under its own scope: a clerk's change to an order (``Idempotency-Key``
@@ -34,10 +35,8 @@ duplicate window for a client that keeps to the retry window.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -46,12 +45,15 @@ from gateway import edge_checks
 from gateway.outbox import Outbox, now_ms
 from ops.sqlitedb import Migration
 from protocols.envelope import Record
+from protocols.idempotency import (  # shared with central's POST /api/orders; the gateway's names
+    HEADER,
+    IdempotencyError,
+    fingerprint,
+)
 from protocols.records import OrderBody
 
 log = logging.getLogger(__name__)
 
-HEADER = "Idempotency-Key"
-MAX_KEY = 128  # characters of the key itself (without the quotes of an sf-string)
 RETRY_WINDOW_S = 24 * 3600  # a client may send one key again for this long after its first try
 KEEP_S = 7 * 24 * 3600  # a key (and a source_ref) is remembered this long after its order's commit
 PRUNE_BATCH = 64  # expired rows removed per keyed entry
@@ -60,7 +62,6 @@ SCOPE_KEY = 1  # rows named by an Idempotency-Key of POST /api/orders
 SCOPE_REF = 2  # rows named by an order's (customer, source_ref)
 SCOPE_CHANGE = 3  # rows named by an Idempotency-Key of POST /api/orders/{id}/changes
 SCOPE_TRANSITION = 4  # rows named by a drop-ship order's (order_no, state): the supplier's answer
-FINGERPRINT_BYTES = 16  # of the SHA-256: two orders under one key never collide in 128 bits
 REF_TYPES_EXCLUDED = frozenset({"contract", "voucher"})  # source_ref names a shared contract/voucher
 
 MIGRATIONS = [
@@ -81,53 +82,6 @@ MIGRATIONS = [
         """,
     )
 ]
-
-# RFC 8941 sf-string (section 3.3.3): printable ASCII in double quotes, \" and \\ escaped.
-_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
-# Many clients (and central's own API) send the key bare: visible ASCII, no quotes, no spaces.
-_BARE = re.compile(r"[\x21\x23-\x2b\x2d-\x7e]+")  # no '"', no ',' (a list of keys is not a key)
-_UNESCAPE = re.compile(r"\\([\"\\])")
-
-
-class IdempotencyError(Exception):
-    """A request the idempotency rules refuse; ``status`` is its HTTP status."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def parse_key(values: list[str]) -> str | None:
-    """The key from the request's ``Idempotency-Key`` header values (None: no header).
-
-    The draft's form is an RFC 8941 sf-string (``"8e03978e-40d5-43e8-bc93-6894a57f9324"``); a bare
-    value of visible ASCII is taken as it is. Raises :class:`IdempotencyError` (400) for more
-    than one header, an empty or too long key, or anything else."""
-    if not values:
-        return None
-    if len(values) > 1:
-        raise IdempotencyError(400, f"{HEADER}: more than one header field")
-    raw = values[0].strip(" \t")
-    m = _SF_STRING.fullmatch(raw)
-    if m is not None:
-        key = _UNESCAPE.sub(r"\1", m.group(1))
-    elif _BARE.fullmatch(raw):
-        key = raw
-    else:
-        raise IdempotencyError(
-            400, f'{HEADER}: expected a quoted string ("...") or a bare key of visible ASCII characters'
-        )
-    if not 0 < len(key) <= MAX_KEY:
-        raise IdempotencyError(400, f"{HEADER}: 1..{MAX_KEY} characters, got {len(key)}")
-    return key
-
-
-def fingerprint(order: dict[str, Any]) -> bytes:
-    """SHA-256 (its first :data:`FINGERPRINT_BYTES`) of the parsed order in canonical JSON:
-    what "the same order" means."""
-    text = json.dumps(order, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).digest()[:FINGERPRINT_BYTES]
 
 
 def source_ref_name(order: dict[str, Any]) -> str | None:

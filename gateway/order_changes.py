@@ -27,12 +27,13 @@ from typing import Any
 from aiohttp import web
 
 from gateway import edge_checks, idempotency, order_status
-from gateway.idempotency import HEADER, Answer, IdempotencyError
+from gateway.idempotency import Answer
 from gateway.outbox import Outbox
 from ops.jsonbody import json_object
 from ops.sqlitedb import Migration
 from protocols.bounded import names, value_repr
 from protocols.envelope import Record
+from protocols.idempotency import HEADER, IdempotencyError, fingerprint, parse_key
 from protocols.order_changes import ChangeAction, parse_order_change
 from protocols.records import Channel, OrderBody, OrderLine, OrderType, RecordSchemaError
 
@@ -125,12 +126,12 @@ async def post_change(request: web.Request) -> web.Response:
     order_ref = request.match_info["id"]
     body = await json_object(request)  # or a 400/413 JSON answer
     try:
-        key = idempotency.parse_key(request.headers.getall(HEADER, []))
+        key = parse_key(request.headers.getall(HEADER, []))
     except IdempotencyError as e:
         return web.json_response({"error": e.reason}, status=e.status)
     outbox = request.app[CHANGES_OUTBOX_KEY]
     customer = request.app[CHANGES_CUSTOMER_KEY]
-    fp = idempotency.fingerprint(change_request(order_ref, body))
+    fp = fingerprint(change_request(order_ref, body))
     clash = f"{HEADER} {key!r} was already used for another change"
 
     def job(conn: sqlite3.Connection) -> Answer:

@@ -33,13 +33,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway import idempotency
-from gateway.idempotency import Answer, IdempotencyError
+from gateway.idempotency import Answer
 from gateway.inbox import InboxRejected
 from gateway.outbox import Outbox, now_ms
 from ops.jsonbody import json_object
 from ops.sqlitedb import Migration
 from protocols.bounded import value_repr
 from protocols.envelope import Record
+from protocols.idempotency import IdempotencyError, fingerprint
 from protocols.order_changes import parse_drop_ship, parse_supplier_confirmation
 from protocols.records import MAX_TEXT, RecordSchemaError, text_field
 
@@ -153,7 +154,7 @@ def answer(
     """Record the supplier's answer and queue its ``supplier_confirmation`` for central (201),
     or replay the answer to the same step taken before."""
     name = json.dumps([order_no, state])
-    fp = idempotency.fingerprint({"ref": ref, "detail": detail})
+    fp = fingerprint({"ref": ref, "detail": detail})
     clash = f"order {order_no} was already {state} with another ref or detail"
     if (ans := idempotency.replay(conn, idempotency.SCOPE_TRANSITION, name, fp, clash=clash)) is not None:
         return ans

@@ -51,6 +51,8 @@ ACK_TIMEOUT_S = 15.0
 # While central stays silent, each further resend waits twice as long (up to this cap), so
 # an absent central does not fill the broker's queue for it with copies of the same batch.
 ACK_TIMEOUT_MAX_S = 240.0
+# A clean stop publishes the retained ``offline`` status, waiting at most this long for the broker.
+OFFLINE_PUBLISH_S = 1.0
 SESSION_EXPIRY_S = 7 * 24 * 3600
 BATCH_BYTES = 256 * 1024
 # Downlink ack messages being applied at once (each is one database job; they share commits).
@@ -211,6 +213,9 @@ class Sync:
                     attempt = 0
                     try:
                         await self._session(client)
+                    except asyncio.CancelledError:
+                        await self._say_offline(client)
+                        raise
                     finally:
                         self._link_down()
             except (aiomqtt.MqttError, BaseExceptionGroup) as e:
@@ -220,6 +225,19 @@ class Sync:
                 self.stats.reconnects += 1
                 log.warning("gw=%s mqtt link down (%s); retry in %.2fs", self.gw, e, delay)
                 await asyncio.sleep(delay)
+
+    async def _say_offline(self, client: Client) -> None:
+        """A clean stop says so: the retained status becomes ``offline`` at once. The broker
+        sends the Last Will only when a connection is lost, not on a clean DISCONNECT, so
+        without this a stopped gateway's status stayed ``online`` (its ``ts`` frozen) and
+        central raised no offline alert. Best effort, bounded by ``OFFLINE_PUBLISH_S``. It calls
+        aiomqtt's own publish: the task is being cancelled, and ``Client.publish`` would raise
+        that cancel here; the caller raises it once this is done."""
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError, asyncio.CancelledError):
+            async with asyncio.timeout(OFFLINE_PUBLISH_S):
+                await aiomqtt.Client.publish(
+                    client, topics.status(self.gw), self._status_payload("offline"), qos=1, retain=True
+                )
 
     def _link_down(self) -> None:
         if self.stats.connected:

@@ -3,6 +3,13 @@
 Starts, as child processes: the broker (shipped config), central, three store gateways and
 one distribution-centre gateway, plus simulated store activity; prints where to look; and on
 Ctrl-C (or after ``--duration``) stops everything it started, so nothing is left running.
+
+Every store runs its devices on their real protocols: a handheld terminal uploading over a
+PTY (BHT block protocol), a serial scanner on a PTY in ACK/NAK host mode, a USB-HID scanner's
+``input_event`` records through a FIFO (there is no /dev/uinput) and two POS tills over HTTP.
+The demo itself holds both ends of each PTY for its whole run (the store simulator gets the
+master end as an inherited fd, the gateway opens the slave by name), so stopping the
+simulator before the gateway is no cable pull.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 from central import auth, inventory, masters
 from central.allocation import SourcingRule
 from central.migrations import all_migrations
+from firmware_sim.handheld import Pty
 from ops.broker import Mosquitto, free_port
 from ops.broker_security import init_broker_security, reload_broker, secure_broker_config, toml_str
 from ops.provision import provision_gateway
@@ -45,6 +53,8 @@ CATALOGUE = [  # demo item master: GTIN-13 (valid check digits), SKU, text, pack
     ("8712345678906", "SKU-SOAP-4", "Hand soap, 4 pack", 4, 2000, "B-02-03"),
     ("0012345678905", "SKU-RICE-5", "Rice 5 kg", 1, 60, "C-05-01"),  # scarce: shortages show
 ]
+TILLS = 2
+STOP_TIMEOUT_S = 10.0  # per child, after SIGTERM, before SIGKILL
 DEMO_USER = "demo-supervisor"
 DASHBOARD_USER = "ops"
 
@@ -121,6 +131,42 @@ def seed_central(db_path: Path, *, viewer_password: str) -> str:
 
 
 @dataclass
+class StoreDevices:
+    """One store's device links: the PTYs (the demo keeps both ends open) and the HID FIFO."""
+
+    handheld: Pty
+    scanner: Pty
+    hid_fifo: Path
+    handheld_id: str = "ht-01"  # device ids on the gateway's fleet status
+    scanner_id: str = "scanner-01"
+    hid_id: str = "hid-01"
+
+    def gateway_config(self) -> str:
+        """The gateway TOML sections for these devices (``gateway.devices``)."""
+        return "\n".join(
+            [
+                "",
+                "[[handhelds]]",
+                f"device_id = {toml_str(self.handheld_id)}",
+                f"port = {toml_str(self.handheld.name)}",
+                "[[serial_scanners]]",
+                f"device_id = {toml_str(self.scanner_id)}",
+                f"port = {toml_str(self.scanner.name)}",
+                "ack_mode = true",
+                "[[hid_scanners]]",
+                f"device_id = {toml_str(self.hid_id)}",
+                f"path = {toml_str(str(self.hid_fifo))}",
+                "grab = false",
+                "",
+            ]
+        )
+
+    def close(self) -> None:
+        self.handheld.close()
+        self.scanner.close()
+
+
+@dataclass
 class Child:
     name: str
     proc: subprocess.Popen[bytes]
@@ -161,14 +207,16 @@ class Demo:
         self.broker: Mosquitto | None = None
         self.token = ""
         self.viewer_password = ""
+        self.devices: dict[str, StoreDevices] = {}
 
-    def _spawn(self, name: str, argv: list[str]) -> Child:
+    def _spawn(self, name: str, argv: list[str], pass_fds: Sequence[int] = ()) -> Child:
         logf = (self.dir / "logs" / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "ops.cli", "-v", *argv],
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         logf.close()
@@ -179,9 +227,10 @@ class Demo:
     def start(self) -> dict[str, str]:
         """Broker with the shipped security (no anonymous access, a password per gateway,
         the ACL), central seeded with masters and DC stock, the DC's pick-to-light cart and
-        AS/RS simulators, each gateway provisioned like a real site, and store activity."""
+        AS/RS simulators, each gateway provisioned like a real site (a store's with its
+        handheld, serial scanner and HID scanner), and store activity."""
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-        for old in ("etc", "broker", "central", *STORES, DC):
+        for old in ("etc", "broker", "central", "devices", *STORES, DC):
             if (self.dir / old).exists():
                 shutil.rmtree(self.dir / old)  # every demo starts from the same seeded state
         etc = self.dir / "etc"
@@ -215,6 +264,11 @@ class Demo:
         central.url = f"http://127.0.0.1:{self.http_port}"
         _wait_http(f"{central.url}/api/health", central)
         urls = {"central": central.url}
+        (self.dir / "devices").mkdir()
+        for gw in STORES:
+            fifo = self.dir / "devices" / f"{gw}-hid.fifo"
+            os.mkfifo(fifo)
+            self.devices[gw] = StoreDevices(handheld=Pty(), scanner=Pty(), hid_fifo=fifo)
         ptl_port, asrs_port = free_port(), free_port()
         self._spawn(
             "sim-ptl",
@@ -264,6 +318,9 @@ class Demo:
                             ]
                         )
                     )
+            else:  # a store: its handheld terminal, serial scanner and HID scanner
+                with prov.config_file.open("a") as f:
+                    f.write(self.devices[gw].gateway_config())
             child = self._spawn(gw, ["gateway", "--config", str(prov.config_file)])
             child.url = f"http://127.0.0.1:{port}"
             urls[gw] = child.url
@@ -273,7 +330,8 @@ class Demo:
                 _wait_http(f"{child.url}/api/health", child)
         for gw in STORES:  # the item master comes down from central before the tills can sell
             _wait_items(urls[gw], gw)
-        for i, gw in enumerate(STORES):  # clerks ordering and tills selling, at a human pace
+        for i, gw in enumerate(STORES):  # devices ordering and tills selling, at a human pace
+            dev = self.devices[gw]
             self._spawn(
                 f"sim-{gw}",
                 [
@@ -286,11 +344,19 @@ class Demo:
                     "--customer",
                     f"S{i + 1:03d}",
                     "--clerks",
-                    "2",
-                    "--order-rate",
-                    "0.2",
+                    "0",
+                    "--handheld-fd",
+                    str(dev.handheld.master),
+                    "--terminal",
+                    f"HT{i + 1:02d}",
+                    "--scanner-fd",
+                    str(dev.scanner.master),
+                    "--hid-path",
+                    str(dev.hid_fifo),
+                    "--device-rate",
+                    "0.1",
                     "--tills",
-                    "2",
+                    str(TILLS),
                     "--sale-rate",
                     "1",
                     "--stock",
@@ -301,22 +367,41 @@ class Demo:
                     "--seed",
                     str(i + 1),
                 ],
+                pass_fds=(dev.handheld.master, dev.scanner.master),
             )
         return urls
 
     def stop(self) -> None:
+        """Each child in the reverse order of its start, each gone before the next is told:
+        the store simulators before their gateways, the DC gateway before the cart and AS/RS
+        it drives, central last - so nobody logs a peer's going away as a fault."""
         for child in reversed(self.children):
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
-        for child in reversed(self.children):
             try:
-                child.proc.wait(10)
+                child.proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %gs; killed", child.name, STOP_TIMEOUT_S)
                 os.killpg(child.proc.pid, signal.SIGKILL)
-                child.proc.wait(10)
+                child.proc.wait(STOP_TIMEOUT_S)
         self.children.clear()
+        for dev in self.devices.values():  # nobody has them open any more
+            dev.close()
+        self.devices.clear()
         if self.broker is not None:
             self.broker.stop()
+
+    def orders_by_channel(self) -> dict[str, int]:
+        """Orders central holds, per channel (read after central stopped)."""
+        path = self.dir / "central" / "central.db"
+        if not path.exists():
+            return {}
+        conn = connect(path)
+        try:
+            rows = conn.execute("SELECT channel, count(*) FROM orders GROUP BY channel ORDER BY channel")
+            return {str(ch): int(n) for ch, n in rows}
+        finally:
+            conn.close()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -331,6 +416,15 @@ def main(args: argparse.Namespace) -> int:
     print(f"  dashboard and REST: {urls['central']}/   (orders: {urls['central']}/api/orders)")
     for gw in (*STORES, DC):
         print(f"  gateway {gw}: {urls[gw]}/api/health")
+        dev = demo.devices.get(gw)
+        if dev is not None:
+            print(
+                f"    handheld {dev.handheld_id} on {dev.handheld.name}, serial scanner {dev.scanner_id}"
+                f" on {dev.scanner.name}, HID scanner {dev.hid_id} on {dev.hid_fifo},"
+                f" {TILLS} POS tills"
+            )
+        else:
+            print("    pick-to-light cart cart-1 (12 nodes), AS/RS station PS01")
     print(f"  dashboard login: {DASHBOARD_USER} / {demo.viewer_password}")
     print(f"  order console: {urls['central']}/console   login: {DEMO_USER} / {demo.viewer_password}")
     print(f"  REST token ({DEMO_USER}): {demo.token}")
@@ -353,6 +447,9 @@ def main(args: argparse.Namespace) -> int:
     finally:
         print("stopping ...", flush=True)
         demo.stop()
+        counts = demo.orders_by_channel()
+        if counts:
+            print("orders at central by channel: " + ", ".join(f"{ch} {n}" for ch, n in counts.items()))
         print("stopped; nothing left running.")
     return 0
 

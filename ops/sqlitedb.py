@@ -392,33 +392,48 @@ class DurableDB:
             jobs = [await self._queue.get()]
             while len(jobs) < self._max_group and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
+            work = loop.run_in_executor(self._wx, self._run_group, jobs)
             try:
-                results = await loop.run_in_executor(self._wx, self._run_group, jobs)
-            except BaseException as e:  # the COMMIT itself failed: every job in the group failed
-                err = self._storage_error(e)
-                if isinstance(err, StorageFull):  # said once at ERROR when the disk fills up
-                    log.debug("group commit of %d jobs failed on %s: %s", len(jobs), self.path, err.reason)
-                    self._note_full(err, len(jobs))
+                results = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # closing: the group already runs in the writer thread and cannot be stopped;
+                # wait for it so every job gets its true outcome (committed is not "failed")
+                try:
+                    results = await work
+                except Exception as e:
+                    self._group_failed(jobs, e)
                 else:
-                    log.exception("group commit of %d jobs failed on %s", len(jobs), self.path)
-                for _, fut in jobs:
-                    if not fut.done():
-                        fut.set_exception(err if isinstance(err, Exception) else DatabaseError(str(err)))
-                if isinstance(e, asyncio.CancelledError):
-                    raise
+                    self._deliver(jobs, results)
+                raise
+            except Exception as e:  # the COMMIT itself failed: every job in the group failed
+                self._group_failed(jobs, e)
                 continue
-            self.commits += 1
-            self.jobs += len(jobs)
-            full = [v for ok, v in results if not ok and isinstance(v, StorageFull)]
-            if full:
-                self._note_full(full[0], len(full))
-            for (_, fut), (ok, value) in zip(jobs, results, strict=True):
-                if fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+            self._deliver(jobs, results)
+
+    def _group_failed(self, jobs: list[_Job], e: Exception) -> None:
+        err = self._storage_error(e)
+        if isinstance(err, StorageFull):  # said once at ERROR when the disk fills up
+            log.debug("group commit of %d jobs failed on %s: %s", len(jobs), self.path, err.reason)
+            self._note_full(err, len(jobs))
+        else:
+            log.error("group commit of %d jobs failed on %s", len(jobs), self.path, exc_info=e)
+        for _, fut in jobs:
+            if not fut.done():
+                fut.set_exception(err if isinstance(err, Exception) else DatabaseError(str(err)))
+
+    def _deliver(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
+        self.commits += 1
+        self.jobs += len(jobs)
+        full = [v for ok, v in results if not ok and isinstance(v, StorageFull)]
+        if full:
+            self._note_full(full[0], len(full))
+        for (_, fut), (ok, value) in zip(jobs, results, strict=True):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
 
     async def probe(self) -> bool:
         """Try a small write; True if it committed and the file system has

@@ -35,6 +35,7 @@ from gateway.http import create_app
 from gateway.outbox import Outbox, now_ms
 from ops.broker import Mosquitto
 from ops.sqlitedb import DurableDB
+from protocols.idempotency import MAX_KEY, IdempotencyError, parse_key
 from tests.conftest import wait_for
 from tests.procs import ROOT, Proc, central_db, central_proc, central_settled, gateway_proc
 
@@ -157,17 +158,17 @@ def _multi(pairs: list[tuple[str, str]]) -> Any:
 @given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=128))
 def test_any_rfc8941_string_is_its_key(key: str) -> None:
     sf = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    assert idempotency.parse_key([sf]) == key
+    assert parse_key([sf]) == key
 
 
 @given(st.text(max_size=300))
 def test_parse_key_takes_a_key_or_says_why_not(raw: str) -> None:
     try:
-        key = idempotency.parse_key([raw])
-    except idempotency.IdempotencyError as e:
+        key = parse_key([raw])
+    except IdempotencyError as e:
         assert e.status == 400 and e.reason.startswith("Idempotency-Key: ")
     else:
-        assert key is not None and 0 < len(key) <= idempotency.MAX_KEY and key.isascii()
+        assert key is not None and 0 < len(key) <= MAX_KEY and key.isascii()
 
 
 async def test_escaped_sf_string_key(gw: Gw) -> None:

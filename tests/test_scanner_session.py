@@ -137,3 +137,19 @@ async def test_session_survives_restart_and_idle_timeout_closes_it(tmp_path: Pat
         assert conn.execute("SELECT count(*) FROM scanner_lines").fetchone()[0] == 0
     finally:
         conn.close()
+
+
+async def test_label_count_zero_is_no_quantity_hint(gw: Gw) -> None:
+    """AI 37 (or 30) = 0 on a shelf label parses as count 0 and adds no 0-quantity line: the
+    line gets the pending SG-QTY-n, else 1, as a label without a count (BARCODES.md)."""
+    label = f"]C1010{GTIN_A}370\x1d91A12-03"
+    assert (await scan(gw, label)).qty == 1
+    assert (await scan(gw, "SG-QTY-4")).accepted
+    assert (await scan(gw, label)).qty == 4
+    assert (await scan(gw, f"]C1010{GTIN_A}3000")).qty == 1  # AI 30 = 00 alike
+    s = await gw.sessions.open_session(DEV)
+    assert s is not None and [(ln.qty, ln.location) for ln in s.lines] == [
+        (1, "A12-03"),
+        (4, "A12-03"),
+        (1, None),
+    ]
