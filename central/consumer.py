@@ -251,16 +251,19 @@ class Consumer:
 
     def _note_session(self, gw: str, payload: bytes) -> None:
         """Telemetry repeats the status every few seconds; a new ``connected_at`` means the
-        gateway (re)connected, and whatever it has not acked is sent to it at once."""
+        gateway (re)connected (as does ``online`` after ``offline``), and its downlink window
+        is sent to it again at once."""
         try:
             doc = json_loads(payload, max_bytes=envelope.MAX_PAYLOAD_BYTES)
         except JsonError:
             return  # the fleet registry reports bad status payloads
         if not isinstance(doc, dict) or doc.get("state") != "online":
             self._sessions.pop(gw, None)
+            if isinstance(doc, dict) and doc.get("state") == "offline":
+                self.downlink.gateway_offline(gw)
             return
         session = doc.get("connected_at")
-        if self._sessions.get(gw, ...) != session:
+        if self._sessions.get(gw, ...) != session or self.downlink.is_offline(gw):
             self._sessions[gw] = session
             self.downlink.gateway_online(gw)
 
@@ -273,7 +276,7 @@ class Consumer:
     async def on_gateway_acks(self, gw: str, acks: tuple[Ack, ...]) -> None:
         """Acks from a gateway for downlink records: they leave the downlink outbox."""
         await self.db.write(partial(apply_gateway_acks, gateway=gw, acks=acks))
-        self.downlink.forget(a.id for a in acks)
+        self.downlink.forget(gw, (a.id for a in acks))
         log.debug("gw=%s acked %d downlink records", gw, len(acks))
 
     def _maybe_crash(self) -> None:

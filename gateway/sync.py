@@ -57,9 +57,9 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 BATCH_BYTES = 256 * 1024
 # Downlink ack messages being applied at once (each is one database job; they share commits).
 MAX_ACK_JOBS = 64
-# A gateway that comes back to a large downlink backlog gets all of it at once (central resends
-# everything unacked). Two bounds keep it from holding the backlog decoded in memory (peak RSS
-# 213 -> 110 MB for 55k order_status records waiting at central, bench figure 9): at most this
+# Central keeps at most central.downlink.WINDOW messages in flight to a gateway (bench figure 9:
+# 75 MB peak RSS for 55k order_status records waiting at central). Two bounds here keep a large
+# downlink burst from being held decoded in memory (213 -> 110 MB before that window): at most this
 # many decoded downlink messages wait for the inbox (the reader then waits; acks for our own
 # records behind them wait too), and a message is PUBACKed only once handled, with this MQTT 5
 # Receive Maximum, so the broker should keep the rest (Mosquitto 2.0.11 was seen sending past

@@ -11,8 +11,8 @@ rule prunes; and a gateway's peak RSS when it restarts into a large downlink bac
   period and every age bound passed (``central.retention`` / ``gateway.retention``). Freed
   pages stay in the file for reuse (no VACUUM): the file stops growing, it does not shrink.
 * ``restart`` (9): central holds 55k ``order_status`` records for a gateway that was killed;
-  the gateway process restarts and takes them all (central resends everything unacked at
-  once); ``VmHWM`` of the gateway once its inbox holds them all.
+  the gateway process restarts and takes them all (central keeps ``downlink.WINDOW`` messages
+  in flight to it); ``VmHWM`` of the gateway once its inbox holds them all.
 """
 
 from __future__ import annotations
@@ -249,7 +249,12 @@ def _restart_once(tmp: Path, n: int) -> dict[str, Any]:
             deadline = time.monotonic() + FIGURE_TIMEOUT_S
             while (
                 _central_count(cdb, "SELECT count(*) FROM work_queue")
-                or _central_count(cdb, "SELECT count(*) FROM downlink_outbox") < n
+                # every order's order_status made: waiting, or acked by the gateway before its kill
+                or _central_count(
+                    cdb,
+                    "SELECT (SELECT count(*) FROM downlink_outbox) + (SELECT count(*) FROM downlink_results)",
+                )
+                < n
             ):
                 if time.monotonic() > deadline:
                     raise BenchError("central did not process the orders in time")

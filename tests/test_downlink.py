@@ -4,10 +4,13 @@ them; the gateway applies each record id once, after its own commit, and acks.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from central import downlink
 from central.consumer import BrokerSettings, Consumer
@@ -20,7 +23,8 @@ from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
 from ops.sqlitedb import DurableDB
-from protocols.envelope import Record
+from protocols import envelope, topics
+from protocols.envelope import Ack, Record
 from tests.conftest import wait_for
 
 
@@ -122,3 +126,176 @@ async def test_record_refused_in_processing_is_told_to_the_gateway(
         await cdb.close()
     assert res is not None and "was not passed to a supplier" in (res["reason"] or "")
     assert quarantined is not None and "SO99999999" in quarantined[0]
+
+
+# -- the window: a slow or restarting gateway gets a bounded downlink ------------------------------
+
+BACKLOG = 10_000
+
+
+async def _no_status(gw: str, payload: bytes) -> None:
+    """Central's consumer follows gateway status (reconnects) only with a status handler."""
+
+
+class _Watch:
+    """A plain MQTT client subscribed to a gateway's downlink topic: counts every downlink
+    message with records the broker delivers, and the records in them (copies included)."""
+
+    def __init__(self, port: int, gw: str) -> None:
+        self.messages = 0
+        self.records = 0
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{gw}", protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topics.downlink(gw), qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: object, userdata: object, message: paho.MQTTMessage) -> None:
+        env = envelope.decode(message.payload)
+        if env.records:
+            self.messages += 1
+            self.records += len(env.records)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def _enqueue_backlog(cdb: DurableDB, gw: str, n: int) -> set[str]:
+    def put(conn: sqlite3.Connection) -> list[str]:
+        return [downlink.enqueue(conn, gateway=gw, type="test_item", body={"n": i}) for i in range(n)]
+
+    return set(await cdb.write(put))
+
+
+async def _outbox_count(cdb: DurableDB) -> int:
+    n: int = await cdb.read(lambda c: c.execute("SELECT count(*) FROM downlink_outbox").fetchone()[0])
+    return n
+
+
+async def test_a_slow_gateway_has_at_most_the_window_in_flight(
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10k records for a gateway whose inbox is stalled: central sends no more than its window
+    of messages until the gateway acks; once the inbox moves, each record is applied once."""
+    monkeypatch.setattr(sync_mod, "BACKOFF_MAX_S", 0.3)
+    gw = "store-slow"
+    cdb = DurableDB(tmp_path / "c.db", migrations=all_migrations())
+    gdb = DurableDB(tmp_path / "g.db", migrations=gateway_migrations())
+    await cdb.open()
+    await gdb.open()
+    gate = asyncio.Event()
+    applied: list[str] = []
+
+    def handler(conn: sqlite3.Connection, rec: Record) -> None:
+        applied.append(rec.id)
+
+    inbox = Inbox(gdb)
+    inbox.register("test_item", handler)
+
+    async def on_records(recs: tuple[Record, ...]) -> list[Ack]:
+        await gate.wait()
+        return await inbox.handle(recs)
+
+    watch = _Watch(broker.port, gw)
+    try:
+        consumer = Consumer(db=cdb, broker=BrokerSettings(port=broker.port, client_id="central-win"))
+        sync = Sync(
+            gateway_id=gw, outbox=Outbox(gdb), mqtt=MqttSettings(port=broker.port), on_records=on_records
+        )
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(consumer.run()), tg.create_task(sync.run())]
+            await consumer.connected.wait()
+            await sync.connected.wait()
+            ids = await _enqueue_backlog(cdb, gw, BACKLOG)
+            consumer.downlink.notify()
+            window = downlink.WINDOW
+            await wait_for(lambda: watch.messages >= window, timeout=30, what="the first downlink messages")
+            # An unwindowed sender publishes all 20 messages within milliseconds; give it time to show.
+            await asyncio.sleep(1.5)
+            assert watch.messages == window, "more than the window in flight to a stalled gateway"
+            gate.set()
+            await wait_for(lambda: len(applied) >= BACKLOG, timeout=120, what="every downlink record applied")
+
+            async def empty() -> bool:
+                return await _outbox_count(cdb) == 0
+
+            await wait_for(empty, timeout=60, what="central's downlink outbox emptied by the acks")
+            for t in tasks:
+                t.cancel()
+    finally:
+        watch.close()
+        await gdb.close()
+        await cdb.close()
+    assert sorted(applied) == sorted(ids), "each record applied exactly once"
+
+
+async def test_a_backlog_is_delivered_once_across_a_gateway_restart(
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10k records queued at central while the gateway is away (its persistent session at the
+    broker, its status ``offline``): central sends it one window and no more, ack timeouts
+    passing; when it comes back they are all applied exactly once, and the broker delivers at
+    most one window's worth of copies beyond them - central does not send again the whole
+    backlog the broker already holds for the session."""
+    monkeypatch.setattr(sync_mod, "BACKOFF_MAX_S", 0.3)
+    monkeypatch.setattr(downlink, "RESEND_AFTER_S", 0.4)
+    gw = "store-back"
+    cdb = DurableDB(tmp_path / "c.db", migrations=all_migrations())
+    gdb = DurableDB(tmp_path / "g.db", migrations=gateway_migrations())
+    await cdb.open()
+    await gdb.open()
+    applied: list[str] = []
+
+    def handler(conn: sqlite3.Connection, rec: Record) -> None:
+        applied.append(rec.id)
+
+    inbox = Inbox(gdb)
+    inbox.register("test_item", handler)
+
+    def new_sync() -> Sync:
+        return Sync(
+            gateway_id=gw, outbox=Outbox(gdb), mqtt=MqttSettings(port=broker.port), on_records=inbox.handle
+        )
+
+    watch = _Watch(broker.port, gw)
+    consumer = Consumer(
+        db=cdb, broker=BrokerSettings(port=broker.port, client_id="central-back"), on_status=_no_status
+    )
+    central = asyncio.create_task(consumer.run())
+    sync = new_sync()
+    gateway = asyncio.create_task(sync.run())
+    try:
+        await consumer.connected.wait()
+        await sync.connected.wait()  # the gateway's persistent session exists; then it goes away
+        gateway.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gateway
+        # a clean disconnect sends no Last Will: publish the broker's "offline" for it
+        watch.client.publish(topics.status(gw), b'{"gw":"store-back","state":"offline","ts":1}', 1, True)
+        await wait_for(lambda: consumer.downlink.is_offline(gw), timeout=30, what="central sees it offline")
+        ids = await _enqueue_backlog(cdb, gw, BACKLOG)
+        consumer.downlink.notify()
+        window = downlink.WINDOW
+        await wait_for(lambda: watch.messages >= window, timeout=30, what="central sends while it is away")
+        await asyncio.sleep(2.0)  # five ack timeouts
+        assert watch.messages == window, "an absent gateway gets one window, not resends"
+        sync = new_sync()
+        gateway = asyncio.create_task(sync.run())
+
+        async def empty() -> bool:
+            return await _outbox_count(cdb) == 0
+
+        await wait_for(empty, timeout=120, what="every downlink record acked by the restarted gateway")
+        await asyncio.sleep(0.5)  # copies still on their way would show in the count
+    finally:
+        for t in (central, gateway):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        watch.close()
+        await gdb.close()
+        await cdb.close()
+    assert sorted(applied) == sorted(ids), "each record applied exactly once"
+    copies = watch.records - BACKLOG
+    assert copies <= downlink.WINDOW * downlink.BATCH_RECORDS, f"{copies} records delivered twice"

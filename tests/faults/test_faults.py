@@ -63,7 +63,11 @@ KEEPALIVE_S = 2  # the partitioned gateway's MQTT keepalive
 # keepalive, no PINGRESP within another; mosquitto: 1.5 keepalives of silence).
 PARTITION_S = 4 * KEEPALIVE_S
 HEALTH_POLL_S = 0.25
-TMPFS_SIZE = "8m"
+# The gateway keeps what each round takes (record results, idempotency keys, order status:
+# ~1-1.5 kB an order, a few hundred orders a round) beside a WAL of up to ~4 MB, so its disk
+# grows with the rounds: at a fixed 8 MB, round 9 of a 10-round soak found the disk full of
+# the gateway's own data once the ballast was gone, which is no fault the heal can mend.
+TMPFS_SIZE = f"{8 + ROUNDS}m"
 DISK_FULL_WAIT_S = 15.0
 POISON_DEPTH = 1000
 POISON_GW = "poison-1"
