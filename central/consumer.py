@@ -27,6 +27,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from central import ingest
 from central.downlink import DownlinkSender, apply_gateway_acks
 from central.ingest import now_ms, quarantine_message, quick_checks, receive_uplink
 from central.processor import Processor
@@ -203,6 +204,14 @@ class Consumer:
             # records again (ack timeout) and they are taken once the disk has room.
             self.stats.storage_refused += 1
             log.warning("message on %s not taken and not acked: %s", message.topic.value, e)
+        except Exception:
+            # A bug met by one message (a poison no bound foresaw): that message is neither
+            # taken nor acked - nothing of it is lost, its gateway sends it again after its ack
+            # timeout, backing off - and every other message goes on. Raised out of this task it
+            # would end the MQTT session: all gateways' traffic stopped while central reconnects,
+            # and again at each resend.
+            ingest.INTERNAL_ERRORS[0] += 1
+            log.exception("message on %s failed; not taken and not acked", message.topic.value)
         finally:
             self.receiving -= 1
             self._sem.release()

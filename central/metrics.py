@@ -62,7 +62,7 @@ class CentralMetrics:
         )
         yield counter(
             "storegate_central_internal_errors",
-            "records left unacked by an internal error",
+            "internal errors: a record or message failed by a bug (logged with its traceback)",
             ingest.INTERNAL_ERRORS[0],
         )
         yield counter(

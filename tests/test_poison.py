@@ -11,6 +11,7 @@ would publish."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import sqlite3
@@ -23,15 +24,18 @@ from typing import Any
 
 import aiomqtt
 import msgpack
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import central.picking  # noqa: F401  (registers the pick record handlers, as central does)
+from central import consumer as consumer_mod
 from central import ingest
+from central.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
 from ops.broker import Mosquitto
 from ops.mqtt import Client
-from ops.sqlitedb import apply_migrations, connect
+from ops.sqlitedb import DurableDB, apply_migrations, connect
 from protocols import envelope, topics
 from protocols.bounded import MAX_DEPTH, MAX_REASON, JsonError, json_loads, nests_deeper, value_repr
 from protocols.envelope import Ack, AckStatus, EnvelopeError
@@ -595,3 +599,43 @@ def test_value_repr_works_in_constant_memory() -> None:
             assert tracemalloc.get_traced_memory()[1] - before < 64 * 1024, type(v).__name__
     finally:
         tracemalloc.stop()
+
+
+async def test_a_message_that_meets_a_bug_is_left_unacked_and_the_rest_goes_on(
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poison no bound foresaw - here receipt raising a plain RuntimeError for one message -
+    ends neither central nor its MQTT session: that message is not acked (its gateway sends it
+    again), the next is taken, and the resend is taken once the bug is gone."""
+    real = consumer_mod.receive_uplink
+    bug = {"on": True}
+
+    def receive(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: Any) -> list[Ack]:
+        if bug["on"] and any(r.id == "meets-bug" for r in up.records):
+            raise RuntimeError("a bug no bound foresaw")
+        return real(conn, topic_gw=topic_gw, topic=topic, up=up)
+
+    monkeypatch.setattr(consumer_mod, "receive_uplink", receive)
+    errors = ingest.INTERNAL_ERRORS[0]
+    async with DurableDB(tmp_path / "central.db", migrations=all_migrations()) as db:
+        consumer = Consumer(db=db, broker=BrokerSettings(port=broker.port, client_id="central-bug"))
+        task = asyncio.create_task(consumer.run())
+        try:
+            await wait_for(consumer.connected.is_set, timeout=20, what="central connected")
+            async with peer(broker.port, listen=topics.downlink(GW), client_id="bug-peer") as p:
+                bad = packed({"v": 1, "gw": GW, "sent": 1, "records": [rec("meets-bug", 1, order(sku="A"))]})
+                good = packed({"v": 1, "gw": GW, "sent": 2, "records": [rec("after-bug", 2, order(sku="B"))]})
+                await p.client.publish(topics.uplink(GW), bad, qos=1)
+                await p.client.publish(topics.uplink(GW), good, qos=1)
+                await wait_for(lambda: "after-bug" in p.answers(), timeout=20, what="the next message acked")
+                await wait_for(lambda: ingest.INTERNAL_ERRORS[0] > errors, timeout=20, what="the bug counted")
+                assert "meets-bug" not in p.answers(), "a message that failed must not be acked"
+                assert not task.done() and consumer.stats.restarts == 0 and consumer.stats.reconnects == 0
+                bug["on"] = False  # the gateway's resend, after the fix
+                await p.client.publish(topics.uplink(GW), bad, qos=1)
+                await wait_for(lambda: "meets-bug" in p.answers(), timeout=20, what="the resend acked")
+                assert p.answers()["meets-bug"].status is AckStatus.ACCEPTED
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
