@@ -123,7 +123,8 @@ def seed_central(db_path: Path, *, viewer_password: str) -> str:
         for _gtin, sku, _desc, _pack, stock, bin_ in CATALOGUE:
             inventory.set_stock(conn, "DC1", sku, stock, bin=bin_)
         inventory.set_sourcing(conn, [SourcingRule(zone="*", location="DC1", cost=0, preferred=True)])
-        token = auth.add_user(conn, DEMO_USER, auth.Role.SUPERVISOR)
+        # the supervisor logs in to the order console (/console) with the same password
+        token = auth.add_user(conn, DEMO_USER, auth.Role.SUPERVISOR, password=viewer_password)
         auth.add_user(conn, DASHBOARD_USER, auth.Role.VIEWER, password=viewer_password)
         conn.execute("COMMIT")
         return token
@@ -427,6 +428,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             print("    pick-to-light cart cart-1 (12 nodes), AS/RS station PS01")
     print(f"  dashboard login: {DASHBOARD_USER} / {demo.viewer_password}")
+    print(f"  order console: {urls['central']}/console   login: {DEMO_USER} / {demo.viewer_password}")
     print(f"  REST token ({DEMO_USER}): {demo.token}")
     print(f"    e.g. curl -H 'Authorization: Bearer {demo.token}' {urls['central']}/api/orders")
     print(f"  logs: {demo.dir / 'logs'}")

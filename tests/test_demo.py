@@ -50,6 +50,7 @@ def test_demo_runs_every_device_orders_through_and_stops_cleanly(tmp_path: Path)
         "Storegate demo is running.",
         f"http://127.0.0.1:{port}/",
         "dashboard login: ops /",
+        "/console   login: demo-supervisor /",
         "REST token (demo-supervisor):",
         "stopped; nothing left running.",
         "orders at central by channel:",
