@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from central import allocation_api, dashboard, release, retention, schedule, waves
+from central import allocation_api, dashboard, fleet_api, release, retention, schedule, waves
 from central.api import create_app
 from central.consumer import BrokerSettings, Consumer
 from central.fleet import AlertThresholds, Fleet
@@ -48,6 +48,7 @@ def load_config(path: Path | str) -> CentralConfig:
 def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics) -> web.Application:
     app = create_app(db=db, consumer=consumer)
     dashboard.add_routes(app, fleet=fleet, db=db)
+    fleet_api.add_routes(app, db=db, backlog_age_s=fleet.thresholds.backlog_age_s)
     allocation_api.add_routes(app)
     release.add_routes(app)
     add_metrics(app, metrics.collect)

@@ -43,33 +43,6 @@ async def fleet_snapshot(request: web.Request) -> web.Response:
     return web.json_response(snap, dumps=_dumps)
 
 
-def _gateway_detail(conn: sqlite3.Connection, gw: str) -> dict[str, Any] | None:
-    snap = fleet_mod.snapshot(conn, history_s=3600)
-    for gateways in snap["sites"].values():
-        for g in gateways:
-            if g["gateway"] == gw:
-                found: dict[str, Any] = g
-                g["history"] = snap["history"].get(gw, [])
-                g["events"] = [
-                    dict(zip(("at", "device_id", "event", "detail"), r, strict=True))
-                    for r in conn.execute(
-                        "SELECT at, device_id, event, detail FROM fleet_events WHERE gateway = ?"
-                        " ORDER BY id DESC LIMIT 200",
-                        (gw,),
-                    )
-                ]
-                return found
-    return None
-
-
-async def gateway_detail(request: web.Request) -> web.Response:
-    gw = request.match_info["gw"]
-    detail = await request.app[FLEET_DB_KEY].read(partial(_gateway_detail, gw=gw))
-    if detail is None:
-        return web.json_response({"error": f"no gateway {gw!r} has reported"}, status=404)
-    return web.json_response(detail, dumps=_dumps)
-
-
 def _alerts(conn: sqlite3.Connection, include_closed: bool) -> list[dict[str, Any]]:
     cols = ("id", "kind", "gateway", "device_id", "severity", "message", "opened_ms", "closed_ms")
     where = "" if include_closed else "WHERE closed_ms IS NULL"
@@ -114,6 +87,5 @@ def add_routes(app: web.Application, *, fleet: Fleet, db: DurableDB) -> None:
     viewer = requires(Role.VIEWER)
     app.router.add_get("/", viewer(page))
     app.router.add_get("/api/fleet", viewer(fleet_snapshot))
-    app.router.add_get("/api/fleet/gateways/{gw}", viewer(gateway_detail))
     app.router.add_get("/api/alerts", viewer(alerts))
     app.router.add_get("/api/stream", viewer(stream))
