@@ -401,3 +401,4 @@ def add_routes(app: web.Application, *, db: DurableDB, backlog_age_s: float | No
     app.router.add_get("/fleet/device", viewer(_static("fleet_device.html")))
     app.router.add_get("/fleet/alerts", viewer(_static("fleet_alerts.html")))
     app.router.add_get("/fleet/fleet.js", viewer(_static("fleet.js")))
+    app.router.add_get("/fleet/fleet.css", viewer(_static("fleet.css")))
