@@ -157,7 +157,19 @@ def gateway_list(
     for r in rows:
         item = dict(zip(cols, r, strict=True))
         item["problem"] = _PROBLEMS[item.pop("rank")]
+        item["device_list"] = []
         items.append(item)
+    by_gw = {i["gateway"]: i for i in items}
+    if by_gw:  # the chips of this page's gateways only
+        marks = ", ".join("?" * len(by_gw))
+        for gw, did, kind, dstate, battery in conn.execute(
+            "SELECT gateway, device_id, kind, state, battery FROM fleet_devices"
+            f" WHERE gateway IN ({marks}) ORDER BY gateway, device_id",
+            list(by_gw),
+        ):
+            by_gw[gw]["device_list"].append(
+                {"device_id": did, "kind": kind, "state": dstate, "battery": battery}
+            )
     return {
         "now_ms": fleet_mod.now_ms(),
         "summary": summary,

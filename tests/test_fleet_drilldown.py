@@ -63,7 +63,12 @@ def seed_fleet(conn: sqlite3.Connection, now: int) -> None:
             dev["battery"] = 5
         doc = status(gw, backlog=i % 7, oldest_age_s=float(i % 60), devices=[dev])
         if k == "disk_full":
-            doc["storage"] = {"state": "full", "since_ms": now - 1000, "free_bytes": 10, "reason": "disk full"}
+            doc["storage"] = {
+                "state": "full",
+                "since_ms": now - 1000,
+                "free_bytes": 10,
+                "reason": "disk full",
+            }
         if k == "backlog_old":
             doc["oldest_age_s"] = 400.0 + i
         apply_status(conn, gw, doc, now - 60_000)
@@ -123,14 +128,13 @@ async def test_list_of_1000_gateways_summary_problems_first_search_paging(tmp_pa
         problems = [g["problem"] for g in everything]
         order_of = ["disk_full", "offline", "backlog_old", "alerting", ""]
         assert problems == sorted(problems, key=order_of.index)
-        assert {g["gateway"]: g["problem"] for g in everything} == {
-            f"gw-{i:04d}": kinds[i] for i in range(N)
-        }
+        assert {g["gateway"]: g["problem"] for g in everything} == {f"gw-{i:04d}": kinds[i] for i in range(N)}
         old = [g["oldest_age_s"] for g in everything if g["problem"] == "backlog_old"]
         assert old == sorted(old, reverse=True)  # the oldest backlog first
 
         st, p = await get(c, "/api/fleet/gateways?q=gw-0042")
         assert [g["gateway"] for g in p["items"]] == ["gw-0042"] and p["total"] == 1
+        assert [d["device_id"] for d in p["items"][0]["device_list"]] == ["gw-0042-ht"]
         st, p = await get(c, "/api/fleet/gateways?q=S004&limit=500")  # by site
         assert sorted(g["gateway"] for g in p["items"]) == [f"gw-{i:04d}" for i in range(40, 50)]
         st, p = await get(c, "/api/fleet/gateways?q=%25")  # a LIKE wildcard is searched literally
@@ -156,7 +160,8 @@ async def test_list_of_1000_gateways_summary_problems_first_search_paging(tmp_pa
         search_s = time.perf_counter() - t0
         print(
             f"\nfleet list, {N} gateways: median {statistics.median(times) * 1000:.1f} ms,"
-            f" min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f} ms (first page of 50); search {search_s * 1000:.1f} ms"
+            f" min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f} ms (first page of 50);"
+            f" search {search_s * 1000:.1f} ms"
         )
         assert statistics.median(times) < 1.0  # generous: a shared 2-core machine
 
@@ -176,7 +181,12 @@ async def test_gateway_detail_device_detail_and_alert_history(tmp_path: Path) ->
                 doc = status("store-1", backlog=10 * k, oldest_age_s=1.5 * k, devices=devs, version="1.2")
                 apply_status(conn, "store-1", doc, now - (5 - k) * 60_000)
             evaluate_alerts(conn, now - 30_000, TH, _Counters())
-            apply_status(conn, "store-1", status("store-1", devices=[{**devs[0], "battery": 90}, devs[1]], version="1.2"), now)
+            apply_status(
+                conn,
+                "store-1",
+                status("store-1", devices=[{**devs[0], "battery": 90}, devs[1]], version="1.2"),
+                now,
+            )
             evaluate_alerts(conn, now, TH, _Counters())  # the battery alert closes, device offline stays
             good = Record("o-1", 1, "order", now, order())
             bad = Record("o-2", 2, "order", now, {"customer": "S001"})
@@ -246,8 +256,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.slow
 async def test_overview_search_gateway_page_device_page_in_chromium(tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright
-
     assert CHROMIUM, "Debian's chromium is needed for this test (./run test installs it)"
     db = central_db(tmp_path / "central.db")
     await db.open()
@@ -316,6 +324,10 @@ async def _browse(db: DurableDB, evil: str, tmp_path: Path) -> None:
                 await page.fill("#search", "store-9")
                 await page.wait_for_selector('#fleet [data-gateway="store-9"]', timeout=10_000)
                 await page.wait_for_function("document.body.dataset.listTotal === '1'", timeout=10_000)
+                chip = page.locator(
+                    '#fleet [data-gateway="store-9"] [data-device="sc-9"][data-state="offline"]'
+                )
+                assert await chip.count() == 1
                 await page.click('#fleet [data-gateway="store-9"] a.name')
                 await page.wait_for_selector("body[data-loaded='1'][data-gateway='store-9']", timeout=10_000)
                 assert "/fleet/gateway?gw=store-9" in page.url

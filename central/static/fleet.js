@@ -230,7 +230,10 @@ const Fleet = (() => {
           h("div", { cls: "meta", text: `backlog ${g.backlog} · oldest ${g.oldest_age_s.toFixed(1)} s` }),
           h("div", { cls: "meta", text: `last sync ${ago(g.last_sync_ms, now)} · clock ${g.clock_offset_ms ?? "?"} ms` }),
           h("div", { cls: "meta", text: `${g.state === "online" ? "since" : "offline since"} ${ago(g.state_since_ms, now)}` }),
-          h("div", { cls: "meta", text: `${g.devices} devices${g.devices_offline ? ` (${g.devices_offline} offline)` : ""} · ${g.alerts} open alerts` }));
+          h("div", { cls: "meta", text: `${g.devices} devices${g.devices_offline ? ` (${g.devices_offline} offline)` : ""} · ${g.alerts} open alerts` }),
+          h("div", { cls: "devs" }, ...g.device_list.map((d) => h("a", { cls: "dev", href: devHref(g.gateway, d.device_id),
+            "data-device": d.device_id, "data-state": d.state, title: d.kind,
+            text: `${d.device_id}${d.battery != null ? " " + d.battery + "%" : ""}` }))));
         return card;
       });
       fill("fleet", ...(cards.length ? cards : [empty(r.total || $("search").value ? "no gateway matches" : "no gateway has reported yet")]));
