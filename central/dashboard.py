@@ -1,13 +1,17 @@
 """The ops dashboard: one live page plus the fleet REST endpoints behind it.
 
 ``GET /`` serves the page; it opens ``GET /api/stream`` (Server-Sent Events) and redraws on
-every fleet change (a status message, an alert opened or closed), with a heartbeat snapshot
-every few seconds so ages stay fresh. A browser that closes its tab ends its stream at the next
+every fleet change (a status message, an alert opened or closed; at most one event per
+``MIN_INTERVAL_S``), with a heartbeat every few seconds so ages stay fresh. An event carries
+:func:`central.fleet_api.overview` (summary, newest open alerts, the largest backlogs' history:
+bounded at any fleet size); the page asks the gateways a page at a time from
+``/api/fleet/gateways`` (ops/FLEET.md). A browser that closes its tab ends its stream at the next
 write; that is the normal end of a stream, logged at DEBUG, not an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -18,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from central import fleet as fleet_mod
+from central import fleet_api
 from central.api import requires
 from central.auth import Role
 from central.fleet import Fleet
@@ -28,6 +33,7 @@ FLEET_DB_KEY = web.AppKey("fleet_db", DurableDB)
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 HEARTBEAT_S = 3.0
+MIN_INTERVAL_S = 0.5
 
 
 def _dumps(obj: Any) -> str:
@@ -69,10 +75,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             version = fleet.version
-            snap = await db.read(fleet_mod.snapshot)
+            snap = await db.read(partial(fleet_api.overview, backlog_age_s=fleet.thresholds.backlog_age_s))
             snap["version"] = version
             await resp.write(f"event: fleet\ndata: {_dumps(snap)}\n\n".encode())
             sent += 1
+            await asyncio.sleep(MIN_INTERVAL_S)  # a busy fleet changes many times a second
             await fleet.wait_change(version, HEARTBEAT_S)
     except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client went away
         log.debug("dashboard stream to %s closed by the client after %d events", request.remote, sent)

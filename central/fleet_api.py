@@ -27,6 +27,8 @@ PAGE_DEFAULT = 50
 PAGE_MAX = 500
 RECORDS_MAX = 500
 HISTORY_DEFAULT_S = 3600
+OVERVIEW_TOP = 8
+OVERVIEW_ALERTS = 50
 STATES = ("problem", "ok", "online", "offline", "disk_full", "backlog_old", "alerting")
 
 # Problems first: disk full, offline, backlog too old, open alerts, then the healthy.
@@ -105,40 +107,47 @@ def _like(q: str) -> str:
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+_BASE = f"""
+    WITH a AS (SELECT gateway, count(*) AS n FROM alerts WHERE closed_ms IS NULL GROUP BY gateway),
+    d AS (SELECT gateway, count(*) AS n, sum(state = 'offline') AS off FROM fleet_devices GROUP BY gateway),
+    g AS (SELECT {", ".join("g." + c for c in _GCOLS)}, coalesce(a.n, 0) AS alerts,
+                 coalesce(d.n, 0) AS devices, coalesce(d.off, 0) AS devices_offline, {_RANK} AS rank
+          FROM fleet_gateways g LEFT JOIN a ON a.gateway = g.gateway LEFT JOIN d ON d.gateway = g.gateway)
+"""
+_SUMMARY_KEYS = (
+    "gateways",
+    "online",
+    "offline",
+    "disk_full",
+    "backlog_old",
+    "alerting",
+    "problems",
+    "backlog",
+    "devices",
+    "devices_offline",
+    "sites",
+)
+
+
+def summary(conn: sqlite3.Connection, backlog_age_s: float) -> dict[str, int]:
+    """The fleet in counts: gateways by state and problem, records waiting, devices, alerts."""
+    row = conn.execute(
+        _BASE + "SELECT count(*), sum(state = 'online'), sum(state = 'offline'), sum(rank = 0),"
+        " sum(rank = 2), sum(alerts > 0), sum(rank < 4), coalesce(sum(backlog), 0),"
+        " coalesce(sum(devices), 0), coalesce(sum(devices_offline), 0), count(DISTINCT site) FROM g",
+        {"backlog_age": backlog_age_s},
+    ).fetchone()
+    out = {k: v or 0 for k, v in zip(_SUMMARY_KEYS, row, strict=True)}
+    out["open_alerts"] = conn.execute("SELECT count(*) FROM alerts WHERE closed_ms IS NULL").fetchone()[0]
+    return out
+
+
 def gateway_list(
     conn: sqlite3.Connection, *, q: str, state: str, limit: int, offset: int, backlog_age_s: float
 ) -> dict[str, Any]:
     """One page of gateways, problems first, plus the fleet's summary (counts by state)."""
-    base = f"""
-        WITH a AS (SELECT gateway, count(*) AS n FROM alerts WHERE closed_ms IS NULL GROUP BY gateway),
-        d AS (SELECT gateway, count(*) AS n, sum(state = 'offline') AS off FROM fleet_devices
-              GROUP BY gateway),
-        g AS (SELECT {", ".join("g." + c for c in _GCOLS)}, coalesce(a.n, 0) AS alerts,
-                     coalesce(d.n, 0) AS devices, coalesce(d.off, 0) AS devices_offline, {_RANK} AS rank
-              FROM fleet_gateways g LEFT JOIN a ON a.gateway = g.gateway LEFT JOIN d ON d.gateway = g.gateway)
-    """
+    base = _BASE
     params: dict[str, Any] = {"backlog_age": backlog_age_s}
-    summary_row = conn.execute(
-        base + "SELECT count(*), sum(state = 'online'), sum(state = 'offline'), sum(rank = 0), sum(rank = 2),"
-        " sum(alerts > 0), sum(rank < 4), coalesce(sum(backlog), 0), coalesce(sum(devices), 0),"
-        " coalesce(sum(devices_offline), 0), count(DISTINCT site) FROM g",
-        params,
-    ).fetchone()
-    keys = (
-        "gateways",
-        "online",
-        "offline",
-        "disk_full",
-        "backlog_old",
-        "alerting",
-        "problems",
-        "backlog",
-        "devices",
-        "devices_offline",
-        "sites",
-    )
-    summary = {k: v or 0 for k, v in zip(keys, summary_row, strict=True)}
-    summary["open_alerts"] = conn.execute("SELECT count(*) FROM alerts WHERE closed_ms IS NULL").fetchone()[0]
     where = []
     if q:
         where.append("(gateway LIKE :q ESCAPE '\\' OR site LIKE :q ESCAPE '\\')")
@@ -172,11 +181,49 @@ def gateway_list(
             )
     return {
         "now_ms": fleet_mod.now_ms(),
-        "summary": summary,
+        "summary": summary(conn, backlog_age_s),
         "total": total,
         "offset": offset,
         "limit": limit,
         "items": items,
+    }
+
+
+def overview(
+    conn: sqlite3.Connection, *, backlog_age_s: float, history_s: int = 900, top: int = OVERVIEW_TOP
+) -> dict[str, Any]:
+    """What the overview's live stream carries, bounded whatever the fleet's size: the summary,
+    the newest open alerts, the backlog history of the ``top`` gateways with most waiting, orders
+    per minute and fulfilment. The gateways themselves come a page at a time from the list."""
+    now = fleet_mod.now_ms()
+    tops = [
+        gw
+        for (gw,) in conn.execute(
+            "SELECT gateway FROM fleet_gateways ORDER BY backlog DESC, oldest_age_s DESC, gateway LIMIT ?",
+            (top,),
+        )
+    ]
+    history: dict[str, list[tuple[int, int, float]]] = {gw: [] for gw in tops}
+    for gw in tops:
+        history[gw] = conn.execute(
+            "SELECT at, backlog, oldest_age_s FROM fleet_samples WHERE gateway = ? AND at >= ? ORDER BY at",
+            (gw, now - history_s * 1000),
+        ).fetchall()
+    acols = ("id", "kind", "gateway", "device_id", "severity", "message", "opened_ms")
+    alerts = [
+        dict(zip(acols, r, strict=True))
+        for r in conn.execute(
+            f"SELECT {', '.join(acols)} FROM alerts WHERE closed_ms IS NULL ORDER BY id DESC LIMIT ?",
+            (OVERVIEW_ALERTS,),
+        )
+    ]
+    return {
+        "now_ms": now,
+        "summary": summary(conn, backlog_age_s),
+        "history": history,
+        "alerts": alerts,
+        "orders_per_minute": fleet_mod.orders_per_minute(conn, now),
+        "fulfilment": fleet_mod.fulfilment(conn),
     }
 
 

@@ -6,6 +6,7 @@ in a real headless Chromium (overview -> search -> gateway page -> device page).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sqlite3
@@ -143,6 +144,15 @@ async def test_list_of_1000_gateways_summary_problems_first_search_paging(tmp_pa
         assert {g["problem"] for g in p["items"]} == {"offline"} and p["total"] == s["offline"]
         st, p = await get(c, "/api/fleet/gateways?state=problem&q=gw-00&limit=500")
         assert p["total"] == sum(1 for i in range(100) if kinds[i])
+
+        # the overview's live stream stays small at this size: summary, not 1,000 gateways
+        async with c.client.get("/api/stream", headers=c.h("viewer")) as r:
+            first = await r.content.readuntil(b"\n\n")
+        assert first.startswith(b"event: fleet\ndata: {") and len(first) < 100_000, len(first)
+        event = json.loads(first.split(b"data: ", 1)[1])
+        assert event["summary"] == s and "sites" not in event
+        assert len(event["history"]) == fleet_api.OVERVIEW_TOP
+        assert len(event["alerts"]) == fleet_api.OVERVIEW_ALERTS < s["open_alerts"]
 
         for bad in ("limit=0", "limit=x", "offset=-1", "state=weird"):
             st, body = await get(c, f"/api/fleet/gateways?{bad}")
