@@ -331,6 +331,8 @@ async def _browse(db: DurableDB, evil: str, tmp_path: Path) -> None:
                 first = page.locator("#fleet [data-gateway]").first
                 assert await first.get_attribute("data-problem") == "disk_full"  # problems on top
                 assert await page.locator("#fleet [data-gateway]").count() == 50  # a page, not 1,001 cards
+                over = Path(os.environ.get("STOREGATE_FLEET_OVERVIEW_SCREENSHOT", tmp_path / "overview.png"))
+                await page.screenshot(path=str(over))
                 await page.fill("#search", "store-9")
                 await page.wait_for_selector('#fleet [data-gateway="store-9"]', timeout=10_000)
                 await page.wait_for_function("document.body.dataset.listTotal === '1'", timeout=10_000)
