@@ -359,6 +359,11 @@ async def _browse(db: DurableDB, evil: str, tmp_path: Path) -> None:
                 text = await page.inner_text("#status")
                 assert "64 %" in text and "3.0" in text and "S900" in text
                 assert await page.evaluate("document.body.dataset.pwned") is None
+                await page.goto(url + "/fleet/alerts?gateway=store-9&state=open")
+                await page.wait_for_selector("body[data-loaded='1']", timeout=10_000)
+                rows = page.locator("#alerts tbody tr")
+                assert await rows.count() == 1
+                assert await rows.first.get_attribute("data-alert") == "device_offline"
             finally:
                 await browser.close()
     finally:
