@@ -17,7 +17,7 @@ from central.fulfil.release import Releaser, ReleaseSettings
 from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
-from central.web import allocation_api, console, dashboard, release_api
+from central.web import allocation_api, console, dashboard, fleet_api, release_api
 from central.web.api import create_app
 from runtime import config
 from runtime.metrics import add_metrics
@@ -51,6 +51,7 @@ def load_config(path: Path | str) -> CentralConfig:
 def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics) -> web.Application:
     app = create_app(db=db, consumer=consumer)
     dashboard.add_routes(app, fleet=fleet, db=db)
+    fleet_api.add_routes(app, db=db, backlog_age_s=fleet.thresholds.backlog_age_s)
     allocation_api.add_routes(app)
     release_api.add_routes(app)
     console.add_routes(app)

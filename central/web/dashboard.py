@@ -1,13 +1,17 @@
 """The ops dashboard: one live page plus the fleet REST endpoints behind it.
 
 ``GET /`` serves the page; it opens ``GET /api/stream`` (Server-Sent Events) and redraws on
-every fleet change (a status message, an alert opened or closed), with a heartbeat snapshot
-every few seconds so ages stay fresh. A browser that closes its tab ends its stream at the next
+every fleet change (a status message, an alert opened or closed; at most one event per
+``MIN_INTERVAL_S``), with a heartbeat every few seconds so ages stay fresh. An event carries
+:func:`central.fleet_api.overview` (summary, newest open alerts, the largest backlogs' history:
+bounded at any fleet size); the page asks the gateways a page at a time from
+``/api/fleet/gateways`` (ops/FLEET.md). A browser that closes its tab ends its stream at the next
 write; that is the normal end of a stream, logged at DEBUG, not an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -19,6 +23,7 @@ from aiohttp import web
 
 from central import fleet as fleet_mod
 from central.fleet import Fleet
+from central.web import fleet_api
 from central.web.api import requires
 from central.web.auth import Role
 from runtime.sqlitedb import DurableDB
@@ -28,6 +33,7 @@ FLEET_DB_KEY = web.AppKey("fleet_db", DurableDB)
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 HEARTBEAT_S = 3.0
+MIN_INTERVAL_S = 0.5
 
 
 def _dumps(obj: Any) -> str:
@@ -41,33 +47,6 @@ async def page(_request: web.Request) -> web.FileResponse:
 async def fleet_snapshot(request: web.Request) -> web.Response:
     snap = await request.app[FLEET_DB_KEY].read(fleet_mod.snapshot)
     return web.json_response(snap, dumps=_dumps)
-
-
-def _gateway_detail(conn: sqlite3.Connection, gw: str) -> dict[str, Any] | None:
-    snap = fleet_mod.snapshot(conn, history_s=3600)
-    for gateways in snap["sites"].values():
-        for g in gateways:
-            if g["gateway"] == gw:
-                found: dict[str, Any] = g
-                g["history"] = snap["history"].get(gw, [])
-                g["events"] = [
-                    dict(zip(("at", "device_id", "event", "detail"), r, strict=True))
-                    for r in conn.execute(
-                        "SELECT at, device_id, event, detail FROM fleet_events WHERE gateway = ?"
-                        " ORDER BY id DESC LIMIT 200",
-                        (gw,),
-                    )
-                ]
-                return found
-    return None
-
-
-async def gateway_detail(request: web.Request) -> web.Response:
-    gw = request.match_info["gw"]
-    detail = await request.app[FLEET_DB_KEY].read(partial(_gateway_detail, gw=gw))
-    if detail is None:
-        return web.json_response({"error": f"no gateway {gw!r} has reported"}, status=404)
-    return web.json_response(detail, dumps=_dumps)
 
 
 def _alerts(conn: sqlite3.Connection, include_closed: bool) -> list[dict[str, Any]]:
@@ -96,10 +75,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             version = fleet.version
-            snap = await db.read(fleet_mod.snapshot)
+            snap = await db.read(partial(fleet_api.overview, backlog_age_s=fleet.thresholds.backlog_age_s))
             snap["version"] = version
             await resp.write(f"event: fleet\ndata: {_dumps(snap)}\n\n".encode())
             sent += 1
+            await asyncio.sleep(MIN_INTERVAL_S)  # a busy fleet changes many times a second
             await fleet.wait_change(version, HEARTBEAT_S)
     except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client went away
         log.debug("dashboard stream to %s closed by the client after %d events", request.remote, sent)
@@ -114,6 +94,5 @@ def add_routes(app: web.Application, *, fleet: Fleet, db: DurableDB) -> None:
     viewer = requires(Role.VIEWER)
     app.router.add_get("/", viewer(page))
     app.router.add_get("/api/fleet", viewer(fleet_snapshot))
-    app.router.add_get("/api/fleet/gateways/{gw}", viewer(gateway_detail))
     app.router.add_get("/api/alerts", viewer(alerts))
     app.router.add_get("/api/stream", viewer(stream))
