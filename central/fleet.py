@@ -340,45 +340,52 @@ def evaluate_alerts(
     return opened, closed
 
 
+# The columns of a gateway's and a device's row as the dashboard and the drill-down show them.
+GATEWAY_COLUMNS = (
+    "gateway",
+    "site",
+    "state",
+    "last_status_ms",
+    "state_since_ms",
+    "backlog",
+    "oldest_age_s",
+    "last_sync_ms",
+    "clock_offset_ms",
+    "version",
+    "rejected",
+    "storage_state",
+    "storage_since_ms",
+    "storage_free_bytes",
+    "storage_reason",
+)
+DEVICE_COLUMNS = (
+    "gateway",
+    "device_id",
+    "kind",
+    "state",
+    "last_seen_ms",
+    "reads",
+    "errors",
+    "naks",
+    "battery",
+    "firmware",
+    "last_error",
+)
+
+
 def snapshot(conn: sqlite3.Connection, *, history_s: int = 900) -> dict[str, Any]:
     now = now_ms()
-    gcols = (
-        "gateway",
-        "site",
-        "state",
-        "last_status_ms",
-        "state_since_ms",
-        "backlog",
-        "oldest_age_s",
-        "last_sync_ms",
-        "clock_offset_ms",
-        "version",
-        "rejected",
-        "storage_state",
-        "storage_since_ms",
-        "storage_free_bytes",
-        "storage_reason",
-    )
     gateways = [
-        dict(zip(gcols, r, strict=True))
-        for r in conn.execute(f"SELECT {', '.join(gcols)} FROM fleet_gateways ORDER BY site, gateway")
+        dict(zip(GATEWAY_COLUMNS, r, strict=True))
+        for r in conn.execute(
+            f"SELECT {', '.join(GATEWAY_COLUMNS)} FROM fleet_gateways ORDER BY site, gateway"
+        )
     ]
-    dcols = (
-        "gateway",
-        "device_id",
-        "kind",
-        "state",
-        "last_seen_ms",
-        "reads",
-        "errors",
-        "naks",
-        "battery",
-        "firmware",
-        "last_error",
-    )
     devices: dict[str, list[dict[str, Any]]] = {}
-    for r in conn.execute(f"SELECT {', '.join(dcols)} FROM fleet_devices ORDER BY gateway, device_id"):
-        d = dict(zip(dcols, r, strict=True))
+    for r in conn.execute(
+        f"SELECT {', '.join(DEVICE_COLUMNS)} FROM fleet_devices ORDER BY gateway, device_id"
+    ):
+        d = dict(zip(DEVICE_COLUMNS, r, strict=True))
         devices.setdefault(d["gateway"], []).append(d)
     sites: dict[str, list[dict[str, Any]]] = {}
     for g in gateways:

@@ -49,37 +49,8 @@ _STATE_WHERE = {
     "backlog_old": "rank = 2",
     "alerting": "alerts > 0",
 }
-_GCOLS = (
-    "gateway",
-    "site",
-    "state",
-    "last_status_ms",
-    "state_since_ms",
-    "backlog",
-    "oldest_age_s",
-    "last_sync_ms",
-    "clock_offset_ms",
-    "version",
-    "rejected",
-    "storage_state",
-    "storage_since_ms",
-    "storage_free_bytes",
-    "storage_reason",
-)
-_DCOLS = (
-    "gateway",
-    "device_id",
-    "kind",
-    "state",
-    "last_seen_ms",
-    "reads",
-    "errors",
-    "naks",
-    "battery",
-    "firmware",
-    "last_error",
-    "updated_ms",
-)
+_GCOLS = fleet_mod.GATEWAY_COLUMNS
+_DCOLS = (*fleet_mod.DEVICE_COLUMNS, "updated_ms")
 _ACOLS = ("id", "kind", "gateway", "device_id", "severity", "message", "opened_ms", "closed_ms")
 
 
