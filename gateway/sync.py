@@ -39,8 +39,8 @@ from gateway.outbox import Outbox
 from protocols import envelope, topics
 from protocols.envelope import Ack, BadRecord, EnvelopeError, Record
 from runtime.clock import now_ms
-from runtime.mqtt import Client, no_delay, raise_unless_link_lost
-from runtime.retry import TaskGroup, backoff_delay, supervise
+from runtime.mqtt import Client, no_delay, stay_linked
+from runtime.retry import TaskGroup, supervise
 from runtime.sqlitedb import StorageFull
 
 log = logging.getLogger(__name__)
@@ -207,25 +207,24 @@ class Sync:
         self.stats.restarts += 1
 
     async def _link_loop(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                async with self._client_for_session() as client:
-                    attempt = 0
-                    try:
-                        await self._session(client)
-                    except asyncio.CancelledError:
-                        await self._say_offline(client)
-                        raise
-                    finally:
-                        self._link_down()
-            except (aiomqtt.MqttError, BaseExceptionGroup) as e:
-                raise_unless_link_lost(e)
-                delay = backoff_delay(attempt, lo=BACKOFF_MIN_S, hi=BACKOFF_MAX_S)
-                attempt += 1
-                self.stats.reconnects += 1
-                log.warning("gw=%s mqtt link down (%s); retry in %.2fs", self.gw, e, delay)
-                await asyncio.sleep(delay)
+        await stay_linked(
+            self._client_for_session,
+            self._session_until_stopped,
+            on_down=self._link_down,
+            on_retry=self._on_retry,
+            backoff=lambda: (BACKOFF_MIN_S, BACKOFF_MAX_S),
+            who=f"gw={self.gw}",
+        )
+
+    def _on_retry(self) -> None:
+        self.stats.reconnects += 1
+
+    async def _session_until_stopped(self, client: Client) -> None:
+        try:
+            await self._session(client)
+        except asyncio.CancelledError:
+            await self._say_offline(client)
+            raise
 
     async def _say_offline(self, client: Client) -> None:
         """A clean stop says so: the retained status becomes ``offline`` at once. The broker

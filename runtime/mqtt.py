@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from runtime.retry import only, stopping
+from runtime.retry import backoff_delay, only, stopping
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+C = TypeVar("C", bound=aiomqtt.Client)
 
 
 async def keep_cancel(call: Awaitable[T]) -> T:
@@ -112,3 +113,36 @@ def no_delay(client: aiomqtt.Client) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     else:
         log.warning("could not set TCP_NODELAY on the MQTT socket (%r)", sock)
+
+
+async def stay_linked(
+    connect: Callable[[], C],
+    session: Callable[[C], Awaitable[None]],
+    *,
+    on_down: Callable[[], None],
+    on_retry: Callable[[], None],
+    backoff: Callable[[], tuple[float, float]],
+    who: str,
+) -> NoReturn:
+    """The reconnect loop of a long-lived MQTT link (a gateway's sync, central's consumer):
+    connect, run ``session`` until the link is lost, ``on_down`` whatever ends it, then
+    ``on_retry`` and a jittered backoff within ``backoff()`` (read at each retry, so tests can
+    shrink the module constants it returns) and connect again. A stop raises through
+    (:func:`raise_unless_link_lost`), as does any error that is not a lost link."""
+    attempt = 0
+    while True:
+        try:
+            async with connect() as client:
+                attempt = 0
+                try:
+                    await session(client)
+                finally:
+                    on_down()
+        except (aiomqtt.MqttError, BaseExceptionGroup) as e:
+            raise_unless_link_lost(e)
+            lo, hi = backoff()
+            delay = backoff_delay(attempt, lo=lo, hi=hi)
+            attempt += 1
+            on_retry()
+            log.warning("%s mqtt link down (%s); retry in %.2fs", who, e, delay)
+            await asyncio.sleep(delay)

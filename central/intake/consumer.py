@@ -36,8 +36,8 @@ from protocols import envelope, topics
 from protocols.bounded import JsonError, json_loads
 from protocols.envelope import Ack, AckStatus, EnvelopeError
 from runtime.clock import now_ms
-from runtime.mqtt import Client, no_delay, raise_unless_link_lost
-from runtime.retry import TaskGroup, backoff_delay, supervise
+from runtime.mqtt import Client, no_delay, stay_linked
+from runtime.retry import TaskGroup, supervise
 from runtime.sqlitedb import DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
@@ -163,22 +163,17 @@ class Consumer:
         self.client = None
 
     async def _mqtt(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                async with self._client() as client:
-                    attempt = 0
-                    try:
-                        await self._session(client)
-                    finally:
-                        self._link_down()
-            except (aiomqtt.MqttError, BaseExceptionGroup) as e:
-                raise_unless_link_lost(e)
-                delay = backoff_delay(attempt, lo=BACKOFF_MIN_S, hi=BACKOFF_MAX_S)
-                attempt += 1
-                self.stats.reconnects += 1
-                log.warning("central mqtt link down (%s); retry in %.2fs", e, delay)
-                await asyncio.sleep(delay)
+        await stay_linked(
+            self._client,
+            self._session,
+            on_down=self._link_down,
+            on_retry=self._on_retry,
+            backoff=lambda: (BACKOFF_MIN_S, BACKOFF_MAX_S),
+            who="central",
+        )
+
+    def _on_retry(self) -> None:
+        self.stats.reconnects += 1
 
     async def _session(self, client: Client) -> None:
         self.client = client
