@@ -80,6 +80,9 @@ class BrokerConfig:
     max_queued_bytes: int = 2 * 1024**3
     max_queued_messages: int = 0  # 0 = no count limit; mosquitto's own default is 1000
     extra: list[str] = field(default_factory=list)
+    # A bridge's ``connection`` block (ops/bridge.render_connection): rendered last, since
+    # every option after ``connection`` belongs to that bridge.
+    bridge: list[str] = field(default_factory=list)
 
     def _user_line(self) -> list[str]:
         # Started as root, mosquitto drops to the 'mosquitto' user, which cannot write the
@@ -131,6 +134,7 @@ class BrokerConfig:
                 "tls_version tlsv1.2",
             ]
         lines += self.extra
+        lines += self.bridge
         return "\n".join(lines) + "\n"
 
 

@@ -248,6 +248,12 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bridge_init(args: argparse.Namespace) -> int:
+    from ops.bridge import main as bridge_main
+
+    return bridge_main(args.bridge_args)
+
+
 def cmd_users(args: argparse.Namespace) -> int:
     from central.web.auth import main as users_main
 
@@ -403,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     broker_init_arguments(bi)  # its own options, not a REMAINDER: one starting with -- must parse
     bi.set_defaults(fn=cmd_broker_init)
+
+    br = sub.add_parser(
+        "bridge-init",
+        help="a regional broker's bridge user on the central broker, its ACL and bridge file",
+    )
+    br.add_argument("bridge_args", nargs=argparse.REMAINDER, help="see storegate bridge-init -- --help")
+    br.set_defaults(fn=cmd_bridge_init)
 
     pv = sub.add_parser(
         "provision-gateway", help="create broker credentials, ACL entry and config for a gateway"

@@ -1,0 +1,431 @@
+"""Regional brokers (issue 17): a store behind a Mosquitto bridge syncs exactly once.
+
+Everything is real: two mosquitto processes (the central broker and a regional broker whose
+``connection`` block is rendered by ``ops.bridge`` from the file ``storegate bridge-init``
+writes), central and the gateway as ``storegate`` processes, credentials and ACLs as the
+provisioning commands make them. Orders are posted to the gateway while a broker is
+SIGKILLed and started again; afterwards every order is at central exactly once, every
+downlink record central sent is applied once at the gateway, and the gateway's retained
+status (and its Will) reaches central through the bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ops.bridge import Bridge, BridgeError, init_bridge, load_bridge, render_connection
+from ops.broker import Mosquitto, free_port
+from ops.broker_security import SecurityPaths, init_broker_security, read_users, secure_broker_config
+from ops.provision import provision_gateway
+from protocols import topics
+from tests.conftest import wait_for
+from tests.procs import Proc, central_db, central_settled, seed_viewer
+from tests.test_broker_security import NOT_AUTHORIZED, collecting, forge, mqtt
+
+RUN_AS = "root" if os.geteuid() == 0 else None
+GW = "store-101"
+OTHER = "store-201"  # a store of another region
+DOWN_S = 10.0
+# After a broker is back: the gateway's reconnect backoff is capped at 10 s, the bridge's
+# (restart_timeout 1 30) grows while the central broker is away; then the gateway's ack
+# timeout (2 s here, doubling while nothing comes) and central's downlink timer (15 s) resend
+# whatever a SIGKILLed broker had not saved.
+DRAIN_S = 90.0
+
+
+def order_body(ref: str) -> dict[str, object]:
+    return {
+        "customer": "S001",
+        "channel": "manual",
+        "order_type": "normal",
+        "requested_date": "2026-12-01",
+        "lines": [{"sku": "SKU-1", "qty": 1}],
+        "source_ref": ref,
+    }
+
+
+@dataclass
+class Region:
+    tmp: Path
+    central_etc: Path
+    regional_etc: Path
+    central_broker: Mosquitto
+    regional_broker: Mosquitto
+    bridge: Bridge
+    central: Proc
+    gw: Proc
+    ops: tuple[str, str]  # the central broker's read-only monitoring user
+
+    @property
+    def gw_db(self) -> Path:
+        return self.tmp / GW / f"{GW}.db"
+
+
+def build_region(tmp: Path) -> Region:
+    """Central's installation (broker-init, bridge-init) and the region's (broker-init with the
+    bridge file, provision-gateway), as the commands of ops/BROKER.md make them."""
+    central_etc, regional_etc = tmp / "etc-central", tmp / "etc-eu"
+    central_port, regional_port = free_port(), free_port()
+    service = init_broker_security(central_etc, broker_host="127.0.0.1", broker_port=central_port)
+    bridge = init_bridge("eu", etc_dir=central_etc, gateways=[GW])
+    central_broker = Mosquitto(
+        secure_broker_config(central_etc, port=central_port, data_dir=tmp / "broker-central", run_as=RUN_AS)
+    )
+    init_broker_security(regional_etc, broker_host="127.0.0.1", broker_port=regional_port)
+    gw_cfg = provision_gateway(
+        GW,
+        etc_dir=regional_etc,
+        broker_host="127.0.0.1",
+        broker_port=regional_port,
+        customer="S001",
+        data_dir=tmp / GW,
+        http_port=free_port(),
+    ).config_file
+    regional_cfg = secure_broker_config(
+        regional_etc, port=regional_port, data_dir=tmp / "broker-eu", run_as=RUN_AS
+    )
+    regional_cfg.bridge = render_connection(load_bridge(central_etc / "bridges" / "eu.toml"))
+    regional_broker = Mosquitto(regional_cfg)
+
+    # the gateway as provisioned, with a short ack timeout so a lost ack is resent soon
+    gw_text = gw_cfg.read_text() + "ack_timeout_s = 2.0\n"
+    gw_http = tomllib.loads(gw_text)["http"]["port"]
+    gw_file = tmp / f"{GW}.toml"
+    gw_file.write_text(gw_text)
+    # central with the [broker] section broker-init wrote (credentials, secret share group)
+    seed_viewer(tmp / "central" / "central.db")
+    http = free_port()
+    c_file = tmp / "central.toml"
+    c_file.write_text(
+        f'data_dir = "{tmp / "central"}"\n'
+        + SecurityPaths(central_etc).central_config.read_text()
+        + f"\n[http]\nport = {http}\n"
+    )
+    return Region(
+        tmp=tmp,
+        central_etc=central_etc,
+        regional_etc=regional_etc,
+        central_broker=central_broker,
+        regional_broker=regional_broker,
+        bridge=bridge,
+        central=Proc("central", c_file, http, tmp / "central.log"),
+        gw=Proc("gateway", gw_file, gw_http, tmp / f"{GW}.log"),
+        ops=(service.ops.username, service.ops.password),
+    )
+
+
+@pytest.fixture
+def region(tmp_path: Path) -> Iterator[Region]:
+    r = build_region(tmp_path)
+    try:
+        r.central_broker.start()
+        r.regional_broker.start()
+        r.central.start()
+        r.gw.start()
+        yield r
+    finally:
+        r.gw.kill()
+        r.central.kill()
+        r.regional_broker.kill()
+        r.central_broker.kill()
+
+
+class Feeder:
+    """Posts orders to the gateway, one after another, until stopped; counts the 201s."""
+
+    def __init__(self, http: aiohttp.ClientSession, gw: Proc) -> None:
+        self.http, self.gw = http, gw
+        self.accepted: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            ref = f"o-{len(self.accepted)}"
+            async with self.http.post(f"{self.gw.url}/api/orders", json=order_body(ref)) as r:
+                assert r.status == 201, f"order {ref}: {r.status} {await r.text()}"
+            self.accepted.append(ref)
+            await asyncio.sleep(0.02)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="feeder")
+
+    async def more(self, n: int, *, timeout: float = 30.0) -> None:
+        """Wait until ``n`` more orders were taken (the gateway keeps taking them)."""
+        target = len(self.accepted) + n
+        await wait_for(lambda: len(self.accepted) >= target, timeout=timeout, what=f"{n} more orders")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def feeding(region: Region, http: aiohttp.ClientSession) -> AsyncIterator[Feeder]:
+    feeder = Feeder(http, region.gw)
+    feeder.start()
+    try:
+        yield feeder
+    finally:
+        await feeder.stop()
+
+
+async def health(http: aiohttp.ClientSession, proc: Proc) -> dict[str, Any]:
+    async with http.get(f"{proc.url}/api/health") as r:
+        assert r.status == 200
+        doc: dict[str, Any] = await r.json()
+        return doc
+
+
+def _rows(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def central_orders(region: Region) -> list[str]:
+    conn = central_db(region.tmp)
+    try:
+        return [r for (r,) in conn.execute("SELECT source_ref FROM orders")]
+    finally:
+        conn.close()
+
+
+def downlink_pending(region: Region) -> int:
+    conn = central_db(region.tmp)
+    try:
+        return int(
+            conn.execute("SELECT count(*) FROM downlink_outbox WHERE gateway = ?", (GW,)).fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+async def drained(region: Region, http: aiohttp.ClientSession, accepted: list[str]) -> None:
+    """Wait until the gateway's outbox is empty, central processed everything and every
+    downlink record for the gateway is acked."""
+    t0 = time.monotonic()
+
+    async def settled() -> bool:
+        return (
+            (await health(http, region.gw))["backlog"] == 0
+            and central_settled(region.tmp)
+            and len(set(central_orders(region))) >= len(set(accepted))
+            and downlink_pending(region) == 0
+        )
+
+    await wait_for(settled, timeout=DRAIN_S, interval=0.2, what="gateway, central and downlink drained")
+    print(f"drained {time.monotonic() - t0:.1f}s after the stream stopped")
+
+
+def assert_exactly_once(region: Region, accepted: list[str]) -> None:
+    refs = central_orders(region)
+    lost = sorted(set(accepted) - set(refs))
+    duplicated = len(refs) - len(set(refs))
+    unexpected = sorted(set(refs) - set(accepted))
+    assert (len(lost), duplicated, len(unexpected)) == (0, 0, 0), (lost[:10], duplicated, unexpected[:10])
+    # Every downlink record central sent (all acked: downlink_outbox is empty) is in the
+    # gateway's inbox - applied, once (the inbox's key is the record id) - and nothing else is.
+    conn = central_db(region.tmp)
+    try:
+        sent = {i for (i,) in conn.execute("SELECT id FROM downlink_results WHERE gateway = ?", (GW,))}
+    finally:
+        conn.close()
+    applied = {i for (i,) in _rows(region.gw_db, "SELECT id FROM inbox")}
+    assert sent and sent == applied, (len(sent), len(applied), sorted(sent ^ applied)[:5])
+    # each order's status came back down and is what the store shows
+    statuses = _rows(region.gw_db, "SELECT count(*), count(DISTINCT record_id) FROM order_status")[0]
+    assert statuses == (len(accepted), len(accepted)), statuses
+    print(f"{len(accepted)} orders, {len(sent)} downlink records: 0 lost, 0 duplicated")
+
+
+async def wait_link(http: aiohttp.ClientSession, proc: Proc, want: str, *, central: bool = False) -> None:
+    async def ok() -> bool:
+        doc = await health(http, proc)
+        return bool((doc["mqtt"] if central else doc)["link"] == want)
+
+    what = f"{'central' if central else 'gateway'} link {want}"
+    await wait_for(ok, timeout=DRAIN_S if want == "up" else DOWN_S, what=what)
+
+
+@contextlib.asynccontextmanager
+async def watching_central(region: Region, *subscriptions: str) -> AsyncIterator[Any]:
+    """An ops client on the central broker, collecting what arrives (retained first)."""
+    async with mqtt(region.central_broker.port, region.ops, client_id="ops-watch") as c, collecting(c) as rx:
+        for s in subscriptions:
+            await c.subscribe(s, qos=1)
+        yield rx
+
+
+def _state(payload: bytes) -> str:
+    import json
+
+    return str(json.loads(payload)["state"])
+
+
+# (a) -------------------------------------------------------------------------------------
+async def test_regional_broker_killed_and_restarted_mid_stream(region: Region) -> None:
+    async with aiohttp.ClientSession() as http, feeding(region, http) as feeder:
+        await wait_for(lambda: len(central_orders(region)) >= 10, timeout=DRAIN_S, what="orders at central")
+        region.regional_broker.kill()
+        await wait_link(http, region.gw, "down")
+        await feeder.more(20)  # the gateway keeps taking orders with its broker gone
+        await asyncio.to_thread(region.regional_broker.start)
+        await wait_link(http, region.gw, "up")
+        await feeder.more(20)
+        await feeder.stop()
+        await drained(region, http, feeder.accepted)
+    assert_exactly_once(region, feeder.accepted)
+
+
+# (b) + (c) -------------------------------------------------------------------------------
+async def test_central_broker_killed_the_store_keeps_taking_orders_behind_its_bridge(region: Region) -> None:
+    async with aiohttp.ClientSession() as http, feeding(region, http) as feeder:
+        await wait_for(lambda: len(central_orders(region)) >= 10, timeout=DRAIN_S, what="orders at central")
+        region.central_broker.kill()
+        await wait_link(http, region.central, "down", central=True)
+        # the bridge is down, the gateway's own link (to the regional broker) is not
+        await feeder.more(40)
+        assert (await health(http, region.gw))["link"] == "up"
+        assert not central_settled(region.tmp) or len(set(central_orders(region))) < len(feeder.accepted)
+        await asyncio.to_thread(region.central_broker.start)
+        await wait_link(http, region.central, "up", central=True)
+        await feeder.more(20)
+        await feeder.stop()
+        await drained(region, http, feeder.accepted)
+    assert_exactly_once(region, feeder.accepted)
+    async with watching_central(region, topics.bridge_state("eu")) as rx:
+        await rx.until(topics.bridge_state("eu"), b"1")  # retained: the bridge is back
+
+
+# status and Will through the bridge ------------------------------------------------------
+async def test_status_and_will_cross_the_bridge_and_the_bridge_state_tells_a_dead_region(
+    region: Region,
+) -> None:
+    status, state = topics.status(GW), topics.bridge_state("eu")
+    async with watching_central(region, status, state) as rx:
+
+        async def latest(topic: str) -> bytes | None:
+            got = [p for t, p in rx.received if t == topic]
+            return got[-1] if got else None
+
+        async def online() -> bool:
+            p = await latest(status)
+            return p is not None and _state(p) == "online"
+
+        await wait_for(online, timeout=DOWN_S, what="the gateway's retained online status at central")
+        await wait_for(lambda: central_fleet_state(region) == "online", timeout=DOWN_S, what="fleet: online")
+        region.gw.kill()  # SIGKILL: the regional broker publishes its Will, the bridge forwards it
+
+        async def offline() -> bool:
+            p = await latest(status)
+            return p is not None and _state(p) == "offline"
+
+        await wait_for(offline, timeout=DOWN_S + 30, what="the gateway's Will at central")
+        await wait_for(
+            lambda: central_fleet_state(region) == "offline", timeout=DOWN_S, what="fleet: offline"
+        )
+        assert await latest(state) == b"1"
+
+    # retained at central: a client that comes later reads the Will
+    async with watching_central(region, status) as rx:
+        await wait_for(lambda: bool(rx.received), timeout=DOWN_S, what="the retained status")
+        assert _state(rx.received[0][1]) == "offline"
+
+    region.gw.start()
+    async with watching_central(region, status, state) as rx:
+        await wait_for(lambda: central_fleet_state(region) == "online", timeout=DRAIN_S, what="online again")
+        # the regional broker itself dies: its gateways cannot tell central anything, but the
+        # bridge's Will on the central broker does (retained "0")
+        rx.received.clear()
+        region.regional_broker.kill()
+        await wait_for(
+            lambda: (state, b"0") in rx.received,
+            timeout=DOWN_S,
+            what="the bridge's Will (state 0) at central",
+        )
+    async with watching_central(region, state) as rx:
+        await rx.until(state, b"0")  # retained
+
+
+def central_fleet_state(region: Region) -> str | None:
+    conn = central_db(region.tmp)
+    try:
+        row = conn.execute("SELECT state FROM fleet_gateways WHERE gateway = ?", (GW,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
+
+
+# the bridge's rights on the central broker -----------------------------------------------
+async def test_a_bridge_cannot_speak_for_another_regions_store_nor_join_a_share_group(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    port = free_port()
+    service = init_broker_security(etc, broker_host="127.0.0.1", broker_port=port)
+    eu = init_bridge("eu", etc_dir=etc, gateways=[GW])
+    us = init_bridge("us", etc_dir=etc, gateways=[OTHER])
+    with pytest.raises(BridgeError, match="already carried by region 'us'"):
+        init_bridge("eu", etc_dir=etc, gateways=[GW, OTHER])
+    assert {eu.username, us.username} <= set(read_users(SecurityPaths(etc).password_file))
+    broker = Mosquitto(secure_broker_config(etc, port=port, data_dir=tmp_path / "broker", run_as=RUN_AS))
+    broker.start()
+    try:
+        eu_creds = (eu.username, eu.password)
+        central = (service.central.username, service.central.password)
+        async with mqtt(port, central, client_id="central-probe") as c, collecting(c) as rx:
+            await c.subscribe(topics.central_uplink_subscription(group=service.share_group), qos=1)
+            await c.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
+            # a compromised region tries another region's store's uplink and status
+            for topic in (topics.uplink(OTHER), topics.status(OTHER)):
+                await forge(port, eu_creds, topic)
+            # its own store still works: the barrier
+            async with mqtt(port, eu_creds, client_id=eu.username) as b:
+                await b.publish(topics.uplink(GW), b"barrier", qos=1)
+            assert await rx.until(topics.uplink(GW), b"barrier") == []
+        async with mqtt(port, eu_creds, client_id="eu-snoop") as s:
+            (code,) = await s.subscribe(f"$share/x/{topics.uplink(GW)}", qos=1)
+            assert getattr(code, "value", code) == NOT_AUTHORIZED, code
+        # the other region's downlink never reaches it
+        async with mqtt(port, eu_creds, client_id="eu-snoop2") as s, collecting(s) as rx:
+            await s.subscribe(topics.downlink(OTHER), qos=1)
+            await s.subscribe(topics.downlink(GW), qos=1)
+            async with mqtt(port, central, client_id="central-2") as c:
+                await c.publish(topics.downlink(OTHER), b"secret", qos=1)
+                await c.publish(topics.downlink(GW), b"barrier", qos=1)
+            assert await rx.until(topics.downlink(GW), b"barrier") == []
+    finally:
+        broker.kill()
+
+
+def test_bridge_init_refuses_what_would_give_a_store_two_ways_in(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    init_broker_security(etc, broker_host="127.0.0.1", broker_port=1883)
+    provision_gateway("store-001", etc_dir=etc, broker_host="127.0.0.1", broker_port=1883)
+    with pytest.raises(BridgeError, match="provisioned on the central broker itself"):
+        init_bridge("eu", etc_dir=etc, gateways=["store-001"])
+    with pytest.raises(BridgeError, match="invalid region"):
+        init_bridge("EU!", etc_dir=etc, gateways=[GW])
+    with pytest.raises(topics.TopicError):
+        init_bridge("eu", etc_dir=etc, gateways=["Bad Id"])
+    first = init_bridge("eu", etc_dir=etc, gateways=[GW])
+    again = init_bridge("eu", etc_dir=etc, gateways=[GW, "store-102"])
+    assert again.password == first.password and again.gateways == (GW, "store-102")
+    assert init_bridge("eu", etc_dir=etc, gateways=[GW], rotate=True).password != first.password
+    f = etc / "bridges" / "eu.toml"
+    assert f.stat().st_mode & 0o777 == 0o600
+    assert load_bridge(f).gateways == (GW,)
