@@ -24,8 +24,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from ops.bridge import Bridge, BridgeError, init_bridge, load_bridge, render_connection
+from ops.bridge import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    Bridge,
+    BridgeError,
+    init_bridge,
+    load_bridge,
+    render_connection,
+)
 from ops.broker import Mosquitto, free_port
 from ops.broker_security import SecurityPaths, init_broker_security, read_users, secure_broker_config
 from ops.provision import provision_gateway
@@ -73,13 +83,13 @@ class Region:
         return self.tmp / GW / f"{GW}.db"
 
 
-def build_region(tmp: Path) -> Region:
+def build_region(tmp: Path, protocol: str = DEFAULT_PROTOCOL) -> Region:
     """Central's installation (broker-init, bridge-init) and the region's (broker-init with the
     bridge file, provision-gateway), as the commands of ops/BROKER.md make them."""
     central_etc, regional_etc = tmp / "etc-central", tmp / "etc-eu"
     central_port, regional_port = free_port(), free_port()
     service = init_broker_security(central_etc, broker_host="127.0.0.1", broker_port=central_port)
-    bridge = init_bridge("eu", etc_dir=central_etc, gateways=[GW])
+    bridge = init_bridge("eu", etc_dir=central_etc, gateways=[GW], protocol=protocol)
     central_broker = Mosquitto(
         secure_broker_config(central_etc, port=central_port, data_dir=tmp / "broker-central", run_as=RUN_AS)
     )
@@ -127,8 +137,8 @@ def build_region(tmp: Path) -> Region:
 
 
 @pytest.fixture
-def region(tmp_path: Path) -> Iterator[Region]:
-    r = build_region(tmp_path)
+def region(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Region]:
+    r = build_region(tmp_path, getattr(request, "param", DEFAULT_PROTOCOL))
     try:
         r.central_broker.start()
         r.regional_broker.start()
@@ -294,6 +304,7 @@ async def test_regional_broker_killed_and_restarted_mid_stream(region: Region) -
 
 
 # (b) + (c) -------------------------------------------------------------------------------
+@pytest.mark.parametrize("region", PROTOCOLS, indirect=True)
 async def test_central_broker_killed_the_store_keeps_taking_orders_behind_its_bridge(region: Region) -> None:
     async with aiohttp.ClientSession() as http, feeding(region, http) as feeder:
         await wait_for(lambda: len(central_orders(region)) >= 10, timeout=DRAIN_S, what="orders at central")
@@ -429,3 +440,83 @@ def test_bridge_init_refuses_what_would_give_a_store_two_ways_in(tmp_path: Path)
     f = etc / "bridges" / "eu.toml"
     assert f.stat().st_mode & 0o777 == 0o600
     assert load_bridge(f).gateways == (GW,)
+
+
+# what crosses a mosquitto 2.0.11 bridge (the table in ops/BROKER.md) ----------------------
+@pytest.mark.parametrize(
+    ("protocol", "user_properties_cross", "session_kept"),
+    [("mqttv311", False, True), ("mqttv50", True, False)],
+)
+async def test_what_crosses_the_bridge(
+    tmp_path: Path, protocol: str, user_properties_cross: bool, session_kept: bool
+) -> None:
+    """Measured, not assumed: a user property on a downlink message, and a downlink message
+    published at the central broker while the bridge is down (regional broker stopped). If a
+    mosquitto upgrade changes either, this fails: update the table in ops/BROKER.md."""
+    central_etc, regional_etc = tmp_path / "etc-central", tmp_path / "etc-eu"
+    c_port, r_port = free_port(), free_port()
+    service = init_broker_security(central_etc, broker_host="127.0.0.1", broker_port=c_port)
+    init_bridge("eu", etc_dir=central_etc, gateways=[GW], protocol=protocol)
+    init_broker_security(regional_etc, broker_host="127.0.0.1", broker_port=r_port)
+    gw = provision_gateway(GW, etc_dir=regional_etc, broker_host="127.0.0.1", broker_port=r_port)
+    central_broker = Mosquitto(
+        secure_broker_config(central_etc, port=c_port, data_dir=tmp_path / "bc", run_as=RUN_AS)
+    )
+    r_cfg = secure_broker_config(regional_etc, port=r_port, data_dir=tmp_path / "br", run_as=RUN_AS)
+    r_cfg.bridge = render_connection(load_bridge(central_etc / "bridges" / "eu.toml"))
+    regional = Mosquitto(r_cfg)
+    central_creds = (service.central.username, service.central.password)
+    down, state = topics.downlink(GW), topics.bridge_state("eu")
+    got: list[tuple[bytes, dict[str, str]]] = []
+
+    async def gateway_session(until: bytes) -> None:
+        """The gateway's persistent session on the regional broker, until ``until`` arrives."""
+        async with mqtt(
+            r_port, (GW, gw.password), client_id=f"gw-{GW}", clean_start=False, session_expiry=3600
+        ) as g:
+            await g.subscribe(down, qos=1)
+            async with asyncio.timeout(DOWN_S):
+                async for m in g.messages:
+                    payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                    got.append((payload, dict(getattr(m.properties, "UserProperty", None) or [])))
+                    if payload == until:
+                        return
+
+    async def start_regional_and_wait_for_the_bridge(c: Any) -> None:
+        """Start the regional broker; return once the bridge announces its connection at the
+        central broker: a live ``1`` (not the retained one of an earlier connection)."""
+        await c.subscribe(state, qos=1)  # before the start: messages queue in the client
+        regional.start()
+        async with asyncio.timeout(DRAIN_S):
+            async for m in c.messages:
+                if m.topic.value == state and m.payload == b"1" and not m.retain:
+                    break
+        await c.unsubscribe(state)
+
+    async def gateway_subscribed() -> None:
+        async with mqtt(
+            r_port, (GW, gw.password), client_id=f"gw-{GW}", clean_start=False, session_expiry=3600
+        ) as g:
+            await g.subscribe(down, qos=1)
+
+    central_broker.start()
+    try:
+        async with mqtt(c_port, central_creds, client_id="central-probe") as c:
+            await start_regional_and_wait_for_the_bridge(c)
+            await gateway_subscribed()  # its persistent session on the regional broker
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = [("acked_below", "42")]
+            await c.publish(down, b"first", qos=1, properties=props)
+            await gateway_session(b"first")
+            regional.stop()  # graceful: the regional broker saves the gateway's session
+            await c.publish(down, b"while the bridge is down", qos=1)
+            await start_regional_and_wait_for_the_bridge(c)
+            await c.publish(down, b"barrier", qos=1)
+            await gateway_session(b"barrier")
+    finally:
+        regional.kill()
+        central_broker.kill()
+    payloads = [p for p, _ in got]
+    assert got[0] == (b"first", {"acked_below": "42"} if user_properties_cross else {}), got
+    assert (b"while the bridge is down" in payloads) is session_kept, payloads
+    assert payloads[-1] == b"barrier"
