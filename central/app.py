@@ -17,6 +17,7 @@ from central.fulfil.release import Releaser, ReleaseSettings
 from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
+from central.regions import Regions
 from central.web import allocation_api, console, dashboard, fleet_api, release_api
 from central.web.api import create_app
 from runtime import config
@@ -42,6 +43,9 @@ class CentralConfig:
     allocation: waves.AllocationSettings = field(default_factory=waves.AllocationSettings)
     release: ReleaseSettings = field(default_factory=ReleaseSettings)
     schedule: schedule.ScheduleSettings = field(default_factory=schedule.ScheduleSettings)
+    # The stores of each regional broker (written by storegate bridge-init): when a region's
+    # bridge goes down, its stores are marked offline (central.regions, ops/BROKER.md).
+    regions_file: Path | None = None
 
 
 def load_config(path: Path | str) -> CentralConfig:
@@ -64,7 +68,14 @@ async def serve(cfg: CentralConfig) -> None:
     db = central_db(cfg.data_dir / "central.db", hub)
     await db.open()
     fleet = Fleet(db, cfg.alerts)
-    consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status, hub=hub)
+    regions = Regions(db, cfg.regions_file, fleet.bump) if cfg.regions_file is not None else None
+    consumer = Consumer(
+        db=db,
+        broker=cfg.broker,
+        on_status=fleet.on_status,
+        hub=hub,
+        on_bridge_state=regions.on_bridge_state if regions is not None else None,
+    )
     metrics = CentralMetrics(db=db, consumer=consumer)
     runner = web.AppRunner(build_app(db, consumer, fleet, metrics), access_log=None)
     await runner.setup()

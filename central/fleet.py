@@ -479,6 +479,10 @@ class Fleet:
         async with self.changed:
             self.changed.notify_all()
 
+    async def bump(self) -> None:
+        """Something else changed the fleet's tables (central.regions): wake the live views."""
+        await self._bump()
+
     async def on_status(self, gw: str, payload: bytes) -> None:
         if not payload:
             return  # a cleared retained message

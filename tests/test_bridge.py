@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sqlite3
 import time
 import tomllib
@@ -27,6 +28,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from central.regions import RegionsFileError, load_regions
 from ops.bridge import (
     DEFAULT_PROTOCOL,
     PROTOCOLS,
@@ -119,7 +121,7 @@ def build_region(tmp: Path, protocol: str = DEFAULT_PROTOCOL) -> Region:
     http = free_port()
     c_file = tmp / "central.toml"
     c_file.write_text(
-        f'data_dir = "{tmp / "central"}"\n'
+        f'data_dir = "{tmp / "central"}"\nregions_file = "{central_etc / "regions.toml"}"\n'
         + SecurityPaths(central_etc).central_config.read_text()
         + f"\n[http]\nport = {http}\n"
     )
@@ -370,8 +372,38 @@ async def test_status_and_will_cross_the_bridge_and_the_bridge_state_tells_a_dea
             timeout=DOWN_S,
             what="the bridge's Will (state 0) at central",
         )
-    async with watching_central(region, state) as rx:
+        # the store's own retained status at central still says online (below); central's fleet does not
+        await wait_for(
+            lambda: central_fleet_state(region) == "offline",
+            timeout=DOWN_S,
+            what="fleet: region's store offline",
+        )
+        assert central_fleet_events(region)[-1] == (
+            "gateway offline",
+            "bridge of region eu down: status unknown",
+        )
+    async with watching_central(region, state, status) as rx:
         await rx.until(state, b"0")  # retained
+        await wait_for(
+            lambda: any(t == status for t, _ in rx.received), timeout=DOWN_S, what="retained status"
+        )
+        assert [_state(p) for t, p in rx.received if t == status] == ["online"]  # stale, forever
+
+    # the regional broker is back: the bridge says 1, the store's status comes through again
+    region.regional_broker.start()
+    await wait_for(
+        lambda: central_fleet_state(region) == "online", timeout=DRAIN_S, what="fleet: online again"
+    )
+    assert ("bridge up", "bridge of region eu connected") in central_fleet_events(region)
+
+
+def central_fleet_events(region: Region) -> list[tuple[str, str]]:
+    conn = central_db(region.tmp)
+    try:
+        rows = conn.execute("SELECT event, detail FROM fleet_events WHERE gateway = ? ORDER BY id", (GW,))
+        return [(str(e), str(d)) for e, d in rows]
+    finally:
+        conn.close()
 
 
 def central_fleet_state(region: Region) -> str | None:
@@ -520,3 +552,24 @@ async def test_what_crosses_the_bridge(
     assert got[0] == (b"first", {"acked_below": "42"} if user_properties_cross else {}), got
     assert (b"while the bridge is down" in payloads) is session_kept, payloads
     assert payloads[-1] == b"barrier"
+
+
+def test_regions_file_written_by_bridge_init_and_checked_by_central(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    init_broker_security(etc, broker_host="127.0.0.1", broker_port=1883)
+    init_bridge("eu", etc_dir=etc, gateways=[GW, "store-102"])
+    init_bridge("us", etc_dir=etc, gateways=[OTHER])
+    f = etc / "regions.toml"
+    assert f.stat().st_mode & 0o777 == 0o644 and "password" not in f.read_text()
+    assert load_regions(f) == {"eu": (GW, "store-102"), "us": (OTHER,)}
+    bad = tmp_path / "bad.toml"
+    for text, why in [
+        ('[regions]\nEU = ["store-1"]\n', "invalid region 'EU'"),
+        ('[regions]\neu = "store-1"\n', "expected a list of gateway ids"),
+        ('[regions]\neu = ["Store 1"]\n', "invalid gateway id 'Store 1'"),
+        ("regions = 3\n", "is not a table"),
+        ("[regions\n", "regions file"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(RegionsFileError, match=re.escape(why)):
+            load_regions(bad)

@@ -27,6 +27,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from central.app import load_config as load_central_config
+from central.regions import load_regions
 from ops import bridge as bridge_mod
 from ops.broker import free_port
 from protocols import topics
@@ -88,7 +90,7 @@ class Relocator:
         """A documented config line as it must appear in the written file."""
         for h in HOSTS:
             line = re.sub(rf"{re.escape(h)}:(\d+)", lambda m: f"localhost:{self.port(m.group(1))}", line)
-        return re.sub(r"(?<=\s)/(\S+)", lambda m: str(self.base / m.group(1)), line)
+        return re.sub(r'(?<=[\s"])/([^\s"]+)', lambda m: str(self.base / m.group(1)), line)
 
 
 def storegate(argv: list[str]) -> str:
@@ -170,6 +172,14 @@ async def test_documented_regional_broker_bridges_to_the_central_broker(base: Pa
     assert conf.index("connection storegate-eu") > max(
         i for i, c in enumerate(conf) if c.startswith("listener")
     )
+
+    # central's documented regions_file reads the file bridge-init wrote
+    central_cfg = next(b for b in fenced(doc, "") if "regions_file" in b)
+    cfg_file = base / "central-regions.toml"
+    cfg_file.write_text("\n".join(central.text(line) for line in central_cfg.splitlines()) + "\n")
+    regions_file = load_central_config(cfg_file).regions_file
+    assert regions_file == central_etc / "regions.toml"
+    assert load_regions(regions_file) == {"eu": ("store-101", "store-102")}
 
     creds = tomllib.loads((central_etc / "central.toml").read_text())["broker"]
     central_creds = (creds["username"], creds["password"])

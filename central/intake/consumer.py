@@ -99,12 +99,14 @@ class Consumer:
         broker: BrokerSettings,
         on_status: Callable[[str, bytes], Awaitable[None]] | None = None,
         hub: Hub | None = None,
+        on_bridge_state: Callable[[str, bytes], Awaitable[None]] | None = None,
     ) -> None:
         """``hub``: the central's wiring, as its database was opened with (``central.wiring``);
         by default the standard one."""
         self.db = db
         self.hub = hub or wiring.hub()
         self.on_status = on_status
+        self.on_bridge_state = on_bridge_state  # regional brokers' bridges (central.regions)
         self.broker = broker
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
@@ -186,6 +188,8 @@ class Consumer:
         )
         if self.on_status is not None:
             await client.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
+        if self.on_bridge_state is not None:
+            await client.subscribe(topics.BRIDGE_STATE_SUBSCRIPTION, qos=1)
         self.stats.connected = True
         self.stats.link_since = time.monotonic()
         self.connected.set()
@@ -222,6 +226,15 @@ class Consumer:
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         payload = bytes(payload)
         self.stats.messages += 1
+        if topic.startswith(topics.BRIDGE_ROOT + "/"):
+            try:
+                region = topics.parse_bridge_state(topic)
+            except topics.TopicError as e:
+                log.error("message on unexpected topic %r ignored: %s", topic, e)
+                return
+            if self.on_bridge_state is not None:
+                await self.on_bridge_state(region, payload)
+            return
         try:
             topic_gw, leaf = topics.parse(topic)
         except topics.TopicError as e:
