@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ops.broker import BrokerConfig
 from ops.broker_security import (
     BrokerSecurityError,
     SecurityPaths,
@@ -324,6 +325,21 @@ def render_connection(
             f"topic {topics.downlink(gw)} in 1",
         ]
     return lines
+
+
+GATEWAY_CLIENT_PREFIX = "gw-"  # every gateway's client id is gw-<gateway id> (protocols/WIRE.md)
+
+
+def make_regional(cfg: BrokerConfig, bridge: Bridge, *, tls_ca: Path | None = None) -> BrokerConfig:
+    """Turn a broker config (as broker-init renders it) into the region's: the bridge's
+    ``connection`` block, and ``clientid_prefixes gw-``. Without the prefix rule any store
+    could connect with the bridge's local client id and take its session over: mosquitto then
+    throws the bridge off, and a clean start throws away the uplinks queued for it (measured).
+    Only gateways connect to a regional broker, and their ids all start with ``gw-``; the
+    bridge's own local connection is not a network client and is not checked."""
+    cfg.extra.append(f"clientid_prefixes {GATEWAY_CLIENT_PREFIX}")
+    cfg.bridge = render_connection(bridge, tls_ca=tls_ca)
+    return cfg
 
 
 # -- CLI ----------------------------------------------------------------------------------

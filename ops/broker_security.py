@@ -670,16 +670,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = secure_broker_config(etc, port=args.broker_port, data_dir=data_dir, tls=tls, run_as=BROKER_USER)
     conf = paths.broker_dir / "mosquitto.conf"
     if args.bridge is not None:
-        from ops.bridge import load_bridge, render_connection  # noqa: PLC0415 - regional brokers only
+        from ops.bridge import load_bridge, make_regional  # noqa: PLC0415 - regional brokers only
 
         try:
             bridge = load_bridge(args.bridge)
         except BrokerSecurityError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        cfg.bridge = render_connection(
-            bridge, tls_ca=args.bridge_ca.absolute() if args.bridge_ca is not None else None
-        )
+        make_regional(cfg, bridge, tls_ca=args.bridge_ca.absolute() if args.bridge_ca is not None else None)
         write_atomic(conf, cfg.render(), mode=0o640)  # holds the bridge's password
         _broker_readable(conf)
     else:

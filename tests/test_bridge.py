@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -36,7 +37,7 @@ from ops.bridge import (
     BridgeError,
     init_bridge,
     load_bridge,
-    render_connection,
+    make_regional,
 )
 from ops.broker import Mosquitto, free_port
 from ops.broker_security import SecurityPaths, init_broker_security, read_users, secure_broker_config
@@ -44,7 +45,7 @@ from ops.provision import provision_gateway
 from protocols import topics
 from tests.conftest import wait_for
 from tests.procs import Proc, central_db, central_settled, seed_viewer
-from tests.test_broker_security import NOT_AUTHORIZED, collecting, forge, mqtt
+from tests.test_broker_security import NOT_AUTHORIZED, collecting, forge, mqtt, reason
 
 RUN_AS = "root" if os.geteuid() == 0 else None
 GW = "store-101"
@@ -108,7 +109,7 @@ def build_region(tmp: Path, protocol: str = DEFAULT_PROTOCOL) -> Region:
     regional_cfg = secure_broker_config(
         regional_etc, port=regional_port, data_dir=tmp / "broker-eu", run_as=RUN_AS
     )
-    regional_cfg.bridge = render_connection(load_bridge(central_etc / "bridges" / "eu.toml"))
+    make_regional(regional_cfg, load_bridge(central_etc / "bridges" / "eu.toml"))
     regional_broker = Mosquitto(regional_cfg)
 
     # the gateway as provisioned, with a short ack timeout so a lost ack is resent soon
@@ -284,6 +285,13 @@ async def watching_central(region: Region, *subscriptions: str) -> AsyncIterator
         yield rx
 
 
+async def until(rx: Any, topic: str, payload: bytes, timeout: float = DOWN_S) -> list[tuple[str, bytes]]:
+    """What ``rx`` received before ``(topic, payload)``; the test's own deadline, longer than
+    the collector's (a bridge crossing on a loaded 2-core machine)."""
+    await wait_for(lambda: (topic, payload) in rx.received, timeout=timeout, what=f"{topic} {payload!r}")
+    return list(rx.received[: rx.received.index((topic, payload))])
+
+
 def _state(payload: bytes) -> str:
     import json
 
@@ -323,7 +331,7 @@ async def test_central_broker_killed_the_store_keeps_taking_orders_behind_its_br
         await drained(region, http, feeder.accepted)
     assert_exactly_once(region, feeder.accepted)
     async with watching_central(region, topics.bridge_state("eu")) as rx:
-        await rx.until(topics.bridge_state("eu"), b"1")  # retained: the bridge is back
+        await until(rx, topics.bridge_state("eu"), b"1")  # retained: the bridge is back
 
 
 # status and Will through the bridge ------------------------------------------------------
@@ -383,7 +391,7 @@ async def test_status_and_will_cross_the_bridge_and_the_bridge_state_tells_a_dea
             "bridge of region eu down: status unknown",
         )
     async with watching_central(region, state, status) as rx:
-        await rx.until(state, b"0")  # retained
+        await until(rx, state, b"0")  # retained
         await wait_for(
             lambda: any(t == status for t, _ in rx.received), timeout=DOWN_S, what="retained status"
         )
@@ -439,7 +447,7 @@ async def test_a_bridge_cannot_speak_for_another_regions_store_nor_join_a_share_
             # its own store still works: the barrier
             async with mqtt(port, eu_creds, client_id=eu.username) as b:
                 await b.publish(topics.uplink(GW), b"barrier", qos=1)
-            assert await rx.until(topics.uplink(GW), b"barrier") == []
+            assert await until(rx, topics.uplink(GW), b"barrier") == []
         async with mqtt(port, eu_creds, client_id="eu-snoop") as s:
             (code,) = await s.subscribe(f"$share/x/{topics.uplink(GW)}", qos=1)
             assert getattr(code, "value", code) == NOT_AUTHORIZED, code
@@ -450,7 +458,7 @@ async def test_a_bridge_cannot_speak_for_another_regions_store_nor_join_a_share_
             async with mqtt(port, central, client_id="central-2") as c:
                 await c.publish(topics.downlink(OTHER), b"secret", qos=1)
                 await c.publish(topics.downlink(GW), b"barrier", qos=1)
-            assert await rx.until(topics.downlink(GW), b"barrier") == []
+            assert await until(rx, topics.downlink(GW), b"barrier") == []
     finally:
         broker.kill()
 
@@ -495,7 +503,7 @@ async def test_what_crosses_the_bridge(
         secure_broker_config(central_etc, port=c_port, data_dir=tmp_path / "bc", run_as=RUN_AS)
     )
     r_cfg = secure_broker_config(regional_etc, port=r_port, data_dir=tmp_path / "br", run_as=RUN_AS)
-    r_cfg.bridge = render_connection(load_bridge(central_etc / "bridges" / "eu.toml"))
+    make_regional(r_cfg, load_bridge(central_etc / "bridges" / "eu.toml"))
     regional = Mosquitto(r_cfg)
     central_creds = (service.central.username, service.central.password)
     down, state = topics.downlink(GW), topics.bridge_state("eu")
@@ -573,3 +581,29 @@ def test_regions_file_written_by_bridge_init_and_checked_by_central(tmp_path: Pa
         bad.write_text(text)
         with pytest.raises(RegionsFileError, match=re.escape(why)):
             load_regions(bad)
+
+
+async def test_a_store_cannot_take_the_bridges_client_id_on_its_regional_broker(tmp_path: Path) -> None:
+    """Without ``clientid_prefixes gw-`` a store connecting as ``local.bridge.eu`` throws the
+    bridge off (and with a clean start drops the uplinks queued for it): measured."""
+    r = build_region(tmp_path)
+    gw = tomllib.loads((r.regional_etc / "gateways" / f"{GW}.toml").read_text())["mqtt"]
+    creds = (GW, gw["password"])
+    r.central_broker.start()
+    r.regional_broker.start()
+    try:
+        state = topics.bridge_state("eu")
+        async with watching_central(r, state, topics.status(GW)) as rx:
+            await until(rx, state, b"1")
+            for cid in (f"local.{r.bridge.username}", r.bridge.username, "anything-else"):
+                with pytest.raises(aiomqtt.MqttError) as err:
+                    async with mqtt(r.regional_broker.port, creds, client_id=cid):
+                        pass
+                assert reason(err.value) == NOT_AUTHORIZED, (cid, err.value)
+            # the bridge is still up: a status sent now crosses it, and no "0" came before it
+            async with mqtt(r.regional_broker.port, creds, client_id=f"gw-{GW}") as g:
+                await g.publish(topics.status(GW), b"barrier", qos=1, retain=True)
+            assert (state, b"0") not in await until(rx, topics.status(GW), b"barrier")
+    finally:
+        r.regional_broker.kill()
+        r.central_broker.kill()

@@ -33,6 +33,7 @@ from ops import bridge as bridge_mod
 from ops.broker import free_port
 from protocols import topics
 from tests.conftest import wait_for
+from tests.test_bridge import until
 from tests.test_broker_init_doc import start_broker
 from tests.test_broker_security import collecting, mqtt
 
@@ -164,6 +165,7 @@ async def test_documented_regional_broker_bridges_to_the_central_broker(base: Pa
     conf_file = regional_etc / "broker" / "mosquitto.conf"
     assert conf_file.stat().st_mode & 0o777 == 0o640  # it holds the bridge's password
     conf = conf_file.read_text().splitlines()
+    assert "clientid_prefixes gw-" in conf
     conn_block = next(b for b in fenced(doc, "") if b.startswith("connection storegate-eu"))
     for line in conn_block.splitlines():
         if line == "..." or line.startswith("remote_password"):
@@ -210,12 +212,12 @@ async def test_documented_regional_broker_bridges_to_the_central_broker(base: Pa
                 await g.subscribe(topics.downlink(gw), qos=1)
                 await g.publish(topics.status(gw), b'{"state": "online"}', qos=1, retain=True)
                 await g.publish(topics.uplink(gw), b"up-1", qos=1)
-                await at_central.until(topics.uplink(gw), b"up-1")
+                await until(at_central, topics.uplink(gw), b"up-1")
                 assert (topics.status(gw), b'{"state": "online"}') in at_central.received
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 props.UserProperty = [("acked_below", "7")]
                 await c.publish(topics.downlink(gw), b"down-1", qos=1, properties=props)
-                await at_gw.until(topics.downlink(gw), b"down-1")
+                await until(at_gw, topics.downlink(gw), b"down-1")
     finally:
         for b in brokers:
             if b.poll() is None:
