@@ -374,12 +374,14 @@ async def test_status_and_will_cross_the_bridge_and_the_bridge_state_tells_a_dea
         # the regional broker itself dies: its gateways cannot tell central anything, but the
         # bridge's Will on the central broker does (retained "0")
         rx.received.clear()
+        t0 = time.monotonic()
         region.regional_broker.kill()
         await wait_for(
             lambda: (state, b"0") in rx.received,
             timeout=DOWN_S,
             what="the bridge's Will (state 0) at central",
         )
+        print(f"bridge's Will at central {time.monotonic() - t0:.2f}s after the regional broker's SIGKILL")
         # the store's own retained status at central still says online (below); central's fleet does not
         await wait_for(
             lambda: central_fleet_state(region) == "offline",
