@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops.bridge import all_bridges
 from ops.broker_security import (
     RESERVED_USERS,
     BrokerSecurityError,
@@ -131,6 +132,12 @@ def provision_gateway(
     cfg_file = paths.gateway_config(gw)
     if not rotate and (cfg_file.exists() or gw in read_users(paths.password_file)):
         raise AlreadyProvisionedError(gw, cfg_file)
+    carried = [b.region for b in all_bridges(etc_dir) if gw in b.gateways]
+    if carried:
+        raise BrokerSecurityError(
+            f"gateway {gw!r} is carried by the bridge of region {carried[0]!r}: provision it on that"
+            " region's broker (a store connects either here or behind one bridge)"
+        )
     ensure_acl(paths.acl_file)
     password = new_password()
     set_password(paths, gw, password)

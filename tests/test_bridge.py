@@ -40,7 +40,13 @@ from ops.bridge import (
     make_regional,
 )
 from ops.broker import Mosquitto, free_port
-from ops.broker_security import SecurityPaths, init_broker_security, read_users, secure_broker_config
+from ops.broker_security import (
+    BrokerSecurityError,
+    SecurityPaths,
+    init_broker_security,
+    read_users,
+    secure_broker_config,
+)
 from ops.provision import provision_gateway
 from protocols import topics
 from tests.conftest import wait_for
@@ -479,6 +485,8 @@ def test_bridge_init_refuses_what_would_give_a_store_two_ways_in(tmp_path: Path)
     again = init_bridge("eu", etc_dir=etc, gateways=[GW, "store-102"])
     assert again.password == first.password and again.gateways == (GW, "store-102")
     assert init_bridge("eu", etc_dir=etc, gateways=[GW], rotate=True).password != first.password
+    with pytest.raises(BrokerSecurityError, match="carried by the bridge of region 'eu'"):
+        provision_gateway(GW, etc_dir=etc, broker_host="127.0.0.1", broker_port=1883)
     f = etc / "bridges" / "eu.toml"
     assert f.stat().st_mode & 0o777 == 0o600
     assert load_bridge(f).gateways == (GW,)
