@@ -26,8 +26,9 @@ What crosses a Mosquitto 2.0.11 bridge (measured, ``tests/test_bridge.py``):
   for the region then is gone, and only the application's resends (the gateway's ack
   timeout, central's downlink window timer) bring it back.
 
-Both stay exactly once - a broker never is the record of delivery - but the first loses
-nothing at the broker; pick ``mqttv50`` only where inbox pruning matters more.
+Both stay exactly once - a broker never is the record of delivery - but with the first a
+bridge outage costs nothing queued at the central broker; pick ``mqttv50`` only where inbox
+pruning matters more.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import argparse
 import logging
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,6 @@ class Bridge:
     gateways: tuple[str, ...]
     tls_ca: Path | None = None
     protocol: str = DEFAULT_PROTOCOL
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def notification_topic(self) -> str:
