@@ -4,6 +4,7 @@ lifecycle hooks, allocation settings) goes to the database's connections and the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from central.metrics import CentralMetrics
 from central.migrations import central_db
 from central.web import allocation_api, console, dashboard, fleet_api, release_api
 from central.web.api import create_app
+from central.workers import Worker
 from runtime import config
 from runtime.metrics import add_metrics
 from runtime.retry import TaskGroup
@@ -48,6 +50,20 @@ def load_config(path: Path | str) -> CentralConfig:
     return config.load(CentralConfig, path)
 
 
+def for_worker(cfg: CentralConfig, index: int) -> CentralConfig:
+    """Worker ``index`` (from 0) of several on one config: its MQTT client id gets ``-<index>``
+    (two clients under one id would throw each other off the broker) and it serves HTTP on
+    ``[http] port`` + ``index``. Every worker joins the same share group, so the broker spreads
+    the gateways' uplinks over them."""
+    if index < 0:
+        raise ValueError(f"worker index must be 0 or more, got {index}")
+    return dataclasses.replace(
+        cfg,
+        broker=dataclasses.replace(cfg.broker, client_id=f"{cfg.broker.client_id}-{index}"),
+        http=dataclasses.replace(cfg.http, port=cfg.http.port + index),
+    )
+
+
 def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics) -> web.Application:
     app = create_app(db=db, consumer=consumer)
     dashboard.add_routes(app, fleet=fleet, db=db)
@@ -60,26 +76,37 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
 
 
 async def serve(cfg: CentralConfig) -> None:
+    """Run one central worker: a single central, or one of several on one database (see
+    ``central.workers``; :func:`for_worker` gives each its client id and HTTP port)."""
     hub = wiring.hub(cfg.allocation)  # record handlers, lifecycle hooks, allocation settings
     db = central_db(cfg.data_dir / "central.db", hub)
     await db.open()
+    worker = Worker(db, name=cfg.broker.client_id)
+    await worker.start()
     fleet = Fleet(db, cfg.alerts)
-    consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status, hub=hub)
+    consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status, hub=hub, owner=worker)
     metrics = CentralMetrics(db=db, consumer=consumer)
     runner = web.AppRunner(build_app(db, consumer, fleet, metrics), access_log=None)
     await runner.setup()
+    releaser = Releaser(
+        db, cfg.release, on_release=consumer.downlink.notify, fence=worker.fence("job/release")
+    )
+    scheduler = schedule.Scheduler(
+        db, cfg.schedule, on_work=consumer.downlink.notify, fence=worker.fence("job/schedule")
+    )
+    # the jobs one worker at a time runs: whichever holds the lease
+    worker.job("job/fleet-alerts", fleet.run)
+    worker.job("job/release", releaser.run)
+    worker.job("job/schedule", scheduler.run)
+    worker.job("job/retention", lambda: retention.run(db))
     try:
         await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
-        log.info("central dashboard on http://%s:%d/", cfg.http.host, cfg.http.port)
+        log.info("central %s: dashboard on http://%s:%d/", worker.name, cfg.http.host, cfg.http.port)
         async with TaskGroup() as tg:
+            tg.create_task(worker.run(), name="central-leases")
             tg.create_task(consumer.run(), name="central-consumer")
-            tg.create_task(fleet.run(), name="central-fleet-alerts")
             tg.create_task(metrics.run(), name="central-metrics")
-            releaser = Releaser(db, cfg.release, on_release=consumer.downlink.notify)
-            tg.create_task(releaser.run(), name="central-release")
-            scheduler = schedule.Scheduler(db, cfg.schedule, on_work=consumer.downlink.notify)
-            tg.create_task(scheduler.run(), name="central-schedule")
-            tg.create_task(retention.run(db), name="central-retention")
     finally:
         await runner.cleanup()
+        await worker.stop()
         await db.close()

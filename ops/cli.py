@@ -64,10 +64,12 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, object]]) -> int:
 
 
 def cmd_central(args: argparse.Namespace) -> int:
-    from central.app import load_config, serve
+    from central.app import for_worker, load_config, serve
     from runtime.sqlitedb import tune_interpreter
 
     cfg = load_config(args.config)
+    if args.worker is not None:
+        cfg = for_worker(cfg, args.worker)
     tune_interpreter()
     return _run(lambda: serve(cfg))
 
@@ -295,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("central", help="run the central hub (MQTT consumer, order repository, REST)")
     c.add_argument("--config", type=Path, required=True, help="central TOML config file")
+    c.add_argument(
+        "--worker",
+        type=int,
+        default=None,
+        metavar="I",
+        help="run as worker I (0, 1, ...) of several on this config and database: MQTT client id"
+        " <client_id>-I, HTTP on [http] port + I (central/workers.py)",
+    )
     c.set_defaults(fn=cmd_central)
 
     g = sub.add_parser("gateway", help="run a store or DC gateway (devices, outbox, MQTT sync)")

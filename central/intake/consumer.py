@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from central import wiring
-from central.downlink import DownlinkSender, apply_gateway_acks
+from central.downlink import DownlinkSender, Owner, apply_gateway_acks
 from central.hub import Hub
 from central.intake.ingest import quarantine_message, quick_checks, receive_uplink
 from central.intake.processor import Processor
@@ -99,9 +99,11 @@ class Consumer:
         broker: BrokerSettings,
         on_status: Callable[[str, bytes], Awaitable[None]] | None = None,
         hub: Hub | None = None,
+        owner: Owner | None = None,
     ) -> None:
         """``hub``: the central's wiring, as its database was opened with (``central.wiring``);
-        by default the standard one."""
+        by default the standard one. ``owner``: this worker's leases when several central
+        workers share the database (``central.workers``): it sends only the gateways it owns."""
         self.db = db
         self.hub = hub or wiring.hub()
         self.on_status = on_status
@@ -112,7 +114,7 @@ class Consumer:
         self._receive_slots = asyncio.Semaphore(RECEIVE_JOBS)  # FIFO: arrival order is kept
         self._fault_marker = os.environ.get("STOREGATE_FAULT_KILL_AFTER_COMMIT")
         self.client: Client | None = None
-        self.downlink = DownlinkSender(db)
+        self.downlink = DownlinkSender(db, owner=owner)
         self.receiving = 0  # messages being received right now
         self._quick = quick_checks(self.hub)
         self._sessions: dict[str, object] = {}  # gateway -> its MQTT session's connected_at
