@@ -22,6 +22,7 @@ from central.web import allocation_api, console, dashboard, fleet_api, release_a
 from central.web.api import create_app
 from central.workers import Worker
 from runtime import config
+from runtime.dbapi import is_postgres_url
 from runtime.metrics import add_metrics
 from runtime.retry import TaskGroup
 from runtime.sqlitedb import DurableDB
@@ -36,8 +37,17 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """``url = "postgresql://user@host/db"``: central's database on PostgreSQL; empty (the
+    default): the SQLite file ``central.db`` in ``data_dir``."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CentralConfig:
     data_dir: Path = Path("var/central")
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     alerts: AlertThresholds = field(default_factory=AlertThresholds)
@@ -64,6 +74,16 @@ def for_worker(cfg: CentralConfig, index: int) -> CentralConfig:
     )
 
 
+def database_target(cfg: CentralConfig) -> Path | str:
+    """Where central's database is: the configured URL, or the SQLite file in ``data_dir``."""
+    url = cfg.database.url
+    if not url:
+        return cfg.data_dir / "central.db"
+    if not is_postgres_url(url) and not url.startswith("sqlite:///"):
+        raise config.ConfigError("database.url", f"{url!r}: a postgresql:// or sqlite:/// URL")
+    return url
+
+
 def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics) -> web.Application:
     app = create_app(db=db, consumer=consumer)
     dashboard.add_routes(app, fleet=fleet, db=db)
@@ -79,7 +99,7 @@ async def serve(cfg: CentralConfig) -> None:
     """Run one central worker: a single central, or one of several on one database (see
     ``central.workers``; :func:`for_worker` gives each its client id and HTTP port)."""
     hub = wiring.hub(cfg.allocation)  # record handlers, lifecycle hooks, allocation settings
-    db = central_db(cfg.data_dir / "central.db", hub)
+    db = central_db(database_target(cfg), hub)
     await db.open()
     worker = Worker(db, name=cfg.broker.client_id)
     await worker.start()
