@@ -33,6 +33,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from central import CentralError
+from runtime.dbapi import dialect
 from runtime.sqlitedb import Migration
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def hold(conn: sqlite3.Connection, name: str, *, owner: str, now: int) -> None:
     now, and keep it until the transaction ends (the row is locked on PostgreSQL; the
     single writer does that on SQLite)."""
     sql = "SELECT owner FROM leases WHERE name = ? AND owner = ? AND until_ms >= ?"
-    if not isinstance(conn, sqlite3.Connection):  # PostgreSQL: lock the row
+    if dialect(conn) == "postgresql":  # lock the row
         sql += " FOR UPDATE"
     if conn.execute(sql, (name, owner, now)).fetchone() is None:
         raise LeaseLost(name, owner)

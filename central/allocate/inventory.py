@@ -43,6 +43,7 @@ from central.allocate.allocation import (
     trace_digest,
 )
 from central.hub import state
+from runtime.dbapi import dialect
 from runtime.sqlitedb import Migration, savepoint
 
 MIGRATIONS: list[Migration] = [
@@ -263,9 +264,17 @@ def stock(conn: sqlite3.Connection, *, sku: str | None = None, location: str | N
 
 
 def available(conn: sqlite3.Connection, skus: Iterable[str] | None = None) -> dict[tuple[str, str], int]:
-    """Available quantity per ``(location, sku)`` - the engine's stock input."""
+    """Available quantity per ``(location, sku)`` - the engine's stock input.
+
+    On PostgreSQL (several central workers allocating at once) the rows read are locked
+    (``FOR UPDATE``) until the transaction ends, in one order - by sku, then location, a
+    chunk of skus after another in sku order - so two allocations never both promise what
+    one of them read (the second waits for the first's commit and reads what is left), and
+    two that need overlapping skus lock them in the same order. On SQLite the single writer
+    already serialises allocations."""
+    lock = " ORDER BY sku, location FOR UPDATE" if dialect(conn) == "postgresql" else ""
     if skus is None:
-        rows = conn.execute("SELECT location, sku, on_hand - allocated FROM inventory")
+        rows = conn.execute("SELECT location, sku, on_hand - allocated FROM inventory" + lock)
         return {(loc, s): q for loc, s, q in rows}
     wanted = sorted(set(skus))
     out: dict[tuple[str, str], int] = {}
@@ -273,7 +282,7 @@ def available(conn: sqlite3.Connection, skus: Iterable[str] | None = None) -> di
         chunk = wanted[i : i + 500]
         marks = ",".join("?" * len(chunk))
         for loc, s, q in conn.execute(
-            f"SELECT location, sku, on_hand - allocated FROM inventory WHERE sku IN ({marks})", chunk
+            f"SELECT location, sku, on_hand - allocated FROM inventory WHERE sku IN ({marks})" + lock, chunk
         ):
             out[(loc, s)] = q
     return out
@@ -355,6 +364,8 @@ def take_stock(conn: sqlite3.Connection) -> Stock:
     savepoint or of the whole transaction - takes the stamp back with them."""
     st = state(conn)
     hit, st.kept = st.kept, None
+    if dialect(conn) == "postgresql":  # other workers commit unseen: read (and lock) afresh
+        return Stock()
     version = conn.execute("PRAGMA data_version").fetchone()[0]
     try:
         changes, stamp = conn.execute("SELECT changes, stamp FROM temp.sg_stock_watch").fetchone()
@@ -370,7 +381,7 @@ def take_stock(conn: sqlite3.Connection) -> Stock:
 def keep_stock(conn: sqlite3.Connection, stock: Stock) -> None:
     """Keep ``stock`` for the next :func:`take_stock`: call it inside the transaction, once
     the rows it reflects match it (the caller's own writes done)."""
-    if len(stock.avail) > MAX_KEPT_STOCK:
+    if len(stock.avail) > MAX_KEPT_STOCK or dialect(conn) == "postgresql":
         return
     stamp = next(_STAMPS)
     (changes,) = conn.execute(

@@ -39,6 +39,7 @@ from central.fulfil import picktime
 from central.hub import hub_of
 from central.orders import lifecycle
 from runtime.clock import now_ms
+from runtime.dbapi import dialect
 
 BATCH_KEYS = ("window", "run", "zone", "route", "processing", "vehicle")
 
@@ -103,7 +104,10 @@ def pending_orders(
     if cutoff is not None:
         sql += " AND o.received_at <= ?"
         args.append(cutoff)
-    return [r[0] for r in conn.execute(sql + " ORDER BY o.order_id", args)]
+    # PostgreSQL, several workers: each order is claimed by one wave at a time (its row locked
+    # till commit; one another worker's wave holds is skipped, not waited for)
+    lock = " FOR UPDATE OF o SKIP LOCKED" if dialect(conn) == "postgresql" else ""
+    return [r[0] for r in conn.execute(sql + " ORDER BY o.order_id" + lock, args)]
 
 
 def _allocate_batch(

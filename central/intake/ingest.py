@@ -38,6 +38,7 @@ from protocols.records import (
     parse_order,
 )
 from runtime.clock import now_ms
+from runtime.dbapi import dialect
 from runtime.sqlitedb import insert_rows, savepoint
 
 log = logging.getLogger(__name__)
@@ -410,7 +411,7 @@ def _queued(
     rows: list[_Queued] = []
     recs: list[Record] = []
     progress: list[tuple[int, int, int]] = []
-    cur = conn.execute("SELECT n, gateway, raws, count, done FROM work_queue ORDER BY n")
+    cur = _claim_queue(conn)
     for n, gw, raws, count, done in cur:  # row by row, only as many as the limit needs
         take = count - done if limit is None else min(count - done, limit - len(rows))
         u = msgpack.Unpacker(raw=False, max_buffer_size=max(1, len(raws)))
@@ -429,6 +430,45 @@ def _queued(
             break
     cur.close()
     return rows, recs, progress
+
+
+# PostgreSQL, several workers: gateways whose queued records one processing job may take
+CLAIM_GATEWAYS = 32
+
+
+def _claim_queue(conn: sqlite3.Connection) -> Any:
+    """The queue rows this processing job may work on, in arrival order (a cursor).
+
+    SQLite: all of them (the single writer serialises the workers: nobody else processes
+    meanwhile). PostgreSQL, with several central workers processing at once: the rows of at
+    most :data:`CLAIM_GATEWAYS` gateways, the first ones in the queue whose transaction-level
+    advisory lock (one per gateway) this job gets, skipping those another worker holds; they
+    stay this job's until it commits. So one gateway's records are processed by one worker at
+    a time, in their order: an order change never races the order it changes (parked or
+    drained, ``orders.gateway_change``), nor two changes of one order each other."""
+    if dialect(conn) == "sqlite":
+        return conn.execute("SELECT n, gateway, raws, count, done FROM work_queue ORDER BY n")
+    first = conn.execute(
+        "SELECT gateway, min(n) FROM work_queue GROUP BY gateway ORDER BY min(n), gateway LIMIT ?",
+        (CLAIM_GATEWAYS * 4,),
+    ).fetchall()
+    mine: list[str] = []
+    for gw, _ in first:
+        if conn.execute("SELECT pg_try_advisory_xact_lock(?, hashtext(?))", (WORK_LOCK_SPACE, gw)).fetchone()[
+            0
+        ]:
+            mine.append(gw)
+            if len(mine) >= CLAIM_GATEWAYS:
+                break
+    if not mine:
+        return conn.execute("SELECT n, gateway, raws, count, done FROM work_queue WHERE 1 = 0")
+    marks = ",".join("?" * len(mine))
+    return conn.execute(
+        f"SELECT n, gateway, raws, count, done FROM work_queue WHERE gateway IN ({marks}) ORDER BY n", mine
+    )
+
+
+WORK_LOCK_SPACE = 0x5347  # the first key of central's per-gateway processing locks ("SG")
 
 
 def _left_queued(progress: list[tuple[int, int, int]], left: list[_Queued]) -> list[tuple[int, int, int]]:
