@@ -15,6 +15,7 @@ from central import retention, schedule, wiring
 from central.allocate import waves
 from central.fleet import AlertThresholds, Fleet
 from central.fulfil.release import Releaser, ReleaseSettings
+from central.intake import consumer as consumer_mod
 from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
@@ -64,12 +65,19 @@ def for_worker(cfg: CentralConfig, index: int) -> CentralConfig:
     """Worker ``index`` (from 0) of several on one config: its MQTT client id gets ``-<index>``
     (two clients under one id would throw each other off the broker) and it serves HTTP on
     ``[http] port`` + ``index``. Every worker joins the same share group, so the broker spreads
-    the gateways' uplinks over them."""
+    the gateways' uplinks over them. Unless ``[broker] session_expiry_s`` is set, a worker's
+    MQTT session lasts ``WORKER_SESSION_EXPIRY_S`` after its connection (not a day): the broker
+    stops handing a dead worker its part of the uplinks that soon."""
     if index < 0:
         raise ValueError(f"worker index must be 0 or more, got {index}")
+    expiry = cfg.broker.session_expiry_s
+    if expiry == consumer_mod.SESSION_EXPIRY_S:
+        expiry = consumer_mod.WORKER_SESSION_EXPIRY_S
     return dataclasses.replace(
         cfg,
-        broker=dataclasses.replace(cfg.broker, client_id=f"{cfg.broker.client_id}-{index}"),
+        broker=dataclasses.replace(
+            cfg.broker, client_id=f"{cfg.broker.client_id}-{index}", session_expiry_s=expiry
+        ),
         http=dataclasses.replace(cfg.http, port=cfg.http.port + index),
     )
 

@@ -69,7 +69,7 @@ class ConnState:
     pending_standing: dict[str, str] | None = None  # customer -> gateway counting it, ditto
     # (skus, gateways to snapshot, customers whose standing changed) inside a master import
     master_batch: tuple[set[str], set[str], set[str]] | None = None
-    none_parked: bool = False  # known to hold no parked order change
+    none_parked: int | None = None  # data_version at which no order change was parked
 
 
 def state(conn: sqlite3.Connection) -> ConnState:

@@ -140,9 +140,16 @@ class Worker:
         for name, factory in self._jobs.items():
             task = self._tasks.get(name)
             if self.holds(name):
+                if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+                    continue  # the job ended by itself (disabled in the config): it stays ended
                 if task is None or task.done():
-                    if task is not None and not task.cancelled() and task.exception() is not None:
-                        log.error("worker %s: job %s ended", self.name, name, exc_info=task.exception())
+                    if task is not None and not task.cancelled():
+                        log.error(
+                            "worker %s: job %s failed; started again",
+                            self.name,
+                            name,
+                            exc_info=task.exception(),
+                        )
                     log.info("worker %s runs %s", self.name, name)
                     self._tasks[name] = asyncio.create_task(factory(), name=f"central-{name}")
             elif task is not None:

@@ -18,7 +18,6 @@ from psycopg import sql
 SERVER_URL = os.environ.get("SG_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-
 def _url_for(name: str) -> str:
     base, _, _ = SERVER_URL.rpartition("/")
     if "?" in SERVER_URL.rpartition("/")[2]:

@@ -49,6 +49,7 @@ class Proc:
         *,
         host: str = "127.0.0.1",
         prefix: tuple[str, ...] = (),
+        args: tuple[str, ...] = (),
     ):
         self.kind = kind
         self.config = config
@@ -57,6 +58,7 @@ class Proc:
         self.env = env or {}
         self.host = host
         self.prefix = prefix
+        self.args = args  # after --config (``--worker I`` for a central worker)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,6 +78,7 @@ class Proc:
                     self.kind,
                     "--config",
                     str(self.config),
+                    *self.args,
                 ],
                 cwd=ROOT,
                 env=env,

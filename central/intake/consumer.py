@@ -52,6 +52,12 @@ MAX_OUTSTANDING = 256
 # queued while one is written) and lets each message's acks go out as soon as it is committed.
 RECEIVE_JOBS = 2
 SESSION_EXPIRY_S = 24 * 3600
+# A central worker among several (``central.app.for_worker``): the broker goes on handing a
+# dead member of the share group its part of the uplinks, queued in its session, until that
+# session expires (Mosquitto, like other brokers, counts a disconnected session as a member).
+# Nothing is lost (the gateways resend what central did not ack), but a worker that does not
+# come back would hold a third of the traffic for a day: a worker's session lasts this long.
+WORKER_SESSION_EXPIRY_S = 10
 
 
 @dataclass(slots=True)
@@ -80,6 +86,9 @@ class BrokerSettings:
     client_id: str = "central-1"
     shared_subscription: bool = True
     keepalive: int = 30
+    # how long the broker keeps central's session (its subscriptions and queued messages)
+    # after the connection is gone
+    session_expiry_s: int = SESSION_EXPIRY_S
     # The MQTT 5 share group of central's uplink subscription. broker-init writes a secret one:
     # whoever joins central's group takes uplinks away from it (ops/BROKER.md, "Shared subscriptions").
     share_group: str = topics.CENTRAL_SHARE_GROUP
@@ -122,7 +131,7 @@ class Consumer:
 
     def _client(self) -> Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = self.broker.session_expiry_s
         tls = aiomqtt.TLSParameters(ca_certs=self.broker.tls_ca) if self.broker.tls_ca else None
         return Client(
             self.broker.host,

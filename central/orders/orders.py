@@ -34,6 +34,7 @@ from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 from runtime.clock import now_ms
+from runtime.dbapi import dialect
 from runtime.sqlitedb import insert_rows, savepoint
 
 
@@ -439,12 +440,16 @@ def apply_change(conn: sqlite3.Connection, oid: int, change: OrderChange, *, act
 
 
 def may_have_parked(conn: sqlite3.Connection) -> bool:
-    """False when no order change is parked (a connection known to hold none need not look)."""
+    """False when no order change is parked. A connection that found none need not look again
+    while nobody else has committed (SQLite's ``PRAGMA data_version`` unmoved): another central
+    worker on the database may park a change for an order this one is about to create. On
+    PostgreSQL it always looks (one indexed row at most)."""
     st = state(conn)
-    if st.none_parked:
+    version = conn.execute("PRAGMA data_version").fetchone()[0] if dialect(conn) == "sqlite" else None
+    if version is not None and st.none_parked == version:
         return False
     if conn.execute("SELECT 1 FROM parked_changes LIMIT 1").fetchone() is None:
-        st.none_parked = True
+        st.none_parked = version
         return False
     return True
 
@@ -467,7 +472,7 @@ def gateway_change(
             (change.order, change.change_seq),
         ).fetchone():
             raise OrderError(f"change_seq {change.change_seq} for {change.order!r} is already waiting")
-        state(conn).none_parked = False
+        state(conn).none_parked = None
         conn.execute(
             "INSERT INTO parked_changes (order_ref, change_seq, record_id, gateway, body, parked_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
