@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,8 +118,66 @@ def column_list(conn: Any, table: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+def next_ids(conn: Any, table: str, column: str, n: int = 1) -> list[int]:
+    """``n`` ids for explicit inserts into ``table``'s ``INTEGER PRIMARY KEY AUTOINCREMENT``
+    ``column``, ascending. SQLite: the next ``n`` its AUTOINCREMENT would hand out (one more
+    than the larger of ``sqlite_sequence``'s entry and the largest key) - not reserved: insert
+    them before asking again, in the same transaction (one writer). PostgreSQL: taken from the
+    identity's sequence (reserved at once, for any number of writers; a rollback leaves a gap,
+    and default inserts never collide with them)."""
+    if dialect(conn) == "postgresql":
+        seq = _sequences(conn).get((table, column))
+        if seq is None:
+            seq = conn.execute("SELECT pg_get_serial_sequence(?, ?)", (table, column)).fetchone()[0]
+            if seq is None:
+                raise ValueError(f"{table}.{column} has no sequence")
+            _sequences(conn)[(table, column)] = seq
+        if n == 1:
+            return [conn.execute("SELECT nextval(?::regclass)", (seq,)).fetchone()[0]]
+        rows = conn.execute(
+            "SELECT nextval(?::regclass) AS id FROM generate_series(1, ?) ORDER BY id", (seq, n)
+        ).fetchall()
+        return [r[0] for r in rows]
+    first = conn.execute(
+        f"SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),"
+        f" coalesce((SELECT max({column}) FROM {table}), 0)) + 1"
+    ).fetchone()[0]
+    return list(range(first, first + n))
+
+
+def _sequences(conn: Any) -> dict[tuple[str, str], str]:
+    seqs: dict[tuple[str, str], str] | None = getattr(conn, "sequences", None)
+    if seqs is None:
+        seqs = {}
+        conn.sequences = seqs
+    return seqs
+
+
+IN_CHUNK = 512
+
+
+def in_chunks(values: Sequence[Any], *, most: int = IN_CHUNK) -> Iterator[tuple[str, list[Any]]]:
+    """``values`` for ``x IN (...)`` as chunks of ``(marks, params)``: ``marks`` is ``?, ?, ...``
+    for the chunk's params. Each chunk's size is a power of two up to ``most`` (the last value
+    repeated to fill it), so a statement sees only a few texts and they stay prepared."""
+    i, n = 0, len(values)
+    while i < n:
+        chunk = list(values[i : i + most])
+        i += len(chunk)
+        size = 1
+        while size < len(chunk):
+            size *= 2
+        chunk += [chunk[-1]] * (size - len(chunk))
+        yield _marks(size), chunk
+
+
+@functools.lru_cache(maxsize=64)
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
 def is_integrity_error(e: BaseException) -> bool:
     return isinstance(e, IntegrityError)
 
 
-__all__ += ["PgConnection", "column_list", "is_integrity_error"]
+__all__ += ["PgConnection", "column_list", "in_chunks", "is_integrity_error", "next_ids"]
