@@ -20,6 +20,7 @@ from central.migrations import central_db
 from central.web import allocation_api, console, dashboard, fleet_api, release_api
 from central.web.api import create_app
 from runtime import config
+from runtime.dbapi import is_postgres_url
 from runtime.metrics import add_metrics
 from runtime.retry import TaskGroup
 from runtime.sqlitedb import DurableDB
@@ -34,8 +35,17 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """``url = "postgresql://user@host/db"``: central's database on PostgreSQL; empty (the
+    default): the SQLite file ``central.db`` in ``data_dir``."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CentralConfig:
     data_dir: Path = Path("var/central")
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     alerts: AlertThresholds = field(default_factory=AlertThresholds)
@@ -46,6 +56,16 @@ class CentralConfig:
 
 def load_config(path: Path | str) -> CentralConfig:
     return config.load(CentralConfig, path)
+
+
+def database_target(cfg: CentralConfig) -> Path | str:
+    """Where central's database is: the configured URL, or the SQLite file in ``data_dir``."""
+    url = cfg.database.url
+    if not url:
+        return cfg.data_dir / "central.db"
+    if not is_postgres_url(url) and not url.startswith("sqlite:///"):
+        raise config.ConfigError("database.url", f"{url!r}: a postgresql:// or sqlite:/// URL")
+    return url
 
 
 def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics) -> web.Application:
@@ -61,7 +81,7 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
 
 async def serve(cfg: CentralConfig) -> None:
     hub = wiring.hub(cfg.allocation)  # record handlers, lifecycle hooks, allocation settings
-    db = central_db(cfg.data_dir / "central.db", hub)
+    db = central_db(database_target(cfg), hub)
     await db.open()
     fleet = Fleet(db, cfg.alerts)
     consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status, hub=hub)

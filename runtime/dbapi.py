@@ -1,0 +1,183 @@
+"""The database contract central codes against, on SQLite or PostgreSQL (issue 17).
+
+- :func:`open_db` - a :class:`runtime.sqlitedb.DurableDB` for a path or ``sqlite:///path``, a
+  :class:`runtime.pgdb.PgDB` for ``postgresql://...``; both have the same API (``open``,
+  ``close``, ``async with``, ``write(fn)`` -> future resolved after COMMIT, ``read(fn)``,
+  ``waiting()``, ``storage_state()``, ``wait_writable()``, ``on_storage_change``).
+- The connection a job gets (``sqlite3.Connection`` subclass or :class:`runtime.pgdb.PgConnection`)
+  takes the same SQL with ``?`` placeholders; :func:`dialect` tells which it is.
+- :func:`has_table`, :func:`columns` instead of ``sqlite_master`` / ``PRAGMA table_info``.
+- :data:`IntegrityError` - catch this, not ``sqlite3.IntegrityError``. On PostgreSQL a failing
+  statement aborts the transaction: a statement whose error is caught and gone past must run
+  under :class:`savepoint` (works on both), or use ``ON CONFLICT``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+
+from runtime.pgdb import PgConnection, PgDB
+from runtime.sqlitedb import DurableDB, Migration, savepoint
+
+__all__ = [
+    "Database",
+    "Dialect",
+    "DurableDB",
+    "IntegrityError",
+    "Migration",
+    "PgDB",
+    "columns",
+    "dialect",
+    "has_table",
+    "is_postgres_url",
+    "open_db",
+    "savepoint",
+]
+
+Dialect = Literal["sqlite", "postgresql"]
+Database = DurableDB | PgDB
+
+IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
+def is_postgres_url(target: object) -> bool:
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def open_db(
+    target: Path | str,
+    *,
+    migrations: Sequence[Migration] = (),
+    on_connect: Callable[[Any], None] | None = None,
+    temp_store: str = "DEFAULT",
+) -> Database:
+    """The database at ``target`` (not opened yet: ``await db.open()`` or ``async with``)."""
+    if is_postgres_url(target):
+        return PgDB(str(target), migrations=migrations, on_connect=on_connect)
+    path = str(target)
+    if path.startswith("sqlite:///"):
+        path = path[len("sqlite:///") - 1 :] if path.startswith("sqlite:////") else path[len("sqlite:///") :]
+    elif path.startswith("sqlite://"):
+        raise ValueError(f"{target!r}: a sqlite URL is sqlite:///relative or sqlite:////absolute")
+    return DurableDB(path, migrations=migrations, on_connect=on_connect, temp_store=temp_store)
+
+
+def dialect(conn: Any) -> Dialect:
+    """``"sqlite"`` or ``"postgresql"``: which database ``conn`` (a job's connection) talks to."""
+    d = getattr(conn, "dialect", None)
+    if d is None:
+        if isinstance(conn, sqlite3.Connection):
+            return "sqlite"
+        raise TypeError(f"not a database connection: {conn!r}")
+    return d  # type: ignore[no-any-return]
+
+
+def has_table(conn: Any, name: str) -> bool:
+    if dialect(conn) == "postgresql":
+        row = conn.execute(
+            "SELECT 1 FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            (name,),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+    return row is not None
+
+
+def columns(conn: Any, table: str) -> set[str]:
+    """The column names of ``table`` (empty when there is no such table)."""
+    if dialect(conn) == "postgresql":
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        ).fetchall()
+    else:
+        rows = conn.execute("SELECT name FROM pragma_table_info(?)", (table,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def column_list(conn: Any, table: str) -> list[str]:
+    """The column names of ``table`` in their order."""
+    if dialect(conn) == "postgresql":
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+            (table,),
+        ).fetchall()
+    else:
+        rows = conn.execute("SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def next_ids(conn: Any, table: str, column: str, n: int = 1) -> list[int]:
+    """``n`` ids for explicit inserts into ``table``'s ``INTEGER PRIMARY KEY AUTOINCREMENT``
+    ``column``, ascending. SQLite: the next ``n`` its AUTOINCREMENT would hand out (one more
+    than the larger of ``sqlite_sequence``'s entry and the largest key) - not reserved: insert
+    them before asking again, in the same transaction (one writer). PostgreSQL: taken from the
+    identity's sequence (reserved at once, for any number of writers; a rollback leaves a gap,
+    and default inserts never collide with them)."""
+    if dialect(conn) == "postgresql":
+        seq = _sequences(conn).get((table, column))
+        if seq is None:
+            seq = conn.execute("SELECT pg_get_serial_sequence(?, ?)", (table, column)).fetchone()[0]
+            if seq is None:
+                raise ValueError(f"{table}.{column} has no sequence")
+            _sequences(conn)[(table, column)] = seq
+        if n == 1:
+            return [conn.execute("SELECT nextval(?::regclass)", (seq,)).fetchone()[0]]
+        rows = conn.execute(
+            "SELECT nextval(?::regclass) AS id FROM generate_series(1, ?) ORDER BY id", (seq, n)
+        ).fetchall()
+        return [r[0] for r in rows]
+    first = conn.execute(
+        f"SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),"
+        f" coalesce((SELECT max({column}) FROM {table}), 0)) + 1"
+    ).fetchone()[0]
+    return list(range(first, first + n))
+
+
+def _sequences(conn: Any) -> dict[tuple[str, str], str]:
+    seqs: dict[tuple[str, str], str] | None = getattr(conn, "sequences", None)
+    if seqs is None:
+        seqs = {}
+        conn.sequences = seqs
+    return seqs
+
+
+IN_CHUNK = 512
+
+
+def in_chunks(values: Sequence[Any], *, most: int = IN_CHUNK) -> Iterator[tuple[str, list[Any]]]:
+    """``values`` for ``x IN (...)`` as chunks of ``(marks, params)``: ``marks`` is ``?, ?, ...``
+    for the chunk's params. Each chunk's size is a power of two up to ``most`` (the last value
+    repeated to fill it), so a statement sees only a few texts and they stay prepared."""
+    i, n = 0, len(values)
+    while i < n:
+        chunk = list(values[i : i + most])
+        i += len(chunk)
+        size = 1
+        while size < len(chunk):
+            size *= 2
+        chunk += [chunk[-1]] * (size - len(chunk))
+        yield _marks(size), chunk
+
+
+@functools.lru_cache(maxsize=64)
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def is_integrity_error(e: BaseException) -> bool:
+    return isinstance(e, IntegrityError)
+
+
+__all__ += ["PgConnection", "column_list", "in_chunks", "is_integrity_error", "next_ids"]

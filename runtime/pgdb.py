@@ -1,0 +1,667 @@
+"""Central's database on PostgreSQL, with the API central uses from :class:`DurableDB`.
+
+    db = PgDB("postgresql://user@host/db", migrations=[...], on_connect=hub.attach)
+    await db.open()
+    oid = await db.write(lambda conn: conn.execute("INSERT INTO t(x) VALUES (?)", (1,)).lastrowid)
+
+The same group commit as :class:`runtime.sqlitedb.DurableDB`: ``write(fn)`` queues ``fn``; one
+writer thread runs every queued job inside ONE transaction, each job under its own
+``SAVEPOINT`` (a job that raises is rolled back alone and its caller gets the exception), and
+commits once; the caller resumes only after COMMIT returned.
+
+Several processes may write the same database at once (central's workers). A serialization
+failure or a deadlock (SQLSTATE ``40001`` / ``40P01``) in a job or at COMMIT rolls the whole
+group back and runs it again (up to :data:`MAX_RETRIES` times; each connection's ``state`` is
+given afresh first, so no cache keeps what the rollback undid): no job is lost or run twice
+into the database. A lost connection fails the group's jobs with :class:`ConnectionLost`
+(nothing of them was committed - or, when it was lost during COMMIT itself, the outcome is
+unknown and the error says so) and the next group runs on a new connection.
+
+Jobs get a :class:`PgConnection`: what central uses of ``sqlite3.Connection`` (``execute``
+with ``?`` placeholders, ``executemany``, cursors with ``fetchone``/``fetchall``/iteration/
+``lastrowid``/``rowcount``/``description``, ``in_transaction``, ``state``), so the same SQL
+runs on both. See :func:`translate` for what is rewritten and :func:`translate_ddl` for the
+migrations' DDL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+from psycopg import pq
+from psycopg.adapt import Loader
+
+from runtime.sqlitedb import MAX_GROUP, ClosedError, DatabaseError, Migration, StorageFull, savepoint
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_RETRIES = 8  # group reruns after a serialization failure or deadlock before its jobs fail
+RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+DISK_FULL_SQLSTATE = "53100"
+READERS = 2
+
+
+class ConnectionLost(DatabaseError):
+    """The connection to PostgreSQL broke under a group: its jobs were not committed (or,
+    lost during COMMIT, their outcome is unknown - ``unknown`` is True)."""
+
+    def __init__(self, reason: str, *, unknown: bool = False) -> None:
+        what = "outcome unknown (lost during COMMIT)" if unknown else "not committed"
+        super().__init__(f"connection to PostgreSQL lost, the job was {what}: {reason}")
+        self.unknown = unknown
+
+
+class RetriesExhausted(DatabaseError):
+    pass
+
+
+# --- SQL translation -------------------------------------------------------------------------
+
+_INSERT_RE = re.compile(r"^\s*INSERT\s+INTO\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_RETURNING_RE = re.compile(r"\bRETURNING\b", re.IGNORECASE)
+
+
+def _scan(sql: str) -> Iterator[tuple[bool, str]]:
+    """``sql`` in pieces: (True, text outside quotes and comments) or (False, a quoted literal,
+    a quoted identifier or a comment, as it is)."""
+    i, n, start = 0, len(sql), 0
+    while i < n:
+        c = sql[i]
+        if c in "'\"":
+            if i > start:
+                yield True, sql[start:i]
+            j = i + 1
+            while j < n:
+                if sql[j] == c:
+                    if j + 1 < n and sql[j + 1] == c:  # '' or "" inside
+                        j += 2
+                        continue
+                    break
+                j += 1
+            yield False, sql[i : j + 1]
+            i = start = j + 1
+        elif c == "-" and sql.startswith("--", i):
+            if i > start:
+                yield True, sql[start:i]
+            j = sql.find("\n", i)
+            j = n if j < 0 else j
+            yield False, sql[i:j]
+            i = start = j
+        elif c == "/" and sql.startswith("/*", i):
+            if i > start:
+                yield True, sql[start:i]
+            j = sql.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            yield False, sql[i:j]
+            i = start = j
+        else:
+            i += 1
+    if start < n:
+        yield True, sql[start:]
+
+
+@functools.lru_cache(maxsize=4096)
+def translate(sql: str) -> str:
+    """``?`` -> ``%s`` outside quoted literals, identifiers and comments; ``%`` -> ``%%``
+    everywhere (psycopg formats the whole text)."""
+    out = []
+    for plain, piece in _scan(sql):
+        text = piece.replace("%", "%%")
+        out.append(text.replace("?", "%s") if plain else text)
+    return "".join(out)
+
+
+_IDENTITY_PK = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+_DDL_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", re.I), _IDENTITY_PK),
+    (re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\b", re.I), _IDENTITY_PK),
+    (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),
+    (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
+    (re.compile(r"\)\s*WITHOUT\s+ROWID\b", re.I), ")"),
+    (re.compile(r"\)\s*STRICT\b", re.I), ")"),
+    (re.compile(r"\)\s*WITHOUT\s+ROWID\s*,\s*STRICT\b", re.I), ")"),
+    (re.compile(r"\)\s*STRICT\s*,\s*WITHOUT\s+ROWID\b", re.I), ")"),
+]
+
+
+def translate_ddl(sql: str) -> str:
+    """A migration's SQLite DDL for PostgreSQL: ``INTEGER PRIMARY KEY [AUTOINCREMENT]`` ->
+    an identity primary key, ``INTEGER`` -> ``BIGINT``, ``REAL`` -> ``DOUBLE PRECISION``,
+    ``BLOB`` -> ``BYTEA``, ``WITHOUT ROWID`` / ``STRICT`` dropped (outside quoted text)."""
+    out = []
+    for plain, piece in _scan(sql):
+        text = piece
+        if plain:
+            for pat, rep in _DDL_RULES:
+                text = pat.sub(rep, text)
+        out.append(text)
+    return "".join(out)
+
+
+def split_sql(sql: str) -> list[str]:
+    """Statements of a migration, split at ``;`` outside quotes and comments, except inside
+    ``$$ ... $$`` (function bodies of a ``postgres`` migration)."""
+    out: list[str] = []
+    buf: list[str] = []
+    in_dollar = False
+    for plain, piece in _scan(sql):
+        if not plain:
+            buf.append(piece)
+            continue
+        parts = re.split(r"(\$\$|;)", piece)
+        for p in parts:
+            if p == "$$":
+                in_dollar = not in_dollar
+                buf.append(p)
+            elif p == ";" and not in_dollar:
+                stmt = "".join(buf).strip()
+                if stmt:
+                    out.append(stmt)
+                buf = []
+            else:
+                buf.append(p)
+    stmt = "".join(buf).strip()
+    if stmt:
+        out.append(stmt)
+    return out
+
+
+# --- loaders: values as sqlite3 gives them ------------------------------------------------------
+
+
+class _NumericLoader(Loader):
+    """``numeric`` (what ``sum()`` of a BIGINT gives) as ``int`` when whole, else ``float``:
+    the types SQLite hands back for the same SQL."""
+
+    def load(self, data: Any) -> int | float:
+        s = bytes(data).decode()
+        if "." in s or "e" in s or "E" in s or s in ("NaN", "Infinity", "-Infinity"):
+            f = float(s)
+            return int(f) if f.is_integer() and "." in s and s.rstrip("0").endswith(".") else f
+        return int(s)
+
+
+class _BoolLoader(Loader):
+    """A boolean expression's value as 1 / 0, as SQLite gives it."""
+
+    def load(self, data: Any) -> int:
+        return 1 if bytes(data) == b"t" else 0
+
+
+# --- the connection adapter ------------------------------------------------------------------
+
+
+class PgCursor:
+    """What central uses of a ``sqlite3.Cursor``."""
+
+    __slots__ = ("_cur", "_rows", "lastrowid")
+
+    def __init__(
+        self, cur: psycopg.Cursor[Any], rows: list[Any] | None = None, lastrowid: int | None = None
+    ) -> None:
+        self._cur = cur
+        self._rows = rows  # the rows already taken (a RETURNING appended for lastrowid: none)
+        self.lastrowid = lastrowid
+
+    def fetchone(self) -> Any:
+        if self._rows is not None:
+            return self._rows.pop(0) if self._rows else None
+        if self._cur.pgresult is None or self._cur.pgresult.status != pq.ExecStatus.TUPLES_OK:
+            return None
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        if self._rows is not None:
+            rows, self._rows = self._rows, []
+            return rows
+        if self._cur.pgresult is None or self._cur.pgresult.status != pq.ExecStatus.TUPLES_OK:
+            return []
+        return self._cur.fetchall()
+
+    def fetchmany(self, size: int = 1) -> list[Any]:
+        if self._rows is not None:
+            rows, self._rows = self._rows[:size], self._rows[size:]
+            return rows
+        return self._cur.fetchmany(size)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    @property
+    def description(self) -> Any:
+        return self._cur.description
+
+    def close(self) -> None:
+        self._cur.close()
+
+
+class PgConnection:
+    """What central uses of a ``sqlite3.Connection``, on a psycopg connection in autocommit
+    mode (the transaction is the writer's explicit ``BEGIN`` ... ``COMMIT``)."""
+
+    dialect = "postgresql"
+    state: Any = None
+
+    def __init__(self, raw: psycopg.Connection[Any], identity: dict[str, str] | None = None) -> None:
+        self.raw = raw
+        self.sequences: dict[tuple[str, str], str] = {}  # runtime.dbapi.next_ids
+        self._identity: dict[str, str] = identity if identity is not None else {}
+        raw.adapters.register_loader("numeric", _NumericLoader)
+        raw.adapters.register_loader("bool", _BoolLoader)
+
+    def learn_identity(self) -> None:
+        """Which tables have an identity primary key (for ``lastrowid``), from the catalog."""
+        rows = self.raw.execute(
+            "SELECT c.table_name, c.column_name FROM information_schema.columns c"
+            " WHERE c.table_schema = current_schema() AND c.is_identity = 'YES'"
+        ).fetchall()
+        self._identity.clear()
+        self._identity.update(dict(rows))
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - per text, the connection lives as long
+    def _prepare(self, sql: str) -> tuple[str, bool]:
+        """(the text to send, whether a ``RETURNING pk`` was appended for ``lastrowid``)."""
+        text = translate(sql)
+        m = _INSERT_RE.match(sql)
+        if m is not None and not _RETURNING_RE.search(sql):
+            pk = self._identity.get(m.group(1).lower()) or self._identity.get(m.group(1))
+            if pk is not None:
+                return f"{text.rstrip().rstrip(';')} RETURNING {pk}", True
+        return text, False
+
+    def execute(self, sql: str, params: Sequence[Any] | None = ()) -> PgCursor:
+        text, returning = self._prepare(sql)
+        cur = self.raw.cursor()
+        cur.execute(text, tuple(params) if params is not None else ())
+        if returning:
+            rows = cur.fetchall()
+            return PgCursor(cur, [], rows[-1][0] if rows else None)
+        return PgCursor(cur)
+
+    def executemany(self, sql: str, seq: Any) -> PgCursor:
+        cur = self.raw.cursor()
+        cur.executemany(translate(sql), [tuple(p) for p in seq])
+        return PgCursor(cur)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def commit(self) -> None:
+        if self.in_transaction:
+            self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.in_transaction:
+            self.raw.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _sqlstate(e: BaseException) -> str | None:
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 8:
+        if isinstance(cur, psycopg.Error) and cur.sqlstate:
+            return cur.sqlstate
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
+def is_retryable(e: BaseException) -> bool:
+    """A serialization failure or deadlock (here or as the cause of ``e``)."""
+    return _sqlstate(e) in RETRY_SQLSTATES
+
+
+def apply_migrations(conn: PgConnection, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded in ``_migrations`` (each in its own transaction,
+    under an advisory lock so workers starting together migrate once); return their names."""
+    raw = conn.raw
+    names = [m.name for m in migrations]
+    if len(set(names)) != len(names):
+        raise DatabaseError(f"duplicate migration names in {names}")
+    applied = []
+    raw.execute("SELECT pg_advisory_lock(1717)")
+    try:
+        raw.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+        done = {r[0] for r in raw.execute("SELECT name FROM _migrations").fetchall()}
+        for m in migrations:
+            if m.name in done:
+                continue
+            sql = m.postgres if m.postgres is not None else translate_ddl(m.sql)
+            with raw.transaction():
+                for stmt in split_sql(sql):
+                    raw.execute(stmt.replace("%", "%%"))
+                raw.execute(
+                    "INSERT INTO _migrations(name, applied_at) VALUES (%s, to_char(now() AT TIME ZONE 'UTC',"
+                    " 'YYYY-MM-DD HH24:MI:SS'))",
+                    (m.name,),
+                )
+            applied.append(m.name)
+            log.info("applied migration %s", m.name)
+    finally:
+        raw.execute("SELECT pg_advisory_unlock(1717)")
+    return applied
+
+
+_Job = tuple[Callable[[Any], Any], asyncio.Future[Any]]
+
+
+class _Retry(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Lost(Exception):
+    def __init__(self, cause: BaseException, *, unknown: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.unknown = unknown
+
+
+def _broken(conn: PgConnection) -> bool:
+    return conn.raw.closed or conn.raw.broken
+
+
+class PgDB:
+    """See the module docstring. ``on_connect`` is called with each connection (the writer's,
+    each reader's) in its own thread once it is open and migrated: to give it its ``state``."""
+
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrations: Sequence[Migration] = (),
+        on_connect: Callable[[Any], None] | None = None,
+        max_group: int = MAX_GROUP,
+        readers: int = READERS,
+        temp_store: str = "DEFAULT",  # accepted for open_db's sake; PostgreSQL has no such knob
+    ) -> None:
+        self.url = url
+        self.path = url  # what logs and errors name
+        self._migrations = list(migrations)
+        self._on_connect = on_connect
+        self._max_group = max_group
+        self._readers = readers
+        self._identity: dict[str, str] = {}
+        self._wx = ThreadPoolExecutor(1, thread_name_prefix="pg-w")
+        self._rx = ThreadPoolExecutor(readers, thread_name_prefix="pg-r")
+        self._wconn: PgConnection | None = None
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._rconns: dict[int, PgConnection] = {}
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.commits = 0
+        self.jobs = 0
+        self.retries = 0  # group reruns after a serialization failure or deadlock
+        self.reconnects = 0
+        self._behind = 0
+        self.storage_full: StorageFull | None = None
+        self.storage_full_since_ms: int | None = None
+        self.storage_full_errors = 0
+        self.on_storage_change: list[Callable[[bool], None]] = []
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # --- connections -------------------------------------------------------------------
+
+    def _connect_writer(self, migrate: bool) -> PgConnection:
+        raw = psycopg.connect(self.url, autocommit=True)
+        conn = PgConnection(raw, self._identity)
+        if migrate:
+            apply_migrations(conn, self._migrations)
+        conn.learn_identity()
+        if self._on_connect is not None:
+            self._on_connect(conn)
+        return conn
+
+    def _reader(self, raw: psycopg.Connection[Any]) -> PgConnection:
+        conn = self._rconns.get(id(raw))
+        if conn is None or conn.raw is not raw:
+            conn = PgConnection(raw, self._identity)
+            if self._on_connect is not None:
+                self._on_connect(conn)
+            self._rconns[id(raw)] = conn
+        return conn
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._wconn = await loop.run_in_executor(self._wx, self._connect_writer, True)
+        self._pool = psycopg_pool.ConnectionPool(
+            self.url, min_size=1, max_size=self._readers, kwargs={"autocommit": True}, open=False,
+            name="pg-read",
+        )
+        await loop.run_in_executor(self._rx, functools.partial(self._pool.open, wait=True, timeout=30))
+        self._task = asyncio.create_task(self._writer(), name="pg-writer")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(ClosedError("database closed"))
+        loop = asyncio.get_running_loop()
+        if self._wconn is not None:
+            await loop.run_in_executor(self._wx, self._wconn.close)
+        if self._pool is not None:
+            await loop.run_in_executor(self._rx, self._pool.close)
+        self._wx.shutdown(wait=True)
+        self._rx.shutdown(wait=True)
+
+    async def __aenter__(self) -> PgDB:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- API -----------------------------------------------------------------------------
+
+    def write(self, fn: Callable[[Any], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` for the next group commit; the future resolves after COMMIT."""
+        if self._closed:
+            raise ClosedError("database closed")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((fn, fut))
+        return fut
+
+    def waiting(self) -> int:
+        return self._queue.qsize() + self._behind
+
+    async def read(self, fn: Callable[[Any], T]) -> T:
+        if self._pool is None or self._closed:
+            raise ClosedError("database not open")
+        pool = self._pool
+
+        def run() -> T:
+            with pool.connection() as raw:
+                return fn(self._reader(raw))
+
+        return await asyncio.get_running_loop().run_in_executor(self._rx, run)
+
+    async def probe(self) -> bool:
+        return True
+
+    async def wait_writable(self) -> None:
+        await self._writable.wait()
+
+    def storage_state(self) -> dict[str, Any]:
+        full = self.storage_full
+        return {
+            "state": "full" if full is not None else "ok",
+            "since_ms": self.storage_full_since_ms,
+            "reason": full.reason if full is not None else None,
+            "free_bytes": None,
+            "errors": self.storage_full_errors,
+        }
+
+    # --- the writer ----------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            while len(jobs) < self._max_group and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            work = loop.run_in_executor(self._wx, self._run_group, jobs)
+            try:
+                results = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                try:
+                    results = await work
+                except Exception as e:
+                    self._group_failed(jobs, e)
+                else:
+                    self._deliver(jobs, results)
+                raise
+            except Exception as e:
+                self._group_failed(jobs, e)
+                continue
+            self._deliver(jobs, results)
+
+    def _error(self, e: BaseException) -> Exception:
+        if isinstance(e, _Lost):
+            err: Exception = ConnectionLost(str(e.cause), unknown=e.unknown)
+            err.__cause__ = e.cause
+            return err
+        if isinstance(e, _Retry):
+            err = RetriesExhausted(f"group gave up after {MAX_RETRIES} retries: {e.cause}")
+            err.__cause__ = e.cause
+            return err
+        if _sqlstate(e) == DISK_FULL_SQLSTATE:
+            full = StorageFull(self.url, str(e))
+            full.__cause__ = e
+            return full
+        return e if isinstance(e, Exception) else DatabaseError(str(e))
+
+    def _group_failed(self, jobs: list[_Job], e: Exception) -> None:
+        err = self._error(e)
+        log.error("group commit of %d jobs failed on %s: %s", len(jobs), self.url, err)
+        for _, fut in jobs:
+            if not fut.done():
+                fut.set_exception(err)
+
+    def _deliver(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
+        self.commits += 1
+        self.jobs += len(jobs)
+        for (_, fut), (ok, value) in zip(jobs, results, strict=True):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def _reset_state(self, conn: PgConnection) -> None:
+        """After a rollback of the whole group: caches in ``state`` may hold what it undid."""
+        if self._on_connect is not None:
+            self._on_connect(conn)
+
+    def _run_group(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        assert threading.current_thread().name.startswith("pg-w")
+        attempt = 0
+        while True:
+            conn = self._wconn
+            if conn is None or _broken(conn):
+                conn = self._reconnect()
+            try:
+                return self._attempt(conn, jobs)
+            except _Retry as r:
+                attempt += 1
+                self.retries += 1
+                self._reset_state(conn)
+                if attempt > MAX_RETRIES:
+                    raise
+                log.info("group of %d jobs rolled back (%s), run again (%d)", len(jobs), r.cause, attempt)
+                time.sleep(min(0.001 * 2**attempt, 0.1))
+            except _Lost:
+                with contextlib.suppress(Exception):
+                    self._reconnect()
+                raise
+
+    def _reconnect(self) -> PgConnection:
+        if self._wconn is not None:
+            with contextlib.suppress(Exception):
+                self._wconn.close()
+        self._wconn = None
+        self.reconnects += 1
+        self._wconn = self._connect_writer(False)
+        log.warning("reconnected the writer to %s", self.url)
+        return self._wconn
+
+    def _fail(self, conn: PgConnection, e: BaseException, *, commit: bool = False) -> BaseException:
+        """What a failure of the whole transaction becomes: retry, lost, or itself."""
+        if _broken(conn) or (isinstance(e, psycopg.OperationalError) and _sqlstate(e) is None):
+            return _Lost(e, unknown=commit)
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        if is_retryable(e):
+            return _Retry(e)
+        return e
+
+    def _attempt(self, conn: PgConnection, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        out: list[tuple[bool, Any]] = []
+        try:
+            conn.raw.execute("BEGIN")
+        except Exception as e:
+            raise self._fail(conn, e) from e
+        try:
+            if len(jobs) == 1:
+                try:
+                    out.append((True, jobs[0][0](conn)))
+                except Exception as e:
+                    if _broken(conn) or is_retryable(e):
+                        raise
+                    conn.rollback()
+                    return [(False, self._error(e))]
+                if conn.raw.info.transaction_status == pq.TransactionStatus.INERROR:
+                    raise DatabaseError("the job swallowed an error that aborted the transaction")
+            else:
+                for i, (fn, _) in enumerate(jobs):
+                    self._behind = len(jobs) - 1 - i
+                    try:
+                        with savepoint(conn, "job"):  # type: ignore[arg-type]
+                            value = fn(conn)
+                    except Exception as e:
+                        if _broken(conn) or is_retryable(e):
+                            raise
+                        out.append((False, self._error(e)))
+                    else:
+                        out.append((True, value))
+        except Exception as e:
+            raise self._fail(conn, e) from e
+        finally:
+            self._behind = 0
+        try:
+            conn.raw.execute("COMMIT")
+        except Exception as e:
+            raise self._fail(conn, e, commit=True) from e
+        return out
