@@ -107,8 +107,10 @@ def apply_gateway_acks(conn: sqlite3.Connection, gateway: str, acks: Iterable[Ac
             continue
         removed += 1
         conn.execute(
-            "INSERT OR REPLACE INTO downlink_results (id, gateway, type, status, reason, acked_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO downlink_results (id, gateway, type, status, reason, acked_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET gateway = excluded.gateway,"
+            " type = excluded.type, status = excluded.status, reason = excluded.reason,"
+            " acked_at = excluded.acked_at",
             (
                 a.id,
                 gateway,
