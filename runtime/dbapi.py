@@ -126,6 +126,13 @@ def next_ids(conn: Any, table: str, column: str, n: int = 1) -> list[int]:
     identity's sequence (reserved at once, for any number of writers; a rollback leaves a gap,
     and default inserts never collide with them)."""
     if dialect(conn) == "postgresql":
+        out: list[int] = []
+        spare = getattr(conn, "spare_ids", {}).get((table, column))
+        while spare and len(out) < n:
+            out.append(spare.pop(0))
+        if len(out) == n:
+            return out
+        n -= len(out)
         seq = _sequences(conn).get((table, column))
         if seq is None:
             seq = conn.execute("SELECT pg_get_serial_sequence(?, ?)", (table, column)).fetchone()[0]
@@ -133,16 +140,38 @@ def next_ids(conn: Any, table: str, column: str, n: int = 1) -> list[int]:
                 raise ValueError(f"{table}.{column} has no sequence")
             _sequences(conn)[(table, column)] = seq
         if n == 1:
-            return [conn.execute("SELECT nextval(?::regclass)", (seq,)).fetchone()[0]]
+            return [*out, conn.execute("SELECT nextval(?::regclass)", (seq,)).fetchone()[0]]
         rows = conn.execute(
             "SELECT nextval(?::regclass) AS id FROM generate_series(1, ?) ORDER BY id", (seq, n)
         ).fetchall()
-        return [r[0] for r in rows]
+        return [*out, *(r[0] for r in rows)]
     first = conn.execute(
         f"SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),"
         f" coalesce((SELECT max({column}) FROM {table}), 0)) + 1"
     ).fetchone()[0]
     return list(range(first, first + n))
+
+
+def give_back_id(conn: Any, table: str, column: str, value: int) -> None:
+    """An id :func:`next_ids` gave that was not used: the next call for the table hands it
+    out first (PostgreSQL, this connection: no one else has it; SQLite: nothing to do)."""
+    if dialect(conn) == "postgresql":
+        spare: dict[tuple[str, str], list[int]] = conn.spare_ids
+        spare.setdefault((table, column), []).insert(0, value)
+
+
+def tables(conn: Any) -> list[str]:
+    """The tables of the database (not the migrations' own), by name."""
+    if dialect(conn) == "postgresql":
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name"
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name"
+        ).fetchall()
+    return [r[0] for r in rows if r[0] != "_migrations"]
 
 
 def _sequences(conn: Any) -> dict[tuple[str, str], str]:
@@ -180,4 +209,12 @@ def is_integrity_error(e: BaseException) -> bool:
     return isinstance(e, IntegrityError)
 
 
-__all__ += ["PgConnection", "column_list", "in_chunks", "is_integrity_error", "next_ids"]
+__all__ += [
+    "PgConnection",
+    "column_list",
+    "give_back_id",
+    "in_chunks",
+    "is_integrity_error",
+    "next_ids",
+    "tables",
+]

@@ -423,10 +423,15 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
         gtins, storage = row.pop("gtins"), row.pop("storage")
         _replace(conn, "items", row, key=("sku",))
         sku = row["sku"]
-        taken = conn.execute(
-            f"SELECT gtin, sku FROM item_gtins WHERE gtin IN ({', '.join('?' * len(gtins))}) AND sku != ?",
-            [*gtins, sku],
-        ).fetchall()
+        taken = (
+            conn.execute(  # ``IN ()`` is SQLite's only: no GTINs, nothing to ask
+                f"SELECT gtin, sku FROM item_gtins WHERE gtin IN ({', '.join('?' * len(gtins))})"
+                " AND sku != ?",
+                [*gtins, sku],
+            ).fetchall()
+            if gtins
+            else []
+        )
         if taken:
             raise MasterError("items", sku, "gtins", f"GTIN {taken[0][0]} already belongs to {taken[0][1]!r}")
         conn.execute("DELETE FROM item_gtins WHERE sku = ?", (sku,))
@@ -734,6 +739,8 @@ def _item_wire(
     args: list[Any] = [price_class or ""]
     if skus is not None:
         skus = list(skus)
+        if not skus:  # ``IN ()`` is SQLite's only
+            return []
         sql += f" AND i.sku IN ({', '.join('?' * len(skus))})"
         args += skus
     out = []

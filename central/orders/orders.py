@@ -34,7 +34,7 @@ from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 from runtime.clock import now_ms
-from runtime.dbapi import dialect, next_ids
+from runtime.dbapi import dialect, give_back_id, next_ids
 from runtime.sqlitedb import insert_rows, savepoint
 
 
@@ -606,11 +606,12 @@ class _Ids:
     PostgreSQL: each taken from its table's sequence when needed (other workers take theirs
     meanwhile; an order id taken by an order that then leaves the path is a gap)."""
 
-    __slots__ = ("_conn", "_next")
+    __slots__ = ("_conn", "_next", "last_order")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._next: dict[str, int] | None = None
+        self.last_order: int | None = None
         if dialect(conn) == "sqlite":
             row = conn.execute(
                 "SELECT "
@@ -622,9 +623,18 @@ class _Ids:
             ).fetchone()
             self._next = dict(zip(_FAST_KEYS, row, strict=True))
 
+    def done(self, made: list[Created]) -> None:
+        """The run ended: an order id taken by the order that left the path goes back for the
+        next order (PostgreSQL; on SQLite nothing was taken), so ids stay as one by one's."""
+        if self.last_order is not None and (not made or made[-1].order_id != self.last_order):
+            give_back_id(self._conn, "orders", "order_id", self.last_order)
+
     def take(self, table: str, n: int = 1) -> list[int]:
         if self._next is None:
-            return next_ids(self._conn, table, _FAST_KEYS[table], n)
+            got = next_ids(self._conn, table, _FAST_KEYS[table], n)
+            if table == "orders":
+                self.last_order = got[-1]
+            return got
         first = self._next[table]
         self._next[table] = first + n
         return list(range(first, first + n))
@@ -869,6 +879,7 @@ def _create_together(
             )
         )
         made.append(Created(oid, number, "allocated", result))
+    ids.done(made)
     if not made:
         inventory.keep_stock(conn, kept)
         return []
