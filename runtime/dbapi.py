@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from runtime import pgdb
 from runtime.pgdb import PgConnection, PgDB
 from runtime.sqlitedb import DurableDB, Migration, savepoint
 
@@ -205,6 +206,14 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
+def is_transient(e: BaseException) -> bool:
+    """An error that is no fault of the job: a serialization failure or deadlock between
+    writers, or a lost connection (PostgreSQL). Code that catches a job's errors to go on
+    (quarantine a record, fall back) must let these through: the writer runs the whole group
+    again (or fails it as not committed)."""
+    return pgdb.is_retryable(e) or isinstance(e, psycopg.OperationalError)
+
+
 def is_integrity_error(e: BaseException) -> bool:
     return isinstance(e, IntegrityError)
 
@@ -215,6 +224,7 @@ __all__ += [
     "give_back_id",
     "in_chunks",
     "is_integrity_error",
+    "is_transient",
     "next_ids",
     "tables",
 ]
