@@ -30,6 +30,7 @@ from protocols.bounded import bounded_reason
 from protocols.envelope import Ack
 from runtime import sqlitedb
 from runtime.clock import now_ms
+from runtime.dbapi import next_ids
 from runtime.sqlitedb import DurableDB, Migration
 
 log = logging.getLogger(__name__)
@@ -74,18 +75,10 @@ def enqueue(
     conn: sqlite3.Connection, *, gateway: str, type: str, body: dict[str, Any], record_id: str | None = None
 ) -> str:
     """Queue a record for ``gateway``; call inside a write transaction. Returns the record id."""
-    seq = conn.execute(_NEXT_SEQ).fetchone()[0]
+    (seq,) = next_ids(conn, "downlink_outbox", "seq")
     row = packed_row(gateway, type, body, seq=seq, record_id=record_id)
     insert_rows(conn, [row])
     return row[1]
-
-
-# AUTOINCREMENT hands out sqlite_sequence's seq + 1 (never less than max(seq) + 1): taken
-# first, so a record is packed with its seq and inserted whole in one statement
-_NEXT_SEQ = (
-    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'downlink_outbox'), 0),"
-    " coalesce((SELECT max(seq) FROM downlink_outbox), 0)) + 1"
-)
 
 
 def packed_row(
@@ -115,8 +108,10 @@ def apply_gateway_acks(conn: sqlite3.Connection, gateway: str, acks: Iterable[Ac
             continue
         removed += 1
         conn.execute(
-            "INSERT OR REPLACE INTO downlink_results (id, gateway, type, status, reason, acked_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO downlink_results (id, gateway, type, status, reason, acked_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET gateway = excluded.gateway,"
+            " type = excluded.type, status = excluded.status, reason = excluded.reason,"
+            " acked_at = excluded.acked_at",
             (
                 a.id,
                 gateway,

@@ -61,7 +61,7 @@ class ConnState:
     """One connection's hub and caches; see the module docstring."""
 
     hub: Hub
-    layout: tuple[int, Layout] | None = None  # (schema_version, layout)
+    layout: tuple[int | str, Layout] | None = None  # (schema key, layout): demand.customer_layout
     kept: tuple[int, int, int, Stock] | None = None  # (data_version, changes, stamp, stock)
     network: tuple[list[Any], Network] | None = None  # (sourcing rows, network)
     masters: tuple[int, Snapshot] | None = None  # (data_version, snapshot)

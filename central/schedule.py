@@ -96,7 +96,10 @@ def run_due(conn: sqlite3.Connection, *, today: dt.date, now: int, limit: int) -
 
 def list_runs(conn: sqlite3.Connection, *, limit: int = 100) -> list[dict[str, Any]]:
     cols = ("job", "item", "ran_at", "result")
-    rows = conn.execute(f"SELECT {', '.join(cols)} FROM schedule_runs ORDER BY ran_at DESC LIMIT ?", (limit,))
+    rows = conn.execute(
+        f"SELECT {', '.join(cols)} FROM schedule_runs ORDER BY ran_at DESC, job DESC, item DESC LIMIT ?",
+        (limit,),
+    )
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
 

@@ -14,13 +14,15 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
 
+from runtime import pgdb
 from runtime.pgdb import PgConnection, PgDB
 from runtime.sqlitedb import DurableDB, Migration, savepoint
 
@@ -117,8 +119,112 @@ def column_list(conn: Any, table: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+def next_ids(conn: Any, table: str, column: str, n: int = 1) -> list[int]:
+    """``n`` ids for explicit inserts into ``table``'s ``INTEGER PRIMARY KEY AUTOINCREMENT``
+    ``column``, ascending. SQLite: the next ``n`` its AUTOINCREMENT would hand out (one more
+    than the larger of ``sqlite_sequence``'s entry and the largest key) - not reserved: insert
+    them before asking again, in the same transaction (one writer). PostgreSQL: taken from the
+    identity's sequence (reserved at once, for any number of writers; a rollback leaves a gap,
+    and default inserts never collide with them)."""
+    if dialect(conn) == "postgresql":
+        out: list[int] = []
+        spare = getattr(conn, "spare_ids", {}).get((table, column))
+        while spare and len(out) < n:
+            out.append(spare.pop(0))
+        if len(out) == n:
+            return out
+        n -= len(out)
+        seq = _sequences(conn).get((table, column))
+        if seq is None:
+            seq = conn.execute("SELECT pg_get_serial_sequence(?, ?)", (table, column)).fetchone()[0]
+            if seq is None:
+                raise ValueError(f"{table}.{column} has no sequence")
+            _sequences(conn)[(table, column)] = seq
+        if n == 1:
+            return [*out, conn.execute("SELECT nextval(?::regclass)", (seq,)).fetchone()[0]]
+        rows = conn.execute(
+            "SELECT nextval(?::regclass) AS id FROM generate_series(1, ?) ORDER BY id", (seq, n)
+        ).fetchall()
+        return [*out, *(r[0] for r in rows)]
+    first = conn.execute(
+        f"SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),"
+        f" coalesce((SELECT max({column}) FROM {table}), 0)) + 1"
+    ).fetchone()[0]
+    return list(range(first, first + n))
+
+
+def give_back_id(conn: Any, table: str, column: str, value: int) -> None:
+    """An id :func:`next_ids` gave that was not used: the next call for the table hands it
+    out first (PostgreSQL, this connection: no one else has it; SQLite: nothing to do)."""
+    if dialect(conn) == "postgresql":
+        spare: dict[tuple[str, str], list[int]] = conn.spare_ids
+        spare.setdefault((table, column), []).insert(0, value)
+
+
+def tables(conn: Any) -> list[str]:
+    """The tables of the database (not the migrations' own), by name."""
+    if dialect(conn) == "postgresql":
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name"
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name"
+        ).fetchall()
+    return [r[0] for r in rows if r[0] != "_migrations"]
+
+
+def _sequences(conn: Any) -> dict[tuple[str, str], str]:
+    seqs: dict[tuple[str, str], str] | None = getattr(conn, "sequences", None)
+    if seqs is None:
+        seqs = {}
+        conn.sequences = seqs
+    return seqs
+
+
+IN_CHUNK = 512
+
+
+def in_chunks(values: Sequence[Any], *, most: int = IN_CHUNK) -> Iterator[tuple[str, list[Any]]]:
+    """``values`` for ``x IN (...)`` as chunks of ``(marks, params)``: ``marks`` is ``?, ?, ...``
+    for the chunk's params. Each chunk's size is a power of two up to ``most`` (the last value
+    repeated to fill it), so a statement sees only a few texts and they stay prepared."""
+    i, n = 0, len(values)
+    while i < n:
+        chunk = list(values[i : i + most])
+        i += len(chunk)
+        size = 1
+        while size < len(chunk):
+            size *= 2
+        chunk += [chunk[-1]] * (size - len(chunk))
+        yield _marks(size), chunk
+
+
+@functools.lru_cache(maxsize=64)
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def is_transient(e: BaseException) -> bool:
+    """An error that is no fault of the job: a serialization failure or deadlock between
+    writers, or a lost connection (PostgreSQL). Code that catches a job's errors to go on
+    (quarantine a record, fall back) must let these through: the writer runs the whole group
+    again (or fails it as not committed)."""
+    return pgdb.is_retryable(e) or isinstance(e, psycopg.OperationalError)
+
+
 def is_integrity_error(e: BaseException) -> bool:
     return isinstance(e, IntegrityError)
 
 
-__all__ += ["PgConnection", "column_list", "is_integrity_error"]
+__all__ += [
+    "PgConnection",
+    "column_list",
+    "give_back_id",
+    "in_chunks",
+    "is_integrity_error",
+    "is_transient",
+    "next_ids",
+    "tables",
+]

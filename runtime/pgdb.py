@@ -262,6 +262,8 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection[Any], identity: dict[str, str] | None = None) -> None:
         self.raw = raw
+        self.sequences: dict[tuple[str, str], str] = {}  # runtime.dbapi.next_ids
+        self.spare_ids: dict[tuple[str, str], list[int]] = {}  # runtime.dbapi.give_back_id
         self._identity: dict[str, str] = identity if identity is not None else {}
         raw.adapters.register_loader("numeric", _NumericLoader)
         raw.adapters.register_loader("bool", _BoolLoader)

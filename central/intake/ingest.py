@@ -13,7 +13,6 @@ and returns a reference (e.g. the order number) or raises :class:`Rejected`.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from protocols.records import (
     parse_order,
 )
 from runtime.clock import now_ms
-from runtime.dbapi import dialect
+from runtime.dbapi import dialect, in_chunks, is_transient
 from runtime.sqlitedb import insert_rows, savepoint
 
 log = logging.getLogger(__name__)
@@ -235,16 +234,16 @@ def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: U
 def _prior_answers(
     conn: sqlite3.Connection, ids: list[str]
 ) -> dict[str, tuple[str, str, str | None, str | None]]:
-    # One statement whatever the count: the ids go as one JSON array (the statement text stays
-    # the same, so it stays prepared; a list of ``?`` would be a new statement per count).
-    return {
-        rid: (gw, status, reason, ref)
+    # A few statements whatever the count: chunks of a power-of-two size (few texts, so they
+    # stay prepared), portable SQL (was one JSON array through json_each)
+    out: dict[str, tuple[str, str, str | None, str | None]] = {}
+    for marks, params in in_chunks(ids):
         for rid, gw, status, reason, ref in conn.execute(
-            "SELECT record_id, gateway, status, reason, ref FROM processed"
-            " WHERE record_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(ids),),
-        )
-    }
+            f"SELECT record_id, gateway, status, reason, ref FROM processed WHERE record_id IN ({marks})",
+            params,
+        ):
+            out[rid] = (gw, status, reason, ref)
+    return out
 
 
 def _repeat_answer(ctx: Context, rid: str, prior: tuple[str, str, str | None, str | None]) -> Ack:
@@ -369,6 +368,8 @@ def _process_queue(
         except Rejected as e:
             status, reason = AckStatus.REJECTED, e.reason
         except Exception as e:
+            if is_transient(e):  # a deadlock, a lost connection: the group runs again, or fails
+                raise
             log.exception("gw=%s record %s (%s) failed in processing; quarantined", gw, rec.id, rec.type)
             hub.internal_errors += 1
             status = AckStatus.REJECTED
@@ -514,7 +515,9 @@ def _orders_together(
     try:
         with savepoint(conn, "orders_together"):
             made = orders.create_batch(conn, batch, now=now, stop=stop)
-    except Exception:
+    except Exception as e:
+        if is_transient(e):
+            raise
         log.exception("orders processed together failed; processing them one by one")
         return None
     return [c.order_no for c in made]

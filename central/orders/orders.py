@@ -34,7 +34,7 @@ from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 from runtime.clock import now_ms
-from runtime.dbapi import dialect
+from runtime.dbapi import dialect, give_back_id, next_ids
 from runtime.sqlitedb import insert_rows, savepoint
 
 
@@ -83,13 +83,16 @@ def create(
     result = _validate(conn, order, snap, now=now, order_id=None)
     if refuse_failures and result.failures:
         raise OrderError("; ".join(f"{c.name}: {c.detail}" for c in result.failures))
-    # AUTOINCREMENT gives the next id as sqlite_sequence's seq + 1: number it in the INSERT
-    cur = conn.execute(
-        "INSERT INTO orders (order_no, record_id, gateway, seq, customer, channel, order_type,"
+    # the id first, so the order is numbered in its INSERT (runtime.dbapi.next_ids)
+    (oid,) = next_ids(conn, "orders", "order_id")
+    number = order_no(oid)
+    conn.execute(
+        "INSERT INTO orders (order_id, order_no, record_id, gateway, seq, customer, channel, order_type,"
         " requested_date, status, note, source_ref, created_at, received_at, updated_at, value, requirements)"
-        " VALUES ('SO' || printf('%08d', coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'orders'), 0)"
-        " + 1), ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?) RETURNING order_id, order_no",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
         (
+            oid,
+            number,
             record_id,
             gateway,
             seq,
@@ -106,11 +109,6 @@ def create(
             result.requirements,
         ),
     )
-    oid, number = cur.fetchone()
-    cur.close()
-    if number != order_no(oid):  # never expected; keep the number tied to the id regardless
-        number = order_no(oid)
-        conn.execute("UPDATE orders SET order_no = ? WHERE order_id = ?", (number, oid))
     priced = {p.line_no: p for p in result.lines}
     conn.executemany(
         "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price, amount)"
@@ -167,8 +165,9 @@ def _record_checks(conn: sqlite3.Connection, oid: int, result: Result, now: int,
         ).fetchone()[0]
     )
     conn.executemany(
-        "INSERT INTO order_checks (order_id, run, name, outcome, detail, at) VALUES (?, ?, ?, ?, ?, ?)",
-        [(oid, run, c.name, c.outcome.value, c.detail, now) for c in result.checks],
+        "INSERT INTO order_checks (order_id, run, name, outcome, detail, at, pos)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(oid, run, c.name, c.outcome.value, c.detail, now, i) for i, c in enumerate(result.checks)],
     )
 
 
@@ -529,16 +528,16 @@ def due_contract_deliveries(
     conn: sqlite3.Connection, today: dt.date, *, limit: int = -1
 ) -> list[tuple[str, str, str]]:
     """(contract, date, customer) of the active contracts' deliveries due by ``today`` that
-    have no order yet, oldest first."""
-    return [
-        (str(c), str(d), str(cu))
-        for c, d, cu in conn.execute(
-            "SELECT d.contract, d.date, c.customer FROM contract_deliveries d"
-            " JOIN contracts c ON c.code = d.contract"
-            " WHERE d.order_id IS NULL AND d.date <= ? AND c.active = 1 ORDER BY d.date, d.contract LIMIT ?",
-            (today.isoformat(), limit),
-        )
-    ]
+    have no order yet, oldest first; at most ``limit`` of them (negative: all)."""
+    sql = (
+        "SELECT d.contract, d.date, c.customer FROM contract_deliveries d"
+        " JOIN contracts c ON c.code = d.contract"
+        " WHERE d.order_id IS NULL AND d.date <= ? AND c.active = 1 ORDER BY d.date, d.contract"
+    )
+    params: tuple[Any, ...] = (today.isoformat(),)
+    if limit >= 0:  # PostgreSQL refuses SQLite's LIMIT -1
+        sql, params = sql + " LIMIT ?", (*params, limit)
+    return [(str(c), str(d), str(cu)) for c, d, cu in conn.execute(sql, params)]
 
 
 def make_contract_delivery(
@@ -605,18 +604,44 @@ class NewOrder:
 _FAST_KEYS = {"orders": "order_id", "order_events": "id", "alloc_runs": "run_id", "downlink_outbox": "seq"}
 
 
-def _next_ids(conn: sqlite3.Connection) -> dict[str, int]:
-    """The next AUTOINCREMENT id per table: what an INSERT would take (one more than the
-    larger of its ``sqlite_sequence`` entry and its largest key)."""
-    row = conn.execute(
-        "SELECT "
-        + ", ".join(
-            f"max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{t}'), 0),"
-            f" coalesce((SELECT max({k}) FROM {t}), 0)) + 1"
-            for t, k in _FAST_KEYS.items()
-        )
-    ).fetchone()
-    return dict(zip(_FAST_KEYS, row, strict=True))
+class _Ids:
+    """The ids the set-based path gives its rows, in the order one by one would take them.
+    SQLite (one writer): what AUTOINCREMENT would hand out next, read once and counted on.
+    PostgreSQL: each taken from its table's sequence when needed (other workers take theirs
+    meanwhile; an order id taken by an order that then leaves the path is a gap)."""
+
+    __slots__ = ("_conn", "_next", "last_order")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._next: dict[str, int] | None = None
+        self.last_order: int | None = None
+        if dialect(conn) == "sqlite":
+            row = conn.execute(
+                "SELECT "
+                + ", ".join(
+                    f"max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{t}'), 0),"
+                    f" coalesce((SELECT max({k}) FROM {t}), 0)) + 1"
+                    for t, k in _FAST_KEYS.items()
+                )
+            ).fetchone()
+            self._next = dict(zip(_FAST_KEYS, row, strict=True))
+
+    def done(self, made: list[Created]) -> None:
+        """The run ended: an order id taken by the order that left the path goes back for the
+        next order (PostgreSQL; on SQLite nothing was taken), so ids stay as one by one's."""
+        if self.last_order is not None and (not made or made[-1].order_id != self.last_order):
+            give_back_id(self._conn, "orders", "order_id", self.last_order)
+
+    def take(self, table: str, n: int = 1) -> list[int]:
+        if self._next is None:
+            got = next_ids(self._conn, table, _FAST_KEYS[table], n)
+            if table == "orders":
+                self.last_order = got[-1]
+            return got
+        first = self._next[table]
+        self._next[table] = first + n
+        return list(range(first, first + n))
 
 
 def create_batch(
@@ -712,7 +737,7 @@ def _create_together(
             owed[c] = True
     snap = masters.cache(conn)
     network = kept.network = kept.network or inventory.load_network(conn)
-    ids = _next_ids(conn)
+    ids = _Ids(conn)
     today_v = today_of(now)
     today_a = dt.date.today()
     iso_today = today_a.isoformat()
@@ -756,7 +781,7 @@ def _create_together(
         )
         if not result.passed:
             break
-        oid = ids["orders"]
+        (oid,) = ids.take("orders")
         number = order_no(oid)
         priced = {p.line_no: p for p in result.lines}
         lines = [(ln.line_no, ln.gtin, priced[ln.line_no].sku, ln.qty, ln.price) for ln in order.lines]
@@ -782,8 +807,8 @@ def _create_together(
             break
         # -- the order goes through: its rows, in the order one by one would write them
         t_alloc = now_ms()
-        run_id = ids["alloc_runs"]
-        ev = ids["order_events"]
+        (run_id,) = ids.take("alloc_runs")
+        ev, ev1, ev2 = ids.take("order_events", 3)
         outcome = res.outcomes[0]
         detail = (
             f"realtime run {run_id}: {outcome.allocated} allocated, {outcome.short} short"
@@ -815,8 +840,10 @@ def _create_together(
             for ln, gtin, sku, qty, price in lines
         )
         e_rows.append((ev, oid, now, "received", "received", n.origin or f"via {n.channel}", "system"))
-        c_rows.extend((oid, 1, c.name, c.outcome.value, c.detail, now) for c in result.checks)
-        e_rows.append((ev + 1, oid, now, "validated", "validated", f"checks: {result.summary()}", "system"))
+        c_rows.extend(
+            (oid, 1, c.name, c.outcome.value, c.detail, now, i) for i, c in enumerate(result.checks)
+        )
+        e_rows.append((ev1, oid, now, "validated", "validated", f"checks: {result.summary()}", "system"))
         open_delta[order.customer] = open_delta.get(order.customer, 0) + result.value
         crow[i_open] = open_after
         text = res.trace_text
@@ -837,13 +864,13 @@ def _create_together(
             bump[key] = bump.get(key, 0) + a.qty
             a_rows.append((a.order_id, a.line_no, a.location, a.sku, a.qty, a.rule, run_id, None, t_alloc))
         s_rows.append((oid, "allocated", run_id, None, None, t_alloc))
-        e_rows.append((ev + 2, oid, t_alloc, "allocated", "allocated", detail, "allocation"))
+        e_rows.append((ev2, oid, t_alloc, "allocated", "allocated", detail, "allocation"))
         body = {
             "record_id": n.record_id,
             "order_no": number,
             "status": "allocated",
             "detail": detail,
-            "version": ev + 2,
+            "version": ev2,
             "at": t_alloc,
         }
         d_rows.append(
@@ -851,15 +878,12 @@ def _create_together(
                 n.gateway,
                 lifecycle.STATUS_RECORD,
                 body,
-                seq=ids["downlink_outbox"],
+                seq=ids.take("downlink_outbox")[0],
                 record_id=next(status_ids),
             )
         )
-        ids["orders"] += 1
-        ids["order_events"] += 3
-        ids["alloc_runs"] += 1
-        ids["downlink_outbox"] += 1
         made.append(Created(oid, number, "allocated", result))
+    ids.done(made)
     if not made:
         inventory.keep_stock(conn, kept)
         return []
@@ -875,7 +899,7 @@ def _create_together(
         conn, "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price, amount)", l_rows
     )
     insert_rows(conn, "INSERT INTO order_events (id, order_id, at, event, status, detail, actor)", e_rows)
-    insert_rows(conn, "INSERT INTO order_checks (order_id, run, name, outcome, detail, at)", c_rows)
+    insert_rows(conn, "INSERT INTO order_checks (order_id, run, name, outcome, detail, at, pos)", c_rows)
     conn.executemany(
         "UPDATE customers SET open_value = open_value + ? WHERE code = ?",
         [(v, c) for c, v in open_delta.items()],

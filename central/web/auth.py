@@ -84,8 +84,9 @@ def add_user(conn: sqlite3.Connection, name: str, role: Role | str, *, password:
         raise AuthError(f"user name {name!r}: 1..64 characters")
     token = secrets.token_urlsafe(32)
     conn.execute(
-        "INSERT OR REPLACE INTO users (name, role, token_sha256, password_hash, created_at)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO users (name, role, token_sha256, password_hash, created_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET role = excluded.role, token_sha256 = excluded.token_sha256,"
+        " password_hash = excluded.password_hash, created_at = excluded.created_at",
         (
             name,
             role.value,
