@@ -423,10 +423,15 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
         gtins, storage = row.pop("gtins"), row.pop("storage")
         _replace(conn, "items", row, key=("sku",))
         sku = row["sku"]
-        taken = conn.execute(
-            f"SELECT gtin, sku FROM item_gtins WHERE gtin IN ({', '.join('?' * len(gtins))}) AND sku != ?",
-            [*gtins, sku],
-        ).fetchall()
+        taken = (  # no GTINs: nothing to look up (PostgreSQL refuses an empty IN ())
+            conn.execute(
+                f"SELECT gtin, sku FROM item_gtins WHERE gtin IN ({', '.join('?' * len(gtins))})"
+                " AND sku != ?",
+                [*gtins, sku],
+            ).fetchall()
+            if gtins
+            else []
+        )
         if taken:
             raise MasterError("items", sku, "gtins", f"GTIN {taken[0][0]} already belongs to {taken[0][1]!r}")
         conn.execute("DELETE FROM item_gtins WHERE sku = ?", (sku,))
