@@ -18,14 +18,13 @@ from central import fleet
 from central.fleet import AlertThresholds, _Counters, apply_status, evaluate_alerts
 from central.migrations import all_migrations
 from ops.broker import Mosquitto
-from runtime.sqlitedb import apply_migrations, connect
 from tests.conftest import wait_for
+from tests.db_conn import open_conn
 from tests.procs import VIEWER, basic_auth, central_proc, gateway_proc
 
 
-def db(tmp_path: Path) -> sqlite3.Connection:
-    conn = connect(tmp_path / "c.db", synchronous="NORMAL")
-    apply_migrations(conn, all_migrations())
+def db(target: str) -> sqlite3.Connection:
+    conn: sqlite3.Connection = open_conn(target, all_migrations(), synchronous="NORMAL")
     return conn
 
 
@@ -37,8 +36,8 @@ def open_alerts(conn: sqlite3.Connection) -> set[str]:
     return {k for (k,) in conn.execute("SELECT kind FROM alerts WHERE closed_ms IS NULL")}
 
 
-def test_status_builds_sites_gateways_devices_with_history(tmp_path: Path) -> None:
-    conn = db(tmp_path)
+def test_status_builds_sites_gateways_devices_with_history(central_backend: str) -> None:
+    conn = db(central_backend)
     dev = {"id": "ht-1", "kind": "handheld", "state": "online", "battery": 80, "firmware": "2.1", "naks": 1}
     apply_status(conn, "store-1", status("store-1", backlog=12, oldest_age_s=3.5, devices=[dev]), now=1000)
     apply_status(conn, "store-1", status("store-1", "offline"), now=2000)
@@ -50,8 +49,8 @@ def test_status_builds_sites_gateways_devices_with_history(tmp_path: Path) -> No
     assert events == ["gateway online", "device online", "gateway offline"]
 
 
-def test_alerts_open_and_close_by_threshold(tmp_path: Path) -> None:
-    conn = db(tmp_path)
+def test_alerts_open_and_close_by_threshold(central_backend: str) -> None:
+    conn = db(central_backend)
     th = AlertThresholds(gateway_offline_s=60, backlog_age_s=100, naks_per_window=3, battery_low_pct=20)
     last = _Counters()
     dev = {"id": "sc-1", "kind": "serial-scanner", "state": "online", "naks": 0, "errors": 0, "battery": 50}

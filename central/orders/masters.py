@@ -423,8 +423,8 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
         gtins, storage = row.pop("gtins"), row.pop("storage")
         _replace(conn, "items", row, key=("sku",))
         sku = row["sku"]
-        taken = (
-            conn.execute(  # ``IN ()`` is SQLite's only: no GTINs, nothing to ask
+        taken = (  # no GTINs: nothing to look up (PostgreSQL refuses an empty IN ())
+            conn.execute(
                 f"SELECT gtin, sku FROM item_gtins WHERE gtin IN ({', '.join('?' * len(gtins))})"
                 " AND sku != ?",
                 [*gtins, sku],
