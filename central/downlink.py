@@ -190,6 +190,21 @@ def _present(conn: sqlite3.Connection, *, ranges: list[tuple[str, int, int]]) ->
     return out
 
 
+def _below(conn: sqlite3.Connection, *, gateways: list[tuple[str, int, int]]) -> list[tuple[str, int, str]]:
+    """Per ``(gateway, cursor, limit)``: ``(gateway, seq, id)`` of up to ``limit`` of its queued
+    records with ``seq <= cursor``."""
+    out: list[tuple[str, int, str]] = []
+    for gw, cursor, limit in gateways:
+        out += [
+            (gw, seq, rid)
+            for seq, rid in conn.execute(
+                "SELECT seq, id FROM downlink_outbox WHERE gateway = ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (gw, cursor, limit),
+            )
+        ]
+    return out
+
+
 def _seqs(conn: sqlite3.Connection, *, gateway: str, seqs: list[int]) -> list[tuple[int, str, str, bytes]]:
     rows: list[tuple[int, str, str, bytes]] = []
     for i in range(0, len(seqs), 500):
@@ -236,6 +251,10 @@ POLL_S = 0.25
 LATE_S = 60.0
 MAX_HOLES = 100_000
 CLAIM_EVERY_S = 1.0
+# ... and how often it checks each gateway it owns for records at or below its cursor that it
+# neither sent nor saw acked: late commits the hole watch missed (a hole older than LATE_S,
+# or a sequence number a rolled-back transaction gave back and a later one used)
+RECONCILE_S = 5.0
 DISCOVER_ROWS = 20_000
 
 
@@ -316,6 +335,7 @@ class DownlinkSender:
         self._msgno = 0
         self._polled = 0.0
         self._claimed = 0.0
+        self._reconciled = 0.0
         self.sent = 0
         self.resent = 0
         self.late = 0  # records found committed below what had been seen (workers)
@@ -422,6 +442,24 @@ class DownlinkSender:
                     self.acked_elsewhere += len(gone)
                     self.forget(gw, gone)
         await self._claim(now)
+        if now - self._reconciled >= RECONCILE_S:
+            self._reconciled = now
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        owned = [
+            (gw, st.cursor, len(st.id_to_msg) + BATCH_RECORDS)
+            for gw, st in self._gws.items()
+            if st.owned and st.cursor > 0
+        ]
+        if not owned:
+            return
+        for gw, seq, rid in await self.db.read(partial(_below, gateways=owned)):
+            st = self._gws[gw]
+            if rid not in st.id_to_msg and seq <= st.cursor and seq not in st.late:
+                st.late.add(seq)
+                self.late += 1
+                self.wakeup.set()
 
     async def _claim(self, now: float) -> None:
         owner = self.owner

@@ -21,7 +21,7 @@ from central import retention
 from protocols.bounded import JsonError, json_loads, value_repr
 from protocols.envelope import MAX_PAYLOAD_BYTES
 from runtime.clock import now_ms
-from runtime.dbapi import columns, has_table
+from runtime.dbapi import columns, dialect, has_table
 from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
@@ -143,15 +143,21 @@ def _num(v: object) -> float:
 def apply_status(conn: sqlite3.Connection, gw: str, doc: dict[str, Any], now: int) -> bool:
     """Record one status message; return True if any state changed."""
     state = doc["state"]
-    prev = conn.execute("SELECT state, site FROM fleet_gateways WHERE gateway = ?", (gw,)).fetchone()
-    changed = prev is None or prev[0] != state
+    # Every central worker hears every status: on PostgreSQL the gateway's row is locked while
+    # one of them applies it, so a change of state is noted (and its event written) once.
+    lock = " FOR UPDATE" if dialect(conn) == "postgresql" else ""
+    select = "SELECT state, site FROM fleet_gateways WHERE gateway = ?" + lock
+    prev = conn.execute(select, (gw,)).fetchone()
     site = str(doc.get("site") or (prev[1] if prev else ""))
     if prev is None:
-        conn.execute(
+        made = conn.execute(
             "INSERT INTO fleet_gateways (gateway, site, state, first_seen_ms, last_status_ms, state_since_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gateway) DO NOTHING RETURNING gateway",
             (gw, site, state, now, now, now),
-        )
+        ).fetchone()
+        if made is None:  # another worker's first status of it committed meanwhile
+            prev = conn.execute(select, (gw,)).fetchone()
+    changed = prev is None or prev[0] != state
     if changed:
         conn.execute("UPDATE fleet_gateways SET state_since_ms = ? WHERE gateway = ?", (now, gw))
         conn.execute(

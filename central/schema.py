@@ -15,8 +15,7 @@ _SNAPSHOT_TABLES = {
     "price_breaks": "",
     "price_lists": "",
 }
-MASTER_VERSION_PG = (
-    """
+MASTER_VERSION_PG = """
     CREATE SEQUENCE master_version_seq;
     CREATE TABLE master_version (id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
     INSERT INTO master_version (id, version) VALUES (1, 0);
@@ -25,12 +24,10 @@ MASTER_VERSION_PG = (
         UPDATE master_version SET version = nextval('master_version_seq') WHERE id = 1;
         RETURN NULL;
     END $$;
-    """
-    + "".join(
-        f"CREATE TRIGGER {t}_master_version AFTER INSERT OR DELETE OR TRUNCATE OR UPDATE"
-        f"{' OF ' + cols if cols else ''} ON {t} FOR EACH STATEMENT EXECUTE FUNCTION master_version_bump();\n"
-        for t, cols in _SNAPSHOT_TABLES.items()
-    )
+    """ + "".join(
+    f"CREATE TRIGGER {t}_master_version AFTER INSERT OR DELETE OR TRUNCATE OR UPDATE"
+    f"{' OF ' + cols if cols else ''} ON {t} FOR EACH STATEMENT EXECUTE FUNCTION master_version_bump();\n"
+    for t, cols in _SNAPSHOT_TABLES.items()
 )
 
 MIGRATIONS: list[Migration] = [

@@ -184,3 +184,62 @@ async def test_one_worker_sends_a_gateways_downlink_acks_seen_anywhere_and_taken
     assert twice <= downlink.WINDOW * downlink.BATCH_RECORDS  # at most the window at the death
     assert sent_before < total and max(messages) <= downlink.BATCH_RECORDS
     assert any(db is dbs[0] for db in ack_through) and any(db is dbs[1] for db in ack_through)
+
+
+@pytest.mark.parametrize("watch", ["hole", "reconcile"])
+async def test_a_record_committed_below_what_was_sent_still_goes(
+    central_backend: str, broker: Mosquitto, fast_leases: None, monkeypatch: pytest.MonkeyPatch, watch: str
+) -> None:
+    """On PostgreSQL a record's seq is taken before its transaction commits, so a record may
+    appear below what the sender already sent (another worker's slower transaction). Records
+    seq 1-3, then 5-8 are queued and sent; seq 4 commits afterwards: it is sent too - found by
+    the watch on the hole it left, or (the hole watch given up at once) by the sender's
+    periodic look below its cursor."""
+    if watch == "reconcile":
+        monkeypatch.setattr(downlink, "LATE_S", 0.0)
+        monkeypatch.setattr(downlink, "RECONCILE_S", 0.3)
+    db = central_db(central_backend)
+    await db.open()
+    received: Counter[str] = Counter()
+
+    def queue(seqs: list[int]) -> Any:
+        rows = [downlink.packed_row(GW, "test_item", {"n": s}, seq=s) for s in seqs]
+        return partial(downlink.insert_rows, rows=rows)
+
+    try:
+        await db.write(queue([1, 2, 3]))
+        w = workers.Worker(db, name="central-0")
+        await w.start()
+        sender = downlink.DownlinkSender(db, owner=w)
+
+        async def gateway(client: aiomqtt.Client) -> None:
+            async for msg in client.messages:
+                env = envelope.decode(bytes(msg.payload))  # type: ignore[arg-type]
+                for r in env.records:
+                    received[r.id] += 1
+                acks = [Ack(r.id, AckStatus.ACCEPTED) for r in env.records]
+                await db.write(partial(downlink.apply_gateway_acks, gateway=GW, acks=acks))
+
+        async with (
+            aiomqtt.Client("127.0.0.1", broker.port, identifier="gw-7", protocol=_V5) as gc,
+            aiomqtt.Client("127.0.0.1", broker.port, identifier="c-0", protocol=_V5) as c0,
+        ):
+            await gc.subscribe(topics.downlink(GW), qos=1)
+            tasks = [asyncio.create_task(gateway(gc)), asyncio.create_task(w.run())]
+            tasks.append(asyncio.create_task(sender.run(c0)))
+            try:
+                await wait_for(lambda: received.total() == 3, timeout=20, what="the first three")
+                await db.write(queue([5, 6, 7, 8]))  # seq 4 taken by a transaction not committed yet
+                await wait_for(lambda: received.total() == 7, timeout=20, what="5 to 8")
+                await asyncio.sleep(0.2)  # the sender has looked again since (POLL_S 0.05)
+                await db.write(queue([4]))  # the late one
+                await wait_for(lambda: received.total() == 8, timeout=20, what="the late record")
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+        assert sender.late == 1 and set(received.values()) == {1}
+    finally:
+        await db.close()

@@ -76,8 +76,10 @@ class Db:
         if self.target.startswith("postgresql://"):
             import psycopg
 
-            with psycopg.connect(self.target, autocommit=True) as c:
-                return [tuple(r) for r in c.execute(sql.replace("?", "%s"), args).fetchall()]
+            from runtime.pgdb import PgConnection  # SQLite's SQL: ? placeholders, a % is a %
+
+            with psycopg.connect(self.target, autocommit=True) as raw:
+                return [tuple(r) for r in PgConnection(raw).execute(sql, args).fetchall()]
         conn = sqlite3.connect(f"file:{self.target}?mode=ro", uri=True, timeout=10)
         try:
             return conn.execute(sql, args).fetchall()
@@ -262,6 +264,8 @@ async def test_three_workers_one_killed_mid_stream_nothing_lost_or_twice_stock_e
         for i, w in enumerate(workers):
             if i != victim:
                 assert w.proc is not None and w.proc.poll() is None, f"worker {i} died (see {w.log.name})"
+            errors = [ln for ln in w.log.read_text().splitlines() if " ERROR " in ln]
+            assert errors == [], (w.log.name, errors[:3])
 
         # 0 lost, 0 duplicated
         acked = {rid: ref for st in stores for ref, rid in st.orders.items()}
