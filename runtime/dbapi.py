@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from runtime import pgdb
 from runtime.pgdb import PgConnection, PgDB
 from runtime.sqlitedb import DurableDB, Migration, savepoint
 
@@ -126,23 +127,84 @@ def next_ids(conn: Any, table: str, column: str, n: int = 1) -> list[int]:
     identity's sequence (reserved at once, for any number of writers; a rollback leaves a gap,
     and default inserts never collide with them)."""
     if dialect(conn) == "postgresql":
-        seq = _sequences(conn).get((table, column))
-        if seq is None:
-            seq = conn.execute("SELECT pg_get_serial_sequence(?, ?)", (table, column)).fetchone()[0]
-            if seq is None:
-                raise ValueError(f"{table}.{column} has no sequence")
-            _sequences(conn)[(table, column)] = seq
+        out: list[int] = []
+        spare = getattr(conn, "spare_ids", {}).get((table, column))
+        while spare and len(out) < n:
+            out.append(spare.pop(0))
+        if len(out) == n:
+            return out
+        n -= len(out)
+        seq = _sequence(conn, table, column)
         if n == 1:
-            return [conn.execute("SELECT nextval(?::regclass)", (seq,)).fetchone()[0]]
+            return [*out, conn.execute("SELECT nextval(?::regclass)", (seq,)).fetchone()[0]]
         rows = conn.execute(
             "SELECT nextval(?::regclass) AS id FROM generate_series(1, ?) ORDER BY id", (seq, n)
         ).fetchall()
-        return [r[0] for r in rows]
+        return [*out, *(r[0] for r in rows)]
     first = conn.execute(
         f"SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),"
         f" coalesce((SELECT max({column}) FROM {table}), 0)) + 1"
     ).fetchone()[0]
     return list(range(first, first + n))
+
+
+def next_ids_many(conn: Any, wants: Sequence[tuple[str, str, int]]) -> list[list[int]]:
+    """:func:`next_ids` for several ``(table, column, n)`` at once: on PostgreSQL one round
+    trip for them all (ids given back first, then one ``SELECT nextval(..), ..``)."""
+    if dialect(conn) != "postgresql":
+        return [next_ids(conn, t, c, n) for t, c, n in wants]
+    out: list[list[int]] = []
+    seqs: list[str] = []
+    spare_all: dict[tuple[str, str], list[int]] = conn.spare_ids
+    for t, c, n in wants:
+        spare = spare_all.get((t, c))
+        got: list[int] = []
+        while spare and len(got) < n:
+            got.append(spare.pop(0))
+        out.append(got)
+        seqs += [_sequence(conn, t, c)] * (n - len(got))
+    if seqs:
+        row = iter(conn.execute(_nextvals(len(seqs)), seqs).fetchone())
+        for (_t, _c, n), got in zip(wants, out, strict=True):
+            got += [next(row) for _ in range(n - len(got))]
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _nextvals(n: int) -> str:
+    return "SELECT " + ", ".join(["nextval(?::regclass)"] * n)
+
+
+def _sequence(conn: Any, table: str, column: str) -> str:
+    seq = _sequences(conn).get((table, column))
+    if seq is None:
+        seq = conn.execute("SELECT pg_get_serial_sequence(?, ?)", (table, column)).fetchone()[0]
+        if seq is None:
+            raise ValueError(f"{table}.{column} has no sequence")
+        _sequences(conn)[(table, column)] = seq
+    return seq
+
+
+def give_back_id(conn: Any, table: str, column: str, value: int) -> None:
+    """An id :func:`next_ids` gave that was not used: the next call for the table hands it
+    out first (PostgreSQL, this connection: no one else has it; SQLite: nothing to do)."""
+    if dialect(conn) == "postgresql":
+        spare: dict[tuple[str, str], list[int]] = conn.spare_ids
+        spare.setdefault((table, column), []).insert(0, value)
+
+
+def tables(conn: Any) -> list[str]:
+    """The tables of the database (not the migrations' own), by name."""
+    if dialect(conn) == "postgresql":
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name"
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name"
+        ).fetchall()
+    return [r[0] for r in rows if r[0] != "_migrations"]
 
 
 def _sequences(conn: Any) -> dict[tuple[str, str], str]:
@@ -176,8 +238,26 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
+def is_transient(e: BaseException) -> bool:
+    """An error that is no fault of the job: a serialization failure or deadlock between
+    writers, or a lost connection (PostgreSQL). Code that catches a job's errors to go on
+    (quarantine a record, fall back) must let these through: the writer runs the whole group
+    again (or fails it as not committed)."""
+    return pgdb.is_retryable(e) or isinstance(e, psycopg.OperationalError)
+
+
 def is_integrity_error(e: BaseException) -> bool:
     return isinstance(e, IntegrityError)
 
 
-__all__ += ["PgConnection", "column_list", "in_chunks", "is_integrity_error", "next_ids"]
+__all__ += [
+    "PgConnection",
+    "column_list",
+    "give_back_id",
+    "in_chunks",
+    "is_integrity_error",
+    "is_transient",
+    "next_ids",
+    "next_ids_many",
+    "tables",
+]

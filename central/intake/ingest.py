@@ -37,7 +37,7 @@ from protocols.records import (
     parse_order,
 )
 from runtime.clock import now_ms
-from runtime.dbapi import in_chunks
+from runtime.dbapi import in_chunks, is_transient
 from runtime.sqlitedb import insert_rows, savepoint
 
 log = logging.getLogger(__name__)
@@ -368,6 +368,8 @@ def _process_queue(
         except Rejected as e:
             status, reason = AckStatus.REJECTED, e.reason
         except Exception as e:
+            if is_transient(e):  # a deadlock, a lost connection: the group runs again, or fails
+                raise
             log.exception("gw=%s record %s (%s) failed in processing; quarantined", gw, rec.id, rec.type)
             hub.internal_errors += 1
             status = AckStatus.REJECTED
@@ -474,7 +476,9 @@ def _orders_together(
     try:
         with savepoint(conn, "orders_together"):
             made = orders.create_batch(conn, batch, now=now, stop=stop)
-    except Exception:
+    except Exception as e:
+        if is_transient(e):
+            raise
         log.exception("orders processed together failed; processing them one by one")
         return None
     return [c.order_no for c in made]

@@ -423,8 +423,8 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
         gtins, storage = row.pop("gtins"), row.pop("storage")
         _replace(conn, "items", row, key=("sku",))
         sku = row["sku"]
-        taken = (  # no GTINs: nothing to look up (PostgreSQL refuses an empty IN ())
-            conn.execute(
+        taken = (
+            conn.execute(  # ``IN ()`` is SQLite's only: no GTINs, nothing to ask
                 f"SELECT gtin, sku FROM item_gtins WHERE gtin IN ({', '.join('?' * len(gtins))})"
                 " AND sku != ?",
                 [*gtins, sku],
@@ -739,6 +739,8 @@ def _item_wire(
     args: list[Any] = [price_class or ""]
     if skus is not None:
         skus = list(skus)
+        if not skus:  # ``IN ()`` is SQLite's only
+            return []
         sql += f" AND i.sku IN ({', '.join('?' * len(skus))})"
         args += skus
     out = []
