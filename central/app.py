@@ -44,6 +44,10 @@ class DatabaseSettings:
 
     url: str = ""
 
+    def __post_init__(self) -> None:
+        if self.url and not is_postgres_url(self.url) and not self.url.startswith("sqlite:///"):
+            raise ValueError(f"url {self.url!r}: a postgresql:// (or sqlite:///) URL, or none")
+
 
 @dataclass(frozen=True, slots=True)
 class CentralConfig:
@@ -84,12 +88,7 @@ def for_worker(cfg: CentralConfig, index: int) -> CentralConfig:
 
 def database_target(cfg: CentralConfig) -> Path | str:
     """Where central's database is: the configured URL, or the SQLite file in ``data_dir``."""
-    url = cfg.database.url
-    if not url:
-        return cfg.data_dir / "central.db"
-    if not is_postgres_url(url) and not url.startswith("sqlite:///"):
-        raise config.ConfigError("database.url", f"{url!r}: a postgresql:// or sqlite:/// URL")
-    return url
+    return cfg.database.url or cfg.data_dir / "central.db"
 
 
 def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics) -> web.Application:

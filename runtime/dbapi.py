@@ -134,12 +134,7 @@ def next_ids(conn: Any, table: str, column: str, n: int = 1) -> list[int]:
         if len(out) == n:
             return out
         n -= len(out)
-        seq = _sequences(conn).get((table, column))
-        if seq is None:
-            seq = conn.execute("SELECT pg_get_serial_sequence(?, ?)", (table, column)).fetchone()[0]
-            if seq is None:
-                raise ValueError(f"{table}.{column} has no sequence")
-            _sequences(conn)[(table, column)] = seq
+        seq = _sequence(conn, table, column)
         if n == 1:
             return [*out, conn.execute("SELECT nextval(?::regclass)", (seq,)).fetchone()[0]]
         rows = conn.execute(
@@ -151,6 +146,43 @@ def next_ids(conn: Any, table: str, column: str, n: int = 1) -> list[int]:
         f" coalesce((SELECT max({column}) FROM {table}), 0)) + 1"
     ).fetchone()[0]
     return list(range(first, first + n))
+
+
+def next_ids_many(conn: Any, wants: Sequence[tuple[str, str, int]]) -> list[list[int]]:
+    """:func:`next_ids` for several ``(table, column, n)`` at once: on PostgreSQL one round
+    trip for them all (ids given back first, then one ``SELECT nextval(..), ..``)."""
+    if dialect(conn) != "postgresql":
+        return [next_ids(conn, t, c, n) for t, c, n in wants]
+    out: list[list[int]] = []
+    seqs: list[str] = []
+    spare_all: dict[tuple[str, str], list[int]] = conn.spare_ids
+    for t, c, n in wants:
+        spare = spare_all.get((t, c))
+        got: list[int] = []
+        while spare and len(got) < n:
+            got.append(spare.pop(0))
+        out.append(got)
+        seqs += [_sequence(conn, t, c)] * (n - len(got))
+    if seqs:
+        row = iter(conn.execute(_nextvals(len(seqs)), seqs).fetchone())
+        for (_t, _c, n), got in zip(wants, out, strict=True):
+            got += [next(row) for _ in range(n - len(got))]
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _nextvals(n: int) -> str:
+    return "SELECT " + ", ".join(["nextval(?::regclass)"] * n)
+
+
+def _sequence(conn: Any, table: str, column: str) -> str:
+    seq = _sequences(conn).get((table, column))
+    if seq is None:
+        seq = conn.execute("SELECT pg_get_serial_sequence(?, ?)", (table, column)).fetchone()[0]
+        if seq is None:
+            raise ValueError(f"{table}.{column} has no sequence")
+        _sequences(conn)[(table, column)] = seq
+    return seq
 
 
 def give_back_id(conn: Any, table: str, column: str, value: int) -> None:
@@ -226,5 +258,6 @@ __all__ += [
     "is_integrity_error",
     "is_transient",
     "next_ids",
+    "next_ids_many",
     "tables",
 ]

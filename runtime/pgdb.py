@@ -74,6 +74,32 @@ _INSERT_RE = re.compile(r"^\s*INSERT\s+INTO\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNO
 _RETURNING_RE = re.compile(r"\bRETURNING\b", re.IGNORECASE)
 
 
+_HEAD_RE = re.compile(r"^\s*INSERT\s+INTO\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(([^()]*)\)\s*$", re.IGNORECASE)
+
+
+def _split_top(text: str) -> list[str] | None:
+    """``text`` split at commas outside quotes and parentheses, each part stripped."""
+    parts, buf, depth = [], [], 0
+    for plain, piece in _scan(text):
+        if not plain:
+            buf.append(piece)
+            continue
+        for ch in piece:
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if depth < 0:
+                    return None
+            if ch == "," and depth == 0:
+                parts.append("".join(buf).strip())
+                buf = []
+            else:
+                buf.append(ch)
+    parts.append("".join(buf).strip())
+    return parts
+
+
 def _scan(sql: str) -> Iterator[tuple[bool, str]]:
     """``sql`` in pieces: (True, text outside quotes and comments) or (False, a quoted literal,
     a quoted identifier or a comment, as it is)."""
@@ -296,6 +322,62 @@ class PgConnection:
             rows = cur.fetchall()
             return PgCursor(cur, [], rows[-1][0] if rows else None)
         return PgCursor(cur)
+
+    def insert_rows(self, head: str, row: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``runtime.sqlitedb.insert_rows`` here: every row in ONE statement of short, fixed
+        text - ``INSERT INTO t (cols) SELECT .. FROM unnest(?::type[], ..)``, one array per
+        ``?`` of ``row`` (typed by the table's columns) - so it stays prepared and the server
+        takes the rows in one go. A head or row it cannot read goes row by row."""
+        plan = self._bulk_plan(head, row)
+        if plan is None:
+            self.executemany(f"{head} VALUES {row}", rows)
+            return
+        sql, width = plan
+        cols: list[list[Any]] = [[] for _ in range(width)]
+        for r in rows:
+            for i in range(width):
+                cols[i].append(r[i])
+        self.raw.execute(sql, cols)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - per text, the connection lives as long
+    def _bulk_plan(self, head: str, row: str) -> tuple[str, int] | None:
+        m = _HEAD_RE.match(head)
+        if m is None:
+            return None
+        table, names = m.group(1), [c.strip() for c in m.group(2).split(",")]
+        inner = row.strip()
+        if not (inner.startswith("(") and inner.endswith(")")):
+            return None
+        items = _split_top(inner[1:-1])
+        if items is None or len(items) != len(names):
+            return None
+        types = dict(
+            self.raw.execute(
+                "SELECT column_name, udt_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = %s",
+                (table,),
+            ).fetchall()
+        )
+        arrays, select = [], []
+        for name, item in zip(names, items, strict=True):
+            if item == "?":
+                udt = types.get(name)
+                if udt is None:
+                    return None
+                arrays.append(f"%s::{udt}[]")
+                select.append(f"u{len(arrays)}")
+            elif "?" in item or "%" in item:
+                return None
+            else:
+                select.append(item)
+        if not arrays:
+            return None
+        alias = ", ".join(f"u{i + 1}" for i in range(len(arrays)))
+        sql = (
+            f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(select)}"
+            f" FROM unnest({', '.join(arrays)}) AS u({alias})"
+        )
+        return sql, len(arrays)
 
     def executemany(self, sql: str, seq: Any) -> PgCursor:
         cur = self.raw.cursor()

@@ -232,6 +232,9 @@ def insert_rows(
         return
     if row is None:
         row = "(" + ", ".join("?" * len(rows[0])) + ")"
+    if getattr(conn, "dialect", "sqlite") == "postgresql":  # runtime.pgdb: its own bulk insert
+        conn.insert_rows(head, row, rows)  # type: ignore[attr-defined]
+        return
     width = max(1, row.count("?"))
     top = MAX_ROWS_PER_INSERT
     while top > 1 and top * width > MAX_VARIABLES:

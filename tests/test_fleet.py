@@ -18,6 +18,7 @@ from central import fleet
 from central.fleet import AlertThresholds, _Counters, apply_status, evaluate_alerts
 from central.migrations import all_migrations
 from ops.broker import Mosquitto
+from runtime.dbapi import is_postgres_url
 from tests.conftest import wait_for
 from tests.db_conn import open_conn
 from tests.procs import VIEWER, basic_auth, central_proc, gateway_proc
@@ -108,8 +109,11 @@ def gateway_state(central_url: str, gw: str) -> str | None:
 
 
 @pytest.mark.slow
-async def test_killed_gateway_turns_offline_and_metrics_are_served(broker: Mosquitto, tmp_path: Path) -> None:
-    central = central_proc(tmp_path, broker.port)
+async def test_killed_gateway_turns_offline_and_metrics_are_served(
+    broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
+    url = central_backend if is_postgres_url(central_backend) else None
+    central = central_proc(tmp_path, broker.port, db_url=url)
     gw = gateway_proc(tmp_path, broker.port, "store-7")
     await asyncio.to_thread(central.start)
     try:
@@ -183,8 +187,11 @@ async def test_dashboard_in_chromium_shows_killed_gateway_offline(broker: Mosqui
 
 
 @pytest.mark.slow
-async def test_dashboard_and_fleet_api_need_a_viewer(broker: Mosquitto, tmp_path: Path) -> None:
-    central = central_proc(tmp_path, broker.port)
+async def test_dashboard_and_fleet_api_need_a_viewer(
+    broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
+    url = central_backend if is_postgres_url(central_backend) else None
+    central = central_proc(tmp_path, broker.port, db_url=url)
     await asyncio.to_thread(central.start)
     try:
         for path in ("/", "/api/fleet", "/api/alerts", "/api/stream"):

@@ -34,7 +34,7 @@ from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 from runtime.clock import now_ms
-from runtime.dbapi import dialect, give_back_id, next_ids
+from runtime.dbapi import dialect, give_back_id, next_ids, next_ids_many
 from runtime.sqlitedb import insert_rows, savepoint
 
 
@@ -607,15 +607,17 @@ _FAST_KEYS = {"orders": "order_id", "order_events": "id", "alloc_runs": "run_id"
 class _Ids:
     """The ids the set-based path gives its rows, in the order one by one would take them.
     SQLite (one writer): what AUTOINCREMENT would hand out next, read once and counted on.
-    PostgreSQL: each taken from its table's sequence when needed (other workers take theirs
-    meanwhile; an order id taken by an order that then leaves the path is a gap)."""
+    PostgreSQL: taken from the tables' sequences (other workers take theirs meanwhile), one
+    round trip per order: its run, events and downlink ids together with the next order's id;
+    an order id not used in the end (the order left the path, or there was no next) goes back
+    to the connection for the next order (``runtime.dbapi.give_back_id``)."""
 
-    __slots__ = ("_conn", "_next", "last_order")
+    __slots__ = ("_conn", "_next", "_taken")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._next: dict[str, int] | None = None
-        self.last_order: int | None = None
+        self._taken: list[int] = []  # order ids taken (PostgreSQL), not known to be used yet
         if dialect(conn) == "sqlite":
             row = conn.execute(
                 "SELECT "
@@ -627,21 +629,41 @@ class _Ids:
             ).fetchone()
             self._next = dict(zip(_FAST_KEYS, row, strict=True))
 
-    def done(self, made: list[Created]) -> None:
-        """The run ended: an order id taken by the order that left the path goes back for the
-        next order (PostgreSQL; on SQLite nothing was taken), so ids stay as one by one's."""
-        if self.last_order is not None and (not made or made[-1].order_id != self.last_order):
-            give_back_id(self._conn, "orders", "order_id", self.last_order)
-
-    def take(self, table: str, n: int = 1) -> list[int]:
-        if self._next is None:
-            got = next_ids(self._conn, table, _FAST_KEYS[table], n)
-            if table == "orders":
-                self.last_order = got[-1]
-            return got
+    def _count(self, table: str, n: int = 1) -> list[int]:
+        assert self._next is not None
         first = self._next[table]
         self._next[table] = first + n
         return list(range(first, first + n))
+
+    def order(self) -> int:
+        """The next order's id."""
+        if self._next is not None:
+            return self._count("orders")[0]
+        if not self._taken:
+            self._taken += next_ids(self._conn, "orders", "order_id")
+        return self._taken[0]
+
+    def after_order(self, *, more: bool) -> tuple[int, list[int], int]:
+        """The order of :meth:`order` goes through: its run id, three event ids and its status
+        record's downlink seq; ``more``: another order may follow (take its id now too)."""
+        if self._next is not None:
+            run, events = self._count("alloc_runs")[0], self._count("order_events", 3)
+            return run, events, self._count("downlink_outbox")[0]
+        self._taken.pop(0)  # used
+        wants = [("alloc_runs", "run_id", 1), ("order_events", "id", 3), ("downlink_outbox", "seq", 1)]
+        if more and not self._taken:
+            wants.append(("orders", "order_id", 1))
+        got = next_ids_many(self._conn, wants)
+        if len(got) > 3:
+            self._taken += got[3]
+        return got[0][0], got[1], got[2][0]
+
+    def done(self) -> None:
+        """The run ended: order ids taken and not used go back for the next order (PostgreSQL;
+        on SQLite nothing was taken), so the ids stay as one by one's."""
+        for oid in reversed(self._taken):
+            give_back_id(self._conn, "orders", "order_id", oid)
+        self._taken = []
 
 
 def create_batch(
@@ -762,7 +784,7 @@ def _create_together(
     avail = kept.avail
     kept.read(conn, sorted({ln.sku for n in new for ln in n.order.lines if ln.sku}))
     status_ids = iter(record_ids.new_record_ids(len(new), now))  # one random read for the run
-    for n in new:
+    for k, n in enumerate(new):
         if made and stop is not None and stop():
             break
         order = n.order
@@ -781,7 +803,7 @@ def _create_together(
         )
         if not result.passed:
             break
-        (oid,) = ids.take("orders")
+        oid = ids.order()
         number = order_no(oid)
         priced = {p.line_no: p for p in result.lines}
         lines = [(ln.line_no, ln.gtin, priced[ln.line_no].sku, ln.qty, ln.price) for ln in order.lines]
@@ -807,8 +829,7 @@ def _create_together(
             break
         # -- the order goes through: its rows, in the order one by one would write them
         t_alloc = now_ms()
-        (run_id,) = ids.take("alloc_runs")
-        ev, ev1, ev2 = ids.take("order_events", 3)
+        run_id, (ev, ev1, ev2), dl_seq = ids.after_order(more=k + 1 < len(new))
         outcome = res.outcomes[0]
         detail = (
             f"realtime run {run_id}: {outcome.allocated} allocated, {outcome.short} short"
@@ -878,12 +899,12 @@ def _create_together(
                 n.gateway,
                 lifecycle.STATUS_RECORD,
                 body,
-                seq=ids.take("downlink_outbox")[0],
+                seq=dl_seq,
                 record_id=next(status_ids),
             )
         )
         made.append(Created(oid, number, "allocated", result))
-    ids.done(made)
+    ids.done()
     if not made:
         inventory.keep_stock(conn, kept)
         return []
