@@ -243,3 +243,48 @@ async def test_a_record_committed_below_what_was_sent_still_goes(
         assert sender.late == 1 and set(received.values()) == {1}
     finally:
         await db.close()
+
+
+async def test_processing_takes_one_gateways_records_in_one_worker_at_a_time(
+    central_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers' processing jobs at once (PostgreSQL): while one holds gateway A's queued
+    records (its transaction open), the other skips A - also A's records queued after B's -
+    and takes B's; once the first commits, A's are free again. On SQLite the single writer
+    serialises the jobs, so each sees the whole queue."""
+    from central.intake import ingest
+    from protocols.envelope import Envelope, Record
+
+    monkeypatch.setattr(ingest, "CLAIM_GATEWAYS", 1)
+    db = central_db(central_backend)
+    await db.open()
+    try:
+        for gw in ("gw-a", "gw-b", "gw-a"):  # queue rows: a, b, a (a type checked only when processed)
+            n = await db.read(lambda c: c.execute("SELECT count(*) FROM work_queue").fetchone()[0])
+            env = Envelope(gw=gw, sent=0, records=(Record(f"{gw}-{n}", n + 1, "pick_result", 1, {}),))
+            await db.write(partial(ingest.receive_envelope, topic_gw=gw, topic=topics.uplink(gw), env=env))
+        if central_backend.startswith("postgresql://"):
+            import psycopg
+
+            from runtime.pgdb import PgConnection
+
+            with (
+                psycopg.connect(central_backend, autocommit=True) as r1,
+                psycopg.connect(central_backend, autocommit=True) as r2,
+            ):
+                one, two = PgConnection(r1), PgConnection(r2)
+                r1.execute("BEGIN")
+                r2.execute("BEGIN")
+                first = [row[1] for row in ingest._claim_queue(one)]  # type: ignore[arg-type]
+                second = [row[1] for row in ingest._claim_queue(two)]  # type: ignore[arg-type]
+                assert first == ["gw-a", "gw-a"] and second == ["gw-b"]
+                r1.execute("COMMIT")  # a's lock goes with the transaction
+                r2.execute("ROLLBACK")
+                r2.execute("BEGIN")
+                assert [row[1] for row in ingest._claim_queue(two)] == ["gw-a", "gw-a"]  # type: ignore[arg-type]
+                r2.execute("ROLLBACK")
+        else:
+            got = await db.write(lambda c: [row[1] for row in ingest._claim_queue(c)])
+            assert got == ["gw-a", "gw-b", "gw-a"]
+    finally:
+        await db.close()
