@@ -439,13 +439,12 @@ def apply_change(conn: sqlite3.Connection, oid: int, change: OrderChange, *, act
 
 
 def may_have_parked(conn: sqlite3.Connection) -> bool:
-    """False when no order change is parked (a connection known to hold none need not look:
-    SQLite, one writer; on PostgreSQL other workers may park one any time, so it looks)."""
+    """False when no order change is parked (a connection known to hold none need not look)."""
     st = state(conn)
     if st.none_parked:
         return False
     if conn.execute("SELECT 1 FROM parked_changes LIMIT 1").fetchone() is None:
-        st.none_parked = dialect(conn) == "sqlite"
+        st.none_parked = True
         return False
     return True
 
