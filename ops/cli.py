@@ -385,7 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Put the open pick waves (or those named) on picking teams, earliest departure"
         " first, by their standard pick time; shows start, finish and slack (negative: late).",
     )
-    ps.add_argument("--db", default="var/central/central.db", help="central database file (read only)")
+    ps.add_argument(
+        "--db",
+        default="var/central/central.db",
+        help="central database file or postgresql:// URL (read only)",
+    )
     ps.add_argument("--teams", type=int, default=1, help="picking teams working in parallel")
     ps.add_argument("--start", type=_when, default=None, help="picking starts: epoch ms or ISO time (UTC)")
     ps.add_argument("--load-s", type=float, default=0.0, help="staging/loading seconds after each wave")

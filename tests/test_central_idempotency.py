@@ -71,7 +71,7 @@ async def test_same_key_another_order_is_422_and_stores_nothing(tmp_path: Path, 
     ],
 )
 async def test_malformed_key_is_400_with_reason(
-    tmp_path: Path, keys: list[str], reason: str, central_backend: str
+    tmp_path: Path, central_backend: str, keys: list[str], reason: str
 ) -> None:
     async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()

@@ -123,10 +123,27 @@ def authenticate(conn: sqlite3.Connection, header: str | None) -> User:
     raise AuthError(f"unsupported authorization scheme {scheme!r}; use Bearer or Basic")
 
 
+def _open(db: str) -> tuple[sqlite3.Connection, str]:
+    """Central's database for the CLI, its schema migrated; and how to begin a write there."""
+    from central.schema import MIGRATIONS  # noqa: PLC0415 - CLI only
+    from runtime import pgdb, sqlitedb  # noqa: PLC0415
+    from runtime.dbapi import is_postgres_url  # noqa: PLC0415
+
+    if is_postgres_url(db):
+        import psycopg  # noqa: PLC0415
+
+        pconn = pgdb.PgConnection(psycopg.connect(db, autocommit=True))
+        pgdb.apply_migrations(pconn, MIGRATIONS)
+        pconn.learn_identity()
+        return pconn, "BEGIN"  # type: ignore[return-value] # the same SQL (runtime.pgdb)
+    conn = sqlitedb.connect(db)
+    sqlitedb.apply_migrations(conn, MIGRATIONS)
+    return conn, "BEGIN IMMEDIATE"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``storegate users add NAME --role ROLE [--password PW] --db PATH``: prints the token."""
-    from central.schema import MIGRATIONS  # noqa: PLC0415
-    from runtime.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
+    """``storegate users add NAME --role ROLE [--password PW] --db PATH|URL``: prints the token
+    (``--db``: central's SQLite file, or its PostgreSQL database as a ``postgresql://`` URL)."""
 
     p = argparse.ArgumentParser(prog="storegate users", description="Central REST API users.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -134,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=[r.value for r in Role])
     add.add_argument("--password", help="also allow HTTP Basic with this password")
-    add.add_argument("--db", default="var/central/central.db", help="central database file")
+    add.add_argument(
+        "--db", default="var/central/central.db", help="central database file or postgresql:// URL"
+    )
     args = p.parse_args(argv)
-    conn = connect(args.db)
+    conn, begin = _open(args.db)
     try:
-        apply_migrations(conn, MIGRATIONS)
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(begin)
         try:
             token = add_user(conn, args.name, args.role, password=args.password)
         except AuthError as e:
