@@ -776,6 +776,10 @@ class PgDB:
                     except Exception as e:
                         if _broken(conn) or is_retryable(e):
                             raise
+                        if conn.raw.info.transaction_status != pq.TransactionStatus.INTRANS:
+                            # the savepoint could not be undone (the job swallowed an error that
+                            # aborted the transaction): the whole group goes, not just this job
+                            raise DatabaseError(f"the group's transaction was lost under a job: {e}") from e
                         out.append((False, self._error(e)))
                     else:
                         out.append((True, value))
