@@ -93,6 +93,10 @@ async def test_sqlite_sql_runs_and_gives_sqlite_values(url: str) -> None:
         # an explicit id from next_ids, then a default one: no collision
         await db.write(lambda c: c.execute("INSERT INTO t (id, k) VALUES (?, 'd')", (ids[0],)))
         assert await db.write(lambda c: c.execute("INSERT INTO t (k) VALUES ('e')").lastrowid) == 7
+        # an id given back comes first, then the sequence's; several tables in one round trip
+        await db.write(lambda c: dbapi.give_back_id(c, "t", "id", 5))
+        got = await db.write(lambda c: dbapi.next_ids_many(c, [("t", "id", 2), ("t", "id", 1)]))
+        assert got == [[5, 8], [9]]
 
 
 async def test_failing_job_is_rolled_back_alone_and_its_caller_gets_the_error(url: str) -> None:
