@@ -62,8 +62,8 @@ def open_db(
     if is_postgres_url(target):
         return PgDB(str(target), migrations=migrations, on_connect=on_connect)
     path = str(target)
-    if path.startswith("sqlite:///"):
-        path = path[len("sqlite:///") - 1 :] if path.startswith("sqlite:////") else path[len("sqlite:///") :]
+    if path.startswith("sqlite:///"):  # sqlite:///relative/file, sqlite:////absolute/file
+        path = path[len("sqlite:///") :]
     elif path.startswith("sqlite://"):
         raise ValueError(f"{target!r}: a sqlite URL is sqlite:///relative or sqlite:////absolute")
     return DurableDB(path, migrations=migrations, on_connect=on_connect, temp_store=temp_store)
