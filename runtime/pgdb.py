@@ -518,6 +518,17 @@ class PgDB:
         raw = psycopg.connect(self.url, autocommit=True)
         conn = PgConnection(raw, self._identity)
         if migrate:
+            collate = raw.execute(
+                "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+            ).fetchone()
+            if collate is not None and collate[0] not in ("C", "POSIX"):
+                log.warning(
+                    "%s: collation %s - text sorts unlike SQLite's (byte order): lists and ties"
+                    " broken on text may come out in another order; create the database with"
+                    " LC_COLLATE 'C' (TEMPLATE template0)",
+                    self.url,
+                    collate[0],
+                )
             apply_migrations(conn, self._migrations)
         conn.learn_identity()
         if self._on_connect is not None:
