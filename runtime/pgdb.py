@@ -496,7 +496,6 @@ class PgDB:
         self._rx = ThreadPoolExecutor(readers, thread_name_prefix="pg-r")
         self._wconn: PgConnection | None = None
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._rconns: dict[int, PgConnection] = {}
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -536,12 +535,13 @@ class PgDB:
         return conn
 
     def _reader(self, raw: psycopg.Connection[Any]) -> PgConnection:
-        conn = self._rconns.get(id(raw))
-        if conn is None or conn.raw is not raw:
+        # each pooled read connection carries its adapter (with its state): gone with it
+        conn: PgConnection | None = getattr(raw, "_sg_adapter", None)
+        if conn is None:
             conn = PgConnection(raw, self._identity)
             if self._on_connect is not None:
                 self._on_connect(conn)
-            self._rconns[id(raw)] = conn
+            raw._sg_adapter = conn  # type: ignore[attr-defined]
         return conn
 
     async def open(self) -> None:
