@@ -4,6 +4,7 @@ writes for SQLite, and what several writers on one database do to a group (issue
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -194,3 +195,27 @@ async def test_open_db_picks_the_backend(tmp_path: Any, url: str) -> None:
         assert await lite.read(dbapi.dialect) == "sqlite"
         assert await lite.read(lambda c: dbapi.columns(c, "t")) == {"id", "k", "v", "b", "n"}
         assert await lite.write(lambda c: dbapi.next_ids(c, "t", "id", 2)) == [1, 2]
+
+
+async def test_a_job_that_swallows_an_aborting_error_fails_its_group_not_later_jobs(url: str) -> None:
+    """A job that catches a failed statement without a savepoint leaves the transaction aborted
+    (PostgreSQL); the jobs after it must not run outside a transaction (autocommit) - the
+    group fails as a whole and nothing of it is kept."""
+    async with PgDB(url, migrations=[SCHEMA]) as db:
+        await db.write(lambda c: c.execute("INSERT INTO t (k) VALUES ('taken')"))
+
+        def swallow(c: Any) -> None:
+            c.execute("INSERT INTO t (k) VALUES ('before')")
+            with contextlib.suppress(dbapi.IntegrityError):
+                c.execute("INSERT INTO t (k) VALUES ('taken')")
+
+        futs = [
+            db.write(lambda c: c.execute("INSERT INTO t (k) VALUES ('first')")),
+            db.write(swallow),
+            db.write(lambda c: c.execute("INSERT INTO t (k) VALUES ('after')")),
+        ]
+        res = await asyncio.gather(*futs, return_exceptions=True)
+        assert all(isinstance(r, Exception) for r in res), res
+        keys = await db.read(lambda c: [r[0] for r in c.execute("SELECT k FROM t ORDER BY k")])
+        assert keys == ["taken"]
+        assert await db.write(lambda c: c.execute("INSERT INTO t (k) VALUES ('next')").rowcount) == 1

@@ -38,7 +38,7 @@ from protocols.envelope import Ack, AckStatus, EnvelopeError
 from runtime.clock import now_ms
 from runtime.mqtt import Client, no_delay, stay_linked
 from runtime.retry import TaskGroup, supervise
-from runtime.sqlitedb import DurableDB, StorageFull
+from runtime.sqlitedb import DatabaseError, DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,11 @@ class Consumer:
             # Nothing of the message was committed, so nothing is acked: the gateway sends its
             # records again (ack timeout) and they are taken once the disk has room.
             self.stats.storage_refused += 1
+            log.warning("message on %s not taken and not acked: %s", message.topic.value, e)
+        except DatabaseError as e:
+            # The database's connection lost under the job (runtime.pgdb.ConnectionLost): not
+            # committed (or not known to be), not acked; the gateway sends it again and the
+            # record ids tell a repeat from a first time
             log.warning("message on %s not taken and not acked: %s", message.topic.value, e)
         except Exception:
             # A bug met by one message (a poison no bound foresaw): that message is neither
