@@ -43,6 +43,7 @@ import psycopg_pool
 from psycopg import pq
 from psycopg.adapt import Loader
 
+from runtime import sqlitedb
 from runtime.sqlitedb import MAX_GROUP, ClosedError, DatabaseError, Migration, StorageFull, savepoint
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ MAX_RETRIES = 8  # group reruns after a serialization failure or deadlock before
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})
 DISK_FULL_SQLSTATE = "53100"
 READERS = 2
+READ_TRIES = 3  # a read whose connection the server ended goes again on another
 
 
 class ConnectionLost(DatabaseError):
@@ -59,8 +61,8 @@ class ConnectionLost(DatabaseError):
     lost during COMMIT, their outcome is unknown - ``unknown`` is True)."""
 
     def __init__(self, reason: str, *, unknown: bool = False) -> None:
-        what = "outcome unknown (lost during COMMIT)" if unknown else "not committed"
-        super().__init__(f"connection to PostgreSQL lost, the job was {what}: {reason}")
+        what = "the job's outcome is unknown (lost during COMMIT)" if unknown else "the job was not committed"
+        super().__init__(f"connection to PostgreSQL lost, {what}: {reason}")
         self.unknown = unknown
 
 
@@ -494,7 +496,6 @@ class PgDB:
         self._rx = ThreadPoolExecutor(readers, thread_name_prefix="pg-r")
         self._wconn: PgConnection | None = None
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._rconns: dict[int, PgConnection] = {}
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -516,6 +517,17 @@ class PgDB:
         raw = psycopg.connect(self.url, autocommit=True)
         conn = PgConnection(raw, self._identity)
         if migrate:
+            collate = raw.execute(
+                "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+            ).fetchone()
+            if collate is not None and collate[0] not in ("C", "POSIX"):
+                log.warning(
+                    "%s: collation %s - text sorts unlike SQLite's (byte order): lists and ties"
+                    " broken on text may come out in another order; create the database with"
+                    " LC_COLLATE 'C' (TEMPLATE template0)",
+                    self.url,
+                    collate[0],
+                )
             apply_migrations(conn, self._migrations)
         conn.learn_identity()
         if self._on_connect is not None:
@@ -523,12 +535,13 @@ class PgDB:
         return conn
 
     def _reader(self, raw: psycopg.Connection[Any]) -> PgConnection:
-        conn = self._rconns.get(id(raw))
-        if conn is None or conn.raw is not raw:
+        # each pooled read connection carries its adapter (with its state): gone with it
+        conn: PgConnection | None = getattr(raw, "_sg_adapter", None)
+        if conn is None:
             conn = PgConnection(raw, self._identity)
             if self._on_connect is not None:
                 self._on_connect(conn)
-            self._rconns[id(raw)] = conn
+            raw._sg_adapter = conn  # type: ignore[attr-defined]
         return conn
 
     async def open(self) -> None:
@@ -585,8 +598,19 @@ class PgDB:
         pool = self._pool
 
         def run() -> T:
-            with pool.connection() as raw:
-                return fn(self._reader(raw))
+            for attempt in range(READ_TRIES):
+                used: psycopg.Connection[Any] | None = None
+                try:
+                    with pool.connection() as raw:
+                        used = raw
+                        return fn(self._reader(raw))
+                except psycopg.OperationalError as e:
+                    # a session the server ended (restart, failover) is found at its next use:
+                    # a read is safe to run again on a new one
+                    if attempt + 1 == READ_TRIES or used is None or not (used.closed or used.broken):
+                        raise
+                    log.warning("read on %s: connection lost, reading again: %s", self.url, e)
+            raise AssertionError("unreachable")
 
         return await asyncio.get_running_loop().run_in_executor(self._rx, run)
 
@@ -647,14 +671,38 @@ class PgDB:
 
     def _group_failed(self, jobs: list[_Job], e: Exception) -> None:
         err = self._error(e)
+        if isinstance(err, StorageFull):
+            self._note_full(err, len(jobs))
         log.error("group commit of %d jobs failed on %s: %s", len(jobs), self.url, err)
         for _, fut in jobs:
             if not fut.done():
                 fut.set_exception(err)
 
+    def _note_full(self, e: StorageFull, jobs: int) -> None:
+        """The server's disk is full (SQLSTATE 53100): :meth:`wait_writable` waits
+        :data:`runtime.sqlitedb.STORAGE_PROBE_S` before the next try (there is no free space
+        to probe from here); the next commit clears it."""
+        self.storage_full_errors += jobs
+        if self.storage_full is None:
+            self.storage_full = e
+            self.storage_full_since_ms = time.time_ns() // 1_000_000
+            log.error("%s: storage full, writes fail until space returns: %s", self.url, e.reason)
+            for fn in list(self.on_storage_change):
+                with contextlib.suppress(Exception):
+                    fn(False)
+        self._writable.clear()
+        asyncio.get_running_loop().call_later(sqlitedb.STORAGE_PROBE_S, self._writable.set)
+
     def _deliver(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
         self.commits += 1
         self.jobs += len(jobs)
+        if self.storage_full is not None:
+            self.storage_full = None
+            self.storage_full_since_ms = None
+            self._writable.set()
+            for fn in list(self.on_storage_change):
+                with contextlib.suppress(Exception):
+                    fn(True)
         for (_, fut), (ok, value) in zip(jobs, results, strict=True):
             if fut.done():
                 continue
@@ -674,7 +722,10 @@ class PgDB:
         while True:
             conn = self._wconn
             if conn is None or _broken(conn):
-                conn = self._reconnect()
+                try:
+                    conn = self._reconnect()
+                except psycopg.Error as e:  # the server is away: this group fails, the next tries
+                    raise _Lost(e, unknown=False) from e
             try:
                 return self._attempt(conn, jobs)
             except _Retry as r:
@@ -736,6 +787,10 @@ class PgDB:
                     except Exception as e:
                         if _broken(conn) or is_retryable(e):
                             raise
+                        if conn.raw.info.transaction_status != pq.TransactionStatus.INTRANS:
+                            # the savepoint could not be undone (the job swallowed an error that
+                            # aborted the transaction): the whole group goes, not just this job
+                            raise DatabaseError(f"the group's transaction was lost under a job: {e}") from e
                         out.append((False, self._error(e)))
                     else:
                         out.append((True, value))

@@ -9,17 +9,19 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from central.allocate import inventory
 from central.allocate.allocation import SourcingRule
 from central.orders import masters
 from ops.broker import Mosquitto
+from runtime.pgdb import PgDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, SOON
 from tests.conftest import wait_for
 from tests.pg import pg_database
 from tests.procs import central_db, central_proc, central_settled
-from tests.test_spine import backlog_empty, gateway_in_process
+from tests.test_spine import backlog_empty, central_in_process, gateway_in_process, order_body, settled
 
 ORDERS = 600
 
@@ -126,3 +128,45 @@ async def test_central_on_postgresql_sigkilled_mid_stream_loses_nothing_doubles_
     for sku, ordered, allocated in lines:
         assert ordered == allocated, f"{sku}: every line allocated in full, once"
         assert stock[sku] == allocated, f"{sku}: the stock's allocated balance matches the allocations"
+
+
+async def test_central_rides_out_its_postgresql_connections_ended_mid_stream(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The server ends every session of central's database (a failover, an admin) three times
+    while orders stream in: the jobs caught in it fail as not committed, central reconnects and
+    goes on, the gateway's resends fill the gaps - every order once."""
+    with pg_database("pgdrop") as url:
+        async with (
+            central_in_process(tmp_path, broker.port, url) as (consumer, cdb),
+            gateway_in_process(tmp_path, broker.port, ack_timeout=1.0) as (box, _sync),
+        ):
+            await consumer.connected.wait()
+            submitted: list[str] = []
+            for round_ in range(3):
+                for i in range(100):
+                    rec = await box.submit("order", order_body(f"d{round_}-{i}"))
+                    submitted.append(rec.id)
+                    if i == 50:
+                        await asyncio.to_thread(_end_sessions, url)
+            await wait_for(lambda: backlog_empty(box), timeout=60, what="gateway outbox drained")
+            await wait_for(lambda: settled(cdb), timeout=30, what="central processed all")
+            ids = await cdb.read(lambda c: [r[0] for r in c.execute("SELECT record_id FROM orders")])
+            assert isinstance(cdb, PgDB)
+            assert cdb.reconnects >= 1, "the writer's session was ended and made again"
+            assert not consumer_failed(consumer)
+    assert sorted(ids) == sorted(submitted), "every order at central"
+    assert len(set(ids)) == len(ids), "once"
+
+
+def _end_sessions(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as admin:
+        n = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+        assert n is not None and n[0] >= 1
+
+
+def consumer_failed(consumer: Any) -> bool:
+    return bool(consumer.hub.internal_errors)
