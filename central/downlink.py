@@ -240,6 +240,8 @@ class Owner(Protocol):
 
     async def claim(self, names: Iterable[str]) -> set[str]: ...
 
+    def describe(self) -> dict[str, Any]: ...
+
 
 LEASE_PREFIX = "downlink/"
 # With workers: how often the owner looks in the database for acks another worker received,

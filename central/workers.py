@@ -157,6 +157,18 @@ class Worker:
                 task.cancel()
                 del self._tasks[name]
 
+    def describe(self) -> dict[str, Any]:
+        """For ``/api/health``: this worker, the live workers, what it holds and runs."""
+        from central.downlink import LEASE_PREFIX  # noqa: PLC0415 - downlink takes a Worker as its owner
+
+        return {
+            "name": self.name,
+            "owner": self.owner,
+            "live_workers": self.live_workers,
+            "downlink_gateways": [n[len(LEASE_PREFIX) :] for n in self.held(LEASE_PREFIX)],
+            "jobs": self.running(),
+        }
+
     def running(self) -> list[str]:
         return sorted(n for n, t in self._tasks.items() if not t.done())
 

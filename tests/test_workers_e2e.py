@@ -261,11 +261,20 @@ async def test_three_workers_one_killed_mid_stream_nothing_lost_or_twice_stock_e
                 )
 
             await wait_for(settled, timeout=DEADLINE_S, interval=0.5, what="every record through, both ways")
+        sending: list[str] = []
+        jobs: list[str] = []
         for i, w in enumerate(workers):
             if i != victim:
                 assert w.proc is not None and w.proc.poll() is None, f"worker {i} died (see {w.log.name})"
+                me = w.get("/api/health")["worker"]
+                assert me["name"] == f"central-{i}" and me["live_workers"] == WORKERS - 1
+                sending += me["downlink_gateways"]
+                jobs += me["jobs"]
             errors = [ln for ln in w.log.read_text().splitlines() if " ERROR " in ln]
             assert errors == [], (w.log.name, errors[:3])
+        assert set(STORES) <= set(sending) and len(sending) == len(set(sending))  # each store one sender
+        # each job in one worker (release is off in this config: its task ends at once)
+        assert sorted(jobs) == ["job/fleet-alerts", "job/retention", "job/schedule"]
 
         # 0 lost, 0 duplicated
         acked = {rid: ref for st in stores for ref, rid in st.orders.items()}
