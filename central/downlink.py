@@ -31,7 +31,7 @@ from protocols.envelope import Ack
 from runtime import sqlitedb
 from runtime.clock import now_ms
 from runtime.dbapi import in_chunks, next_ids
-from runtime.sqlitedb import DurableDB, Migration
+from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -486,7 +486,11 @@ class DownlinkSender:
         share = -(-len(self._gws) // max(1, owner.live_workers))  # a fair part of the gateways known
         room = max(1 if mine == 0 else 0, share - mine)
         if room:
-            got = await owner.claim(LEASE_PREFIX + gw for gw in free[:room])
+            try:
+                got = await owner.claim(LEASE_PREFIX + gw for gw in free[:room])
+            except StorageFull as e:  # a full disk: claimed once there is room
+                log.debug("downlink leases not claimed: %s", e)
+                return
             if got:
                 self.wakeup.set()
             for name in got:

@@ -95,8 +95,11 @@ class Worker:
         held (it is dead: a second live run under one name would fight over the MQTT client id
         anyway), and take this run's presence lease."""
         prefix = self.name + "@"
-        await self.db.write(partial(_drop_previous, prefix=prefix, owner=self.owner))
-        await self.claim([PRESENCE + self.owner])
+        try:
+            await self.db.write(partial(_drop_previous, prefix=prefix, owner=self.owner))
+            await self.claim([PRESENCE + self.owner])
+        except StorageFull as e:  # a start on a full disk: the leases wait for room (run)
+            log.warning("worker %s: leases not taken yet: %s", self.name, e)
 
     async def run(self) -> None:
         try:
