@@ -4,7 +4,9 @@
   database with it): the record handlers by record type, the order lifecycle's hooks, the
   allocation settings (real time or waves) and the count of internal errors.
 - :class:`ConnState` - one per database connection (the writer's, the reader's), given to
-  the connection as its ``state`` when it opens (``runtime.sqlitedb.Connection``): the
+  the connection as its ``state`` when it opens (``runtime.sqlitedb.Connection``, or
+  ``runtime.pgdb.PgConnection`` on PostgreSQL; given again after a rollback of a whole group
+  there, so no cache keeps what was undone): the
   :class:`Hub` and the caches that must not outlive or cross the connection (the customers'
   column layout with the profiles read through it, the stock and sourcing network the
   real-time path keeps, the masters snapshot, the status updates held back inside
@@ -52,7 +54,7 @@ class Hub:
             self.schemas[record_type] = schema
 
     def attach(self, conn: sqlite3.Connection) -> None:
-        """Give ``conn`` (a ``runtime.sqlitedb`` connection) this hub and fresh caches."""
+        """Give ``conn`` (a ``runtime.sqlitedb`` or ``runtime.pgdb`` connection) this hub and fresh caches."""
         conn.state = ConnState(self)  # type: ignore[attr-defined]
 
 
@@ -82,7 +84,9 @@ def state(conn: sqlite3.Connection) -> ConnState:
         try:
             conn.state = st  # type: ignore[attr-defined]
         except AttributeError:
-            raise TypeError("central needs a runtime.sqlitedb connection (connect or DurableDB)") from None
+            raise TypeError(
+                "central needs a runtime.sqlitedb or runtime.pgdb connection (runtime.dbapi)"
+            ) from None
     return st
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from runtime import pgdb
+from runtime import pgdb, sqlitedb
 from runtime.pgdb import PgConnection, PgDB
 from runtime.sqlitedb import DurableDB, Migration, savepoint
 
@@ -62,11 +62,34 @@ def open_db(
     if is_postgres_url(target):
         return PgDB(str(target), migrations=migrations, on_connect=on_connect)
     path = str(target)
-    if path.startswith("sqlite:///"):
-        path = path[len("sqlite:///") - 1 :] if path.startswith("sqlite:////") else path[len("sqlite:///") :]
+    if path.startswith("sqlite:///"):  # sqlite:///relative/file, sqlite:////absolute/file
+        path = path[len("sqlite:///") :]
     elif path.startswith("sqlite://"):
         raise ValueError(f"{target!r}: a sqlite URL is sqlite:///relative or sqlite:////absolute")
     return DurableDB(path, migrations=migrations, on_connect=on_connect, temp_store=temp_store)
+
+
+def connect(target: Path | str, *, migrations: Sequence[Migration] = ()) -> Any:
+    """One connection to the database at ``target`` for a tool (a CLI, a test's check), not a
+    service: autocommit, each statement its own transaction unless :func:`begin` opened one;
+    ``migrations`` applied first. A ``sqlite3.Connection`` (``runtime.sqlitedb.connect``) or a
+    :class:`runtime.pgdb.PgConnection` - the same SQL either way."""
+    if is_postgres_url(target):
+        conn = PgConnection(psycopg.connect(str(target), autocommit=True))
+        pgdb.apply_migrations(conn, migrations)
+        conn.learn_identity()
+        return conn
+    path = str(target)
+    if path.startswith("sqlite:///"):
+        path = path[len("sqlite:///") :]
+    lite = sqlitedb.connect(path)
+    sqlitedb.apply_migrations(lite, migrations)
+    return lite
+
+
+def begin(conn: Any) -> None:
+    """Open a write transaction on a :func:`connect` connection (``COMMIT``/``ROLLBACK`` end it)."""
+    conn.execute("BEGIN" if dialect(conn) == "postgresql" else "BEGIN IMMEDIATE")
 
 
 def dialect(conn: Any) -> Dialect:
@@ -252,7 +275,9 @@ def is_integrity_error(e: BaseException) -> bool:
 
 __all__ += [
     "PgConnection",
+    "begin",
     "column_list",
+    "connect",
     "give_back_id",
     "in_chunks",
     "is_integrity_error",

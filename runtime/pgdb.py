@@ -496,7 +496,6 @@ class PgDB:
         self._rx = ThreadPoolExecutor(readers, thread_name_prefix="pg-r")
         self._wconn: PgConnection | None = None
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._rconns: dict[int, PgConnection] = {}
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -518,6 +517,17 @@ class PgDB:
         raw = psycopg.connect(self.url, autocommit=True)
         conn = PgConnection(raw, self._identity)
         if migrate:
+            collate = raw.execute(
+                "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+            ).fetchone()
+            if collate is not None and collate[0] not in ("C", "POSIX"):
+                log.warning(
+                    "%s: collation %s - text sorts unlike SQLite's (byte order): lists and ties"
+                    " broken on text may come out in another order; create the database with"
+                    " LC_COLLATE 'C' (TEMPLATE template0)",
+                    self.url,
+                    collate[0],
+                )
             apply_migrations(conn, self._migrations)
         conn.learn_identity()
         if self._on_connect is not None:
@@ -525,12 +535,13 @@ class PgDB:
         return conn
 
     def _reader(self, raw: psycopg.Connection[Any]) -> PgConnection:
-        conn = self._rconns.get(id(raw))
-        if conn is None or conn.raw is not raw:
+        # each pooled read connection carries its adapter (with its state): gone with it
+        conn: PgConnection | None = getattr(raw, "_sg_adapter", None)
+        if conn is None:
             conn = PgConnection(raw, self._identity)
             if self._on_connect is not None:
                 self._on_connect(conn)
-            self._rconns[id(raw)] = conn
+            raw._sg_adapter = conn  # type: ignore[attr-defined]
         return conn
 
     async def open(self) -> None:

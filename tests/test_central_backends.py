@@ -10,21 +10,26 @@ acks. Only clock readings and random record ids differ, and are blanked.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 import msgpack
+import psycopg
+import pytest
 
 from central import wiring
 from central.allocate import inventory, waves
-from central.intake.ingest import apply_envelope
+from central.intake.ingest import apply_envelope, quick_checks, receive_uplink
 from central.migrations import all_migrations
 from ops import bench_allocation as bench
-from protocols import topics
-from protocols.envelope import Envelope, Record
-from runtime.dbapi import open_db, tables
+from protocols import envelope, topics
+from protocols.envelope import AckStatus, Envelope, Record
+from runtime.dbapi import IntegrityError, open_db, tables
+from tests.conftest import wait_for
 from tests.pg import pg_database
 
 TIME_COLS = {
@@ -129,3 +134,64 @@ async def test_same_messages_leave_the_same_rows_on_sqlite_and_postgresql(tmp_pa
     assert any(o["status"] == "held" for o in lite["orders"]), "and held orders"
     for t in sorted(lite):
         assert pg[t] == lite[t], f"table {t} differs between SQLite and PostgreSQL"
+
+
+async def test_one_record_received_by_two_writers_at_once_is_kept_once() -> None:
+    """Exactly-once receipt between central workers on one PostgreSQL database: a record
+    redelivered to a second worker while the first holds it uncommitted. The second's insert
+    of the record id waits for the first's commit, then fails as a unique violation
+    (``runtime.dbapi.IntegrityError``, which the consumer leaves unacked); the record is
+    stored and queued once, and a later repeat gets the first answer."""
+    body = {
+        "customer": "S001",
+        "channel": "handheld",
+        "order_type": "normal",
+        "requested_date": "2026-12-01",
+        "lines": [{"sku": "A", "qty": 1}],
+    }
+    rec = Record("rec-both", 1, "order", 1, body)
+    raw = envelope.encode(gw="store-1", sent=0, records=[rec])
+    topic = topics.uplink("store-1")
+
+    def receive(c: Any) -> list[Any]:
+        up = envelope.decode_uplink(raw, quick=quick_checks(wiring.hub()))
+        return [(a.id, a.status) for a in receive_uplink(c, topic_gw="store-1", topic=topic, up=up)]
+
+    with pg_database("pgboth") as url:
+        async with (
+            open_db(url, migrations=all_migrations()) as one,
+            open_db(url, migrations=all_migrations()) as two,
+        ):
+            held, release = threading.Event(), threading.Event()
+
+            def first(c: Any) -> list[Any]:
+                out = receive(c)
+                held.set()
+                release.wait(20)  # committed only once the second waits on its row
+                return out
+
+            f1 = one.write(first)
+            await asyncio.to_thread(held.wait, 20)
+            f2 = two.write(receive)
+            await wait_for(lambda: _waits_on_a_lock(url), what="the second writer to wait on the record")
+            release.set()
+            assert await f1 == [("rec-both", AckStatus.ACCEPTED)]
+            with pytest.raises(IntegrityError):
+                await f2
+            assert await two.write(receive) == [("rec-both", AckStatus.DUPLICATE)]
+            kept = await one.read(
+                lambda c: (
+                    c.execute("SELECT count(*) FROM processed").fetchone()[0],
+                    c.execute("SELECT coalesce(sum(count), 0) FROM work_queue").fetchone()[0],
+                )
+            )
+    assert kept == (1, 1)
+
+
+def _waits_on_a_lock(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None and row[0] >= 1

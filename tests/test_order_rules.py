@@ -27,8 +27,9 @@ from central.orders import masters, ordertypes, valuation
 from central.web import allocation_api, auth, release_api
 from central.web.api import create_app
 from ops.broker import Mosquitto
+from runtime import dbapi
 from runtime.dbapi import is_postgres_url
-from runtime.sqlitedb import DurableDB, connect
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.db_conn import open_conn
 from tests.procs import central_db as procs_db
@@ -505,8 +506,10 @@ async def test_asrs_totes_are_a_master_named_on_pick_tasks(
         assert (await d.ok("GET", f"/api/orders/{o['order_no']}"))["status"] == "released"
 
 
-def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path) -> None:
-    db = tmp_path / "central.db"
+def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(
+    tmp_path: Path, central_backend: str
+) -> None:
+    db = central_backend
 
     def masters_import(*args: str) -> subprocess.CompletedProcess[str]:
         return storegate("masters", "import", *args, "--db", str(db))
@@ -533,7 +536,7 @@ def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path)
     out = masters_import("totes", str(tmp_path / "totes.csv"))
     assert out.returncode == 1
     assert out.stderr.strip() == "error: totes 'T3': tote: line 3: already holds 'B' at DC1"
-    conn = connect(db)
+    conn = dbapi.connect(db)
     try:
         assert conn.execute("SELECT count(*) FROM alloc_sourcing").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM pick_totes").fetchone()[0] == 0
@@ -542,7 +545,7 @@ def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path)
     for kind in ("sourcing", "totes"):
         out = masters_import(kind, str(_write(tmp_path, kind, files[kind])))
         assert (out.returncode, out.stdout.strip()) == (0, f"imported 2 {kind}"), out.stderr
-    conn = connect(db)
+    conn = dbapi.connect(db)
     try:
         assert conn.execute(
             "SELECT zone, location, cost, preferred, transfer FROM alloc_sourcing ORDER BY 2"

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,7 +15,7 @@ import pytest
 
 from runtime import dbapi, pgdb
 from runtime.pgdb import ConnectionLost, PgDB, split_sql, translate, translate_ddl
-from runtime.sqlitedb import Migration, savepoint
+from runtime.sqlitedb import DurableDB, Migration, savepoint
 from tests.pg import pg_database
 
 SCHEMA = Migration(
@@ -93,6 +94,10 @@ async def test_sqlite_sql_runs_and_gives_sqlite_values(url: str) -> None:
         # an explicit id from next_ids, then a default one: no collision
         await db.write(lambda c: c.execute("INSERT INTO t (id, k) VALUES (?, 'd')", (ids[0],)))
         assert await db.write(lambda c: c.execute("INSERT INTO t (k) VALUES ('e')").lastrowid) == 7
+        # an id given back comes first, then the sequence's; several tables in one round trip
+        await db.write(lambda c: dbapi.give_back_id(c, "t", "id", 5))
+        got = await db.write(lambda c: dbapi.next_ids_many(c, [("t", "id", 2), ("t", "id", 1)]))
+        assert got == [[5, 8], [9]]
 
 
 async def test_failing_job_is_rolled_back_alone_and_its_caller_gets_the_error(url: str) -> None:
@@ -195,6 +200,11 @@ async def test_open_db_picks_the_backend(tmp_path: Any, url: str) -> None:
         assert await lite.read(dbapi.dialect) == "sqlite"
         assert await lite.read(lambda c: dbapi.columns(c, "t")) == {"id", "k", "v", "b", "n"}
         assert await lite.write(lambda c: dbapi.next_ids(c, "t", "id", 2)) == [1, 2]
+    absolute = dbapi.open_db(f"sqlite:///{tmp_path}/y.db")
+    assert isinstance(absolute, DurableDB) and absolute.path == tmp_path / "y.db"
+    assert dbapi.open_db("sqlite:///var/z.db").path == Path("var/z.db")  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="sqlite:///"):
+        dbapi.open_db("sqlite://host/z.db")
 
 
 async def test_a_job_that_swallows_an_aborting_error_fails_its_group_not_later_jobs(url: str) -> None:

@@ -36,6 +36,7 @@ from protocols import envelope, topics
 from protocols.bounded import JsonError, json_loads
 from protocols.envelope import Ack, AckStatus, EnvelopeError
 from runtime.clock import now_ms
+from runtime.dbapi import IntegrityError
 from runtime.mqtt import Client, no_delay, stay_linked
 from runtime.retry import TaskGroup, supervise
 from runtime.sqlitedb import DatabaseError, DurableDB, StorageFull
@@ -205,6 +206,14 @@ class Consumer:
             # records again (ack timeout) and they are taken once the disk has room.
             self.stats.storage_refused += 1
             log.warning("message on %s not taken and not acked: %s", message.topic.value, e)
+        except IntegrityError as e:
+            # central workers on one PostgreSQL database: another worker took one of these
+            # records in the same moment (redelivered to it) and committed first. Nothing of
+            # this message was kept and it is not acked; the gateway's resend gets the answer
+            # the first one stored.
+            log.warning(
+                "message on %s not taken (a record of it taken meanwhile): %s", message.topic.value, e
+            )
         except DatabaseError as e:
             # The database's connection lost under the job (runtime.pgdb.ConnectionLost): not
             # committed (or not known to be), not acked; the gateway sends it again and the

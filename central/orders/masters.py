@@ -841,23 +841,25 @@ def publish_standing(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``storegate masters import KIND FILE.csv --db PATH``: import a master CSV atomically."""
+    """``storegate masters import KIND FILE.csv --db PATH|URL``: import a master CSV atomically
+    (``--db``: central's SQLite file, or its PostgreSQL database as a ``postgresql://`` URL)."""
     from central.migrations import all_migrations  # noqa: PLC0415
-    from runtime.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
+    from runtime import dbapi  # noqa: PLC0415 - CLI only
 
     p = argparse.ArgumentParser(prog="storegate masters", description="Central master data.")
     sub = p.add_subparsers(dest="cmd", required=True)
     imp = sub.add_parser("import", help="import a CSV file (header row = field names)")
     imp.add_argument("kind", choices=sorted(KINDS))
     imp.add_argument("file")
-    imp.add_argument("--db", default="var/central/central.db", help="central database file")
+    imp.add_argument(
+        "--db", default="var/central/central.db", help="central database file or postgresql:// URL"
+    )
     args = p.parse_args(argv)
-    conn = connect(args.db)
+    conn = dbapi.connect(args.db, migrations=all_migrations())
     try:
-        apply_migrations(conn, all_migrations())
         with open(args.file, encoding="utf-8-sig") as f:
             text = f.read()
-        conn.execute("BEGIN IMMEDIATE")
+        dbapi.begin(conn)
         try:
             n = import_csv(conn, args.kind, text)
         except MasterError as e:

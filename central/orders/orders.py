@@ -34,7 +34,7 @@ from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 from runtime.clock import now_ms
-from runtime.dbapi import dialect, give_back_id, next_ids, next_ids_many
+from runtime.dbapi import dialect, give_back_id, next_ids
 from runtime.sqlitedb import insert_rows, savepoint
 
 
@@ -603,17 +603,17 @@ _FAST_KEYS = {"orders": "order_id", "order_events": "id", "alloc_runs": "run_id"
 class _Ids:
     """The ids the set-based path gives its rows, in the order one by one would take them.
     SQLite (one writer): what AUTOINCREMENT would hand out next, read once and counted on.
-    PostgreSQL: taken from the tables' sequences (other workers take theirs meanwhile), one
-    round trip per order: its run, events and downlink ids together with the next order's id;
-    an order id not used in the end (the order left the path, or there was no next) goes back
-    to the connection for the next order (``runtime.dbapi.give_back_id``)."""
+    PostgreSQL: taken from the tables' sequences (other workers take theirs meanwhile) in a few
+    round trips per run: a block of order ids at its first order, the runs', events' and
+    downlink's ids once it is known how many went through; the order ids not used go back to
+    the connection for the next orders (``runtime.dbapi.give_back_id``)."""
 
-    __slots__ = ("_conn", "_next", "_taken")
+    __slots__ = ("_conn", "_next", "_orders")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._next: dict[str, int] | None = None
-        self._taken: list[int] = []  # order ids taken (PostgreSQL), not known to be used yet
+        self._orders: list[int] = []  # order ids taken (PostgreSQL), not used yet
         if dialect(conn) == "sqlite":
             row = conn.execute(
                 "SELECT "
@@ -631,35 +631,37 @@ class _Ids:
         self._next[table] = first + n
         return list(range(first, first + n))
 
-    def order(self) -> int:
-        """The next order's id."""
+    def order(self, left: int) -> int:
+        """The next order's id; ``left``: orders left in the run, this one included."""
         if self._next is not None:
             return self._count("orders")[0]
-        if not self._taken:
-            self._taken += next_ids(self._conn, "orders", "order_id")
-        return self._taken[0]
+        if not self._orders:
+            self._orders = next_ids(self._conn, "orders", "order_id", left)
+        return self._orders[0]
 
-    def after_order(self, *, more: bool) -> tuple[int, list[int], int]:
-        """The order of :meth:`order` goes through: its run id, three event ids and its status
-        record's downlink seq; ``more``: another order may follow (take its id now too)."""
-        if self._next is not None:
-            run, events = self._count("alloc_runs")[0], self._count("order_events", 3)
-            return run, events, self._count("downlink_outbox")[0]
-        self._taken.pop(0)  # used
-        wants = [("alloc_runs", "run_id", 1), ("order_events", "id", 3), ("downlink_outbox", "seq", 1)]
-        if more and not self._taken:
-            wants.append(("orders", "order_id", 1))
-        got = next_ids_many(self._conn, wants)
-        if len(got) > 3:
-            self._taken += got[3]
-        return got[0][0], got[1], got[2][0]
+    def used(self) -> None:
+        """The order of :meth:`order` went through."""
+        if self._next is None:
+            self._orders.pop(0)
 
-    def done(self) -> None:
-        """The run ended: order ids taken and not used go back for the next order (PostgreSQL;
-        on SQLite nothing was taken), so the ids stay as one by one's."""
-        for oid in reversed(self._taken):
+    def done(self, n: int) -> list[tuple[int, list[int], int]]:
+        """The run ended with ``n`` orders through: each one's run id, three event ids and
+        status record's downlink seq. Order ids taken and not used go back."""
+        for oid in reversed(self._orders):
             give_back_id(self._conn, "orders", "order_id", oid)
-        self._taken = []
+        self._orders = []
+        if n == 0:
+            return []
+        if self._next is not None:
+            out = []
+            for _ in range(n):
+                run, events = self._count("alloc_runs")[0], self._count("order_events", 3)
+                out.append((run, events, self._count("downlink_outbox")[0]))
+            return out
+        runs = next_ids(self._conn, "alloc_runs", "run_id", n)
+        events = next_ids(self._conn, "order_events", "id", 3 * n)
+        seqs = next_ids(self._conn, "downlink_outbox", "seq", n)
+        return [(runs[k], events[3 * k : 3 * k + 3], seqs[k]) for k in range(n)]
 
 
 def create_batch(
@@ -775,6 +777,7 @@ def _create_together(
     open_delta: dict[str, int] = {}
     bump: dict[tuple[str, str], int] = {}
     made: list[Created] = []
+    through: list[tuple[Any, ...]] = []  # what each order that went through needs once ids are known
     # the stock of every sku named in this run not read yet, in one read (a sku given as a
     # GTIN only: when its order comes)
     avail = kept.avail
@@ -799,7 +802,7 @@ def _create_together(
         )
         if not result.passed:
             break
-        oid = ids.order()
+        oid = ids.order(len(new) - k)
         number = order_no(oid)
         priced = {p.line_no: p for p in result.lines}
         lines = [(ln.line_no, ln.gtin, priced[ln.line_no].sku, ln.qty, ln.price) for ln in order.lines]
@@ -823,14 +826,10 @@ def _create_together(
         res = allocate([d], stock, title=title, **kw)
         if res.shortfalls or len(res.outcomes) != 1 or res.outcomes[0].status != "allocated":
             break
-        # -- the order goes through: its rows, in the order one by one would write them
+        # -- the order goes through: its rows, in the order one by one would write them (those
+        # that carry run, event and downlink ids once the run's end tells how many)
+        ids.used()
         t_alloc = now_ms()
-        run_id, (ev, ev1, ev2), dl_seq = ids.after_order(more=k + 1 < len(new))
-        outcome = res.outcomes[0]
-        detail = (
-            f"realtime run {run_id}: {outcome.allocated} allocated, {outcome.short} short"
-            f" (rank {outcome.rank})"
-        )
         o_rows.append(
             (
                 oid,
@@ -856,30 +855,35 @@ def _create_together(
             (oid, ln, gtin, sku, qty, price, priced[ln].unit_price, priced[ln].amount)
             for ln, gtin, sku, qty, price in lines
         )
-        e_rows.append((ev, oid, now, "received", "received", n.origin or f"via {n.channel}", "system"))
         c_rows.extend(
             (oid, 1, c.name, c.outcome.value, c.detail, now, i) for i, c in enumerate(result.checks)
         )
-        e_rows.append((ev1, oid, now, "validated", "validated", f"checks: {result.summary()}", "system"))
         open_delta[order.customer] = open_delta.get(order.customer, 0) + result.value
         crow[i_open] = open_after
-        text = res.trace_text
-        r_rows.append(
-            (
-                run_id,
-                "realtime",
-                None,
-                t_alloc,
-                packer.pack([d], stock, title=title),
-                text,
-                hashlib.sha256(text.encode()).hexdigest(),
-            )
-        )
         for a in res.allocations:
             key = (a.location, a.sku)
             avail[key] -= a.qty
             bump[key] = bump.get(key, 0) + a.qty
-            a_rows.append((a.order_id, a.line_no, a.location, a.sku, a.qty, a.rule, run_id, None, t_alloc))
+        through.append((n, oid, number, result, res, t_alloc, packer.pack([d], stock, title=title)))
+        made.append(Created(oid, number, "allocated", result))
+    for (run_id, (ev, ev1, ev2), dl_seq), (n, oid, number, result, res, t_alloc, inputs) in zip(
+        ids.done(len(made)), through, strict=True
+    ):
+        outcome = res.outcomes[0]
+        detail = (
+            f"realtime run {run_id}: {outcome.allocated} allocated, {outcome.short} short"
+            f" (rank {outcome.rank})"
+        )
+        e_rows.append((ev, oid, now, "received", "received", n.origin or f"via {n.channel}", "system"))
+        e_rows.append((ev1, oid, now, "validated", "validated", f"checks: {result.summary()}", "system"))
+        text = res.trace_text
+        r_rows.append(
+            (run_id, "realtime", None, t_alloc, inputs, text, hashlib.sha256(text.encode()).hexdigest())
+        )
+        a_rows.extend(
+            (a.order_id, a.line_no, a.location, a.sku, a.qty, a.rule, run_id, None, t_alloc)
+            for a in res.allocations
+        )
         s_rows.append((oid, "allocated", run_id, None, None, t_alloc))
         e_rows.append((ev2, oid, t_alloc, "allocated", "allocated", detail, "allocation"))
         body = {
@@ -899,8 +903,6 @@ def _create_together(
                 record_id=next(status_ids),
             )
         )
-        made.append(Created(oid, number, "allocated", result))
-    ids.done()
     if not made:
         inventory.keep_stock(conn, kept)
         return []
