@@ -102,6 +102,15 @@ def _split_top(text: str) -> list[str] | None:
     return parts
 
 
+def _uniform(col: list[Any], udt: str) -> list[Any]:
+    """A column's values as one Python type, as its array needs them."""
+    if udt in ("float4", "float8", "numeric"):
+        return [None if v is None else float(v) for v in col]
+    if udt in ("int2", "int4", "int8"):
+        return [None if v is None else int(v) for v in col]
+    return [None if v is None else str(v) if udt == "text" else v for v in col]
+
+
 def _scan(sql: str) -> Iterator[tuple[bool, str]]:
     """``sql`` in pieces: (True, text outside quotes and comments) or (False, a quoted literal,
     a quoted identifier or a comment, as it is)."""
@@ -334,15 +343,24 @@ class PgConnection:
         if plan is None:
             self.executemany(f"{head} VALUES {row}", rows)
             return
-        sql, width = plan
+        sql, udts = plan
+        width = len(udts)
         cols: list[list[Any]] = [[] for _ in range(width)]
         for r in rows:
             for i in range(width):
                 cols[i].append(r[i])
-        self.raw.execute(sql, cols)
+        try:
+            self.raw.execute(sql, cols)
+        except psycopg.DataError:
+            # the driver refuses an array of mixed Python types (1 and 2.5, True and 2) before
+            # sending anything; a refusal by the server aborted the transaction: that goes on
+            if self.raw.info.transaction_status != pq.TransactionStatus.INTRANS:
+                raise
+            self.raw.execute(sql, [_uniform(col, udt) for col, udt in zip(cols, udts, strict=True)])
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - per text, the connection lives as long
-    def _bulk_plan(self, head: str, row: str) -> tuple[str, int] | None:
+    def _bulk_plan(self, head: str, row: str) -> tuple[str, tuple[str, ...]] | None:
+        """(the statement, the type of each array), or None where it cannot tell."""
         m = _HEAD_RE.match(head)
         if m is None:
             return None
@@ -360,13 +378,14 @@ class PgConnection:
                 (table,),
             ).fetchall()
         )
-        arrays, select = [], []
+        arrays, select, udts = [], [], []
         for name, item in zip(names, items, strict=True):
             if item == "?":
                 udt = types.get(name)
                 if udt is None:
                     return None
-                arrays.append(f"%s::{udt}[]")
+                arrays.append(f"%b::{udt}[]")  # binary: the driver dumps arrays fastest so
+                udts.append(udt)
                 select.append(f"u{len(arrays)}")
             elif "?" in item or "%" in item:
                 return None
@@ -379,7 +398,7 @@ class PgConnection:
             f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(select)}"
             f" FROM unnest({', '.join(arrays)}) AS u({alias})"
         )
-        return sql, len(arrays)
+        return sql, tuple(udts)
 
     def executemany(self, sql: str, seq: Any) -> PgCursor:
         cur = self.raw.cursor()
