@@ -53,6 +53,9 @@ MAX_RETRIES = 8  # group reruns after a serialization failure or deadlock before
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})
 DISK_FULL_SQLSTATE = "53100"
 READERS = 2
+# statements kept prepared per connection (psycopg prepares one after its 5th use; its default
+# keeps 100, fewer than central's hot statements)
+PREPARED_MAX = 512
 READ_TRIES = 3  # a read whose connection the server ended goes again on another
 
 
@@ -276,7 +279,11 @@ class PgCursor:
         return self._cur.fetchmany(size)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self.fetchall())
+        if self._rows is not None or self._cur.pgresult is None:
+            return iter(self.fetchall())
+        if self._cur.pgresult.status != pq.ExecStatus.TUPLES_OK:
+            return iter(())
+        return iter(self._cur)  # rows made as they are taken
 
     @property
     def rowcount(self) -> int:
@@ -299,6 +306,7 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection[Any], identity: dict[str, str] | None = None) -> None:
         self.raw = raw
+        raw.prepared_max = PREPARED_MAX
         self.sequences: dict[tuple[str, str], str] = {}  # runtime.dbapi.next_ids
         self.spare_ids: dict[tuple[str, str], list[int]] = {}  # runtime.dbapi.give_back_id
         self._identity: dict[str, str] = identity if identity is not None else {}
