@@ -740,6 +740,7 @@ class PgDB:
 
     def _reset_state(self, conn: PgConnection) -> None:
         """After a rollback of the whole group: caches in ``state`` may hold what it undid."""
+        conn.state = None  # what a part gave it lazily goes too
         if self._on_connect is not None:
             self._on_connect(conn)
 
