@@ -224,14 +224,13 @@ def split_sql(sql: str) -> list[str]:
 
 
 class _NumericLoader(Loader):
-    """``numeric`` (what ``sum()`` of a BIGINT gives) as ``int`` when whole, else ``float``:
-    the types SQLite hands back for the same SQL."""
+    """``numeric`` as SQLite would type the same value: ``sum()`` of a BIGINT (no decimal
+    point) as ``int``, ``avg()`` and other fractions as ``float``."""
 
     def load(self, data: Any) -> int | float:
         s = bytes(data).decode()
         if "." in s or "e" in s or "E" in s or s in ("NaN", "Infinity", "-Infinity"):
-            f = float(s)
-            return int(f) if f.is_integer() and "." in s and s.rstrip("0").endswith(".") else f
+            return float(s)  # avg() and the like: SQLite's are REAL
         return int(s)
 
 
