@@ -53,6 +53,9 @@ MAX_RETRIES = 8  # group reruns after a serialization failure or deadlock before
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})
 DISK_FULL_SQLSTATE = "53100"
 READERS = 2
+# statements kept prepared per connection (psycopg prepares one after its 5th use; its default
+# keeps 100, fewer than central's hot statements)
+PREPARED_MAX = 512
 READ_TRIES = 3  # a read whose connection the server ended goes again on another
 
 
@@ -100,6 +103,15 @@ def _split_top(text: str) -> list[str] | None:
                 buf.append(ch)
     parts.append("".join(buf).strip())
     return parts
+
+
+def _uniform(col: list[Any], udt: str) -> list[Any]:
+    """A column's values as one Python type, as its array needs them."""
+    if udt in ("float4", "float8", "numeric"):
+        return [None if v is None else float(v) for v in col]
+    if udt in ("int2", "int4", "int8"):
+        return [None if v is None else int(v) for v in col]
+    return [None if v is None else str(v) if udt == "text" else v for v in col]
 
 
 def _scan(sql: str) -> Iterator[tuple[bool, str]]:
@@ -212,14 +224,13 @@ def split_sql(sql: str) -> list[str]:
 
 
 class _NumericLoader(Loader):
-    """``numeric`` (what ``sum()`` of a BIGINT gives) as ``int`` when whole, else ``float``:
-    the types SQLite hands back for the same SQL."""
+    """``numeric`` as SQLite would type the same value: ``sum()`` of a BIGINT (no decimal
+    point) as ``int``, ``avg()`` and other fractions as ``float``."""
 
     def load(self, data: Any) -> int | float:
         s = bytes(data).decode()
         if "." in s or "e" in s or "E" in s or s in ("NaN", "Infinity", "-Infinity"):
-            f = float(s)
-            return int(f) if f.is_integer() and "." in s and s.rstrip("0").endswith(".") else f
+            return float(s)  # avg() and the like: SQLite's are REAL
         return int(s)
 
 
@@ -267,7 +278,11 @@ class PgCursor:
         return self._cur.fetchmany(size)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self.fetchall())
+        if self._rows is not None or self._cur.pgresult is None:
+            return iter(self.fetchall())
+        if self._cur.pgresult.status != pq.ExecStatus.TUPLES_OK:
+            return iter(())
+        return iter(self._cur)  # rows made as they are taken
 
     @property
     def rowcount(self) -> int:
@@ -290,6 +305,7 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection[Any], identity: dict[str, str] | None = None) -> None:
         self.raw = raw
+        raw.prepared_max = PREPARED_MAX
         self.sequences: dict[tuple[str, str], str] = {}  # runtime.dbapi.next_ids
         self.spare_ids: dict[tuple[str, str], list[int]] = {}  # runtime.dbapi.give_back_id
         self._identity: dict[str, str] = identity if identity is not None else {}
@@ -334,15 +350,24 @@ class PgConnection:
         if plan is None:
             self.executemany(f"{head} VALUES {row}", rows)
             return
-        sql, width = plan
+        sql, udts = plan
+        width = len(udts)
         cols: list[list[Any]] = [[] for _ in range(width)]
         for r in rows:
             for i in range(width):
                 cols[i].append(r[i])
-        self.raw.execute(sql, cols)
+        try:
+            self.raw.execute(sql, cols)
+        except psycopg.DataError:
+            # the driver refuses an array of mixed Python types (1 and 2.5, True and 2) before
+            # sending anything; a refusal by the server aborted the transaction: that goes on
+            if self.raw.info.transaction_status != pq.TransactionStatus.INTRANS:
+                raise
+            self.raw.execute(sql, [_uniform(col, udt) for col, udt in zip(cols, udts, strict=True)])
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - per text, the connection lives as long
-    def _bulk_plan(self, head: str, row: str) -> tuple[str, int] | None:
+    def _bulk_plan(self, head: str, row: str) -> tuple[str, tuple[str, ...]] | None:
+        """(the statement, the type of each array), or None where it cannot tell."""
         m = _HEAD_RE.match(head)
         if m is None:
             return None
@@ -360,13 +385,14 @@ class PgConnection:
                 (table,),
             ).fetchall()
         )
-        arrays, select = [], []
+        arrays, select, udts = [], [], []
         for name, item in zip(names, items, strict=True):
             if item == "?":
                 udt = types.get(name)
                 if udt is None:
                     return None
-                arrays.append(f"%s::{udt}[]")
+                arrays.append(f"%b::{udt}[]")  # binary: the driver dumps arrays fastest so
+                udts.append(udt)
                 select.append(f"u{len(arrays)}")
             elif "?" in item or "%" in item:
                 return None
@@ -379,7 +405,7 @@ class PgConnection:
             f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(select)}"
             f" FROM unnest({', '.join(arrays)}) AS u({alias})"
         )
-        return sql, len(arrays)
+        return sql, tuple(udts)
 
     def executemany(self, sql: str, seq: Any) -> PgCursor:
         cur = self.raw.cursor()
@@ -713,6 +739,7 @@ class PgDB:
 
     def _reset_state(self, conn: PgConnection) -> None:
         """After a rollback of the whole group: caches in ``state`` may hold what it undid."""
+        conn.state = None  # what a part gave it lazily goes too
         if self._on_connect is not None:
             self._on_connect(conn)
 

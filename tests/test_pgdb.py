@@ -15,7 +15,7 @@ import pytest
 
 from runtime import dbapi, pgdb
 from runtime.pgdb import ConnectionLost, PgDB, split_sql, translate, translate_ddl
-from runtime.sqlitedb import DurableDB, Migration, savepoint
+from runtime.sqlitedb import DurableDB, Migration, insert_rows, savepoint
 from tests.pg import pg_database
 
 SCHEMA = Migration(
@@ -229,3 +229,28 @@ async def test_a_job_that_swallows_an_aborting_error_fails_its_group_not_later_j
         keys = await db.read(lambda c: [r[0] for r in c.execute("SELECT k FROM t ORDER BY k")])
         assert keys == ["taken"]
         assert await db.write(lambda c: c.execute("INSERT INTO t (k) VALUES ('next')").rowcount) == 1
+
+
+async def test_insert_rows_gives_the_same_rows_on_both_backends(tmp_path: Path, url: str) -> None:
+    """runtime.sqlitedb.insert_rows (one unnest statement on PostgreSQL): the same rows as
+    SQLite's multi-row VALUES - NULLs, blobs, a constant in the row, ints and floats mixed in a
+    REAL column, booleans in an INTEGER one, and more rows than one chunk."""
+    rows = [(f"k{i}", i * 0.5 if i % 2 else i, None if i % 3 else b"\0b", i % 2 == 0) for i in range(1500)]
+
+    def put(c: Any) -> None:
+        insert_rows(c, "INSERT INTO t (k, v, b, n)", rows[:3])
+        insert_rows(c, "INSERT INTO t (k, v, b, n)", rows[3:], row="(?, ?, ?, ?)")
+        insert_rows(c, "INSERT INTO kv (k, n)", [("c",), ("d",)], row="(?, 7)")
+
+    def dump(c: Any) -> list[Any]:
+        return [tuple(r) for r in c.execute("SELECT id, k, v, b, n FROM t ORDER BY id")] + [
+            tuple(r) for r in c.execute("SELECT k, n FROM kv ORDER BY k")
+        ]
+
+    got = []
+    for target in (str(tmp_path / "lite.db"), url):
+        async with dbapi.open_db(target, migrations=[SCHEMA]) as db:
+            await db.write(put)
+            got.append(await db.read(dump))
+    assert got[1] == got[0]
+    assert len(got[0]) == 1500 + 4 and got[0][1] == (2, "k1", 0.5, None, 0)

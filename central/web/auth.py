@@ -123,27 +123,11 @@ def authenticate(conn: sqlite3.Connection, header: str | None) -> User:
     raise AuthError(f"unsupported authorization scheme {scheme!r}; use Bearer or Basic")
 
 
-def _open(db: str) -> tuple[sqlite3.Connection, str]:
-    """Central's database for the CLI, its schema migrated; and how to begin a write there."""
-    from central.schema import MIGRATIONS  # noqa: PLC0415 - CLI only
-    from runtime import pgdb, sqlitedb  # noqa: PLC0415
-    from runtime.dbapi import is_postgres_url  # noqa: PLC0415
-
-    if is_postgres_url(db):
-        import psycopg  # noqa: PLC0415
-
-        pconn = pgdb.PgConnection(psycopg.connect(db, autocommit=True))
-        pgdb.apply_migrations(pconn, MIGRATIONS)
-        pconn.learn_identity()
-        return pconn, "BEGIN"  # type: ignore[return-value] # the same SQL (runtime.pgdb)
-    conn = sqlitedb.connect(db)
-    sqlitedb.apply_migrations(conn, MIGRATIONS)
-    return conn, "BEGIN IMMEDIATE"
-
-
 def main(argv: list[str] | None = None) -> int:
     """``storegate users add NAME --role ROLE [--password PW] --db PATH|URL``: prints the token
     (``--db``: central's SQLite file, or its PostgreSQL database as a ``postgresql://`` URL)."""
+    from central.schema import MIGRATIONS  # noqa: PLC0415 - CLI only
+    from runtime import dbapi  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="storegate users", description="Central REST API users.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -155,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         "--db", default="var/central/central.db", help="central database file or postgresql:// URL"
     )
     args = p.parse_args(argv)
-    conn, begin = _open(args.db)
+    conn = dbapi.connect(args.db, migrations=MIGRATIONS)
     try:
-        conn.execute(begin)
+        dbapi.begin(conn)
         try:
             token = add_user(conn, args.name, args.role, password=args.password)
         except AuthError as e:

@@ -295,7 +295,8 @@ def gateway_detail(
     out["records"] = [
         dict(zip(rcols, r, strict=True))
         for r in conn.execute(
-            f"SELECT {', '.join(rcols)} FROM processed WHERE gateway = ? ORDER BY seq DESC LIMIT ?",
+            f"SELECT {', '.join(rcols)} FROM processed WHERE gateway = ?"
+            " ORDER BY seq DESC, record_id DESC LIMIT ?",  # seq starts again with a new gateway database
             (gw, records),
         )
     ]
