@@ -82,9 +82,9 @@ async def test_two_workers_racing_for_leases_each_get_a_lease_once(central_backe
 
 @pytest.fixture
 def fast_leases(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(leases, "TTL_S", 1.5)
-    monkeypatch.setattr(leases, "SAFE_S", 0.9)
-    monkeypatch.setattr(leases, "RENEW_S", 0.2)
+    monkeypatch.setattr(leases, "TTL_S", 3.0)
+    monkeypatch.setattr(leases, "SAFE_S", 2.0)  # a busy box may stall a loop for a second
+    monkeypatch.setattr(leases, "RENEW_S", 0.3)
     monkeypatch.setattr(downlink, "CLAIM_EVERY_S", 0.1)
     monkeypatch.setattr(downlink, "POLL_S", 0.05)
 
@@ -167,7 +167,7 @@ async def test_one_worker_sends_a_gateways_downlink_acks_seen_anywhere_and_taken
                 sent_before = senders[owner].sent
                 hold_acks.clear()
                 await wait_for(
-                    lambda: ws[1 - owner].holds(downlink.LEASE_PREFIX + GW), timeout=10, what="the take-over"
+                    lambda: ws[1 - owner].holds(downlink.LEASE_PREFIX + GW), timeout=20, what="the take-over"
                 )
                 await wait_for(left, timeout=30, what="every record acked")
             finally:
