@@ -21,6 +21,7 @@ from central import retention
 from protocols.bounded import JsonError, json_loads, value_repr
 from protocols.envelope import MAX_PAYLOAD_BYTES
 from runtime.clock import now_ms
+from runtime.dbapi import columns, dialect, has_table
 from runtime.sqlitedb import DurableDB, Migration, StorageFull
 
 log = logging.getLogger(__name__)
@@ -142,15 +143,21 @@ def _num(v: object) -> float:
 def apply_status(conn: sqlite3.Connection, gw: str, doc: dict[str, Any], now: int) -> bool:
     """Record one status message; return True if any state changed."""
     state = doc["state"]
-    prev = conn.execute("SELECT state, site FROM fleet_gateways WHERE gateway = ?", (gw,)).fetchone()
-    changed = prev is None or prev[0] != state
+    # Every central worker hears every status: on PostgreSQL the gateway's row is locked while
+    # one of them applies it, so a change of state is noted (and its event written) once.
+    lock = " FOR UPDATE" if dialect(conn) == "postgresql" else ""
+    select = "SELECT state, site FROM fleet_gateways WHERE gateway = ?" + lock
+    prev = conn.execute(select, (gw,)).fetchone()
     site = str(doc.get("site") or (prev[1] if prev else ""))
     if prev is None:
-        conn.execute(
+        made = conn.execute(
             "INSERT INTO fleet_gateways (gateway, site, state, first_seen_ms, last_status_ms, state_since_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gateway) DO NOTHING RETURNING gateway",
             (gw, site, state, now, now, now),
-        )
+        ).fetchone()
+        if made is None:  # another worker's first status of it committed meanwhile
+            prev = conn.execute(select, (gw,)).fetchone()
+    changed = prev is None or prev[0] != state
     if changed:
         conn.execute("UPDATE fleet_gateways SET state_since_ms = ? WHERE gateway = ?", (now, gw))
         conn.execute(
@@ -213,8 +220,12 @@ def _apply_device(conn: sqlite3.Connection, gw: str, dev: dict[str, Any], now: i
         "SELECT state FROM fleet_devices WHERE gateway = ? AND device_id = ?", (gw, did)
     ).fetchone()
     conn.execute(
-        "INSERT OR REPLACE INTO fleet_devices (gateway, device_id, kind, state, last_seen_ms, reads, errors,"
-        " naks, battery, firmware, last_error, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO fleet_devices (gateway, device_id, kind, state, last_seen_ms, reads, errors,"
+        " naks, battery, firmware, last_error, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (gateway, device_id) DO UPDATE SET kind = excluded.kind, state = excluded.state,"
+        " last_seen_ms = excluded.last_seen_ms, reads = excluded.reads, errors = excluded.errors,"
+        " naks = excluded.naks, battery = excluded.battery, firmware = excluded.firmware,"
+        " last_error = excluded.last_error, updated_ms = excluded.updated_ms",
         (
             gw,
             did,
@@ -401,7 +412,7 @@ def snapshot(conn: sqlite3.Connection, *, history_s: int = 900) -> dict[str, Any
     alerts = [
         dict(zip(acols, r, strict=True))
         for r in conn.execute(
-            f"SELECT {', '.join(acols)} FROM alerts WHERE closed_ms IS NULL ORDER BY opened_ms DESC"
+            f"SELECT {', '.join(acols)} FROM alerts WHERE closed_ms IS NULL ORDER BY opened_ms DESC, id DESC"
         )
     ]
     return {
@@ -428,27 +439,20 @@ def orders_per_minute(conn: sqlite3.Connection, now: int, minutes: int = 30) -> 
     return out
 
 
-def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
-    return (
-        conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
-        is not None
-    )
-
-
 def fulfilment(conn: sqlite3.Connection) -> dict[str, Any]:
     """Fill rate and shortages, from whatever the allocation tables hold."""
     by_status = dict(conn.execute("SELECT status, count(*) FROM orders GROUP BY status").fetchall())
     out: dict[str, Any] = {"orders_by_status": by_status, "fill_rate": None, "open_shortages": None}
-    if _table_exists(conn, "shortages"):
-        cols = {r[1] for r in conn.execute("PRAGMA table_info(shortages)")}
+    if has_table(conn, "shortages"):
+        cols = columns(conn, "shortages")
         if "status" in cols:
             out["open_shortages"] = conn.execute(
                 "SELECT count(*) FROM shortages WHERE status NOT IN ('closed', 'resolved', 'cancelled')"
             ).fetchone()[0]
         else:
             out["open_shortages"] = conn.execute("SELECT count(*) FROM shortages").fetchone()[0]
-    if _table_exists(conn, "allocations"):
-        cols = {r[1] for r in conn.execute("PRAGMA table_info(allocations)")}
+    if has_table(conn, "allocations"):
+        cols = columns(conn, "allocations")
         if "qty" in cols:
             allocated = conn.execute("SELECT coalesce(sum(qty), 0) FROM allocations").fetchone()[0]
             demanded = (

@@ -4,7 +4,9 @@
   database with it): the record handlers by record type, the order lifecycle's hooks, the
   allocation settings (real time or waves) and the count of internal errors.
 - :class:`ConnState` - one per database connection (the writer's, the reader's), given to
-  the connection as its ``state`` when it opens (``runtime.sqlitedb.Connection``): the
+  the connection as its ``state`` when it opens (``runtime.sqlitedb.Connection``, or
+  ``runtime.pgdb.PgConnection`` on PostgreSQL; given again after a rollback of a whole group
+  there, so no cache keeps what was undone): the
   :class:`Hub` and the caches that must not outlive or cross the connection (the customers'
   column layout with the profiles read through it, the stock and sourcing network the
   real-time path keeps, the masters snapshot, the status updates held back inside
@@ -52,7 +54,7 @@ class Hub:
             self.schemas[record_type] = schema
 
     def attach(self, conn: sqlite3.Connection) -> None:
-        """Give ``conn`` (a ``runtime.sqlitedb`` connection) this hub and fresh caches."""
+        """Give ``conn`` (a ``runtime.sqlitedb`` or ``runtime.pgdb`` connection) this hub and fresh caches."""
         conn.state = ConnState(self)  # type: ignore[attr-defined]
 
 
@@ -61,7 +63,7 @@ class ConnState:
     """One connection's hub and caches; see the module docstring."""
 
     hub: Hub
-    layout: tuple[int, Layout] | None = None  # (schema_version, layout)
+    layout: tuple[int | str, Layout] | None = None  # (schema key, layout): demand.customer_layout
     kept: tuple[int, int, int, Stock] | None = None  # (data_version, changes, stamp, stock)
     network: tuple[list[Any], Network] | None = None  # (sourcing rows, network)
     masters: tuple[int, Snapshot] | None = None  # (data_version, snapshot)
@@ -69,7 +71,7 @@ class ConnState:
     pending_standing: dict[str, str] | None = None  # customer -> gateway counting it, ditto
     # (skus, gateways to snapshot, customers whose standing changed) inside a master import
     master_batch: tuple[set[str], set[str], set[str]] | None = None
-    none_parked: bool = False  # known to hold no parked order change
+    none_parked: int | None = None  # data_version at which no order change was parked
 
 
 def state(conn: sqlite3.Connection) -> ConnState:
@@ -82,7 +84,9 @@ def state(conn: sqlite3.Connection) -> ConnState:
         try:
             conn.state = st  # type: ignore[attr-defined]
         except AttributeError:
-            raise TypeError("central needs a runtime.sqlitedb connection (connect or DurableDB)") from None
+            raise TypeError(
+                "central needs a runtime.sqlitedb or runtime.pgdb connection (runtime.dbapi)"
+            ) from None
     return st
 
 

@@ -96,8 +96,24 @@ def run_due(conn: sqlite3.Connection, *, today: dt.date, now: int, limit: int) -
 
 def list_runs(conn: sqlite3.Connection, *, limit: int = 100) -> list[dict[str, Any]]:
     cols = ("job", "item", "ran_at", "result")
-    rows = conn.execute(f"SELECT {', '.join(cols)} FROM schedule_runs ORDER BY ran_at DESC LIMIT ?", (limit,))
+    rows = conn.execute(
+        f"SELECT {', '.join(cols)} FROM schedule_runs ORDER BY ran_at DESC, job DESC, item DESC LIMIT ?",
+        (limit,),
+    )
     return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _fenced(
+    job: Callable[[sqlite3.Connection], list[Ran]], fence: Callable[[sqlite3.Connection], None] | None
+) -> Callable[[sqlite3.Connection], list[Ran]]:
+    if fence is None:
+        return job
+
+    def fenced(conn: sqlite3.Connection) -> list[Ran]:
+        fence(conn)
+        return job(conn)
+
+    return fenced
 
 
 class Scheduler:
@@ -110,11 +126,15 @@ class Scheduler:
         *,
         on_work: Callable[[], None],
         today: Callable[[], dt.date] = today_utc,
+        fence: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
+        """``fence``: called first in each write job (``central.workers.Worker.fence``: fails
+        unless this worker holds the schedule's lease, so two workers never run it at once)."""
         self.db = db
         self.settings = settings
         self.on_work = on_work
         self.today = today
+        self.fence = fence
         self.ran = 0
         self.errors = 0
 
@@ -124,7 +144,7 @@ class Scheduler:
         out: list[Ran] = []
         while True:
             job = partial(run_due, today=self.today(), now=now_ms(), limit=limit)
-            ran = await self.db.write(job)
+            ran = await self.db.write(_fenced(job, self.fence))
             if ran:
                 out += ran
                 self.ran += len(ran)

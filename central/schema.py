@@ -5,6 +5,31 @@ from __future__ import annotations
 from central import downlink
 from runtime.sqlitedb import Migration
 
+# the tables and columns masters.Snapshot holds (customers' open value and receivables move
+# with every order: not in it, not counted)
+_SNAPSHOT_TABLES = {
+    "customers": "code, name, grade, price_class, credit_limit, delivery_requirements, delivery_window,"
+    " unloading, gateway, active, discount_pct",
+    "items": "",
+    "item_gtins": "",
+    "price_breaks": "",
+    "price_lists": "",
+}
+MASTER_VERSION_PG = """
+    CREATE SEQUENCE master_version_seq;
+    CREATE TABLE master_version (id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
+    INSERT INTO master_version (id, version) VALUES (1, 0);
+    CREATE FUNCTION master_version_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE master_version SET version = nextval('master_version_seq') WHERE id = 1;
+        RETURN NULL;
+    END $$;
+    """ + "".join(
+    f"CREATE TRIGGER {t}_master_version AFTER INSERT OR DELETE OR TRUNCATE OR UPDATE"
+    f"{' OF ' + cols if cols else ''} ON {t} FOR EACH STATEMENT EXECUTE FUNCTION master_version_bump();\n"
+    for t, cols in _SNAPSHOT_TABLES.items()
+)
+
 MIGRATIONS: list[Migration] = [
     Migration(
         "central_0001_spine",
@@ -314,5 +339,23 @@ MIGRATIONS: list[Migration] = [
         ) WITHOUT ROWID;
         CREATE INDEX idempotency_created ON idempotency(created_at);
         """,
+    ),
+    Migration(
+        # a check's place in its run, for listing the checks in the order they ran (was rowid)
+        "central_0009_order_checks_pos",
+        """
+        ALTER TABLE order_checks ADD COLUMN pos INTEGER NOT NULL DEFAULT 0;
+        UPDATE order_checks SET pos = rowid;
+        """,
+        postgres="ALTER TABLE order_checks ADD COLUMN pos BIGINT NOT NULL DEFAULT 0",
+    ),
+    Migration(
+        # the masters' version (``masters.cache``): on PostgreSQL, where other workers change
+        # masters, every change of what the snapshot holds takes a new number from a sequence
+        # (never one seen before, rollbacks included); SQLite reads PRAGMA data_version instead
+        "central_0010_master_version",
+        "CREATE TABLE master_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);"
+        " INSERT INTO master_version (id, version) VALUES (1, 0);",
+        postgres=MASTER_VERSION_PG,
     ),
 ]

@@ -71,7 +71,19 @@ from runtime.sqlitedb import DurableDB
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("ingest", "drain", "latency", "allocation", "batch", "rss", "ptl", "disk", "restart")
+FIGURES = (
+    "ingest",
+    "drain",
+    "latency",
+    "allocation",
+    "postgresql",
+    "workers",
+    "batch",
+    "rss",
+    "ptl",
+    "disk",
+    "restart",
+)
 SERVICE_START_TIMEOUT_S = 30.0
 FIGURE_TIMEOUT_S = 300.0
 
@@ -687,6 +699,55 @@ def bench_allocation(sizes: Sizes) -> Result:
     return res
 
 
+def bench_postgresql(sizes: Sizes) -> Result:
+    """Figure 4 on SQLite and on PostgreSQL (one worker each), runs interleaved, with the ratio
+    (``ops.bench_workers.bench_backends``)."""
+    from ops import bench_workers  # noqa: PLC0415 - psycopg only where this figure runs
+
+    res = Result()
+    name = "validate + allocate, 1 worker (5 lines)"
+    why = bench_workers.pg_available()
+    if why is not None:
+        res.rows.append(_not_available("4p", f"{name}, PostgreSQL", "", why))
+        return res
+    orders = 1_000 if sizes is QUICK else 5_000
+    doc = bench_workers.bench_backends(orders=orders, runs=sizes.runs)
+    res.runs.append(doc)
+    detail = f"{orders} orders, median of {sizes.runs} interleaved runs; fresh database per run"
+    res.rows += [
+        Row("4p", f"{name}, SQLite", float(doc["sqlite_orders_s"]), "orders/s", "", None, detail),
+        Row("4p", f"{name}, PostgreSQL", float(doc["postgresql_orders_s"]), "orders/s", "", None),
+        Row("4p", "PostgreSQL / SQLite", float(doc["ratio_pg_to_sqlite"]), "x", "", None),
+    ]
+    return res
+
+
+def bench_workers(sizes: Sizes) -> Result:
+    """2 central worker processes vs 1 on one PostgreSQL database, runs interleaved, with the
+    ratio (``ops.bench_workers.bench_workers``)."""
+    from ops import bench_workers  # noqa: PLC0415 - psycopg only where this figure runs
+
+    res = Result()
+    name = "validate + allocate on PostgreSQL"
+    why = bench_workers.pg_available()
+    if why is not None:
+        res.rows.append(_not_available("4w", f"{name}, 2 workers vs 1", "", why))
+        return res
+    orders = 1_000 if sizes is QUICK else 5_000
+    doc = bench_workers.bench_workers(workers=2, orders=orders, runs=sizes.runs)
+    res.runs.append(doc)
+    detail = (
+        f"{orders} orders, median of {sizes.runs} interleaved runs; each worker a process; "
+        f"messages dealt round robin; {doc['cpus']} CPUs shared with PostgreSQL"
+    )
+    res.rows += [
+        Row("4w", f"{name}, 1 worker", float(doc["one_orders_s"]), "orders/s", "", None, detail),
+        Row("4w", f"{name}, 2 workers", float(doc["many_orders_s"]), "orders/s", "", None),
+        Row("4w", "2 workers / 1", float(doc["ratio"]), "x", "", None),
+    ]
+    return res
+
+
 def bench_batch(sizes: Sizes) -> Result:
     """Figure 5 from ``ops.bench_allocation.bench_batch`` (which takes its own median)."""
     res = Result()
@@ -745,6 +806,8 @@ BENCHES: dict[str, Callable[[Sizes], Result]] = {
     "drain": bench_drain,
     "latency": bench_latency,
     "allocation": bench_allocation,
+    "postgresql": bench_postgresql,
+    "workers": bench_workers,
     "batch": bench_batch,
     "rss": bench_rss,
     "ptl": bench_ptl,

@@ -64,10 +64,12 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, object]]) -> int:
 
 
 def cmd_central(args: argparse.Namespace) -> int:
-    from central.app import load_config, serve
+    from central.app import for_worker, load_config, serve
     from runtime.sqlitedb import tune_interpreter
 
     cfg = load_config(args.config)
+    if args.worker is not None:
+        cfg = for_worker(cfg, args.worker)
     tune_interpreter()
     return _run(lambda: serve(cfg))
 
@@ -301,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("central", help="run the central hub (MQTT consumer, order repository, REST)")
     c.add_argument("--config", type=Path, required=True, help="central TOML config file")
+    c.add_argument(
+        "--worker",
+        type=int,
+        default=None,
+        metavar="I",
+        help="run as worker I (0, 1, ...) of several on this config and database: MQTT client id"
+        " <client_id>-I, HTTP on [http] port + I (central/workers.py)",
+    )
     c.set_defaults(fn=cmd_central)
 
     g = sub.add_parser("gateway", help="run a store or DC gateway (devices, outbox, MQTT sync)")
@@ -391,7 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Put the open pick waves (or those named) on picking teams, earliest departure"
         " first, by their standard pick time; shows start, finish and slack (negative: late).",
     )
-    ps.add_argument("--db", default="var/central/central.db", help="central database file (read only)")
+    ps.add_argument(
+        "--db",
+        default="var/central/central.db",
+        help="central database file or postgresql:// URL (read only)",
+    )
     ps.add_argument("--teams", type=int, default=1, help="picking teams working in parallel")
     ps.add_argument("--start", type=_when, default=None, help="picking starts: epoch ms or ISO time (UTC)")
     ps.add_argument("--load-s", type=float, default=0.0, help="staging/loading seconds after each wave")

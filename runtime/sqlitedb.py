@@ -144,6 +144,9 @@ class Migration:
 
     name: str
     sql: str
+    # the SQL run instead on PostgreSQL (triggers, anything translate_ddl does not translate);
+    # None: ``sql`` through runtime.pgdb.translate_ddl
+    postgres: str | None = None
 
 
 TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
@@ -173,6 +176,7 @@ class Connection(sqlite3.Connection):
     ``central.hub``), so nothing is kept in a module keyed by the connection's id."""
 
     state: Any = None
+    dialect = "sqlite"
 
 
 def connect(
@@ -228,6 +232,9 @@ def insert_rows(
         return
     if row is None:
         row = "(" + ", ".join("?" * len(rows[0])) + ")"
+    if getattr(conn, "dialect", "sqlite") == "postgresql":  # runtime.pgdb: its own bulk insert
+        conn.insert_rows(head, row, rows)  # type: ignore[attr-defined]
+        return
     width = max(1, row.count("?"))
     top = MAX_ROWS_PER_INSERT
     while top > 1 and top * width > MAX_VARIABLES:
@@ -622,5 +629,5 @@ def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         try:
             conn.execute("ROLLBACK")
-        except sqlite3.Error as e:
+        except Exception as e:  # sqlite3.Error, or psycopg's on a runtime.pgdb connection
             log.warning("ROLLBACK failed: %s", e)

@@ -14,7 +14,7 @@ from central.hub import Hub
 from central.schema import MIGRATIONS
 from central.web import auth
 from central.web.api import create_app
-from runtime.sqlitedb import DurableDB
+from runtime.dbapi import Database, open_db
 
 auth.PBKDF2_ITERATIONS = 1_000  # fast tests; the stored hash names its own count
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -58,7 +58,7 @@ def order(customer: str = "S001", order_type: str = "normal", **kw: Any) -> dict
 class Central:
     """A real DurableDB file + the real aiohttp app, with one token per role."""
 
-    def __init__(self, db: DurableDB, client: TestClient[Any, Any], tokens: dict[str, str]) -> None:
+    def __init__(self, db: Database, client: TestClient[Any, Any], tokens: dict[str, str]) -> None:
         self.db = db
         self.client = client
         self.tokens = tokens
@@ -88,12 +88,16 @@ class Central:
 
 @asynccontextmanager
 async def central(
-    tmp_path: Path, *, db: DurableDB | None = None, hub: Hub | None = None
+    tmp_path: Path, *, db: Database | None = None, hub: Hub | None = None, target: str | None = None
 ) -> AsyncIterator[Central]:
-    """``hub``: central's wiring for the database opened here (``central.wiring``)."""
+    """``hub``: central's wiring for the database opened here (``central.wiring``);
+    ``target``: where (a path or a ``postgresql://`` URL, see ``central_backend``), default a
+    SQLite file in ``tmp_path``."""
     own = db is None
     if db is None:
-        db = DurableDB(tmp_path / "central.db", migrations=MIGRATIONS, on_connect=hub.attach if hub else None)
+        db = open_db(
+            target or tmp_path / "central.db", migrations=MIGRATIONS, on_connect=hub.attach if hub else None
+        )
         await db.open()
     try:
         tokens = {}

@@ -80,3 +80,16 @@ async def wait_for(
                 await asyncio.sleep(interval)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def central_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where central's database lives, once per backend (issue 17): a SQLite file path, or
+    the URL of a fresh PostgreSQL database (``tests.pg``) dropped after the test."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "central.db")
+        return
+    from tests.pg import pg_database
+
+    with pg_database() as url:
+        yield url

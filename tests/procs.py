@@ -49,6 +49,7 @@ class Proc:
         *,
         host: str = "127.0.0.1",
         prefix: tuple[str, ...] = (),
+        args: tuple[str, ...] = (),
     ):
         self.kind = kind
         self.config = config
@@ -57,6 +58,7 @@ class Proc:
         self.env = env or {}
         self.host = host
         self.prefix = prefix
+        self.args = args  # after --config (``--worker I`` for a central worker)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,6 +78,7 @@ class Proc:
                     self.kind,
                     "--config",
                     str(self.config),
+                    *self.args,
                 ],
                 cwd=ROOT,
                 env=env,
@@ -123,12 +126,16 @@ class Proc:
 VIEWER = ("ops-viewer", "viewer-pass")  # a dashboard user every test central has
 
 
-def seed_viewer(db_path: Path) -> None:
-    """Create central's database with a viewer user before the process starts."""
+def seed_viewer(db_path: Path, db_url: str | None = None) -> None:
+    """Create central's database with a viewer user before the process starts (at ``db_url``,
+    a PostgreSQL database, when given)."""
     from central.migrations import all_migrations
     from central.web import auth
     from runtime.sqlitedb import apply_migrations, connect
 
+    if db_url is not None:
+        _seed_viewer_pg(db_url)
+        return
     db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(db_path, synchronous="NORMAL")
     try:
@@ -142,18 +149,48 @@ def seed_viewer(db_path: Path) -> None:
         conn.close()
 
 
+def _seed_viewer_pg(url: str) -> None:
+    from central.migrations import all_migrations
+    from central.web import auth
+    from runtime import pgdb
+
+    conn = pg_connect(url)
+    try:
+        pgdb.apply_migrations(conn, all_migrations())
+        conn.learn_identity()
+        iterations, auth.PBKDF2_ITERATIONS = auth.PBKDF2_ITERATIONS, 1_000
+        try:
+            auth.add_user(conn, VIEWER[0], auth.Role.VIEWER, password=VIEWER[1])  # type: ignore[arg-type]
+        finally:
+            auth.PBKDF2_ITERATIONS = iterations
+    finally:
+        conn.close()
+
+
+def pg_connect(url: str) -> Any:
+    """A ``runtime.pgdb.PgConnection`` in autocommit (each statement its own transaction)."""
+    import psycopg
+
+    from runtime.pgdb import PgConnection
+
+    return PgConnection(psycopg.connect(url, autocommit=True))
+
+
 def basic_auth(user: tuple[str, str] = VIEWER) -> dict[str, str]:
     token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
 
 
-def central_proc(tmp: Path, broker_port: int, *, env: dict[str, str] | None = None) -> Proc:
-    seed_viewer(tmp / "central" / "central.db")
+def central_proc(
+    tmp: Path, broker_port: int, *, env: dict[str, str] | None = None, db_url: str | None = None
+) -> Proc:
+    """``db_url``: central's database on PostgreSQL (``[database] url``), else its SQLite file."""
+    seed_viewer(tmp / "central" / "central.db", db_url)
     port = free_port()
     cfg = tmp / "central.toml"
     cfg.write_text(
         f'data_dir = "{tmp / "central"}"\n[broker]\nport = {broker_port}\nclient_id = "central-test"\n'
-        f"[http]\nport = {port}\n"
+        f"[http]\nport = {port}\n" + (f'[database]\nurl = "{db_url}"\n' if db_url else "")
     )
     return Proc("central", cfg, port, tmp / "central.log", env)
 
@@ -168,8 +205,12 @@ def gateway_proc(tmp: Path, broker_port: int, gw: str, *, ack_timeout_s: float =
     return Proc("gateway", cfg, port, tmp / f"{gw}.log")
 
 
-def central_db(tmp: Path) -> sqlite3.Connection:
-    """Read-only view of a central's SQLite file (WAL: safe beside the running writer)."""
+def central_db(tmp: Path, db_url: str | None = None) -> sqlite3.Connection:
+    """Read-only view of a central's SQLite file (WAL: safe beside the running writer), or a
+    connection to its PostgreSQL database at ``db_url`` (the same SQL, see runtime.pgdb)."""
+    if db_url is not None:
+        conn: sqlite3.Connection = pg_connect(db_url)
+        return conn
     return sqlite3.connect(f"file:{tmp / 'central' / 'central.db'}?mode=ro", uri=True, timeout=10)
 
 
@@ -178,9 +219,9 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def central_settled(tmp: Path) -> bool:
+def central_settled(tmp: Path, db_url: str | None = None) -> bool:
     """True when central has processed everything it received (its work queue is empty)."""
-    conn = central_db(tmp)
+    conn = central_db(tmp, db_url)
     try:
         return conn.execute("SELECT count(*) FROM work_queue").fetchone()[0] == 0
     finally:

@@ -1,5 +1,5 @@
-"""Allocation against a real SQLite file: stock, waves, shortages, release, documents,
-returns, replay - and the REST routes through a real aiohttp app."""
+"""Allocation against a real database (SQLite and PostgreSQL): stock, waves, shortages, release,
+documents, returns, replay - and the REST routes through a real aiohttp app."""
 
 from __future__ import annotations
 
@@ -18,15 +18,14 @@ from central.fulfil import documents, returns
 from central.schema import MIGRATIONS
 from central.web import allocation_api, auth
 from central.web.api import DB_KEY, errors
-from runtime.sqlitedb import DurableDB, apply_migrations, connect
+from tests.db_conn import open_conn, open_database
 
 TODAY = dt.date(2026, 1, 10)
 SETTINGS = waves.AllocationSettings(batch=waves.BatchRules(("zone",)))
 
 
-def _conn(tmp_path: Path) -> sqlite3.Connection:
-    conn = connect(tmp_path / "central.db")
-    apply_migrations(conn, [*MIGRATIONS, *inventory.MIGRATIONS])
+def _conn(target: str) -> sqlite3.Connection:
+    conn: sqlite3.Connection = open_conn(target, [*MIGRATIONS, *inventory.MIGRATIONS])
     return conn
 
 
@@ -80,8 +79,8 @@ def _check_invariant(conn: sqlite3.Connection) -> None:
         assert live == allocated, (loc, sku)
 
 
-def test_wave_priority_backorder_release_and_documents(tmp_path: Path) -> None:
-    conn = _conn(tmp_path)
+def test_wave_priority_backorder_release_and_documents(central_backend: str) -> None:
+    conn = _conn(central_backend)
     _setup(conn)
     _order(conn, 1, "BRONZE", ("A", 8), ("B", 2))
     _order(conn, 2, "GOLD", ("A", 6), ("B", 1))
@@ -137,8 +136,8 @@ def test_wave_priority_backorder_release_and_documents(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_realtime_ship_with_next_and_returns(tmp_path: Path) -> None:
-    conn = _conn(tmp_path)
+def test_realtime_ship_with_next_and_returns(central_backend: str) -> None:
+    conn = _conn(central_backend)
     _setup(conn)
     demand.set_profile(conn, "NEXT", demand.CustomerProfile(zone="N", pref=CustomerPref.SHIP_WITH_NEXT))
     _order(conn, 1, "NEXT", ("B", 6))
@@ -175,8 +174,8 @@ def test_realtime_ship_with_next_and_returns(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    db = DurableDB(tmp_path / "api.db", migrations=[*MIGRATIONS, *inventory.MIGRATIONS], synchronous="NORMAL")
+async def client(central_backend: str) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    db = open_database(central_backend, [*MIGRATIONS, *inventory.MIGRATIONS], synchronous="NORMAL")
     await db.open()
 
     def seed(conn: sqlite3.Connection) -> None:

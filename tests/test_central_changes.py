@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -15,6 +14,7 @@ from central.intake.ingest import apply_envelope
 from central.orders import masters, repo
 from central.schema import MIGRATIONS
 from protocols.envelope import Ack, Envelope, Record
+from runtime.dbapi import open_db
 from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, PRICES_CSV, order
 
@@ -22,8 +22,8 @@ _seq = itertools.count(1)
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[DurableDB]:
-    d = DurableDB(tmp_path / "central.db", migrations=MIGRATIONS)
+async def db(central_backend: str) -> AsyncIterator[DurableDB]:
+    d: DurableDB = open_db(central_backend, migrations=MIGRATIONS)  # type: ignore[assignment]
     await d.open()
     await d.write(
         lambda c: [

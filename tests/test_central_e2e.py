@@ -23,6 +23,7 @@ from gateway.outbox import Outbox
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
 from protocols.envelope import Record
+from runtime.dbapi import open_db
 from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, order
 from tests.conftest import wait_for
@@ -56,8 +57,11 @@ def _fast_resend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @asynccontextmanager
-async def system(broker: Mosquitto, tmp_path: Path) -> AsyncIterator[tuple[DurableDB, dict[str, Gw]]]:
-    cdb = DurableDB(tmp_path / "central.db", migrations=CENTRAL_MIGRATIONS)
+async def system(
+    broker: Mosquitto, tmp_path: Path, target: str
+) -> AsyncIterator[tuple[DurableDB, dict[str, Gw]]]:
+    """``target``: central's database (``central_backend``: SQLite or PostgreSQL)."""
+    cdb: DurableDB = open_db(target, migrations=CENTRAL_MIGRATIONS)  # type: ignore[assignment]
     await cdb.open()
     gws: dict[str, Gw] = {}
     try:
@@ -140,9 +144,11 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
 
 
 @pytest.mark.parametrize("otype", sorted(CASES))
-async def test_order_type_end_to_end(otype: str, broker: Mosquitto, tmp_path: Path) -> None:
+async def test_order_type_end_to_end(
+    otype: str, broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
     body, expected = CASES[otype]
-    async with system(broker, tmp_path) as (cdb, gws):
+    async with system(broker, tmp_path, central_backend) as (cdb, gws):
         store = gws["store-1"]
         rec = await store.box.submit("order", body)
         await wait_status(store, rec.id, expected)
@@ -175,8 +181,10 @@ async def test_order_type_end_to_end(otype: str, broker: Mosquitto, tmp_path: Pa
             assert o["drop_ship"][0]["status"] == "shipped" and o["drop_ship"][0]["supplier_ref"] == "DN-1"
 
 
-async def test_unknown_item_from_gateway_is_held_and_reported(broker: Mosquitto, tmp_path: Path) -> None:
-    async with system(broker, tmp_path) as (cdb, gws):
+async def test_unknown_item_from_gateway_is_held_and_reported(
+    broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
+    async with system(broker, tmp_path, central_backend) as (cdb, gws):
         store = gws["store-1"]
         rec = await store.box.submit("order", order(lines=[{"gtin": "04000000000000", "qty": 1}]))
         await wait_status(store, rec.id, "held")

@@ -27,8 +27,8 @@ async def post(c: Central, body: Any, *keys: str) -> tuple[int, dict[str, Any], 
         return r.status, await r.json(), r.headers.get("Idempotent-Replayed")
 
 
-async def test_same_key_same_order_replays_the_first_answer(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_same_key_same_order_replays_the_first_answer(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         st1, first, rep1 = await post(c, order(note="rush"), '"8e03978e-40d5-43e8-bc93-6894a57f9324"')
         assert (st1, rep1) == (201, None)
@@ -43,8 +43,8 @@ async def test_same_key_same_order_replays_the_first_answer(tmp_path: Path) -> N
         assert await c.count("orders") == 1
 
 
-async def test_same_key_another_order_is_422_and_stores_nothing(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_same_key_another_order_is_422_and_stores_nothing(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         st1, first, _ = await post(c, order(), "k-1")
         assert st1 == 201
@@ -70,16 +70,18 @@ async def test_same_key_another_order_is_422_and_stores_nothing(tmp_path: Path) 
         (["a", "b"], "more than one header field"),
     ],
 )
-async def test_malformed_key_is_400_with_reason(tmp_path: Path, keys: list[str], reason: str) -> None:
-    async with central(tmp_path) as c:
+async def test_malformed_key_is_400_with_reason(
+    tmp_path: Path, central_backend: str, keys: list[str], reason: str
+) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         st, body, _ = await post(c, order(), *keys)
         assert (st, body) == (400, {"error": f"Idempotency-Key: {reason}"})
         assert await c.count("orders") == 0
 
 
-async def test_a_128_character_key_is_taken(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_a_128_character_key_is_taken(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         key = "k" * 128  # main refused keys over 64 characters; the gateway takes 128
         st1, first, _ = await post(c, order(), key)
@@ -87,8 +89,8 @@ async def test_a_128_character_key_is_taken(tmp_path: Path) -> None:
         assert (st1, st2, rep) == (201, 201, "true") and again == first
 
 
-async def test_a_refused_order_is_not_remembered(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_a_refused_order_is_not_remembered(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         st1, body, _ = await post(c, order(lines=[{"sku": "NOPE", "qty": 1}]), "k-fix")
         assert st1 == 422 and "NOPE" in body["error"]
@@ -97,8 +99,8 @@ async def test_a_refused_order_is_not_remembered(tmp_path: Path) -> None:
         assert await c.count("orders") == 1 and await c.count("idempotency") == 1
 
 
-async def test_concurrent_requests_with_one_key_make_one_order(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_concurrent_requests_with_one_key_make_one_order(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         answers = await asyncio.gather(*(post(c, order(), "k-race") for _ in range(8)))
         assert sorted(st for st, _, _ in answers) == [201] * 8
@@ -107,8 +109,8 @@ async def test_concurrent_requests_with_one_key_make_one_order(tmp_path: Path) -
         assert await c.count("orders") == 1
 
 
-async def test_key_whose_row_expired_cannot_make_a_second_order(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_key_whose_row_expired_cannot_make_a_second_order(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         st1, first, _ = await post(c, order(), "k-old")
         assert st1 == 201

@@ -11,8 +11,8 @@ from central.orders import lifecycle
 from tests.central_fixtures import SOON, TODAY, central, order
 
 
-async def test_masters_import_crud_and_publish(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_masters_import_crud_and_publish(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         st, milk = await c.req("GET", "/api/masters/items/MILK", "viewer")
         assert st == 200 and milk["gtins"] == ["04012345678901"] and milk["storage"] == {"DC1": "A-01-01"}
@@ -41,8 +41,8 @@ async def test_masters_import_crud_and_publish(tmp_path: Path) -> None:
         assert body["active"] == 0
 
 
-async def test_roles_and_bad_input_write_nothing(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_roles_and_bad_input_write_nothing(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         before = await c.count("orders")
         async with c.client.get("/api/orders") as r:
@@ -81,8 +81,8 @@ async def test_roles_and_bad_input_write_nothing(tmp_path: Path) -> None:
             assert r.status == 401
 
 
-async def test_manual_order_checks_history_and_queries(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_manual_order_checks_history_and_queries(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         st, o = await c.req(
             "POST",
@@ -136,8 +136,8 @@ async def test_manual_order_checks_history_and_queries(tmp_path: Path) -> None:
         assert (st1, st2) == (201, 201) and a == b  # the first answer again (test_central_idempotency)
 
 
-async def test_credit_and_price_holds_decided_by_supervisor(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_credit_and_price_holds_decided_by_supervisor(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         # S002: limit 5000, receivables 4000; 12 milk at 100 = 1200 -> over
         st, o = await c.req("POST", "/api/orders", "order_desk", json=order(customer="S002"))
@@ -175,8 +175,8 @@ async def test_credit_and_price_holds_decided_by_supervisor(tmp_path: Path) -> N
         assert st == 409
 
 
-async def test_changes_and_cancel_while_state_allows(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_changes_and_cancel_while_state_allows(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         st, o = await c.req(
             "POST", "/api/orders", "order_desk", json=order(customer="S002")
@@ -215,7 +215,7 @@ async def test_changes_and_cancel_while_state_allows(tmp_path: Path) -> None:
         assert st == 409 and "cannot go from cancelled to shipped" in body["error"]
 
 
-async def test_on_validated_hook_runs_in_the_same_transaction(tmp_path: Path) -> None:
+async def test_on_validated_hook_runs_in_the_same_transaction(tmp_path: Path, central_backend: str) -> None:
     """A hook of the hub's own (no allocation tables here: no give-back hook either)."""
     seen: list[int] = []
 
@@ -225,7 +225,7 @@ async def test_on_validated_hook_runs_in_the_same_transaction(tmp_path: Path) ->
 
     hub = wiring.hub()
     hub.on_validated.append(allocate)
-    async with central(tmp_path, hub=hub) as c:
+    async with central(tmp_path, hub=hub, target=central_backend) as c:
         await c.load_masters()
         st, o = await c.req("POST", "/api/orders", "order_desk", json=order())
         assert o["status"] == "allocated" and seen == [o["order_id"]]
@@ -242,8 +242,8 @@ async def test_on_validated_hook_runs_in_the_same_transaction(tmp_path: Path) ->
         assert cs["status"] == "delivered" and seen == [o["order_id"]] * 2
 
 
-async def test_contract_voucher_consignment_desks(tmp_path: Path) -> None:
-    async with central(tmp_path) as c:
+async def test_contract_voucher_consignment_desks(tmp_path: Path, central_backend: str) -> None:
+    async with central(tmp_path, target=central_backend) as c:
         await c.load_masters()
         st, body = await c.req(
             "POST",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from central.app import CentralConfig
+from central.app import CentralConfig, database_target
 from gateway.app import GatewayConfig, load_config
 from ops.cli import SIMULATORS, build_parser
 from runtime import config
@@ -89,6 +89,16 @@ def test_readme_example_configs_load(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, gw_text)).gateway_id == "store-001"
     assert config.load(CentralConfig, write(tmp_path, central_text)).broker.port == 1883
     assert isinstance(GatewayConfig, type)
+    lite = config.load(CentralConfig, write(tmp_path, central_text))
+    assert database_target(lite) == Path("var/central/central.db")
+    pg_text = blocks[2].split("```")[0]
+    pg = config.load(CentralConfig, write(tmp_path, pg_text))
+    assert database_target(pg) == "postgresql://storegate@db.example.net:5432/storegate"
+
+
+def test_central_database_url_must_be_a_database_url(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="database: url 'mysql://x': a postgresql://"):
+        config.load(CentralConfig, write(tmp_path, '[database]\nurl = "mysql://x"\n'))
 
 
 def test_cli_reports_config_error_with_exit_2(tmp_path: Path) -> None:

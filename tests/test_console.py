@@ -93,8 +93,9 @@ class Desk:
 
 
 @asynccontextmanager
-async def desk(tmp_path: Path, hub: Hub) -> AsyncIterator[Desk]:
-    db = central_db(tmp_path / "central.db", hub)
+async def desk(tmp_path: Path, hub: Hub, target: str | None = None) -> AsyncIterator[Desk]:
+    """``target``: central's database (``central_backend``), default a SQLite file in ``tmp_path``."""
+    db = central_db(target or tmp_path / "central.db", hub)
     await db.open()
     try:
         tokens = {}
@@ -125,8 +126,10 @@ async def desk(tmp_path: Path, hub: Hub) -> AsyncIterator[Desk]:
 # -- the REST reads the console added --------------------------------------------------------
 
 
-async def test_me_names_the_user_and_the_roles_it_includes(tmp_path: Path, batch: Hub) -> None:
-    async with desk(tmp_path, batch) as d:
+async def test_me_names_the_user_and_the_roles_it_includes(
+    tmp_path: Path, batch: Hub, central_backend: str
+) -> None:
+    async with desk(tmp_path, batch, central_backend) as d:
         assert await d.ok("GET", "/api/me") == {
             "name": "supervisor-user",
             "role": "supervisor",
@@ -138,8 +141,10 @@ async def test_me_names_the_user_and_the_roles_it_includes(tmp_path: Path, batch
             assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
 
 
-async def test_console_page_and_assets_need_a_viewer(tmp_path: Path, batch: Hub) -> None:
-    async with desk(tmp_path, batch) as d:
+async def test_console_page_and_assets_need_a_viewer(
+    tmp_path: Path, batch: Hub, central_backend: str
+) -> None:
+    async with desk(tmp_path, batch, central_backend) as d:
         for path in ("/console", "/console/console.js", "/console/console.css"):
             async with d.client.get(path) as r:
                 assert r.status == 401, path
@@ -151,8 +156,10 @@ async def test_console_page_and_assets_need_a_viewer(tmp_path: Path, batch: Hub)
         assert status == 404 and "no console asset" in body["error"]
 
 
-async def test_returns_of_an_order_listed_oldest_first(tmp_path: Path, batch: Hub) -> None:
-    async with desk(tmp_path, batch) as d:
+async def test_returns_of_an_order_listed_oldest_first(
+    tmp_path: Path, batch: Hub, central_backend: str
+) -> None:
+    async with desk(tmp_path, batch, central_backend) as d:
         no = await d.order("C1", "B", 3)
         for step in ("allocated", "released", "picked", "shipped"):
             await d.ok("POST", f"/api/orders/{no}/status", json={"status": step})

@@ -9,7 +9,6 @@ which hides what central really does - keep writing until the write fails.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
@@ -24,11 +23,11 @@ auth.PBKDF2_ITERATIONS = 1_000  # fast tests; the stored hash names its own coun
 
 
 async def test_client_closing_the_stream_leaves_no_traceback(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    central_backend: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(dashboard, "HEARTBEAT_S", 0.05)  # the next write comes soon after the close
     caplog.set_level(logging.DEBUG)
-    db = central_db(tmp_path / "central.db")
+    db = central_db(central_backend)
     await db.open()
     try:
         token = await db.write(lambda c: auth.add_user(c, "viewer", auth.Role.VIEWER))

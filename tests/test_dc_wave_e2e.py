@@ -39,9 +39,10 @@ from gateway.picking import AsrsConfig, CartConfig, PickExecutor, PickingConfig
 from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
 from protocols.envelope import Ack, AckStatus, Envelope, Record
-from runtime.sqlitedb import DurableDB, apply_migrations, connect
+from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, SOON
 from tests.conftest import wait_for
+from tests.db_conn import open_conn, open_database
 
 WAVE_SETTINGS = waves.AllocationSettings(realtime=False, batch=waves.BatchRules(("zone",)))
 
@@ -83,9 +84,10 @@ class Gw:
 
 @asynccontextmanager
 async def system(
-    broker: Mosquitto, tmp_path: Path, ptl_sim: PtlController, asrs_sim: AsrsSimulator
+    broker: Mosquitto, tmp_path: Path, ptl_sim: PtlController, asrs_sim: AsrsSimulator, target: str
 ) -> AsyncIterator[tuple[DurableDB, Consumer, dict[str, Gw]]]:
-    cdb = DurableDB(tmp_path / "central.db", migrations=all_migrations(), on_connect=_wave_hub().attach)
+    """The gateways' databases in ``tmp_path``, central's at ``target`` (``central_backend``)."""
+    cdb = open_database(target, all_migrations(), on_connect=_wave_hub().attach)
     await cdb.open()
     gws: dict[str, Gw] = {}
     try:
@@ -163,13 +165,15 @@ async def _status(cdb: DurableDB, record_id: str) -> str | None:
     return None if o is None else str(o["status"])
 
 
-async def test_wave_end_to_end_with_a_short_backordered(broker: Mosquitto, tmp_path: Path) -> None:
+async def test_wave_end_to_end_with_a_short_backordered(
+    broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
     # the order on position 2 finds only 2 of its 6 MILK and presses the shortage key
     picker = ScriptedPicker({2: [Press("shortage", 2)]})
     async with (
         PtlController(nodes=4, picker=picker) as ptl_sim,
         AsrsSimulator(slots=default_slots(4)) as asrs_sim,
-        system(broker, tmp_path, ptl_sim, asrs_sim) as (cdb, consumer, gws),
+        system(broker, tmp_path, ptl_sim, asrs_sim, central_backend) as (cdb, consumer, gws),
     ):
         store, dc = gws["store-1"], gws["dc-1"]
         r1 = await store.box.submit("order", _order(("MILK", 12), ("WATER", 6)))
@@ -274,10 +278,9 @@ async def _backlog_empty(gw: Gw) -> bool:
 # --------------------------------------------------------------------------- central alone
 
 
-def _central(tmp_path: Path) -> sqlite3.Connection:
-    conn = connect(tmp_path / "central-unit.db")
+def _central(target: str) -> sqlite3.Connection:
+    conn: sqlite3.Connection = open_conn(target, all_migrations())
     _wave_hub().attach(conn)
-    apply_migrations(conn, all_migrations())
     conn.executemany(
         "INSERT INTO locations (code, kind, gateway) VALUES (?, 'dc', ?)", [("DC1", "dc-1"), ("DC2", "dc-2")]
     )
@@ -326,8 +329,8 @@ def _stock(conn: sqlite3.Connection) -> dict[tuple[str, str], tuple[int, int]]:
     return {(r.location, r.sku): (r.on_hand, r.allocated) for r in inventory.stock(conn)}
 
 
-def test_release_in_storage_order_once(tmp_path: Path) -> None:
-    conn = _central(tmp_path)
+def test_release_in_storage_order_once(central_backend: str) -> None:
+    conn = _central(central_backend)
     tasks = picking.tasks(conn)
     assert [(t["seq"], t["bin"], t["sku"], t["order_id"], t["qty"]) for t in tasks] == [
         (1, "01-01", "B", 1, 2),
@@ -344,8 +347,8 @@ def test_release_in_storage_order_once(tmp_path: Path) -> None:
     assert conn.execute("SELECT count(*) FROM downlink_outbox WHERE type = 'pick_task'").fetchone()[0] == 3
 
 
-def test_short_is_reallocated_to_another_dc_and_counted_once(tmp_path: Path) -> None:
-    conn = _central(tmp_path)
+def test_short_is_reallocated_to_another_dc_and_counted_once(central_backend: str) -> None:
+    conn = _central(central_backend)
     t_b, t_a1, t_a2 = picking.tasks(conn)
     acks = _apply(conn, "dc-1", _result(t_b, 2), _result(t_a1, 3), _result(t_a2, 1, key="shortage"))
     assert [a.status for a in acks] == [AckStatus.ACCEPTED] * 3 and acks[2].ref == "SO00000002"

@@ -26,14 +26,15 @@ from protocols import envelope, topics
 from protocols.envelope import Ack, Record
 from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
+from tests.db_conn import open_database
 
 
 async def test_unacked_downlink_is_resent_and_applied_once(
-    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: Mosquitto, tmp_path: Path, central_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(downlink, "RESEND_AFTER_S", 0.4)
     monkeypatch.setattr(sync_mod, "BACKOFF_MAX_S", 0.3)
-    cdb = DurableDB(tmp_path / "c.db", migrations=all_migrations())
+    cdb = open_database(central_backend, all_migrations())
     gdb = DurableDB(tmp_path / "g.db", migrations=gateway_migrations())
     await cdb.open()
     await gdb.open()
@@ -88,12 +89,12 @@ async def test_unacked_downlink_is_resent_and_applied_once(
 
 
 async def test_record_refused_in_processing_is_told_to_the_gateway(
-    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: Mosquitto, tmp_path: Path, central_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Acks come on receipt (schema-checked); a refusal found later in processing goes down
     as a durable ``record_result`` and the gateway's record status becomes rejected."""
     monkeypatch.setattr(sync_mod, "BACKOFF_MAX_S", 0.3)
-    cdb = DurableDB(tmp_path / "c.db", migrations=all_migrations())
+    cdb = open_database(central_backend, all_migrations())
     gdb = DurableDB(tmp_path / "g.db", migrations=gateway_migrations())
     await cdb.open()
     await gdb.open()
@@ -174,13 +175,13 @@ async def _outbox_count(cdb: DurableDB) -> int:
 
 
 async def test_a_slow_gateway_has_at_most_the_window_in_flight(
-    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: Mosquitto, tmp_path: Path, central_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """10k records for a gateway whose inbox is stalled: central sends no more than its window
     of messages until the gateway acks; once the inbox moves, each record is applied once."""
     monkeypatch.setattr(sync_mod, "BACKOFF_MAX_S", 0.3)
     gw = "store-slow"
-    cdb = DurableDB(tmp_path / "c.db", migrations=all_migrations())
+    cdb = open_database(central_backend, all_migrations())
     gdb = DurableDB(tmp_path / "g.db", migrations=gateway_migrations())
     await cdb.open()
     await gdb.open()
@@ -231,7 +232,7 @@ async def test_a_slow_gateway_has_at_most_the_window_in_flight(
 
 
 async def test_a_backlog_is_delivered_once_across_a_gateway_restart(
-    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: Mosquitto, tmp_path: Path, central_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """10k records queued at central while the gateway is away (its persistent session at the
     broker, its status ``offline``): central sends it one window and no more, ack timeouts
@@ -241,7 +242,7 @@ async def test_a_backlog_is_delivered_once_across_a_gateway_restart(
     monkeypatch.setattr(sync_mod, "BACKOFF_MAX_S", 0.3)
     monkeypatch.setattr(downlink, "RESEND_AFTER_S", 0.4)
     gw = "store-back"
-    cdb = DurableDB(tmp_path / "c.db", migrations=all_migrations())
+    cdb = open_database(central_backend, all_migrations())
     gdb = DurableDB(tmp_path / "g.db", migrations=gateway_migrations())
     await cdb.open()
     await gdb.open()
@@ -280,6 +281,10 @@ async def test_a_backlog_is_delivered_once_across_a_gateway_restart(
         await wait_for(lambda: watch.messages >= window, timeout=30, what="central sends while it is away")
         await asyncio.sleep(2.0)  # five ack timeouts
         assert watch.messages == window, "an absent gateway gets one window, not resends"
+        # Back online, an ack timeout would send the window again (by design): the bound below
+        # is for a gateway that acks, so give it a timeout no busy box misses (the 0.4 s above
+        # is five timeouts while it is away, not a time to ack 500 records in)
+        monkeypatch.setattr(downlink, "RESEND_AFTER_S", 5.0)
         sync = new_sync()
         gateway = asyncio.create_task(sync.run())
 

@@ -26,9 +26,11 @@ from central.migrations import all_migrations
 from central.orders import lifecycle, masters, repo
 from ops.broker import Mosquitto
 from protocols.envelope import Envelope, Record
-from runtime.sqlitedb import DurableDB, apply_migrations, connect
+from runtime.dbapi import is_postgres_url
+from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, SOON, order
 from tests.conftest import wait_for
+from tests.db_conn import open_conn, open_database
 from tests.procs import ROOT, Proc, central_db, central_proc, gateway_proc
 
 DEADLINE = 30.0
@@ -40,12 +42,12 @@ MASTERS = (
 )
 
 
-def seed_central(tmp: Path) -> None:
-    """The fixture masters: MILK and BREAD come from supplier SUP1, whose gateway is sup-1."""
-    conn = connect(tmp / "central" / "central.db")
+def seed_central(tmp: Path, url: str | None) -> None:
+    """The fixture masters: MILK and BREAD come from supplier SUP1, whose gateway is sup-1
+    (central's database: its SQLite file in ``tmp``, or the PostgreSQL one at ``url``)."""
+    conn = open_conn(url or tmp / "central" / "central.db", all_migrations())
     try:
-        apply_migrations(conn, all_migrations())
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE" if url is None else "BEGIN")
         for kind, text in MASTERS:
             masters.import_csv(conn, kind, text)
         conn.execute("COMMIT")
@@ -65,9 +67,9 @@ def storegate_supplier(gw: Proc, *args: str) -> tuple[int, Any, str]:
     return done.returncode, json.loads(done.stdout) if done.returncode == 0 else None, done.stderr
 
 
-def central_status(tmp: Path, record_id: str) -> tuple[str, str, list[str]]:
+def central_status(tmp: Path, url: str | None, record_id: str) -> tuple[str, str, list[str]]:
     """(order status, order number, drop_ships states) at central."""
-    conn = central_db(tmp)
+    conn = central_db(tmp, url)
     try:
         row = conn.execute(
             "SELECT order_id, status, order_no FROM orders WHERE record_id = ?", (record_id,)
@@ -92,10 +94,11 @@ def gw_status(tmp: Path, gw: str, record_id: str) -> str | None:
 
 
 async def test_supplier_gateway_shows_confirms_ships_and_refuses_drop_ship_orders(
-    broker: Mosquitto, tmp_path: Path
+    broker: Mosquitto, tmp_path: Path, central_backend: str
 ) -> None:
-    central = central_proc(tmp_path, broker.port)
-    seed_central(tmp_path)
+    url = central_backend if is_postgres_url(central_backend) else None
+    central = central_proc(tmp_path, broker.port, db_url=url)
+    seed_central(tmp_path, url)
     store = gateway_proc(tmp_path, broker.port, "store-1")
     sup = gateway_proc(tmp_path, broker.port, "sup-1")
     try:
@@ -112,13 +115,13 @@ async def test_supplier_gateway_shows_confirms_ships_and_refuses_drop_ship_order
         first, second = await drop_ship(12), await drop_ship(6)
         await wait_for(
             lambda: (
-                central_status(tmp_path, first)[0] == "released"
-                and central_status(tmp_path, second)[0] == "released"
+                central_status(tmp_path, url, first)[0] == "released"
+                and central_status(tmp_path, url, second)[0] == "released"
             ),
             timeout=DEADLINE,
             what="both orders passed to the supplier",
         )
-        no1, no2 = central_status(tmp_path, first)[1], central_status(tmp_path, second)[1]
+        no1, no2 = central_status(tmp_path, url, first)[1], central_status(tmp_path, url, second)[1]
 
         # the supplier's gateway has them (the drop_ship record applied, not rejected)
         async def listed() -> bool:
@@ -138,7 +141,7 @@ async def test_supplier_gateway_shows_confirms_ships_and_refuses_drop_ship_order
         code, out, err = await asyncio.to_thread(storegate_supplier, sup, "confirm", no1, "--ref", "AB-1")
         assert code == 0 and out["state"] == "confirmed", err
         await wait_for(
-            lambda: central_status(tmp_path, first)[2] == ["confirmed"],
+            lambda: central_status(tmp_path, url, first)[2] == ["confirmed"],
             timeout=DEADLINE,
             what="central hears confirmed",
         )
@@ -154,8 +157,8 @@ async def test_supplier_gateway_shows_confirms_ships_and_refuses_drop_ship_order
 
         await wait_for(
             lambda: (
-                central_status(tmp_path, first)[:3:2] == ("shipped", ["shipped"])
-                and central_status(tmp_path, second)[:3:2] == ("cancelled", ["refused"])
+                central_status(tmp_path, url, first)[:3:2] == ("shipped", ["shipped"])
+                and central_status(tmp_path, url, second)[:3:2] == ("cancelled", ["refused"])
             ),
             timeout=DEADLINE,
             what="central: shipped and cancelled",
@@ -169,7 +172,7 @@ async def test_supplier_gateway_shows_confirms_ships_and_refuses_drop_ship_order
             timeout=DEADLINE,
             what="the store's order status",
         )
-        conn = central_db(tmp_path)
+        conn = central_db(tmp_path, url)
         try:
             (ref,) = conn.execute(
                 "SELECT supplier_ref FROM drop_ships d JOIN orders o USING (order_id) WHERE o.record_id = ?",
@@ -187,9 +190,9 @@ async def test_supplier_gateway_shows_confirms_ships_and_refuses_drop_ship_order
 
 
 @pytest.fixture
-async def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DurableDB]:
+async def db(central_backend: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DurableDB]:
     hub = wiring.hub(waves.AllocationSettings(realtime=True))
-    d = DurableDB(tmp_path / "central.db", migrations=all_migrations(), on_connect=hub.attach)
+    d: DurableDB = open_database(central_backend, all_migrations(), on_connect=hub.attach)
     await d.open()
 
     def seed(c: Any) -> None:

@@ -18,14 +18,14 @@ from central import fleet
 from central.fleet import AlertThresholds, _Counters, apply_status, evaluate_alerts
 from central.migrations import all_migrations
 from ops.broker import Mosquitto
-from runtime.sqlitedb import apply_migrations, connect
+from runtime.dbapi import is_postgres_url
 from tests.conftest import wait_for
+from tests.db_conn import open_conn
 from tests.procs import VIEWER, basic_auth, central_proc, gateway_proc
 
 
-def db(tmp_path: Path) -> sqlite3.Connection:
-    conn = connect(tmp_path / "c.db", synchronous="NORMAL")
-    apply_migrations(conn, all_migrations())
+def db(target: str) -> sqlite3.Connection:
+    conn: sqlite3.Connection = open_conn(target, all_migrations(), synchronous="NORMAL")
     return conn
 
 
@@ -37,8 +37,8 @@ def open_alerts(conn: sqlite3.Connection) -> set[str]:
     return {k for (k,) in conn.execute("SELECT kind FROM alerts WHERE closed_ms IS NULL")}
 
 
-def test_status_builds_sites_gateways_devices_with_history(tmp_path: Path) -> None:
-    conn = db(tmp_path)
+def test_status_builds_sites_gateways_devices_with_history(central_backend: str) -> None:
+    conn = db(central_backend)
     dev = {"id": "ht-1", "kind": "handheld", "state": "online", "battery": 80, "firmware": "2.1", "naks": 1}
     apply_status(conn, "store-1", status("store-1", backlog=12, oldest_age_s=3.5, devices=[dev]), now=1000)
     apply_status(conn, "store-1", status("store-1", "offline"), now=2000)
@@ -50,8 +50,8 @@ def test_status_builds_sites_gateways_devices_with_history(tmp_path: Path) -> No
     assert events == ["gateway online", "device online", "gateway offline"]
 
 
-def test_alerts_open_and_close_by_threshold(tmp_path: Path) -> None:
-    conn = db(tmp_path)
+def test_alerts_open_and_close_by_threshold(central_backend: str) -> None:
+    conn = db(central_backend)
     th = AlertThresholds(gateway_offline_s=60, backlog_age_s=100, naks_per_window=3, battery_low_pct=20)
     last = _Counters()
     dev = {"id": "sc-1", "kind": "serial-scanner", "state": "online", "naks": 0, "errors": 0, "battery": 50}
@@ -109,8 +109,11 @@ def gateway_state(central_url: str, gw: str) -> str | None:
 
 
 @pytest.mark.slow
-async def test_killed_gateway_turns_offline_and_metrics_are_served(broker: Mosquitto, tmp_path: Path) -> None:
-    central = central_proc(tmp_path, broker.port)
+async def test_killed_gateway_turns_offline_and_metrics_are_served(
+    broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
+    url = central_backend if is_postgres_url(central_backend) else None
+    central = central_proc(tmp_path, broker.port, db_url=url)
     gw = gateway_proc(tmp_path, broker.port, "store-7")
     await asyncio.to_thread(central.start)
     try:
@@ -184,8 +187,11 @@ async def test_dashboard_in_chromium_shows_killed_gateway_offline(broker: Mosqui
 
 
 @pytest.mark.slow
-async def test_dashboard_and_fleet_api_need_a_viewer(broker: Mosquitto, tmp_path: Path) -> None:
-    central = central_proc(tmp_path, broker.port)
+async def test_dashboard_and_fleet_api_need_a_viewer(
+    broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
+    url = central_backend if is_postgres_url(central_backend) else None
+    central = central_proc(tmp_path, broker.port, db_url=url)
     await asyncio.to_thread(central.start)
     try:
         for path in ("/", "/api/fleet", "/api/alerts", "/api/stream"):

@@ -79,8 +79,9 @@ def seed_fleet(conn: sqlite3.Connection, now: int) -> None:
 
 
 @asynccontextmanager
-async def fleet_central(tmp_path: Path) -> AsyncIterator[Central]:
-    db = central_db(tmp_path / "central.db")
+async def fleet_central(target: str) -> AsyncIterator[Central]:
+    """``target``: central's database, a SQLite file or a PostgreSQL URL (``central_backend``)."""
+    db = central_db(target)
     await db.open()
     try:
         tokens = {}
@@ -101,8 +102,8 @@ async def get(c: Central, path: str, role: str = "viewer") -> tuple[int, Any]:
     return await c.req("GET", path, role)
 
 
-async def test_list_of_1000_gateways_summary_problems_first_search_paging(tmp_path: Path) -> None:
-    async with fleet_central(tmp_path) as c:
+async def test_list_of_1000_gateways_summary_problems_first_search_paging(central_backend: str) -> None:
+    async with fleet_central(central_backend) as c:
         await c.db.write(lambda conn: seed_fleet(conn, int(time.time() * 1000)))
         kinds = [kind_of(i) for i in range(N)]
 
@@ -138,6 +139,10 @@ async def test_list_of_1000_gateways_summary_problems_first_search_paging(tmp_pa
         assert [d["device_id"] for d in p["items"][0]["device_list"]] == ["gw-0042-ht"]
         st, p = await get(c, "/api/fleet/gateways?q=S004&limit=500")  # by site
         assert sorted(g["gateway"] for g in p["items"]) == [f"gw-{i:04d}" for i in range(40, 50)]
+        st, p2 = await get(c, "/api/fleet/gateways?q=s004&limit=500")  # any case, on either backend
+        assert p2["items"] == p["items"]
+        st, p2 = await get(c, "/api/fleet/gateways?q=GW-0042")
+        assert [g["gateway"] for g in p2["items"]] == ["gw-0042"]
         st, p = await get(c, "/api/fleet/gateways?q=%25")  # a LIKE wildcard is searched literally
         assert p["total"] == 0
         st, p = await get(c, "/api/fleet/gateways?state=offline&limit=500")
@@ -176,8 +181,8 @@ async def test_list_of_1000_gateways_summary_problems_first_search_paging(tmp_pa
         assert statistics.median(times) < 1.0  # generous: a shared 2-core machine
 
 
-async def test_gateway_detail_device_detail_and_alert_history(tmp_path: Path) -> None:
-    async with fleet_central(tmp_path) as c:
+async def test_gateway_detail_device_detail_and_alert_history(central_backend: str) -> None:
+    async with fleet_central(central_backend) as c:
         await c.load_masters()
         now = int(time.time() * 1000)
         devs = [

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -21,6 +20,7 @@ from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
 from central.orders import masters, repo
 from protocols.envelope import Ack, Envelope, Record
+from runtime.dbapi import open_db
 from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, ITEMS_CSV, LOCATIONS_CSV, PRICES_CSV, order
 
@@ -28,9 +28,11 @@ _seq = itertools.count(1)
 
 
 @pytest.fixture
-async def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DurableDB]:
+async def db(central_backend: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DurableDB]:
     hub = wiring.hub(waves.AllocationSettings(realtime=True))  # allocation at once, as central runs
-    d = DurableDB(tmp_path / "central.db", migrations=all_migrations(), on_connect=hub.attach)
+    d: DurableDB = open_db(  # type: ignore[assignment]
+        central_backend, migrations=all_migrations(), on_connect=hub.attach
+    )
     await d.open()
 
     def seed(c: Any) -> None:

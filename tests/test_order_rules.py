@@ -22,13 +22,16 @@ from central.allocate import inventory, waves
 from central.allocate.allocation import SourcingRule
 from central.fulfil import release
 from central.hub import Hub
-from central.migrations import central_db
+from central.migrations import all_migrations, central_db
 from central.orders import masters, ordertypes, valuation
 from central.web import allocation_api, auth, release_api
 from central.web.api import create_app
 from ops.broker import Mosquitto
-from runtime.sqlitedb import DurableDB, connect
+from runtime import dbapi
+from runtime.dbapi import is_postgres_url
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
+from tests.db_conn import open_conn
 from tests.procs import central_db as procs_db
 from tests.procs import central_proc
 
@@ -118,8 +121,9 @@ def batch(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
 
 
 @asynccontextmanager
-async def desk(tmp_path: Path, *, sourcing: bool = True) -> AsyncIterator[Desk]:
-    db = central_db(tmp_path / "central.db", DESK_HUB)
+async def desk(tmp_path: Path, target: str | None = None, *, sourcing: bool = True) -> AsyncIterator[Desk]:
+    """``target``: central's database (``central_backend``), default a SQLite file in ``tmp_path``."""
+    db = central_db(target or tmp_path / "central.db", DESK_HUB)
     await db.open()
     try:
         token = await db.write(lambda c: auth.add_user(c, "boss", auth.Role.SUPERVISOR))
@@ -145,10 +149,12 @@ def test_line_amount_rounds_the_discount_half_up() -> None:
     assert valuation.line_amount(4, None, 10) == 0
 
 
-async def test_priority_by_value_uses_the_validated_price_less_discount(tmp_path: Path, batch: Hub) -> None:
+async def test_priority_by_value_uses_the_validated_price_less_discount(
+    tmp_path: Path, central_backend: str, batch: Hub
+) -> None:
     """Two orders for scarce stock, same grade, no special priority: the more valuable one
     is served first. Neither quotes a price, so only the validated unit price values them."""
-    async with desk(tmp_path) as d:
+    async with desk(tmp_path, central_backend) as d:
         await d.masters("code,grade,discount_pct\nSMALL,B,0\nBIG,B,10\n")
         await d.stock("A", 6)
         small = await d.order("SMALL", ("A", 4))  # 400, received first
@@ -166,10 +172,12 @@ async def test_priority_by_value_uses_the_validated_price_less_discount(tmp_path
         assert got["allocations"] == [] and got["shortages"][0]["qty"] == 4
 
 
-async def test_returns_credit_the_net_amount_and_the_receivables(tmp_path: Path, realtime: Hub) -> None:
+async def test_returns_credit_the_net_amount_and_the_receivables(
+    tmp_path: Path, central_backend: str, realtime: Hub
+) -> None:
     """Delivered: the value goes on the receivables; each return credits its share of the
     line's net amount there (and in the ledger), a line returned in full exactly its amount."""
-    async with desk(tmp_path) as d:
+    async with desk(tmp_path, central_backend) as d:
         await d.masters("code,credit_limit,discount_pct\nC1,100000,12.5\n")
         await d.stock("A", 10)
         await d.stock("B", 10)
@@ -205,9 +213,11 @@ async def test_returns_credit_the_net_amount_and_the_receivables(tmp_path: Path,
         assert (c["receivables"], c["open_orders"]) == (0, 0)
 
 
-async def test_returned_before_delivery_owes_nothing(tmp_path: Path, realtime: Hub) -> None:
+async def test_returned_before_delivery_owes_nothing(
+    tmp_path: Path, central_backend: str, realtime: Hub
+) -> None:
     """Shipped (value still open), part returned, then the rest refused at the door."""
-    async with desk(tmp_path) as d:
+    async with desk(tmp_path, central_backend) as d:
         await d.masters("code,credit_limit\nC1,100000\n")
         await d.stock("A", 10)
         o = await d.order("C1", ("A", 5))
@@ -228,8 +238,10 @@ async def test_returned_before_delivery_owes_nothing(tmp_path: Path, realtime: H
 # -- 8. returns only on orders the customer has had -----------------------------------------
 
 
-async def test_returns_only_on_shipped_or_delivered_orders(tmp_path: Path, realtime: Hub) -> None:
-    async with desk(tmp_path) as d:
+async def test_returns_only_on_shipped_or_delivered_orders(
+    tmp_path: Path, central_backend: str, realtime: Hub
+) -> None:
+    async with desk(tmp_path, central_backend) as d:
         await d.masters("code\nC1\n")
         await d.stock("A", 10)
         o = await d.order("C1", ("A", 4))
@@ -262,9 +274,9 @@ async def test_returns_only_on_shipped_or_delivered_orders(tmp_path: Path, realt
 
 
 async def test_auto_release_leaves_wave_orders_to_their_wave(
-    tmp_path: Path, batch: Hub, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, central_backend: str, batch: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with desk(tmp_path) as d:
+    async with desk(tmp_path, central_backend) as d:
         await d.masters("code\nC1\nC2\n")
         await d.stock("A", 20)
         await d.stock("B", 20)
@@ -302,10 +314,10 @@ def _day(n: int) -> str:
 
 
 async def test_schedule_runs_each_due_item_once_across_a_crash_and_a_restart(
-    tmp_path: Path, realtime: Hub
+    tmp_path: Path, central_backend: str, realtime: Hub
 ) -> None:
     clock = [TODAY]
-    async with desk(tmp_path) as d:
+    async with desk(tmp_path, central_backend) as d:
         await d.masters("code,backorder_policy,backorder_limit_days\nC1,backorder,\nWAIT,all-at-once,1\n")
         await d.stock("A", 100)
         await d.stock("B", 1)
@@ -336,7 +348,7 @@ async def test_schedule_runs_each_due_item_once_across_a_crash_and_a_restart(
             await d.db.write(crash)
         assert await d.db.read(lambda c: c.execute("SELECT count(*) FROM schedule_runs").fetchone()[0]) == 3
     # a restart: the same file, a new process's scheduler
-    async with desk(tmp_path) as d:
+    async with desk(tmp_path, central_backend) as d:
         sched = schedule.Scheduler(
             d.db, schedule.ScheduleSettings(), on_work=lambda: None, today=lambda: clock[0]
         )
@@ -358,26 +370,26 @@ async def test_schedule_runs_each_due_item_once_across_a_crash_and_a_restart(
 
 
 async def test_central_runs_the_schedule_on_its_clock_once_across_sigkill(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, broker: Mosquitto, central_backend: str
 ) -> None:
     """The real central process: due contract deliveries become orders without any request,
     one per job; SIGKILLed midway and started again, every delivery has exactly one order."""
     n = 60
-    proc = central_proc(tmp_path, broker.port)
+    url = central_backend if is_postgres_url(central_backend) else None
+    proc = central_proc(tmp_path, broker.port, db_url=url)
     with proc.config.open("a") as f:
         f.write("[schedule]\nevery_s = 0.05\nper_job = 1\n[release]\nenabled = false\n")
-    conn = connect(tmp_path / "central" / "central.db", synchronous="NORMAL")
+    conn = open_conn(url or tmp_path / "central" / "central.db", all_migrations(), synchronous="NORMAL")
     try:
-        with conn:
-            masters.import_csv(conn, "customers", "code\nC1\n")
-            masters.import_csv(conn, "items", "sku,price\nA,100\n")
-            dates = [(TODAY - dt.timedelta(days=i)).isoformat() for i in range(n)]
-            ordertypes.add_contract(conn, code="K1", customer="C1", lines={"A": 1}, dates=dates)
+        masters.import_csv(conn, "customers", "code\nC1\n")
+        masters.import_csv(conn, "items", "sku,price\nA,100\n")
+        dates = [(TODAY - dt.timedelta(days=i)).isoformat() for i in range(n)]
+        ordertypes.add_contract(conn, code="K1", customer="C1", lines={"A": 1}, dates=dates)
     finally:
         conn.close()
 
     def count(sql: str) -> int:
-        c = procs_db(tmp_path)
+        c = procs_db(tmp_path, url)
         try:
             return int(c.execute(sql).fetchone()[0])
         finally:
@@ -409,8 +421,10 @@ async def test_central_runs_the_schedule_on_its_clock_once_across_sigkill(
 LOCATIONS = "code,kind,gateway\nDC1,dc,dc-1\nDC2,dc,dc-2\nSTORE1,store,store-1\n"
 
 
-async def test_allow_split_and_sourcing_rules_are_masters(tmp_path: Path, realtime: Hub) -> None:
-    async with desk(tmp_path, sourcing=False) as d:
+async def test_allow_split_and_sourcing_rules_are_masters(
+    tmp_path: Path, central_backend: str, realtime: Hub
+) -> None:
+    async with desk(tmp_path, central_backend, sourcing=False) as d:
         await d.ok("POST", "/api/masters/locations/import", data=LOCATIONS)
         await d.ok("POST", "/api/masters/items/import", data=ITEMS)
         await d.ok(
@@ -458,8 +472,10 @@ async def test_allow_split_and_sourcing_rules_are_masters(tmp_path: Path, realti
         assert status == 404
 
 
-async def test_asrs_totes_are_a_master_named_on_pick_tasks(tmp_path: Path, realtime: Hub) -> None:
-    async with desk(tmp_path) as d:
+async def test_asrs_totes_are_a_master_named_on_pick_tasks(
+    tmp_path: Path, central_backend: str, realtime: Hub
+) -> None:
+    async with desk(tmp_path, central_backend) as d:
         await d.ok("POST", "/api/masters/locations/import", data=LOCATIONS)
         await d.masters("code\nC1\n")
         totes = "tote,location,sku,tote_location\nT00001,DC1,A,A01-03-07\n"
@@ -490,8 +506,10 @@ async def test_asrs_totes_are_a_master_named_on_pick_tasks(tmp_path: Path, realt
         assert (await d.ok("GET", f"/api/orders/{o['order_no']}"))["status"] == "released"
 
 
-def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path) -> None:
-    db = tmp_path / "central.db"
+def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(
+    tmp_path: Path, central_backend: str
+) -> None:
+    db = central_backend
 
     def masters_import(*args: str) -> subprocess.CompletedProcess[str]:
         return storegate("masters", "import", *args, "--db", str(db))
@@ -518,7 +536,7 @@ def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path)
     out = masters_import("totes", str(tmp_path / "totes.csv"))
     assert out.returncode == 1
     assert out.stderr.strip() == "error: totes 'T3': tote: line 3: already holds 'B' at DC1"
-    conn = connect(db)
+    conn = dbapi.connect(db)
     try:
         assert conn.execute("SELECT count(*) FROM alloc_sourcing").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM pick_totes").fetchone()[0] == 0
@@ -527,7 +545,7 @@ def test_sourcing_and_totes_import_from_the_cli_all_rows_or_none(tmp_path: Path)
     for kind in ("sourcing", "totes"):
         out = masters_import(kind, str(_write(tmp_path, kind, files[kind])))
         assert (out.returncode, out.stdout.strip()) == (0, f"imported 2 {kind}"), out.stderr
-    conn = connect(db)
+    conn = dbapi.connect(db)
     try:
         assert conn.execute(
             "SELECT zone, location, cost, preferred, transfer FROM alloc_sourcing ORDER BY 2"
@@ -555,11 +573,11 @@ def _write(tmp_path: Path, kind: str, text: str) -> Path:
 
 
 async def test_pick_time_uses_the_item_master_and_the_schedule_is_reachable(
-    tmp_path: Path, batch: Hub
+    tmp_path: Path, central_backend: str, batch: Hub
 ) -> None:
     items = "sku,price,pack_size,pick_seconds,storage\nCASE,10,6,5,DC1=01-01\nLOOSE,10,1,0,DC1=01-02\n"
     start = 1_800_000_000_000
-    async with desk(tmp_path) as d:
+    async with desk(tmp_path, central_backend) as d:
         await d.masters("code,region\nC1,N\nC2,S\n", items=items)
         await d.stock("CASE", 100)
         await d.stock("LOOSE", 100)
@@ -601,7 +619,7 @@ async def test_pick_time_uses_the_item_master_and_the_schedule_is_reachable(
             status, err = await d.req("GET", f"/api/waves/schedule?{bad}")
             assert status == 400 and reason in err["error"], err
     iso = dt.datetime.fromtimestamp(start / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    db = str(tmp_path / "central.db")
+    db = central_backend  # the same database the REST schedule read, SQLite or PostgreSQL
     out = await asyncio.to_thread(
         storegate, "pick-schedule", "--db", db, "--teams", "1", "--start", iso, "--json"
     )

@@ -4,7 +4,6 @@ durable downlink, in storage-location order, once; the order desk may do it, a v
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import msgpack
 from aiohttp.test_utils import TestClient, TestServer
@@ -14,7 +13,7 @@ from central.allocate.allocation import SourcingRule
 from central.migrations import all_migrations
 from central.web import allocation_api, auth, release_api
 from central.web.api import create_app
-from runtime.sqlitedb import DurableDB
+from tests.db_conn import open_database
 
 auth.PBKDF2_ITERATIONS = 1_000
 
@@ -40,8 +39,8 @@ def seed(conn: sqlite3.Connection) -> int:
     return int(wave["wave_id"])
 
 
-async def test_release_wave_over_rest(tmp_path: Path) -> None:
-    db = DurableDB(tmp_path / "c.db", migrations=all_migrations(), synchronous="NORMAL")
+async def test_release_wave_over_rest(central_backend: str) -> None:
+    db = open_database(central_backend, all_migrations(), synchronous="NORMAL")
     await db.open()
     try:
         wave_id = await db.write(seed)

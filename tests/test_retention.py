@@ -43,6 +43,7 @@ from runtime.clock import now_ms
 from runtime.mqtt import Client as MqttClient
 from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
+from tests.db_conn import open_conn
 
 GW = "store-ret"
 GRACE_MS = int(central_retention.GRACE_S * 1000)
@@ -60,9 +61,10 @@ def order_body(n: int) -> dict[str, object]:
 
 
 @contextlib.asynccontextmanager
-async def two_sides(tmp: Path) -> AsyncIterator[tuple[Outbox, DurableDB]]:
+async def two_sides(tmp: Path, target: str) -> AsyncIterator[tuple[Outbox, DurableDB]]:
+    """The gateway's database in ``tmp``, central's at ``target`` (``central_backend``)."""
     gdb = DurableDB(tmp / f"{GW}.db", migrations=gateway_migrations())
-    cdb = central_db(tmp / "central.db")
+    cdb = central_db(target)
     await gdb.open()
     await cdb.open()
     try:
@@ -93,8 +95,9 @@ async def send(box: Outbox, cdb: DurableDB) -> list[Ack]:
     return acks
 
 
-def count(cdb_path: Path, sql: str, *args: object) -> int:
-    conn = sqlite3.connect(cdb_path)
+def count(target: str, sql: str, *args: object) -> int:
+    """One number from central's database at ``target``, on a connection of its own."""
+    conn = open_conn(target, [])
     try:
         n: int = conn.execute(sql, args).fetchone()[0]
         return n
@@ -109,8 +112,10 @@ async def submit(box: Outbox, n: int, start: int = 0) -> list[Record]:
 # -- the watermark ------------------------------------------------------------------------------
 
 
-async def test_watermark_is_below_every_record_the_gateway_can_still_send(tmp_path: Path) -> None:
-    async with two_sides(tmp_path) as (box, _cdb):
+async def test_watermark_is_below_every_record_the_gateway_can_still_send(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with two_sides(tmp_path, central_backend) as (box, _cdb):
         assert await box.db.read(gateway_retention.acked_below) == 1  # nothing ever sent
         recs = await submit(box, 40)
         seqs = sorted(r.seq for r in recs)
@@ -133,11 +138,13 @@ async def test_watermark_is_below_every_record_the_gateway_can_still_send(tmp_pa
 # -- central's rule ------------------------------------------------------------------------------
 
 
-async def test_pruned_ids_are_never_ones_a_gateway_can_still_resend(tmp_path: Path) -> None:
+async def test_pruned_ids_are_never_ones_a_gateway_can_still_resend(
+    tmp_path: Path, central_backend: str
+) -> None:
     """Acks lost at random, the watermark reported, pruning past its grace period: every
     record still in the outbox keeps its id at central, and resending them all (what the
     sync does after a reconnect) applies nothing twice."""
-    async with two_sides(tmp_path) as (box, cdb):
+    async with two_sides(tmp_path, central_backend) as (box, cdb):
         recs = await submit(box, 600)
         acks = await send(box, cdb)
         assert all(a.status is AckStatus.ACCEPTED for a in acks)
@@ -152,7 +159,7 @@ async def test_pruned_ids_are_never_ones_a_gateway_can_still_resend(tmp_path: Pa
         still_held = {rid for _s, rid, _p in await box.pending(after_seq=0, limit=10_000)}
         by_id = {r.id: r for r in recs}
         assert still_held and stats.processed == sum(1 for r in recs if r.seq < mark)
-        db_path = tmp_path / "central.db"
+        db_path = central_backend
         for rid in still_held:
             assert count(db_path, "SELECT count(*) FROM processed WHERE record_id = ?", rid) == 1, by_id[
                 rid
@@ -165,11 +172,13 @@ async def test_pruned_ids_are_never_ones_a_gateway_can_still_resend(tmp_path: Pa
         assert count(db_path, "SELECT count(*) FROM orders") == 600
 
 
-async def test_a_report_takes_effect_only_after_the_grace_period(tmp_path: Path) -> None:
-    async with two_sides(tmp_path) as (box, cdb):
+async def test_a_report_takes_effect_only_after_the_grace_period(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with two_sides(tmp_path, central_backend) as (box, cdb):
         await submit(box, 300)
         await box.apply_acks(await send(box, cdb))
-        db_path = tmp_path / "central.db"
+        db_path = central_backend
         t0 = 1_800_000_000_000
         await cdb.write(lambda c: central_retention.report(c, GW, 101, t0))
         await cdb.write(lambda c: central_retention.report(c, GW, 201, t0 + 1000))  # waits its turn
@@ -183,11 +192,11 @@ async def test_a_report_takes_effect_only_after_the_grace_period(tmp_path: Path)
         assert await cdb.read(central_retention.marks) == {GW: (201, t0 + GRACE_MS + 1)}
 
 
-async def test_a_gateway_with_a_new_database_keeps_its_new_ids(tmp_path: Path) -> None:
+async def test_a_gateway_with_a_new_database_keeps_its_new_ids(tmp_path: Path, central_backend: str) -> None:
     """A gateway whose database was replaced starts its seq at 1 again, far below the mark
     its old database reported: the ids central receives from it after that report are not
     covered by it, and a resend of them (acks lost) is still a duplicate."""
-    async with two_sides(tmp_path) as (box, cdb):
+    async with two_sides(tmp_path, central_backend) as (box, cdb):
         await submit(box, 300)
         await box.apply_acks(await send(box, cdb))
         t_report = now_ms()
@@ -197,7 +206,7 @@ async def test_a_gateway_with_a_new_database_keeps_its_new_ids(tmp_path: Path) -
     (tmp_path / f"{GW}.db").unlink()
     for side in ("-wal", "-shm"):
         (tmp_path / f"{GW}.db{side}").unlink(missing_ok=True)
-    async with two_sides(tmp_path) as (fresh, cdb):
+    async with two_sides(tmp_path, central_backend) as (fresh, cdb):
         recs = await submit(fresh, 50)
         assert max(r.seq for r in recs) < mark
         acks = await send(fresh, cdb)  # received after the old report; its acks are lost
@@ -205,13 +214,13 @@ async def test_a_gateway_with_a_new_database_keeps_its_new_ids(tmp_path: Path) -
         assert (await central_retention.prune_once(cdb, now=t_report + 3 * GRACE_MS)).processed == 0
         again = await send(fresh, cdb)
         assert [a.status for a in again] == [AckStatus.DUPLICATE] * 50
-        assert count(tmp_path / "central.db", "SELECT count(*) FROM orders") == 350
+        assert count(central_backend, "SELECT count(*) FROM orders") == 350
 
 
-async def test_pruning_bounds_processed_under_a_steady_stream(tmp_path: Path) -> None:
+async def test_pruning_bounds_processed_under_a_steady_stream(tmp_path: Path, central_backend: str) -> None:
     per_round, rounds = 250, 16
-    async with two_sides(tmp_path) as (box, cdb):
-        db_path = tmp_path / "central.db"
+    async with two_sides(tmp_path, central_backend) as (box, cdb):
+        db_path = central_backend
         sizes = []
         for r in range(rounds):
             now = 1_800_000_000_000 + r * GRACE_MS  # each report is promoted a round later
@@ -225,10 +234,10 @@ async def test_pruning_bounds_processed_under_a_steady_stream(tmp_path: Path) ->
         assert max(sizes) <= 2 * per_round, sizes  # bounded by the grace period, not by history
 
 
-async def test_downlink_results_and_record_results_go_by_age(tmp_path: Path) -> None:
+async def test_downlink_results_and_record_results_go_by_age(tmp_path: Path, central_backend: str) -> None:
     """History that is no duplicate check goes by age, in batches; a gateway keeps the
     answers a store still needs (rejections, and an open reorder's answer)."""
-    async with two_sides(tmp_path) as (box, cdb):
+    async with two_sides(tmp_path, central_backend) as (box, cdb):
         recs = await submit(box, 30)
         rejected = {recs[1].id, recs[2].id}
         await box.apply_acks(
@@ -270,14 +279,16 @@ async def test_downlink_results_and_record_results_go_by_age(tmp_path: Path) -> 
 
         await cdb.write(results)
         assert (await central_retention.prune_once(cdb, now=now, batch=2)).downlink_results == 5
-        assert count(tmp_path / "central.db", "SELECT count(*) FROM downlink_results") == 4
+        assert count(central_backend, "SELECT count(*) FROM downlink_results") == 4
 
 
 # -- over the broker -----------------------------------------------------------------------------
 
 
-async def test_gateway_status_carries_its_watermark_to_central(broker: Mosquitto, tmp_path: Path) -> None:
-    cdb = central_db(tmp_path / "central.db")
+async def test_gateway_status_carries_its_watermark_to_central(
+    broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
+    cdb = central_db(central_backend)
     gdb = DurableDB(tmp_path / f"{GW}.db", migrations=gateway_migrations())
     await cdb.open()
     await gdb.open()
@@ -436,8 +447,10 @@ async def test_inbox_ids_go_only_below_centrals_mark_and_before_its_report(tmp_p
         await gdb.close()
 
 
-async def test_central_puts_its_downlink_mark_on_each_message(broker: Mosquitto, tmp_path: Path) -> None:
-    cdb = central_db(tmp_path / "central.db")
+async def test_central_puts_its_downlink_mark_on_each_message(
+    broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
+    cdb = central_db(central_backend)
     gdb = DurableDB(tmp_path / f"{GW}.db", migrations=gateway_migrations())
     await cdb.open()
     await gdb.open()

@@ -30,9 +30,15 @@ from gateway.sync import MqttSettings, Sync
 from ops.broker import Mosquitto
 from protocols import envelope, topics
 from protocols.envelope import AckStatus, Record
+from runtime.dbapi import open_db
 from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.procs import central_db, central_proc, central_settled, gateway_proc
+
+
+def pg_url(target: str) -> str | None:
+    """The PostgreSQL URL of a ``central_backend`` target, None for a SQLite file."""
+    return target if target.startswith("postgresql://") else None
 
 
 def order_body(ref: str = "", qty: int = 1) -> dict[str, object]:
@@ -47,8 +53,11 @@ def order_body(ref: str = "", qty: int = 1) -> dict[str, object]:
 
 
 @contextlib.asynccontextmanager
-async def central_in_process(tmp: Path, port: int) -> AsyncIterator[tuple[Consumer, DurableDB]]:
-    db = DurableDB(tmp / "central.db", migrations=CENTRAL_MIGRATIONS)
+async def central_in_process(
+    tmp: Path, port: int, target: str | None = None
+) -> AsyncIterator[tuple[Consumer, DurableDB]]:
+    """``target``: central's database (a path or a PostgreSQL URL), default a file in ``tmp``."""
+    db: DurableDB = open_db(target or tmp / "central.db", migrations=CENTRAL_MIGRATIONS)  # type: ignore[assignment]
     await db.open()
     consumer = Consumer(db=db, broker=BrokerSettings(port=port, client_id=f"central-{uuid.uuid4().hex[:6]}"))
     task = asyncio.create_task(consumer.run())
@@ -95,7 +104,7 @@ def central_record_ids(conn: sqlite3.Connection) -> list[str]:
 
 # 1 ---------------------------------------------------------------------------------------
 async def test_orders_entered_while_broker_down_all_arrive_once(
-    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, central_backend: str
 ) -> None:
     monkeypatch.setattr(sync_mod, "BACKOFF_MAX_S", 0.3)
     broker.stop()
@@ -104,7 +113,7 @@ async def test_orders_entered_while_broker_down_all_arrive_once(
         assert (await box.backlog()).count == 1000
         assert not sync.stats.connected
         broker.start()
-        async with central_in_process(tmp_path, broker.port) as (_consumer, cdb):
+        async with central_in_process(tmp_path, broker.port, central_backend) as (_consumer, cdb):
             await wait_for(lambda: backlog_empty(box), timeout=30, what="gateway outbox drained")
             await wait_for(lambda: settled(cdb), timeout=30, what="central processed what it received")
             ids = await cdb.read(central_record_ids)
@@ -170,10 +179,13 @@ async def test_gateway_sigkilled_during_sync_loses_nothing_and_doubles_nothing(
 # 3 ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 async def test_central_killed_after_commit_before_ack_has_no_second_effect(
-    broker: Mosquitto, tmp_path: Path
+    broker: Mosquitto, tmp_path: Path, central_backend: str
 ) -> None:
+    url = pg_url(central_backend)
     marker = tmp_path / "killed-after-commit"
-    central = central_proc(tmp_path, broker.port, env={"STOREGATE_FAULT_KILL_AFTER_COMMIT": str(marker)})
+    central = central_proc(
+        tmp_path, broker.port, env={"STOREGATE_FAULT_KILL_AFTER_COMMIT": str(marker)}, db_url=url
+    )
     central.start()
     try:
         async with gateway_in_process(tmp_path, broker.port, ack_timeout=1.0) as (box, _sync):
@@ -181,18 +193,18 @@ async def test_central_killed_after_commit_before_ack_has_no_second_effect(
             await wait_for(marker.exists, timeout=20, what="central to crash after its commit")
             assert central.proc is not None
             await asyncio.to_thread(central.proc.wait, 10)
-            conn = central_db(tmp_path)
+            conn = central_db(tmp_path, url)
             committed = [r for (r,) in conn.execute("SELECT record_id FROM processed")]
             conn.close()
             assert committed, "central committed what it received before it died"
             assert (await box.backlog()).count == 3, "no ack went out: the gateway still holds everything"
             await asyncio.to_thread(central.start)
             await wait_for(lambda: backlog_empty(box), timeout=30, what="outbox drained after restart")
-            await wait_for(lambda: central_settled(tmp_path), timeout=30, what="central processed all")
+            await wait_for(lambda: central_settled(tmp_path, url), timeout=30, what="central processed all")
             results = [await box.result(r.id) for r in recs]
     finally:
         central.kill()
-    conn = central_db(tmp_path)
+    conn = central_db(tmp_path, url)
     ids = central_record_ids(conn)
     conn.close()
     assert sorted(ids) == sorted(r.id for r in recs), "every order exactly once"
@@ -244,8 +256,10 @@ def one_record_envelope(gw: str, rid: str, seq: int = 1, body: dict[str, object]
     return envelope.encode(gw=gw, sent=1, records=[rec])
 
 
-async def test_same_record_published_twice_has_one_effect(broker: Mosquitto, tmp_path: Path) -> None:
-    async with central_in_process(tmp_path, broker.port) as (consumer, cdb):
+async def test_same_record_published_twice_has_one_effect(
+    broker: Mosquitto, tmp_path: Path, central_backend: str
+) -> None:
+    async with central_in_process(tmp_path, broker.port, central_backend) as (consumer, cdb):
         await consumer.connected.wait()
         peer = await asyncio.to_thread(PahoPeer, broker.port, "store-9")
         try:
@@ -265,9 +279,9 @@ async def test_same_record_published_twice_has_one_effect(broker: Mosquitto, tmp
 
 # 5 ---------------------------------------------------------------------------------------
 async def test_bad_input_is_quarantined_with_reason_and_neighbours_land(
-    broker: Mosquitto, tmp_path: Path
+    broker: Mosquitto, tmp_path: Path, central_backend: str
 ) -> None:
-    async with central_in_process(tmp_path, broker.port) as (consumer, cdb):
+    async with central_in_process(tmp_path, broker.port, central_backend) as (consumer, cdb):
         await consumer.connected.wait()
         peer = await asyncio.to_thread(PahoPeer, broker.port, "store-9")
         try:

@@ -23,6 +23,7 @@ from central.allocate.allocation import CustomerPref, DemandLine, OrderDemand, S
 from central.hub import state
 from central.orders import lifecycle
 from protocols.frozen import quick_init
+from runtime.dbapi import columns, dialect
 
 CUSTOMER_COLUMNS: dict[str, tuple[str, ...]] = {
     "grade": ("grade",),
@@ -59,8 +60,22 @@ _PROFILE_FIELDS = tuple(f.name for f in fields(CustomerProfile))
 _CREDIT_AT = _PROFILE_FIELDS.index("credit")
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+# What the layout is read from, on PostgreSQL: the columns of both tables, in order (their
+# names change only with the schema)
+_PG_LAYOUT_KEY = (
+    "SELECT string_agg(attrelid::regclass::text || '.' || attname, ',' ORDER BY attrelid, attnum)"
+    " FROM pg_attribute WHERE attrelid IN (to_regclass('customers'), to_regclass('orders'))"
+    " AND attnum > 0 AND NOT attisdropped"
+)
+
+
+def _schema_key(conn: sqlite3.Connection) -> int | str:
+    """Moves whenever ``customers`` or ``orders`` may have changed columns: SQLite's ``PRAGMA
+    schema_version`` (every CREATE/ALTER, from any connection); on PostgreSQL their columns."""
+    if dialect(conn) == "sqlite":
+        version: int = conn.execute("PRAGMA schema_version").fetchone()[0]
+        return version
+    return str(conn.execute(_PG_LAYOUT_KEY).fetchone()[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,20 +95,19 @@ class Layout:
 
 
 def customer_layout(conn: sqlite3.Connection) -> Layout:
-    """The column layout, cached per connection until the schema changes (``PRAGMA
-    schema_version`` moves with every CREATE/ALTER, from any connection)."""
-    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    """The column layout, cached per connection until the schema changes (:func:`_schema_key`)."""
+    version = _schema_key(conn)
     st = state(conn)
     if st.layout is not None and st.layout[0] == version:
         return st.layout[1]
-    cols = _columns(conn, "customers")
+    cols = columns(conn, "customers")
     key = next((c for c in ("code", "customer", "customer_code") if c in cols), None)
     fields = {f: next((c for c in names if c in cols), None) for f, names in CUSTOMER_COLUMNS.items()}
     sel: list[str] = [key] if key else []
     sel += [c for c in fields.values() if c is not None]
     n_profile = len(sel)
     sel += [c for c in ("receivables", "open_value") if c in cols and c not in sel]
-    layout = Layout(key, fields, tuple(sel), "priority" in _columns(conn, "orders"), n_profile)
+    layout = Layout(key, fields, tuple(sel), "priority" in columns(conn, "orders"), n_profile)
     st.layout = (version, layout)
     return layout
 
@@ -151,8 +165,12 @@ def _build_profile(layout: Layout, row: tuple[Any, ...]) -> CustomerProfile:
 
 def set_profile(conn: sqlite3.Connection, customer: str, p: CustomerProfile) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO alloc_customer_profile (customer, grade, zone, route, vehicle, credit,"
-        " allow_split, pref, delay_days, salesperson) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO alloc_customer_profile (customer, grade, zone, route, vehicle, credit,"
+        " allow_split, pref, delay_days, salesperson) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (customer) DO UPDATE SET grade = excluded.grade, zone = excluded.zone,"
+        " route = excluded.route, vehicle = excluded.vehicle, credit = excluded.credit,"
+        " allow_split = excluded.allow_split, pref = excluded.pref, delay_days = excluded.delay_days,"
+        " salesperson = excluded.salesperson",
         (
             customer,
             p.grade,
@@ -285,8 +303,9 @@ def set_status(
     conn.execute(
         "INSERT INTO alloc_orders (order_id, status, run_id, wave_id, deadline, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
-        " run_id = coalesce(excluded.run_id, run_id), wave_id = coalesce(excluded.wave_id, wave_id),"
-        " deadline = coalesce(excluded.deadline, deadline), updated_at = excluded.updated_at",
+        " run_id = coalesce(excluded.run_id, alloc_orders.run_id),"
+        " wave_id = coalesce(excluded.wave_id, alloc_orders.wave_id),"
+        " deadline = coalesce(excluded.deadline, alloc_orders.deadline), updated_at = excluded.updated_at",
         (order_id, status, run_id, wave_id, deadline, now),
     )
     target = ORDER_STATUS.get(status)

@@ -11,8 +11,8 @@ a reservation with a free-text reference); ``inventory.allocated`` is their runn
 Every engine run is kept in ``alloc_runs`` with its inputs (msgpack; JSON in runs stored
 before) and its readable trace, so it can be replayed (:func:`replay_run`).
 
-All functions take a ``sqlite3.Connection`` and run inside the caller's transaction
-(a ``DurableDB.write`` job); none commits.
+All functions take a job's connection (SQLite or PostgreSQL, ``runtime.dbapi``) and run
+inside the caller's transaction (a ``write`` job); none commits.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from central.allocate.allocation import (
     trace_digest,
 )
 from central.hub import state
+from runtime.dbapi import IntegrityError, dialect, has_table
 from runtime.sqlitedb import Migration, savepoint
 
 MIGRATIONS: list[Migration] = [
@@ -84,7 +85,7 @@ MIGRATIONS: list[Migration] = [
             kind TEXT NOT NULL,
             wave_id INTEGER,
             at INTEGER NOT NULL,
-            inputs TEXT NOT NULL,
+            inputs BLOB NOT NULL,
             trace TEXT NOT NULL,
             digest TEXT NOT NULL
         );
@@ -228,11 +229,11 @@ def set_stock(
         conn.execute(
             "INSERT INTO inventory (location, sku, on_hand, bin, supplier) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (location, sku) DO UPDATE SET on_hand = excluded.on_hand,"
-            " bin = CASE WHEN excluded.bin = '' THEN bin ELSE excluded.bin END,"
-            " supplier = CASE WHEN excluded.supplier = '' THEN supplier ELSE excluded.supplier END",
+            " bin = CASE WHEN excluded.bin = '' THEN inventory.bin ELSE excluded.bin END,"
+            " supplier = CASE WHEN excluded.supplier = '' THEN inventory.supplier ELSE excluded.supplier END",
             (location, sku, on_hand, bin, supplier),
         )
-    except sqlite3.IntegrityError:
+    except IntegrityError:
         raise InventoryError(location, sku, f"on hand {on_hand} below what is allocated") from None
 
 
@@ -241,10 +242,10 @@ def add_stock(conn: sqlite3.Connection, location: str, sku: str, qty: int) -> No
     try:
         conn.execute(
             "INSERT INTO inventory (location, sku, on_hand) VALUES (?, ?, ?)"
-            " ON CONFLICT (location, sku) DO UPDATE SET on_hand = on_hand + excluded.on_hand",
+            " ON CONFLICT (location, sku) DO UPDATE SET on_hand = inventory.on_hand + excluded.on_hand",
             (location, sku, qty),
         )
-    except sqlite3.IntegrityError:
+    except IntegrityError:
         raise InventoryError(location, sku, f"cannot change on hand by {qty}") from None
 
 
@@ -263,9 +264,17 @@ def stock(conn: sqlite3.Connection, *, sku: str | None = None, location: str | N
 
 
 def available(conn: sqlite3.Connection, skus: Iterable[str] | None = None) -> dict[tuple[str, str], int]:
-    """Available quantity per ``(location, sku)`` - the engine's stock input."""
+    """Available quantity per ``(location, sku)`` - the engine's stock input.
+
+    On PostgreSQL (several central workers allocating at once) the rows read are locked
+    (``FOR UPDATE``) until the transaction ends, in one order - by sku, then location, a
+    chunk of skus after another in sku order - so two allocations never both promise what
+    one of them read (the second waits for the first's commit and reads what is left), and
+    two that need overlapping skus lock them in the same order. On SQLite the single writer
+    already serialises allocations."""
+    lock = " ORDER BY sku, location FOR UPDATE" if dialect(conn) == "postgresql" else ""
     if skus is None:
-        rows = conn.execute("SELECT location, sku, on_hand - allocated FROM inventory")
+        rows = conn.execute("SELECT location, sku, on_hand - allocated FROM inventory" + lock)
         return {(loc, s): q for loc, s, q in rows}
     wanted = sorted(set(skus))
     out: dict[tuple[str, str], int] = {}
@@ -273,7 +282,7 @@ def available(conn: sqlite3.Connection, skus: Iterable[str] | None = None) -> di
         chunk = wanted[i : i + 500]
         marks = ",".join("?" * len(chunk))
         for loc, s, q in conn.execute(
-            f"SELECT location, sku, on_hand - allocated FROM inventory WHERE sku IN ({marks})", chunk
+            f"SELECT location, sku, on_hand - allocated FROM inventory WHERE sku IN ({marks})" + lock, chunk
         ):
             out[(loc, s)] = q
     return out
@@ -352,9 +361,14 @@ def take_stock(conn: sqlite3.Connection) -> Stock:
     would fire for every row the batch path bumps itself, about half again the cost of the
     bump); and :func:`keep_stock` writes a fresh stamp in the TEMP table in the same
     transaction as the writes the kept state reflects, so a rollback of those writes - to a
-    savepoint or of the whole transaction - takes the stamp back with them."""
+    savepoint or of the whole transaction - takes the stamp back with them.
+
+    On PostgreSQL other processes (central's workers) change stock at any time and nothing
+    here would see it: nothing is kept, every batch reads stock afresh inside its transaction."""
     st = state(conn)
     hit, st.kept = st.kept, None
+    if dialect(conn) != "sqlite":
+        return Stock()
     version = conn.execute("PRAGMA data_version").fetchone()[0]
     try:
         changes, stamp = conn.execute("SELECT changes, stamp FROM temp.sg_stock_watch").fetchone()
@@ -370,7 +384,7 @@ def take_stock(conn: sqlite3.Connection) -> Stock:
 def keep_stock(conn: sqlite3.Connection, stock: Stock) -> None:
     """Keep ``stock`` for the next :func:`take_stock`: call it inside the transaction, once
     the rows it reflects match it (the caller's own writes done)."""
-    if len(stock.avail) > MAX_KEPT_STOCK:
+    if len(stock.avail) > MAX_KEPT_STOCK or dialect(conn) != "sqlite":
         return
     stamp = next(_STAMPS)
     (changes,) = conn.execute(
@@ -382,8 +396,9 @@ def keep_stock(conn: sqlite3.Connection, stock: Stock) -> None:
 
 def set_sourcing(conn: sqlite3.Connection, rules: Iterable[SourcingRule]) -> None:
     conn.executemany(
-        "INSERT OR REPLACE INTO alloc_sourcing (zone, location, cost, preferred, transfer)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO alloc_sourcing (zone, location, cost, preferred, transfer) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (zone, location) DO UPDATE SET cost = excluded.cost, preferred = excluded.preferred,"
+        " transfer = excluded.transfer",
         [(r.zone, r.location, r.cost, int(r.preferred), int(r.transfer)) for r in rules],
     )
 
@@ -519,7 +534,7 @@ def bump(conn: sqlite3.Connection, per: dict[tuple[str, str], int]) -> None:
     with savepoint(conn, "bump") as sp:
         try:
             changed = conn.executemany(_BUMP_SQL, [(qty, loc, sku) for (loc, sku), qty in items]).rowcount
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             changed = -1
         if changed != len(items):
             sp.rollback()
@@ -531,7 +546,7 @@ def _bump_one(conn: sqlite3.Connection, key: tuple[str, str], qty: int) -> None:
     loc, sku = key
     try:
         cur = conn.execute(_BUMP_SQL, (qty, loc, sku))
-    except sqlite3.IntegrityError:
+    except IntegrityError:
         raise InventoryError(loc, sku, f"allocating {qty:+d} would break 0 <= allocated <= on hand") from None
     if cur.rowcount != 1:
         raise InventoryError(loc, sku, "no inventory row")
@@ -558,7 +573,7 @@ def suppliers(conn: sqlite3.Connection, skus: Iterable[str]) -> dict[str, str]:
     location's ``inventory.supplier``; a sku with neither is left out."""
     want = sorted(set(skus))
     out: dict[str, str] = {}
-    has_items = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'").fetchone()
+    has_items = has_table(conn, "items")
     for k in range(0, len(want), 500):
         part = want[k : k + 500]
         marks = ",".join("?" * len(part))

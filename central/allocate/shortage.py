@@ -222,10 +222,10 @@ def _apply_refills(
             done = take == owed
             conn.execute(
                 "UPDATE shortages SET filled = filled + ?,"
-                " status = CASE WHEN ? THEN 'filled' ELSE status END,"
-                " resolved_at = CASE WHEN ? THEN ? ELSE resolved_at END,"
+                " status = CASE WHEN ? <> 0 THEN 'filled' ELSE status END,"
+                " resolved_at = CASE WHEN ? <> 0 THEN ? ELSE resolved_at END,"
                 " resolution = resolution || ? WHERE shortage_id = ?",
-                (take, done, done, now, f"{take} released by run {run_id}; ", sid),
+                (take, int(done), int(done), now, f"{take} released by run {run_id}; ", sid),
             )
         touched.add(oid)
     for oid in sorted(touched):
@@ -304,15 +304,15 @@ def receive(
 
 def due_delay_expiries(conn: sqlite3.Connection, today: dt.date, *, limit: int = -1) -> list[tuple[int, str]]:
     """(order id, deadline) of the orders held for delay whose limit is before ``today``."""
-    return [
-        (int(r[0]), str(r[1]))
-        for r in conn.execute(
-            "SELECT order_id, deadline FROM alloc_orders"
-            " WHERE status = 'held' AND deadline IS NOT NULL AND deadline < ?"
-            " ORDER BY deadline, order_id LIMIT ?",
-            (today.isoformat(), limit),
-        )
-    ]
+    sql = (
+        "SELECT order_id, deadline FROM alloc_orders"
+        " WHERE status = 'held' AND deadline IS NOT NULL AND deadline < ? ORDER BY deadline, order_id"
+    )
+    args: list[Any] = [today.isoformat()]
+    if limit >= 0:  # negative: all of them
+        sql += " LIMIT ?"
+        args.append(limit)
+    return [(int(r[0]), str(r[1])) for r in conn.execute(sql, args)]
 
 
 def expire_delay(conn: sqlite3.Connection, order_id: int, *, now: int) -> int:
@@ -377,19 +377,20 @@ def report(conn: sqlite3.Connection, by: str, *, status: str | None = "open") ->
     if status is not None:
         where, args = "WHERE status = ?", [status]
     rows = conn.execute(
-        f"SELECT {col}, count(*), sum(qty - filled), count(DISTINCT order_id),"
-        f" group_concat(DISTINCT {'customer' if by in ('item', 'supplier') else 'sku'})"
+        f"SELECT {col}, count(*), sum(qty - filled), count(DISTINCT order_id)"
         f" FROM shortages {where} GROUP BY {col} ORDER BY sum(qty - filled) DESC, {col}",
         args,
-    )
+    ).fetchall()
+    other_col = "customer" if by in ("item", "supplier") else "sku"
+    others: dict[Any, list[str]] = {}
+    for k, v in conn.execute(
+        f"SELECT {col}, {other_col} FROM shortages {where} GROUP BY {col}, {other_col}"
+        f" ORDER BY {col}, {other_col}",
+        args,
+    ):
+        if v:  # as the old group_concat listed them: the non-empty ones
+            others.setdefault(k, []).append(v)
     other = "customers" if by in ("item", "supplier") else "items"
     return [
-        {
-            by: k,
-            "lines": n,
-            "units": u,
-            "orders": o,
-            other: sorted((g or "").split(",")) if g else [],
-        }
-        for k, n, u, o, g in rows
+        {by: k, "lines": n, "units": u, "orders": o, other: sorted(others.get(k, []))} for k, n, u, o in rows
     ]

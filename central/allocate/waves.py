@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+
 from central.allocate import demand, inventory, shortage
 from central.allocate.allocation import (
     CompanyPolicy,
@@ -39,6 +41,8 @@ from central.fulfil import picktime
 from central.hub import hub_of
 from central.orders import lifecycle
 from runtime.clock import now_ms
+from runtime.dbapi import dialect, is_postgres_url
+from runtime.pgdb import PgConnection
 
 BATCH_KEYS = ("window", "run", "zone", "route", "processing", "vehicle")
 
@@ -103,7 +107,10 @@ def pending_orders(
     if cutoff is not None:
         sql += " AND o.received_at <= ?"
         args.append(cutoff)
-    return [r[0] for r in conn.execute(sql + " ORDER BY o.order_id", args)]
+    # PostgreSQL, several workers: each order is claimed by one wave at a time (its row locked
+    # till commit; one another worker's wave holds is skipped, not waited for)
+    lock = " FOR UPDATE OF o SKIP LOCKED" if dialect(conn) == "postgresql" else ""
+    return [r[0] for r in conn.execute(sql + " ORDER BY o.order_id" + lock, args)]
 
 
 def _allocate_batch(
@@ -368,6 +375,13 @@ def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _open_read_only(db: str) -> Any:
+    if is_postgres_url(db):
+        raw = psycopg.connect(db, autocommit=True, options="-c default_transaction_read_only=on")
+        return PgConnection(raw)
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+
+
 def pick_schedule(
     *,
     db: str,
@@ -377,15 +391,16 @@ def pick_schedule(
     wave_ids: Sequence[int] | None,
     as_json: bool,
 ) -> int:
-    """Print :func:`plan` for central's database file ``db`` (opened read only)."""
+    """Print :func:`plan` for central's database ``db``, a SQLite file or a ``postgresql://``
+    URL (opened read only)."""
     start = start_ms if start_ms is not None else now_ms()
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        conn = _open_read_only(db)
         try:
             out = plan(conn, start_ms=start, teams=teams, load_s=load_s, wave_ids=wave_ids)
         finally:
             conn.close()
-    except (picktime.PickTimeError, sqlite3.Error) as e:
+    except (picktime.PickTimeError, sqlite3.Error, psycopg.Error) as e:
         print(f"error: {db}: {e}", file=sys.stderr)
         return 1
     if as_json:

@@ -142,7 +142,9 @@ def task_id_for(alloc_id: int) -> str:
 def set_tote(conn: sqlite3.Connection, location: str, sku: str, *, tote: str, tote_location: str) -> None:
     """``sku`` at ``location`` sits in AS/RS storage tote ``tote`` at ``tote_location``."""
     conn.execute(
-        "INSERT OR REPLACE INTO pick_totes (location, sku, tote, tote_location) VALUES (?, ?, ?, ?)",
+        "INSERT INTO pick_totes (location, sku, tote, tote_location) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (location, sku) DO UPDATE SET tote = excluded.tote,"
+        " tote_location = excluded.tote_location",
         (location, sku, tote, tote_location),
     )
 

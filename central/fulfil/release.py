@@ -47,15 +47,30 @@ def release_allocated(conn: sqlite3.Connection, *, limit: int) -> list[dict[str,
 
 
 class Releaser:
-    def __init__(self, db: DurableDB, settings: ReleaseSettings, *, on_release: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db: DurableDB,
+        settings: ReleaseSettings,
+        *,
+        on_release: Callable[[], None],
+        fence: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """``fence``: called first in each release job (``central.workers.Worker.fence``: fails
+        unless this worker holds the release lease, so two workers never release at once)."""
         self.db = db
+        self.fence = fence
         self.settings = settings
         self.on_release = on_release
         self.released_orders = 0
         self.tasks = 0
 
     async def tick(self) -> int:
-        out = await self.db.write(lambda c: release_allocated(c, limit=self.settings.max_orders))
+        def job(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            if self.fence is not None:
+                self.fence(conn)
+            return release_allocated(conn, limit=self.settings.max_orders)
+
+        out = await self.db.write(job)
         tasks = sum(int(r["tasks"]) for r in out)
         if out:
             self.released_orders += sum(int(r["orders"]) for r in out)

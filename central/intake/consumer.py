@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from central import wiring
-from central.downlink import DownlinkSender, apply_gateway_acks
+from central.downlink import DownlinkSender, Owner, apply_gateway_acks
 from central.hub import Hub
 from central.intake.ingest import quarantine_message, quick_checks, receive_uplink
 from central.intake.processor import Processor
@@ -36,9 +36,10 @@ from protocols import envelope, topics
 from protocols.bounded import JsonError, json_loads
 from protocols.envelope import Ack, AckStatus, EnvelopeError
 from runtime.clock import now_ms
+from runtime.dbapi import IntegrityError
 from runtime.mqtt import Client, no_delay, stay_linked
 from runtime.retry import TaskGroup, supervise
-from runtime.sqlitedb import DurableDB, StorageFull
+from runtime.sqlitedb import DatabaseError, DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ MAX_OUTSTANDING = 256
 # queued while one is written) and lets each message's acks go out as soon as it is committed.
 RECEIVE_JOBS = 2
 SESSION_EXPIRY_S = 24 * 3600
+# A central worker among several (``central.app.for_worker``): the broker goes on handing a
+# dead member of the share group its part of the uplinks, queued in its session, until that
+# session expires (Mosquitto, like other brokers, counts a disconnected session as a member).
+# Nothing is lost (the gateways resend what central did not ack), but a worker that does not
+# come back would hold a third of the traffic for a day: a worker's session lasts this long.
+WORKER_SESSION_EXPIRY_S = 10
 
 
 @dataclass(slots=True)
@@ -80,6 +87,9 @@ class BrokerSettings:
     client_id: str = "central-1"
     shared_subscription: bool = True
     keepalive: int = 30
+    # how long the broker keeps central's session (its subscriptions and queued messages)
+    # after the connection is gone
+    session_expiry_s: int = SESSION_EXPIRY_S
     # The MQTT 5 share group of central's uplink subscription. broker-init writes a secret one:
     # whoever joins central's group takes uplinks away from it (ops/BROKER.md, "Shared subscriptions").
     share_group: str = topics.CENTRAL_SHARE_GROUP
@@ -100,9 +110,11 @@ class Consumer:
         on_status: Callable[[str, bytes], Awaitable[None]] | None = None,
         hub: Hub | None = None,
         on_bridge_state: Callable[[str, bytes], Awaitable[None]] | None = None,
+        owner: Owner | None = None,
     ) -> None:
         """``hub``: the central's wiring, as its database was opened with (``central.wiring``);
-        by default the standard one."""
+        by default the standard one. ``owner``: this worker's leases when several central
+        workers share the database (``central.workers``): it sends only the gateways it owns."""
         self.db = db
         self.hub = hub or wiring.hub()
         self.on_status = on_status
@@ -114,7 +126,7 @@ class Consumer:
         self._receive_slots = asyncio.Semaphore(RECEIVE_JOBS)  # FIFO: arrival order is kept
         self._fault_marker = os.environ.get("STOREGATE_FAULT_KILL_AFTER_COMMIT")
         self.client: Client | None = None
-        self.downlink = DownlinkSender(db)
+        self.downlink = DownlinkSender(db, owner=owner)
         self.receiving = 0  # messages being received right now
         self._quick = quick_checks(self.hub)
         self._sessions: dict[str, object] = {}  # gateway -> its MQTT session's connected_at
@@ -122,7 +134,7 @@ class Consumer:
 
     def _client(self) -> Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = self.broker.session_expiry_s
         tls = aiomqtt.TLSParameters(ca_certs=self.broker.tls_ca) if self.broker.tls_ca else None
         return Client(
             self.broker.host,
@@ -208,6 +220,19 @@ class Consumer:
             # Nothing of the message was committed, so nothing is acked: the gateway sends its
             # records again (ack timeout) and they are taken once the disk has room.
             self.stats.storage_refused += 1
+            log.warning("message on %s not taken and not acked: %s", message.topic.value, e)
+        except IntegrityError as e:
+            # central workers on one PostgreSQL database: another worker took one of these
+            # records in the same moment (redelivered to it) and committed first. Nothing of
+            # this message was kept and it is not acked; the gateway's resend gets the answer
+            # the first one stored.
+            log.warning(
+                "message on %s not taken (a record of it taken meanwhile): %s", message.topic.value, e
+            )
+        except DatabaseError as e:
+            # The database's connection lost under the job (runtime.pgdb.ConnectionLost): not
+            # committed (or not known to be), not acked; the gateway sends it again and the
+            # record ids tell a repeat from a first time
             log.warning("message on %s not taken and not acked: %s", message.topic.value, e)
         except Exception:
             # A bug met by one message (a poison no bound foresaw): that message is neither

@@ -13,7 +13,6 @@ and returns a reference (e.g. the order number) or raises :class:`Rejected`.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from protocols.records import (
     parse_order,
 )
 from runtime.clock import now_ms
+from runtime.dbapi import dialect, in_chunks, is_transient
 from runtime.sqlitedb import insert_rows, savepoint
 
 log = logging.getLogger(__name__)
@@ -234,16 +234,16 @@ def receive_uplink(conn: sqlite3.Connection, *, topic_gw: str, topic: str, up: U
 def _prior_answers(
     conn: sqlite3.Connection, ids: list[str]
 ) -> dict[str, tuple[str, str, str | None, str | None]]:
-    # One statement whatever the count: the ids go as one JSON array (the statement text stays
-    # the same, so it stays prepared; a list of ``?`` would be a new statement per count).
-    return {
-        rid: (gw, status, reason, ref)
+    # A few statements whatever the count: chunks of a power-of-two size (few texts, so they
+    # stay prepared), portable SQL (was one JSON array through json_each)
+    out: dict[str, tuple[str, str, str | None, str | None]] = {}
+    for marks, params in in_chunks(ids):
         for rid, gw, status, reason, ref in conn.execute(
-            "SELECT record_id, gateway, status, reason, ref FROM processed"
-            " WHERE record_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(ids),),
-        )
-    }
+            f"SELECT record_id, gateway, status, reason, ref FROM processed WHERE record_id IN ({marks})",
+            params,
+        ):
+            out[rid] = (gw, status, reason, ref)
+    return out
 
 
 def _repeat_answer(ctx: Context, rid: str, prior: tuple[str, str, str | None, str | None]) -> Ack:
@@ -368,6 +368,8 @@ def _process_queue(
         except Rejected as e:
             status, reason = AckStatus.REJECTED, e.reason
         except Exception as e:
+            if is_transient(e):  # a deadlock, a lost connection: the group runs again, or fails
+                raise
             log.exception("gw=%s record %s (%s) failed in processing; quarantined", gw, rec.id, rec.type)
             hub.internal_errors += 1
             status = AckStatus.REJECTED
@@ -410,7 +412,7 @@ def _queued(
     rows: list[_Queued] = []
     recs: list[Record] = []
     progress: list[tuple[int, int, int]] = []
-    cur = conn.execute("SELECT n, gateway, raws, count, done FROM work_queue ORDER BY n")
+    cur = _claim_queue(conn)
     for n, gw, raws, count, done in cur:  # row by row, only as many as the limit needs
         take = count - done if limit is None else min(count - done, limit - len(rows))
         u = msgpack.Unpacker(raw=False, max_buffer_size=max(1, len(raws)))
@@ -429,6 +431,45 @@ def _queued(
             break
     cur.close()
     return rows, recs, progress
+
+
+# PostgreSQL, several workers: gateways whose queued records one processing job may take
+CLAIM_GATEWAYS = 32
+
+
+def _claim_queue(conn: sqlite3.Connection) -> Any:
+    """The queue rows this processing job may work on, in arrival order (a cursor).
+
+    SQLite: all of them (the single writer serialises the workers: nobody else processes
+    meanwhile). PostgreSQL, with several central workers processing at once: the rows of at
+    most :data:`CLAIM_GATEWAYS` gateways, the first ones in the queue whose transaction-level
+    advisory lock (one per gateway) this job gets, skipping those another worker holds; they
+    stay this job's until it commits. So one gateway's records are processed by one worker at
+    a time, in their order: an order change never races the order it changes (parked or
+    drained, ``orders.gateway_change``), nor two changes of one order each other."""
+    if dialect(conn) == "sqlite":
+        return conn.execute("SELECT n, gateway, raws, count, done FROM work_queue ORDER BY n")
+    first = conn.execute(
+        "SELECT gateway, min(n) FROM work_queue GROUP BY gateway ORDER BY min(n), gateway LIMIT ?",
+        (CLAIM_GATEWAYS * 4,),
+    ).fetchall()
+    mine: list[str] = []
+    for gw, _ in first:
+        if conn.execute("SELECT pg_try_advisory_xact_lock(?, hashtext(?))", (WORK_LOCK_SPACE, gw)).fetchone()[
+            0
+        ]:
+            mine.append(gw)
+            if len(mine) >= CLAIM_GATEWAYS:
+                break
+    if not mine:
+        return conn.execute("SELECT n, gateway, raws, count, done FROM work_queue WHERE 1 = 0")
+    marks = ",".join("?" * len(mine))
+    return conn.execute(
+        f"SELECT n, gateway, raws, count, done FROM work_queue WHERE gateway IN ({marks}) ORDER BY n", mine
+    )
+
+
+WORK_LOCK_SPACE = 0x5347  # the first key of central's per-gateway processing locks ("SG")
 
 
 def _left_queued(progress: list[tuple[int, int, int]], left: list[_Queued]) -> list[tuple[int, int, int]]:
@@ -474,7 +515,9 @@ def _orders_together(
     try:
         with savepoint(conn, "orders_together"):
             made = orders.create_batch(conn, batch, now=now, stop=stop)
-    except Exception:
+    except Exception as e:
+        if is_transient(e):
+            raise
         log.exception("orders processed together failed; processing them one by one")
         return None
     return [c.order_no for c in made]

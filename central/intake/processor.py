@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from central.intake.ingest import process_queue
 from protocols.envelope import Ack
-from runtime.sqlitedb import DurableDB, StorageFull
+from runtime.sqlitedb import DatabaseError, DurableDB, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ CHUNK = 64  # records read from the queue at a time (what a stop leaves unread i
 JOB_MIN_S = 0.005  # a job others wait for gets this long before it makes way
 JOB_MAX_S = 0.1  # what a job commits, its orders' status included, is at most this late
 JOB_MAX_RECORDS = 1024
+RETRY_AFTER_DB_ERROR_S = 0.5  # a processing job failed by the database (not a full disk)
 
 
 class Processor:
@@ -89,6 +90,12 @@ class Processor:
             except StorageFull as e:  # the queue stays as it was; processed once there is room
                 log.warning("processing postponed: %s", e)
                 await self.db.wait_writable()
+                continue
+            except DatabaseError as e:
+                # PostgreSQL's connection lost (runtime.pgdb.ConnectionLost) or writers that kept
+                # deadlocking: nothing of the job was committed, the queue stays as it was
+                log.warning("processing postponed %.1fs: %s", RETRY_AFTER_DB_ERROR_S, e)
+                await asyncio.sleep(RETRY_AFTER_DB_ERROR_S)
                 continue
             if done:
                 self.jobs += 1

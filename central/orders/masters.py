@@ -16,7 +16,8 @@ order's status moves the customer's exposure (:mod:`central.orders.lifecycle`).
 
 Validation reads masters through :func:`cache` - an in-memory snapshot per connection,
 dropped by every master write here and by commits from other processes
-(``PRAGMA data_version``), so the order hot path does no per-line master queries.
+(``PRAGMA data_version``; on PostgreSQL the ``master_version`` row that triggers renumber),
+so the order hot path does no per-line master queries.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from protocols.asrs import ID_RE as ASRS_ID_RE
 from protocols.bounded import value_repr
 from protocols.topics import GATEWAY_ID_RE
 from runtime.clock import now_ms
+from runtime.dbapi import dialect
 from runtime.sqlitedb import savepoint
 
 log = logging.getLogger(__name__)
@@ -421,10 +423,15 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
         gtins, storage = row.pop("gtins"), row.pop("storage")
         _replace(conn, "items", row, key=("sku",))
         sku = row["sku"]
-        taken = conn.execute(
-            f"SELECT gtin, sku FROM item_gtins WHERE gtin IN ({', '.join('?' * len(gtins))}) AND sku != ?",
-            [*gtins, sku],
-        ).fetchall()
+        taken = (  # no GTINs: nothing to look up (PostgreSQL refuses an empty IN ())
+            conn.execute(
+                f"SELECT gtin, sku FROM item_gtins WHERE gtin IN ({', '.join('?' * len(gtins))})"
+                " AND sku != ?",
+                [*gtins, sku],
+            ).fetchall()
+            if gtins
+            else []
+        )
         if taken:
             raise MasterError("items", sku, "gtins", f"GTIN {taken[0][0]} already belongs to {taken[0][1]!r}")
         conn.execute("DELETE FROM item_gtins WHERE sku = ?", (sku,))
@@ -682,9 +689,17 @@ def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
     return snap
 
 
+# SQLite: moves with any commit by another connection (this one's own master writes call
+# invalidate); PostgreSQL: a number new with every master change by anyone (central_0010)
+_VERSION = {
+    "sqlite": "PRAGMA data_version",
+    "postgresql": "SELECT version FROM master_version WHERE id = 1",
+}
+
+
 def cache(conn: sqlite3.Connection) -> Snapshot:
     """The masters as of this connection's latest view; reloaded after any master change."""
-    version = conn.execute("PRAGMA data_version").fetchone()[0]
+    version = conn.execute(_VERSION[dialect(conn)]).fetchone()[0]
     st = state(conn)
     if st.masters is not None and st.masters[0] == version:
         return st.masters[1]
@@ -724,6 +739,8 @@ def _item_wire(
     args: list[Any] = [price_class or ""]
     if skus is not None:
         skus = list(skus)
+        if not skus:  # ``IN ()`` is SQLite's only
+            return []
         sql += f" AND i.sku IN ({', '.join('?' * len(skus))})"
         args += skus
     out = []
@@ -824,23 +841,25 @@ def publish_standing(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``storegate masters import KIND FILE.csv --db PATH``: import a master CSV atomically."""
+    """``storegate masters import KIND FILE.csv --db PATH|URL``: import a master CSV atomically
+    (``--db``: central's SQLite file, or its PostgreSQL database as a ``postgresql://`` URL)."""
     from central.migrations import all_migrations  # noqa: PLC0415
-    from runtime.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
+    from runtime import dbapi  # noqa: PLC0415 - CLI only
 
     p = argparse.ArgumentParser(prog="storegate masters", description="Central master data.")
     sub = p.add_subparsers(dest="cmd", required=True)
     imp = sub.add_parser("import", help="import a CSV file (header row = field names)")
     imp.add_argument("kind", choices=sorted(KINDS))
     imp.add_argument("file")
-    imp.add_argument("--db", default="var/central/central.db", help="central database file")
+    imp.add_argument(
+        "--db", default="var/central/central.db", help="central database file or postgresql:// URL"
+    )
     args = p.parse_args(argv)
-    conn = connect(args.db)
+    conn = dbapi.connect(args.db, migrations=all_migrations())
     try:
-        apply_migrations(conn, all_migrations())
         with open(args.file, encoding="utf-8-sig") as f:
             text = f.read()
-        conn.execute("BEGIN IMMEDIATE")
+        dbapi.begin(conn)
         try:
             n = import_csv(conn, args.kind, text)
         except MasterError as e:

@@ -34,6 +34,7 @@ from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
 from runtime.clock import now_ms
+from runtime.dbapi import dialect, give_back_id, next_ids
 from runtime.sqlitedb import insert_rows, savepoint
 
 
@@ -82,13 +83,16 @@ def create(
     result = _validate(conn, order, snap, now=now, order_id=None)
     if refuse_failures and result.failures:
         raise OrderError("; ".join(f"{c.name}: {c.detail}" for c in result.failures))
-    # AUTOINCREMENT gives the next id as sqlite_sequence's seq + 1: number it in the INSERT
-    cur = conn.execute(
-        "INSERT INTO orders (order_no, record_id, gateway, seq, customer, channel, order_type,"
+    # the id first, so the order is numbered in its INSERT (runtime.dbapi.next_ids)
+    (oid,) = next_ids(conn, "orders", "order_id")
+    number = order_no(oid)
+    conn.execute(
+        "INSERT INTO orders (order_id, order_no, record_id, gateway, seq, customer, channel, order_type,"
         " requested_date, status, note, source_ref, created_at, received_at, updated_at, value, requirements)"
-        " VALUES ('SO' || printf('%08d', coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'orders'), 0)"
-        " + 1), ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?) RETURNING order_id, order_no",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
         (
+            oid,
+            number,
             record_id,
             gateway,
             seq,
@@ -105,11 +109,6 @@ def create(
             result.requirements,
         ),
     )
-    oid, number = cur.fetchone()
-    cur.close()
-    if number != order_no(oid):  # never expected; keep the number tied to the id regardless
-        number = order_no(oid)
-        conn.execute("UPDATE orders SET order_no = ? WHERE order_id = ?", (number, oid))
     priced = {p.line_no: p for p in result.lines}
     conn.executemany(
         "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price, amount)"
@@ -166,8 +165,9 @@ def _record_checks(conn: sqlite3.Connection, oid: int, result: Result, now: int,
         ).fetchone()[0]
     )
     conn.executemany(
-        "INSERT INTO order_checks (order_id, run, name, outcome, detail, at) VALUES (?, ?, ?, ?, ?, ?)",
-        [(oid, run, c.name, c.outcome.value, c.detail, now) for c in result.checks],
+        "INSERT INTO order_checks (order_id, run, name, outcome, detail, at, pos)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(oid, run, c.name, c.outcome.value, c.detail, now, i) for i, c in enumerate(result.checks)],
     )
 
 
@@ -439,12 +439,16 @@ def apply_change(conn: sqlite3.Connection, oid: int, change: OrderChange, *, act
 
 
 def may_have_parked(conn: sqlite3.Connection) -> bool:
-    """False when no order change is parked (a connection known to hold none need not look)."""
+    """False when no order change is parked. A connection that found none need not look again
+    while nobody else has committed (SQLite's ``PRAGMA data_version`` unmoved): another central
+    worker on the database may park a change for an order this one is about to create. On
+    PostgreSQL it always looks (one indexed row at most)."""
     st = state(conn)
-    if st.none_parked:
+    version = conn.execute("PRAGMA data_version").fetchone()[0] if dialect(conn) == "sqlite" else None
+    if version is not None and st.none_parked == version:
         return False
     if conn.execute("SELECT 1 FROM parked_changes LIMIT 1").fetchone() is None:
-        st.none_parked = True
+        st.none_parked = version
         return False
     return True
 
@@ -467,7 +471,7 @@ def gateway_change(
             (change.order, change.change_seq),
         ).fetchone():
             raise OrderError(f"change_seq {change.change_seq} for {change.order!r} is already waiting")
-        state(conn).none_parked = False
+        state(conn).none_parked = None
         conn.execute(
             "INSERT INTO parked_changes (order_ref, change_seq, record_id, gateway, body, parked_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -524,16 +528,16 @@ def due_contract_deliveries(
     conn: sqlite3.Connection, today: dt.date, *, limit: int = -1
 ) -> list[tuple[str, str, str]]:
     """(contract, date, customer) of the active contracts' deliveries due by ``today`` that
-    have no order yet, oldest first."""
-    return [
-        (str(c), str(d), str(cu))
-        for c, d, cu in conn.execute(
-            "SELECT d.contract, d.date, c.customer FROM contract_deliveries d"
-            " JOIN contracts c ON c.code = d.contract"
-            " WHERE d.order_id IS NULL AND d.date <= ? AND c.active = 1 ORDER BY d.date, d.contract LIMIT ?",
-            (today.isoformat(), limit),
-        )
-    ]
+    have no order yet, oldest first; at most ``limit`` of them (negative: all)."""
+    sql = (
+        "SELECT d.contract, d.date, c.customer FROM contract_deliveries d"
+        " JOIN contracts c ON c.code = d.contract"
+        " WHERE d.order_id IS NULL AND d.date <= ? AND c.active = 1 ORDER BY d.date, d.contract"
+    )
+    params: tuple[Any, ...] = (today.isoformat(),)
+    if limit >= 0:  # PostgreSQL refuses SQLite's LIMIT -1
+        sql, params = sql + " LIMIT ?", (*params, limit)
+    return [(str(c), str(d), str(cu)) for c, d, cu in conn.execute(sql, params)]
 
 
 def make_contract_delivery(
@@ -600,18 +604,68 @@ class NewOrder:
 _FAST_KEYS = {"orders": "order_id", "order_events": "id", "alloc_runs": "run_id", "downlink_outbox": "seq"}
 
 
-def _next_ids(conn: sqlite3.Connection) -> dict[str, int]:
-    """The next AUTOINCREMENT id per table: what an INSERT would take (one more than the
-    larger of its ``sqlite_sequence`` entry and its largest key)."""
-    row = conn.execute(
-        "SELECT "
-        + ", ".join(
-            f"max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{t}'), 0),"
-            f" coalesce((SELECT max({k}) FROM {t}), 0)) + 1"
-            for t, k in _FAST_KEYS.items()
-        )
-    ).fetchone()
-    return dict(zip(_FAST_KEYS, row, strict=True))
+class _Ids:
+    """The ids the set-based path gives its rows, in the order one by one would take them.
+    SQLite (one writer): what AUTOINCREMENT would hand out next, read once and counted on.
+    PostgreSQL: taken from the tables' sequences (other workers take theirs meanwhile) in a few
+    round trips per run: a block of order ids at its first order, the runs', events' and
+    downlink's ids once it is known how many went through; the order ids not used go back to
+    the connection for the next orders (``runtime.dbapi.give_back_id``)."""
+
+    __slots__ = ("_conn", "_next", "_orders")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._next: dict[str, int] | None = None
+        self._orders: list[int] = []  # order ids taken (PostgreSQL), not used yet
+        if dialect(conn) == "sqlite":
+            row = conn.execute(
+                "SELECT "
+                + ", ".join(
+                    f"max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{t}'), 0),"
+                    f" coalesce((SELECT max({k}) FROM {t}), 0)) + 1"
+                    for t, k in _FAST_KEYS.items()
+                )
+            ).fetchone()
+            self._next = dict(zip(_FAST_KEYS, row, strict=True))
+
+    def _count(self, table: str, n: int = 1) -> list[int]:
+        assert self._next is not None
+        first = self._next[table]
+        self._next[table] = first + n
+        return list(range(first, first + n))
+
+    def order(self, left: int) -> int:
+        """The next order's id; ``left``: orders left in the run, this one included."""
+        if self._next is not None:
+            return self._count("orders")[0]
+        if not self._orders:
+            self._orders = next_ids(self._conn, "orders", "order_id", left)
+        return self._orders[0]
+
+    def used(self) -> None:
+        """The order of :meth:`order` went through."""
+        if self._next is None:
+            self._orders.pop(0)
+
+    def done(self, n: int) -> list[tuple[int, list[int], int]]:
+        """The run ended with ``n`` orders through: each one's run id, three event ids and
+        status record's downlink seq. Order ids taken and not used go back."""
+        for oid in reversed(self._orders):
+            give_back_id(self._conn, "orders", "order_id", oid)
+        self._orders = []
+        if n == 0:
+            return []
+        if self._next is not None:
+            out = []
+            for _ in range(n):
+                run, events = self._count("alloc_runs")[0], self._count("order_events", 3)
+                out.append((run, events, self._count("downlink_outbox")[0]))
+            return out
+        runs = next_ids(self._conn, "alloc_runs", "run_id", n)
+        events = next_ids(self._conn, "order_events", "id", 3 * n)
+        seqs = next_ids(self._conn, "downlink_outbox", "seq", n)
+        return [(runs[k], events[3 * k : 3 * k + 3], seqs[k]) for k in range(n)]
 
 
 def create_batch(
@@ -707,7 +761,7 @@ def _create_together(
             owed[c] = True
     snap = masters.cache(conn)
     network = kept.network = kept.network or inventory.load_network(conn)
-    ids = _next_ids(conn)
+    ids = _Ids(conn)
     today_v = today_of(now)
     today_a = dt.date.today()
     iso_today = today_a.isoformat()
@@ -727,12 +781,13 @@ def _create_together(
     open_delta: dict[str, int] = {}
     bump: dict[tuple[str, str], int] = {}
     made: list[Created] = []
+    through: list[tuple[Any, ...]] = []  # what each order that went through needs once ids are known
     # the stock of every sku named in this run not read yet, in one read (a sku given as a
     # GTIN only: when its order comes)
     avail = kept.avail
     kept.read(conn, sorted({ln.sku for n in new for ln in n.order.lines if ln.sku}))
     status_ids = iter(record_ids.new_record_ids(len(new), now))  # one random read for the run
-    for n in new:
+    for k, n in enumerate(new):
         if made and stop is not None and stop():
             break
         order = n.order
@@ -751,7 +806,7 @@ def _create_together(
         )
         if not result.passed:
             break
-        oid = ids["orders"]
+        oid = ids.order(len(new) - k)
         number = order_no(oid)
         priced = {p.line_no: p for p in result.lines}
         lines = [(ln.line_no, ln.gtin, priced[ln.line_no].sku, ln.qty, ln.price) for ln in order.lines]
@@ -775,15 +830,10 @@ def _create_together(
         res = allocate([d], stock, title=title, **kw)
         if res.shortfalls or len(res.outcomes) != 1 or res.outcomes[0].status != "allocated":
             break
-        # -- the order goes through: its rows, in the order one by one would write them
+        # -- the order goes through: its rows, in the order one by one would write them (those
+        # that carry run, event and downlink ids once the run's end tells how many)
+        ids.used()
         t_alloc = now_ms()
-        run_id = ids["alloc_runs"]
-        ev = ids["order_events"]
-        outcome = res.outcomes[0]
-        detail = (
-            f"realtime run {run_id}: {outcome.allocated} allocated, {outcome.short} short"
-            f" (rank {outcome.rank})"
-        )
         o_rows.append(
             (
                 oid,
@@ -809,36 +859,43 @@ def _create_together(
             (oid, ln, gtin, sku, qty, price, priced[ln].unit_price, priced[ln].amount)
             for ln, gtin, sku, qty, price in lines
         )
-        e_rows.append((ev, oid, now, "received", "received", n.origin or f"via {n.channel}", "system"))
-        c_rows.extend((oid, 1, c.name, c.outcome.value, c.detail, now) for c in result.checks)
-        e_rows.append((ev + 1, oid, now, "validated", "validated", f"checks: {result.summary()}", "system"))
+        c_rows.extend(
+            (oid, 1, c.name, c.outcome.value, c.detail, now, i) for i, c in enumerate(result.checks)
+        )
         open_delta[order.customer] = open_delta.get(order.customer, 0) + result.value
         crow[i_open] = open_after
-        text = res.trace_text
-        r_rows.append(
-            (
-                run_id,
-                "realtime",
-                None,
-                t_alloc,
-                packer.pack([d], stock, title=title),
-                text,
-                hashlib.sha256(text.encode()).hexdigest(),
-            )
-        )
         for a in res.allocations:
             key = (a.location, a.sku)
             avail[key] -= a.qty
             bump[key] = bump.get(key, 0) + a.qty
-            a_rows.append((a.order_id, a.line_no, a.location, a.sku, a.qty, a.rule, run_id, None, t_alloc))
+        through.append((n, oid, number, result, res, t_alloc, packer.pack([d], stock, title=title)))
+        made.append(Created(oid, number, "allocated", result))
+    for (run_id, (ev, ev1, ev2), dl_seq), (n, oid, number, result, res, t_alloc, inputs) in zip(
+        ids.done(len(made)), through, strict=True
+    ):
+        outcome = res.outcomes[0]
+        detail = (
+            f"realtime run {run_id}: {outcome.allocated} allocated, {outcome.short} short"
+            f" (rank {outcome.rank})"
+        )
+        e_rows.append((ev, oid, now, "received", "received", n.origin or f"via {n.channel}", "system"))
+        e_rows.append((ev1, oid, now, "validated", "validated", f"checks: {result.summary()}", "system"))
+        text = res.trace_text
+        r_rows.append(
+            (run_id, "realtime", None, t_alloc, inputs, text, hashlib.sha256(text.encode()).hexdigest())
+        )
+        a_rows.extend(
+            (a.order_id, a.line_no, a.location, a.sku, a.qty, a.rule, run_id, None, t_alloc)
+            for a in res.allocations
+        )
         s_rows.append((oid, "allocated", run_id, None, None, t_alloc))
-        e_rows.append((ev + 2, oid, t_alloc, "allocated", "allocated", detail, "allocation"))
+        e_rows.append((ev2, oid, t_alloc, "allocated", "allocated", detail, "allocation"))
         body = {
             "record_id": n.record_id,
             "order_no": number,
             "status": "allocated",
             "detail": detail,
-            "version": ev + 2,
+            "version": ev2,
             "at": t_alloc,
         }
         d_rows.append(
@@ -846,15 +903,10 @@ def _create_together(
                 n.gateway,
                 lifecycle.STATUS_RECORD,
                 body,
-                seq=ids["downlink_outbox"],
+                seq=dl_seq,
                 record_id=next(status_ids),
             )
         )
-        ids["orders"] += 1
-        ids["order_events"] += 3
-        ids["alloc_runs"] += 1
-        ids["downlink_outbox"] += 1
-        made.append(Created(oid, number, "allocated", result))
     if not made:
         inventory.keep_stock(conn, kept)
         return []
@@ -870,7 +922,7 @@ def _create_together(
         conn, "INSERT INTO order_lines (order_id, line_no, gtin, sku, qty, price, unit_price, amount)", l_rows
     )
     insert_rows(conn, "INSERT INTO order_events (id, order_id, at, event, status, detail, actor)", e_rows)
-    insert_rows(conn, "INSERT INTO order_checks (order_id, run, name, outcome, detail, at)", c_rows)
+    insert_rows(conn, "INSERT INTO order_checks (order_id, run, name, outcome, detail, at, pos)", c_rows)
     conn.executemany(
         "UPDATE customers SET open_value = open_value + ? WHERE code = ?",
         [(v, c) for c, v in open_delta.items()],

@@ -266,8 +266,9 @@ def _pass_to_suppliers(
     sent_to = []
     for supplier, lines in sorted(by_supplier.items()):
         conn.execute(
-            "INSERT OR REPLACE INTO drop_ships (order_id, supplier, status, updated_at)"
-            " VALUES (?, ?, 'sent', ?)",
+            "INSERT INTO drop_ships (order_id, supplier, status, updated_at) VALUES (?, ?, 'sent', ?)"
+            " ON CONFLICT (order_id, supplier) DO UPDATE SET status = excluded.status,"
+            " updated_at = excluded.updated_at",
             (order_id, supplier, now),
         )
         gw = conn.execute("SELECT gateway FROM locations WHERE code = ?", (supplier,)).fetchone()
@@ -365,7 +366,9 @@ def add_contract(
         [(code, s, q) for s, q in lines.items()],
     )
     conn.executemany(
-        "INSERT OR IGNORE INTO contract_deliveries (contract, date) VALUES (?, ?)", [(code, d) for d in dates]
+        "INSERT INTO contract_deliveries (contract, date) VALUES (?, ?)"
+        " ON CONFLICT (contract, date) DO NOTHING",
+        [(code, d) for d in dates],
     )
 
 

@@ -70,7 +70,7 @@ def get_order(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
     order["checks"] = [
         dict(zip(("run", "name", "outcome", "detail", "at"), r, strict=True))
         for r in conn.execute(
-            "SELECT run, name, outcome, detail, at FROM order_checks WHERE order_id = ? ORDER BY run, rowid",
+            "SELECT run, name, outcome, detail, at FROM order_checks WHERE order_id = ? ORDER BY run, pos",
             (oid,),
         )
     ]

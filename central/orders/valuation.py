@@ -18,6 +18,8 @@ from __future__ import annotations
 import sqlite3
 from decimal import ROUND_HALF_UP, Decimal
 
+from runtime.dbapi import has_table
+
 _HUNDRED = Decimal(100)
 
 
@@ -55,7 +57,7 @@ def return_credit(conn: sqlite3.Connection, order_id: int, line_no: int, qty: in
 
 def credited(conn: sqlite3.Connection, order_id: int) -> int:
     """What the order's returns (RMAs) have credited the customer so far."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rmas'").fetchone() is None:
+    if not has_table(conn, "rmas"):
         return 0  # a database without the allocation tables has no returns
     return int(
         conn.execute("SELECT coalesce(sum(credit), 0) FROM rmas WHERE order_id = ?", (order_id,)).fetchone()[

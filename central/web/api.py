@@ -549,12 +549,15 @@ async def health(request: web.Request) -> web.Response:
             "storage_refused": s.storage_refused,
         }
     storage = db.storage_state()
+    owner = consumer.downlink.owner if consumer is not None else None
     return _json(
         {
             "status": "ok" if storage["state"] == "ok" else "storage_full",
             "db": counts,
             "mqtt": mqtt,
             "storage": storage,
+            # this central worker (central.workers): the gateways whose downlink it sends, its jobs
+            "worker": owner.describe() if owner is not None else None,
         }
     )
 

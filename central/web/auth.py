@@ -84,8 +84,9 @@ def add_user(conn: sqlite3.Connection, name: str, role: Role | str, *, password:
         raise AuthError(f"user name {name!r}: 1..64 characters")
     token = secrets.token_urlsafe(32)
     conn.execute(
-        "INSERT OR REPLACE INTO users (name, role, token_sha256, password_hash, created_at)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO users (name, role, token_sha256, password_hash, created_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET role = excluded.role, token_sha256 = excluded.token_sha256,"
+        " password_hash = excluded.password_hash, created_at = excluded.created_at",
         (
             name,
             role.value,
@@ -123,9 +124,10 @@ def authenticate(conn: sqlite3.Connection, header: str | None) -> User:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``storegate users add NAME --role ROLE [--password PW] --db PATH``: prints the token."""
-    from central.schema import MIGRATIONS  # noqa: PLC0415
-    from runtime.sqlitedb import apply_migrations, connect  # noqa: PLC0415 - CLI only
+    """``storegate users add NAME --role ROLE [--password PW] --db PATH|URL``: prints the token
+    (``--db``: central's SQLite file, or its PostgreSQL database as a ``postgresql://`` URL)."""
+    from central.schema import MIGRATIONS  # noqa: PLC0415 - CLI only
+    from runtime import dbapi  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="storegate users", description="Central REST API users.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -133,12 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=[r.value for r in Role])
     add.add_argument("--password", help="also allow HTTP Basic with this password")
-    add.add_argument("--db", default="var/central/central.db", help="central database file")
+    add.add_argument(
+        "--db", default="var/central/central.db", help="central database file or postgresql:// URL"
+    )
     args = p.parse_args(argv)
-    conn = connect(args.db)
+    conn = dbapi.connect(args.db, migrations=MIGRATIONS)
     try:
-        apply_migrations(conn, MIGRATIONS)
-        conn.execute("BEGIN IMMEDIATE")
+        dbapi.begin(conn)
         try:
             token = add_user(conn, args.name, args.role, password=args.password)
         except AuthError as e:

@@ -36,7 +36,7 @@ STATES = ("problem", "ok", "online", "offline", "disk_full", "backlog_old", "ale
 _RANK = """CASE
     WHEN g.state = 'online' AND g.storage_state = 'full' THEN 0
     WHEN g.state = 'offline' THEN 1
-    WHEN g.oldest_age_s >= :backlog_age THEN 2
+    WHEN g.oldest_age_s >= ? THEN 2
     WHEN coalesce(a.n, 0) > 0 THEN 3
     ELSE 4 END"""
 _PROBLEMS = {0: "disk_full", 1: "offline", 2: "backlog_old", 3: "alerting", 4: ""}
@@ -79,9 +79,16 @@ def _like(q: str) -> str:
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _count(cond: str) -> str:
+    """How many rows ``cond`` holds for (SQL's sum of a condition, portable)."""
+    return f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END)"
+
+
+# One ``?`` (in _RANK): the backlog age in seconds from which a backlog counts as old.
 _BASE = f"""
     WITH a AS (SELECT gateway, count(*) AS n FROM alerts WHERE closed_ms IS NULL GROUP BY gateway),
-    d AS (SELECT gateway, count(*) AS n, sum(state = 'offline') AS off FROM fleet_devices GROUP BY gateway),
+    d AS (SELECT gateway, count(*) AS n, {_count("state = 'offline'")} AS off
+          FROM fleet_devices GROUP BY gateway),
     g AS (SELECT {", ".join("g." + c for c in _GCOLS)}, coalesce(a.n, 0) AS alerts,
                  coalesce(d.n, 0) AS devices, coalesce(d.off, 0) AS devices_offline, {_RANK} AS rank
           FROM fleet_gateways g LEFT JOIN a ON a.gateway = g.gateway LEFT JOIN d ON d.gateway = g.gateway)
@@ -103,11 +110,14 @@ _SUMMARY_KEYS = (
 
 def summary(conn: sqlite3.Connection, backlog_age_s: float) -> dict[str, int]:
     """The fleet in counts: gateways by state and problem, records waiting, devices, alerts."""
+    counts = ", ".join(
+        _count(c)
+        for c in ("state = 'online'", "state = 'offline'", "rank = 0", "rank = 2", "alerts > 0", "rank < 4")
+    )
     row = conn.execute(
-        _BASE + "SELECT count(*), sum(state = 'online'), sum(state = 'offline'), sum(rank = 0),"
-        " sum(rank = 2), sum(alerts > 0), sum(rank < 4), coalesce(sum(backlog), 0),"
+        _BASE + f"SELECT count(*), {counts}, coalesce(sum(backlog), 0),"
         " coalesce(sum(devices), 0), coalesce(sum(devices_offline), 0), count(DISTINCT site) FROM g",
-        {"backlog_age": backlog_age_s},
+        (backlog_age_s,),
     ).fetchone()
     out = {k: v or 0 for k, v in zip(_SUMMARY_KEYS, row, strict=True)}
     out["open_alerts"] = conn.execute("SELECT count(*) FROM alerts WHERE closed_ms IS NULL").fetchone()[0]
@@ -119,11 +129,11 @@ def gateway_list(
 ) -> dict[str, Any]:
     """One page of gateways, problems first, plus the fleet's summary (counts by state)."""
     base = _BASE
-    params: dict[str, Any] = {"backlog_age": backlog_age_s}
+    params: list[Any] = [backlog_age_s]
     where = []
-    if q:
-        where.append("(gateway LIKE :q ESCAPE '\\' OR site LIKE :q ESCAPE '\\')")
-        params["q"] = _like(q)
+    if q:  # any case: lower() on both sides (SQLite's LIKE ignores ASCII case, PostgreSQL's does not)
+        where.append("(lower(gateway) LIKE lower(?) ESCAPE '\\' OR lower(site) LIKE lower(?) ESCAPE '\\')")
+        params += [_like(q), _like(q)]
     if state:
         where.append(_STATE_WHERE[state])
     cond = ("WHERE " + " AND ".join(where)) if where else ""
@@ -131,8 +141,8 @@ def gateway_list(
     cols = (*_GCOLS, "alerts", "devices", "devices_offline", "rank")
     rows = conn.execute(
         base + f"SELECT {', '.join(cols)} FROM g {cond} ORDER BY rank, oldest_age_s DESC, gateway"
-        " LIMIT :limit OFFSET :offset",
-        {**params, "limit": limit, "offset": offset},
+        " LIMIT ? OFFSET ?",
+        [*params, limit, offset],
     ).fetchall()
     items = []
     for r in rows:
@@ -285,7 +295,8 @@ def gateway_detail(
     out["records"] = [
         dict(zip(rcols, r, strict=True))
         for r in conn.execute(
-            f"SELECT {', '.join(rcols)} FROM processed WHERE gateway = ? ORDER BY seq DESC LIMIT ?",
+            f"SELECT {', '.join(rcols)} FROM processed WHERE gateway = ?"
+            " ORDER BY seq DESC, record_id DESC LIMIT ?",  # seq starts again with a new gateway database
             (gw, records),
         )
     ]
