@@ -1,0 +1,151 @@
+"""The fleet simulator (``firmware_sim.fleet``, ``storegate sim fleet``) against the real
+central process and a real Mosquitto: 200 gateways, each with its own MQTT connection, seen
+online at central within 5 s of connecting, every order taken exactly once, and gateways whose
+connection drops without a DISCONNECT shown offline through their Will."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from firmware_sim.fleet import Fleet, FleetConfig
+from ops.bench_fleet import RegistryWatcher
+from ops.broker import Mosquitto
+from tests.conftest import wait_for
+from tests.procs import ROOT, basic_auth, central_db, central_proc, central_settled
+
+GATEWAYS = 200
+FRESH_MS = 5000
+
+
+def _total(fleet: Fleet, key: str) -> int:
+    return sum(getattr(g.stats, key) for g in fleet.gateways.values())
+
+
+async def test_fleet_of_200_online_within_5s_orders_once_killed_offline_by_will(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    central = central_proc(tmp_path, broker.port)
+    await asyncio.to_thread(central.start)
+    try:
+        fleet = Fleet(FleetConfig(port=broker.port, gateways=GATEWAYS, orders_per_min=30, seed=7))
+        async with aiohttp.ClientSession(headers=basic_auth()) as http, fleet.running():
+            watcher = RegistryWatcher(central.url, fleet)
+            watch = asyncio.create_task(watcher.run(http))
+            try:
+                assert await fleet.wait_connected(within_s=30), f"{fleet.connected} connected"
+                await wait_for(
+                    lambda: len(watcher.first_online_ms) == GATEWAYS,
+                    timeout=15,
+                    what="every gateway online in central's fleet registry",
+                )
+                late = {
+                    gw: seen - fleet.gateways[gw].stats.first_connected_ms  # type: ignore[operator]
+                    for gw, seen in watcher.first_online_ms.items()
+                    if seen - (fleet.gateways[gw].stats.first_connected_ms or 0) > FRESH_MS
+                }
+                assert not late, f"seen online later than {FRESH_MS} ms after connecting: {late}"
+
+                # the order stream (30 a minute each: 100/s), then every outbox drains
+                await wait_for(lambda: _total(fleet, "orders") >= 300, timeout=20, what="300 orders made")
+                fleet.ordering.clear()
+                assert await fleet.wait_drained(within_s=30), f"{fleet.backlog} unacked"
+
+                # a tenth of the fleet loses its connection without DISCONNECT: the Will says offline
+                killed = list(fleet.gateways)[::10]
+                fleet.kill(killed)
+                await wait_for(
+                    lambda: all(watcher.state.get(gw) == "offline" for gw in killed),
+                    timeout=10,
+                    what="the killed gateways offline at central",
+                )
+                offline = {gw for gw, state in watcher.state.items() if state == "offline"}
+                assert offline == set(killed)
+                assert all(not fleet.gateways[gw].connected.is_set() for gw in killed)
+            finally:
+                watch.cancel()
+        summary = fleet.summary()
+        assert summary["duplicated"] == 0 and summary["unacked"] == 0 and summary["rejected"] == 0
+        assert summary["accepted"] + summary["duplicate_acks"] == summary["orders"]
+
+        await wait_for(lambda: central_settled(tmp_path), timeout=30, what="central processed every order")
+        conn = central_db(tmp_path)
+        try:
+            per_gw = dict(
+                conn.execute("SELECT gateway, count(*) FROM processed WHERE type = 'order' GROUP BY gateway")
+            )
+            orders = dict(conn.execute("SELECT record_id, gateway FROM orders").fetchall())
+        finally:
+            conn.close()
+        made = {rid: gw for gw, g in fleet.gateways.items() for rid in g.made}
+        assert len(made) == summary["orders"]
+        assert orders == made  # every order once, from the gateway that made it, and nothing else
+        assert per_gw == {gw: len(g.made) for gw, g in fleet.gateways.items() if g.made}
+    finally:
+        await asyncio.to_thread(central.stop)
+
+
+def _low_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+
+def test_sim_fleet_command_raises_its_fd_limit_and_drains(broker: Mosquitto, tmp_path: Path) -> None:
+    """``storegate sim fleet`` started with a soft limit of 64 open files runs 100 gateways
+    (lifting the soft limit to the hard one), and prints a summary with nothing lost or twice."""
+    central = central_proc(tmp_path, broker.port)
+    central.start()
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ops.cli",
+                "sim",
+                "fleet",
+                "--port",
+                str(broker.port),
+                "--gateways",
+                "100",
+                "--orders-per-min",
+                "60",
+                "--duration",
+                "3",
+                "--drain-timeout",
+                "30",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+            preexec_fn=_low_fd_limit,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert summary["ever_connected"] == 100 and summary["open_files_limit"] > 64
+        assert summary["drained"] is True and summary["unacked"] == 0 and summary["duplicated"] == 0
+        assert summary["orders"] > 0 and summary["acked"] == summary["orders"]
+    finally:
+        central.stop()
+
+
+def test_too_few_file_descriptors_is_a_clear_error() -> None:
+    """Below the hard limit nothing can help: the command says so and what to raise."""
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))\n"
+        "from ops.cli import main\n"
+        "sys.exit(main(['sim', 'fleet', '--gateways', '200', '--port', '1']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "264 file descriptors needed, the hard limit (ulimit -Hn) is 100" in proc.stderr
