@@ -500,6 +500,9 @@ class Fleet:
             raise FleetError(f"no credentials for {len(missing)} gateways, e.g. {missing[0]}")
         self.ordering = asyncio.Event()
         self.open_files = 0
+        # (wall ms, how late a 0.1 s timer fired in ms): this process's own event-loop lag, which
+        # delays its publishes - what a measured delay owes to the load generator, not central
+        self.loop_lag: list[tuple[int, float]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     @contextlib.asynccontextmanager
@@ -508,6 +511,7 @@ class Fleet:
         slots = asyncio.Semaphore(self.cfg.connect_concurrency)
         if ordering:
             self.ordering.set()
+        self._tasks.append(asyncio.create_task(self._watch_lag(), name="fleet-loop-lag"))
         for g in self.gateways.values():
             self._tasks.append(asyncio.create_task(g.run(slots), name=f"fleet-gw:{g.gw}"))
             if self.cfg.orders_per_min > 0:
@@ -541,6 +545,12 @@ class Fleet:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 log.error("%s ended with %r", t.get_name(), t.exception())
         self._tasks.clear()
+
+    async def _watch_lag(self, every_s: float = 0.1) -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(every_s)
+            self.loop_lag.append((now_ms(), (time.monotonic() - t - every_s) * 1000))
 
     async def _orders(self, g: SimGateway) -> None:
         rate_s = self.cfg.orders_per_min / 60
@@ -594,6 +604,7 @@ class Fleet:
     def summary(self) -> dict[str, Any]:
         gs = list(self.gateways.values())
         acks = sorted(x for g in gs for x in g.stats.ack_ms)
+        lags = sorted(lag for _, lag in self.loop_lag)
         total = {k: sum(getattr(g.stats, k) for g in gs) for k in _COUNTERS}
         return {
             "gateways": len(gs),
@@ -603,6 +614,8 @@ class Fleet:
             "open_files_limit": self.open_files,
             **total,
             "unacked": sum(g.backlog for g in gs),
+            "loop_lag_ms_p99": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1) if lags else None,
+            "loop_lag_ms_max": round(lags[-1], 1) if lags else None,
             "ack_ms_p50": round(acks[len(acks) // 2], 1) if acks else None,
             "ack_ms_p99": round(acks[min(len(acks) - 1, int(0.99 * len(acks)))], 1) if acks else None,
         }

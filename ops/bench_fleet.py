@@ -335,6 +335,8 @@ def _freshness(watcher: RegistryWatcher, phase: str, start: int, end: int) -> di
         out[f"{phase}_{name}_p50_ms"] = percentile(xs, 50)
         out[f"{phase}_{name}_p99_ms"] = percentile(xs, 99)
         out[f"{phase}_{name}_max_ms"] = max(xs) if xs else math.nan
+    lags = [lag for at, lag in watcher.fleet.loop_lag if start <= at < end]
+    out[f"{phase}_sim_lag_p99_ms"] = percentile(lags, 99)
     return out
 
 
@@ -367,7 +369,8 @@ def _freshness_row(r: dict[str, Any], phase: str, what: str) -> Row:
         ok,
         f"{r[f'{phase}_freshness_n']} statuses, p50 {r[f'{phase}_freshness_p50_ms']:.0f} ms, max"
         f" {r[f'{phase}_freshness_max_ms']:.0f} ms; central's receipt stamp p50"
-        f" {r[f'{phase}_receipt_p50_ms']:.0f} / p99 {r[f'{phase}_receipt_p99_ms']:.0f} ms"
+        f" {r[f'{phase}_receipt_p50_ms']:.0f} / p99 {r[f'{phase}_receipt_p99_ms']:.0f} ms;"
+        f" the simulator's own loop lag p99 {r[f'{phase}_sim_lag_p99_ms']:.0f} ms"
         + (
             f"; {r['unseen_statuses']} never shown, {r['registry_polls']} polls of every page"
             if phase == "steady"

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import aiohttp
 
+from central.intake.consumer import BrokerSettings, Consumer
+from central.migrations import all_migrations
 from firmware_sim.fleet import Fleet, FleetConfig
 from ops.bench_fleet import RegistryWatcher
-from ops.broker import Mosquitto
+from ops.broker import BrokerConfig, Mosquitto, free_port
+from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.procs import ROOT, basic_auth, central_db, central_proc, central_settled
 
@@ -89,6 +92,50 @@ async def test_fleet_of_200_online_within_5s_orders_once_killed_offline_by_will(
         assert per_gw == {gw: len(g.made) for gw, g in fleet.gateways.items() if g.made}
     finally:
         await asyncio.to_thread(central.stop)
+
+
+async def test_statuses_do_not_hold_back_processing(broker: Mosquitto, tmp_path: Path) -> None:
+    """Processing steps aside while records are being received; a fleet's statuses (200 a second
+    from 1,000 gateways) are telemetry and must not count, or processing waits almost always."""
+    db = DurableDB(tmp_path / "c.db", migrations=all_migrations())
+    await db.open()
+    receiving_during_status: list[int] = []
+
+    async def on_status(_gw: str, _payload: bytes) -> None:
+        receiving_during_status.append(consumer.receiving)
+
+    consumer = Consumer(
+        db=db, broker=BrokerSettings(port=broker.port, client_id="central-st"), on_status=on_status
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        await consumer.connected.wait()
+        fleet = Fleet(FleetConfig(port=broker.port, gateways=3, orders_per_min=0))
+        async with fleet.running():
+            await wait_for(lambda: len(receiving_during_status) >= 3, timeout=10, what="3 statuses")
+        assert receiving_during_status and set(receiving_during_status) == {0}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await db.close()
+
+
+async def test_broker_started_with_a_low_fd_limit_takes_a_fleet(tmp_path: Path) -> None:
+    """Mosquitto holds a descriptor per client and inherits its starter's limit (it raises none
+    of its own): from a soft limit of 64 it took 56 of 100 gateways, the rest waiting for a
+    CONNACK. The wrapper lifts the soft limit to the hard one before it starts the broker."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    broker = Mosquitto(BrokerConfig(port=free_port(), data_dir=tmp_path / "broker"))
+    try:
+        broker.start()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        fleet = Fleet(FleetConfig(port=broker.port, gateways=100, orders_per_min=0))
+        async with fleet.running():
+            assert await fleet.wait_connected(within_s=20), f"{fleet.connected} of 100 connected"
+    finally:
+        broker.kill()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _low_fd_limit() -> None:
