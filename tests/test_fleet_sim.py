@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import aiomqtt
 
 from central.intake.consumer import BrokerSettings, Consumer
 from central.migrations import all_migrations
-from firmware_sim.fleet import Fleet, FleetConfig
+from firmware_sim.fleet import Fleet, FleetConfig, read_credentials
 from ops.bench_fleet import RegistryWatcher
 from ops.broker import BrokerConfig, Mosquitto, free_port
+from ops.broker_security import init_broker_security, secure_broker_config
+from ops.provision import provision_gateway
+from protocols import topics
 from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
 from tests.procs import ROOT, basic_auth, central_db, central_proc, central_settled
@@ -196,3 +201,40 @@ def test_too_few_file_descriptors_is_a_clear_error() -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "264 file descriptors needed, the hard limit (ulimit -Hn) is 100" in proc.stderr
+
+
+async def test_provisioned_fleet_connects_on_the_shipped_secured_broker(tmp_path: Path) -> None:
+    """With the shipped security (no anonymous access, a password per gateway, the ACL) the sim
+    reads each gateway's password from the config ``provision-gateway`` wrote (``--etc``); its
+    statuses pass the ACL (ops reads them); a gateway with a wrong password never gets in."""
+    etc = tmp_path / "etc"
+    port = free_port()
+    service = init_broker_security(etc, broker_port=port)
+    cfg = FleetConfig(port=port, gateways=10, orders_per_min=0)
+    ids = cfg.gateway_ids()
+    for gw in ids:
+        provision_gateway(gw, etc_dir=etc, broker_host="127.0.0.1", broker_port=port, customer="S001")
+    creds = read_credentials(etc, ids)
+    run_as = "root" if os.geteuid() == 0 else None
+    broker = Mosquitto(secure_broker_config(etc, port=port, data_dir=tmp_path / "broker", run_as=run_as))
+    broker.start()
+    try:
+        fleet = Fleet(FleetConfig(port=port, gateways=10, orders_per_min=0, credentials=creds))
+        wrong = Fleet(FleetConfig(port=port, first=11, gateways=1, credentials={"sim-00011": "nope"}))
+        async with fleet.running(), wrong.running():
+            assert await fleet.wait_connected(within_s=20)
+            ops = service.ops
+            async with aiomqtt.Client("127.0.0.1", port, username=ops.username, password=ops.password) as c:
+                await c.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
+                online: set[str] = set()
+                async with asyncio.timeout(10):
+                    async for m in c.messages:
+                        doc = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+                        if doc["state"] == "online":
+                            online.add(doc["gw"])
+                        if online == set(ids):
+                            break
+            assert not wrong.gateways["sim-00011"].connected.is_set()
+            assert wrong.gateways["sim-00011"].stats.first_connected_ms is None
+    finally:
+        broker.kill()
