@@ -44,7 +44,7 @@ async def test_fleet_of_200_online_within_5s_orders_once_killed_offline_by_will(
     try:
         fleet = Fleet(FleetConfig(port=broker.port, gateways=GATEWAYS, orders_per_min=30, seed=7))
         async with aiohttp.ClientSession(headers=basic_auth()) as http, fleet.running():
-            watcher = RegistryWatcher(central.url, fleet)
+            watcher = RegistryWatcher(central.url, fleet, every_s=0.1)
             watch = asyncio.create_task(watcher.run(http))
             try:
                 assert await fleet.wait_connected(within_s=30), f"{fleet.connected} connected"
