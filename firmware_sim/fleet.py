@@ -36,6 +36,7 @@ import json
 import logging
 import random
 import resource
+import signal
 import socket
 import sys
 import time
@@ -644,8 +645,9 @@ _COUNTERS = (
 async def run_fleet(
     cfg: FleetConfig, *, duration: float, drain_timeout: float, backlog: int = 0
 ) -> dict[str, Any]:
-    """Connect the fleet, let it order for ``duration`` seconds (0: until cancelled), then stop
-    ordering and wait up to ``drain_timeout`` for every outbox to empty; the summary."""
+    """Connect the fleet, let it order for ``duration`` seconds (0: until SIGINT or SIGTERM,
+    either of which also ends a duration early), then stop ordering and wait up to
+    ``drain_timeout`` for every outbox to empty; the summary."""
     fleet = Fleet(cfg)
     t0 = time.monotonic()
     async with fleet.running():
@@ -655,10 +657,19 @@ async def run_fleet(
         connect_s = time.monotonic() - t0
         if not all_in:
             log.warning("only %d of %d gateways connected", fleet.connected, cfg.gateways)
-        if duration > 0:
-            await asyncio.sleep(max(0.0, duration - (time.monotonic() - t0)))
-        else:
-            await asyncio.Event().wait()
+        # order for the duration, or until SIGINT / SIGTERM; then the drain and the summary
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            left = max(0.0, duration - (time.monotonic() - t0)) if duration > 0 else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
         fleet.ordering.clear()
         drained = await fleet.wait_drained(drain_timeout)
         out = fleet.summary()

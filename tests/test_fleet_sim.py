@@ -188,6 +188,36 @@ def test_sim_fleet_command_raises_its_fd_limit_and_drains(broker: Mosquitto, tmp
         central.stop()
 
 
+async def test_sim_fleet_command_runs_until_sigterm_and_then_prints_its_summary(broker: Mosquitto) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "ops.cli", "sim", "fleet", "--port", str(broker.port)),
+        *("--gateways", "5", "--orders-per-min", "0", "--duration", "0"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            await c.subscribe(topics.STATUS_SUBSCRIPTION, qos=1)
+            online: set[str] = set()
+            async with asyncio.timeout(20):
+                async for m in c.messages:
+                    doc = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+                    if doc["state"] == "online":
+                        online.add(doc["gw"])
+                    if len(online) == 5:
+                        break
+        proc.terminate()
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert summary["ever_connected"] == 5 and summary["drained"] is True and summary["orders"] == 0
+
+
 def test_too_few_file_descriptors_is_a_clear_error() -> None:
     """Below the hard limit nothing can help: the command says so and what to raise."""
     code = (
