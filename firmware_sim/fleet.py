@@ -92,6 +92,18 @@ async def _kept(call: Awaitable[T]) -> T:
     return result
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client whose ``publish`` and ``subscribe`` go through :func:`_kept`, so no
+    call of a simulated gateway can lose a cancel (the services' ``runtime.mqtt.Client`` does
+    the same; a simulator imports nothing of the services)."""
+
+    async def publish(self, *args: Any, **kwargs: Any) -> None:
+        await _kept(super().publish(*args, **kwargs))
+
+    async def subscribe(self, *args: Any, **kwargs: Any) -> Any:
+        return await _kept(super().subscribe(*args, **kwargs))
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -264,14 +276,14 @@ class SimGateway:
     async def _publish_status(self, client: aiomqtt.Client) -> None:
         payload = self._status("online")
         self.stats.status_ms.append(now_ms())
-        await _kept(client.publish(topics.status(self.gw), payload, qos=1, retain=True))
+        await client.publish(topics.status(self.gw), payload, qos=1, retain=True)
 
     # -- connection ------------------------------------------------------------------------
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self) -> _Client:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = RECEIVE_MAXIMUM
-        return aiomqtt.Client(
+        return _Client(
             self.cfg.host,
             self.cfg.port,
             identifier=f"gw-{self.gw}",
@@ -331,7 +343,7 @@ class SimGateway:
         if self.stats.first_connected_ms is None:
             self.stats.first_connected_ms = now
         self._reset_inflight()
-        await _kept(client.subscribe(topics.downlink(self.gw), qos=1))
+        await client.subscribe(topics.downlink(self.gw), qos=1)
         await self._publish_status(client)
         self.connected.set()
 
@@ -346,8 +358,8 @@ class SimGateway:
             if not self.killed:  # a clean stop says so (the broker sends the Will only on a lost link)
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError, asyncio.CancelledError):
                     async with asyncio.timeout(OFFLINE_PUBLISH_S):
-                        await client.publish(
-                            topics.status(self.gw), self._status("offline"), qos=1, retain=True
+                        await aiomqtt.Client.publish(  # not _kept: the task is being cancelled
+                            client, topics.status(self.gw), self._status("offline"), qos=1, retain=True
                         )
             raise
 
@@ -392,7 +404,7 @@ class SimGateway:
             for rid, p in batch:
                 p.sent = True
                 self._id_to_msg[rid] = self._msgno
-            await _kept(client.publish(up, payload, qos=1))
+            await client.publish(up, payload, qos=1)
             self.stats.messages += 1
             self.stats.records_sent += len(batch)
 
@@ -476,7 +488,7 @@ class SimGateway:
             answers += [Ack(b.id, AckStatus.REJECTED, b.reason) for b in env.bad_records if b.id is not None]
             if answers:
                 payload = envelope.encode(gw=self.gw, sent=now_ms(), acks=answers)
-                await _kept(client.publish(topics.uplink(self.gw), payload, qos=1))
+                await client.publish(topics.uplink(self.gw), payload, qos=1)
 
     async def _status_loop(self, client: aiomqtt.Client) -> None:
         while True:
