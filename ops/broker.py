@@ -19,6 +19,7 @@ test (or the demo) can stop it, SIGKILL it and start it again on the same port a
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -41,6 +42,18 @@ def find_mosquitto() -> str:
     if path is None:
         raise BrokerError("mosquitto not found: install the Debian package 'mosquitto' (./run does)")
     return path
+
+
+def raise_open_files_limit() -> int:
+    """Lift this process's soft ``RLIMIT_NOFILE`` to its hard limit, so a broker started from
+    it (which inherits it) can hold a descriptor per client: mosquitto does not raise its own,
+    and at a soft limit of N it takes about N - 8 clients; the others wait for a CONNACK that
+    never comes (tested with 64). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        soft = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -155,6 +168,7 @@ class Mosquitto:
             return
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self.config.render())
+        raise_open_files_limit()  # a fleet of gateways: one descriptor each at the broker
         self.proc = subprocess.Popen(
             [find_mosquitto(), "-c", str(self.conf_path)],
             stdout=subprocess.DEVNULL,

@@ -39,6 +39,7 @@ SIMULATORS: dict[str, tuple[str, str]] = {
     "ptl": ("firmware_sim.ptl", "pick-to-light controller (TCP server)"),
     "asrs": ("firmware_sim.asrs", "AS/RS warehouse control (TCP server)"),
     "store": ("firmware_sim.store", "a whole store: clerks scanning and POS sales at a rate"),
+    "fleet": ("firmware_sim.fleet", "many gateways on MQTT from one process: status, Will, orders"),
 }
 
 

@@ -213,7 +213,13 @@ class Consumer:
                 tg.create_task(self._handle(client, message))
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        self.receiving += 1
+        # Processing steps aside while records are being received (``Processor``), and only an
+        # uplink carries records. A status is telemetry: counted, it kept processing waiting
+        # almost always once a fleet's statuses arrived every few milliseconds (1,000 gateways:
+        # 200 a second): bench figure 10's 23.6k orders were all processed 101 s after their
+        # burst, 70 s without.
+        records = message.topic.value.endswith("/up")
+        self.receiving += records
         try:
             await self._handle_inner(client, message)
         except StorageFull as e:
@@ -243,7 +249,7 @@ class Consumer:
             self.hub.internal_errors += 1
             log.exception("message on %s failed; not taken and not acked", message.topic.value)
         finally:
-            self.receiving -= 1
+            self.receiving -= records
             self._sem.release()
 
     async def _handle_inner(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
