@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from central import downlink
+from central.promising import tables as promising_tables
 from runtime.sqlitedb import Migration
 
 MIGRATIONS: list[Migration] = [
@@ -315,4 +316,5 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX idempotency_created ON idempotency(created_at);
         """,
     ),
+    *promising_tables.MIGRATIONS,
 ]

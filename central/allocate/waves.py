@@ -38,6 +38,7 @@ from central.allocate.allocation import (
 from central.fulfil import picktime
 from central.hub import hub_of
 from central.orders import lifecycle
+from central.promising import promise
 from runtime.clock import now_ms
 
 BATCH_KEYS = ("window", "run", "zone", "route", "processing", "vehicle")
@@ -125,6 +126,8 @@ def _allocate_batch(
         if r.order_id not in taken
     ]
     everything = demands + refills
+    # promises these orders claimed: their reserved stock is this allocation's to take
+    promise.free_claimed(conn, [d.order_id for d in demands], now=now)
     network = inventory.load_network(conn)
     stock = inventory.available(conn, {ln.sku for d in everything for ln in d.lines})
     kw: dict[str, Any] = {
