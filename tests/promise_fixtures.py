@@ -92,12 +92,12 @@ async def stock(c: Central, location: str, sku: str, on_hand: int) -> None:
 
 @asynccontextmanager
 async def promise_central(
-    tmp_path: Path, *, db: DurableDB | None = None, users: str = "user"
+    tmp_path: Path, *, db: DurableDB | None = None, users: str = "user", realtime: bool = True
 ) -> AsyncIterator[Central]:
     """``users``: the suffix of the user names (one per role), unique per app on one database."""
     own = db is None
     if db is None:
-        db = central_db(tmp_path / "central.db", wiring.hub(AllocationSettings()))
+        db = central_db(tmp_path / "central.db", wiring.hub(AllocationSettings(realtime=realtime)))
         await db.open()
     try:
         tokens = {}
