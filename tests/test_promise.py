@@ -147,9 +147,11 @@ async def test_concurrent_orders_book_a_slot_exactly_to_its_capacity(tmp_path: P
         w0 = waiting[0]
         bid = w0["services"][0]["booking_id"]
         status, got = await a.req(
-            "POST", f"/api/orders/{w0['order_no']}/services/{bid}/reschedule", role="order_desk",
+            "POST",
+            f"/api/orders/{w0['order_no']}/services/{bid}/reschedule",
+            role="order_desk",
             json={"date": when, "slot": "PM"},
-        )  # fmt: skip
+        )
         assert status == 409 and got["error"].startswith(
             f"slot full: {when} PM on route R-N; free: {when} AM"
         )
@@ -162,9 +164,11 @@ async def test_concurrent_orders_book_a_slot_exactly_to_its_capacity(tmp_path: P
             a, "SELECT booked FROM slot_load WHERE route = 'R-N' AND day = ? AND slot = 'PM'", when
         ) == (1,)
         status, got = await a.req(
-            "POST", f"/api/orders/{w0['order_no']}/services/{bid}/reschedule", role="order_desk",
+            "POST",
+            f"/api/orders/{w0['order_no']}/services/{bid}/reschedule",
+            role="order_desk",
             json={"date": when, "slot": "PM"},
-        )  # fmt: skip
+        )
         assert status == 200 and got["status"] == "booked"
         status, o = await a.req("GET", f"/api/orders/{w0['order_no']}")
         assert o["status"] == "allocated" and o["hold_reason"] == ""
@@ -189,9 +193,15 @@ async def test_a_kept_promise_expires_on_the_clock_once(tmp_path: Path) -> None:
         await stock(c, "DC1", "MUG", 10)
         until = now_ms() + 60_000
         status, kept = await c.req(
-            "POST", "/api/promise", role="order_desk",
-            json={"customer": "C1", "hold_until": until, "lines": [{"sku": "MUG", "qty": 4, "service": "ENGRAVE"}]},
-        )  # fmt: skip
+            "POST",
+            "/api/promise",
+            role="order_desk",
+            json={
+                "customer": "C1",
+                "hold_until": until,
+                "lines": [{"sku": "MUG", "qty": 4, "service": "ENGRAVE"}],
+            },
+        )
         assert status == 201 and kept["status"] == "held" and kept["hold_until"] == until
         assert await _one(c, "SELECT allocated FROM inventory WHERE sku = 'MUG'") == (4,)
         assert await _one(c, "SELECT sum(booked) FROM vas_load") == (40,)
@@ -257,11 +267,23 @@ async def test_claims_are_checked_and_a_refused_one_stores_nothing(tmp_path: Pat
         assert status == 200 and got["lines"][0]["location"] == "DC1"
         for bad, reason in (
             ({"zone": "N", "lines": []}, "lines: expected a non-empty array"),
-            ({"zone": "N", "lines": [{"sku": "MUG", "qty": 0}]}, "lines[0].qty: expected an integer in 1..100000, got 0"),
-            ({"zone": "N", "reserve": True, "lines": [{"sku": "MUG", "qty": 1}]}, "customer: a kept promise is made for a customer"),
-            ({"customer": "C1", "hold_until": 5, "lines": [{"sku": "MUG", "qty": 1}]}, "hold_until: must be in the future"),
-            ({"customer": "C1", "lines": [{"sku": "MUG", "qty": 1, "service": "INSTALL"}]}, "service 'INSTALL' is a field service, not a value-added one (vas)"),
-        ):  # fmt: skip
+            (
+                {"zone": "N", "lines": [{"sku": "MUG", "qty": 0}]},
+                "lines[0].qty: expected an integer in 1..100000, got 0",
+            ),
+            (
+                {"zone": "N", "reserve": True, "lines": [{"sku": "MUG", "qty": 1}]},
+                "customer: a kept promise is made for a customer",
+            ),
+            (
+                {"customer": "C1", "hold_until": 5, "lines": [{"sku": "MUG", "qty": 1}]},
+                "hold_until: must be in the future",
+            ),
+            (
+                {"customer": "C1", "lines": [{"sku": "MUG", "qty": 1, "service": "INSTALL"}]},
+                "service 'INSTALL' is a field service, not a value-added one (vas)",
+            ),
+        ):
             status, got = await c.req("POST", "/api/promise", role="order_desk", json=bad)
             assert (status, got["error"]) == (400, reason), bad
         status, _ = await c.req(
@@ -277,9 +299,11 @@ async def test_wave_allocation_takes_the_claimed_stock_and_a_cancel_gives_it_bac
         promises = []
         for _ in range(2):
             status, kept = await c.req(
-                "POST", "/api/promise", role="order_desk",
+                "POST",
+                "/api/promise",
+                role="order_desk",
                 json={"customer": "C1", "reserve": True, "lines": [{"sku": "MUG", "qty": 2}]},
-            )  # fmt: skip
+            )
             assert status == 201
             promises.append(kept["ref"])
         claims = []
@@ -324,9 +348,11 @@ async def test_a_promise_on_a_receipt_is_reserved_when_it_arrives(tmp_path: Path
     async with promise_central(tmp_path) as c:
         await load(c)
         status, r = await c.req(
-            "POST", "/api/inventory/receipts", role="order_desk",
+            "POST",
+            "/api/inventory/receipts",
+            role="order_desk",
             json={"location": "DC1", "sku": "OVEN", "qty": 2, "expected": day(3)},
-        )  # fmt: skip
+        )
         status, kept = await c.req(
             "POST",
             "/api/promise",
@@ -405,11 +431,20 @@ async def test_service_orders_are_idempotent_and_checked(tmp_path: Path) -> None
         )
         assert status == 422 and "already used for another order" in got["error"]
         for service, reason in (
-            ({"code": "ENGRAVE", "date": when, "slot": "AM"}, "service 'ENGRAVE' is a vas service; only field services take a slot"),
-            ({"code": "INSTALL", "date": day(-1), "slot": "AM"}, f"line 1: service date {day(-1)} is in the past"),
+            (
+                {"code": "ENGRAVE", "date": when, "slot": "AM"},
+                "service 'ENGRAVE' is a vas service; only field services take a slot",
+            ),
+            (
+                {"code": "INSTALL", "date": day(-1), "slot": "AM"},
+                f"line 1: service date {day(-1)} is in the past",
+            ),
             ({"code": "INSTALL", "date": when}, "lines[0].service.slot: expected text of 1..64 characters"),
-            ({"code": "INSTALL", "date": "soon", "slot": "AM"}, "lines[0].service.date: 'soon' is not a YYYY-MM-DD date"),
-        ):  # fmt: skip
+            (
+                {"code": "INSTALL", "date": "soon", "slot": "AM"},
+                "lines[0].service.date: 'soon' is not a YYYY-MM-DD date",
+            ),
+        ):
             bad = {**body, "lines": [{**body["lines"][0], "service": service}]}
             status, got = await order(c, bad)
             assert (status, got.get("error")) == (400, reason), service
@@ -439,13 +474,37 @@ async def test_masters_refuse_bad_rows_all_or_none(tmp_path: Path) -> None:
     async with promise_central(tmp_path) as c:
         await load(c)
         for kind, csv, reason in (
-            ("services", "code,kind,minutes_per_unit\nGIFT,vas,2\nWRAP,vas,\n", "services 'WRAP': minutes_per_unit: line 3: a value-added service needs minutes per unit > 0"),
-            ("services", "code,kind\nX,repair\n", "services 'X': kind: line 2: 'repair' is not one of vas, field"),
-            ("lead_times", "location,zone,lead_days\nDC9,N,1\n", "lead_times 'DC9': location: line 2: 'DC9' is not an active location in the masters"),
-            ("lead_times", "location,zone,lead_days\nDC1,N,400\n", "lead_times 'DC1': lead_days: line 2: 400 not in 0..365"),
-            ("slots", "route,weekday,slot,capacity\nR-S,monday,AM,1\n", "slots 'R-S': weekday: line 2: 'monday' is not one of mon, tue, wed, thu, fri, sat, sun"),
-            ("vas_capacity", "location,minutes_per_day\nDC1,-5\n", "vas_capacity 'DC1': minutes_per_day: line 2: -5 not in 0..1000000"),
-        ):  # fmt: skip
+            (
+                "services",
+                "code,kind,minutes_per_unit\nGIFT,vas,2\nWRAP,vas,\n",
+                "services 'WRAP': minutes_per_unit: line 3: a value-added service needs minutes per unit > 0",
+            ),
+            (
+                "services",
+                "code,kind\nX,repair\n",
+                "services 'X': kind: line 2: 'repair' is not one of vas, field",
+            ),
+            (
+                "lead_times",
+                "location,zone,lead_days\nDC9,N,1\n",
+                "lead_times 'DC9': location: line 2: 'DC9' is not an active location in the masters",
+            ),
+            (
+                "lead_times",
+                "location,zone,lead_days\nDC1,N,400\n",
+                "lead_times 'DC1': lead_days: line 2: 400 not in 0..365",
+            ),
+            (
+                "slots",
+                "route,weekday,slot,capacity\nR-S,monday,AM,1\n",
+                "slots 'R-S': weekday: line 2: 'monday' is not one of mon, tue, wed, thu, fri, sat, sun",
+            ),
+            (
+                "vas_capacity",
+                "location,minutes_per_day\nDC1,-5\n",
+                "vas_capacity 'DC1': minutes_per_day: line 2: -5 not in 0..1000000",
+            ),
+        ):
             status, got = await c.req("POST", f"/api/masters/{kind}/import", data=csv)
             assert (status, got["error"]) == (400, reason), kind
         assert await _one(c, "SELECT count(*) FROM services WHERE code = 'GIFT'") == (0,)  # none of that file
