@@ -91,7 +91,7 @@ def expire_delays(conn: sqlite3.Connection, *, today: dt.date, now: int, limit: 
     return out
 
 
-def expire_promises(conn: sqlite3.Connection, *, now: int, limit: int = -1) -> list[Ran]:
+def expire_promises(conn: sqlite3.Connection, *, now: int, limit: int | None = None) -> list[Ran]:
     """End (up to ``limit``) kept promises past their ``hold_until``: stock and minutes back."""
     out = []
     for ref, until in promise.due(conn, now, limit=limit):

@@ -593,16 +593,17 @@ def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
         close(conn, ref, status="cancelled", reason="order cancelled", now=now_ms())
 
 
-def due(conn: sqlite3.Connection, now: int, *, limit: int) -> list[tuple[str, int]]:
-    """(ref, hold_until) of open promises past their deadline, oldest first."""
-    return [
-        (str(r[0]), int(r[1]))
-        for r in conn.execute(
-            "SELECT ref, hold_until FROM promises WHERE status IN ('held', 'claimed') AND hold_until <= ?"
-            " ORDER BY hold_until, promise_id LIMIT ?",
-            (now, limit),
-        )
-    ]
+def due(conn: sqlite3.Connection, now: int, *, limit: int | None = None) -> list[tuple[str, int]]:
+    """(ref, hold_until) of (up to ``limit``) open promises past their deadline, oldest first."""
+    sql = (
+        "SELECT ref, hold_until FROM promises WHERE status IN ('held', 'claimed') AND hold_until <= ?"
+        " ORDER BY hold_until, promise_id"
+    )
+    args: list[Any] = [now]
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return [(str(r[0]), int(r[1])) for r in conn.execute(sql, args)]
 
 
 def on_received(conn: sqlite3.Connection, receipt_id: int, *, now: int) -> int:
