@@ -18,7 +18,9 @@ from typing import Any
 
 from central import schedule, wiring
 from central.allocate.waves import AllocationSettings
+from central.intake.ingest import apply_envelope
 from central.migrations import central_db
+from protocols.envelope import AckStatus, Envelope, Record
 from runtime.clock import now_ms
 from tests.central_fixtures import Central
 from tests.procs import ROOT
@@ -593,3 +595,80 @@ def test_cli_answers_what_rest_answers(tmp_path: Path) -> None:
     }
     out = run([sys.executable, "-m", "ops.cli", "promise", "--db", db, "--customer", "NOPE", "MUG=1"])
     assert out.returncode == 1 and "customer 'NOPE' is not an active customer" in out.stderr
+
+
+async def test_gateway_orders_with_services_are_booked_or_held_never_refused(tmp_path: Path) -> None:
+    """Order records from a gateway (as the MQTT consumer hands them over, several in one
+    envelope): a line's service is booked with its order; one central cannot book is not a
+    refusal - the order is held with the reason - and the plain orders around them go through
+    the batch path as before."""
+    async with promise_central(tmp_path) as c:
+        await load(c)
+        await stock(c, "DC1", "WASHER", 10)
+        when = day(2)
+
+        def rec(n: int, **service: Any) -> Record:
+            line: dict[str, Any] = {"sku": "WASHER", "qty": 1}
+            if service:
+                line["service"] = service
+            body = {
+                "customer": "C1",
+                "channel": "manual",
+                "order_type": "normal",
+                "requested_date": when,
+                "lines": [line],
+            }
+            return Record(id=f"gw-{n}", seq=n, type="order", ts=0, body=body)
+
+        env = Envelope(
+            gw="store-1",
+            sent=0,
+            records=(
+                rec(1),
+                rec(2, code="INSTALL", date=when, slot="AM"),
+                rec(3, code="REPAIR", date=when, slot="AM"),
+                rec(4, code="INSTALL", date=when, slot="NIGHT"),
+                rec(5, code="INSTALL", date=when, slot="AM"),
+                rec(6),
+            ),
+        )
+        acks = await c.db.write(
+            lambda conn: apply_envelope(conn, topic_gw="store-1", topic="sg/v1/gw/store-1/up", env=env)
+        )
+        assert [a.status for a in acks] == [AckStatus.ACCEPTED] * 6
+        got = {}
+        for n in range(1, 7):
+            status, o = await c.req("GET", f"/api/orders/gw-{n}")
+            got[n] = (
+                o["status"],
+                o["hold_reason"],
+                [(b["slot"], b["status"]) for b in o.get("services", [])],
+            )
+        assert got[1] == ("allocated", "", [])
+        assert got[2] == ("allocated", "", [("AM", "booked")])
+        assert got[3] == (
+            "held",
+            "service: line 1: service 'REPAIR' is not an active service in the masters",
+            [],
+        )
+        assert got[4] == (
+            "held",
+            f"service: line 1: route R-N has no slot 'NIGHT' on {when}",
+            [("NIGHT", "waiting")],
+        )
+        assert got[5][0] == "held" and got[5][1].startswith(
+            f"slot full: line 1 INSTALL on {when} AM (route R-N)"
+        )
+        assert got[6] == ("allocated", "", [])
+        # the desk puts the NIGHT one into a real slot: booked, checked again, allocated
+        status, o = await c.req("GET", "/api/orders/gw-4/services")
+        bid = o["services"][0]["booking_id"]
+        status, b = await c.req(
+            "POST",
+            f"/api/orders/gw-4/services/{bid}/reschedule",
+            role="order_desk",
+            json={"date": when, "slot": "PM"},
+        )
+        assert status == 200 and b["status"] == "booked"
+        status, o = await c.req("GET", "/api/orders/gw-4")
+        assert (o["status"], o["hold_reason"]) == ("allocated", "")

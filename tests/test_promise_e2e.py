@@ -7,8 +7,9 @@ gateway's order gets only what is not promised); central's own clock expires the
 ``hold_until`` and the stock is free again; a second promise is claimed by an order entered at
 central whose line carries an installation booked into a delivery slot; the next order for that
 slot is held with the free slots offered; the installation's completion is an event in the
-order's history, and cancelling the held order frees its place. (The gateway's order record has
-no service field - ``central/PROMISE.md`` - so the service order is entered at central.)"""
+order's history, and cancelling the held order frees its place. Then the store sells with an
+installation at its own gateway: the order record carries the line's service over the broker,
+central books it; the next one for that slot is held, and the store sees why."""
 
 from __future__ import annotations
 
@@ -96,6 +97,37 @@ def call(central: Proc, method: str, path: str, body: dict[str, Any] | None = No
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+def gateway_order(gw: Proc, body: dict[str, Any]) -> tuple[int, Any]:
+    """``POST /api/orders`` at the store's gateway (its order entry)."""
+    return gw.post("/api/orders", body)
+
+
+def store_status(gw: Proc, record_id: str) -> Any:
+    """``storegate order --status ID``: what the store knows of its order."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "order", "--gateway-url", gw.url, "--status", record_id],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def bookings_of(tmp: Path, record_id: str) -> list[tuple[str, str, str]]:
+    """(day, slot, status) of the service bookings of a gateway's order at central."""
+    conn = central_db(tmp)
+    try:
+        return conn.execute(
+            "SELECT b.day, b.slot, b.status FROM service_bookings b JOIN orders o ON o.order_id = b.order_id"
+            " WHERE o.record_id = ? ORDER BY b.booking_id",
+            (record_id,),
+        ).fetchall()
+    finally:
+        conn.close()
 
 
 def milk_allocated(tmp: Path) -> int:
@@ -266,6 +298,34 @@ async def test_promises_and_service_slots_through_the_real_services(
             call, central, "GET", f"/api/slots?route=R-N&from={when}&days=1"
         )
         assert slots["slots"] == [{"date": when, "slot": "AM", "capacity": 1, "booked": 1, "free": 0}]
+
+        # 8. the store sells with an installation at its gateway: over the broker, booked at central
+        later = day(3)
+        sale = {
+            "customer": "S001",
+            "requested_date": later,
+            "lines": [{"sku": "MILK", "qty": 1, "service": {"code": "INSTALL", "date": later, "slot": "AM"}}],
+        }
+        status, first_gw = await asyncio.to_thread(gateway_order, gw, sale)
+        assert status == 201, first_gw
+        await wait_for(
+            lambda: bookings_of(tmp_path, first_gw["id"]) == [(later, "AM", "booked")],
+            timeout=DEADLINE,
+            what="the store's installation booked at central",
+        )
+        status, second_gw = await asyncio.to_thread(gateway_order, gw, sale)
+        assert status == 201, second_gw
+
+        async def held_at_the_store() -> bool:
+            view = await asyncio.to_thread(store_status, gw, second_gw["id"])
+            return view is not None and view["status"] == "held"
+
+        await wait_for(held_at_the_store, timeout=DEADLINE, what="the store sees its order held: slot full")
+        view = await asyncio.to_thread(store_status, gw, second_gw["id"])
+        assert view["detail"].startswith(
+            f"slot full: line 1 INSTALL on {later} AM (route R-N); free: {day(4)} AM"
+        )
+        assert bookings_of(tmp_path, second_gw["id"]) == [(later, "AM", "waiting")]
     finally:
         gw.kill()
         central.kill()

@@ -29,6 +29,7 @@ from central.hub import hub_of
 from central.orders import lifecycle, orders
 from central.orders.masters import WEEKDAYS
 from central.promising import ScheduleError
+from protocols.records import LineService
 
 ALTERNATIVES = 5  # free slots offered when the one asked for is full
 SEARCH_DAYS = 28  # how far alternatives are looked for
@@ -43,50 +44,21 @@ class ServiceAsk:
     slot: str
 
 
-def parse_service(line_no: int, raw: object) -> ServiceAsk:
-    """A line's ``service`` field: ``{"code", "date", "slot"}``."""
-    where = f"lines[{line_no - 1}].service"
-    if not isinstance(raw, dict):
-        raise ScheduleError(f"{where}: expected an object {{code, date, slot}}")
-    unknown = set(raw) - {"code", "date", "slot"}
-    if unknown:
-        raise ScheduleError(f"{where}: unknown field {sorted(unknown)[0]!r}")
-    code, date, slot = raw.get("code"), raw.get("date"), raw.get("slot")
-    for name, v in (("code", code), ("date", date), ("slot", slot)):
-        if not isinstance(v, str) or not v or len(v) > 64:
-            raise ScheduleError(f"{where}.{name}: expected text of 1..64 characters")
-    assert isinstance(code, str) and isinstance(date, str) and isinstance(slot, str)
-    try:
-        day = dt.date.fromisoformat(date)
-    except ValueError:
-        raise ScheduleError(f"{where}.date: {date!r} is not a YYYY-MM-DD date") from None
-    return ServiceAsk(line_no, code, day, slot)
+def asks_of(lines: Sequence[LineService | None]) -> list[ServiceAsk]:
+    """The service requests of an order's lines (``protocols.records.OrderLine.service``),
+    numbered as the lines are (from 1)."""
+    return [ServiceAsk(i, s.code, s.date, s.slot) for i, s in enumerate(lines, 1) if s is not None]
 
 
-def split_order(body: dict[str, Any]) -> tuple[dict[str, Any], str, list[ServiceAsk], dict[str, Any]]:
-    """``POST /api/orders``'s body -> (the order record's body, the promise ref it claims or
-    "", its lines' service requests, these extras as given - for the idempotency fingerprint)."""
+def split_promise(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``POST /api/orders``'s body -> (the order record's body, the promise ref it claims or "")."""
+    if "promise" not in body:
+        return body, ""
     body = dict(body)
-    extras: dict[str, Any] = {}
-    ref = body.pop("promise", None)
-    if ref is not None:
-        if not isinstance(ref, str) or not ref or len(ref) > 64:
-            raise ScheduleError("promise: expected a promise ref (text)")
-        extras["promise"] = ref
-    asks: list[ServiceAsk] = []
-    lines = body.get("lines")
-    if isinstance(lines, list):
-        plain = []
-        for i, line in enumerate(lines):
-            ln = line
-            if isinstance(ln, dict) and "service" in ln:
-                ln = dict(ln)
-                raw = ln.pop("service")
-                asks.append(parse_service(i + 1, raw))
-                extras.setdefault("services", {})[str(i + 1)] = raw
-            plain.append(ln)
-        body["lines"] = plain
-    return body, ref or "", asks, extras
+    ref = body.pop("promise")
+    if not isinstance(ref, str) or not ref or len(ref) > 64:
+        raise ScheduleError("promise: expected a promise ref (text)")
+    return body, ref
 
 
 # -- routes and slots -------------------------------------------------------------------------
@@ -232,14 +204,30 @@ def validate_asks(
 def book_order(
     conn: sqlite3.Connection, order_id: int, asks: Sequence[ServiceAsk], *, actor: str, now: int
 ) -> list[dict[str, Any]]:
-    """Book each line's service (``validate_asks`` passed); a full slot keeps the booking
-    waiting and holds the order, offering free slots. Returns the bookings."""
+    """Book each line's service. A full slot keeps the booking waiting and holds the order,
+    offering free slots; a request that cannot be booked at all (no such service or slot, a
+    past date, an unknown customer - what REST refuses first with :func:`validate_asks`, but a
+    gateway's order is never refused) holds the order with the reason. Returns the bookings."""
     (customer,) = conn.execute("SELECT customer FROM orders WHERE order_id = ?", (order_id,)).fetchone()
-    route = route_of(conn, customer)
+    problems: list[str] = []
+    try:
+        route = route_of(conn, customer)
+    except ScheduleError as e:
+        _hold(conn, order_id, f"service: {e.reason}", actor=actor, now=now)
+        return bookings(conn, order_id)
     full = []
     for a in asks:
-        units = field_service(conn, a.code)
-        ok = _take(conn, route, a.date, a.slot, units)
+        try:
+            units = field_service(conn, a.code)
+        except ScheduleError as e:
+            problems.append(f"line {a.line_no}: {e.reason}")
+            continue  # nothing to book or reschedule
+        problem = ""
+        try:
+            _check_slot(conn, route, a, orders.today_of(now))
+        except ScheduleError as e:
+            problem = e.reason
+        ok = not problem and _take(conn, route, a.date, a.slot, units)
         conn.execute(
             "INSERT INTO service_bookings (order_id, line_no, service, route, day, slot, units, status,"
             " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -249,12 +237,15 @@ def book_order(
         where = f"line {a.line_no} {a.code} on {a.date} {a.slot} (route {route or '-'})"
         if ok:
             lifecycle.record_event(conn, order_id, "service booked", detail=where, actor=actor, now=now)
+        elif problem:  # waiting: a reschedule into a real slot books it
+            problems.append(problem)
         else:
             alts = alternatives(conn, route, a.date, units)
             free = ", ".join(f"{x['date']} {x['slot']}" for x in alts) or f"none within {SEARCH_DAYS} days"
             full.append(f"{where}; free: {free}")
-    if full:
-        _hold(conn, order_id, "slot full: " + "; ".join(full), actor=actor, now=now)
+    reasons = (["slot full: " + "; ".join(full)] if full else []) + [f"service: {p}" for p in problems]
+    if reasons:
+        _hold(conn, order_id, "; ".join(reasons), actor=actor, now=now)
     return bookings(conn, order_id)
 
 
@@ -331,7 +322,7 @@ def reschedule(
         "SELECT count(*) FROM service_bookings WHERE order_id = ? AND status = 'waiting'", (oid,)
     ).fetchone()[0]
     hold = conn.execute("SELECT hold_reason FROM orders WHERE order_id = ?", (oid,)).fetchone()[0] or ""
-    if status == lifecycle.Status.HELD and not waiting and hold.startswith("slot full"):
+    if status == lifecycle.Status.HELD and not waiting and hold.startswith(("slot full", "service:")):
         orders.revalidate(
             conn, oid, actor=actor, now=now
         )  # validated (and allocated), or held for another reason

@@ -197,9 +197,9 @@ async def get_order(request: web.Request) -> web.Response:
     return _json(order)
 
 
-def _order_from_json(body: dict[str, Any]) -> tuple[OrderIn, str, dict[str, Any]]:
-    """The order to create, its channel, and the parsed order as a dict (what "the same
-    order" means for an ``Idempotency-Key``)."""
+def _order_from_json(body: dict[str, Any]) -> tuple[OrderIn, str, dict[str, Any], list[services.ServiceAsk]]:
+    """The order to create, its channel, the parsed order as a dict (what "the same order"
+    means for an ``Idempotency-Key``) and its lines' services."""
     body = {"channel": Channel.MANUAL.value, **body}
     parsed = parse_order(body)
     order = OrderIn(
@@ -213,7 +213,12 @@ def _order_from_json(body: dict[str, Any]) -> tuple[OrderIn, str, dict[str, Any]
         note=parsed.note,
         source_ref=parsed.source_ref,
     )
-    return order, parsed.channel.value, parsed.to_wire()
+    return (
+        order,
+        parsed.channel.value,
+        parsed.to_wire(),
+        services.asks_of([ln.service for ln in parsed.lines]),
+    )
 
 
 @requires(Role.ORDER_DESK)
@@ -225,11 +230,11 @@ async def create_order(request: web.Request) -> web.Response:
     ``"promise": REF`` claims a kept promise; a line's ``"service": {"code", "date", "slot"}``
     books a field service into a delivery slot in the same transaction (``central/PROMISE.md``)."""
     key = parse_key(request.headers.getall(HEADER, []))  # 400 for a malformed one
-    body, promise_ref, asks, extras = services.split_order(await _body(request))
-    order, channel, wire = _order_from_json(body)
+    body, promise_ref = services.split_promise(await _body(request))
+    order, channel, wire, asks = _order_from_json(body)
     user = _user(request)
     record_id = idempotency.record_id(key) if key is not None else f"rest:{uuid.uuid4().hex}"
-    fp = fingerprint({**wire, **extras})
+    fp = fingerprint({**wire, "promise": promise_ref} if promise_ref else wire)
 
     def job(conn: sqlite3.Connection) -> idempotency.Answer:
         if key is not None and (replayed := idempotency.replay(conn, key, fp)) is not None:
