@@ -672,3 +672,98 @@ async def test_gateway_orders_with_services_are_booked_or_held_never_refused(tmp
         assert status == 200 and b["status"] == "booked"
         status, o = await c.req("GET", "/api/orders/gw-4")
         assert (o["status"], o["hold_reason"]) == ("allocated", "")
+
+
+async def test_a_slot_full_hold_survives_a_change_and_a_supervisor_can_let_it_go(tmp_path: Path) -> None:
+    async with promise_central(tmp_path) as c:
+        await load(c)
+        await stock(c, "DC1", "WASHER", 10)
+        when = day(2)
+        line = {"sku": "WASHER", "qty": 1, "service": {"code": "INSTALL", "date": when, "slot": "AM"}}
+        status, first = await order(c, {"customer": "C1", "requested_date": when, "lines": [line]})
+        status, held = await order(c, {"customer": "C2", "requested_date": when, "lines": [line]})
+        assert (first["status"], held["status"]) == ("allocated", "held")
+        no = held["order_no"]
+        # a change runs the checks again: they pass, but the service still waits - still held
+        status, o = await c.req(
+            "POST",
+            f"/api/orders/{no}/changes",
+            role="order_desk",
+            json={"action": "set_qty", "line_no": 1, "qty": 2},
+        )
+        assert status == 200 and o["status"] == "held", o
+        assert o["hold_reason"].startswith(
+            f"slot full: line 1 INSTALL on {when} AM (route R-N); free: {when} PM"
+        )
+        assert await _one(c, "SELECT allocated FROM inventory WHERE sku = 'WASHER'") == (1,)
+        # a supervisor approves the hold: the order goes on without the slot, its booking waits
+        status, o = await c.req("POST", f"/api/orders/{no}/approve", json={"reason": "customer calls back"})
+        assert status == 200 and o["status"] == "allocated", o
+        status, got = await c.req("GET", f"/api/orders/{no}/services")
+        assert [b["status"] for b in got["services"]] == ["waiting"]
+
+
+async def test_a_cancelled_line_frees_its_booking(tmp_path: Path) -> None:
+    async with promise_central(tmp_path) as c:
+        await load(c)
+        await stock(c, "DC1", "WASHER", 10)
+        await stock(c, "DC1", "MUG", 10)
+        when = day(2)
+        status, o = await order(
+            c,
+            {
+                "customer": "C1",
+                "requested_date": when,
+                "lines": [
+                    {"sku": "WASHER", "qty": 1, "service": {"code": "INSTALL", "date": when, "slot": "AM"}},
+                    {"sku": "MUG", "qty": 2},
+                ],
+            },
+        )
+        assert o["status"] == "allocated" and o["services"][0]["status"] == "booked"
+        slot = "SELECT booked FROM slot_load WHERE route = 'R-N' AND day = ? AND slot = 'AM'"
+        assert await _one(c, slot, when) == (1,)
+        status, got = await c.req(
+            "POST",
+            f"/api/orders/{o['order_no']}/changes",
+            role="order_desk",
+            json={"action": "cancel_line", "line_no": 1},
+        )
+        assert status == 200 and got["status"] == "allocated"
+        assert await _one(c, slot, when) == (0,)
+        status, got = await c.req("GET", f"/api/orders/{o['order_no']}")
+        assert [b["status"] for b in got["services"]] == ["cancelled"]
+        assert "service cancelled" in [e["event"] for e in got["events"]]
+
+
+async def test_cancelling_an_order_gives_back_its_promises_vas_minutes(tmp_path: Path) -> None:
+    async with promise_central(tmp_path) as c:
+        await load(c)
+        await stock(c, "DC1", "MUG", 10)
+        status, kept = await c.req(
+            "POST",
+            "/api/promise",
+            role="order_desk",
+            json={
+                "customer": "C1",
+                "reserve": True,
+                "lines": [{"sku": "MUG", "qty": 4, "service": "ENGRAVE"}],
+            },
+        )
+        status, o = await order(
+            c,
+            {
+                "customer": "C1",
+                "requested_date": day(2),
+                "promise": kept["ref"],
+                "lines": [{"sku": "MUG", "qty": 4}],
+            },
+        )
+        assert o["status"] == "allocated"
+        assert await _one(c, "SELECT sum(booked) FROM vas_load") == (40,)  # the order's engraving
+        status, _ = await c.req("POST", f"/api/orders/{o['order_no']}/cancel", role="order_desk", json={})
+        assert status == 200
+        assert await _one(c, "SELECT sum(booked) FROM vas_load") == (0,)
+        assert await _one(c, "SELECT allocated FROM inventory WHERE sku = 'MUG'") == (0,)
+        status, got = await c.req("GET", f"/api/promise/{kept['ref']}")
+        assert got["status"] == "cancelled"

@@ -182,6 +182,9 @@ def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
     """``on_validated`` hook: allocate at once in real-time mode, else leave it for a wave."""
     settings = hub_of(conn).allocation
     if settings.realtime:
+        (status,) = conn.execute("SELECT status FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        if status != "validated":
+            return  # an earlier hook held it (central.promising.services: a service waits for a slot)
         allocate_now(conn, order_id, now=now_ms(), settings=settings)
 
 

@@ -45,6 +45,7 @@ from typing import Any
 from central.allocate import inventory
 from central.orders import lifecycle
 from central.promising import ScheduleError
+from runtime.clock import now_ms
 
 HORIZON_DAYS = 60  # a line with no date within this many days has none
 DEFAULT_HOLD_S = 24 * 3600  # a kept promise without hold_until
@@ -584,13 +585,33 @@ def free_claimed(conn: sqlite3.Connection, order_ids: Sequence[int], *, now: int
 
 
 def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
-    """``on_cancelled`` hook: a claimed promise of a cancelled order gives everything back."""
-    from runtime.clock import now_ms  # noqa: PLC0415 - keep the hook's imports local to it
-
-    for (ref,) in conn.execute(
-        "SELECT ref FROM promises WHERE order_id = ? AND status = 'claimed' ORDER BY promise_id", (order_id,)
+    """``on_cancelled`` hook: a promise the cancelled order claimed gives its stock and VAS
+    minutes back; one already fulfilled (its stock went to the order's allocation, which the
+    cancel gives back) gives back its VAS minutes."""
+    now = now_ms()
+    for ref, status in conn.execute(
+        "SELECT ref, status FROM promises WHERE order_id = ? AND status IN ('claimed', 'fulfilled')"
+        " ORDER BY promise_id",
+        (order_id,),
     ).fetchall():
-        close(conn, ref, status="cancelled", reason="order cancelled", now=now_ms())
+        if status == "claimed":
+            close(conn, ref, status="cancelled", reason="order cancelled", now=now)
+            continue
+        (pid,) = conn.execute("SELECT promise_id FROM promises WHERE ref = ?", (ref,)).fetchone()
+        minutes = _give_back_vas(conn, pid)
+        conn.execute(
+            "UPDATE promises SET status = 'cancelled', closed_at = ?, closed_reason = 'order cancelled'"
+            " WHERE promise_id = ?",
+            (now, pid),
+        )
+        lifecycle.record_event(
+            conn,
+            order_id,
+            "promise cancelled",
+            detail=f"promise {ref}: {minutes} VAS minutes given back with the order",
+            actor="promise",
+            now=now,
+        )
 
 
 def due(conn: sqlite3.Connection, now: int, *, limit: int | None = None) -> list[tuple[str, int]]:

@@ -30,6 +30,7 @@ from central.orders import lifecycle, orders
 from central.orders.masters import WEEKDAYS
 from central.promising import ScheduleError
 from protocols.records import LineService
+from runtime.clock import now_ms
 
 ALTERNATIVES = 5  # free slots offered when the one asked for is full
 SEARCH_DAYS = 28  # how far alternatives are looked for
@@ -249,6 +250,50 @@ def book_order(
     return bookings(conn, order_id)
 
 
+def _waiting_reason(conn: sqlite3.Connection, order_id: int) -> str:
+    """``slot full: ...`` for the order's waiting bookings, with the free slots now ("" if none)."""
+    parts = []
+    for b in bookings(conn, order_id):
+        if b["status"] != "waiting":
+            continue
+        alts = alternatives(conn, b["route"], dt.date.fromisoformat(b["day"]), b["units"])
+        free = ", ".join(f"{x['date']} {x['slot']}" for x in alts) or f"none within {SEARCH_DAYS} days"
+        where = f"line {b['line_no']} {b['service']} on {b['day']} {b['slot']} (route {b['route'] or '-'})"
+        parts.append(f"{where}; free: {free}")
+    return "slot full: " + "; ".join(parts) if parts else ""
+
+
+def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
+    """``on_validated`` hook, before allocation: an order whose service still waits for a slot
+    stays held whatever validated it again (a change, a re-check) - unless a supervisor
+    approved the hold, which lets it go on without the slot."""
+    if not conn.execute(
+        "SELECT 1 FROM service_bookings WHERE order_id = ? AND status = 'waiting'", (order_id,)
+    ).fetchone():
+        return
+    last = conn.execute(
+        "SELECT detail FROM order_events WHERE order_id = ? ORDER BY id DESC LIMIT 1", (order_id,)
+    ).fetchone()
+    if last is not None and str(last[0]).startswith("hold approved by"):
+        return
+    _hold(conn, order_id, _waiting_reason(conn, order_id), actor="services", now=now_ms())
+
+
+def on_line_cancelled(conn: sqlite3.Connection, order_id: int, line_no: int, *, actor: str, now: int) -> None:
+    """A cancelled order line's service bookings are cancelled, their capacity freed."""
+    for b in bookings(conn, order_id):
+        if b["line_no"] == line_no and b["status"] in ("booked", "waiting"):
+            _cancel_row(conn, b, now)
+            lifecycle.record_event(
+                conn,
+                order_id,
+                "service cancelled",
+                detail=f"line {line_no} {b['service']} on {b['day']} {b['slot']}: the line was cancelled",
+                actor=actor,
+                now=now,
+            )
+
+
 def _hold(conn: sqlite3.Connection, order_id: int, reason: str, *, actor: str, now: int) -> None:
     status = conn.execute("SELECT status FROM orders WHERE order_id = ?", (order_id,)).fetchone()[0]
     if status == lifecycle.Status.ALLOCATED:
@@ -386,8 +431,6 @@ def complete(
 
 def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
     """``on_cancelled`` hook: the order's open bookings are cancelled, their capacity freed."""
-    from runtime.clock import now_ms  # noqa: PLC0415
-
     now = now_ms()
     for b in bookings(conn, order_id):
         if b["status"] in ("booked", "waiting"):
