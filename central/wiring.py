@@ -45,7 +45,6 @@ def hub(allocation: AllocationSettings | None = None) -> Hub:
     h.on_cancelled.append(ordertypes.on_cancelled)
     h.on_cancelled.append(services.on_cancelled)  # the order's service bookings free their slots
     h.on_cancelled.append(promise.on_cancelled)  # a claimed promise gives its stock and minutes back
-    h.on_validated.append(services.on_validated)  # a service waiting for a slot keeps it held
     if allocation is not None:
         h.on_validated.append(waves.on_validated)
         h.on_cancelled.append(waves.on_cancelled)

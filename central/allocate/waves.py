@@ -38,7 +38,7 @@ from central.allocate.allocation import (
 from central.fulfil import picktime
 from central.hub import hub_of
 from central.orders import lifecycle
-from central.promising import promise
+from central.promising import promise, services
 from runtime.clock import now_ms
 
 BATCH_KEYS = ("window", "run", "zone", "route", "processing", "vehicle")
@@ -179,12 +179,14 @@ def allocate_now(
 
 
 def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
-    """``on_validated`` hook: allocate at once in real-time mode, else leave it for a wave."""
+    """``on_validated`` hook: allocate at once in real-time mode, else leave it for a wave -
+    unless a service of the order waits for a slot (:func:`central.promising.services.keeps_held`).
+    (The one hook, so ``orders.create_batch`` recognises the standard wiring and takes its
+    set-based path.)"""
+    if services.keeps_held(conn, order_id):
+        return  # a service of the order still waits for a slot: held again, nothing allocated
     settings = hub_of(conn).allocation
     if settings.realtime:
-        (status,) = conn.execute("SELECT status FROM orders WHERE order_id = ?", (order_id,)).fetchone()
-        if status != "validated":
-            return  # an earlier hook held it (central.promising.services: a service waits for a slot)
         allocate_now(conn, order_id, now=now_ms(), settings=settings)
 
 

@@ -263,20 +263,22 @@ def _waiting_reason(conn: sqlite3.Connection, order_id: int) -> str:
     return "slot full: " + "; ".join(parts) if parts else ""
 
 
-def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
-    """``on_validated`` hook, before allocation: an order whose service still waits for a slot
-    stays held whatever validated it again (a change, a re-check) - unless a supervisor
-    approved the hold, which lets it go on without the slot."""
+def keeps_held(conn: sqlite3.Connection, order_id: int) -> bool:
+    """Called as an order is validated, before allocation (``central.allocate.waves.on_validated``):
+    an order whose service still waits for a slot is held again, whatever validated it (a
+    change, a re-check) - unless a supervisor approved the hold, which lets it go on without
+    the slot. True when it was held."""
     if not conn.execute(
         "SELECT 1 FROM service_bookings WHERE order_id = ? AND status = 'waiting'", (order_id,)
     ).fetchone():
-        return
+        return False
     last = conn.execute(
         "SELECT detail FROM order_events WHERE order_id = ? ORDER BY id DESC LIMIT 1", (order_id,)
     ).fetchone()
     if last is not None and str(last[0]).startswith("hold approved by"):
-        return
+        return False
     _hold(conn, order_id, _waiting_reason(conn, order_id), actor="services", now=now_ms())
+    return True
 
 
 def on_line_cancelled(conn: sqlite3.Connection, order_id: int, line_no: int, *, actor: str, now: int) -> None:
