@@ -541,6 +541,10 @@ def test_cli_answers_what_rest_answers(tmp_path: Path) -> None:
             }
             status, got = await c.req("POST", "/api/promise", role="order_desk", json=body)
             assert status == 200
+            status, o = await order(
+                c, {"customer": "C1", "requested_date": day(2), "lines": [{"sku": "MUG", "qty": 2}]}
+            )
+            assert status == 201 and o["order_no"] == "SO00000001"
             return got  # type: ignore[no-any-return]
 
     rest = asyncio.run(setup())
@@ -593,6 +597,13 @@ def test_cli_answers_what_rest_answers(tmp_path: Path) -> None:
             for s, cap in (("AM", 1), ("PM", 2))
         ],
     }
+    out = run([sys.executable, "-m", "ops.cli", "promise", "--db", db, "--order", "SO00000001", "--json"])
+    assert out.returncode == 0, out.stderr
+    assert [(ln["sku"], ln["qty"], ln["location"]) for ln in json.loads(out.stdout)["lines"]] == [
+        ("MUG", 2, "DC1")
+    ]
+    out = run([sys.executable, "-m", "ops.cli", "promise", "--db", db, "--order", "SO00000001", "MUG=1"])
+    assert out.returncode == 2 and "--order alone" in out.stderr
     out = run([sys.executable, "-m", "ops.cli", "promise", "--db", db, "--customer", "NOPE", "MUG=1"])
     assert out.returncode == 1 and "customer 'NOPE' is not an active customer" in out.stderr
 
@@ -777,3 +788,41 @@ def test_the_standard_wiring_keeps_the_set_based_order_path() -> None:
     from central.allocate import waves
 
     assert wiring.hub(AllocationSettings()).on_validated == [waves.on_validated]
+
+
+async def test_an_orders_dates_count_its_own_allocation_and_its_back_order_waits_for_a_receipt(
+    tmp_path: Path,
+) -> None:
+    async with promise_central(tmp_path) as c:
+        await load(c)
+        await stock(c, "DC1", "MUG", 3)
+        status, _ = await c.req(
+            "POST",
+            "/api/inventory/receipts",
+            role="order_desk",
+            json={"location": "DC1", "sku": "MUG", "qty": 10, "expected": day(4)},
+        )
+        assert status == 201
+        status, o = await order(
+            c, {"customer": "C1", "requested_date": day(2), "lines": [{"sku": "MUG", "qty": 5}]}
+        )
+        assert o["status"] == "allocated"  # 3 now, 2 on back order
+        status, got = await c.req("POST", "/api/promise", role="order_desk", json={"order": o["order_no"]})
+        assert status == 200, got
+        (line,) = got["lines"]
+        # its own 3 are there for it, the 2 owed (an open back order) come with the receipt
+        assert (line["location"], line["stock_qty"], line["receipt_qty"], line["limited_by"]) == (
+            "DC1",
+            3,
+            2,
+            "receipt",
+        )
+        assert line["date"] == day(6) and got["order_no"] == o["order_no"] and got["customer"] == "C1"
+        status, got = await c.req(
+            "POST", "/api/promise", role="order_desk", json={"order": o["order_no"], "reserve": True}
+        )
+        assert status == 400 and got["error"].startswith(
+            "reserve: an order is promised with its own customer"
+        )
+        status, got = await c.req("POST", "/api/promise", role="order_desk", json={"order": "SO99999999"})
+        assert status == 404

@@ -30,10 +30,11 @@ SLOTS_DESCRIPTION = "Delivery slots of a route: capacity, booked, free (read onl
 
 
 def promise_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("lines", nargs="+", help="SKU=QTY or SKU=QTY:VAS_SERVICE")
+    p.add_argument("lines", nargs="*", help="SKU=QTY or SKU=QTY:VAS_SERVICE (none with --order)")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--customer", help="the customer (its zone is its region)")
     who.add_argument("--zone", help="a delivery zone, for a quote without a customer")
+    who.add_argument("--order", help="an order's open lines (its number or record id)")
     p.add_argument(
         "--today", type=dt.date.fromisoformat, default=None, help="YYYY-MM-DD (default: today, UTC)"
     )
@@ -42,6 +43,9 @@ def promise_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def promise_run(args: argparse.Namespace) -> int:
+    if bool(args.order) == bool(args.lines):
+        print("error: give lines (SKU=QTY) with --customer or --zone, or --order alone", file=sys.stderr)
+        return 2
     try:
         asks = [_line(i, raw) for i, raw in enumerate(args.lines)]
     except argparse.ArgumentTypeError as e:
@@ -51,8 +55,11 @@ def promise_run(args: argparse.Namespace) -> int:
     try:
         conn = _connect(args.db)
         try:
-            zone = promise.zone_of(conn, args.customer) if args.customer else args.zone
-            answers = promise.plan(conn, zone=zone, lines=asks, today=today)
+            customer, own = args.customer, None
+            if args.order:
+                _, customer, asks, own = promise.order_request(conn, args.order)
+            zone = promise.zone_of(conn, customer) if customer else args.zone
+            answers = promise.plan(conn, zone=zone, lines=asks, today=today, own=own)
         finally:
             conn.close()
     except (ScheduleError, sqlite3.Error) as e:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,13 +161,16 @@ class _Supply:
     receipts per location less earlier claims, open back orders; with what earlier lines of
     the request took."""
 
-    def __init__(self, conn: sqlite3.Connection, sku: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, sku: str, own: Mapping[tuple[str, str], int]) -> None:
         self.now = {
             loc: int(q)
             for loc, q in conn.execute(
                 "SELECT location, on_hand - allocated FROM inventory WHERE sku = ? ORDER BY location", (sku,)
             )
         }
+        for (loc, s), q in own.items():  # an order's own allocation is there for it
+            if s == sku:
+                self.now[loc] = self.now.get(loc, 0) + q
         self.receipts: dict[str, list[tuple[dt.date, int, int]]] = {}  # loc -> (date, id, qty)
         for rid, loc, qty, date in conn.execute(
             "SELECT receipt_id, location, qty, expected_date FROM receipts"
@@ -235,9 +238,16 @@ def _vas_free(
 
 
 def plan(
-    conn: sqlite3.Connection, *, zone: str, lines: Sequence[LineAsk], today: dt.date
+    conn: sqlite3.Connection,
+    *,
+    zone: str,
+    lines: Sequence[LineAsk],
+    today: dt.date,
+    own: Mapping[tuple[str, str], int] | None = None,
 ) -> list[LineAnswer]:
-    """The earliest delivery date of each line (see the module docstring); writes nothing."""
+    """The earliest delivery date of each line (see the module docstring); writes nothing.
+    ``own``: units allocated to the order being promised, per ``(location, sku)`` - available
+    to it (:func:`order_request`)."""
     srcs = sources(conn, zone)
     days = lead_times(conn, zone)
     supply: dict[str, _Supply] = {}
@@ -247,7 +257,7 @@ def plan(
     for ln in lines:
         sup = supply.get(ln.sku)
         if sup is None:
-            sup = supply[ln.sku] = _Supply(conn, ln.sku)
+            sup = supply[ln.sku] = _Supply(conn, ln.sku, own or {})
         service_name, per_unit = vas_service(conn, ln.service) if ln.service else ("", 0)
         minutes = per_unit * ln.qty
         best: LineAnswer | None = None
@@ -320,6 +330,39 @@ def plan(
             vas_used[key] = vas_used.get(key, 0) + minutes
         out.append(best)
     return out
+
+
+def order_request(
+    conn: sqlite3.Connection, key: str
+) -> tuple[str, str, list[LineAsk], dict[tuple[str, str], int]]:
+    """An order's promise request: (order number, customer, its open lines, the units
+    allocated to it per (location, sku) - which are there for it)."""
+    row = conn.execute(
+        "SELECT order_id, order_no, customer, status FROM orders WHERE order_no = ? OR record_id = ?",
+        (key, key),
+    ).fetchone()
+    if row is None:
+        raise ScheduleError(f"no order with number or record id {key!r}", status=404)
+    oid, number, customer, status = row
+    if status in ("cancelled", "returned", "delivered"):
+        raise ScheduleError(f"order {number} is {status}: nothing to promise", status=409)
+    lines = [
+        LineAsk(int(n), str(sku or gtin), int(qty))
+        for n, sku, gtin, qty in conn.execute(
+            "SELECT line_no, sku, gtin, qty FROM order_lines WHERE order_id = ? AND cancelled = 0"
+            " ORDER BY line_no",
+            (oid,),
+        )
+    ]
+    own = {
+        (str(loc), str(sku)): int(q)
+        for loc, sku, q in conn.execute(
+            "SELECT location, sku, sum(qty) FROM allocations WHERE order_id = ? AND status = 'allocated'"
+            " GROUP BY location, sku ORDER BY location, sku",
+            (oid,),
+        )
+    }
+    return str(number), str(customer), lines, own
 
 
 # -- kept promises --------------------------------------------------------------------------

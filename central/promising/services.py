@@ -12,11 +12,12 @@ takes its ``slot_units``). :func:`book_order` books every such line in the order
 transaction: booked, or - the slot full - the booking is kept ``waiting`` and the order is
 held (``slot full: ...``, its allocation given back) with the free slots around the date
 offered. Rescheduling a waiting booking into a free slot books it and checks the order again
-(a held order with nothing else wrong is validated and allocated); until then nothing but a
-supervisor's approve lets the order go on (:func:`keeps_held`). A gateway's order is booked
-the same way when central processes it, never refused: what cannot be booked holds it. Rescheduling or cancelling
-a booking frees its capacity; an order cancel frees all its bookings (:func:`on_cancelled`,
-on the hub's ``on_cancelled``). Completing the service is an event in the order's history.
+(a held order with nothing else wrong is validated and allocated); until then nothing but
+a supervisor's approve lets the order go on (:func:`keeps_held`). A gateway's order is
+booked the same way when central processes it, never refused: what cannot be booked holds
+it. Rescheduling or cancelling a booking frees its capacity; an order cancel frees all its
+bookings (:func:`on_cancelled`, on the hub's ``on_cancelled``), a cancelled line its own.
+Completing the service is an event in the order's history.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from protocols.bounded import value_repr
 from protocols.records import MAX_QTY
 from runtime.clock import now_ms
 
-_PROMISE_KEYS = frozenset({"customer", "zone", "lines", "reserve", "hold_until", "today"})
+_PROMISE_KEYS = frozenset({"customer", "zone", "lines", "reserve", "hold_until", "today", "order"})
 
 
 def _day(raw: object, where: str) -> dt.date:
@@ -62,7 +62,19 @@ def promise_job(body: dict[str, Any], *, actor: str) -> Any:
         raise ScheduleError(
             f"unknown field {sorted(unknown)[0]!r}; known: {', '.join(sorted(_PROMISE_KEYS))}"
         )
-    lines = parse_lines(body.get("lines"))
+    order_key = body.get("order")
+    if order_key is not None:
+        if not isinstance(order_key, str) or not order_key:
+            raise ScheduleError("order: expected an order number or record id")
+        given = sorted(set(body) & {"customer", "zone", "lines", "reserve", "hold_until"})
+        if given:
+            raise ScheduleError(
+                f"{given[0]}: an order is promised with its own customer and lines, and its stock is its"
+                " allocation (a kept promise is for a quote)"
+            )
+        lines: list[promise.LineAsk] = []
+    else:
+        lines = parse_lines(body.get("lines"))
     reserve = body.get("reserve", False) or "hold_until" in body
     if not isinstance(reserve, bool):
         raise ScheduleError("reserve: expected true or false")
@@ -71,17 +83,21 @@ def promise_job(body: dict[str, Any], *, actor: str) -> Any:
         raise ScheduleError("customer: a kept promise is made for a customer")
     if customer is not None and not isinstance(customer, str):
         raise ScheduleError("customer: expected a customer code")
-    if customer is None and not isinstance(zone, str):
+    if customer is None and order_key is None and not isinstance(zone, str):
         raise ScheduleError("customer or zone: one is needed (a quote for a zone needs no customer)")
     now = now_ms()
     hold_until = promise.hold_until_of(body.get("hold_until"), now=now) if reserve else None
     today = _day(body["today"], "today") if "today" in body else orders.today_of(now)
 
     def job(conn: sqlite3.Connection) -> dict[str, Any]:
-        z = promise.zone_of(conn, customer) if customer is not None else str(zone)
-        answers = promise.plan(conn, zone=z, lines=lines, today=today)
+        who, asks, own, number = customer, lines, None, None
+        if order_key is not None:
+            number, who, asks, own = promise.order_request(conn, order_key)
+        z = promise.zone_of(conn, who) if who is not None else str(zone)
+        answers = promise.plan(conn, zone=z, lines=asks, today=today, own=own)
         out: dict[str, Any] = {
-            "customer": customer,
+            "order_no": number,
+            "customer": who,
             "zone": z,
             "today": today.isoformat(),
             "lines": [a.to_json() for a in answers],
