@@ -20,7 +20,7 @@ from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
 from central.regions import Regions
-from central.web import allocation_api, console, dashboard, fleet_api, release_api
+from central.web import allocation_api, console, dashboard, fleet_api, promise_api, release_api
 from central.web.api import create_app
 from central.workers import Worker
 from runtime import config
@@ -101,6 +101,7 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
     fleet_api.add_routes(app, db=db, backlog_age_s=fleet.thresholds.backlog_age_s)
     allocation_api.add_routes(app)
     release_api.add_routes(app)
+    promise_api.add_routes(app)
     console.add_routes(app)
     add_metrics(app, metrics.collect)
     return app

@@ -6,7 +6,10 @@ Jobs, each item run once:
   (:func:`central.orders.orders.make_contract_delivery`); item ``<contract>@<date>``;
 - ``delay-expiry``: an order held for a complete delivery (shortage action DELAY) past its
   time limit is cancelled and its stock given back (:func:`central.allocate.shortage.expire_delay`);
-  item ``<order id>@<deadline>``.
+  item ``<order id>@<deadline>``;
+- ``promise-expiry``: a kept promise (``central.promising.promise``) not claimed - or claimed by an
+  order not allocated yet - by its ``hold_until`` gives its reserved stock and VAS minutes
+  back (:func:`central.promising.promise.close`); item ``<ref>@<hold_until>``.
 
 Each item's effect, the mark that takes it off the due list (the delivery's order id, the
 allocation status) and its ``schedule_runs`` row are written in one transaction, so a
@@ -30,6 +33,7 @@ from typing import Any
 
 from central.allocate import shortage
 from central.orders import lifecycle, orders
+from central.promising import promise
 from runtime.clock import now_ms
 from runtime.sqlitedb import DurableDB
 
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CONTRACT = "contract"
 DELAY_EXPIRY = "delay-expiry"
+PROMISE_EXPIRY = "promise-expiry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +91,23 @@ def expire_delays(conn: sqlite3.Connection, *, today: dt.date, now: int, limit: 
     return out
 
 
+def expire_promises(conn: sqlite3.Connection, *, now: int, limit: int | None = None) -> list[Ran]:
+    """End (up to ``limit``) kept promises past their ``hold_until``: stock and minutes back."""
+    out = []
+    for ref, until in promise.due(conn, now, limit=limit):
+        back = promise.close(conn, ref, status="expired", reason="hold_until passed", now=now)
+        result = f"expired, {back['units']} units and {back['vas_minutes']} VAS minutes back"
+        out.append(_record(conn, PROMISE_EXPIRY, f"{ref}@{until}", result, now))
+    return out
+
+
 def run_due(conn: sqlite3.Connection, *, today: dt.date, now: int, limit: int) -> list[Ran]:
     """Up to ``limit`` due items of every job, in the caller's transaction."""
     ran = run_contracts(conn, today=today, now=now, limit=limit)
     if len(ran) < limit:
         ran += expire_delays(conn, today=today, now=now, limit=limit - len(ran))
+    if len(ran) < limit:
+        ran += expire_promises(conn, now=now, limit=limit - len(ran))
     return ran
 
 

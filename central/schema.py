@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from central import downlink
+from central.promising import tables as promising_tables
 from runtime.sqlitedb import Migration
 
 # the tables and columns masters.Snapshot holds (customers' open value and receivables move
@@ -358,4 +359,5 @@ MIGRATIONS: list[Migration] = [
         " INSERT INTO master_version (id, version) VALUES (1, 0);",
         postgres=MASTER_VERSION_PG,
     ),
+    *promising_tables.MIGRATIONS,
 ]

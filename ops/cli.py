@@ -271,6 +271,18 @@ def cmd_masters(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_promise(args: argparse.Namespace) -> int:
+    from central.promising.cli import promise_run
+
+    return promise_run(args)
+
+
+def cmd_slots(args: argparse.Namespace) -> int:
+    from central.promising.cli import slots_run
+
+    return slots_run(args)
+
+
 def _when(raw: str) -> int:
     """Epoch ms from digits, or from an ISO time (UTC unless it names its zone)."""
     if raw.isdigit():
@@ -395,6 +407,24 @@ def build_parser() -> argparse.ArgumentParser:
         "masters_args", nargs=argparse.REMAINDER, help="e.g. import items items.csv --db central.db"
     )
     ms.set_defaults(fn=cmd_masters)
+
+    from central.promising import cli as promising_cli
+
+    pr = sub.add_parser(
+        "promise",
+        help="earliest delivery date per line from central's database (read only; central/PROMISE.md)",
+        description=promising_cli.PROMISE_DESCRIPTION,
+    )
+    promising_cli.promise_arguments(pr)
+    pr.set_defaults(fn=cmd_promise)
+
+    sl = sub.add_parser(
+        "slots",
+        help="delivery slots of a route: capacity, booked, free (read only)",
+        description=promising_cli.SLOTS_DESCRIPTION,
+    )
+    promising_cli.slots_arguments(sl)
+    sl.set_defaults(fn=cmd_slots)
 
     ps = sub.add_parser(
         "pick-schedule",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -54,11 +54,35 @@ class OrderType(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class LineService:
+    """A field service sold with the line (installation, testing, assembly), asked for in a
+    delivery slot; central books it with the order (``central/PROMISE.md``)."""
+
+    code: str
+    date: dt.date
+    slot: str
+
+    def to_wire(self) -> dict[str, str]:
+        return {"code": self.code, "date": self.date.isoformat(), "slot": self.slot}
+
+
+@dataclass(frozen=True, slots=True)
 class OrderLine:
     qty: int
     gtin: str | None = None
     sku: str | None = None
     price: int | None = None  # quoted unit price, minor units
+    service: LineService | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"qty": self.qty}
+        for k in ("gtin", "sku", "price"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        if self.service is not None:
+            out["service"] = self.service.to_wire()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +101,7 @@ class OrderBody:
             "channel": self.channel.value,
             "order_type": self.order_type.value,
             "requested_date": self.requested_date.isoformat(),
-            "lines": [{k: v for k, v in asdict(ln).items() if v is not None} for ln in self.lines],
+            "lines": [ln.to_wire() for ln in self.lines],
             "note": self.note,
             "source_ref": self.source_ref,
         }
@@ -117,7 +141,9 @@ def parse_date(v: object, where: str) -> dt.date:
         raise RecordSchemaError(f"{where}: {value_repr(v)} is not a YYYY-MM-DD date") from None
 
 
-_LINE_KEYS = frozenset({"qty", "gtin", "sku", "price"})
+_PLAIN_LINE_KEYS = frozenset({"qty", "gtin", "sku", "price"})  # what the quick checks take
+_LINE_KEYS = _PLAIN_LINE_KEYS | {"service"}
+_SERVICE_KEYS = frozenset({"code", "date", "slot"})
 _ORDER_KEYS = frozenset(
     {"customer", "channel", "order_type", "requested_date", "lines", "note", "source_ref"}
 )
@@ -149,7 +175,28 @@ def parse_order_line(i: int, raw: object) -> OrderLine:
     price = raw.get("price")
     if price is not None:
         price = int_value(price, f"{where}.price", lo=0, hi=10**12)
-    return OrderLine(qty=qty, gtin=gtin, sku=sku, price=price)
+    service = raw.get("service")
+    return OrderLine(
+        qty=qty,
+        gtin=gtin,
+        sku=sku,
+        price=price,
+        service=None if service is None else parse_line_service(f"{where}.service", service),
+    )
+
+
+def parse_line_service(where: str, raw: object) -> LineService:
+    """A line's ``service``: ``{"code", "date": "YYYY-MM-DD", "slot"}``."""
+    if not isinstance(raw, dict):
+        raise RecordSchemaError(f"{where}: expected map {{code, date, slot}}, got {type(raw).__name__}")
+    unknown = raw.keys() - _SERVICE_KEYS
+    if unknown:
+        raise RecordSchemaError(f"{where}: unknown field {names(unknown)}")
+    for key in ("code", "slot"):
+        v = raw.get(key)
+        if not isinstance(v, str) or not 0 < len(v) <= MAX_CODE:
+            raise RecordSchemaError(f"{where}.{key}: expected text of 1..{MAX_CODE} characters")
+    return LineService(code=raw["code"], date=parse_date(raw.get("date"), f"{where}.date"), slot=raw["slot"])
 
 
 def parse_order(body: dict[str, Any]) -> OrderBody:
@@ -225,7 +272,7 @@ def order_certainly_valid(body: dict[str, Any]) -> bool:
     if type(lines) is not list or not 0 < len(lines) <= MAX_LINES:
         return False
     for ln in lines:
-        if type(ln) is not dict or not ln.keys() <= _LINE_KEYS:
+        if type(ln) is not dict or not ln.keys() <= _PLAIN_LINE_KEYS:  # a service: parse_order decides
             return False
         gtin, sku, qty, price = ln.get("gtin"), ln.get("sku"), ln.get("qty"), ln.get("price")
         if gtin is None:

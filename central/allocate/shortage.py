@@ -40,6 +40,7 @@ from central.allocate.allocation import (
     allocate,
     encode_inputs,
 )
+from central.promising import promise
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,8 @@ def receive(
     else:
         inventory.add_stock(conn, location, sku, qty)
     run_id = release_backorders(conn, {sku}, now=now, today=today, rules=rules, company=company)
+    if receipt_id is not None:  # then the promises kept on this receipt reserve their units
+        promise.on_received(conn, receipt_id, now=now)
     log.info("received %d x %s at %s; release run %s", qty, sku, location, run_id)
     return {"location": location, "sku": sku, "qty": qty, "release_run": run_id}
 

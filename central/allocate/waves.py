@@ -40,6 +40,7 @@ from central.allocate.allocation import (
 from central.fulfil import picktime
 from central.hub import hub_of
 from central.orders import lifecycle
+from central.promising import promise, services
 from runtime.clock import now_ms
 from runtime.dbapi import dialect, is_postgres_url
 from runtime.pgdb import PgConnection
@@ -132,6 +133,8 @@ def _allocate_batch(
         if r.order_id not in taken
     ]
     everything = demands + refills
+    # promises these orders claimed: their reserved stock is this allocation's to take
+    promise.free_claimed(conn, [d.order_id for d in demands], now=now)
     network = inventory.load_network(conn)
     stock = inventory.available(conn, {ln.sku for d in everything for ln in d.lines})
     kw: dict[str, Any] = {
@@ -183,7 +186,12 @@ def allocate_now(
 
 
 def on_validated(conn: sqlite3.Connection, order_id: int) -> None:
-    """``on_validated`` hook: allocate at once in real-time mode, else leave it for a wave."""
+    """``on_validated`` hook: allocate at once in real-time mode, else leave it for a wave -
+    unless a service of the order waits for a slot (:func:`central.promising.services.keeps_held`).
+    (The one hook, so ``orders.create_batch`` recognises the standard wiring and takes its
+    set-based path.)"""
+    if services.keeps_held(conn, order_id):
+        return  # a service of the order still waits for a slot: held again, nothing allocated
     settings = hub_of(conn).allocation
     if settings.realtime:
         allocate_now(conn, order_id, now=now_ms(), settings=settings)

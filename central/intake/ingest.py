@@ -25,6 +25,7 @@ from central import CentralError, downlink
 from central.hub import Hub, hub_of
 from central.orders import orders, ordertypes
 from central.orders.validation import LineIn, OrderIn
+from central.promising import services
 from protocols import envelope
 from protocols.bounded import bounded_reason
 from protocols.envelope import Ack, AckStatus, BadRecord, Envelope, Received, Record, Uplink, gc_paused
@@ -95,6 +96,9 @@ def apply_order(conn: sqlite3.Connection, ctx: Context, rec: Record) -> str:
         raise Rejected(e.reason) from None
     new = _gateway_order(ctx.gateway, rec, order.channel.value, _order_in(order))
     (created,) = orders.create_batch(conn, [new], now=ctx.now)
+    asks = services.asks_of([ln.service for ln in order.lines])
+    if asks:  # field services sold with a line: booked with the order (central/PROMISE.md)
+        services.book_order(conn, created.order_id, asks, actor=f"gateway:{ctx.gateway}", now=ctx.now)
     return created.order_no
 
 
@@ -535,6 +539,8 @@ def _new_order(gw: str, rec: Record) -> orders.NewOrder | None:
             order = parse_order(body)
         except RecordSchemaError:
             return None
+        if any(ln.service is not None for ln in order.lines):
+            return None  # its services are booked with it: apply_order, on its own
         channel = order.channel.value
         order_in = _order_in(order)
     return _gateway_order(gw, rec, channel, order_in)

@@ -1,6 +1,8 @@
 """Master data: customers, items, price lists, locations (and the gateway mapping),
-sourcing rules (which locations serve a delivery zone) and AS/RS totes (which storage tote
-holds an item at a DC).
+sourcing rules (which locations serve a delivery zone), AS/RS totes (which storage tote
+holds an item at a DC), and what promising and scheduling read (``central/PROMISE.md``):
+lead and transit days per source and zone, services (value-added and field), value-added
+service capacity per location and the weekly delivery-slot template per route.
 
 Every write goes through this module, inside the caller's write transaction:
 :func:`upsert` / :func:`delete` / :func:`import_csv` validate the row against the kind's
@@ -47,6 +49,8 @@ ITEMS_PER_RECORD = 500
 GRADES = ("A", "B", "C")
 BACKORDER_POLICIES = ("none", "backorder", "next-order", "all-at-once")
 LOCATION_KINDS = ("store", "dc", "supplier")
+SERVICE_KINDS = ("vas", "field")  # value-added at the source (minutes), field service in a slot
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class MasterError(CentralError):
@@ -178,6 +182,10 @@ class Kind:
     key: str
     fields: dict[str, Conv]
     extra: tuple[str, ...] = ()  # fields stored outside the main table
+    # A kind kept generically (one table, validated by the field table and ``check``):
+    # the table's primary key; ``group``: the kind's key names several rows (GET lists them).
+    rows_key: tuple[str, ...] = ()
+    group: bool = False
 
 
 KINDS: dict[str, Kind] = {
@@ -279,6 +287,53 @@ KINDS: dict[str, Kind] = {
             "tote_location": _asrs_id,
         },
     ),
+    "lead_times": Kind(
+        "lead_times",
+        "lead_times",
+        "location",
+        {
+            "location": _code,  # the source
+            "zone": _code,  # a customer's delivery zone (its region), or * for every other zone
+            "lead_days": _int(0, 365, optional=True),  # ready to ship after (pick, pack, order at a supplier)
+            "transit_days": _int(0, 365, optional=True),  # on the road to the zone
+        },
+        rows_key=("location", "zone"),
+        group=True,
+    ),
+    "services": Kind(
+        "services",
+        "services",
+        "code",
+        {
+            "code": _code,
+            "kind": _choice(SERVICE_KINDS, ""),
+            "description": _text(),
+            "minutes_per_unit": _int(0, 100_000, optional=True),  # vas: work per unit of the line
+            "slot_units": _int(1, 1000, optional=True),  # field: slot capacity one booking takes
+            "active": _bool,
+        },
+        rows_key=("code",),
+    ),
+    "vas_capacity": Kind(
+        "vas_capacity",
+        "vas_capacity",
+        "location",
+        {"location": _code, "minutes_per_day": _int(0, 1_000_000)},
+        rows_key=("location",),
+    ),
+    "slots": Kind(
+        "slots",
+        "slot_templates",
+        "route",
+        {
+            "route": _code,  # a customer's route, else its zone (region)
+            "weekday": _choice(WEEKDAYS, ""),
+            "slot": _code,  # e.g. 08-12
+            "capacity": _int(0, 100_000),
+        },
+        rows_key=("route", "weekday", "slot"),
+        group=True,
+    ),
 }
 _DEFAULTS = {
     "unit": "EA",
@@ -290,6 +345,10 @@ _DEFAULTS = {
     "receivables": 0,
     "min_qty": 1,
     "cost": 0,
+    "lead_days": 0,
+    "transit_days": 0,
+    "minutes_per_unit": 0,
+    "slot_units": 1,
 }
 
 
@@ -360,6 +419,12 @@ def parse_row(kind: str, raw: dict[str, Any], *, key: str | None = None) -> dict
         raise MasterError(kind, label, "kind", f"missing; one of {', '.join(LOCATION_KINDS)}")
     if kind == "sourcing" and row["preferred"] and row["transfer"]:
         raise MasterError(kind, label, "preferred", "a transfer source cannot be the preferred one")
+    if kind == "services" and not row["kind"]:
+        raise MasterError(kind, label, "kind", f"missing; one of {', '.join(SERVICE_KINDS)}")
+    if kind == "services" and row["kind"] == "vas" and not row["minutes_per_unit"]:
+        raise MasterError(kind, label, "minutes_per_unit", "a value-added service needs minutes per unit > 0")
+    if kind == "slots" and not row["weekday"]:
+        raise MasterError(kind, label, "weekday", f"missing; one of {', '.join(WEEKDAYS)}")
     return row
 
 
@@ -394,6 +459,12 @@ def upsert(conn: sqlite3.Connection, kind: str, raw: dict[str, Any], *, key: str
     """Insert or replace one master row (inside a write transaction); returns its key."""
     row = parse_row(kind, raw, key=key)
     invalidate(conn)
+    k = KINDS[kind]
+    if k.rows_key:
+        if kind in ("lead_times", "vas_capacity"):
+            _known(conn, kind, row["location"], "location", master="locations", code=row["location"])
+        _replace(conn, k.table, row, key=k.rows_key)
+        return "/".join(str(row[c]) for c in k.rows_key)
     if kind == "customers":
         old = conn.execute(
             "SELECT gateway, receivables, open_value, price_class FROM customers WHERE code = ?",
@@ -509,6 +580,8 @@ def delete(conn: sqlite3.Connection, kind: str, key: str) -> bool:
     k = KINDS.get(kind)
     if k is None:
         raise MasterError(kind, key, "", f"unknown master kind; known: {', '.join(KINDS)}")
+    if k.rows_key and "active" not in k.fields:  # nothing refers to these rows: remove them
+        return conn.execute(f"DELETE FROM {k.table} WHERE {k.key} = ?", (key,)).rowcount > 0
     n = conn.execute(f"UPDATE {k.table} SET active = 0 WHERE {k.key} = ?", (key,)).rowcount
     if n and kind == "customers":
         _publish_standing(conn, key)
@@ -586,6 +659,15 @@ def get(conn: sqlite3.Connection, kind: str, key: str) -> dict[str, Any] | None:
             return None
         cols = ("location", "cost", "preferred", "transfer")
         return {"zone": key, "rules": [dict(zip(cols, r, strict=True)) for r in rules]}
+    if k.group:
+        names = [c for c in k.fields if c != k.key]
+        rows = conn.execute(
+            f"SELECT {', '.join(names)} FROM {k.table} WHERE {k.key} = ? ORDER BY {', '.join(k.rows_key)}",
+            (key,),
+        ).fetchall()
+        if not rows:
+            return None
+        return {k.key: key, "rules": [dict(zip(names, r, strict=True)) for r in rows]}
     cur = conn.execute(f"SELECT * FROM {k.table} WHERE {k.key} = ?", (key,))
     row = cur.fetchone()
     if row is None:

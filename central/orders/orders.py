@@ -425,6 +425,9 @@ def apply_change(conn: sqlite3.Connection, oid: int, change: OrderChange, *, act
                 "UPDATE order_lines SET cancelled = 1 WHERE order_id = ? AND line_no = ?",
                 (oid, change.line_no),
             )
+            from central.promising import services  # noqa: PLC0415 - services imports this module
+
+            services.on_line_cancelled(conn, oid, change.line_no, actor=actor, now=now)
             text = f"line {change.line_no} cancelled{why}"
         else:
             old = lines[change.line_no]

@@ -26,6 +26,7 @@ from central import schedule
 from central.intake.consumer import Consumer
 from central.orders import lifecycle, masters, orders, ordertypes, repo
 from central.orders.validation import LineIn, OrderIn
+from central.promising import ScheduleError, promise, services
 from central.web import auth, idempotency
 from central.web.auth import Role, User
 from protocols.bounded import value_repr
@@ -85,6 +86,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, str(e))
     except RecordSchemaError as e:
         return _error(400, e.reason)
+    except ScheduleError as e:  # promises, slots and service bookings (central/PROMISE.md)
+        return _error(e.status, e.reason)
     except IdempotencyError as e:  # 400 a malformed Idempotency-Key, 422 one used for another order
         return _error(e.status, e.reason)
     except StorageFull as e:
@@ -183,15 +186,20 @@ async def list_orders(request: web.Request) -> web.Response:
 @requires(Role.VIEWER)
 async def get_order(request: web.Request) -> web.Response:
     key = request.match_info["key"]
-    order = await request.app[DB_KEY].read(partial(repo.get_order, key=key))
+
+    def q(conn: sqlite3.Connection) -> dict[str, Any] | None:
+        found = repo.get_order(conn, key)
+        return None if found is None else _with_services(conn, found)
+
+    order = await request.app[DB_KEY].read(q)
     if order is None:
         raise HttpError(404, f"no order with number or record id {key!r}")
     return _json(order)
 
 
-def _order_from_json(body: dict[str, Any]) -> tuple[OrderIn, str, dict[str, Any]]:
-    """The order to create, its channel, and the parsed order as a dict (what "the same
-    order" means for an ``Idempotency-Key``)."""
+def _order_from_json(body: dict[str, Any]) -> tuple[OrderIn, str, dict[str, Any], list[services.ServiceAsk]]:
+    """The order to create, its channel, the parsed order as a dict (what "the same order"
+    means for an ``Idempotency-Key``) and its lines' services."""
     body = {"channel": Channel.MANUAL.value, **body}
     parsed = parse_order(body)
     order = OrderIn(
@@ -205,7 +213,12 @@ def _order_from_json(body: dict[str, Any]) -> tuple[OrderIn, str, dict[str, Any]
         note=parsed.note,
         source_ref=parsed.source_ref,
     )
-    return order, parsed.channel.value, parsed.to_wire()
+    return (
+        order,
+        parsed.channel.value,
+        parsed.to_wire(),
+        services.asks_of([ln.service for ln in parsed.lines]),
+    )
 
 
 @requires(Role.ORDER_DESK)
@@ -213,19 +226,27 @@ async def create_order(request: web.Request) -> web.Response:
     """Manual entry: the same order record as any channel. An order failing completeness
     (unknown customer or item, bad date or quantity) is refused with 422 and not stored;
     credit or price problems store it held. ``Idempotency-Key`` makes a retry safe: the same
-    order again gets the first answer, another order under the key 422 (``central.web.idempotency``)."""
+    order again gets the first answer, another order under the key 422 (``central.web.idempotency``).
+    ``"promise": REF`` claims a kept promise; a line's ``"service": {"code", "date", "slot"}``
+    books a field service into a delivery slot in the same transaction (``central/PROMISE.md``)."""
     key = parse_key(request.headers.getall(HEADER, []))  # 400 for a malformed one
-    body = await _body(request)
-    order, channel, wire = _order_from_json(body)
+    body, promise_ref = services.split_promise(await _body(request))
+    order, channel, wire, asks = _order_from_json(body)
     user = _user(request)
     record_id = idempotency.record_id(key) if key is not None else f"rest:{uuid.uuid4().hex}"
-    fp = fingerprint(wire)
+    fp = fingerprint({**wire, "promise": promise_ref} if promise_ref else wire)
 
     def job(conn: sqlite3.Connection) -> idempotency.Answer:
         if key is not None and (replayed := idempotency.replay(conn, key, fp)) is not None:
             return replayed
         cust = masters.cache(conn).customers.get(order.customer)
         now = now_ms()
+        if asks:
+            services.validate_asks(
+                conn, order.customer, asks, n_lines=len(order.lines), today=orders.today_of(now)
+            )
+        if promise_ref:
+            promise.claim(conn, promise_ref, customer=order.customer, record_id=record_id, now=now)
         created = orders.create(
             conn,
             order,
@@ -239,7 +260,11 @@ async def create_order(request: web.Request) -> web.Response:
             origin=f"entered by {user.name} over REST ({channel})",
             refuse_failures=True,
         )
-        answer = idempotency.Answer(201, repo.get_order(conn, record_id) or {})
+        if promise_ref:
+            promise.claimed_by(conn, created.order_id, record_id, now=now)
+        if asks:
+            services.book_order(conn, created.order_id, asks, actor=user.name, now=now)
+        answer = idempotency.Answer(201, _with_services(conn, repo.get_order(conn, record_id) or {}))
         if key is not None:
             idempotency.remember(conn, key, fp, answer, order_no=created.order_no, now=now)
         return answer
@@ -250,6 +275,15 @@ async def create_order(request: web.Request) -> web.Response:
         log.info("order %s: sent again under key %r, first answer replayed", answer.body.get("order_no"), key)
         resp.headers[REPLAYED_HEADER] = "true"
     return resp
+
+
+def _with_services(conn: sqlite3.Connection, order: dict[str, Any]) -> dict[str, Any]:
+    """The order's answer with its service bookings (``central/PROMISE.md``), when it has any."""
+    if "order_id" in order:
+        booked = services.bookings(conn, order["order_id"])
+        if booked:
+            order = {**order, "services": booked}
+    return order
 
 
 async def _order_action(
