@@ -17,7 +17,7 @@ from central.fulfil.release import Releaser, ReleaseSettings
 from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
-from central.web import allocation_api, console, dashboard, fleet_api, release_api
+from central.web import allocation_api, console, dashboard, fleet_api, process_api, release_api
 from central.web.api import create_app
 from runtime import config
 from runtime.metrics import add_metrics
@@ -54,6 +54,7 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
     fleet_api.add_routes(app, db=db, backlog_age_s=fleet.thresholds.backlog_age_s)
     allocation_api.add_routes(app)
     release_api.add_routes(app)
+    process_api.add_routes(app)
     console.add_routes(app)
     add_metrics(app, metrics.collect)
     return app

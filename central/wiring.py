@@ -11,6 +11,8 @@ The path of an order through the stages (see README, Architecture):
   allocates at once when the allocation settings say real time (else a wave takes it);
 - cancelled -> ``on_cancelled``: the order type's effects undone
   (``ordertypes.on_cancelled``), then its stock given back (``waves.on_cancelled``);
+- every status change -> ``on_status``: each line's process step follows (``tracker.on_status``,
+  ``central/PROCESS.md``);
 - a change to an allocated order -> ``on_give_back``: its allocation given back first
   (``waves.give_back``); the change's checks allocate it again.
 """
@@ -23,6 +25,7 @@ from central.fulfil import picking
 from central.hub import Hub
 from central.intake import ingest
 from central.orders import ordertypes
+from central.process import tracker
 from protocols.order_changes import parse_order_change, parse_supplier_confirmation
 from protocols.picking import PICK_RESULT, TOTE_EVENT
 from protocols.records import parse_order
@@ -40,6 +43,7 @@ def hub(allocation: AllocationSettings | None = None) -> Hub:
     h.handler(PICK_RESULT, picking.apply_pick_result)
     h.handler(TOTE_EVENT, picking.apply_tote_event)
     h.on_cancelled.append(ordertypes.on_cancelled)
+    h.on_status.append(tracker.on_status)  # each line's process steps follow the status
     if allocation is not None:
         h.on_validated.append(waves.on_validated)
         h.on_cancelled.append(waves.on_cancelled)

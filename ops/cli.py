@@ -262,6 +262,18 @@ def cmd_masters(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_process(args: argparse.Namespace) -> int:
+    from central.process.cli import process_main
+
+    return process_main(args.process_args)
+
+
+def cmd_partner(args: argparse.Namespace) -> int:
+    from central.process.cli import partner_main
+
+    return partner_main(args.partner_args)
+
+
 def _when(raw: str) -> int:
     """Epoch ms from digits, or from an ISO time (UTC unless it names its zone)."""
     if raw.isdigit():
@@ -378,6 +390,22 @@ def build_parser() -> argparse.ArgumentParser:
         "masters_args", nargs=argparse.REMAINDER, help="e.g. import items items.csv --db central.db"
     )
     ms.set_defaults(fn=cmd_masters)
+
+    pr = sub.add_parser(
+        "process", help="central's process definitions (work units per order line): import a master, show"
+    )
+    pr.add_argument(
+        "process_args", nargs=argparse.REMAINDER, help="e.g. import process.toml --db central.db | show"
+    )
+    pr.set_defaults(fn=cmd_process)
+
+    pa = sub.add_parser("partner", help="central's partners (3PLs, drop-ship suppliers): add, list, remove")
+    pa.add_argument(
+        "partner_args",
+        nargs=argparse.REMAINDER,
+        help="e.g. add TPL1 --kind 3pl --name 'Fast 3PL' --db central.db",
+    )
+    pa.set_defaults(fn=cmd_partner)
 
     ps = sub.add_parser(
         "pick-schedule",

@@ -86,6 +86,7 @@ EDITABLE = frozenset({S.RECEIVED, S.HELD, S.VALIDATED, S.ALLOCATED})
 FINAL = frozenset({S.CANCELLED, S.RETURNED})
 
 Hook = Callable[[sqlite3.Connection, int], None]  # the hub's on_validated, on_cancelled, on_give_back
+StatusHook = Callable[[sqlite3.Connection, int, str, str, int], None]  # (conn, order id, status, actor, at)
 
 
 class LifecycleError(CentralError):
@@ -220,6 +221,8 @@ def transition_from(
             "at": t,
         },
     )
+    for status_hook in hub_of(conn).on_status:  # the lines' process steps (central.process)
+        status_hook(conn, order_id, new.value, actor, t)
     if new is S.VALIDATED and otype in STOCK_TYPES:
         for hook in hub_of(conn).on_validated:
             hook(conn, order_id)

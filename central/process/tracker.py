@@ -1,0 +1,398 @@
+"""Each order line's walk through its process definition, kept in step with the lifecycle.
+
+An order validated while a process master is imported (version >= 1) gets one
+``process_lines`` row per line: its definition (:func:`definitions.select`, from the line's
+facts), the version, the partner that fulfils it (the definition's 3PL, or for a drop-ship the
+item's supplier) and its current step. Orders from before any master (version 0) have no rows:
+their lines are on the default definition and their step follows from the status.
+
+A step bound to a status (``allocate``: allocated, ``ship``: shipped...) is finished when the
+order reaches that status or a partner/the desk finished it for the line (``process_done``);
+``vas``, ``schedule_service`` and ``partner_confirm`` are finished by a person or a partner
+(``process_done``), or implicitly when a later status-bound step finishes. A line whose current
+step is ``vas`` or ``schedule_service`` is ``waiting``: the release to the DC waits for it.
+
+Work units: the lines of one order with the same definition, version, partner and step are one
+unit; a line on another definition is a unit of its own. For lines not on the default
+definition, each unit's start and finish is an event in the order's history
+(``work unit started`` / ``work unit finished``); the default definition's steps are the
+lifecycle's own status events, so its history reads exactly as before.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from central import CentralError
+from central.orders import lifecycle
+from central.orders.lifecycle import Status
+from central.process import definitions as defs
+from central.process.definitions import STEPS, Definition
+
+RANK = {
+    Status.RECEIVED: 0,
+    Status.HELD: 0,
+    Status.VALIDATED: 1,
+    Status.ALLOCATED: 2,
+    Status.RELEASED: 3,
+    Status.PICKED: 4,
+    Status.SHIPPED: 5,
+    Status.DELIVERED: 6,
+    Status.RETURNED: 7,
+}
+WAITING_STEPS = frozenset({"vas", "schedule_service"})
+DONE, CANCELLED = "done", "cancelled"
+
+
+class StepError(CentralError):
+    """A step cannot be finished now (HTTP 409) - ``reason`` says why."""
+
+
+@dataclass(slots=True)
+class LineState:
+    line_no: int
+    definition: Definition
+    version: int
+    partner: str
+    cancelled: bool
+    step: str  # as stored ("" when the order has no rows)
+
+
+def _reached(step: defs.Step, rank: int) -> bool:
+    """The order's status (its rank) is at or past the status that finishes ``step``."""
+    return step.done_at is not None and rank >= RANK[step.done_at]
+
+
+def current_step(d: Definition, status: str, done: set[str]) -> str:
+    """The first step of ``d`` not finished at ``status`` with ``done`` (finished by hand)."""
+    if status == Status.CANCELLED:
+        return CANCELLED
+    rank = RANK.get(Status(status), 0)
+    finished = [s in done or _reached(STEPS[s], rank) for s in d.steps]
+    # a step is over once a later lifecycle step is (shipped: confirmed and picked)
+    later = False
+    for i in range(len(d.steps) - 1, -1, -1):
+        finished[i] = finished[i] or later
+        later = later or (finished[i] and STEPS[d.steps[i]].done_at is not None)
+    for s, f in zip(d.steps, finished, strict=True):
+        if not f:
+            return s
+    return DONE
+
+
+def _order(conn: sqlite3.Connection, order_id: int) -> tuple[str, str, str, str]:
+    row = conn.execute(
+        "SELECT status, order_type, customer, channel FROM orders WHERE order_id = ?", (order_id,)
+    ).fetchone()
+    if row is None:
+        raise lifecycle.UnknownOrder(order_id)
+    return str(row[0]), str(row[1]), str(row[2]), str(row[3])
+
+
+def _line_facts(conn: sqlite3.Connection, order_id: int) -> list[tuple[int, bool, dict[str, Any]]]:
+    """(line_no, cancelled, facts) for every line: what a definition's conditions read."""
+    rows = conn.execute(
+        "SELECT l.line_no, l.cancelled, i.item_class, i.service, i.supplier, c.grade, o.channel, o.order_type"
+        " FROM order_lines l JOIN orders o ON o.order_id = l.order_id"
+        " LEFT JOIN item_gtins g ON g.gtin = l.gtin"
+        " LEFT JOIN items i ON i.sku = coalesce(l.sku, g.sku)"
+        " LEFT JOIN customers c ON c.code = o.customer"
+        " WHERE l.order_id = ? ORDER BY l.line_no",
+        (order_id,),
+    ).fetchall()
+    return [
+        (
+            int(r[0]),
+            bool(r[1]),
+            {
+                "item_class": r[2] or "",
+                "service": r[3] or "",
+                "supplier": r[4] or "",
+                "customer_grade": r[5] or "",
+                "channel": r[6],
+                "drop_ship": r[7] == defs.DROP_SHIP,
+            },
+        )
+        for r in rows
+    ]
+
+
+def lines(conn: sqlite3.Connection, order_id: int) -> list[LineState]:
+    """Every line's definition, version, partner and stored step."""
+    _status, otype, _c, _ch = _order(conn, order_id)
+    stored = conn.execute(
+        "SELECT p.line_no, p.definition, p.version, p.partner, p.step, l.cancelled FROM process_lines p"
+        " JOIN order_lines l ON l.order_id = p.order_id AND l.line_no = p.line_no"
+        " WHERE p.order_id = ? ORDER BY p.line_no",
+        (order_id,),
+    ).fetchall()
+    if stored:
+        return [
+            LineState(
+                int(r[0]),
+                defs.find(conn, int(r[2]), str(r[1]), otype),
+                int(r[2]),
+                str(r[3]),
+                bool(r[5]),
+                str(r[4]),
+            )
+            for r in stored
+        ]
+    d = defs.default(otype)
+    return [
+        LineState(ln, d, 0, str(f["supplier"]) if otype == defs.DROP_SHIP else "", cancelled, "")
+        for ln, cancelled, f in _line_facts(conn, order_id)
+    ]
+
+
+def _done(conn: sqlite3.Connection, order_id: int) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = defaultdict(set)
+    for ln, step in conn.execute(
+        "SELECT line_no, step FROM process_done WHERE order_id = ? ORDER BY line_no, step", (order_id,)
+    ):
+        out[int(ln)].add(str(step))
+    return out
+
+
+def _assign(conn: sqlite3.Connection, order_id: int, version: int, otype: str, now: int) -> None:
+    """Rows for lines that have none (a new order, or a line added by a change)."""
+    have = {r[0] for r in conn.execute("SELECT line_no FROM process_lines WHERE order_id = ?", (order_id,))}
+    masters = defs.definitions(conn, version)
+    for ln, cancelled, f in _line_facts(conn, order_id):
+        if ln in have or cancelled:
+            continue
+        d = defs.select(masters, otype, f)
+        partner = d.partner or (str(f["supplier"]) if otype == defs.DROP_SHIP else "")
+        conn.execute(
+            "INSERT INTO process_lines (order_id, line_no, definition, version, partner, step, waiting,"
+            " since) VALUES (?, ?, ?, ?, ?, '', 0, ?)",
+            (order_id, ln, d.name, version, partner, now),
+        )
+
+
+def on_status(conn: sqlite3.Connection, order_id: int, status: str, actor: str, now: int) -> None:
+    """The lifecycle's status hook (``central.wiring``): the lines' steps follow the status."""
+    if status == Status.VALIDATED:
+        row = conn.execute(
+            "SELECT version FROM process_lines WHERE order_id = ? LIMIT 1", (order_id,)
+        ).fetchone()
+        version = int(row[0]) if row else defs.latest_version(conn)
+        if version:
+            _assign(conn, order_id, version, _order(conn, order_id)[1], now)
+    advance(conn, order_id, actor=actor, now=now)
+
+
+def advance(conn: sqlite3.Connection, order_id: int, *, actor: str, now: int) -> None:
+    """Recompute each line's current step; record the work units that finished and started."""
+    status = _order(conn, order_id)[0]
+    states = lines(conn, order_id)
+    if not states or states[0].version == 0:
+        return  # no rows: the default definition, whose steps are the status events
+    done = _done(conn, order_id)
+    finished: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
+    started: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
+    for st in states:
+        new = CANCELLED if st.cancelled else current_step(st.definition, status, done.get(st.line_no, set()))
+        if new == st.step:
+            continue
+        conn.execute(
+            "UPDATE process_lines SET step = ?, waiting = ?, since = ? WHERE order_id = ? AND line_no = ?",
+            (new, 1 if new in WAITING_STEPS else 0, now, order_id, st.line_no),
+        )
+        if st.definition.name == defs.DEFAULT:
+            continue
+        steps = st.definition.steps
+        old_i = (
+            steps.index(st.step) if st.step in steps else (len(steps) if st.step in (DONE, CANCELLED) else -1)
+        )
+        new_i = steps.index(new) if new in steps else len(steps)
+        key = (st.definition.name, st.partner, st.version)
+        if new != CANCELLED:
+            for s in steps[max(old_i, 0) : new_i] if old_i < new_i else ():
+                finished[(s, *key)].append(st.line_no)
+        if new in steps:
+            started[(new, *key)].append(st.line_no)
+    for kind, groups in (("work unit finished", finished), ("work unit started", started)):
+        for (step, name, partner, version), nos in sorted(
+            groups.items(), key=lambda kv: (STEPS[kv[0][0]].rank, kv[0])
+        ):
+            by = f", partner {partner}" if partner else ""
+            which = f"line{'s' if len(nos) > 1 else ''} {', '.join(map(str, nos))}"
+            detail = f"{step}: {which} ({name} v{version}{by})"
+            lifecycle.record_event(conn, order_id, kind, detail=detail, actor=actor, now=now)
+
+
+def work_units(conn: sqlite3.Connection, order_id: int) -> list[dict[str, Any]]:
+    """The order's current work units: lines grouped by definition, version, partner, step."""
+    status = _order(conn, order_id)[0]
+    done = _done(conn, order_id)
+    groups: dict[tuple[str, int, str, str], list[int]] = defaultdict(list)
+    for st in lines(conn, order_id):
+        step = (
+            st.step
+            if st.step
+            else (
+                CANCELLED
+                if st.cancelled
+                else current_step(st.definition, status, done.get(st.line_no, set()))
+            )
+        )
+        groups[(st.definition.name, st.version, st.partner, step)].append(st.line_no)
+    return [
+        {"definition": n, "version": v, "partner": p, "step": s, "lines": nos}
+        for (n, v, p, s), nos in sorted(groups.items(), key=lambda kv: kv[1][0])
+    ]
+
+
+def line_view(conn: sqlite3.Connection, order_id: int) -> dict[int, dict[str, Any]]:
+    """line_no -> {definition, version, step, steps, partner} for ``GET /api/orders/{no}``."""
+    status = _order(conn, order_id)[0]
+    done = _done(conn, order_id)
+    out = {}
+    for st in lines(conn, order_id):
+        step = (
+            st.step
+            if st.step
+            else (
+                CANCELLED
+                if st.cancelled
+                else current_step(st.definition, status, done.get(st.line_no, set()))
+            )
+        )
+        out[st.line_no] = {
+            "definition": st.definition.name,
+            "version": st.version,
+            "step": step,
+            "steps": list(st.definition.steps),
+            "partner": st.partner,
+        }
+    return out
+
+
+# -- finishing a step by hand or by a partner --------------------------------------------------
+
+
+SKIPPABLE = frozenset({"partner_confirm", "pick"})  # a partner's shipped says these happened
+
+
+def record_done(
+    conn: sqlite3.Connection,
+    order_id: int,
+    step: str,
+    *,
+    partner: str,
+    actor: str,
+    now: int,
+    detail: str = "",
+) -> None:
+    """``step`` finished for the lines ``partner`` fulfils (a drop-ship supplier's answer,
+    ``ordertypes.supplier_confirmation``), where the line's definition has it."""
+    for s in lines(conn, order_id):
+        if s.partner == partner and not s.cancelled and step in s.definition.steps:
+            conn.execute(
+                "INSERT INTO process_done (order_id, line_no, step, at, actor, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (order_id, line_no, step) DO NOTHING",
+                (order_id, s.line_no, step, now, actor, detail),
+            )
+    advance(conn, order_id, actor=actor, now=now)
+
+
+def finish(
+    conn: sqlite3.Connection,
+    order_id: int,
+    step: str,
+    *,
+    actor: str,
+    now: int,
+    line_nos: list[int] | None = None,
+    partner: str | None = None,
+    detail: str = "",
+) -> list[int]:
+    """Finish ``step`` for the lines at it (those of ``line_nos``, those of ``partner``);
+    ``ship`` and ``deliver`` move the order to shipped / delivered once every open line has
+    them. Returns the lines finished; StepError when none is at the step."""
+    if step not in STEPS:
+        raise StepError(f"unknown step {step!r}; known: {', '.join(STEPS)}")
+    status, otype, _c, _ch = _order(conn, order_id)
+    if STEPS[step].done_at is not None and step not in ("ship", "deliver"):
+        raise StepError(
+            f"step {step!r} is finished by central itself (the order reaching {STEPS[step].done_at})"
+        )
+    if otype == defs.DROP_SHIP and step in ("ship", "partner_confirm") and partner is None:
+        raise StepError(
+            f"{step} of a drop-ship order is the supplier's (POST /api/orders/{{no}}/supplier-confirmation)"
+        )
+    done = _done(conn, order_id)
+    states = [s for s in lines(conn, order_id) if not s.cancelled]
+    if partner is not None:
+        states = [s for s in states if s.partner == partner]
+    if line_nos is not None:
+        unknown = sorted(set(line_nos) - {s.line_no for s in states})
+        if unknown:
+            by = f" fulfilled by {partner}" if partner else ""
+            raise StepError(f"line {unknown[0]} is not an open line of this order{by}")
+        states = [s for s in states if s.line_no in line_nos]
+    skippable = SKIPPABLE if partner is not None else frozenset({"partner_confirm"})
+    at = [s for s in states if _reachable(s, status, done, step, skippable)]
+    if not at:
+        raise StepError(f"no line of this order ({status}) is at step {step!r}")
+    for s in at:
+        conn.execute(
+            "INSERT INTO process_done (order_id, line_no, step, at, actor, detail) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (order_id, line_no, step) DO NOTHING",
+            (order_id, s.line_no, step, now, actor, detail),
+        )
+        done[s.line_no].add(step)
+    if step in ("ship", "deliver"):
+        _bound(
+            conn, order_id, step, status=status, otype=otype, done=done, actor=actor, now=now, detail=detail
+        )
+    advance(conn, order_id, actor=actor, now=now)
+    return [s.line_no for s in at]
+
+
+def _reachable(
+    s: LineState, status: str, done: dict[int, set[str]], step: str, skippable: frozenset[str]
+) -> bool:
+    """``step`` is in the line's definition, not finished, and only steps its report implies
+    (``skippable``: a partner's shipped says it confirmed and picked) stand before it."""
+    steps = s.definition.steps
+    cur = current_step(s.definition, status, done.get(s.line_no, set()))
+    if step not in steps or cur not in steps or steps.index(step) < steps.index(cur):
+        return False
+    return all(x in skippable for x in steps[steps.index(cur) : steps.index(step)])
+
+
+def _bound(
+    conn: sqlite3.Connection,
+    order_id: int,
+    step: str,
+    *,
+    status: str,
+    otype: str,
+    done: dict[int, set[str]],
+    actor: str,
+    now: int,
+    detail: str,
+) -> None:
+    """A desk's or partner's ship/deliver: the order's status moves once every open line has it."""
+    open_lines = [s for s in lines(conn, order_id) if not s.cancelled and step in s.definition.steps]
+    if any(step not in done.get(s.line_no, set()) for s in open_lines):
+        return
+    text = detail or f"{step} finished by {actor}"
+    if step == "ship":
+        if status == Status.RELEASED and otype != defs.DROP_SHIP:
+            lifecycle.transition(
+                conn, order_id, Status.PICKED, actor=actor, detail=f"picked: {text}", now=now
+            )
+            status = Status.PICKED
+        if status not in (Status.PICKED, Status.RELEASED):
+            raise StepError(f"order is {status}; ship needs it picked (or released to a partner)")
+        lifecycle.transition(conn, order_id, Status.SHIPPED, actor=actor, detail=text, now=now)
+    elif step == "deliver":
+        if status != Status.SHIPPED:
+            raise StepError(f"order is {status}; deliver needs it shipped")
+        lifecycle.transition(conn, order_id, Status.DELIVERED, actor=actor, detail=text, now=now)
