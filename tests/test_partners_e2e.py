@@ -70,6 +70,11 @@ def post(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, 
         return e.code, json.loads(e.read() or b"{}")
 
 
+def get(url: str) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=basic_auth()), timeout=10) as r:
+        return json.loads(r.read())
+
+
 async def test_drop_ship_through_supplier_gateway_and_partner_rest_into_one_history(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
@@ -161,9 +166,7 @@ async def test_drop_ship_through_supplier_gateway_and_partner_rest_into_one_hist
         ]
         assert hist[1][1] == "supplier SUP1 confirmed ref AB-1"
         assert hist[8][1] == "supplier SUP1 delivered; note: signed by J. Smith (event SUP1-DLV-1)"
-        req = urllib.request.Request(f"{central.url}/api/orders/{no}", headers=basic_auth())
-        with urllib.request.urlopen(req, timeout=10) as r:
-            order = json.loads(r.read())
+        order = await asyncio.to_thread(get, f"{central.url}/api/orders/{no}")
         assert order["lines"][0]["process"] == {
             "definition": "drop-ship-confirmed",
             "version": 1,
