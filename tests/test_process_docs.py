@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from tests.central_fixtures import SOON
-from tests.procs import ROOT
 from tests.process_fixtures import process_central, release_tick
+from tests.procs import ROOT
 from tests.test_orders_docs import _http_block, _shown_fields
 
 DOCS = (ROOT / "central" / "PROCESS.md", ROOT / "central" / "PARTNERS.md")
