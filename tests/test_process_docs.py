@@ -61,5 +61,6 @@ async def test_worked_examples(tmp_path: Path) -> None:
                 sent += 1
         assert pending is None and sent >= 20
         st, o = await c.req("GET", "/api/orders/SO00000002", "viewer")
+        assert st == 200, o
         history = [(e["event"], e["detail"]) for e in o["events"] if e["actor"] == "partner:TPL1"]
         assert history == HISTORY_ROW.findall(texts[1].split("The order's history, from")[1])
