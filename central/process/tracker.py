@@ -187,10 +187,10 @@ def on_status(conn: sqlite3.Connection, order_id: int, status: str, actor: str, 
 
 def advance(conn: sqlite3.Connection, order_id: int, *, actor: str, now: int) -> None:
     """Recompute each line's current step; record the work units that finished and started."""
+    if conn.execute("SELECT 1 FROM process_lines WHERE order_id = ? LIMIT 1", (order_id,)).fetchone() is None:
+        return  # no rows (version 0): the default definition, whose steps are the status events
     status = _order(conn, order_id)[0]
     states = lines(conn, order_id)
-    if not states or states[0].version == 0:
-        return  # no rows: the default definition, whose steps are the status events
     done = _done(conn, order_id)
     finished: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
     started: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
