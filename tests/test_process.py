@@ -6,8 +6,13 @@ to the DC until the desk finishes it, and the ship step is a work unit the desk 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
+from central.orders import orders
+from central.orders.validation import LineIn, OrderIn
+from runtime.clock import now_ms
+from tests.central_fixtures import SOON
 from tests.process_fixtures import events, order, process_central, release_tick
 
 ENGRAVED = """
@@ -199,3 +204,30 @@ async def test_lines_split_by_definition_versions_kept_vas_holds_the_release(tmp
         ]
         vas = [e for e in o["events"] if e["detail"] == "vas: line 1 (engraved v1)"]
         assert vas[-1]["actor"] == "order_desk-user"
+
+
+async def test_gateway_orders_in_a_batch_walk_the_definition_too(tmp_path: Path) -> None:
+    """A gateway's orders are created set-based when they take the common path; with a master
+    imported they must get their definition all the same (the batch path steps aside)."""
+
+    def new(i: int, sku: str) -> orders.NewOrder:
+        order = OrderIn(
+            customer="S001",
+            order_type="normal",
+            requested_date=dt.date.fromisoformat(SOON),
+            lines=(LineIn(line_no=1, qty=1, sku=sku),),
+        )
+        return orders.NewOrder(f"gw-rec-{i}", "store-1", i, "handheld", 0, "test", order)
+
+    async with process_central(tmp_path) as c:
+        st, out = await c.req("POST", "/api/process/import", data=ENGRAVED)
+        assert st == 201, out
+        made = await c.db.write(
+            lambda conn: orders.create_batch(conn, [new(1, "RING"), new(2, "MILK")], now=now_ms())
+        )
+        assert len(made) == 2
+        for rid, want in (("gw-rec-1", ("engraved", "vas")), ("gw-rec-2", ("default", "release_to_dc"))):
+            st, o = await c.req("GET", f"/api/orders/{rid}", "viewer")
+            assert o["status"] == "allocated", (o["hold_reason"], o["checks"])
+            assert (o["lines"][0]["process"]["definition"], o["lines"][0]["process"]["step"]) == want, rid
+            assert o["lines"][0]["process"]["version"] == 1

@@ -30,6 +30,7 @@ from central.hub import hub_of, state
 from central.orders import lifecycle, masters, ordertypes, validation
 from central.orders.lifecycle import Status
 from central.orders.validation import Exposure, LineIn, OrderIn, Result
+from central.process import definitions
 from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
@@ -675,6 +676,7 @@ def _create_together(
         or hub.on_validated != [waves.on_validated]
         or lifecycle.coalescing(conn)
         or may_have_parked(conn)
+        or definitions.latest_version(conn)  # lines walk a process master: one by one (central/PROCESS.md)
     ):
         return []
     layout = demand.customer_layout(conn)
