@@ -115,12 +115,12 @@ async def test_lines_split_by_definition_versions_kept_vas_holds_the_release(tmp
             for ln in o["lines"]
         ] == [
             ("engraved", 1, "vas"),
-            ("default", 1, "release_to_dc"),
-            ("default", 1, "release_to_dc"),
+            ("default", 0, "release_to_dc"),
+            ("default", 0, "release_to_dc"),
         ]
         assert o["work_units"] == [
             {"definition": "engraved", "version": 1, "partner": "", "step": "vas", "lines": [1]},
-            {"definition": "default", "version": 1, "partner": "", "step": "release_to_dc", "lines": [2, 3]},
+            {"definition": "default", "version": 0, "partner": "", "step": "release_to_dc", "lines": [2, 3]},
         ]
         assert [(e, d) for e, d, _ in await events(c, no) if e.startswith("work unit")] == [
             ("work unit started", "allocate: line 1 (engraved v1)"),
@@ -226,8 +226,9 @@ async def test_gateway_orders_in_a_batch_walk_the_definition_too(tmp_path: Path)
             lambda conn: orders.create_batch(conn, [new(1, "RING"), new(2, "MILK")], now=now_ms())
         )
         assert len(made) == 2
-        for rid, want in (("gw-rec-1", ("engraved", "vas")), ("gw-rec-2", ("default", "release_to_dc"))):
+        expect = {"gw-rec-1": ("engraved", "vas", 1), "gw-rec-2": ("default", "release_to_dc", 0)}
+        for rid, want in expect.items():
             st, o = await c.req("GET", f"/api/orders/{rid}", "viewer")
             assert o["status"] == "allocated", (o["hold_reason"], o["checks"])
-            assert (o["lines"][0]["process"]["definition"], o["lines"][0]["process"]["step"]) == want, rid
-            assert o["lines"][0]["process"]["version"] == 1
+            got = o["lines"][0]["process"]
+            assert (got["definition"], got["step"], got["version"]) == want, rid

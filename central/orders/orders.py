@@ -30,7 +30,7 @@ from central.hub import hub_of, state
 from central.orders import lifecycle, masters, ordertypes, validation
 from central.orders.lifecycle import Status
 from central.orders.validation import Exposure, LineIn, OrderIn, Result
-from central.process import definitions
+from central.process import tracker
 from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
@@ -676,7 +676,6 @@ def _create_together(
         or hub.on_validated != [waves.on_validated]
         or lifecycle.coalescing(conn)
         or may_have_parked(conn)
-        or definitions.latest_version(conn)  # lines walk a process master: one by one (central/PROCESS.md)
     ):
         return []
     layout = demand.customer_layout(conn)
@@ -708,6 +707,7 @@ def _create_together(
         ):
             owed[c] = True
     snap = masters.cache(conn)
+    process = tracker.batch_filter(conn)  # central/PROCESS.md
     network = kept.network = kept.network or inventory.load_network(conn)
     ids = _next_ids(conn)
     today_v = today_of(now)
@@ -753,6 +753,8 @@ def _create_together(
         )
         if not result.passed:
             break
+        if process is not None and process(order.customer, n.channel, [p.sku or "" for p in result.lines]):
+            break  # a line walks an imported process definition: one by one, through the hooks
         oid = ids["orders"]
         number = order_no(oid)
         priced = {p.line_no: p for p in result.lines}

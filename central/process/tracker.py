@@ -1,10 +1,11 @@
 """Each order line's walk through its process definition, kept in step with the lifecycle.
 
-An order validated while a process master is imported (version >= 1) gets one
-``process_lines`` row per line: its definition (:func:`definitions.select`, from the line's
-facts), the version, the partner that fulfils it (the definition's 3PL, or for a drop-ship the
-item's supplier) and its current step. Orders from before any master (version 0) have no rows:
-their lines are on the default definition and their step follows from the status.
+When an order is first validated, each line whose facts select an imported definition
+(:func:`definitions.select`, the latest master) gets a ``process_lines`` row: the definition,
+the version, the partner that fulfils it (the definition's 3PL, or for a drop-ship the item's
+supplier) and its current step. A line no imported definition selects is on the built-in
+default (version 0, the same in every version) and has no row: its step follows from the
+order's status.
 
 A step bound to a status (``allocate``: allocated, ``ship``: shipped...) is finished when the
 order reaches that status or a partner/the desk finished it for the line (``process_done``);
@@ -13,16 +14,17 @@ order reaches that status or a partner/the desk finished it for the line (``proc
 step is ``vas`` or ``schedule_service`` is ``waiting``: the release to the DC waits for it.
 
 Work units: the lines of one order with the same definition, version, partner and step are one
-unit; a line on another definition is a unit of its own. For lines not on the default
-definition, each unit's start and finish is an event in the order's history
-(``work unit started`` / ``work unit finished``); the default definition's steps are the
-lifecycle's own status events, so its history reads exactly as before.
+unit; a line on another definition is a unit of its own. For lines on an imported definition,
+each unit's start and finish is an event in the order's history (``work unit started`` /
+``work unit finished``); the default definition's steps are the lifecycle's own status events,
+so its history reads exactly as before.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,26 +63,27 @@ class LineState:
     step: str  # as stored ("" when the order has no rows)
 
 
-def _reached(step: defs.Step, rank: int) -> bool:
-    """The order's status (its rank) is at or past the status that finishes ``step``."""
-    return step.done_at is not None and rank >= RANK[step.done_at]
+_STATUS_RANK = {str(k): v for k, v in RANK.items()}
+_DONE_RANK = {name: RANK[st.done_at] if st.done_at is not None else None for name, st in STEPS.items()}
 
 
 def current_step(d: Definition, status: str, done: set[str]) -> str:
     """The first step of ``d`` not finished at ``status`` with ``done`` (finished by hand)."""
     if status == Status.CANCELLED:
         return CANCELLED
-    rank = RANK.get(Status(status), 0)
-    finished = [s in done or _reached(STEPS[s], rank) for s in d.steps]
-    # a step is over once a later lifecycle step is (shipped: confirmed and picked)
+    rank = _STATUS_RANK.get(status, 0)
+    # a step is over when done, when the status reached its own, or once a later lifecycle
+    # step is over (shipped: confirmed and picked)
     later = False
-    for i in range(len(d.steps) - 1, -1, -1):
-        finished[i] = finished[i] or later
-        later = later or (finished[i] and STEPS[d.steps[i]].done_at is not None)
-    for s, f in zip(d.steps, finished, strict=True):
-        if not f:
-            return s
-    return DONE
+    first = DONE
+    for s in reversed(d.steps):
+        bound = _DONE_RANK[s]
+        finished = later or s in done or (bound is not None and rank >= bound)
+        if not finished:
+            first = s
+        elif bound is not None:
+            later = True
+    return first
 
 
 def _order(conn: sqlite3.Connection, order_id: int) -> tuple[str, str, str, str]:
@@ -120,30 +123,33 @@ def _line_facts(conn: sqlite3.Connection, order_id: int) -> list[tuple[int, bool
     ]
 
 
-def lines(conn: sqlite3.Connection, order_id: int) -> list[LineState]:
-    """Every line's definition, version, partner and stored step."""
-    _status, otype, _c, _ch = _order(conn, order_id)
+def _stored(conn: sqlite3.Connection, order_id: int, otype: str) -> list[LineState]:
+    """The lines with a ``process_lines`` row: those on an imported (non-default) definition."""
     stored = conn.execute(
         "SELECT p.line_no, p.definition, p.version, p.partner, p.step, l.cancelled FROM process_lines p"
         " JOIN order_lines l ON l.order_id = p.order_id AND l.line_no = p.line_no"
         " WHERE p.order_id = ? ORDER BY p.line_no",
         (order_id,),
     ).fetchall()
-    if stored:
-        return [
-            LineState(
-                int(r[0]),
-                defs.find(conn, int(r[2]), str(r[1]), otype),
-                int(r[2]),
-                str(r[3]),
-                bool(r[5]),
-                str(r[4]),
-            )
-            for r in stored
-        ]
+    found: dict[tuple[int, str], Definition] = {}
+    for r in stored:
+        if (int(r[2]), str(r[1])) not in found:
+            found[(int(r[2]), str(r[1]))] = defs.find(conn, int(r[2]), str(r[1]), otype)
+    return [
+        LineState(int(r[0]), found[(int(r[2]), str(r[1]))], int(r[2]), str(r[3]), bool(r[5]), str(r[4]))
+        for r in stored
+    ]
+
+
+def lines(conn: sqlite3.Connection, order_id: int) -> list[LineState]:
+    """Every line's definition, version, partner and stored step: its row, else the default
+    definition (version 0; a drop-ship line's partner is its item's supplier)."""
+    otype = _order(conn, order_id)[1]
+    stored = {st.line_no: st for st in _stored(conn, order_id, otype)}
     d = defs.default(otype)
     return [
-        LineState(ln, d, 0, str(f["supplier"]) if otype == defs.DROP_SHIP else "", cancelled, "")
+        stored.get(ln)
+        or LineState(ln, d, 0, str(f["supplier"]) if otype == defs.DROP_SHIP else "", cancelled, "")
         for ln, cancelled, f in _line_facts(conn, order_id)
     ]
 
@@ -158,18 +164,24 @@ def _done(conn: sqlite3.Connection, order_id: int) -> dict[int, set[str]]:
 
 
 def _assign(conn: sqlite3.Connection, order_id: int, version: int, otype: str, now: int) -> None:
-    """Rows for lines that have none (a new order, or a line added by a change)."""
+    """Rows for the lines on an imported definition that have none (a new order, or a line
+    added by a change)."""
     have = {r[0] for r in conn.execute("SELECT line_no FROM process_lines WHERE order_id = ?", (order_id,))}
     masters = defs.definitions(conn, version)
+    rows = []
     for ln, cancelled, f in _line_facts(conn, order_id):
         if ln in have or cancelled:
             continue
         d = defs.select(masters, otype, f)
+        if d.name == defs.DEFAULT:
+            continue  # the built-in default: no row, its steps follow the status
         partner = d.partner or (str(f["supplier"]) if otype == defs.DROP_SHIP else "")
-        conn.execute(
+        rows.append((order_id, ln, d.name, version, partner, now))
+    if rows:
+        conn.executemany(
             "INSERT INTO process_lines (order_id, line_no, definition, version, partner, step, waiting,"
             " since) VALUES (?, ?, ?, ?, ?, '', 0, ?)",
-            (order_id, ln, d.name, version, partner, now),
+            rows,
         )
 
 
@@ -189,21 +201,17 @@ def advance(conn: sqlite3.Connection, order_id: int, *, actor: str, now: int) ->
     """Recompute each line's current step; record the work units that finished and started."""
     if conn.execute("SELECT 1 FROM process_lines WHERE order_id = ? LIMIT 1", (order_id,)).fetchone() is None:
         return  # no rows (version 0): the default definition, whose steps are the status events
-    status = _order(conn, order_id)[0]
-    states = lines(conn, order_id)
+    status, otype, _c, _ch = _order(conn, order_id)
+    states = _stored(conn, order_id, otype)
     done = _done(conn, order_id)
     finished: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
     started: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
+    moved = []
     for st in states:
         new = CANCELLED if st.cancelled else current_step(st.definition, status, done.get(st.line_no, set()))
         if new == st.step:
             continue
-        conn.execute(
-            "UPDATE process_lines SET step = ?, waiting = ?, since = ? WHERE order_id = ? AND line_no = ?",
-            (new, 1 if new in WAITING_STEPS else 0, now, order_id, st.line_no),
-        )
-        if st.definition.name == defs.DEFAULT:
-            continue
+        moved.append((new, 1 if new in WAITING_STEPS else 0, now, order_id, st.line_no))
         steps = st.definition.steps
         old_i = (
             steps.index(st.step) if st.step in steps else (len(steps) if st.step in (DONE, CANCELLED) else -1)
@@ -215,6 +223,11 @@ def advance(conn: sqlite3.Connection, order_id: int, *, actor: str, now: int) ->
                 finished[(s, *key)].append(st.line_no)
         if new in steps:
             started[(new, *key)].append(st.line_no)
+    if moved:
+        conn.executemany(
+            "UPDATE process_lines SET step = ?, waiting = ?, since = ? WHERE order_id = ? AND line_no = ?",
+            moved,
+        )
     for kind, groups in (("work unit finished", finished), ("work unit started", started)):
         for (step, name, partner, version), nos in sorted(
             groups.items(), key=lambda kv: (STEPS[kv[0][0]].rank, kv[0])
@@ -396,3 +409,44 @@ def _bound(
         if status != Status.SHIPPED:
             raise StepError(f"order is {status}; deliver needs it shipped")
         lifecycle.transition(conn, order_id, Status.DELIVERED, actor=actor, detail=text, now=now)
+
+
+def batch_filter(conn: sqlite3.Connection) -> Callable[[str, str, list[str]], bool] | None:
+    """For the set-based batch path of gateway orders (``orders.create_batch``, normal orders
+    only, which skips the lifecycle's hooks): None when no imported definition is for normal
+    orders; else ``takes(customer, channel, skus)``, true when a line of such an order would
+    take an imported definition (that order must go one by one, through the hooks)."""
+    version = defs.latest_version(conn)
+    normal = [d for d in defs.definitions(conn, version) if "normal" in d.order_types] if version else []
+    if not normal:
+        return None
+    items: dict[str, tuple[str, str, str]] = {}
+    grades: dict[str, str] = {}
+
+    def takes(customer: str, channel: str, skus: list[str]) -> bool:
+        missing = sorted({s for s in skus if s not in items})
+        if missing:
+            items.update(dict.fromkeys(missing, ("", "", "")))
+            marks = ",".join("?" * len(missing))
+            for sku, cls, service, supplier in conn.execute(
+                f"SELECT sku, item_class, service, supplier FROM items WHERE sku IN ({marks})", missing
+            ):
+                items[sku] = (cls or "", service or "", supplier or "")
+        if customer not in grades:
+            row = conn.execute("SELECT grade FROM customers WHERE code = ?", (customer,)).fetchone()
+            grades[customer] = str(row[0] or "") if row else ""
+        for sku in skus:
+            cls, service, supplier = items[sku]
+            facts = {
+                "item_class": cls,
+                "service": service,
+                "supplier": supplier,
+                "customer_grade": grades[customer],
+                "channel": channel,
+                "drop_ship": False,
+            }
+            if defs.select(normal, "normal", facts).name != defs.DEFAULT:
+                return True
+        return False
+
+    return takes
