@@ -7,11 +7,20 @@ touches only its own orders (403), a user's token or no key is not a partner (40
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from central.migrations import all_migrations
+from central.process import partners
+from runtime.sqlitedb import apply_migrations, connect
 from tests.central_fixtures import Central
 from tests.process_fixtures import order, process_central, release_tick
+from tests.procs import ROOT
 
 THREE_PL = """
 [[definitions]]
@@ -169,3 +178,43 @@ async def test_a_drop_ship_supplier_reports_over_rest(tmp_path: Path) -> None:
             ("delivered", "delivered by SUP1"),
         ]
         assert o["drop_ship"][0]["supplier_ref"] == "1Z999"
+
+
+def test_partner_cli_adds_lists_and_removes(tmp_path: Path) -> None:
+    """``storegate partner add | list | remove`` on central's database file: the key printed
+    once (only its hash kept), a supplier partner only for a supplier location, a removed
+    partner's key refused."""
+    db = str(tmp_path / "central.db")
+
+    def storegate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ops.cli", "partner", *args, "--db", db],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    added = storegate("add", "TPL1", "--kind", "3pl", "--name", "Fast Logistics")
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip()
+    assert key.startswith("pk_")
+    refused = storegate("add", "SUPX", "--kind", "supplier")
+    assert refused.returncode == 1 and "supplier location" in refused.stderr
+    listed = json.loads(storegate("list").stdout)["partners"]
+    assert [(p["code"], p["kind"], p["name"], p["active"]) for p in listed] == [
+        ("TPL1", "3pl", "Fast Logistics", True)
+    ]
+    conn = connect(db)
+    try:
+        apply_migrations(conn, all_migrations())
+        assert key not in str(conn.execute("SELECT * FROM partners").fetchall())  # only its hash
+        assert partners.authenticate(conn, f"Bearer {key}").code == "TPL1"
+        assert storegate("remove", "TPL1").returncode == 0
+        with pytest.raises(partners.PartnerError) as e:
+            partners.authenticate(conn, f"Bearer {key}")
+        assert e.value.status == 401
+    finally:
+        conn.close()
+    assert storegate("remove", "NOPE").returncode == 1
