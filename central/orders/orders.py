@@ -678,6 +678,14 @@ def _create_together(
         or may_have_parked(conn)
     ):
         return []
+    # a line walking an imported process definition (central/PROCESS.md) takes the hooks: the
+    # first order is asked before the run's reads, so orders going one by one cost no rereads
+    process = tracker.batch_filter(conn)
+    if process is not None and new[0].order.order_type == "normal":
+        first, snap0 = new[0], masters.cache(conn)
+        first_skus = [it.sku if (it := snap0.resolve(ln.gtin, ln.sku)) else "" for ln in first.order.lines]
+        if process(first.order.customer, first.channel, first_skus):
+            return []
     layout = demand.customer_layout(conn)
     if layout.key is None or layout.has_priority or "open_value" not in layout.select:
         return []
@@ -707,7 +715,6 @@ def _create_together(
         ):
             owed[c] = True
     snap = masters.cache(conn)
-    process = tracker.batch_filter(conn)  # central/PROCESS.md
     network = kept.network = kept.network or inventory.load_network(conn)
     ids = _next_ids(conn)
     today_v = today_of(now)
