@@ -345,14 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     o.set_defaults(fn=cmd_order)
 
     sp = sub.add_parser(
-        "supplier", help="a supplier's drop-ship orders at its gateway: list, show, confirm, ship, refuse"
+        "supplier",
+        help="a supplier's drop-ship orders at its gateway: list, show, confirm, ship, deliver, refuse",
     )
-    sp.add_argument("action", choices=("list", "show", "confirm", "ship", "refuse"))
-    sp.add_argument("order_no", nargs="?", help="the order number (SO...) for show/confirm/ship/refuse")
+    sp.add_argument("action", choices=("list", "show", "confirm", "ship", "deliver", "refuse"))
+    sp.add_argument(
+        "order_no", nargs="?", help="the order number (SO...) for show/confirm/ship/deliver/refuse"
+    )
     sp.add_argument(
         "--gateway-url", default="http://127.0.0.1:8081", help="the supplier gateway's HTTP base URL"
     )
-    sp.add_argument("--state", help="list: only orders in this state (received, confirmed, shipped, refused)")
+    sp.add_argument(
+        "--state", help="list: only orders in this state (received, confirmed, shipped, delivered, refused)"
+    )
     sp.add_argument("--ref", default="", help="the supplier's reference (delivery note, ...)")
     sp.add_argument("--detail", default="", help="free text (why refused, carrier, ...)")
     sp.set_defaults(fn=cmd_supplier)

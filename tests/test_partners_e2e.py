@@ -180,6 +180,51 @@ async def test_drop_ship_through_supplier_gateway_and_partner_rest_into_one_hist
             timeout=DEADLINE,
             what="the store hears delivered",
         )
+
+        # a second order, answered at the supplier's gateway to the end: confirm, ship, deliver
+        status, made = await asyncio.to_thread(
+            store.post, "/api/orders", {**body, "lines": [{"sku": "BREAD", "qty": 2}]}
+        )
+        assert status == 201, made
+        rid2 = str(made["id"])
+        await wait_for(
+            lambda: any(e[0] == "released" for e in history(tmp_path, rid2)),
+            timeout=DEADLINE,
+            what="2nd released",
+        )
+        conn = central_db(tmp_path)
+        try:
+            (no2,) = conn.execute("SELECT order_no FROM orders WHERE record_id = ?", (rid2,)).fetchone()
+        finally:
+            conn.close()
+
+        async def listed(state: str) -> bool:
+            code, out, _ = await asyncio.to_thread(storegate_supplier, sup, "list", "--state", state)
+            return code == 0 and no2 in {o["order_no"] for o in out["orders"]}
+
+        await wait_for(lambda: listed("received"), timeout=DEADLINE, what="2nd at the supplier's gateway")
+        code, out, err = await asyncio.to_thread(storegate_supplier, sup, "deliver", no2)
+        assert code == 1 and "cannot be delivered now" in err, (out, err)  # not shipped yet
+        for action, extra in (
+            ("confirm", ()),
+            ("ship", ("--ref", "1Z999", "--detail", "UPS")),
+            ("deliver", ()),
+        ):
+            code, out, err = await asyncio.to_thread(storegate_supplier, sup, action, no2, *extra)
+            assert code == 0, err
+
+        def has2(event: tuple[str, str, str]) -> bool:
+            return event in history(tmp_path, rid2)
+
+        await wait_for(
+            lambda: has2(("delivered", "delivered by SUP1", "gateway:sup-1")),
+            timeout=DEADLINE,
+            what="2nd delivered",
+        )
+        assert ("partner", "supplier SUP1 delivered", "gateway:sup-1") in history(tmp_path, rid2)
+        assert ("supplier", "supplier SUP1 shipped ref 1Z999: UPS", "gateway:sup-1") in history(
+            tmp_path, rid2
+        )
     finally:
         for p in (sup, store, central):
             p.kill()

@@ -174,23 +174,8 @@ def _supplier_event(
     if event.lines is not None:
         raise PartnerError(400, "lines: a drop-ship supplier answers for all its lines of the order")
     if event.type == "delivered":
-        lifecycle.record_event(
-            conn,
-            order_id,
-            "partner",
-            detail=f"supplier {partner.code} {event.describe()}",
-            actor=actor,
-            now=now,
-        )
-        tracker.finish(
-            conn,
-            order_id,
-            "deliver",
-            actor=actor,
-            now=now,
-            partner=partner.code,
-            detail=f"delivered by {partner.code}",
-        )
+        text = f"supplier {partner.code} {event.describe()}"
+        supplier_delivered(conn, order_id, supplier=partner.code, text=text, actor=actor, now=now)
         return
     detail = event.describe()
     ordertypes.supplier_confirmation(
@@ -202,6 +187,19 @@ def _supplier_event(
         detail=detail,
         actor=actor,
         now=now,
+    )
+
+
+def supplier_delivered(
+    conn: sqlite3.Connection, order_id: int, *, supplier: str, text: str, actor: str, now: int
+) -> None:
+    """A drop-ship supplier delivered its lines (the partner endpoint, or its gateway's
+    ``supplier_confirmation``): ``text`` goes into the history, the lines' ``deliver`` step is
+    finished and the order is delivered once every line is. StepError when its lines are not
+    shipped yet."""
+    lifecycle.record_event(conn, order_id, "partner", detail=text, actor=actor, now=now)
+    tracker.finish(
+        conn, order_id, "deliver", actor=actor, now=now, partner=supplier, detail=f"delivered by {supplier}"
     )
 
 
