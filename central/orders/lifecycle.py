@@ -15,7 +15,8 @@ customer's open-order value and receivables in step (``returned`` settles what t
 order's RMAs have not credited yet), queues an ``order_status`` downlink record to the order's
 originating gateway (and, when the customer's exposure moved in a way the customer's gateway
 cannot count itself, a ``customer_standing`` record to it), and runs the hub's hooks - all in
-the caller's transaction (``central.wiring`` puts them there). ``on_validated`` hooks run when
+the caller's transaction (``central.wiring`` puts them there). ``on_status`` hooks run after
+every change (each line's process steps, ``central/PROCESS.md``); ``on_validated`` hooks run when
 an order that is filled from stock becomes ``validated`` (allocation); ``on_cancelled`` hooks
 run after an order is cancelled (give back stock, vouchers, consignment); ``on_give_back``
 hooks run before a change to an allocated order (give its allocation back).
