@@ -686,6 +686,7 @@ def _create_together(
         first_skus = [it.sku if (it := snap0.resolve(ln.gtin, ln.sku)) else "" for ln in first.order.lines]
         if process(first.order.customer, first.channel, first_skus):
             return []
+        process.read({ln.sku for n in new for ln in n.order.lines if ln.sku})  # the run's items at once
     layout = demand.customer_layout(conn)
     if layout.key is None or layout.has_priority or "open_value" not in layout.select:
         return []

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -411,42 +411,66 @@ def _bound(
         lifecycle.transition(conn, order_id, Status.DELIVERED, actor=actor, detail=text, now=now)
 
 
-def batch_filter(conn: sqlite3.Connection) -> Callable[[str, str, list[str]], bool] | None:
-    """For the set-based batch path of gateway orders (``orders.create_batch``, normal orders
-    only, which skips the lifecycle's hooks): None when no imported definition is for normal
-    orders; else ``takes(customer, channel, skus)``, true when a line of such an order would
-    take an imported definition (that order must go one by one, through the hooks)."""
-    version = defs.latest_version(conn)
-    normal = [d for d in defs.definitions(conn, version) if "normal" in d.order_types] if version else []
-    if not normal:
-        return None
-    items: dict[str, tuple[str, str, str]] = {}
-    grades: dict[str, str] = {}
+ITEM_FACTS = ("item_class", "service", "supplier")
 
-    def takes(customer: str, channel: str, skus: list[str]) -> bool:
-        missing = sorted({s for s in skus if s not in items})
-        if missing:
-            items.update(dict.fromkeys(missing, ("", "", "")))
-            marks = ",".join("?" * len(missing))
-            for sku, cls, service, supplier in conn.execute(
-                f"SELECT sku, item_class, service, supplier FROM items WHERE sku IN ({marks})", missing
+
+class BatchFilter:
+    """For the set-based batch path of gateway orders (``orders.create_batch``, normal orders
+    only, which skips the lifecycle's hooks): ``filter(customer, channel, skus)`` is true when
+    a line of such an order would take an imported definition (that order must go one by one,
+    through the hooks). Each definition's conditions are split into the item's and the
+    order's, each side remembered (per sku, per customer grade and channel) as the set of
+    definitions it lets through; :meth:`read` reads the items a run names at once."""
+
+    def __init__(self, conn: sqlite3.Connection, normal: list[Definition]) -> None:
+        self.conn = conn
+        self.item_when = [{k: v for k, v in d.when.items() if k in ITEM_FACTS} for d in normal]
+        self.order_when = [{k: v for k, v in d.when.items() if k not in ITEM_FACTS} for d in normal]
+        self.by_sku: dict[str, frozenset[int]] = {}
+        self.by_order: dict[tuple[str, str], frozenset[int]] = {}  # (customer, channel) -> defs
+        self.grades: dict[str, str] = {}
+
+    @staticmethod
+    def _fits(when: dict[str, Any], facts: dict[str, Any]) -> bool:
+        return all(facts.get(k) in v if isinstance(v, list) else facts.get(k) == v for k, v in when.items())
+
+    def read(self, names: Iterable[str]) -> None:
+        missing = sorted({s for s in names if s not in self.by_sku})
+        if not missing:
+            return
+        none = frozenset(
+            i for i, w in enumerate(self.item_when) if self._fits(w, dict.fromkeys(ITEM_FACTS, ""))
+        )
+        self.by_sku.update(dict.fromkeys(missing, none))  # an unknown sku: empty facts
+        for k in range(0, len(missing), 500):
+            part = missing[k : k + 500]
+            marks = ",".join("?" * len(part))
+            for sku, cls, service, supplier in self.conn.execute(
+                f"SELECT sku, item_class, service, supplier FROM items WHERE sku IN ({marks})", part
             ):
-                items[sku] = (cls or "", service or "", supplier or "")
-        if customer not in grades:
-            row = conn.execute("SELECT grade FROM customers WHERE code = ?", (customer,)).fetchone()
-            grades[customer] = str(row[0] or "") if row else ""
-        for sku in skus:
-            cls, service, supplier = items[sku]
+                facts = {"item_class": cls or "", "service": service or "", "supplier": supplier or ""}
+                self.by_sku[sku] = frozenset(i for i, w in enumerate(self.item_when) if self._fits(w, facts))
+
+    def __call__(self, customer: str, channel: str, skus: list[str]) -> bool:
+        if any(s not in self.by_sku for s in skus):
+            self.read(skus)
+        fits = self.by_order.get((customer, channel))
+        if fits is None:
+            row = self.conn.execute("SELECT grade FROM customers WHERE code = ?", (customer,)).fetchone()
             facts = {
-                "item_class": cls,
-                "service": service,
-                "supplier": supplier,
-                "customer_grade": grades[customer],
+                "customer_grade": str(row[0] or "") if row else "",
                 "channel": channel,
                 "drop_ship": False,
             }
-            if defs.select(normal, "normal", facts).name != defs.DEFAULT:
-                return True
-        return False
+            fits = self.by_order[(customer, channel)] = frozenset(
+                i for i, w in enumerate(self.order_when) if self._fits(w, facts)
+            )
+        return bool(fits) and any(not fits.isdisjoint(self.by_sku[s]) for s in skus)
 
-    return takes
+
+def batch_filter(conn: sqlite3.Connection) -> BatchFilter | None:
+    """A :class:`BatchFilter` on the latest master; None when no imported definition is for
+    normal orders (the batch path takes every order as before)."""
+    version = defs.latest_version(conn)
+    normal = [d for d in defs.definitions(conn, version) if "normal" in d.order_types] if version else []
+    return BatchFilter(conn, normal) if normal else None
