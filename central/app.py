@@ -20,7 +20,7 @@ from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
 from central.regions import Regions
-from central.web import allocation_api, console, dashboard, fleet_api, promise_api, release_api
+from central.web import allocation_api, console, dashboard, fleet_api, process_api, promise_api, release_api
 from central.web.api import create_app
 from central.workers import Worker
 from runtime import config
@@ -102,6 +102,7 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
     allocation_api.add_routes(app)
     release_api.add_routes(app)
     promise_api.add_routes(app)
+    process_api.add_routes(app)
     console.add_routes(app)
     add_metrics(app, metrics.collect)
     return app

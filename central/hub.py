@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from central.allocate.inventory import Stock
     from central.allocate.waves import AllocationSettings
     from central.intake.ingest import Handler, Schema
-    from central.orders.lifecycle import Hook
+    from central.orders.lifecycle import Hook, StatusHook
     from central.orders.masters import Snapshot
 
 
@@ -44,6 +44,7 @@ class Hub:
     on_validated: list[Hook] = field(default_factory=list)
     on_cancelled: list[Hook] = field(default_factory=list)
     on_give_back: list[Hook] = field(default_factory=list)  # before a change to an allocated order
+    on_status: list[StatusHook] = field(default_factory=list)  # after every status change
     internal_errors: int = 0  # records quarantined because their handler failed unexpectedly
 
     def handler(self, record_type: str, fn: Handler, *, schema: Schema | None = None) -> None:

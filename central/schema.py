@@ -360,4 +360,67 @@ MIGRATIONS: list[Migration] = [
         postgres=MASTER_VERSION_PG,
     ),
     *promising_tables.MIGRATIONS,
+    Migration(
+        # process definitions (``central.process``): versions of the master, each line's walk
+        # through its definition, steps finished by a person or partner; partners and their events
+        "central_0011_process",
+        """
+        ALTER TABLE items ADD COLUMN item_class TEXT NOT NULL DEFAULT '';
+        ALTER TABLE items ADD COLUMN service TEXT NOT NULL DEFAULT '';
+        CREATE TABLE process_versions (
+            version INTEGER PRIMARY KEY,
+            imported_at INTEGER NOT NULL,
+            imported_by TEXT NOT NULL,
+            digest TEXT NOT NULL
+        );
+        CREATE TABLE process_definitions (
+            version INTEGER NOT NULL,
+            position INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (version, name)
+        );
+        CREATE TABLE process_lines (
+            order_id INTEGER NOT NULL,
+            line_no INTEGER NOT NULL,
+            definition TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            partner TEXT NOT NULL DEFAULT '',
+            step TEXT NOT NULL DEFAULT '',
+            waiting INTEGER NOT NULL DEFAULT 0,
+            since INTEGER NOT NULL,
+            PRIMARY KEY (order_id, line_no)
+        );
+        CREATE INDEX process_lines_partner ON process_lines(partner, order_id);
+        CREATE INDEX process_lines_waiting ON process_lines(waiting, order_id);
+        CREATE TABLE process_done (
+            order_id INTEGER NOT NULL,
+            line_no INTEGER NOT NULL,
+            step TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (order_id, line_no, step)
+        );
+        CREATE TABLE partners (
+            code TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            key_sha256 TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            updated_at INTEGER NOT NULL
+        );
+        CREATE UNIQUE INDEX partners_key ON partners(key_sha256);
+        CREATE TABLE partner_events (
+            partner TEXT NOT NULL,
+            event_key TEXT NOT NULL,
+            order_id INTEGER NOT NULL,
+            fingerprint BLOB NOT NULL,
+            status INTEGER NOT NULL,
+            answer TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            PRIMARY KEY (partner, event_key)
+        );
+        """,
+    ),
 ]

@@ -13,6 +13,8 @@ The path of an order through the stages (see README, Architecture):
   (``ordertypes.on_cancelled``), then its stock given back (``waves.on_cancelled``);
 - cancelled also frees the order's service slots and a promise it claimed
   (``central.promising``);
+- every status change -> ``on_status``: each line's process step follows (``tracker.on_status``,
+  ``central/PROCESS.md``);
 - a change to an allocated order -> ``on_give_back``: its allocation given back first
   (``waves.give_back``); the change's checks allocate it again.
 """
@@ -25,6 +27,7 @@ from central.fulfil import picking
 from central.hub import Hub
 from central.intake import ingest
 from central.orders import ordertypes
+from central.process import tracker
 from central.promising import promise, services
 from protocols.order_changes import parse_order_change, parse_supplier_confirmation
 from protocols.picking import PICK_RESULT, TOTE_EVENT
@@ -45,6 +48,7 @@ def hub(allocation: AllocationSettings | None = None) -> Hub:
     h.on_cancelled.append(ordertypes.on_cancelled)
     h.on_cancelled.append(services.on_cancelled)  # the order's service bookings free their slots
     h.on_cancelled.append(promise.on_cancelled)  # a claimed promise gives its stock and minutes back
+    h.on_status.append(tracker.on_status)  # each line's process steps follow the status
     if allocation is not None:
         h.on_validated.append(waves.on_validated)
         h.on_cancelled.append(waves.on_cancelled)

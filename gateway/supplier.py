@@ -4,12 +4,12 @@ Central passes a drop-ship order to each line's supplier as a ``drop_ship`` down
 to the gateway of the supplier location (``central/orders/ordertypes.py``). This gateway applies it
 once (the inbox) into ``supplier_orders``; the supplier's staff see it and answer:
 
-    received -> confirmed -> shipped        received | confirmed -> refused
+    received -> confirmed -> shipped -> delivered        received | confirmed -> refused
     received -> shipped
 
 ``GET /api/supplier/orders`` lists them (``?state=received``), ``GET
 /api/supplier/orders/{order_no}`` shows one, ``POST /api/supplier/orders/{order_no}/confirm``
-(``/ship``, ``/refuse``) with ``{"ref": "DN-77", "detail": "..."}`` records the answer and
+(``/ship``, ``/deliver``, ``/refuse``) with ``{"ref": "DN-77", "detail": "..."}`` records the answer and
 queues a ``supplier_confirmation`` record in the outbox in the same database job (201); a
 step the table does not allow is 409 with the reason. The CLI is ``storegate supplier``.
 
@@ -49,12 +49,13 @@ log = logging.getLogger(__name__)
 
 RECORD = "drop_ship"
 CONFIRMATION_RECORD = "supplier_confirmation"
-ACTIONS = {"confirm": "confirmed", "ship": "shipped", "refuse": "refused"}
+ACTIONS = {"confirm": "confirmed", "ship": "shipped", "deliver": "delivered", "refuse": "refused"}
 # state -> the states the supplier may answer from it
 NEXT: dict[str, frozenset[str]] = {
     "received": frozenset({"confirmed", "shipped", "refused"}),
     "confirmed": frozenset({"shipped", "refused"}),
-    "shipped": frozenset(),
+    "shipped": frozenset({"delivered"}),
+    "delivered": frozenset(),
     "refused": frozenset(),
 }
 

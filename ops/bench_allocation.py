@@ -25,6 +25,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -152,20 +153,31 @@ def _envelopes(*, orders: int, lines: int, names: list[str], rng: random.Random)
     return out
 
 
-async def _realtime_once(path: Path, *, orders: int, lines: int, skus: int, seed: int) -> dict[str, float]:
+async def _realtime_once(
+    path: Path,
+    *,
+    orders: int,
+    lines: int,
+    skus: int,
+    seed: int,
+    setup: Callable[[sqlite3.Connection], object] | None = None,
+) -> dict[str, float]:
     """One run, the way the central service works: each message received
     (``ingest.receive_uplink`` on what ``envelope.decode_uplink`` gives, at most
     ``consumer.RECEIVE_JOBS`` receive jobs at the database and ``MAX_OUTSTANDING`` messages
     in flight) while ``central.intake.processor.Processor`` works the queue (stepping aside while
     messages are being received), with real-time allocation on the hub's ``on_validated``; WAL +
-    synchronous=FULL, group commit. Time from the first message to the last order processed,
-    with where it went: the processing jobs' share, their number and the commits."""
+    synchronous=FULL, group commit; ``setup`` runs on the database after the masters. Time
+    from the first message to the last order processed, with where it went: the processing
+    jobs' share, their number and the commits."""
     hub = wiring.hub(waves.AllocationSettings(realtime=True))
     db = central_db(path, hub)  # as the central service opens it
     await db.open()
     try:
         rng = random.Random(seed)
         names = await db.write(lambda c: _seed_masters(c, skus=skus))
+        if setup is not None:  # e.g. a process master (ops/bench_process.py)
+            await db.write(setup)
         quick = quick_checks(hub)
         ups = [  # decoded from the wire beforehand, as the consumer's event loop does
             envelope.decode_uplink(envelope.encode(gw=env.gw, sent=0, records=env.records), quick=quick)

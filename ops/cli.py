@@ -283,6 +283,18 @@ def cmd_slots(args: argparse.Namespace) -> int:
     return slots_run(args)
 
 
+def cmd_process(args: argparse.Namespace) -> int:
+    from central.process.cli import process_main
+
+    return process_main(args.process_args)
+
+
+def cmd_partner(args: argparse.Namespace) -> int:
+    from central.process.cli import partner_main
+
+    return partner_main(args.partner_args)
+
+
 def _when(raw: str) -> int:
     """Epoch ms from digits, or from an ISO time (UTC unless it names its zone)."""
     if raw.isdigit():
@@ -362,14 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     o.set_defaults(fn=cmd_order)
 
     sp = sub.add_parser(
-        "supplier", help="a supplier's drop-ship orders at its gateway: list, show, confirm, ship, refuse"
+        "supplier",
+        help="a supplier's drop-ship orders at its gateway: list, show, confirm, ship, deliver, refuse",
     )
-    sp.add_argument("action", choices=("list", "show", "confirm", "ship", "refuse"))
-    sp.add_argument("order_no", nargs="?", help="the order number (SO...) for show/confirm/ship/refuse")
+    sp.add_argument("action", choices=("list", "show", "confirm", "ship", "deliver", "refuse"))
+    sp.add_argument(
+        "order_no", nargs="?", help="the order number (SO...) for show/confirm/ship/deliver/refuse"
+    )
     sp.add_argument(
         "--gateway-url", default="http://127.0.0.1:8081", help="the supplier gateway's HTTP base URL"
     )
-    sp.add_argument("--state", help="list: only orders in this state (received, confirmed, shipped, refused)")
+    sp.add_argument(
+        "--state", help="list: only orders in this state (received, confirmed, shipped, delivered, refused)"
+    )
     sp.add_argument("--ref", default="", help="the supplier's reference (delivery note, ...)")
     sp.add_argument("--detail", default="", help="free text (why refused, carrier, ...)")
     sp.set_defaults(fn=cmd_supplier)
@@ -425,6 +442,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promising_cli.slots_arguments(sl)
     sl.set_defaults(fn=cmd_slots)
+
+    pr = sub.add_parser(
+        "process", help="central's process definitions (work units per order line): import a master, show"
+    )
+    pr.add_argument(
+        "process_args", nargs=argparse.REMAINDER, help="e.g. import process.toml --db central.db | show"
+    )
+    pr.set_defaults(fn=cmd_process)
+
+    pa = sub.add_parser("partner", help="central's partners (3PLs, drop-ship suppliers): add, list, remove")
+    pa.add_argument(
+        "partner_args",
+        nargs=argparse.REMAINDER,
+        help="e.g. add TPL1 --kind 3pl --name 'Fast 3PL' --db central.db",
+    )
+    pa.set_defaults(fn=cmd_partner)
 
     ps = sub.add_parser(
         "pick-schedule",

@@ -65,7 +65,7 @@ class SupplierConfirmation:
     detail: str = ""
 
 
-SUPPLIER_STATES = ("confirmed", "shipped", "refused")
+SUPPLIER_STATES = ("confirmed", "shipped", "refused", "delivered")
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,13 +32,15 @@ def release_allocated(conn: sqlite3.Connection, *, limit: int) -> list[dict[str,
     """Release allocated orders one by one - except an order of a batch wave that is not
     released yet: it waits for its wave (``POST /api/waves/{id}/release``,
     ``central.web.release_api``), whose pick
-    list and tasks hold the whole wave."""
+    list and tasks hold the whole wave - and an order with a line waiting for a value-added
+    or scheduled service (its process definition, ``central/PROCESS.md``)."""
     ids = [
         r[0]
         for r in conn.execute(
             "SELECT o.order_id FROM orders o WHERE o.status = 'allocated' AND NOT EXISTS"
             " (SELECT 1 FROM wave_orders wo JOIN waves w ON w.wave_id = wo.wave_id"
             "  WHERE wo.order_id = o.order_id AND w.status != 'released')"
+            " AND NOT EXISTS (SELECT 1 FROM process_lines p WHERE p.order_id = o.order_id AND p.waiting = 1)"
             " ORDER BY o.order_id LIMIT ?",
             (limit,),
         )

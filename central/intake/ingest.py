@@ -25,6 +25,7 @@ from central import CentralError, downlink
 from central.hub import Hub, hub_of
 from central.orders import orders, ordertypes
 from central.orders.validation import LineIn, OrderIn
+from central.process import partners, tracker
 from central.promising import services
 from protocols import envelope
 from protocols.bounded import bounded_reason
@@ -126,6 +127,13 @@ def apply_supplier_confirmation(conn: sqlite3.Connection, ctx: Context, rec: Rec
     if row is None:
         raise Rejected(f"order {conf.order_no!r} was not passed to a supplier behind gateway {ctx.gateway!r}")
     try:
+        if conf.state == "delivered":  # the lines' deliver step (central/PARTNERS.md)
+            text = f"supplier {row[1]} delivered" + (f" ref {conf.ref}" if conf.ref else "")
+            text += f": {conf.detail}" if conf.detail else ""
+            partners.supplier_delivered(
+                conn, row[0], supplier=row[1], text=text, actor=f"gateway:{ctx.gateway}", now=ctx.now
+            )
+            return conf.order_no
         ordertypes.supplier_confirmation(
             conn,
             row[0],
@@ -136,7 +144,7 @@ def apply_supplier_confirmation(conn: sqlite3.Connection, ctx: Context, rec: Rec
             actor=f"gateway:{ctx.gateway}",
             now=ctx.now,
         )
-    except ordertypes.OrderTypeError as e:
+    except (ordertypes.OrderTypeError, tracker.StepError) as e:
         raise Rejected(str(e)) from None
     return conf.order_no
 

@@ -15,7 +15,8 @@ customer's open-order value and receivables in step (``returned`` settles what t
 order's RMAs have not credited yet), queues an ``order_status`` downlink record to the order's
 originating gateway (and, when the customer's exposure moved in a way the customer's gateway
 cannot count itself, a ``customer_standing`` record to it), and runs the hub's hooks - all in
-the caller's transaction (``central.wiring`` puts them there). ``on_validated`` hooks run when
+the caller's transaction (``central.wiring`` puts them there). ``on_status`` hooks run after
+every change (each line's process steps, ``central/PROCESS.md``); ``on_validated`` hooks run when
 an order that is filled from stock becomes ``validated`` (allocation); ``on_cancelled`` hooks
 run after an order is cancelled (give back stock, vouchers, consignment); ``on_give_back``
 hooks run before a change to an allocated order (give its allocation back).
@@ -86,6 +87,7 @@ EDITABLE = frozenset({S.RECEIVED, S.HELD, S.VALIDATED, S.ALLOCATED})
 FINAL = frozenset({S.CANCELLED, S.RETURNED})
 
 Hook = Callable[[sqlite3.Connection, int], None]  # the hub's on_validated, on_cancelled, on_give_back
+StatusHook = Callable[[sqlite3.Connection, int, str, str, int], None]  # (conn, order id, status, actor, at)
 
 
 class LifecycleError(CentralError):
@@ -220,6 +222,8 @@ def transition_from(
             "at": t,
         },
     )
+    for status_hook in hub_of(conn).on_status:  # the lines' process steps (central.process)
+        status_hook(conn, order_id, new.value, actor, t)
     if new is S.VALIDATED and otype in STOCK_TYPES:
         for hook in hub_of(conn).on_validated:
             hook(conn, order_id)

@@ -235,6 +235,8 @@ KINDS: dict[str, Kind] = {
             "order_up_to": _int(0, 10**9, optional=True),
             "max_order_qty": _int(0, 10**9, optional=True),
             "pick_seconds": _real(0, 86_400),
+            "item_class": _text(32),  # process definitions' line condition (central/PROCESS.md)
+            "service": _text(32),  # a service the item needs (installation...), ditto
             "active": _bool,
         },
         extra=("gtins", "storage"),

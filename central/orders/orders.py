@@ -30,6 +30,7 @@ from central.hub import hub_of, state
 from central.orders import lifecycle, masters, ordertypes, validation
 from central.orders.lifecycle import Status
 from central.orders.validation import Exposure, LineIn, OrderIn, Result
+from central.process import tracker
 from protocols import ids as record_ids
 from protocols.frozen import quick_init
 from protocols.order_changes import ChangeAction, OrderChange, parse_order_change
@@ -734,6 +735,15 @@ def _create_together(
         or may_have_parked(conn)
     ):
         return []
+    # a line walking an imported process definition (central/PROCESS.md) takes the hooks: the
+    # first order is asked before the run's reads, so orders going one by one cost no rereads
+    process = tracker.batch_filter(conn)
+    if process is not None and new[0].order.order_type == "normal":
+        first, snap0 = new[0], masters.cache(conn)
+        first_skus = [it.sku if (it := snap0.resolve(ln.gtin, ln.sku)) else "" for ln in first.order.lines]
+        if process(first.order.customer, first.channel, first_skus):
+            return []
+        process.read({ln.sku for n in new for ln in n.order.lines if ln.sku})  # the run's items at once
     layout = demand.customer_layout(conn)
     if layout.key is None or layout.has_priority or "open_value" not in layout.select:
         return []
@@ -809,6 +819,8 @@ def _create_together(
         )
         if not result.passed:
             break
+        if process is not None and process(order.customer, n.channel, [p.sku or "" for p in result.lines]):
+            break  # a line walks an imported process definition: one by one, through the hooks
         oid = ids.order(len(new) - k)
         number = order_no(oid)
         priced = {p.line_no: p for p in result.lines}

@@ -24,6 +24,7 @@ from central import CentralError, downlink
 from central.orders import lifecycle
 from central.orders.masters import Snapshot
 from central.orders.validation import Check, LineIn, OrderIn, Outcome
+from central.process import tracker
 from protocols.frozen import quick_init
 from runtime.clock import now_ms
 
@@ -324,6 +325,9 @@ def supplier_confirmation(
     )
     text = f"supplier {supplier} {state}" + (f" ref {ref}" if ref else "") + (f": {detail}" if detail else "")
     lifecycle.record_event(conn, order_id, "supplier", detail=text, actor=actor, now=now)
+    if state in ("confirmed", "shipped"):  # the supplier's lines' work units (central/PROCESS.md)
+        step = "partner_confirm" if state == "confirmed" else "ship"
+        tracker.record_done(conn, order_id, step, partner=supplier, actor=actor, now=now, detail=text)
     status = conn.execute("SELECT status FROM orders WHERE order_id = ?", (order_id,)).fetchone()[0]
     if status != lifecycle.Status.RELEASED:
         return str(status)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from central.process import tracker
+
 ORDER_COLS = (
     "order_id",
     "order_no",
@@ -59,8 +61,11 @@ def get_order(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
             f"SELECT {', '.join(line_cols)} FROM order_lines WHERE order_id = ? ORDER BY line_no", (oid,)
         )
     ]
+    steps = tracker.line_view(conn, oid)  # each line's process definition, version and step
     for ln in order["lines"]:
         ln["cancelled"] = bool(ln["cancelled"])
+        ln["process"] = steps.get(ln["line_no"])
+    order["work_units"] = tracker.work_units(conn, oid)
     order["events"] = [
         dict(zip(("at", "event", "status", "detail", "actor"), r, strict=True))
         for r in conn.execute(

@@ -1,0 +1,1 @@
+"""Process definitions (work units per order line) and partners (3PL, drop-ship suppliers)."""
