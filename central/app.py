@@ -12,12 +12,13 @@ from aiohttp import web
 
 from central import retention, schedule, wiring
 from central.allocate import waves
+from central.allocate.availability import AvailabilitySettings, Monitor
 from central.fleet import AlertThresholds, Fleet
 from central.fulfil.release import Releaser, ReleaseSettings
 from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
-from central.web import allocation_api, console, dashboard, fleet_api, release_api
+from central.web import allocation_api, availability_api, console, dashboard, fleet_api, release_api
 from central.web.api import create_app
 from runtime import config
 from runtime.metrics import add_metrics
@@ -42,18 +43,22 @@ class CentralConfig:
     allocation: waves.AllocationSettings = field(default_factory=waves.AllocationSettings)
     release: ReleaseSettings = field(default_factory=ReleaseSettings)
     schedule: schedule.ScheduleSettings = field(default_factory=schedule.ScheduleSettings)
+    availability: AvailabilitySettings = field(default_factory=AvailabilitySettings)
 
 
 def load_config(path: Path | str) -> CentralConfig:
     return config.load(CentralConfig, path)
 
 
-def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics) -> web.Application:
+def build_app(
+    db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics, monitor: Monitor | None = None
+) -> web.Application:
     app = create_app(db=db, consumer=consumer)
     dashboard.add_routes(app, fleet=fleet, db=db)
     fleet_api.add_routes(app, db=db, backlog_age_s=fleet.thresholds.backlog_age_s)
     allocation_api.add_routes(app)
     release_api.add_routes(app)
+    availability_api.add_routes(app, settings=monitor.settings if monitor else None, monitor=monitor)
     console.add_routes(app)
     add_metrics(app, metrics.collect)
     return app
@@ -66,7 +71,8 @@ async def serve(cfg: CentralConfig) -> None:
     fleet = Fleet(db, cfg.alerts)
     consumer = Consumer(db=db, broker=cfg.broker, on_status=fleet.on_status, hub=hub)
     metrics = CentralMetrics(db=db, consumer=consumer)
-    runner = web.AppRunner(build_app(db, consumer, fleet, metrics), access_log=None)
+    monitor = Monitor(db, cfg.availability)
+    runner = web.AppRunner(build_app(db, consumer, fleet, metrics, monitor), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
@@ -77,7 +83,9 @@ async def serve(cfg: CentralConfig) -> None:
             tg.create_task(metrics.run(), name="central-metrics")
             releaser = Releaser(db, cfg.release, on_release=consumer.downlink.notify)
             tg.create_task(releaser.run(), name="central-release")
-            scheduler = schedule.Scheduler(db, cfg.schedule, on_work=consumer.downlink.notify)
+            scheduler = schedule.Scheduler(
+                db, cfg.schedule, on_work=consumer.downlink.notify, monitors=[monitor.tick]
+            )
             tg.create_task(scheduler.run(), name="central-schedule")
             tg.create_task(retention.run(db), name="central-retention")
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from central import fleet, retention, schema
-from central.allocate import inventory
+from central.allocate import availability, inventory
 from central.fulfil import picking
 from central.hub import Hub
 from runtime.sqlitedb import DurableDB, Migration
@@ -18,6 +18,7 @@ def all_migrations() -> list[Migration]:
         *fleet.MIGRATIONS,
         *picking.MIGRATIONS,
         *retention.MIGRATIONS,
+        *availability.MIGRATIONS,
     ]
 
 

@@ -8,6 +8,9 @@ Jobs, each item run once:
   time limit is cancelled and its stock given back (:func:`central.allocate.shortage.expire_delay`);
   item ``<order id>@<deadline>``.
 
+After the due items, each tick runs the scheduler's ``monitors`` (the availability monitor,
+``central.allocate.availability``: velocity, days of cover, stock-out proposals and alerts).
+
 Each item's effect, the mark that takes it off the due list (the delivery's order id, the
 allocation status) and its ``schedule_runs`` row are written in one transaction, so a
 crash or restart at any point neither runs an item twice (the row's primary key refuses a
@@ -23,7 +26,7 @@ import asyncio
 import datetime as dt
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -110,11 +113,13 @@ class Scheduler:
         *,
         on_work: Callable[[], None],
         today: Callable[[], dt.date] = today_utc,
+        monitors: Sequence[Callable[[], Awaitable[object]]] = (),
     ) -> None:
         self.db = db
         self.settings = settings
         self.on_work = on_work
         self.today = today
+        self.monitors = tuple(monitors)  # run after the due items on every tick
         self.ran = 0
         self.errors = 0
 
@@ -132,6 +137,8 @@ class Scheduler:
                     log.info("schedule %s %s: %s", r.job, r.item, r.result)
                 self.on_work()  # contract orders and cancellations queue status records
             if len(ran) < limit:
+                for monitor in self.monitors:
+                    await monitor()
                 return out
 
     async def run(self) -> None:

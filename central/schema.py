@@ -315,4 +315,16 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX idempotency_created ON idempotency(created_at);
         """,
     ),
+    Migration(
+        # what slice of the stock a user sees (``central.web.auth.Scope``): no rows = all
+        "central_0009_user_scopes",
+        """
+        CREATE TABLE user_scopes (
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (name, kind, value)
+        );
+        """,
+    ),
 ]

@@ -226,7 +226,16 @@ async def test_rest_routes(client: TestClient[web.Request, web.Application]) -> 
     rid = (await r.json())["receipt_id"]
     atp = await (await client.get("/api/inventory/atp", params={"sku": "A", "dates": "2026-01-11"})).json()
     assert atp["atp"] == [{"date": "2026-01-11", "atp": 0}]
-    rel = await (await client.post(f"/api/inventory/receipts/{rid}/receive")).json()
+    r = await client.post(f"/api/inventory/receipts/{rid}/receive")
+    assert r.status == 403 and "needs inventory_controller" in (await r.json())["error"]  # not the desk
+    counter = await client.app[DB_KEY].write(
+        lambda c: auth.add_user(c, "counter", auth.Role.INVENTORY_CONTROLLER)
+    )
+    rel = await (
+        await client.post(
+            f"/api/inventory/receipts/{rid}/receive", headers={"Authorization": f"Bearer {counter}"}
+        )
+    ).json()
     assert rel["release_run"] is not None
     alloc = await (await client.get("/api/allocation/orders/1")).json()
     assert sum(a["qty"] for a in alloc["allocations"] if a["line_no"] == 1) == 12
