@@ -264,3 +264,17 @@ async def test_rest_routes(client: TestClient[web.Request, web.Application]) -> 
     )
     assert r.status == 409
     assert (await client.get("/api/waves/999")).status == 404
+
+
+def test_add_stock_removes_units_from_an_existing_row(tmp_path: Path) -> None:
+    """A negative ``add_stock`` (a transfer leaving its source) was refused every time: the
+    upsert's candidate row (on hand < 0) failed the CHECK before becoming the update."""
+    conn = _conn(tmp_path)
+    inventory.set_stock(conn, "DC1", "A", 10)
+    inventory.add_stock(conn, "DC1", "A", -3)
+    assert inventory.on_hand(conn, "DC1", "A") == 7
+    with pytest.raises(inventory.InventoryError, match="cannot change on hand by -8"):
+        inventory.add_stock(conn, "DC1", "A", -8)
+    with pytest.raises(inventory.InventoryError, match="no inventory row"):
+        inventory.add_stock(conn, "DC9", "A", -1)
+    assert inventory.on_hand(conn, "DC1", "A") == 7

@@ -248,6 +248,11 @@ def covers(
     return out
 
 
+def _ceil(x: float) -> int:
+    """Units to cover ``x``: rounded up, after dropping float noise (27/7 x 14 is 54, not 55)."""
+    return math.ceil(round(x, 6))
+
+
 @dataclass(frozen=True, slots=True)
 class Proposal:
     kind: str  # transfer, drop_ship, supplier_order, none
@@ -265,7 +270,7 @@ def propose(
     supplier: str | None,
 ) -> Proposal:
     """The alternative sourcing for one at-risk row (see the module doc)."""
-    need = max(1, math.ceil(row.velocity * settings.target_days) - row.projected)
+    need = max(1, _ceil(row.velocity * settings.target_days) - row.projected)
     surplus: list[tuple[int, str]] = []
     drop: list[tuple[int, str]] = []
     for other in same_sku:
@@ -274,7 +279,7 @@ def propose(
         if other.location in supplier_locations:
             drop.append((other.available, other.location))
             continue
-        spare = other.available - math.ceil(other.velocity * settings.target_days)
+        spare = other.available - _ceil(other.velocity * settings.target_days)
         if spare > 0:
             surplus.append((spare, other.location))
     surplus.sort(key=lambda t: (-t[0], t[1]))

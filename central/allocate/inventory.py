@@ -311,8 +311,18 @@ def set_stock(
 
 
 def add_stock(conn: sqlite3.Connection, location: str, sku: str, qty: int) -> None:
-    """Add (or with a negative ``qty`` remove) units on hand."""
+    """Add (or with a negative ``qty`` remove) units on hand. A removal is a plain UPDATE: an
+    upsert's candidate row (on hand = ``qty`` < 0) would fail the CHECK before the conflict
+    turns it into the update."""
     try:
+        if qty < 0:
+            cur = conn.execute(
+                "UPDATE inventory SET on_hand = on_hand + ? WHERE location = ? AND sku = ?",
+                (qty, location, sku),
+            )
+            if cur.rowcount != 1:
+                raise InventoryError(location, sku, f"cannot change on hand by {qty}: no inventory row")
+            return
         conn.execute(
             "INSERT INTO inventory (location, sku, on_hand) VALUES (?, ?, ?)"
             " ON CONFLICT (location, sku) DO UPDATE SET on_hand = on_hand + excluded.on_hand",
