@@ -161,6 +161,12 @@ async def test_fast_seller_alerts_once_is_transferred_and_the_alert_closes(tmp_p
             True,
         )
 
+        risky = (await c.ok("GET", "/api/availability", "store1", params={"at_risk": "1"}))["rows"]
+        assert [(r["location"], r["sku"], r["cover_days"]) for r in risky] == [
+            ("DC2", "MILK", 0.5),  # lowest cover first; DC2 serves STORE1's zone: visible to it
+            ("DC2", "BREAD", round(5 / (30 / 7), 2)),
+        ]
+
         props = await c.proposals()
         # milk: 8/day x 14 days target - 4 = 108, DC1 holds 300 with no demand of its own
         assert {k: (p["kind"], p["source"], p["qty"]) for k, p in props.items()} == {

@@ -47,6 +47,7 @@ import logging
 import math
 import sqlite3
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -199,6 +200,10 @@ def demand(
     return out
 
 
+def _velocity(units: tuple[int, int], settings: AvailabilitySettings) -> float:
+    return max(units[0] / settings.short_window_days, units[1] / settings.long_window_days)
+
+
 def covers(
     conn: sqlite3.Connection,
     *,
@@ -206,10 +211,14 @@ def covers(
     settings: AvailabilitySettings,
     location: str | None = None,
     sku: str | None = None,
+    skus: Collection[str] | None = None,
+    dem: dict[tuple[str, str], tuple[int, int]] | None = None,
 ) -> list[Cover]:
-    """Velocity and cover of every (location, sku) with stock or demand (or just those of
-    ``location`` / ``sku``), ordered by location and sku."""
-    dem = demand(conn, now=now, settings=settings)
+    """Velocity and cover of every (location, sku) with stock or demand - or only those of
+    ``location``, ``sku``, the items ``skus`` - ordered by location and sku. ``dem``: the
+    :func:`demand` already read."""
+    if dem is None:
+        dem = demand(conn, now=now, settings=settings)
     where, args = [], []
     if location is not None:
         where.append("location = ?")
@@ -217,34 +226,46 @@ def covers(
     if sku is not None:
         where.append("sku = ?")
         args.append(sku)
-    cond = f" WHERE {' AND '.join(where)}" if where else ""
-    stock = {
-        (loc, s): (oh, al)
+    chunks: list[list[str]] = [[]]
+    if skus is not None:
+        want = sorted(skus)
+        chunks = [want[k : k + 500] for k in range(0, len(want), 500)]
+    stock: dict[tuple[str, str], tuple[int, int]] = {}
+    incoming: dict[tuple[str, str], int] = {}
+    for chunk in chunks:
+        conds, cargs = list(where), list(args)
+        if skus is not None:
+            conds.append(f"sku IN ({','.join('?' * len(chunk))})")
+            cargs += chunk
+        cond = f" WHERE {' AND '.join(conds)}" if conds else ""
         for loc, s, oh, al in conn.execute(
-            f"SELECT location, sku, on_hand, allocated FROM inventory{cond}", args
-        )
-    }
-    incoming: dict[tuple[str, str], int] = {
-        (loc, s): int(q)
+            f"SELECT location, sku, on_hand, allocated FROM inventory{cond}", cargs
+        ):
+            stock[(loc, s)] = (oh, al)
         for loc, s, q in conn.execute(
             "SELECT location, sku, sum(qty) FROM receipts WHERE status = 'expected'"
-            f"{' AND ' + ' AND '.join(where) if where else ''} GROUP BY location, sku",
-            args,
-        )
-    }
+            f"{''.join(' AND ' + c for c in conds)} GROUP BY location, sku",
+            cargs,
+        ):
+            incoming[(loc, s)] = int(q)
     keys = set(stock)
-    keys |= {k for k in dem if (location is None or k[0] == location) and (sku is None or k[1] == sku)}
-    sd, ld = settings.short_window_days, settings.long_window_days
+    keys |= {
+        k
+        for k in dem
+        if (location is None or k[0] == location)
+        and (sku is None or k[1] == sku)
+        and (skus is None or k[1] in skus)
+    }
     threshold = settings.threshold_days
     out = []
     for key in sorted(keys):
         oh, al = stock.get(key, (0, 0))
-        short, long_ = dem.get(key, (0, 0))
-        v = max(short / sd, long_ / ld)
+        units = dem.get(key, (0, 0))
+        v = _velocity(units, settings)
         inc = incoming.get(key, 0)
         cover = (oh - al + inc) / v if v > 0 else None
         risk = v >= settings.min_velocity and v > 0 and cover is not None and cover < threshold
-        out.append(Cover(key[0], key[1], oh, al, inc, short, long_, v, cover, risk))
+        out.append(Cover(key[0], key[1], oh, al, inc, units[0], units[1], v, cover, risk))
     return out
 
 
@@ -263,25 +284,26 @@ class Proposal:
 
 def propose(
     row: Cover,
-    same_sku: list[Cover],
+    same_sku: list[tuple[str, int, float]],
     *,
     settings: AvailabilitySettings,
     supplier_locations: frozenset[str],
     supplier: str | None,
 ) -> Proposal:
-    """The alternative sourcing for one at-risk row (see the module doc)."""
+    """The alternative sourcing for one at-risk row (see the module doc); ``same_sku``: every
+    location holding the item as (location, available, velocity there)."""
     need = max(1, _ceil(row.velocity * settings.target_days) - row.projected)
     surplus: list[tuple[int, str]] = []
     drop: list[tuple[int, str]] = []
-    for other in same_sku:
-        if other.location == row.location or other.available <= 0:
+    for loc, avail, vel in same_sku:
+        if loc == row.location or avail <= 0:
             continue
-        if other.location in supplier_locations:
-            drop.append((other.available, other.location))
+        if loc in supplier_locations:
+            drop.append((avail, loc))
             continue
-        spare = other.available - _ceil(other.velocity * settings.target_days)
+        spare = avail - _ceil(vel * settings.target_days)
         if spare > 0:
-            surplus.append((spare, other.location))
+            surplus.append((spare, loc))
     surplus.sort(key=lambda t: (-t[0], t[1]))
     drop.sort(key=lambda t: (-t[0], t[1]))
     if surplus and surplus[0][0] >= need:
@@ -313,26 +335,72 @@ class Plan:
     """What one evaluation found: the at-risk rows with their proposals."""
 
     at_risk: dict[tuple[str, str], tuple[Cover, Proposal]]
-    rows: int
+    rows: int  # the rows read: the fast sellers' at every location holding them
+
+
+def _chunks(items: list[str], n: int = 500) -> list[list[str]]:
+    return [items[k : k + n] for k in range(0, len(items), n)]
 
 
 def plan(conn: sqlite3.Connection, *, now: int, settings: AvailabilitySettings) -> Plan:
-    """The read half of :func:`evaluate`: every row's cover and each at-risk row's proposal."""
-    rows = covers(conn, now=now, settings=settings)
-    by_sku: dict[str, list[Cover]] = defaultdict(list)
-    for r in rows:
-        by_sku[r.sku].append(r)
-    risky = [r for r in rows if r.at_risk]
+    """The read half of :func:`evaluate`: each at-risk row with its proposal. Reads only what
+    can matter: the stock of the (location, item) pairs selling at ``min_velocity`` or more
+    (a slow one cannot be at risk), then, for the items at risk somewhere, every location
+    holding them (the transfer sources)."""
+    dem = demand(conn, now=now, settings=settings)
+    vel = {k: v for k, units in dem.items() if (v := _velocity(units, settings)) > 0}
+    fast: dict[str, list[str]] = defaultdict(list)  # location -> its fast skus
+    for (loc, sku), v in vel.items():
+        if v >= settings.min_velocity:
+            fast[loc].append(sku)
+    stock: dict[tuple[str, str], tuple[int, int]] = {}
+    rows = 0
+    for loc in sorted(fast):
+        for chunk in _chunks(sorted(fast[loc])):
+            marks = ",".join("?" * len(chunk))
+            for sku, oh, al in conn.execute(
+                f"SELECT sku, on_hand, allocated FROM inventory WHERE location = ? AND sku IN ({marks})",
+                (loc, *chunk),
+            ):
+                stock[(loc, sku)] = (oh, al)
+                rows += 1
+    incoming = {
+        (loc, sku): int(q)
+        for loc, sku, q in conn.execute(
+            "SELECT location, sku, sum(qty) FROM receipts WHERE status = 'expected' GROUP BY location, sku"
+        )
+    }
+    threshold = settings.threshold_days
+    risky = []
+    for loc in sorted(fast):
+        for sku in sorted(fast[loc]):
+            key = (loc, sku)
+            v = vel[key]
+            oh, al = stock.get(key, (0, 0))
+            inc = incoming.get(key, 0)
+            cover = (oh - al + inc) / v
+            if cover < threshold:
+                units = dem[key]
+                risky.append(Cover(loc, sku, oh, al, inc, units[0], units[1], v, cover, True))
     out: dict[tuple[str, str], tuple[Cover, Proposal]] = {}
-    if risky:
-        sup_locs = frozenset(c for (c,) in conn.execute("SELECT code FROM locations WHERE kind = 'supplier'"))
-        sups = inventory.suppliers(conn, {r.sku for r in risky})
-        for r in risky:
-            p = propose(
-                r, by_sku[r.sku], settings=settings, supplier_locations=sup_locs, supplier=sups.get(r.sku)
-            )
-            out[(r.location, r.sku)] = (r, p)
-    return Plan(out, len(rows))
+    if not risky:
+        return Plan(out, rows)
+    holders: dict[str, list[tuple[str, int, float]]] = defaultdict(list)  # sku -> (loc, avail, vel)
+    for chunk in _chunks(sorted({r.sku for r in risky})):
+        marks = ",".join("?" * len(chunk))
+        for loc, sku, oh, al in conn.execute(
+            f"SELECT location, sku, on_hand, allocated FROM inventory WHERE sku IN ({marks})", chunk
+        ):
+            holders[sku].append((loc, oh - al, vel.get((loc, sku), 0.0)))
+            rows += 1
+    sup_locs = frozenset(c for (c,) in conn.execute("SELECT code FROM locations WHERE kind = 'supplier'"))
+    sups = inventory.suppliers(conn, {r.sku for r in risky})
+    for r in risky:
+        p = propose(
+            r, holders[r.sku], settings=settings, supplier_locations=sup_locs, supplier=sups.get(r.sku)
+        )
+        out[(r.location, r.sku)] = (r, p)
+    return Plan(out, rows)
 
 
 def apply_plan(

@@ -98,10 +98,18 @@ async def list_availability(request: web.Request) -> web.Response:
     only_risk, limit = _flag(request, "at_risk"), _limit(request)
     v = await _visible(request, loc, sku)
     settings = _settings(request)
-    rows = await request.app[DB_KEY].read(
-        partial(availability.covers, now=now_ms(), settings=settings, location=loc, sku=sku)
-    )
-    rows = [r for r in rows if v.sees(r.location, r.sku) and (r.at_risk or not only_risk)]
+    if only_risk:  # the monitor's own cheap read (fast sellers only), not every row
+        found = await request.app[DB_KEY].read(partial(availability.plan, now=now_ms(), settings=settings))
+        rows = [
+            r
+            for r, _ in found.at_risk.values()
+            if (loc is None or r.location == loc) and (sku is None or r.sku == sku)
+        ]
+    else:
+        rows = await request.app[DB_KEY].read(
+            partial(availability.covers, now=now_ms(), settings=settings, location=loc, sku=sku)
+        )
+    rows = [r for r in rows if v.sees(r.location, r.sku)]
     rows.sort(key=lambda r: (r.cover_days is None, r.cover_days or 0.0, r.location, r.sku))
     return _json(
         {
