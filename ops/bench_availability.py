@@ -112,7 +112,9 @@ async def run(*, items: int, locations: int, orders: int, workdir: Path) -> dict
 
 
 def bench(items: int = 10_000, locations: int = 50, orders: int = 20_000) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent / "var") as tmp:
+    base = Path(__file__).resolve().parent.parent / "var"  # the real disk, not tmpfs
+    base.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
         return asyncio.run(run(items=items, locations=locations, orders=orders, workdir=Path(tmp)))
 
 

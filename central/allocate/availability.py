@@ -54,7 +54,6 @@ from typing import Any
 
 from central import CentralError
 from central.allocate import inventory
-from central.allocate.demand import load_profiles
 from central.allocate.inventory import load_network
 from runtime.clock import now_ms
 from runtime.sqlitedb import DurableDB, Migration
@@ -165,6 +164,39 @@ class Cover:
         }
 
 
+def customer_zones(conn: sqlite3.Connection, customers: Collection[str]) -> dict[str, str]:
+    """Each customer's delivery zone as allocation sees it: the customer master's ``region``,
+    else ``alloc_customer_profile.zone`` (a customer known only to allocation)."""
+    want = sorted(customers)
+    out: dict[str, str] = {}
+    for k in range(0, len(want), 500):
+        part = want[k : k + 500]
+        marks = ",".join("?" * len(part))
+        out.update(conn.execute(f"SELECT code, region FROM customers WHERE code IN ({marks})", part))
+        rest = [c for c in part if c not in out]
+        if rest:
+            marks = ",".join("?" * len(rest))
+            out.update(
+                conn.execute(
+                    f"SELECT customer, zone FROM alloc_customer_profile WHERE customer IN ({marks})", rest
+                )
+            )
+    return out
+
+
+def item_suppliers(conn: sqlite3.Connection, skus: Collection[str]) -> dict[str, str]:
+    """Each item's supplier from the item master (items without one left out)."""
+    want = sorted(skus)
+    out: dict[str, str] = {}
+    for k in range(0, len(want), 500):
+        part = want[k : k + 500]
+        marks = ",".join("?" * len(part))
+        out.update(
+            conn.execute(f"SELECT sku, supplier FROM items WHERE supplier <> '' AND sku IN ({marks})", part)
+        )
+    return out
+
+
 def demand(
     conn: sqlite3.Connection, *, now: int, settings: AvailabilitySettings
 ) -> dict[tuple[str, str], tuple[int, int]]:
@@ -182,13 +214,12 @@ def demand(
     ).fetchall()
     if not rows:
         return {}
-    profiles = load_profiles(conn, {r[0] for r in rows})
+    zones = customer_zones(conn, {r[0] for r in rows})
     net = load_network(conn)
     out: dict[tuple[str, str], tuple[int, int]] = {}
     first_of: dict[str, str | None] = {}
     for customer, sku, short, long_ in rows:
-        p = profiles.get(customer)
-        zone = p.zone if p is not None else ""
+        zone = zones.get(customer, "")
         if zone not in first_of:
             normal, _ = net.candidates(zone)
             first_of[zone] = normal[0][0] if normal else None
@@ -394,7 +425,7 @@ def plan(conn: sqlite3.Connection, *, now: int, settings: AvailabilitySettings) 
             holders[sku].append((loc, oh - al, vel.get((loc, sku), 0.0)))
             rows += 1
     sup_locs = frozenset(c for (c,) in conn.execute("SELECT code FROM locations WHERE kind = 'supplier'"))
-    sups = inventory.suppliers(conn, {r.sku for r in risky})
+    sups = item_suppliers(conn, {r.sku for r in risky})
     for r in risky:
         p = propose(
             r, holders[r.sku], settings=settings, supplier_locations=sup_locs, supplier=sups.get(r.sku)

@@ -325,7 +325,7 @@ def add_stock(conn: sqlite3.Connection, location: str, sku: str, qty: int) -> No
             return
         conn.execute(
             "INSERT INTO inventory (location, sku, on_hand) VALUES (?, ?, ?)"
-            " ON CONFLICT (location, sku) DO UPDATE SET on_hand = on_hand + excluded.on_hand",
+            " ON CONFLICT (location, sku) DO UPDATE SET on_hand = inventory.on_hand + excluded.on_hand",
             (location, sku, qty),
         )
     except sqlite3.IntegrityError:
