@@ -20,6 +20,7 @@ from central.migrations import central_db
 from central.web import allocation_api, auth, availability_api, console
 from central.web.api import create_app
 from runtime.sqlitedb import DurableDB
+from tests.central_fixtures import SOON
 
 auth.PBKDF2_ITERATIONS = 1_000
 
@@ -328,3 +329,27 @@ def test_users_cli_sets_and_lists_scopes(tmp_path: Path, capsys: pytest.CaptureF
     )
     assert auth.main(["scope", "ann", "--all", "--db", db]) == 0
     assert capsys.readouterr().out == 'ann: {"kind": "all"}\n'
+
+
+async def test_orders_show_a_store_its_customers_and_a_supplier_its_items(app: App) -> None:
+    nos = {}
+    for cust, sku in (("S001", "MILK"), ("S002", "MILK"), ("S002", "WATER")):
+        body = {
+            "customer": cust,
+            "order_type": "normal",
+            "requested_date": SOON,
+            "lines": [{"sku": sku, "qty": 1}],
+        }
+        nos[(cust, sku)] = (await app.ok("POST", "/api/orders", "desk", json=body))["order_no"]
+    everyone = (await app.ok("GET", "/api/orders", "desk"))["orders"]
+    assert len(everyone) == 3
+    mine = (await app.ok("GET", "/api/orders", "store1-eyes"))["orders"]
+    assert [o["order_no"] for o in mine] == [nos[("S001", "MILK")]]
+    other = nos[("S002", "MILK")]
+    reason = await app.refused("GET", f"/api/orders/{other}", "store1-eyes")
+    assert reason.endswith(f"order {other} is customer 'S002''s, not one of its own")
+    assert (await app.ok("GET", f"/api/orders/{nos[('S001', 'MILK')]}", "store1-eyes"))["customer"] == "S001"
+    water = (await app.ok("GET", "/api/orders", "water"))["orders"]
+    assert [o["order_no"] for o in water] == [nos[("S002", "WATER")]]
+    reason = await app.refused("GET", f"/api/orders/{nos[('S001', 'MILK')]}", "water")
+    assert reason.endswith("has none of its items")

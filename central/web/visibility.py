@@ -11,6 +11,10 @@ A user's scope (``central.web.auth.Scope``, table ``user_scopes``) becomes a :cl
 - **supplier** (a supplier user): reads the stock of the items whose item master names it as
   supplier, at every location; never writes stock.
 
+Orders (``GET /api/orders``, ``/api/orders/{no}``): a store user sees its own customers'
+(customers mapped to its locations' gateways), a supplier user the orders with a line of its
+items; everyone else all.
+
 A refusal is a :class:`Refused` with the reason (HTTP 403); the REST layer
 (``central.web.allocation_api``, ``central.web.availability_api``) asks here before every
 stock read or write.
@@ -79,6 +83,17 @@ class View:
             raise Refused(f"{self._what()}; the stock of {loc!r} is not visible to it")
         if sku is not None and not self.sees_sku(sku):
             raise Refused(f"{self._what()}; item {sku!r} is not one it supplies")
+
+    @property
+    def supplier(self) -> str | None:
+        return self.scope.values[0] if self.scope.kind is ScopeKind.SUPPLIER else None
+
+    def check_order(self, customer: str, skus: Iterable[str], order_no: str) -> None:
+        """A store user reads its own customers' orders; a supplier user those with its items."""
+        if not self.sees_customer(customer):
+            raise Refused(f"{self._what()}; order {order_no} is customer {customer!r}'s, not one of its own")
+        if self.skus is not None and not any(s in self.skus for s in skus):
+            raise Refused(f"{self._what()}; order {order_no} has none of its items")
 
     def check_write(self, loc: str, *, action: str) -> None:
         """Stock writes at ``loc`` (on hand, receipts): everyone-scoped users anywhere, store
