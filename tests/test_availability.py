@@ -8,6 +8,9 @@ dismisses a supplier order; episodes open once and close as the situation change
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,16 +20,21 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from central import schedule, wiring
+from central.allocate import inventory
 from central.allocate.availability import DAY_MS, AvailabilitySettings, Monitor
 from central.allocate.waves import AllocationSettings
 from central.fleet import AlertThresholds, Fleet
 from central.migrations import central_db
+from central.orders import masters
 from central.web import allocation_api, auth, availability_api, dashboard
 from central.web.api import create_app
 from ops import cli
+from ops.broker import Mosquitto
 from runtime.clock import now_ms
-from runtime.sqlitedb import DurableDB
+from runtime.sqlitedb import DurableDB, connect
 from tests.central_fixtures import SOON
+from tests.conftest import wait_for
+from tests.procs import basic_auth, central_proc
 
 auth.PBKDF2_ITERATIONS = 1_000
 
@@ -325,3 +333,92 @@ async def test_velocity_windows_and_the_cli(tmp_path: Path, capsys: pytest.Captu
         argv[-1] = c.tokens["controller"]
         assert await asyncio.to_thread(cli.main, argv) == 0
         assert '"status": "dismissed"' in capsys.readouterr().out
+
+
+# -- the real central process: the monitor on its own scheduler tick ----------------------------
+
+
+def _http(
+    url: str, method: str = "GET", token: str = "", body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    else:
+        headers.update(basic_auth())
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+async def test_the_central_process_alerts_on_its_own_tick(tmp_path: Path, broker: Mosquitto) -> None:
+    """``storegate central`` as a child process: orders over its REST, the alert appears on its
+    dashboard's ``/api/alerts`` from its scheduler tick alone (nobody asks it to evaluate),
+    accepted with ``storegate availability``, the episode ends on a later tick."""
+    proc = central_proc(tmp_path, broker.port)
+    with proc.config.open("a") as f:
+        f.write("[schedule]\nevery_s = 0.2\n[release]\nenabled = false\n[availability]\nlead_days = 2\n")
+    conn = connect(tmp_path / "central" / "central.db", synchronous="NORMAL")
+    try:
+        with conn:
+            for kind, text in (
+                ("locations", LOCATIONS),
+                ("items", ITEMS),
+                ("customers", CUSTOMERS),
+                ("sourcing", SOURCING),
+            ):
+                masters.import_csv(conn, kind, text)
+            for loc, sku, qty in STOCK:
+                inventory.set_stock(conn, loc, sku, qty)
+            desk = auth.add_user(conn, "desk", auth.Role.ORDER_DESK)
+            controller = auth.add_user(conn, "controller", auth.Role.INVENTORY_CONTROLLER)
+    finally:
+        conn.close()
+    proc.start()
+    try:
+        for _ in range(8):  # 56 milk today at DC2's 60: 4 left, 8 a day, half a day of cover
+            body = {
+                "customer": "S001",
+                "order_type": "normal",
+                "requested_date": SOON,
+                "lines": [{"sku": "MILK", "qty": 7}],
+            }
+            status, got = await asyncio.to_thread(_http, f"{proc.url}/api/orders", "POST", desk, body)
+            assert status == 201 and got["status"] == "allocated", got
+
+        def stock_alerts() -> list[dict[str, Any]]:
+            status, body = _http(f"{proc.url}/api/alerts")
+            assert status == 200, body
+            return [a for a in body["alerts"] if a["kind"] == "stock_out_risk"]
+
+        await wait_for(lambda: bool(stock_alerts()), timeout=30, what="the stock-out alert on the dashboard")
+        [alert] = stock_alerts()
+        assert (alert["gateway"], alert["device_id"]) == ("DC2", "MILK")
+        assert "propose transfer of 108 from DC1" in alert["message"]
+        _, body = await asyncio.to_thread(_http, f"{proc.url}/api/availability/alerts", "GET", controller)
+        [p] = body["proposals"]
+        # threshold from the config: lead 2 + safety 2
+        assert (p["threshold_days"], p["kind"], p["source"], p["qty"]) == (4.0, "transfer", "DC1", 108)
+        argv = ["availability", "accept", str(p["proposal_id"]), "--url", proc.url, "--token", controller]
+        assert await asyncio.to_thread(cli.main, argv) == 0
+        assert stock_alerts() == []
+
+        def ended() -> bool:
+            _, body = _http(f"{proc.url}/api/availability/alerts?all=1", "GET", controller)
+            return bool(body["proposals"][0]["closed_ms"])
+
+        await wait_for(ended, timeout=30, what="the episode to end on a later tick")
+        _, body = await asyncio.to_thread(
+            _http, f"{proc.url}/api/availability/alerts?all=1", "GET", controller
+        )
+        assert [(q["proposal_id"], q["status"]) for q in body["proposals"]] == [
+            (p["proposal_id"], "accepted")
+        ]
+        _, body = await asyncio.to_thread(_http, f"{proc.url}/api/alerts?all=1")
+        assert [a["device_id"] for a in body["alerts"] if a["kind"] == "stock_out_risk"] == ["MILK"]  # once
+    finally:
+        proc.stop()
