@@ -327,6 +327,12 @@ def test_users_cli_sets_and_lists_scopes(tmp_path: Path, capsys: pytest.CaptureF
         "inventory_controller",
         ["STORE9"],
     )
+    # made again (a new token, another role): the scope stays
+    assert auth.main(["add", "ann", "--role", "viewer", "--db", db]) == 0
+    capsys.readouterr()
+    assert auth.main(["list", "--db", db]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["role"], row["scope"]) == ("viewer", {"kind": "locations", "locations": ["STORE9"]})
     assert auth.main(["scope", "ann", "--all", "--db", db]) == 0
     assert capsys.readouterr().out == 'ann: {"kind": "all"}\n'
 
