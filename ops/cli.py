@@ -446,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("action", choices=("list", "alerts", "accept", "dismiss", "evaluate"))
     av.add_argument("proposal", nargs="?", type=int, help="accept/dismiss: the proposal id")
     av.add_argument("--url", default="http://127.0.0.1:8080", help="central's HTTP base URL")
-    av.add_argument("--token", default="", help="central API token (default: $STOREGATE_TOKEN)")
+    av.add_argument(
+        "--token", default="", help="central API token, as --token=T (default: $STOREGATE_TOKEN)"
+    )
     av.add_argument("--location", default="", help="list/alerts: only this location")
     av.add_argument("--sku", default="", help="list/alerts: only this item")
     av.add_argument("--at-risk", action="store_true", help="list: only rows below their threshold")
