@@ -13,6 +13,7 @@ from aiohttp import web
 
 from central import retention, schedule, wiring
 from central.allocate import waves
+from central.allocate.availability import AvailabilitySettings, Monitor
 from central.fleet import AlertThresholds, Fleet
 from central.fulfil.release import Releaser, ReleaseSettings
 from central.intake import consumer as consumer_mod
@@ -20,7 +21,16 @@ from central.intake.consumer import BrokerSettings, Consumer
 from central.metrics import CentralMetrics
 from central.migrations import central_db
 from central.regions import Regions
-from central.web import allocation_api, console, dashboard, fleet_api, process_api, promise_api, release_api
+from central.web import (
+    allocation_api,
+    availability_api,
+    console,
+    dashboard,
+    fleet_api,
+    process_api,
+    promise_api,
+    release_api,
+)
 from central.web.api import create_app
 from central.workers import Worker
 from runtime import config
@@ -63,6 +73,7 @@ class CentralConfig:
     # The stores of each regional broker (written by storegate bridge-init): when a region's
     # bridge goes down, its stores are marked offline (central.regions, ops/BROKER.md).
     regions_file: Path | None = None
+    availability: AvailabilitySettings = field(default_factory=AvailabilitySettings)
 
 
 def load_config(path: Path | str) -> CentralConfig:
@@ -95,7 +106,9 @@ def database_target(cfg: CentralConfig) -> Path | str:
     return cfg.database.url or cfg.data_dir / "central.db"
 
 
-def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics) -> web.Application:
+def build_app(
+    db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralMetrics, monitor: Monitor | None = None
+) -> web.Application:
     app = create_app(db=db, consumer=consumer)
     dashboard.add_routes(app, fleet=fleet, db=db)
     fleet_api.add_routes(app, db=db, backlog_age_s=fleet.thresholds.backlog_age_s)
@@ -103,6 +116,7 @@ def build_app(db: DurableDB, consumer: Consumer, fleet: Fleet, metrics: CentralM
     release_api.add_routes(app)
     promise_api.add_routes(app)
     process_api.add_routes(app)
+    availability_api.add_routes(app, settings=monitor.settings if monitor else None, monitor=monitor)
     console.add_routes(app)
     add_metrics(app, metrics.collect)
     return app
@@ -127,13 +141,18 @@ async def serve(cfg: CentralConfig) -> None:
         on_bridge_state=regions.on_bridge_state if regions is not None else None,
     )
     metrics = CentralMetrics(db=db, consumer=consumer)
-    runner = web.AppRunner(build_app(db, consumer, fleet, metrics), access_log=None)
+    monitor = Monitor(db, cfg.availability)
+    runner = web.AppRunner(build_app(db, consumer, fleet, metrics, monitor), access_log=None)
     await runner.setup()
     releaser = Releaser(
         db, cfg.release, on_release=consumer.downlink.notify, fence=worker.fence("job/release")
     )
     scheduler = schedule.Scheduler(
-        db, cfg.schedule, on_work=consumer.downlink.notify, fence=worker.fence("job/schedule")
+        db,
+        cfg.schedule,
+        on_work=consumer.downlink.notify,
+        fence=worker.fence("job/schedule"),
+        monitors=[monitor.tick],
     )
     # the jobs one worker at a time runs: whichever holds the lease
     worker.job("job/fleet-alerts", fleet.run)

@@ -268,6 +268,17 @@ class _Counters:
     rejects: dict[str, int] = field(default_factory=dict)
 
 
+FLEET_ALERT_KINDS = (
+    "storage_full",
+    "gateway_offline",
+    "backlog_age",
+    "rejects",
+    "device_offline",
+    "device_errors",
+    "battery_low",
+)
+
+
 def evaluate_alerts(
     conn: sqlite3.Connection, now: int, th: AlertThresholds, last: _Counters
 ) -> tuple[int, int]:
@@ -343,7 +354,15 @@ def evaluate_alerts(
                 "warning",
                 f"{kind} {did} at {gw} battery {battery}%",
             )
-    open_keys = {k for (k,) in conn.execute("SELECT key FROM alerts WHERE closed_ms IS NULL")}
+    # Only the fleet's own kinds: other monitors (the availability monitor's stock_out_risk)
+    # keep their alerts in the same table and open and close them themselves.
+    marks = ",".join("?" * len(FLEET_ALERT_KINDS))
+    open_keys = {
+        k
+        for (k,) in conn.execute(
+            f"SELECT key FROM alerts WHERE closed_ms IS NULL AND kind IN ({marks})", FLEET_ALERT_KINDS
+        )
+    }
     # Error-rate alerts stay open until a whole window passes without new errors.
     opened = closed = 0
     for key, (kind, gw, dev, sev, msg) in want.items():

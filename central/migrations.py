@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from central import fleet, leases, retention, schema
-from central.allocate import inventory
+from central.allocate import availability, inventory
 from central.fulfil import picking
 from central.hub import Hub
 from runtime.dbapi import open_db
@@ -20,6 +20,7 @@ def all_migrations() -> list[Migration]:
         *picking.MIGRATIONS,
         *retention.MIGRATIONS,
         *leases.MIGRATIONS,
+        *availability.MIGRATIONS,
     ]
 
 

@@ -11,6 +11,9 @@ Jobs, each item run once:
   order not allocated yet - by its ``hold_until`` gives its reserved stock and VAS minutes
   back (:func:`central.promising.promise.close`); item ``<ref>@<hold_until>``.
 
+After the due items, each tick runs the scheduler's ``monitors`` (the availability monitor,
+``central.allocate.availability``: velocity, days of cover, stock-out proposals and alerts).
+
 Each item's effect, the mark that takes it off the due list (the delivery's order id, the
 allocation status) and its ``schedule_runs`` row are written in one transaction, so a
 crash or restart at any point neither runs an item twice (the row's primary key refuses a
@@ -26,7 +29,7 @@ import asyncio
 import datetime as dt
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -144,6 +147,7 @@ class Scheduler:
         on_work: Callable[[], None],
         today: Callable[[], dt.date] = today_utc,
         fence: Callable[[sqlite3.Connection], None] | None = None,
+        monitors: Sequence[Callable[[], Awaitable[object]]] = (),
     ) -> None:
         """``fence``: called first in each write job (``central.workers.Worker.fence``: fails
         unless this worker holds the schedule's lease, so two workers never run it at once)."""
@@ -152,6 +156,7 @@ class Scheduler:
         self.on_work = on_work
         self.today = today
         self.fence = fence
+        self.monitors = tuple(monitors)  # run after the due items on every tick
         self.ran = 0
         self.errors = 0
 
@@ -169,6 +174,8 @@ class Scheduler:
                     log.info("schedule %s %s: %s", r.job, r.item, r.result)
                 self.on_work()  # contract orders and cancellations queue status records
             if len(ran) < limit:
+                for monitor in self.monitors:
+                    await monitor()
                 return out
 
     async def run(self) -> None:

@@ -423,4 +423,16 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration(
+        # what slice of the stock a user sees (``central.web.auth.Scope``): no rows = all
+        "central_0012_user_scopes",
+        """
+        CREATE TABLE user_scopes (
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (name, kind, value)
+        );
+        """,
+    ),
 ]

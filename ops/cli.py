@@ -215,6 +215,69 @@ def cmd_supplier(args: argparse.Namespace) -> int:
     return _gateway_call(f"{url}/{args.action}", {"ref": args.ref, "detail": args.detail})
 
 
+def cmd_availability(args: argparse.Namespace) -> int:
+    """Central's availability monitor over its REST API (``central/VISIBILITY.md``)."""
+    import os
+
+    token = args.token or os.environ.get("STOREGATE_TOKEN", "")
+    if not token:
+        print("a central API token is needed: --token or STOREGATE_TOKEN", file=sys.stderr)
+        return 2
+    base = f"{args.url.rstrip('/')}/api/availability"
+    body: dict[str, Any] | None = None
+    if args.action in ("list", "alerts"):
+        q = {"location": args.location, "sku": args.sku}
+        if args.action == "list" and args.at_risk:
+            q["at_risk"] = "1"
+        if args.action == "alerts" and args.all:
+            q["all"] = "1"
+        query = urllib.parse.urlencode({k: v for k, v in q.items() if v})
+        url = (base if args.action == "list" else f"{base}/alerts") + (f"?{query}" if query else "")
+    elif args.action == "evaluate":
+        url, body = f"{base}/evaluate", {}
+    else:
+        if args.proposal is None:
+            print(f"availability {args.action}: the proposal id is needed", file=sys.stderr)
+            return 2
+        url = f"{base}/proposals/{args.proposal}/{args.action}"
+        body = {"qty": args.qty} if args.action == "accept" and args.qty is not None else {}
+        if args.action == "dismiss":
+            body = {"reason": args.reason}
+    req = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=ORDER_TIMEOUT_S) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        print(f"refused ({e.code}): {e.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
+        print(f"central did not answer: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return 1
+    if args.json or args.action not in ("list", "alerts"):
+        print(json.dumps(doc, indent=2))
+    elif args.action == "list":
+        print(f"{'location':<10} {'sku':<14} {'avail':>7} {'in':>6} {'vel/d':>7} {'cover d':>8}  risk")
+        for r in doc["rows"]:
+            cover = "-" if r["cover_days"] is None else f"{r['cover_days']:.1f}"
+            print(
+                f"{r['location']:<10} {r['sku']:<14} {r['available']:>7} {r['incoming']:>6}"
+                f" {r['velocity']:>7.2f} {cover:>8}  {'AT RISK' if r['at_risk'] else ''}"
+            )
+    else:
+        print(f"{'id':>5} {'location':<10} {'sku':<14} {'status':<10} {'proposal':<16} {'qty':>6}  source")
+        for p in doc["proposals"]:
+            print(
+                f"{p['proposal_id']:>5} {p['location']:<10} {p['sku']:<14} {p['status']:<10}"
+                f" {p['kind']:<16} {p['qty']:>6}  {p['source']}"
+            )
+    return 0
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     module, _ = SIMULATORS[args.kind]
     try:
@@ -410,11 +473,36 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
     b.set_defaults(fn=cmd_bench)
 
-    us = sub.add_parser("users", help="central REST API users and roles (viewer, order_desk, supervisor)")
+    us = sub.add_parser(
+        "users",
+        help="central REST API users, roles (viewer, order_desk, inventory_controller, supervisor)"
+        " and scopes (locations, a supplier, all)",
+    )
     us.add_argument(
-        "users_args", nargs=argparse.REMAINDER, help="e.g. add NAME --role supervisor --db central.db"
+        "users_args",
+        nargs=argparse.REMAINDER,
+        help="e.g. add NAME --role supervisor --db central.db; scope NAME --locations STORE1; list",
     )
     us.set_defaults(fn=cmd_users)
+
+    av = sub.add_parser(
+        "availability",
+        help="central's availability monitor: velocity and cover, stock-out proposals, accept/dismiss",
+    )
+    av.add_argument("action", choices=("list", "alerts", "accept", "dismiss", "evaluate"))
+    av.add_argument("proposal", nargs="?", type=int, help="accept/dismiss: the proposal id")
+    av.add_argument("--url", default="http://127.0.0.1:8080", help="central's HTTP base URL")
+    av.add_argument(
+        "--token", default="", help="central API token, as --token=T (default: $STOREGATE_TOKEN)"
+    )
+    av.add_argument("--location", default="", help="list/alerts: only this location")
+    av.add_argument("--sku", default="", help="list/alerts: only this item")
+    av.add_argument("--at-risk", action="store_true", help="list: only rows below their threshold")
+    av.add_argument("--all", action="store_true", help="alerts: ended episodes too")
+    av.add_argument("--qty", type=int, default=None, help="accept: another quantity than proposed")
+    av.add_argument("--reason", default="", help="dismiss: why")
+    av.add_argument("--json", action="store_true", help="print the JSON answer")
+    av.set_defaults(fn=cmd_availability)
 
     ms = sub.add_parser(
         "masters",

@@ -225,7 +225,16 @@ async def test_rest_routes(client: TestClient[web.Request, web.Application]) -> 
     rid = (await r.json())["receipt_id"]
     atp = await (await client.get("/api/inventory/atp", params={"sku": "A", "dates": "2026-01-11"})).json()
     assert atp["atp"] == [{"date": "2026-01-11", "atp": 0}]
-    rel = await (await client.post(f"/api/inventory/receipts/{rid}/receive")).json()
+    r = await client.post(f"/api/inventory/receipts/{rid}/receive")
+    assert r.status == 403 and "needs inventory_controller" in (await r.json())["error"]  # not the desk
+    counter = await client.app[DB_KEY].write(
+        lambda c: auth.add_user(c, "counter", auth.Role.INVENTORY_CONTROLLER)
+    )
+    rel = await (
+        await client.post(
+            f"/api/inventory/receipts/{rid}/receive", headers={"Authorization": f"Bearer {counter}"}
+        )
+    ).json()
     assert rel["release_run"] is not None
     alloc = await (await client.get("/api/allocation/orders/1")).json()
     assert sum(a["qty"] for a in alloc["allocations"] if a["line_no"] == 1) == 12
@@ -254,3 +263,17 @@ async def test_rest_routes(client: TestClient[web.Request, web.Application]) -> 
     )
     assert r.status == 409
     assert (await client.get("/api/waves/999")).status == 404
+
+
+def test_add_stock_removes_units_from_an_existing_row(tmp_path: Path) -> None:
+    """A negative ``add_stock`` (a transfer leaving its source) was refused every time: the
+    upsert's candidate row (on hand < 0) failed the CHECK before becoming the update."""
+    conn = _conn(tmp_path)
+    inventory.set_stock(conn, "DC1", "A", 10)
+    inventory.add_stock(conn, "DC1", "A", -3)
+    assert inventory.on_hand(conn, "DC1", "A") == 7
+    with pytest.raises(inventory.InventoryError, match="cannot change on hand by -8"):
+        inventory.add_stock(conn, "DC1", "A", -8)
+    with pytest.raises(inventory.InventoryError, match="no inventory row"):
+        inventory.add_stock(conn, "DC9", "A", -1)
+    assert inventory.on_hand(conn, "DC1", "A") == 7

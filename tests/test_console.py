@@ -133,7 +133,7 @@ async def test_me_names_the_user_and_the_roles_it_includes(
         assert await d.ok("GET", "/api/me") == {
             "name": "supervisor-user",
             "role": "supervisor",
-            "roles": ["viewer", "order_desk", "supervisor"],
+            "roles": ["viewer", "order_desk", "inventory_controller", "supervisor"],
         }
         status, body = await d.req("GET", "/api/me", role="viewer")
         assert (status, body["roles"]) == (200, ["viewer"])

@@ -22,7 +22,7 @@ import hashlib
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +194,24 @@ MIGRATIONS: list[Migration] = [
         "allocation_0002_wave_orders_by_order",
         "CREATE INDEX wave_orders_order ON wave_orders(order_id, wave_id);",
     ),
+    Migration(
+        # who changed on hand, when, from what to what (``audit_stock``)
+        "allocation_0003_stock_audit",
+        """
+        CREATE TABLE stock_audit (
+            audit_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            location TEXT NOT NULL,
+            sku TEXT NOT NULL,
+            before_qty INTEGER,
+            after_qty INTEGER NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX stock_audit_loc ON stock_audit(location, sku, audit_id);
+        """,
+    ),
 ]
 
 
@@ -221,6 +239,62 @@ class StockRow:
         return self.on_hand - self.allocated
 
 
+def on_hand(conn: sqlite3.Connection, location: str, sku: str) -> int | None:
+    row = conn.execute(
+        "SELECT on_hand FROM inventory WHERE location = ? AND sku = ?", (location, sku)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def audit_stock(
+    conn: sqlite3.Connection,
+    *,
+    actor: str,
+    action: str,
+    location: str,
+    sku: str,
+    before: int | None,
+    after: int,
+    now: int,
+    detail: str = "",
+) -> None:
+    """Keep who changed a location's on hand, from what to what (``stock_audit``)."""
+    conn.execute(
+        "INSERT INTO stock_audit (at, actor, action, location, sku, before_qty, after_qty, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (now, actor, action, location, sku, before, after, detail),
+    )
+
+
+AUDIT_COLUMNS = ("audit_id", "at", "actor", "action", "location", "sku", "before_qty", "after_qty", "detail")
+
+
+def stock_audit(
+    conn: sqlite3.Connection,
+    *,
+    location: str | None = None,
+    sku: str | None = None,
+    limit: int = 100,
+    before_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """The audit trail, newest first."""
+    where: list[str] = ["1 = 1"]
+    args: list[Any] = []
+    for col, val in (("location", location), ("sku", sku)):
+        if val is not None:
+            where.append(f"{col} = ?")
+            args.append(val)
+    if before_id is not None:
+        where.append("audit_id < ?")
+        args.append(before_id)
+    rows = conn.execute(
+        f"SELECT {', '.join(AUDIT_COLUMNS)} FROM stock_audit WHERE {' AND '.join(where)}"
+        " ORDER BY audit_id DESC LIMIT ?",
+        (*args, limit),
+    )
+    return [dict(zip(AUDIT_COLUMNS, r, strict=True)) for r in rows]
+
+
 def set_stock(
     conn: sqlite3.Connection, location: str, sku: str, on_hand: int, *, bin: str = "", supplier: str = ""
 ) -> None:
@@ -238,8 +312,18 @@ def set_stock(
 
 
 def add_stock(conn: sqlite3.Connection, location: str, sku: str, qty: int) -> None:
-    """Add (or with a negative ``qty`` remove) units on hand."""
+    """Add (or with a negative ``qty`` remove) units on hand. A removal is a plain UPDATE: an
+    upsert's candidate row (on hand = ``qty`` < 0) would fail the CHECK before the conflict
+    turns it into the update."""
     try:
+        if qty < 0:
+            cur = conn.execute(
+                "UPDATE inventory SET on_hand = on_hand + ? WHERE location = ? AND sku = ?",
+                (qty, location, sku),
+            )
+            if cur.rowcount != 1:
+                raise InventoryError(location, sku, f"cannot change on hand by {qty}: no inventory row")
+            return
         conn.execute(
             "INSERT INTO inventory (location, sku, on_hand) VALUES (?, ?, ?)"
             " ON CONFLICT (location, sku) DO UPDATE SET on_hand = inventory.on_hand + excluded.on_hand",
@@ -695,21 +779,29 @@ def receipts(
 
 
 def atp(
-    conn: sqlite3.Connection, sku: str, dates: Iterable[dt.date], *, location: str | None = None
+    conn: sqlite3.Connection,
+    sku: str,
+    dates: Iterable[dt.date],
+    *,
+    location: str | None = None,
+    within: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Available-to-promise by date: available now + expected receipts due on or before the
     date - open back orders already owed for the sku (network view only, since back orders
-    are not tied to a location). Cumulative, never negative."""
-    rows = stock(conn, sku=sku, location=location)
+    are not tied to a location). Cumulative, never negative. ``within``: only these
+    locations (a scoped user's view; back orders are then not netted, as for one location)."""
+    rows = [r for r in stock(conn, sku=sku, location=location) if within is None or r.location in within]
     now_avail = sum(r.available for r in rows)
-    sql = "SELECT expected_date, qty FROM receipts WHERE sku = ? AND status = 'expected'"
+    sql = "SELECT expected_date, qty, location FROM receipts WHERE sku = ? AND status = 'expected'"
     args: list[Any] = [sku]
     if location is not None:
         sql += " AND location = ?"
         args.append(location)
-    incoming = conn.execute(sql, args).fetchall()
+    incoming = [
+        (ed, q) for ed, q, loc in conn.execute(sql, args).fetchall() if within is None or loc in within
+    ]
     owed = 0
-    if location is None:
+    if location is None and within is None:
         owed = conn.execute(
             "SELECT coalesce(sum(qty), 0) FROM shortages WHERE sku = ? AND status = 'open'", (sku,)
         ).fetchone()[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from typing import Any
 
 from central.process import tracker
@@ -32,14 +33,33 @@ FILTERS = ("order_no", "gateway", "customer", "status", "channel", "order_type",
 
 
 def list_orders(
-    conn: sqlite3.Connection, *, filters: dict[str, str], limit: int = 100, after_id: int = 0
+    conn: sqlite3.Connection,
+    *,
+    filters: dict[str, str],
+    limit: int = 100,
+    after_id: int = 0,
+    customers: Collection[str] | None = None,
+    supplier: str | None = None,
 ) -> list[dict[str, Any]]:
+    """Orders by the ``filters``; ``customers``: only theirs (a store user's scope);
+    ``supplier``: only orders with a line of an item it supplies (a supplier user's)."""
     where = ["order_id > ?"]
     args: list[Any] = [after_id]
     for key in FILTERS:
         if key in filters:
             where.append(f"{key} = ?")
             args.append(filters[key])
+    if customers is not None:
+        if not customers:
+            return []
+        where.append(f"customer IN ({','.join('?' * len(customers))})")
+        args += sorted(customers)
+    if supplier is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM order_lines l JOIN items i ON i.sku = l.sku"
+            " WHERE l.order_id = orders.order_id AND i.supplier = ?)"
+        )
+        args.append(supplier)
     sql = f"SELECT {', '.join(ORDER_COLS)} FROM orders WHERE {' AND '.join(where)} ORDER BY order_id LIMIT ?"
     rows = conn.execute(sql, [*args, limit]).fetchall()
     return [dict(zip(ORDER_COLS, r, strict=True)) for r in rows]

@@ -3,7 +3,13 @@
 ``add_routes(app)`` adds them to central's app (the DB comes from ``central.web.api.DB_KEY``).
 Domain errors map to HTTP here and nowhere else: 400 for bad input, 404 for unknown ids,
 409 for stock operations that would break an invariant and for a return on an order not
-shipped or delivered.
+shipped or delivered, 403 for stock outside the user's scope (``central.web.visibility``:
+a store user sees its own locations and those serving them, a supplier user its items).
+
+Stock reads filter by the user's scope; stock writes need their role: setting counted on hand
+and booking a receipt in need ``inventory_controller`` (or ``supervisor``) and, for a store
+user, its own location; each is kept in ``stock_audit`` with who did it
+(``GET /api/inventory/audit``). Reservations and expected receipts need ``order_desk``.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from typing import Any
 
 from aiohttp import web
 
-from central.allocate import inventory, shortage, waves
+from central.allocate import availability, inventory, shortage, waves
 from central.fulfil import documents, picktime, returns
 from central.hub import hub_of
-from central.web.api import DB_KEY, requires
-from central.web.auth import Role
+from central.web import visibility
+from central.web.api import DB_KEY, USER_KEY, requires
+from central.web.auth import Role, User
 from protocols.bounded import MAX_INT, MIN_INT, value_repr
 from runtime.clock import now_ms
 from runtime.jsonbody import json_object
@@ -60,10 +67,22 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return await json_object(request)  # or a 400/413 JSON answer
 
 
+def _forbidden(reason: str) -> web.HTTPException:
+    return web.HTTPForbidden(text=json.dumps({"error": reason}), content_type="application/json")
+
+
+async def view_of(request: web.Request) -> visibility.View:
+    """The requesting user's view of the stock (its scope, read now)."""
+    user: User = request[USER_KEY]
+    return await request.app[DB_KEY].read(partial(visibility.view_of, name=user.name))
+
+
 def _mapped(fn: Handler) -> Handler:
     async def wrapper(request: web.Request) -> web.StreamResponse:
         try:
             return await fn(request)
+        except visibility.Refused as e:
+            raise _forbidden(e.reason) from None
         except inventory.InventoryError as e:
             raise _bad(str(e), 409) from None
         except picktime.PickTimeError as e:
@@ -76,14 +95,39 @@ def _mapped(fn: Handler) -> Handler:
     return wrapper
 
 
+def _scoped_item(doc: dict[str, Any], v: visibility.View) -> dict[str, Any]:
+    """:func:`inventory.item_view` cut to what ``v`` sees (totals over the visible rows)."""
+    if v.readable is None:
+        return doc
+    locs = [r for r in doc["locations"] if v.sees_location(r["location"])]
+    return {
+        **doc,
+        "locations": locs,
+        "on_hand": sum(r["on_hand"] for r in locs),
+        "allocated": sum(r["allocated"] for r in locs),
+        "available": sum(r["available"] for r in locs),
+        "expected": [r for r in doc["expected"] if v.sees_location(r["location"])],
+    }
+
+
 async def item_view(request: web.Request) -> web.Response:
+    """One item at every location the user sees; a supplier user only its own items."""
     sku = request.match_info["sku"]
-    return _json(await request.app[DB_KEY].read(partial(inventory.item_view, sku=sku)))
+    v = await view_of(request)
+    v.check_read(sku=sku)
+    return _json(_scoped_item(await request.app[DB_KEY].read(partial(inventory.item_view, sku=sku)), v))
 
 
 async def location_view(request: web.Request) -> web.Response:
+    """One location's items: 403 for a location outside a store user's view; a supplier user
+    gets its own items there."""
     loc = request.match_info["location"]
-    return _json(await request.app[DB_KEY].read(partial(inventory.location_view, location=loc)))
+    v = await view_of(request)
+    v.check_read(loc=loc)
+    doc = await request.app[DB_KEY].read(partial(inventory.location_view, location=loc))
+    if v.skus is not None:
+        doc["items"] = [i for i in doc["items"] if v.sees_sku(i["sku"])]
+    return _json(doc)
 
 
 async def atp(request: web.Request) -> web.Response:
@@ -92,29 +136,66 @@ async def atp(request: web.Request) -> web.Response:
         raise _bad("sku is required")
     raw = request.query.get("dates", dt.date.today().isoformat())
     dates = [_date(d, "dates") for d in raw.split(",") if d]
+    loc = request.query.get("location")
+    v = await view_of(request)
+    v.check_read(loc=loc, sku=sku)
     rows = await request.app[DB_KEY].read(
-        partial(inventory.atp, sku=sku, dates=dates, location=request.query.get("location"))
+        partial(inventory.atp, sku=sku, dates=dates, location=loc, within=v.readable)
     )
-    return _json({"sku": sku, "location": request.query.get("location"), "atp": rows})
+    return _json({"sku": sku, "location": loc, "atp": rows})
 
 
 async def post_stock(request: web.Request) -> web.Response:
+    """Counted on hand (a stock take): ``inventory_controller``; a store user at its own
+    location only; audited."""
     b = await _body(request)
     try:
         loc, sku, qty = str(b["location"]), str(b["sku"]), _int(b["on_hand"], "on_hand")
     except KeyError as e:
         raise _bad(f"missing {e.args[0]!r}") from None
-    await request.app[DB_KEY].write(
-        partial(
-            inventory.set_stock,
+    v = await view_of(request)
+    v.check_write(loc, action="set on hand")
+    user: User = request[USER_KEY]
+    now = now_ms()
+
+    def job(c: sqlite3.Connection) -> None:
+        before = inventory.on_hand(c, loc, sku)
+        inventory.set_stock(c, loc, sku, qty, bin=str(b.get("bin", "")), supplier=str(b.get("supplier", "")))
+        detail = str(b.get("reason", ""))[:200]
+        inventory.audit_stock(
+            c,
+            actor=user.name,
+            action="set",
             location=loc,
             sku=sku,
-            on_hand=qty,
-            bin=str(b.get("bin", "")),
-            supplier=str(b.get("supplier", "")),
+            before=before,
+            after=qty,
+            now=now,
+            detail=detail,
         )
+
+    await request.app[DB_KEY].write(job)
+    return _json(_scoped_item(await request.app[DB_KEY].read(partial(inventory.item_view, sku=sku)), v))
+
+
+async def audit(request: web.Request) -> web.Response:
+    """``GET /api/inventory/audit?location=&sku=&limit=&before=``: who changed on hand, newest
+    first; a store user only at the locations it sees, a supplier user only its items."""
+    q = request.query
+    unknown = set(q) - {"location", "sku", "limit", "before"}
+    if unknown:
+        raise _bad(f"unknown query parameter {sorted(unknown)[0]!r}; known: location, sku, limit, before")
+    loc, sku = q.get("location"), q.get("sku")
+    limit = _int(q.get("limit", "100"), "limit")
+    if not 1 <= limit <= 1000:
+        raise _bad(f"limit: {limit} not in 1..1000")
+    before = _int(q["before"], "before") if "before" in q else None
+    v = await view_of(request)
+    v.check_read(loc=loc, sku=sku)
+    rows = await request.app[DB_KEY].read(
+        partial(inventory.stock_audit, location=loc, sku=sku, limit=limit, before_id=before)
     )
-    return _json(await request.app[DB_KEY].read(partial(inventory.item_view, sku=sku)))
+    return _json({"audit": [r for r in rows if v.sees(r["location"], r["sku"])]})
 
 
 async def post_receipt(request: web.Request) -> web.Response:
@@ -128,6 +209,7 @@ async def post_receipt(request: web.Request) -> web.Response:
         )
     except KeyError as e:
         raise _bad(f"missing {e.args[0]!r}") from None
+    (await view_of(request)).check_write(args[0], action="expect a receipt")
     rid = await request.app[DB_KEY].write(
         lambda c: inventory.expect_receipt(
             c, *args, supplier=str(b.get("supplier", "")), ref=str(b.get("ref", ""))
@@ -137,10 +219,49 @@ async def post_receipt(request: web.Request) -> web.Response:
 
 
 async def receive(request: web.Request) -> web.Response:
+    """Book an expected receipt into on hand: ``inventory_controller``; a store user at its
+    own location only; audited."""
     rid = _int(request.match_info["receipt_id"], "receipt_id")
     now, today = now_ms(), dt.date.today()
-    out = await request.app[DB_KEY].write(lambda c: shortage.receive(c, now=now, today=today, receipt_id=rid))
-    return _json(out)
+    v = await view_of(request)
+    user: User = request[USER_KEY]
+
+    def job(c: sqlite3.Connection) -> dict[str, Any]:
+        row = c.execute("SELECT location, sku FROM receipts WHERE receipt_id = ?", (rid,)).fetchone()
+        if row is not None:
+            v.check_write(row[0], action="book a receipt in")
+        before = inventory.on_hand(c, row[0], row[1]) if row is not None else None
+        out = shortage.receive(c, now=now, today=today, receipt_id=rid)
+        inventory.audit_stock(
+            c,
+            actor=user.name,
+            action="receive",
+            location=out["location"],
+            sku=out["sku"],
+            before=before,
+            after=inventory.on_hand(c, out["location"], out["sku"]) or 0,
+            now=now,
+            detail=f"receipt {rid}: +{out['qty']}",
+        )
+        moved = availability.complete_transfer(c, rid)  # an accepted transfer: off the source
+        if moved is not None:
+            src, units = moved
+            after = inventory.on_hand(c, src, out["sku"]) or 0
+            inventory.audit_stock(
+                c,
+                actor=user.name,
+                action="transfer out",
+                location=src,
+                sku=out["sku"],
+                before=after + units,
+                after=after,
+                now=now,
+                detail=f"receipt {rid} at {out['location']}: -{units}",
+            )
+            out["transferred_from"] = src
+        return out
+
+    return _json(await request.app[DB_KEY].write(job))
 
 
 async def post_reservation(request: web.Request) -> web.Response:
@@ -149,6 +270,10 @@ async def post_reservation(request: web.Request) -> web.Response:
         loc, sku, qty, ref = str(b["location"]), str(b["sku"]), _int(b["qty"], "qty"), str(b["ref"])
     except KeyError as e:
         raise _bad(f"missing {e.args[0]!r}") from None
+    v = await view_of(request)
+    v.check_read(loc=loc, sku=sku)
+    if v.skus is not None:
+        raise visibility.Refused(f"user {v.user!r} is bound to a supplier; it cannot reserve stock")
     now = now_ms()
     rid = await request.app[DB_KEY].write(lambda c: inventory.reserve(c, loc, sku, qty, ref=ref, now=now))
     return _json({"reservation_id": rid}, status=201)
@@ -156,14 +281,27 @@ async def post_reservation(request: web.Request) -> web.Response:
 
 async def delete_reservation(request: web.Request) -> web.Response:
     rid = _int(request.match_info["rid"], "reservation id")
-    await request.app[DB_KEY].write(lambda c: inventory.release_reservation(c, rid))
+    v = await view_of(request)
+
+    def job(c: sqlite3.Connection) -> None:
+        row = c.execute("SELECT location, sku FROM allocations WHERE alloc_id = ?", (rid,)).fetchone()
+        if row is not None:
+            v.check_read(loc=row[0], sku=row[1])
+            if v.skus is not None:
+                raise visibility.Refused(f"user {v.user!r} is bound to a supplier; it cannot release stock")
+        inventory.release_reservation(c, rid)
+
+    await request.app[DB_KEY].write(job)
     return _json({"released": rid})
 
 
 async def order_allocation(request: web.Request) -> web.Response:
     oid = _int(request.match_info["order_id"], "order_id")
+    v = await view_of(request)
     rows = await request.app[DB_KEY].read(partial(inventory.order_allocations, order_id=oid))
+    rows = [r for r in rows if v.sees(r["location"], r["sku"])]
     short = await request.app[DB_KEY].read(partial(shortage.list_shortages, filters={"order_id": str(oid)}))
+    short = [s for s in short if v.sees_sku(s["sku"])]
     return _json({"order_id": oid, "allocations": rows, "shortages": short})
 
 
@@ -235,7 +373,10 @@ async def list_shortages(request: web.Request) -> web.Response:
     unknown = set(request.query) - set(shortage.FILTERS)
     if unknown:
         raise _bad(f"unknown query parameter {sorted(unknown)[0]!r}; known: {', '.join(shortage.FILTERS)}")
+    v = await view_of(request)
     rows = await request.app[DB_KEY].read(partial(shortage.list_shortages, filters=dict(request.query)))
+    # a store user: its own customers' shortages; a supplier user: its items'
+    rows = [r for r in rows if v.sees_sku(r["sku"]) and v.sees_customer(r["customer"])]
     return _json({"shortages": rows})
 
 
@@ -319,6 +460,7 @@ def add_routes(app: web.Application) -> None:
         ("GET", "/api/inventory/items/{sku}", item_view),
         ("GET", "/api/inventory/locations/{location}", location_view),
         ("GET", "/api/inventory/atp", atp),
+        ("GET", "/api/inventory/audit", audit),
         ("POST", "/api/inventory/stock", post_stock),
         ("POST", "/api/inventory/receipts", post_receipt),
         ("POST", "/api/inventory/receipts/{receipt_id}/receive", receive),
@@ -338,6 +480,14 @@ def add_routes(app: web.Application) -> None:
         ("GET", "/api/returns/{rma_id}", get_return),
     ]
     for method, path, fn in routes:
-        # Reading stock, waves and documents needs a viewer; changing them the order desk.
-        role = Role.VIEWER if method == "GET" else Role.ORDER_DESK
+        # Reading stock, waves and documents needs a viewer; changing them the order desk,
+        # but on hand (a count, a receipt booked in) the inventory controller.
+        role = Role.VIEWER if method == "GET" else STOCK_WRITES.get(path, Role.ORDER_DESK)
         r.add_route(method, path, requires(role)(_mapped(fn)))
+
+
+# The writes that change on hand, and the role they need (besides the user's scope).
+STOCK_WRITES = {
+    "/api/inventory/stock": Role.INVENTORY_CONTROLLER,
+    "/api/inventory/receipts/{receipt_id}/receive": Role.INVENTORY_CONTROLLER,
+}

@@ -27,7 +27,7 @@ from central.intake.consumer import Consumer
 from central.orders import lifecycle, masters, orders, ordertypes, repo
 from central.orders.validation import LineIn, OrderIn
 from central.promising import ScheduleError, promise, services
-from central.web import auth, idempotency
+from central.web import auth, idempotency, visibility
 from central.web.auth import Role, User
 from protocols.bounded import value_repr
 from protocols.idempotency import HEADER, REPLAYED_HEADER, IdempotencyError, fingerprint, parse_key
@@ -73,6 +73,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except HttpError as e:
         return _error(e.status, e.reason)
+    except visibility.Refused as e:  # outside the user's scope
+        return _error(403, e.reason)
     except auth.AuthError as e:
         # The challenge lets a browser ask for a user name and password (the dashboard).
         resp = _error(401, e.reason)
@@ -179,7 +181,17 @@ async def list_orders(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 100, lo=1, hi=MAX_LIMIT)
     after = _int_param(request, "after", 0, lo=0, hi=2**62)
     db = request.app[DB_KEY]
-    rows = await db.read(partial(repo.list_orders, filters=filters, limit=limit, after_id=after))
+    view = await db.read(partial(visibility.view_of, name=_user(request).name))
+    rows = await db.read(
+        partial(
+            repo.list_orders,
+            filters=filters,
+            limit=limit,
+            after_id=after,
+            customers=view.customers,  # a store user: its own customers' orders
+            supplier=view.supplier,  # a supplier user: orders with its items
+        )
+    )
     return _json({"orders": rows, "next_after": rows[-1]["order_id"] if len(rows) == limit else None})
 
 
@@ -194,6 +206,8 @@ async def get_order(request: web.Request) -> web.Response:
     order = await request.app[DB_KEY].read(q)
     if order is None:
         raise HttpError(404, f"no order with number or record id {key!r}")
+    view = await request.app[DB_KEY].read(partial(visibility.view_of, name=_user(request).name))
+    view.check_order(order["customer"], [ln["sku"] for ln in order["lines"]], order["order_no"])
     return _json(order)
 
 

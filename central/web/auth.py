@@ -1,8 +1,16 @@
 """Users and roles for the REST API.
 
-Roles, each including the ones before it: ``viewer`` (read orders and masters),
-``order_desk`` (enter and change orders, deposits, vouchers, supplier confirmations),
-``supervisor`` (approve or reject held orders, change masters, move orders by hand).
+Roles: ``viewer`` (read orders, masters and stock), ``order_desk`` (a viewer who also enters
+and changes orders, deposits, vouchers, supplier confirmations, reservations),
+``inventory_controller`` (a viewer who also sets counted on hand and books receipts: the
+stock writes; not an order desk), ``supervisor`` (everything: approve or reject held orders,
+change masters, move orders by hand, manage users' scopes). :meth:`Role.allows` is this table.
+
+A user's **scope** (``user_scopes``) says which slice of the stock it sees: all of it (no
+rows: head office, planners, every user made before scopes existed), a list of locations (a
+store user: its own locations and the locations that serve them, see
+``central.web.visibility``), or one supplier code (a supplier user: the stock of the items
+it supplies, wherever they are). :func:`set_scope` / :func:`get_scope`.
 
 A request authenticates with ``Authorization: Bearer <token>`` or HTTP Basic
 (``name:password``). Tokens are random and stored only as their SHA-256; passwords as
@@ -17,6 +25,7 @@ import binascii
 import enum
 import hashlib
 import hmac
+import json
 import secrets
 import sqlite3
 import sys
@@ -31,14 +40,45 @@ PBKDF2_ITERATIONS = 200_000
 class Role(enum.StrEnum):
     VIEWER = "viewer"
     ORDER_DESK = "order_desk"
+    INVENTORY_CONTROLLER = "inventory_controller"
     SUPERVISOR = "supervisor"
 
-    @property
-    def rank(self) -> int:
-        return list(Role).index(self)
-
     def allows(self, needed: Role) -> bool:
-        return self.rank >= needed.rank
+        """Whether this role may do what ``needed`` may (the role table above)."""
+        return needed in _INCLUDES[self]
+
+
+_INCLUDES: dict[Role, frozenset[Role]] = {
+    Role.VIEWER: frozenset({Role.VIEWER}),
+    Role.ORDER_DESK: frozenset({Role.VIEWER, Role.ORDER_DESK}),
+    Role.INVENTORY_CONTROLLER: frozenset({Role.VIEWER, Role.INVENTORY_CONTROLLER}),
+    Role.SUPERVISOR: frozenset(Role),
+}
+
+
+class ScopeKind(enum.StrEnum):
+    ALL = "all"
+    LOCATIONS = "locations"
+    SUPPLIER = "supplier"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a user may see: ``kind`` all, locations (``values``: its own location codes) or
+    supplier (``values``: the one supplier code)."""
+
+    kind: ScopeKind = ScopeKind.ALL
+    values: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        if self.kind is ScopeKind.LOCATIONS:
+            return {"kind": self.kind.value, "locations": list(self.values)}
+        if self.kind is ScopeKind.SUPPLIER:
+            return {"kind": self.kind.value, "supplier": self.values[0]}
+        return {"kind": self.kind.value}
+
+
+ALL = Scope()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +163,123 @@ def authenticate(conn: sqlite3.Connection, header: str | None) -> User:
     raise AuthError(f"unsupported authorization scheme {scheme!r}; use Bearer or Basic")
 
 
+class ScopeError(CentralError):
+    """A scope that cannot be stored (HTTP 400); ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+MAX_SCOPE_LOCATIONS = 200
+
+
+def get_scope(conn: sqlite3.Connection, name: str) -> Scope:
+    """The user's scope; a user with no scope rows sees everything."""
+    rows = conn.execute(
+        "SELECT kind, value FROM user_scopes WHERE name = ? ORDER BY kind, value", (name,)
+    ).fetchall()
+    if not rows:
+        return ALL
+    kind = ScopeKind(rows[0][0])
+    return Scope(kind, tuple(v for _, v in rows))
+
+
+def user_exists(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is not None
+
+
+def set_scope(conn: sqlite3.Connection, name: str, scope: Scope) -> Scope:
+    """Replace the user's scope. Locations must be in the locations master, a supplier code
+    must be some item's supplier or a location of kind supplier; the user must exist."""
+    if not user_exists(conn, name):
+        raise ScopeError(f"no user {name!r}")
+    values = tuple(sorted(set(scope.values)))
+    if scope.kind is ScopeKind.LOCATIONS:
+        if not values:
+            raise ScopeError("locations: name at least one location (or use kind all)")
+        if len(values) > MAX_SCOPE_LOCATIONS:
+            raise ScopeError(f"locations: at most {MAX_SCOPE_LOCATIONS}, got {len(values)}")
+        known = set()
+        for k in range(0, len(values), 500):
+            part = values[k : k + 500]
+            marks = ",".join("?" * len(part))
+            known |= {c for (c,) in conn.execute(f"SELECT code FROM locations WHERE code IN ({marks})", part)}
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise ScopeError(f"locations: {unknown[0]!r} is not in the locations master")
+    elif scope.kind is ScopeKind.SUPPLIER:
+        if len(values) != 1 or not values[0]:
+            raise ScopeError("supplier: exactly one supplier code")
+        (sup,) = values
+        hit = (
+            conn.execute("SELECT 1 FROM items WHERE supplier = ?", (sup,)).fetchone()
+            or conn.execute("SELECT 1 FROM locations WHERE code = ? AND kind = 'supplier'", (sup,)).fetchone()
+        )
+        if hit is None:
+            raise ScopeError(f"supplier: {sup!r} supplies no item and is no supplier location")
+    elif values:
+        raise ScopeError("kind all takes no values")
+    conn.execute("DELETE FROM user_scopes WHERE name = ?", (name,))
+    conn.executemany(
+        "INSERT INTO user_scopes (name, kind, value) VALUES (?, ?, ?)",
+        [(name, scope.kind.value, v) for v in values],
+    )
+    return Scope(scope.kind, values)
+
+
+def list_users(conn: sqlite3.Connection) -> list[dict[str, object]]:
+    """Every user with its role and scope (never a token or password hash)."""
+    scopes: dict[str, list[tuple[str, str]]] = {}
+    for name, kind, value in conn.execute(
+        "SELECT name, kind, value FROM user_scopes ORDER BY name, kind, value"
+    ):
+        scopes.setdefault(name, []).append((kind, value))
+    out: list[dict[str, object]] = []
+    for name, role, created in conn.execute("SELECT name, role, created_at FROM users ORDER BY name"):
+        rows = scopes.get(name)
+        scope = Scope(ScopeKind(rows[0][0]), tuple(v for _, v in rows)) if rows else ALL
+        out.append({"name": name, "role": role, "created_at": created, "scope": scope.to_json()})
+    return out
+
+
+def parse_scope(body: dict[str, object]) -> Scope:
+    """``{"kind": "all"}``, ``{"kind": "locations", "locations": [...]}`` or
+    ``{"kind": "supplier", "supplier": "SUP1"}`` (``kind`` may be left out when the other key
+    says it)."""
+    raw_kind = body.get("kind") or (
+        "locations" if "locations" in body else "supplier" if "supplier" in body else None
+    )
+    if not isinstance(raw_kind, str) or raw_kind not in ScopeKind.__members__.values():
+        raise ScopeError(f"kind: one of {', '.join(ScopeKind)}")
+    kind = ScopeKind(raw_kind)
+    extra = set(body) - {"kind", "locations", "supplier"}
+    if extra:
+        raise ScopeError(f"unknown field {sorted(extra)[0]!r}")
+    if kind is ScopeKind.LOCATIONS:
+        locs = body.get("locations")
+        if not isinstance(locs, list) or not all(isinstance(x, str) and x for x in locs):
+            raise ScopeError("locations: expected a list of location codes")
+        if "supplier" in body:
+            raise ScopeError("a scope is locations or a supplier, not both")
+        return Scope(kind, tuple(locs))
+    if kind is ScopeKind.SUPPLIER:
+        sup = body.get("supplier")
+        if not isinstance(sup, str) or not sup:
+            raise ScopeError("supplier: expected a supplier code")
+        if "locations" in body:
+            raise ScopeError("a scope is locations or a supplier, not both")
+        return Scope(kind, (sup,))
+    if "locations" in body or "supplier" in body:
+        raise ScopeError("kind all takes no locations or supplier")
+    return ALL
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``storegate users add NAME --role ROLE [--password PW] --db PATH|URL``: prints the token
-    (``--db``: central's SQLite file, or its PostgreSQL database as a ``postgresql://`` URL)."""
+    """``storegate users add NAME --role ROLE [--password PW] --db PATH|URL``: prints the token;
+    ``storegate users scope NAME (--locations A,B | --supplier CODE | --all) --db PATH|URL``;
+    ``storegate users list --db PATH|URL`` (``--db``: central's SQLite file, or its PostgreSQL
+    database as a ``postgresql://`` URL)."""
     from central.schema import MIGRATIONS  # noqa: PLC0415 - CLI only
     from runtime import dbapi  # noqa: PLC0415
 
@@ -135,21 +289,45 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=[r.value for r in Role])
     add.add_argument("--password", help="also allow HTTP Basic with this password")
-    add.add_argument(
-        "--db", default="var/central/central.db", help="central database file or postgresql:// URL"
-    )
+    DB_HELP = "central database file or postgresql:// URL"
+    add.add_argument("--db", default="var/central/central.db", help=DB_HELP)
+    sc = sub.add_parser("scope", help="set what a user sees: its locations, a supplier, or all")
+    sc.add_argument("name")
+    which = sc.add_mutually_exclusive_group(required=True)
+    which.add_argument("--locations", help="comma-separated location codes (a store user)")
+    which.add_argument("--supplier", help="a supplier code (a supplier user)")
+    which.add_argument("--all", action="store_true", help="everything (head office, planners)")
+    sc.add_argument("--db", default="var/central/central.db", help=DB_HELP)
+    ls = sub.add_parser("list", help="users with their roles and scopes")
+    ls.add_argument("--db", default="var/central/central.db", help=DB_HELP)
     args = p.parse_args(argv)
     conn = dbapi.connect(args.db, migrations=MIGRATIONS)
+    out: str
     try:
         dbapi.begin(conn)
         try:
-            token = add_user(conn, args.name, args.role, password=args.password)
-        except AuthError as e:
+            if args.cmd == "add":
+                out = add_user(conn, args.name, args.role, password=args.password)
+            elif args.cmd == "scope":
+                if args.locations is not None:
+                    scope = Scope(
+                        ScopeKind.LOCATIONS, tuple(x.strip() for x in args.locations.split(",") if x.strip())
+                    )
+                elif args.supplier is not None:
+                    scope = Scope(ScopeKind.SUPPLIER, (args.supplier,))
+                else:
+                    scope = ALL
+                stored = set_scope(conn, args.name, scope)
+                out = f"{args.name}: {json.dumps(stored.to_json())}"
+            else:
+                out = "\n".join(json.dumps(u) for u in list_users(conn))
+        except (AuthError, ScopeError) as e:
             conn.execute("ROLLBACK")
             print(f"error: {e}", file=sys.stderr)
             return 1
         conn.execute("COMMIT")
     finally:
         conn.close()
-    print(token)
+    if out:
+        print(out)
     return 0

@@ -22,9 +22,10 @@ from typing import Any
 from aiohttp import web
 
 from central import fleet as fleet_mod
+from central.allocate.availability import ALERT_KIND
 from central.fleet import Fleet
-from central.web import fleet_api
-from central.web.api import requires
+from central.web import fleet_api, visibility
+from central.web.api import USER_KEY, requires
 from central.web.auth import Role
 from runtime.sqlitedb import DurableDB
 
@@ -59,8 +60,14 @@ def _alerts(conn: sqlite3.Connection, include_closed: bool) -> list[dict[str, An
 
 
 async def alerts(request: web.Request) -> web.Response:
+    """Open alerts (``all=1``: closed ones too); a store or supplier user sees the availability
+    monitor's stock alerts only for the locations and items in its scope."""
     include_closed = request.query.get("all") in ("1", "true", "yes")
-    rows = await request.app[FLEET_DB_KEY].read(partial(_alerts, include_closed=include_closed))
+    db = request.app[FLEET_DB_KEY]
+    rows = await db.read(partial(_alerts, include_closed=include_closed))
+    view = await db.read(partial(visibility.view_of, name=request[USER_KEY].name))
+    if not view.everything:
+        rows = [r for r in rows if r["kind"] != ALERT_KIND or view.sees(r["gateway"], r["device_id"] or "")]
     return web.json_response({"alerts": rows}, dumps=_dumps)
 
 
