@@ -121,7 +121,12 @@ async def _processed_by_processor(tmp_path: Path, n: int) -> tuple[Processor, li
         await db.close()
 
 
-async def test_a_backlog_is_processed_in_one_job_when_nothing_waits(tmp_path: Path) -> None:
+async def test_a_backlog_is_processed_in_one_job_when_nothing_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the job's time limit (JOB_MAX_S, 0.1 s) is another rule: on a loaded box 150 orders can
+    # take longer, so it is lifted here and this test asks only that no waiter means no break
+    monkeypatch.setattr(processor, "JOB_MAX_S", 60.0)
     proc, numbered = await _processed_by_processor(tmp_path, 150)  # more than two chunks
     assert proc.jobs == 1 and proc.processed == 150 and proc.busy_s > 0
     assert numbered == [f"o{i}" for i in range(150)]
