@@ -268,7 +268,7 @@ async def test_rest_routes(client: TestClient[web.Request, web.Application]) -> 
 def test_add_stock_removes_units_from_an_existing_row(tmp_path: Path) -> None:
     """A negative ``add_stock`` (a transfer leaving its source) was refused every time: the
     upsert's candidate row (on hand < 0) failed the CHECK before becoming the update."""
-    conn = _conn(tmp_path)
+    conn = _conn(str(tmp_path / "central.db"))
     inventory.set_stock(conn, "DC1", "A", 10)
     inventory.add_stock(conn, "DC1", "A", -3)
     assert inventory.on_hand(conn, "DC1", "A") == 7

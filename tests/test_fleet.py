@@ -210,6 +210,6 @@ def test_pruning_the_history_finds_old_samples_by_index(tmp_path: Path) -> None:
     """At 1,000 gateways ``fleet_samples`` grows 200 rows a second; the prune every 2 s must
     not scan it (it took 0.5 s per prune after 6 hours, the whole writer by a day). SQLite's
     plan is read here; PostgreSQL gets the same index from the same migration."""
-    conn = db(tmp_path)
+    conn = db(str(tmp_path / "central.db"))
     plan = " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + fleet.PRUNE_SAMPLES, (0,)))
     assert "USING INDEX fleet_samples_at" in plan, plan

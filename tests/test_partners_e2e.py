@@ -79,7 +79,7 @@ async def test_drop_ship_through_supplier_gateway_and_partner_rest_into_one_hist
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     central = central_proc(tmp_path, broker.port)
-    seed_central(tmp_path)
+    seed_central(tmp_path, None)
     db = str(tmp_path / "central" / "central.db")
     master = tmp_path / "process.toml"
     master.write_text(MASTER.replace('"ship", "deliver"', '"deliver", "ship"'))

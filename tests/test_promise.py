@@ -377,7 +377,7 @@ async def test_a_promise_on_a_receipt_is_reserved_when_it_arrives(tmp_path: Path
         )
         assert quote["lines"][0]["date"] is None  # both ovens are promised
         status, _ = await c.req(
-            "POST", f"/api/inventory/receipts/{r['receipt_id']}/receive", role="order_desk", json={}
+            "POST", f"/api/inventory/receipts/{r['receipt_id']}/receive", role="supervisor", json={}
         )
         assert status == 200
         status, got = await c.req("GET", f"/api/promise/{kept['ref']}")
