@@ -662,29 +662,36 @@ async def run_fleet(
     ``drain_timeout`` for every outbox to empty; the summary."""
     fleet = Fleet(cfg)
     t0 = time.monotonic()
-    async with fleet.running():
-        if backlog:
-            fleet.queue_orders(backlog)
-        all_in = await fleet.wait_connected(within_s=max(60.0, cfg.gateways / 10))
-        connect_s = time.monotonic() - t0
-        if not all_in:
-            log.warning("only %d of %d gateways connected", fleet.connected, cfg.gateways)
-        # order for the duration, or until SIGINT / SIGTERM; then the drain and the summary
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
+    # the handlers go in before the first connect: a gateway's retained "online" can reach a
+    # watcher (and its SIGTERM come back) while the rest of the fleet is still connecting
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with fleet.running():
+            if backlog:
+                fleet.queue_orders(backlog)
+            connecting = asyncio.ensure_future(fleet.wait_connected(within_s=max(60.0, cfg.gateways / 10)))
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            all_in = connecting.done() and connecting.result()
+            connecting.cancel()
+            connect_s = time.monotonic() - t0
+            if not all_in:
+                log.warning("only %d of %d gateways connected", fleet.connected, cfg.gateways)
+            # order for the duration, or until SIGINT / SIGTERM; then the drain and the summary
             left = max(0.0, duration - (time.monotonic() - t0)) if duration > 0 else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await stop.wait()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        fleet.ordering.clear()
-        drained = await fleet.wait_drained(drain_timeout)
-        out = fleet.summary()
+            fleet.ordering.clear()
+            drained = await fleet.wait_drained(drain_timeout)
+            out = fleet.summary()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     out.update(connect_s=round(connect_s, 2), drained=drained, elapsed_s=round(time.monotonic() - t0, 2))
     return out
 
