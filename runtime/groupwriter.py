@@ -16,8 +16,9 @@ jobs still queued fail with :class:`ClosedError`.
 
 A full disk: ``_note_full`` makes the database count as full (:attr:`GroupWriter.storage_full`,
 ``on_storage_change`` listeners hear False, :meth:`GroupWriter.wait_writable` waits) and
-``_note_writable`` turns it back; when each is called is the subclass's (SQLite probes the disk,
-PostgreSQL's next commit clears it).
+``_note_writable`` turns it back (listeners hear True). A group failed with
+:class:`StorageFull` is noted here; the rest is the subclass's (SQLite also notes single jobs
+failed with it and probes the disk to turn back; PostgreSQL's next commit turns it back).
 
 What differs stays in the subclasses: opening, reading, running a group in a transaction and what
 its errors become.

@@ -62,26 +62,10 @@ from runtime.groupwriter import (
 
 # the errors and MAX_GROUP are runtime.groupwriter's, named here as before
 __all__ = [
-    "MAX_GROUP",
-    "MAX_ROWS_PER_INSERT",
-    "MAX_VARIABLES",
-    "STORAGE_HEADROOM_BYTES",
-    "STORAGE_PROBE_S",
-    "SWITCH_INTERVAL_S",
-    "TEMP_STORES",
-    "ClosedError",
-    "Connection",
-    "DatabaseError",
-    "DurableDB",
-    "Migration",
-    "StorageFull",
-    "apply_migrations",
-    "connect",
-    "free_bytes",
-    "insert_rows",
-    "is_storage_full",
-    "savepoint",
-    "tune_interpreter",
+    "MAX_GROUP", "MAX_ROWS_PER_INSERT", "MAX_VARIABLES", "STORAGE_HEADROOM_BYTES", "STORAGE_PROBE_S",
+    "SWITCH_INTERVAL_S", "TEMP_STORES", "ClosedError", "Connection", "DatabaseError", "DurableDB",
+    "Migration", "StorageFull", "apply_migrations", "connect", "free_bytes", "insert_rows",
+    "is_storage_full", "savepoint", "tune_interpreter",
 ]
 
 log = logging.getLogger(__name__)
