@@ -1,5 +1,6 @@
 """The shared infrastructure the gateway and central processes stand on: durable SQLite with
-group commit and savepoints (:mod:`runtime.sqlitedb`), typed TOML config
+group commit and savepoints (:mod:`runtime.sqlitedb`; the group commit itself is
+:mod:`runtime.groupwriter`, shared with PostgreSQL's :mod:`runtime.pgdb`), typed TOML config
 (:mod:`runtime.config`), Prometheus metrics (:mod:`runtime.metrics`), the MQTT client
 (:mod:`runtime.mqtt`), supervision and retry (:mod:`runtime.retry`), the one clock
 (:mod:`runtime.clock`) and the HTTP edge every process shares (the bounded JSON body reader

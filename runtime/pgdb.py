@@ -4,10 +4,12 @@
     await db.open()
     oid = await db.write(lambda conn: conn.execute("INSERT INTO t(x) VALUES (?)", (1,)).lastrowid)
 
-The same group commit as :class:`runtime.sqlitedb.DurableDB`: ``write(fn)`` queues ``fn``; one
-writer thread runs every queued job inside ONE transaction, each job under its own
-``SAVEPOINT`` (a job that raises is rolled back alone and its caller gets the exception), and
-commits once; the caller resumes only after COMMIT returned.
+The same group commit as :class:`runtime.sqlitedb.DurableDB` (both subclass
+:class:`runtime.groupwriter.GroupWriter`): ``write(fn)`` queues ``fn``; one writer thread runs
+every queued job inside ONE transaction, each job under its own ``SAVEPOINT`` (a job that raises
+is rolled back alone and its caller gets the exception), and commits once; the caller resumes
+only after COMMIT returned. Here: the connections, running a group in PostgreSQL's transaction
+(reruns, reconnects) and what its errors become.
 
 Several processes may write the same database at once (central's workers). A serialization
 failure or a deadlock (SQLSTATE ``40001`` / ``40P01``) in a job or at COMMIT rolls the whole
@@ -34,7 +36,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
@@ -44,7 +45,8 @@ from psycopg import pq
 from psycopg.adapt import Loader
 
 from runtime import sqlitedb
-from runtime.sqlitedb import MAX_GROUP, ClosedError, DatabaseError, Migration, StorageFull, savepoint
+from runtime.groupwriter import MAX_GROUP, ClosedError, DatabaseError, GroupWriter, Job, StorageFull
+from runtime.sqlitedb import Migration, savepoint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -475,9 +477,6 @@ def apply_migrations(conn: PgConnection, migrations: Sequence[Migration]) -> lis
     return applied
 
 
-_Job = tuple[Callable[[Any], Any], asyncio.Future[Any]]
-
-
 class _Retry(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
@@ -495,11 +494,12 @@ def _broken(conn: PgConnection) -> bool:
     return conn.raw.closed or conn.raw.broken
 
 
-class PgDB:
+class PgDB(GroupWriter[Any]):
     """See the module docstring. ``on_connect`` is called with each connection (the writer's,
     each reader's) in its own thread once it is open and migrated: to give it its ``state``."""
 
     dialect = "postgresql"
+    _log = log
 
     def __init__(
         self,
@@ -512,30 +512,21 @@ class PgDB:
         temp_store: str = "DEFAULT",  # accepted for open_db's sake; PostgreSQL has no such knob
     ) -> None:
         self.url = url
-        self.path = url  # what logs and errors name
-        self._migrations = list(migrations)
-        self._on_connect = on_connect
-        self._max_group = max_group
+        self.path: str = url  # what logs and errors name
+        super().__init__(
+            migrations=migrations,
+            on_connect=on_connect,
+            max_group=max_group,
+            writer_thread="pg-w",
+            reader_thread="pg-r",
+            readers=readers,
+        )
         self._readers = readers
         self._identity: dict[str, str] = {}
-        self._wx = ThreadPoolExecutor(1, thread_name_prefix="pg-w")
-        self._rx = ThreadPoolExecutor(readers, thread_name_prefix="pg-r")
         self._wconn: PgConnection | None = None
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self.commits = 0
-        self.jobs = 0
         self.retries = 0  # group reruns after a serialization failure or deadlock
         self.reconnects = 0
-        self._behind = 0
-        self.storage_full: StorageFull | None = None
-        self.storage_full_since_ms: int | None = None
-        self.storage_full_errors = 0
-        self.on_storage_change: list[Callable[[bool], None]] = []
-        self._writable = asyncio.Event()
-        self._writable.set()
 
     # --- connections -------------------------------------------------------------------
 
@@ -578,45 +569,16 @@ class PgDB:
             name="pg-read",
         )
         await loop.run_in_executor(self._rx, functools.partial(self._pool.open, wait=True, timeout=30))
-        self._task = asyncio.create_task(self._writer(), name="pg-writer")
+        self._start_writer("pg-writer")
 
-    async def close(self) -> None:
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        while not self._queue.empty():
-            _, fut = self._queue.get_nowait()
-            if not fut.done():
-                fut.set_exception(ClosedError("database closed"))
+    async def _close_connections(self) -> None:
         loop = asyncio.get_running_loop()
         if self._wconn is not None:
             await loop.run_in_executor(self._wx, self._wconn.close)
         if self._pool is not None:
             await loop.run_in_executor(self._rx, self._pool.close)
-        self._wx.shutdown(wait=True)
-        self._rx.shutdown(wait=True)
-
-    async def __aenter__(self) -> PgDB:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # --- API -----------------------------------------------------------------------------
-
-    def write(self, fn: Callable[[Any], T]) -> asyncio.Future[T]:
-        """Queue ``fn`` for the next group commit; the future resolves after COMMIT."""
-        if self._closed:
-            raise ClosedError("database closed")
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((fn, fut))
-        return fut
-
-    def waiting(self) -> int:
-        return self._queue.qsize() + self._behind
 
     async def read(self, fn: Callable[[Any], T]) -> T:
         if self._pool is None or self._closed:
@@ -643,42 +605,7 @@ class PgDB:
     async def probe(self) -> bool:
         return True
 
-    async def wait_writable(self) -> None:
-        await self._writable.wait()
-
-    def storage_state(self) -> dict[str, Any]:
-        full = self.storage_full
-        return {
-            "state": "full" if full is not None else "ok",
-            "since_ms": self.storage_full_since_ms,
-            "reason": full.reason if full is not None else None,
-            "free_bytes": None,
-            "errors": self.storage_full_errors,
-        }
-
     # --- the writer ----------------------------------------------------------------------
-
-    async def _writer(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self._queue.get()]
-            while len(jobs) < self._max_group and not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
-            work = loop.run_in_executor(self._wx, self._run_group, jobs)
-            try:
-                results = await asyncio.shield(work)
-            except asyncio.CancelledError:
-                try:
-                    results = await work
-                except Exception as e:
-                    self._group_failed(jobs, e)
-                else:
-                    self._deliver(jobs, results)
-                raise
-            except Exception as e:
-                self._group_failed(jobs, e)
-                continue
-            self._deliver(jobs, results)
 
     def _error(self, e: BaseException) -> Exception:
         if isinstance(e, _Lost):
@@ -695,47 +622,20 @@ class PgDB:
             return full
         return e if isinstance(e, Exception) else DatabaseError(str(e))
 
-    def _group_failed(self, jobs: list[_Job], e: Exception) -> None:
-        err = self._error(e)
-        if isinstance(err, StorageFull):
-            self._note_full(err, len(jobs))
-        log.error("group commit of %d jobs failed on %s: %s", len(jobs), self.url, err)
-        for _, fut in jobs:
-            if not fut.done():
-                fut.set_exception(err)
+    def _say_failed(self, jobs: int, err: Exception, e: Exception) -> None:
+        log.error("group commit of %d jobs failed on %s: %s", jobs, self.url, err)
 
     def _note_full(self, e: StorageFull, jobs: int) -> None:
         """The server's disk is full (SQLSTATE 53100): :meth:`wait_writable` waits
         :data:`runtime.sqlitedb.STORAGE_PROBE_S` before the next try (there is no free space
         to probe from here); the next commit clears it."""
-        self.storage_full_errors += jobs
-        if self.storage_full is None:
-            self.storage_full = e
-            self.storage_full_since_ms = time.time_ns() // 1_000_000
-            log.error("%s: storage full, writes fail until space returns: %s", self.url, e.reason)
-            for fn in list(self.on_storage_change):
-                with contextlib.suppress(Exception):
-                    fn(False)
+        super()._note_full(e, jobs)
         self._writable.clear()
         asyncio.get_running_loop().call_later(sqlitedb.STORAGE_PROBE_S, self._writable.set)
 
-    def _deliver(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
-        self.commits += 1
-        self.jobs += len(jobs)
+    def _committed(self, results: list[tuple[bool, Any]]) -> None:
         if self.storage_full is not None:
-            self.storage_full = None
-            self.storage_full_since_ms = None
-            self._writable.set()
-            for fn in list(self.on_storage_change):
-                with contextlib.suppress(Exception):
-                    fn(True)
-        for (_, fut), (ok, value) in zip(jobs, results, strict=True):
-            if fut.done():
-                continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            self._note_writable()
 
     def _reset_state(self, conn: PgConnection) -> None:
         """After a rollback of the whole group: caches in ``state`` may hold what it undid."""
@@ -743,7 +643,7 @@ class PgDB:
         if self._on_connect is not None:
             self._on_connect(conn)
 
-    def _run_group(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+    def _run_group(self, jobs: list[Job[Any]]) -> list[tuple[bool, Any]]:
         assert threading.current_thread().name.startswith("pg-w")
         attempt = 0
         while True:
@@ -788,7 +688,7 @@ class PgDB:
             return _Retry(e)
         return e
 
-    def _attempt(self, conn: PgConnection, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+    def _attempt(self, conn: PgConnection, jobs: list[Job[Any]]) -> list[tuple[bool, Any]]:
         out: list[tuple[bool, Any]] = []
         try:
             conn.raw.execute("BEGIN")

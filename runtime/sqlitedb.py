@@ -9,7 +9,10 @@ One SQLite file, one writer thread, many concurrent writers in asyncio::
 ``write(fn)`` queues ``fn``; the writer thread runs every queued job inside ONE transaction
 (each job under its own savepoint, so a job that raises is rolled back alone and its caller
 gets the exception) and commits once: many submitters share one fsync. The awaiting caller
-resumes only after COMMIT returned, i.e. after the data is on disk.
+resumes only after COMMIT returned, i.e. after the data is on disk. The queue, the writer
+task, delivery and close are :class:`runtime.groupwriter.GroupWriter`'s (shared with
+:class:`runtime.pgdb.PgDB`); here: opening the file, running a group in SQLite's transaction,
+and the full disk.
 
 Durability setting: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode, NORMAL
 syncs only at checkpoints, so a transaction committed just before power loss can be rolled
@@ -32,7 +35,6 @@ a small write and seen :data:`STORAGE_HEADROOM_BYTES` free again, every
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
@@ -42,34 +44,32 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
 
+from runtime.groupwriter import (
+    MAX_GROUP,
+    ClosedError,
+    DatabaseError,
+    GroupWriter,
+    Job,
+    StorageFull,
+    stop_task,
+)
+
+# the errors and MAX_GROUP are runtime.groupwriter's, named here as before
+__all__ = [
+    "MAX_GROUP", "MAX_ROWS_PER_INSERT", "MAX_VARIABLES", "STORAGE_HEADROOM_BYTES", "STORAGE_PROBE_S",
+    "SWITCH_INTERVAL_S", "TEMP_STORES", "ClosedError", "Connection", "DatabaseError", "DurableDB",
+    "Migration", "StorageFull", "apply_migrations", "connect", "free_bytes", "insert_rows",
+    "is_storage_full", "savepoint", "tune_interpreter",
+]
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-MAX_GROUP = 4096
-
-
-class DatabaseError(Exception):
-    """Base class for storage errors."""
-
-
-class ClosedError(DatabaseError):
-    pass
-
-
-class StorageFull(DatabaseError):
-    """The disk (or the database's page limit) is full: nothing of the failed job was kept."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: storage full ({reason})")
-        self.path = str(path)
-        self.reason = reason
 
 
 def is_storage_full(e: BaseException) -> bool:
@@ -300,9 +300,6 @@ def tune_interpreter() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
-
-
 class _TransactionLost(Exception):
     """A job left the group's transaction rolled back (SQLite undoes the whole transaction on
     some errors, e.g. a full disk at commit): every job of the group failed with ``cause``."""
@@ -321,7 +318,9 @@ def free_bytes(path: Path) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-class DurableDB:
+class DurableDB(GroupWriter[sqlite3.Connection]):
+    _log = log
+
     def __init__(
         self,
         path: Path | str,
@@ -334,31 +333,20 @@ class DurableDB:
     ) -> None:
         """``on_connect`` is called with each connection (the writer's, the reader's) in its
         own thread once it is open and migrated: to give it its ``state``."""
-        self.path = Path(path)
-        self._on_connect = on_connect
-        self._migrations = list(migrations)
+        self.path: Path = Path(path)
+        super().__init__(
+            migrations=migrations,
+            on_connect=on_connect,
+            max_group=max_group,
+            writer_thread=f"sqlite-w-{self.path.name}",
+            reader_thread=f"sqlite-r-{self.path.name}",
+        )
         self._synchronous = synchronous
         self._temp_store = temp_store
-        self._max_group = max_group
-        self._wx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-w-{self.path.name}")
-        self._rx = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-r-{self.path.name}")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self.commits = 0
-        self.jobs = 0
-        self._behind = 0  # jobs of the running group after the one running
-        self.storage_full: StorageFull | None = None  # the failure that made it count as full
-        self.storage_full_since_ms: int | None = None
-        self.storage_full_errors = 0  # jobs failed with StorageFull
-        # called with False when the disk fills up, with True when it has room again
-        self.on_storage_change: list[Callable[[bool], None]] = []
         self._probe_task: asyncio.Task[None] | None = None
         self._full = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -374,7 +362,7 @@ class DurableDB:
 
         self._wconn = await loop.run_in_executor(self._wx, _open, True)
         self._rconn = await loop.run_in_executor(self._rx, _open, False)
-        self._task = asyncio.create_task(self._writer(), name=f"sqlite-writer:{self.path.name}")
+        self._start_writer(f"sqlite-writer:{self.path.name}")
         # Opening needs no free space (a database already migrated is only read): a full disk
         # is found here and reported, not a reason to exit and be restarted into it again.
         await self.probe()
@@ -382,43 +370,15 @@ class DurableDB:
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._probe_task, self._task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        while not self._queue.empty():
-            _, fut = self._queue.get_nowait()
-            if not fut.done():
-                fut.set_exception(ClosedError("database closed"))
+        await stop_task(self._probe_task)
+        await super().close()
+
+    async def _close_connections(self) -> None:
         loop = asyncio.get_running_loop()
         if self._wconn is not None:
             await loop.run_in_executor(self._wx, self._wconn.close)
         if self._rconn is not None:
             await loop.run_in_executor(self._rx, self._rconn.close)
-        self._wx.shutdown(wait=True)
-        self._rx.shutdown(wait=True)
-
-    async def __aenter__(self) -> DurableDB:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Queue ``fn`` for the next group commit; the future resolves after COMMIT."""
-        if self._closed:
-            raise ClosedError("database closed")
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((fn, fut))
-        return fut
-
-    def waiting(self) -> int:
-        """Jobs waiting for the writer behind the one running: queued, or later in its group.
-        For a long job to ask between its steps (it runs in the writer thread; the count is
-        read as it stands, without a lock) whether to commit what it has and make way."""
-        return self._queue.qsize() + self._behind
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._rconn is None:
@@ -426,7 +386,7 @@ class DurableDB:
         conn = self._rconn
         return await asyncio.get_running_loop().run_in_executor(self._rx, fn, conn)
 
-    def _storage_error(self, e: BaseException) -> BaseException:
+    def _error(self, e: BaseException) -> Exception:
         """``e`` as the callers see it: SQLite's full-disk error becomes :class:`StorageFull`."""
         if isinstance(e, _TransactionLost):
             e = e.cause
@@ -434,73 +394,22 @@ class DurableDB:
             full = StorageFull(self.path, str(e))
             full.__cause__ = e
             return full
-        return e
+        return e if isinstance(e, Exception) else DatabaseError(str(e))
 
-    def _note_full(self, e: StorageFull, jobs: int) -> None:
-        self.storage_full_errors += jobs
-        if self.storage_full is None:
-            self.storage_full = e
-            self.storage_full_since_ms = time.time_ns() // 1_000_000
-            self._full.set()
-            self._writable.clear()
-            log.error("%s: storage full, writes fail until space returns: %s", self.path, e.reason)
-            self._tell_storage(False)
-
-    def _tell_storage(self, writable: bool) -> None:
-        for fn in list(self.on_storage_change):
-            try:
-                fn(writable)
-            except Exception:  # a listener's bug must not stop the writer
-                log.exception("%s: storage listener failed", self.path)
-
-    async def _writer(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self._queue.get()]
-            while len(jobs) < self._max_group and not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
-            work = loop.run_in_executor(self._wx, self._run_group, jobs)
-            try:
-                results = await asyncio.shield(work)
-            except asyncio.CancelledError:
-                # closing: the group already runs in the writer thread and cannot be stopped;
-                # wait for it so every job gets its true outcome (committed is not "failed")
-                try:
-                    results = await work
-                except Exception as e:
-                    self._group_failed(jobs, e)
-                else:
-                    self._deliver(jobs, results)
-                raise
-            except Exception as e:  # the COMMIT itself failed: every job in the group failed
-                self._group_failed(jobs, e)
-                continue
-            self._deliver(jobs, results)
-
-    def _group_failed(self, jobs: list[_Job], e: Exception) -> None:
-        err = self._storage_error(e)
+    def _say_failed(self, jobs: int, err: Exception, e: Exception) -> None:
         if isinstance(err, StorageFull):  # said once at ERROR when the disk fills up
-            log.debug("group commit of %d jobs failed on %s: %s", len(jobs), self.path, err.reason)
-            self._note_full(err, len(jobs))
+            log.debug("group commit of %d jobs failed on %s: %s", jobs, self.path, err.reason)
         else:
-            log.error("group commit of %d jobs failed on %s", len(jobs), self.path, exc_info=e)
-        for _, fut in jobs:
-            if not fut.done():
-                fut.set_exception(err if isinstance(err, Exception) else DatabaseError(str(err)))
+            log.error("group commit of %d jobs failed on %s", jobs, self.path, exc_info=e)
 
-    def _deliver(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
-        self.commits += 1
-        self.jobs += len(jobs)
+    def _committed(self, results: list[tuple[bool, Any]]) -> None:
         full = [v for ok, v in results if not ok and isinstance(v, StorageFull)]
         if full:
             self._note_full(full[0], len(full))
-        for (_, fut), (ok, value) in zip(jobs, results, strict=True):
-            if fut.done():
-                continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+
+    def _note_full(self, e: StorageFull, jobs: int) -> None:
+        super()._note_full(e, jobs)
+        self._full.set()  # the probe task takes over
 
     async def probe(self) -> bool:
         """Try a small write; True if it committed and the file system has
@@ -537,11 +446,8 @@ class DurableDB:
                 self.path,
                 (time.time_ns() // 1_000_000 - (self.storage_full_since_ms or 0)) / 1000,
             )
-            self.storage_full = None
-            self.storage_full_since_ms = None
             self._full.clear()
-            self._writable.set()
-            self._tell_storage(True)
+            self._note_writable()
         return True
 
     async def _watch_storage(self) -> None:
@@ -555,23 +461,10 @@ class DurableDB:
             except Exception:  # a probe that fails otherwise must not end the watch
                 log.exception("%s: storage probe failed", self.path)
 
-    async def wait_writable(self) -> None:
-        """Return at once, or, while the database counts as full, when it is writable again:
-        for a loop whose write failed with :class:`StorageFull` (it retries instead of dying)."""
-        await self._writable.wait()
+    def _free_bytes(self) -> int | None:
+        return free_bytes(self.path.parent)
 
-    def storage_state(self) -> dict[str, Any]:
-        """For health, metrics and telemetry: ``state`` is ``ok`` or ``full``."""
-        full = self.storage_full
-        return {
-            "state": "full" if full is not None else "ok",
-            "since_ms": self.storage_full_since_ms,
-            "reason": full.reason if full is not None else None,
-            "free_bytes": free_bytes(self.path.parent),
-            "errors": self.storage_full_errors,
-        }
-
-    def _run_group(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+    def _run_group(self, jobs: list[Job[sqlite3.Connection]]) -> list[tuple[bool, Any]]:
         conn = self._wconn
         assert conn is not None
         assert threading.current_thread().name.startswith("sqlite-w-")
@@ -582,7 +475,7 @@ class DurableDB:
                 value = fn(conn)
             except Exception as e:
                 _rollback(conn)
-                return [(False, self._storage_error(e))]
+                return [(False, self._error(e))]
             except BaseException:
                 _rollback(conn)
                 raise
@@ -603,7 +496,7 @@ class DurableDB:
                     # jobs before this one are gone too, and the next would run outside it
                     if not conn.in_transaction:
                         raise _TransactionLost(e) from e
-                    out.append((False, self._storage_error(e)))
+                    out.append((False, self._error(e)))
                 else:
                     out.append((True, value))
         except BaseException:
