@@ -119,6 +119,11 @@ class GatewayMetrics:
         yield counter(
             "storegate_gateway_records_rejected", "records rejected by central", self.outbox.rejected
         )
+        yield counter(
+            "storegate_gateway_acks_repeated",
+            "records central answered 'duplicate' (taken before; an earlier ack was lost)",
+            self.outbox.acks_repeated,
+        )
         yield counter("storegate_gateway_records_sent", "records published (incl. resends)", s.records_sent)
         yield counter("storegate_gateway_messages_sent", "MQTT messages published", s.messages_sent)
         yield counter("storegate_gateway_acks", "acks received from central", s.acks_received)

@@ -74,6 +74,7 @@ async def health(request: web.Request) -> web.Response:
             "last_sync_ms": sync.stats.last_sync_ms if sync else None,
             "submitted": outbox.submitted,
             "acked": outbox.acked,
+            "acks_repeated": outbox.acks_repeated,
             "rejected": outbox.rejected,
             "storage": outbox.db.storage_state(),
         }

@@ -10,6 +10,7 @@ after the outbox drains).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -85,6 +86,7 @@ class Outbox:
         self.new_records = asyncio.Event()
         self.submitted = 0
         self.acked = 0
+        self.acks_repeated = 0  # `duplicate` acks: records central had taken before
         self.rejected = 0
 
     def _next_seq(self, conn: sqlite3.Connection) -> int:
@@ -237,6 +239,14 @@ class Outbox:
         # Most acks say only a status (a message's acks are usually all "accepted"): those
         # records move to record_results and leave the outbox in two statements per status,
         # all in SQL. Acks with a reason or a ref go one row each.
+        # A `duplicate` answers a record central took earlier, whose first ack was lost on the
+        # way (the gateway resent it): for the store it was accepted once, and is kept so; the
+        # repeat is only counted (``acks_repeated``, a sign of lost acks or a slow central).
+        repeated = sum(1 for a in acks if a.status is AckStatus.DUPLICATE)
+        acks = [
+            dataclasses.replace(a, status=AckStatus.ACCEPTED) if a.status is AckStatus.DUPLICATE else a
+            for a in acks
+        ]
         plain: dict[AckStatus, list[str]] = {}
         other: list[Ack] = []
         for a in acks:
@@ -279,6 +289,7 @@ class Outbox:
 
         removed = await self.db.write(job)
         self.acked += removed
+        self.acks_repeated += repeated
         self.rejected += sum(1 for a in acks if a.status is AckStatus.REJECTED)
         return removed
 

@@ -1,6 +1,7 @@
 """The gateway outbox takes central's acks: an acked record leaves the outbox and its answer
 is kept in record_results - whatever the mix of statuses, reasons and refs in one message,
-and a repeated or unknown ack changes nothing. Plus the multi-row insert helper it relies on
+and a repeated or unknown ack changes nothing; a `duplicate` (the first ack was lost) is kept
+as the acceptance it repeats. Plus the multi-row insert helper it relies on
 and how parameters are bound (``runtime.sqlitedb._bind_as_is``)."""
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ async def test_acks_move_records_to_their_results(tmp_path: Path) -> None:
         got = {i: await box.result(recs[i].id) for i in (0, 8, 9, 10, 1099, 1100)}
         assert {i: (r or {}).get("status") for i, r in got.items()} == {
             0: "accepted",
-            8: "duplicate",
-            9: "duplicate",
+            8: "accepted",  # a `duplicate` answers a resend whose first ack was lost:
+            9: "accepted",  # central took the record once, and that is what the store sees
             10: "rejected",
             1099: "accepted",
             1100: "pending",
         }
         assert (got[8] or {})["ref"] == "SO00000008" and (got[0] or {})["ref"] is None
+        assert box.acks_repeated == 2
         # the same acks again (a resend's repeat): nothing left to remove, answers unchanged
         assert await box.apply_acks(acks) == 0
         assert (await box.result(recs[7].id) or {})["reason"] == "no credit"
