@@ -179,12 +179,24 @@ class Connection(sqlite3.Connection):
     dialect = "sqlite"
 
 
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+
+
 def connect(
-    path: Path | str, *, synchronous: str = "FULL", temp_store: str = "DEFAULT"
+    path: Path | str,
+    *,
+    synchronous: str = "FULL",
+    temp_store: str = "DEFAULT",
+    wal_limit: int = WAL_LIMIT_BYTES,
 ) -> sqlite3.Connection:
     """``temp_store="MEMORY"``: statement journals, savepoint sub-journals and TEMP tables in
     memory rather than in temporary files (a write transaction that holds many savepoints -
-    one per job of a group commit - copies pages to them over and over)."""
+    one per job of a group commit - copies pages to them over and over).
+
+    ``wal_limit``: the size the write-ahead log is cut back to once a checkpoint has emptied it
+    (``PRAGMA journal_size_limit``). Without it the -wal file keeps the size of the largest
+    burst it ever held - a gateway that drained a day's outage backlog would keep that much disk
+    taken for good, on the same disk whose filling stops it taking orders."""
     if temp_store not in TEMP_STORES:
         raise DatabaseError(f"temp_store {temp_store!r}: one of {', '.join(TEMP_STORES)}")
     # room for the few prepared texts per table that insert_rows uses (the default keeps 128)
@@ -201,6 +213,7 @@ def connect(
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute(f"PRAGMA temp_store={temp_store}")
+    conn.execute(f"PRAGMA journal_size_limit={int(wal_limit)}")
     return conn
 
 
@@ -328,6 +341,7 @@ class DurableDB(GroupWriter[sqlite3.Connection]):
         migrations: Sequence[Migration] = (),
         synchronous: str = "FULL",
         temp_store: str = "DEFAULT",
+        wal_limit: int = WAL_LIMIT_BYTES,
         max_group: int = MAX_GROUP,
         on_connect: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
@@ -343,6 +357,7 @@ class DurableDB(GroupWriter[sqlite3.Connection]):
         )
         self._synchronous = synchronous
         self._temp_store = temp_store
+        self._wal_limit = wal_limit
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._probe_task: asyncio.Task[None] | None = None
@@ -353,7 +368,12 @@ class DurableDB(GroupWriter[sqlite3.Connection]):
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def _open(migrate: bool) -> sqlite3.Connection:
-            conn = connect(self.path, synchronous=self._synchronous, temp_store=self._temp_store)
+            conn = connect(
+                self.path,
+                synchronous=self._synchronous,
+                temp_store=self._temp_store,
+                wal_limit=self._wal_limit,
+            )
             if migrate:
                 apply_migrations(conn, self._migrations)
             if self._on_connect is not None:
