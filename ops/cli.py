@@ -156,10 +156,14 @@ def cmd_order(args: argparse.Namespace) -> int:
     return _post_retrying(f"{base}/api/orders", body, args, what="order")
 
 
-def _post_retrying(url: str, body: dict[str, Any], args: argparse.Namespace, *, what: str) -> int:
+def _post_retrying(
+    url: str, body: dict[str, Any], args: argparse.Namespace, *, what: str, keyed: bool = True
+) -> int:
     """POST ``body`` with an ``Idempotency-Key`` (``args.idempotency_key`` or a new UUID, printed
     first) and retry connection failures and 5xx answers with the same key, backing off, for
-    ``args.retry_for`` seconds: a repeat gets the gateway's first answer, never a second record."""
+    ``args.retry_for`` seconds: a repeat gets the gateway's first answer, never a second record.
+    ``keyed=False`` for a request the gateway recognises by itself (a supplier's step: the order
+    and the state it moves to name it), sent again as it is."""
     from gateway.idempotency import RETRY_WINDOW_S
 
     if not 0 <= args.retry_for <= RETRY_WINDOW_S:
@@ -167,16 +171,16 @@ def _post_retrying(url: str, body: dict[str, Any], args: argparse.Namespace, *, 
             f"--retry-for: 0..{RETRY_WINDOW_S} s (the gateway keeps a key longer than that)", file=sys.stderr
         )
         return 2
-    key = args.idempotency_key or str(uuid.uuid4())
-    quoted = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'  # an RFC 8941 string
-    # printed first, so that a request whose answer is lost can be resumed with the same key
-    print(f'Idempotency-Key: "{key}" (to send this {what} again: --idempotency-key {key})', file=sys.stderr)
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Idempotency-Key": quoted},
-        method="POST",
-    )
+    headers = {"Content-Type": "application/json"}
+    key = ""
+    if keyed:
+        key = args.idempotency_key or str(uuid.uuid4())
+        headers["Idempotency-Key"] = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'  # RFC 8941
+        # printed first, so that a request whose answer is lost can be resumed with the same key
+        print(
+            f'Idempotency-Key: "{key}" (to send this {what} again: --idempotency-key {key})', file=sys.stderr
+        )
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     deadline = time.monotonic() + args.retry_for
     delay = ORDER_RETRY_FIRST_S
     while True:
@@ -195,9 +199,13 @@ def _post_retrying(url: str, body: dict[str, Any], args: argparse.Namespace, *, 
         except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out: the same key again
             problem = str(getattr(e, "reason", e))
         if time.monotonic() + delay > deadline:
-            print(f"gave up after {args.retry_for:g} s ({problem}); key {key}", file=sys.stderr)
+            print(
+                f"gave up after {args.retry_for:g} s ({problem}){'; key ' + key if key else ''}",
+                file=sys.stderr,
+            )
             return 1
-        print(f"no answer ({problem}); retrying in {delay:.1f} s with the same key", file=sys.stderr)
+        again = "with the same key" if key else "(the same step)"
+        print(f"no answer ({problem}); retrying in {delay:.1f} s {again}", file=sys.stderr)
         time.sleep(delay)
         delay = min(delay * 2, ORDER_RETRY_MAX_S)
 
@@ -212,7 +220,8 @@ def cmd_supplier(args: argparse.Namespace) -> int:
     url = f"{base}/{urllib.parse.quote(args.order_no, safe='')}"
     if args.action == "show":
         return _gateway_call(url)
-    return _gateway_call(f"{url}/{args.action}", {"ref": args.ref, "detail": args.detail})
+    step = {"ref": args.ref, "detail": args.detail}
+    return _post_retrying(f"{url}/{args.action}", step, args, what=f"supplier {args.action}", keyed=False)
 
 
 def cmd_availability(args: argparse.Namespace) -> int:
@@ -452,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--ref", default="", help="the supplier's reference (delivery note, ...)")
     sp.add_argument("--detail", default="", help="free text (why refused, carrier, ...)")
+    sp.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        help="confirm/ship/deliver/refuse: retry connection failures and 5xx answers for this many"
+        " seconds (the gateway takes a step once: a repeat gets its first answer)",
+    )
     sp.set_defaults(fn=cmd_supplier)
 
     s = sub.add_parser("sim", help="run a device simulator against a running gateway")
@@ -492,9 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("action", choices=("list", "alerts", "accept", "dismiss", "evaluate"))
     av.add_argument("proposal", nargs="?", type=int, help="accept/dismiss: the proposal id")
     av.add_argument("--url", default="http://127.0.0.1:8080", help="central's HTTP base URL")
-    av.add_argument(
-        "--token", default="", help="central API token, as --token=T (default: $STOREGATE_TOKEN)"
-    )
+    av.add_argument("--token", default="", help="central API token, as --token=T (default: $STOREGATE_TOKEN)")
     av.add_argument("--location", default="", help="list/alerts: only this location")
     av.add_argument("--sku", default="", help="list/alerts: only this item")
     av.add_argument("--at-risk", action="store_true", help="list: only rows below their threshold")

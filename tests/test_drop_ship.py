@@ -137,9 +137,29 @@ async def test_supplier_gateway_shows_confirms_ships_and_refuses_drop_ship_order
             [{"line_no": 1, "sku": "MILK", "qty": 12}],
         )
 
-        # confirm (CLI), then ship (HTTP); refuse the other
+        # confirm (CLI) while the supplier's gateway is down (SIGKILL): the CLI retries until it is
+        # back; sent again by hand, the step is answered as before and taken once
+        sup.kill()
+        cli = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "ops.cli", "supplier", "confirm", no1, "--ref", "AB-1"),
+            *("--gateway-url", sup.url),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert cli.stderr is not None
+            retried = (await asyncio.wait_for(cli.stderr.readline(), 30)).decode()
+            assert "retrying" in retried, retried
+            await asyncio.to_thread(sup.start)
+            out_bytes, err_bytes = await asyncio.wait_for(cli.communicate(), 60)
+        finally:
+            if cli.returncode is None:
+                cli.kill()
+                await cli.wait()
+        assert cli.returncode == 0 and json.loads(out_bytes)["state"] == "confirmed", err_bytes.decode()
         code, out, err = await asyncio.to_thread(storegate_supplier, sup, "confirm", no1, "--ref", "AB-1")
-        assert code == 0 and out["state"] == "confirmed", err
+        assert code == 0 and out["state"] == "confirmed" and "already taken" in err, err
         await wait_for(
             lambda: central_status(tmp_path, url, first)[2] == ["confirmed"],
             timeout=DEADLINE,
