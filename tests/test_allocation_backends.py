@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from central import wiring
-from central.allocate import inventory, shortage, waves
+from central.allocate import shortage, waves
 from central.fulfil import documents, picking
 from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
@@ -29,25 +27,12 @@ from ops import bench_allocation as bench
 from protocols import topics
 from protocols.envelope import Envelope, Record
 from protocols.picking import result_record_id
-from runtime.dbapi import open_db, tables
+from runtime.dbapi import open_db
+from tests.central_dump import dump
 from tests.pg import pg_database
 
 NOW = 1_800_000_000_000
 TODAY = dt.datetime.now(dt.UTC).date()  # what the orders' requested dates are made from
-# what the clock sets (the steps' own times are given); ids made at random are blanked too
-TIME_COLS = {
-    "at",
-    "ts",
-    "updated_at",
-    "received_at",
-    "processed_at",
-    "applied_at",
-    "done_at",
-    "acked_at",
-    "created_at",
-    "released_at",
-    "resolved_at",
-}
 POLICIES = ("backorder", "next-order", "none", "all-at-once")
 
 
@@ -89,34 +74,6 @@ def _pick_results(tasks: list[dict[str, Any]]) -> list[Envelope]:
     return [Envelope(gw=gw, sent=0, records=tuple(recs)) for gw, recs in sorted(by_gw.items())]
 
 
-def _dump(conn: Any) -> dict[str, list[Any]]:
-    out = {}
-    for t in tables(conn):
-        if t == "master_version":  # PostgreSQL's own (SQLite reads PRAGMA data_version)
-            continue
-        cur = conn.execute(f"SELECT * FROM {t}")
-        cols = [d[0] for d in cur.description]
-        rows = []
-        for raw in cur.fetchall():
-            r = {c: (None if c in TIME_COLS else v) for c, v in zip(cols, raw, strict=True)}
-            if t == "downlink_outbox":
-                p = msgpack.unpackb(r["packed"])
-                if p["type"] != "pick_task":  # a pick task's id is its task id
-                    p["id"] = r["id"] = None
-                p["ts"] = None
-                p["body"].pop("at", None)
-                r["packed"] = p
-            if t == "alloc_runs":
-                r["inputs"] = inventory.unpack_inputs(r["inputs"])
-                for o in r["inputs"]["orders"]:
-                    o["received"] = None
-                r["trace"] = re.sub(r"received=\d+", "", r["trace"])
-                r["digest"] = None
-            rows.append(r)
-        out[t] = sorted(rows, key=repr)
-    return out
-
-
 async def _run(target: str) -> tuple[dict[str, list[Any]], list[Any]]:
     hub = wiring.hub(waves.AllocationSettings(realtime=False, batch=waves.BatchRules(("zone",))))
     db = open_db(target, migrations=all_migrations(), on_connect=hub.attach)
@@ -153,7 +110,7 @@ async def _run(target: str) -> tuple[dict[str, list[Any]], list[Any]]:
             answers.append(await db.read(lambda c, w=w: documents.pick_list(c, w["wave_id"], fmt="csv")))
         for by in shortage.REPORT_BY:
             answers.append(await db.read(lambda c, by=by: shortage.report(c, by, status=None)))
-        return await db.read(_dump), answers
+        return await db.read(partial(dump, pick_task_ids=True)), answers
 
 
 async def test_waves_picks_and_back_orders_leave_the_same_rows_on_sqlite_and_postgresql(

@@ -12,53 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import threading
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import psycopg
 import pytest
 
 from central import wiring
-from central.allocate import inventory, waves
+from central.allocate import waves
 from central.intake.ingest import apply_envelope, quick_checks, receive_uplink
 from central.migrations import all_migrations
 from ops import bench_allocation as bench
 from protocols import envelope, topics
-from protocols.envelope import AckStatus, Envelope, Record
-from runtime.dbapi import IntegrityError, open_db, tables
+from protocols.envelope import AckStatus, Record
+from runtime.dbapi import IntegrityError, open_db
+from tests.central_dump import dump, mixed_envelopes
 from tests.conftest import wait_for
 from tests.pg import pg_database
-
-TIME_COLS = {
-    "at",
-    "ts",
-    "updated_at",
-    "received_at",
-    "processed_at",
-    "created_at",
-    "applied_at",
-    "resolved_at",
-}
-
-
-def _envelopes(names: list[str], rng: random.Random) -> list[Envelope]:
-    envs = bench._envelopes(orders=300, lines=5, names=names, rng=rng)
-    out = []
-    for k, env in enumerate(envs):
-        recs = list(env.records)
-        if k % 7 in (3, 4):  # a change to an order of the same message, between new orders
-            first = recs[0]
-            change: dict[str, Any] = {"order": first.id, "change_seq": 1, "action": "cancel_order"}
-            if k % 7 == 4:
-                change.update(action="set_qty", line_no=1, qty=2)
-            recs.insert(3, Record(f"{first.id}-c1", first.seq, "order_change", first.ts, change))
-        if k % 11 == 5 and out:  # a repeat of a record already processed
-            recs.insert(1, out[-1].records[0])
-        out.append(Envelope(gw=env.gw, sent=0, records=tuple(recs)))
-    return out
 
 
 def _seed(conn: Any) -> list[str]:
@@ -75,32 +46,6 @@ def _seed(conn: Any) -> list[str]:
     return names
 
 
-def _dump(conn: Any) -> dict[str, list[Any]]:
-    out = {}
-    for t in tables(conn):
-        if t == "master_version":  # PostgreSQL's own (SQLite reads PRAGMA data_version)
-            continue
-        cur = conn.execute(f"SELECT * FROM {t}")
-        cols = [d[0] for d in cur.description]
-        rows = []
-        for raw in cur.fetchall():
-            r = {c: (None if c in TIME_COLS else v) for c, v in zip(cols, raw, strict=True)}
-            if t == "downlink_outbox":
-                p = msgpack.unpackb(r["packed"])
-                p["id"] = p["ts"] = r["id"] = None
-                p["body"].pop("at", None)
-                r["packed"] = p
-            if t == "alloc_runs":
-                r["inputs"] = inventory.unpack_inputs(r["inputs"])
-                for o in r["inputs"]["orders"]:
-                    o["received"] = None
-                r["trace"] = re.sub(r"received=\d+", "", r["trace"])
-                r["digest"] = None
-            rows.append(r)
-        out[t] = sorted(rows, key=repr)
-    return out
-
-
 def _master_version(conn: Any) -> int:
     return int(conn.execute("SELECT version FROM master_version").fetchone()[0])
 
@@ -112,14 +57,14 @@ async def _run(target: str) -> tuple[dict[str, list[Any]], list[Any]]:
         names = await db.write(_seed)
         version = await db.read(_master_version)
         acks = []
-        for env in _envelopes(names, random.Random(8)):
+        for env in mixed_envelopes(names, random.Random(8), orders=300):
             topic = topics.uplink(env.gw)
             got = await db.write(lambda c, e=env, t=topic: apply_envelope(c, topic_gw=e.gw, topic=t, env=e))
             acks += [(a.id, a.status, a.reason, a.ref) for a in got]
         # orders move customers' open value, not what the masters snapshot holds: on
         # PostgreSQL its version stays, so the snapshot stays cached
         assert await db.read(_master_version) == version
-        return await db.read(_dump), acks
+        return await db.read(dump), acks
 
 
 async def test_same_messages_leave_the_same_rows_on_sqlite_and_postgresql(tmp_path: Path) -> None:

@@ -9,51 +9,20 @@ rolled back after its writes)."""
 from __future__ import annotations
 
 import random
-import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 
 from central import wiring
-from central.allocate import inventory, waves
+from central.allocate import waves
 from central.intake.ingest import apply_envelope
 from central.migrations import all_migrations
 from central.orders import orders
 from ops import bench_allocation as bench
 from protocols import topics
-from protocols.envelope import Envelope, Record
 from runtime.sqlitedb import apply_migrations, connect
-
-TIME_COLS = {
-    "at",
-    "ts",
-    "updated_at",
-    "received_at",
-    "processed_at",
-    "created_at",
-    "applied_at",
-    "resolved_at",
-}
-
-
-def _envelopes(names: list[str], rng: random.Random) -> list[Envelope]:
-    envs = bench._envelopes(orders=400, lines=5, names=names, rng=rng)
-    out = []
-    for k, env in enumerate(envs):
-        recs = list(env.records)
-        if k % 7 in (3, 4):  # a change to an order of the same message, between new orders
-            first = recs[0]
-            change: dict[str, Any] = {"order": first.id, "change_seq": 1, "action": "cancel_order"}
-            if k % 7 == 4:
-                change.update(action="set_qty", line_no=1, qty=2)
-            recs.insert(3, Record(f"{first.id}-c1", first.seq, "order_change", first.ts, change))
-        if k % 11 == 5 and out:  # a repeat of a record already processed
-            recs.insert(1, out[-1].records[0])
-        out.append(Envelope(gw=env.gw, sent=0, records=tuple(recs)))
-    return out
+from tests.central_dump import dump, mixed_envelopes
 
 
 def _run(path: Path, *, together: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
@@ -76,7 +45,7 @@ def _run(path: Path, *, together: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
             wiring.hub(waves.AllocationSettings(realtime=True)).attach(conn)
             acks = []
             seen: set[Any] = set()
-            for k, env in enumerate(_envelopes(names, random.Random(8))):
+            for k, env in enumerate(mixed_envelopes(names, random.Random(8), orders=400)):
                 topic = topics.uplink(env.gw)
                 if k % 13 == 6:  # a job that took this message and then failed: rolled back
                     conn.execute("SAVEPOINT job")
@@ -93,33 +62,9 @@ def _run(path: Path, *, together: bool, monkeypatch: pytest.MonkeyPatch) -> tupl
                     conn.execute("UPDATE customers SET credit_limit = 1 WHERE code = ?", (known[0],))
                 seen.update(r.body["customer"] for r in env.records if r.type == "order")
                 acks += apply_envelope(conn, topic_gw=env.gw, topic=topic, env=env)
-        return _dump(conn), [(a.id, a.status, a.reason, a.ref) for a in acks]
+        return dump(conn, sort=False), [(a.id, a.status, a.reason, a.ref) for a in acks]
     finally:
         conn.close()
-
-
-def _dump(conn: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
-    out = {}
-    for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name != '_migrations'"):
-        cur = conn.execute(f"SELECT * FROM {t}")
-        cols = [d[0] for d in cur.description]
-        rows = []
-        for raw in cur:
-            r = {c: (None if c in TIME_COLS else v) for c, v in zip(cols, raw, strict=True)}
-            if t == "downlink_outbox":
-                p = msgpack.unpackb(r["packed"])
-                p["id"] = p["ts"] = r["id"] = None
-                p["body"].pop("at", None)
-                r["packed"] = p
-            if t == "alloc_runs":
-                r["inputs"] = inventory.unpack_inputs(r["inputs"])
-                for o in r["inputs"]["orders"]:
-                    o["received"] = None
-                r["trace"] = re.sub(r"received=\d+", "", r["trace"])
-                r["digest"] = None
-            rows.append(r)
-        out[t] = rows
-    return out
 
 
 def test_orders_together_leave_the_rows_of_one_by_one(
