@@ -25,19 +25,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import idempotency, order_changes
-from gateway.app import migrations as gateway_migrations
-from gateway.http import create_app
-from gateway.outbox import Outbox
+from gateway import idempotency
 from ops.broker import Mosquitto
 from protocols.idempotency import MAX_KEY, IdempotencyError, parse_key
 from runtime.clock import now_ms
 from runtime.sqlitedb import DurableDB
 from tests.conftest import wait_for
+from tests.gateway_http import gateway_http
 from tests.procs import ROOT, Proc, central_db, central_proc, central_settled, gateway_proc
 
 DOC = ROOT / "protocols" / "GATEWAY-HTTP.md"
@@ -78,16 +76,8 @@ class Gw:
 
 @contextlib.asynccontextmanager
 async def gateway(path: Path) -> AsyncIterator[Gw]:
-    db = DurableDB(path, migrations=gateway_migrations())
-    await db.open()
-    box = Outbox(db)
-    app = create_app(gateway_id="store-001", outbox=box)
-    order_changes.add_routes(app, outbox=box, customer="")  # as gateway/app.py wires them
-    try:
-        async with TestClient(TestServer(app)) as client:
-            yield Gw(db, client)
-    finally:
-        await db.close()
+    async with gateway_http(path, gateway_id="store-001") as (db, client):
+        yield Gw(db, client)
 
 
 @pytest.fixture

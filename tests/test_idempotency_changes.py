@@ -28,18 +28,16 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from central.allocate import inventory
-from gateway import order_changes, supplier
-from gateway.app import migrations as gateway_migrations
-from gateway.http import create_app
-from gateway.outbox import Outbox
+from gateway import supplier
 from ops.broker import Mosquitto
 from protocols.envelope import Record
 from runtime.sqlitedb import DurableDB, connect
 from tests.central_fixtures import SOON
 from tests.conftest import wait_for
+from tests.gateway_http import gateway_http
 from tests.procs import ROOT, Proc, central_db, central_settled, gateway_proc
 from tests.test_order_change_e2e import central_with_stock
 
@@ -87,17 +85,8 @@ class Gw:
 @contextlib.asynccontextmanager
 async def gateway(path: Path) -> AsyncIterator[Gw]:
     """The gateway's HTTP app as ``gateway/app.py`` wires it, on a SQLite file."""
-    db = DurableDB(path, migrations=gateway_migrations())
-    await db.open()
-    box = Outbox(db)
-    app = create_app(gateway_id="store-1", outbox=box, customer="S001")
-    order_changes.add_routes(app, outbox=box, customer="S001")
-    supplier.add_routes(app, outbox=box)
-    try:
-        async with TestClient(TestServer(app)) as client:
-            yield Gw(db, client)
-    finally:
-        await db.close()
+    async with gateway_http(path, gateway_id="store-1", customer="S001", suppliers=True) as (db, client):
+        yield Gw(db, client)
 
 
 @pytest.fixture
