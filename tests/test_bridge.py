@@ -52,6 +52,7 @@ from protocols import topics
 from tests.conftest import wait_for
 from tests.procs import Proc, central_db, central_settled, seed_viewer
 from tests.test_broker_security import NOT_AUTHORIZED, collecting, forge, mqtt, reason
+from tests.test_link_recovery import order_body
 
 RUN_AS = "root" if os.geteuid() == 0 else None
 GW = "store-101"
@@ -62,17 +63,6 @@ DOWN_S = 10.0
 # timeout (2 s here, doubling while nothing comes) and central's downlink timer (15 s) resend
 # whatever a SIGKILLed broker had not saved.
 DRAIN_S = 90.0
-
-
-def order_body(ref: str) -> dict[str, object]:
-    return {
-        "customer": "S001",
-        "channel": "manual",
-        "order_type": "normal",
-        "requested_date": "2026-12-01",
-        "lines": [{"sku": "SKU-1", "qty": 1}],
-        "source_ref": ref,
-    }
 
 
 @dataclass
