@@ -110,8 +110,8 @@ class Central:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[Central]:
-    db = central_db(tmp_path / "central.db", wiring.hub(AllocationSettings()))
+async def running(tmp_path: Path, target: str | None = None) -> AsyncIterator[Central]:
+    db = central_db(target or tmp_path / "central.db", wiring.hub(AllocationSettings()))
     await db.open()
     try:
         users = {

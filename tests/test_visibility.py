@@ -84,8 +84,8 @@ class App:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[App]:
-    db = central_db(tmp_path / "central.db", wiring.hub(AllocationSettings()))
+async def running(tmp_path: Path, target: str | None = None) -> AsyncIterator[App]:
+    db = central_db(target or tmp_path / "central.db", wiring.hub(AllocationSettings()))
     await db.open()
     try:
         tokens = {}
