@@ -1,8 +1,9 @@
-"""Process definitions (issue 18, item 3) through central's real app on a real SQLite file:
+"""Process definitions (issue 18, item 3) through central's real app on a real database:
 the master is validated whole (every error, nothing stored), versioned (an order keeps its
 version), selects a definition per line by its conditions (lines split into work units), the
 work units' start and finish are events in the order's history, a ``vas`` step holds the release
-to the DC until the desk finishes it, and the ship step is a work unit the desk finishes."""
+to the DC until the desk finishes it, and the ship step is a work unit the desk finishes. The
+tests taking ``central_backend`` run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -86,8 +87,10 @@ async def test_a_master_with_errors_is_refused_whole_with_every_reason(tmp_path:
         assert st == 403, out
 
 
-async def test_lines_split_by_definition_versions_kept_vas_holds_the_release(tmp_path: Path) -> None:
-    async with process_central(tmp_path) as c:
+async def test_lines_split_by_definition_versions_kept_vas_holds_the_release(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with process_central(tmp_path, target=central_backend) as c:
         # before any master: the default definition, version 0, step from the status
         st, before = await c.req("POST", "/api/orders", "order_desk", json=order(("MILK", 12)))
         assert st == 201 and before["status"] == "allocated", before
@@ -206,7 +209,9 @@ async def test_lines_split_by_definition_versions_kept_vas_holds_the_release(tmp
         assert vas[-1]["actor"] == "order_desk-user"
 
 
-async def test_gateway_orders_in_a_batch_walk_the_definition_too(tmp_path: Path) -> None:
+async def test_gateway_orders_in_a_batch_walk_the_definition_too(
+    tmp_path: Path, central_backend: str
+) -> None:
     """A gateway's orders are created set-based when they take the common path; with a master
     imported they must get their definition all the same (the batch path steps aside)."""
 
@@ -219,7 +224,7 @@ async def test_gateway_orders_in_a_batch_walk_the_definition_too(tmp_path: Path)
         )
         return orders.NewOrder(f"gw-rec-{i}", "store-1", i, "handheld", 0, "test", order)
 
-    async with process_central(tmp_path) as c:
+    async with process_central(tmp_path, target=central_backend) as c:
         st, out = await c.req("POST", "/api/process/import", data=ENGRAVED)
         assert st == 201, out
         made = await c.db.write(
