@@ -145,8 +145,10 @@ async def running(tmp_path: Path, target: str | None = None) -> AsyncIterator[Ce
         await db.close()
 
 
-async def test_fast_seller_alerts_once_is_transferred_and_the_alert_closes(tmp_path: Path) -> None:
-    async with running(tmp_path) as c:
+async def test_fast_seller_alerts_once_is_transferred_and_the_alert_closes(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with running(tmp_path, central_backend) as c:
         # today's orders from store S001 (zone N, served first by DC2): 8 x 7 milk, 3 x 10 bread
         for _ in range(8):
             await c.order("MILK", 7)
@@ -273,8 +275,50 @@ async def test_fast_seller_alerts_once_is_transferred_and_the_alert_closes(tmp_p
         assert [a["device_id"] for a in await c.stock_alerts()] == ["BREAD"]
 
 
-async def test_velocity_windows_and_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    async with running(tmp_path) as c:
+async def test_two_workers_open_an_episode_once_and_decide_it_once(
+    tmp_path: Path, central_backend: str
+) -> None:
+    """Two apps on one database (two workers) evaluate at once, then accept one proposal at
+    once: one episode and one alert open, one acceptance reserves and expects the transfer."""
+    async with running(tmp_path, central_backend) as c:
+        for _ in range(8):
+            await c.order("MILK", 7)  # DC2: 4 left at 8 a day
+        db2 = central_db(central_backend, wiring.hub(AllocationSettings()))
+        await db2.open()
+        try:
+            app2 = create_app(db=db2)
+            allocation_api.add_routes(app2)
+            availability_api.add_routes(
+                app2, settings=AvailabilitySettings(), monitor=Monitor(db2, AvailabilitySettings())
+            )
+            async with TestClient(TestServer(app2)) as client2:
+                b = Central(db2, client2, c.tokens, c.fleet, c.monitor)
+                both = (c, b, c, b)
+                ran = await asyncio.gather(
+                    *(w.req("POST", "/api/availability/evaluate", "controller") for w in both)
+                )
+                assert [s for s, _ in ran] == [200] * 4, ran
+                assert sum(body["opened"] for _, body in ran) == 1
+                (milk,) = (await c.proposals()).values()
+                assert [(a["gateway"], a["device_id"]) for a in await c.stock_alerts()] == [("DC2", "MILK")]
+                url = f"/api/availability/proposals/{milk['proposal_id']}/accept"
+                decided = await asyncio.gather(*(w.req("POST", url, "controller", json={}) for w in both))
+        finally:
+            await db2.close()
+        assert sorted(s for s, _ in decided) == [200, 409, 409, 409], decided
+
+        def counts(conn: Any) -> tuple[int, int]:
+            res = conn.execute("SELECT count(*) FROM allocations WHERE kind = 'reservation'").fetchone()[0]
+            rec = conn.execute("SELECT count(*) FROM receipts WHERE location = 'DC2'").fetchone()[0]
+            return int(res), int(rec)
+
+        assert await c.db.read(counts) == (1, 1)
+
+
+async def test_velocity_windows_and_the_cli(
+    tmp_path: Path, central_backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with running(tmp_path, central_backend) as c:
         await c.order("MILK", 28)
         # that order was placed 10 days ago: it counts in the 28-day average only
         ten_days_ago = now_ms() - 10 * DAY_MS
