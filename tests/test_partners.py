@@ -8,14 +8,20 @@ taking ``central_backend`` run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from central.migrations import all_migrations
+from central import wiring
+from central.allocate import waves
+from central.migrations import all_migrations, central_db
 from central.process import partners
+from central.web import process_api
+from central.web.api import create_app
 from ops import cli
 from runtime import dbapi
 from tests.central_fixtures import Central
@@ -147,6 +153,38 @@ async def test_3pl_events_move_its_lines_and_land_in_the_history(
 
         st, listed = await c.req("GET", "/api/partners", "viewer")
         assert listed["partners"][0]["code"] == "TPL1" and "key" not in listed["partners"][0]
+
+
+async def test_one_event_sent_to_two_workers_at_once_takes_effect_once(
+    tmp_path: Path, central_backend: str
+) -> None:
+    """A 3PL's retry reaching two workers at once: one answer made, the others replay it;
+    one entry in the history."""
+    async with process_central(tmp_path, target=central_backend) as a:
+        tpl = await add_partner(a, "TPL1", "3pl")
+        st, out = await a.req("POST", "/api/process/import", data=THREE_PL)
+        assert st == 201, out
+        st, washer = await a.req("POST", "/api/orders", "order_desk", json=order(("WASHER", 1)))
+        assert st == 201 and await release_tick(a) == 1
+        no = washer["order_no"]
+        db2 = central_db(central_backend, wiring.hub(waves.AllocationSettings()))
+        await db2.open()
+        try:
+            app2 = create_app(db=db2)
+            process_api.add_routes(app2)
+            async with TestClient(TestServer(app2)) as client2:
+                b = Central(db2, client2, a.tokens)
+                ev = {"event_id": "TPL1-0001", "type": "confirmed"}
+                got = await asyncio.gather(*(partner_post(w, tpl, no, ev) for w in (a, b, a, b)))
+        finally:
+            await db2.close()
+        assert [st for st, _, _ in got] == [201] * 4, got
+        assert sorted(h.get("Idempotent-Replayed", "") for _, _, h in got) == ["", "true", "true", "true"]
+        assert len({json.dumps(body, sort_keys=True) for _, body, _ in got}) == 1
+        st, o = await a.req("GET", f"/api/orders/{no}", "viewer")
+        assert [e["detail"] for e in o["events"] if e["event"] == "partner"] == [
+            "3PL TPL1 confirmed (event TPL1-0001)"
+        ]
 
 
 async def test_a_drop_ship_supplier_reports_over_rest(tmp_path: Path, central_backend: str) -> None:
