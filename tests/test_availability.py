@@ -24,14 +24,15 @@ from central.allocate import inventory
 from central.allocate.availability import DAY_MS, AvailabilitySettings, Monitor
 from central.allocate.waves import AllocationSettings
 from central.fleet import AlertThresholds, Fleet
-from central.migrations import central_db
+from central.migrations import all_migrations, central_db
 from central.orders import masters
 from central.web import allocation_api, auth, availability_api, dashboard
 from central.web.api import create_app
 from ops import cli
 from ops.broker import Mosquitto
+from runtime import dbapi
 from runtime.clock import now_ms
-from runtime.sqlitedb import DurableDB, connect
+from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import SOON
 from tests.conftest import wait_for
 from tests.procs import basic_auth, central_proc
@@ -404,27 +405,32 @@ def _http(
         return e.code, json.loads(e.read() or b"{}")
 
 
-async def test_the_central_process_alerts_on_its_own_tick(tmp_path: Path, broker: Mosquitto) -> None:
-    """``storegate central`` as a child process: orders over its REST, the alert appears on its
-    dashboard's ``/api/alerts`` from its scheduler tick alone (nobody asks it to evaluate),
-    accepted with ``storegate availability``, the episode ends on a later tick."""
-    proc = central_proc(tmp_path, broker.port)
+async def test_the_central_process_alerts_on_its_own_tick(
+    tmp_path: Path, broker: Mosquitto, central_backend: str
+) -> None:
+    """``storegate central`` as a child process (on its SQLite file, or on PostgreSQL with
+    ``[database] url``): orders over its REST, the alert appears on its dashboard's
+    ``/api/alerts`` from its scheduler tick alone (nobody asks it to evaluate), accepted with
+    ``storegate availability``, the episode ends on a later tick."""
+    db_url = central_backend if dbapi.is_postgres_url(central_backend) else None
+    proc = central_proc(tmp_path, broker.port, db_url=db_url)
     with proc.config.open("a") as f:
         f.write("[schedule]\nevery_s = 0.2\n[release]\nenabled = false\n[availability]\nlead_days = 2\n")
-    conn = connect(tmp_path / "central" / "central.db", synchronous="NORMAL")
+    conn = dbapi.connect(db_url or tmp_path / "central" / "central.db", migrations=all_migrations())
     try:
-        with conn:
-            for kind, text in (
-                ("locations", LOCATIONS),
-                ("items", ITEMS),
-                ("customers", CUSTOMERS),
-                ("sourcing", SOURCING),
-            ):
-                masters.import_csv(conn, kind, text)
-            for loc, sku, qty in STOCK:
-                inventory.set_stock(conn, loc, sku, qty)
-            desk = auth.add_user(conn, "desk", auth.Role.ORDER_DESK)
-            controller = auth.add_user(conn, "controller", auth.Role.INVENTORY_CONTROLLER)
+        dbapi.begin(conn)
+        for kind, text in (
+            ("locations", LOCATIONS),
+            ("items", ITEMS),
+            ("customers", CUSTOMERS),
+            ("sourcing", SOURCING),
+        ):
+            masters.import_csv(conn, kind, text)
+        for loc, sku, qty in STOCK:
+            inventory.set_stock(conn, loc, sku, qty)
+        desk = auth.add_user(conn, "desk", auth.Role.ORDER_DESK)
+        controller = auth.add_user(conn, "controller", auth.Role.INVENTORY_CONTROLLER)
+        conn.execute("COMMIT")
     finally:
         conn.close()
     proc.start()
