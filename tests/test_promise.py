@@ -636,12 +636,14 @@ def test_cli_answers_what_rest_answers(
     assert rc == 1 and "customer 'NOPE' is not an active customer" in err
 
 
-async def test_gateway_orders_with_services_are_booked_or_held_never_refused(tmp_path: Path) -> None:
+async def test_gateway_orders_with_services_are_booked_or_held_never_refused(
+    tmp_path: Path, central_backend: str
+) -> None:
     """Order records from a gateway (as the MQTT consumer hands them over, several in one
     envelope): a line's service is booked with its order; one central cannot book is not a
     refusal - the order is held with the reason - and the plain orders around them go through
     the batch path as before."""
-    async with promise_central(tmp_path) as c:
+    async with promise_central(tmp_path, target=central_backend) as c:
         await load(c)
         await stock(c, "DC1", "WASHER", 10)
         when = day(2)
