@@ -172,15 +172,15 @@ async def test_store_user_is_refused_another_stores_stock_with_the_reason(app: A
     await app.refused("GET", "/api/availability", "store1-eyes", params={"location": "STORE2"})
 
 
-async def test_supplier_user_sees_only_the_items_it_supplies(backend_app: App) -> None:
-    item = await backend_app.ok("GET", "/api/inventory/items/WATER", "water")
+async def test_supplier_user_sees_only_the_items_it_supplies(app: App) -> None:
+    item = await app.ok("GET", "/api/inventory/items/WATER", "water")
     assert _locs(item) == {"DC1": 30}
-    reason = await backend_app.refused("GET", "/api/inventory/items/MILK", "water")
+    reason = await app.refused("GET", "/api/inventory/items/MILK", "water")
     assert reason == "user 'water' is bound to supplier 'SUP2'; item 'MILK' is not one it supplies"
-    dc1 = await backend_app.ok("GET", "/api/inventory/locations/DC1", "water")
+    dc1 = await app.ok("GET", "/api/inventory/locations/DC1", "water")
     assert [i["sku"] for i in dc1["items"]] == ["WATER"]
-    await backend_app.refused("GET", "/api/inventory/atp", "water", params={"sku": "BREAD"})
-    assert (await backend_app.ok("GET", "/api/me/scope", "water"))["items"] == ["WATER"]
+    await app.refused("GET", "/api/inventory/atp", "water", params={"sku": "BREAD"})
+    assert (await app.ok("GET", "/api/me/scope", "water"))["items"] == ["WATER"]
 
 
 # -- writes ---------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ async def test_reservations_stay_with_the_order_desk_within_its_view(app: App) -
     await app.refused("POST", "/api/inventory/reservations", "store1-desk", json=body)
 
 
-async def test_shortages_show_a_store_only_its_own_customers(backend_app: App) -> None:
+async def test_shortages_show_a_store_only_its_own_customers(app: App) -> None:
     def add(c: Any) -> None:
         for oid, cust, sku in ((1, "S001", "MILK"), (2, "S002", "MILK"), (3, "S002", "WATER")):
             c.execute(
@@ -280,11 +280,11 @@ async def test_shortages_show_a_store_only_its_own_customers(backend_app: App) -
                 (oid, sku, cust),
             )
 
-    await backend_app.db.write(add)
-    assert len((await backend_app.ok("GET", "/api/shortages", "desk"))["shortages"]) == 3
-    mine = (await backend_app.ok("GET", "/api/shortages", "store1-eyes"))["shortages"]
+    await app.db.write(add)
+    assert len((await app.ok("GET", "/api/shortages", "desk"))["shortages"]) == 3
+    mine = (await app.ok("GET", "/api/shortages", "store1-eyes"))["shortages"]
     assert [(s["customer"], s["sku"]) for s in mine] == [("S001", "MILK")]
-    theirs = (await backend_app.ok("GET", "/api/shortages", "water"))["shortages"]
+    theirs = (await app.ok("GET", "/api/shortages", "water"))["shortages"]
     assert [(s["customer"], s["sku"]) for s in theirs] == [("S002", "WATER")]
 
 
