@@ -15,10 +15,9 @@ from central import wiring
 from central.allocate import inventory, waves
 from central.allocate.allocation import SourcingRule
 from central.fulfil import release
-from central.migrations import all_migrations
+from central.migrations import central_db
 from central.web import process_api, release_api
 from central.web.api import create_app
-from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import CUSTOMERS_CSV, LOCATIONS_CSV, PRICES_CSV, SOON, Central
 from tests.central_fixtures import auth as _auth
 
@@ -42,9 +41,10 @@ def order(*lines: tuple[str, int], customer: str = "S001", order_type: str = "no
 
 
 @asynccontextmanager
-async def process_central(tmp_path: Path) -> AsyncIterator[Central]:
-    hub = wiring.hub(waves.AllocationSettings())
-    db = DurableDB(tmp_path / "central.db", migrations=all_migrations(), on_connect=hub.attach)
+async def process_central(tmp_path: Path, *, target: str | None = None) -> AsyncIterator[Central]:
+    """``target``: where (a path or a ``postgresql://`` URL, ``central_backend``), default a
+    SQLite file in ``tmp_path``."""
+    db = central_db(target or tmp_path / "central.db", wiring.hub(waves.AllocationSettings()))
     await db.open()
     try:
         tokens = {}

@@ -92,12 +92,19 @@ async def stock(c: Central, location: str, sku: str, on_hand: int) -> None:
 
 @asynccontextmanager
 async def promise_central(
-    tmp_path: Path, *, db: DurableDB | None = None, users: str = "user", realtime: bool = True
+    tmp_path: Path,
+    *,
+    db: DurableDB | None = None,
+    users: str = "user",
+    realtime: bool = True,
+    target: str | None = None,
 ) -> AsyncIterator[Central]:
-    """``users``: the suffix of the user names (one per role), unique per app on one database."""
+    """``users``: the suffix of the user names (one per role), unique per app on one database;
+    ``target``: where (a path or a ``postgresql://`` URL, ``central_backend``), default a SQLite
+    file in ``tmp_path``."""
     own = db is None
     if db is None:
-        db = central_db(tmp_path / "central.db", wiring.hub(AllocationSettings(realtime=realtime)))
+        db = central_db(target or tmp_path / "central.db", wiring.hub(AllocationSettings(realtime=realtime)))
         await db.open()
     try:
         tokens = {}

@@ -24,14 +24,15 @@ from central.allocate import inventory
 from central.allocate.availability import DAY_MS, AvailabilitySettings, Monitor
 from central.allocate.waves import AllocationSettings
 from central.fleet import AlertThresholds, Fleet
-from central.migrations import central_db
+from central.migrations import all_migrations, central_db
 from central.orders import masters
 from central.web import allocation_api, auth, availability_api, dashboard
 from central.web.api import create_app
 from ops import cli
 from ops.broker import Mosquitto
+from runtime import dbapi
 from runtime.clock import now_ms
-from runtime.sqlitedb import DurableDB, connect
+from runtime.sqlitedb import DurableDB
 from tests.central_fixtures import SOON
 from tests.conftest import wait_for
 from tests.procs import basic_auth, central_proc
@@ -110,8 +111,8 @@ class Central:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[Central]:
-    db = central_db(tmp_path / "central.db", wiring.hub(AllocationSettings()))
+async def running(tmp_path: Path, target: str | None = None) -> AsyncIterator[Central]:
+    db = central_db(target or tmp_path / "central.db", wiring.hub(AllocationSettings()))
     await db.open()
     try:
         users = {
@@ -145,8 +146,10 @@ async def running(tmp_path: Path) -> AsyncIterator[Central]:
         await db.close()
 
 
-async def test_fast_seller_alerts_once_is_transferred_and_the_alert_closes(tmp_path: Path) -> None:
-    async with running(tmp_path) as c:
+async def test_fast_seller_alerts_once_is_transferred_and_the_alert_closes(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with running(tmp_path, central_backend) as c:
         # today's orders from store S001 (zone N, served first by DC2): 8 x 7 milk, 3 x 10 bread
         for _ in range(8):
             await c.order("MILK", 7)
@@ -273,8 +276,50 @@ async def test_fast_seller_alerts_once_is_transferred_and_the_alert_closes(tmp_p
         assert [a["device_id"] for a in await c.stock_alerts()] == ["BREAD"]
 
 
-async def test_velocity_windows_and_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    async with running(tmp_path) as c:
+async def test_two_workers_open_an_episode_once_and_decide_it_once(
+    tmp_path: Path, central_backend: str
+) -> None:
+    """Two apps on one database (two workers) evaluate at once, then accept one proposal at
+    once: one episode and one alert open, one acceptance reserves and expects the transfer."""
+    async with running(tmp_path, central_backend) as c:
+        for _ in range(8):
+            await c.order("MILK", 7)  # DC2: 4 left at 8 a day
+        db2 = central_db(central_backend, wiring.hub(AllocationSettings()))
+        await db2.open()
+        try:
+            app2 = create_app(db=db2)
+            allocation_api.add_routes(app2)
+            availability_api.add_routes(
+                app2, settings=AvailabilitySettings(), monitor=Monitor(db2, AvailabilitySettings())
+            )
+            async with TestClient(TestServer(app2)) as client2:
+                b = Central(db2, client2, c.tokens, c.fleet, c.monitor)
+                both = (c, b, c, b)
+                ran = await asyncio.gather(
+                    *(w.req("POST", "/api/availability/evaluate", "controller") for w in both)
+                )
+                assert [s for s, _ in ran] == [200] * 4, ran
+                assert sum(body["opened"] for _, body in ran) == 1
+                (milk,) = (await c.proposals()).values()
+                assert [(a["gateway"], a["device_id"]) for a in await c.stock_alerts()] == [("DC2", "MILK")]
+                url = f"/api/availability/proposals/{milk['proposal_id']}/accept"
+                decided = await asyncio.gather(*(w.req("POST", url, "controller", json={}) for w in both))
+        finally:
+            await db2.close()
+        assert sorted(s for s, _ in decided) == [200, 409, 409, 409], decided
+
+        def counts(conn: Any) -> tuple[int, int]:
+            res = conn.execute("SELECT count(*) FROM allocations WHERE kind = 'reservation'").fetchone()[0]
+            rec = conn.execute("SELECT count(*) FROM receipts WHERE location = 'DC2'").fetchone()[0]
+            return int(res), int(rec)
+
+        assert await c.db.read(counts) == (1, 1)
+
+
+async def test_velocity_windows_and_the_cli(
+    tmp_path: Path, central_backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with running(tmp_path, central_backend) as c:
         await c.order("MILK", 28)
         # that order was placed 10 days ago: it counts in the 28-day average only
         ten_days_ago = now_ms() - 10 * DAY_MS
@@ -360,27 +405,32 @@ def _http(
         return e.code, json.loads(e.read() or b"{}")
 
 
-async def test_the_central_process_alerts_on_its_own_tick(tmp_path: Path, broker: Mosquitto) -> None:
-    """``storegate central`` as a child process: orders over its REST, the alert appears on its
-    dashboard's ``/api/alerts`` from its scheduler tick alone (nobody asks it to evaluate),
-    accepted with ``storegate availability``, the episode ends on a later tick."""
-    proc = central_proc(tmp_path, broker.port)
+async def test_the_central_process_alerts_on_its_own_tick(
+    tmp_path: Path, broker: Mosquitto, central_backend: str
+) -> None:
+    """``storegate central`` as a child process (on its SQLite file, or on PostgreSQL with
+    ``[database] url``): orders over its REST, the alert appears on its dashboard's
+    ``/api/alerts`` from its scheduler tick alone (nobody asks it to evaluate), accepted with
+    ``storegate availability``, the episode ends on a later tick."""
+    db_url = central_backend if dbapi.is_postgres_url(central_backend) else None
+    proc = central_proc(tmp_path, broker.port, db_url=db_url)
     with proc.config.open("a") as f:
         f.write("[schedule]\nevery_s = 0.2\n[release]\nenabled = false\n[availability]\nlead_days = 2\n")
-    conn = connect(tmp_path / "central" / "central.db", synchronous="NORMAL")
+    conn = dbapi.connect(db_url or tmp_path / "central" / "central.db", migrations=all_migrations())
     try:
-        with conn:
-            for kind, text in (
-                ("locations", LOCATIONS),
-                ("items", ITEMS),
-                ("customers", CUSTOMERS),
-                ("sourcing", SOURCING),
-            ):
-                masters.import_csv(conn, kind, text)
-            for loc, sku, qty in STOCK:
-                inventory.set_stock(conn, loc, sku, qty)
-            desk = auth.add_user(conn, "desk", auth.Role.ORDER_DESK)
-            controller = auth.add_user(conn, "controller", auth.Role.INVENTORY_CONTROLLER)
+        dbapi.begin(conn)
+        for kind, text in (
+            ("locations", LOCATIONS),
+            ("items", ITEMS),
+            ("customers", CUSTOMERS),
+            ("sourcing", SOURCING),
+        ):
+            masters.import_csv(conn, kind, text)
+        for loc, sku, qty in STOCK:
+            inventory.set_stock(conn, loc, sku, qty)
+        desk = auth.add_user(conn, "desk", auth.Role.ORDER_DESK)
+        controller = auth.add_user(conn, "controller", auth.Role.INVENTORY_CONTROLLER)
+        conn.execute("COMMIT")
     finally:
         conn.close()
     proc.start()

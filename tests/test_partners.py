@@ -3,24 +3,29 @@ and a drop-ship supplier report on orders they fulfil with their own key over
 ``POST /api/partner/orders/{no}/events``; the events land in the order's history with the
 partner named and move the lines' steps and the order's status; an event id is taken once
 (the same event again: the first answer, replayed; another event under it: 422); a partner
-touches only its own orders (403), a user's token or no key is not a partner (401)."""
+touches only its own orders (403), a user's token or no key is not a partner (401). The tests
+taking ``central_backend`` run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from central.migrations import all_migrations
+from central import wiring
+from central.allocate import waves
+from central.migrations import all_migrations, central_db
 from central.process import partners
-from runtime.sqlitedb import apply_migrations, connect
+from central.web import process_api
+from central.web.api import create_app
+from ops import cli
+from runtime import dbapi
 from tests.central_fixtures import Central
 from tests.process_fixtures import order, process_central, release_tick
-from tests.procs import ROOT
 
 THREE_PL = """
 [[definitions]]
@@ -49,8 +54,10 @@ async def add_partner(c: Central, code: str, kind: str) -> str:
     return str(out["key"])
 
 
-async def test_3pl_events_move_its_lines_and_land_in_the_history(tmp_path: Path) -> None:
-    async with process_central(tmp_path) as c:
+async def test_3pl_events_move_its_lines_and_land_in_the_history(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with process_central(tmp_path, target=central_backend) as c:
         st, out = await c.req("POST", "/api/process/import", data=THREE_PL)
         assert st == 422 and "'TPL1' is not an active 3PL partner" in out["errors"][0]["reason"], out
         st, out = await c.req("POST", "/api/partners", "order_desk", json={"code": "TPL1", "kind": "3pl"})
@@ -148,8 +155,40 @@ async def test_3pl_events_move_its_lines_and_land_in_the_history(tmp_path: Path)
         assert listed["partners"][0]["code"] == "TPL1" and "key" not in listed["partners"][0]
 
 
-async def test_a_drop_ship_supplier_reports_over_rest(tmp_path: Path) -> None:
-    async with process_central(tmp_path) as c:
+async def test_one_event_sent_to_two_workers_at_once_takes_effect_once(
+    tmp_path: Path, central_backend: str
+) -> None:
+    """A 3PL's retry reaching two workers at once: one answer made, the others replay it;
+    one entry in the history."""
+    async with process_central(tmp_path, target=central_backend) as a:
+        tpl = await add_partner(a, "TPL1", "3pl")
+        st, out = await a.req("POST", "/api/process/import", data=THREE_PL)
+        assert st == 201, out
+        st, washer = await a.req("POST", "/api/orders", "order_desk", json=order(("WASHER", 1)))
+        assert st == 201 and await release_tick(a) == 1
+        no = washer["order_no"]
+        db2 = central_db(central_backend, wiring.hub(waves.AllocationSettings()))
+        await db2.open()
+        try:
+            app2 = create_app(db=db2)
+            process_api.add_routes(app2)
+            async with TestClient(TestServer(app2)) as client2:
+                b = Central(db2, client2, a.tokens)
+                ev = {"event_id": "TPL1-0001", "type": "confirmed"}
+                got = await asyncio.gather(*(partner_post(w, tpl, no, ev) for w in (a, b, a, b)))
+        finally:
+            await db2.close()
+        assert [st for st, _, _ in got] == [201] * 4, got
+        assert sorted(h.get("Idempotent-Replayed", "") for _, _, h in got) == ["", "true", "true", "true"]
+        assert len({json.dumps(body, sort_keys=True) for _, body, _ in got}) == 1
+        st, o = await a.req("GET", f"/api/orders/{no}", "viewer")
+        assert [e["detail"] for e in o["events"] if e["event"] == "partner"] == [
+            "3PL TPL1 confirmed (event TPL1-0001)"
+        ]
+
+
+async def test_a_drop_ship_supplier_reports_over_rest(tmp_path: Path, central_backend: str) -> None:
+    async with process_central(tmp_path, target=central_backend) as c:
         st, out = await c.req("POST", "/api/partners", json={"code": "NOPE", "kind": "supplier"})
         assert st == 400 and "supplier location" in out["error"], out
         sup1, sup2 = await add_partner(c, "SUP1", "supplier"), await add_partner(c, "SUP2", "supplier")
@@ -180,41 +219,35 @@ async def test_a_drop_ship_supplier_reports_over_rest(tmp_path: Path) -> None:
         assert o["drop_ship"][0]["supplier_ref"] == "1Z999"
 
 
-def test_partner_cli_adds_lists_and_removes(tmp_path: Path) -> None:
-    """``storegate partner add | list | remove`` on central's database file: the key printed
-    once (only its hash kept), a supplier partner only for a supplier location, a removed
-    partner's key refused."""
-    db = str(tmp_path / "central.db")
+def test_partner_cli_adds_lists_and_removes(central_backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``storegate partner add | list | remove`` on central's database (a SQLite file or a
+    PostgreSQL URL): the key printed once (only its hash kept), a supplier partner only for a
+    supplier location, a removed partner's key refused."""
 
-    def storegate(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ops.cli", "partner", *args, "--db", db],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+    def storegate(*args: str) -> tuple[int, str, str]:
+        """The CLI's own entry point, in process."""
+        rc = cli.main(["partner", *args, "--db", central_backend])
+        out, err = capsys.readouterr()
+        return rc, out, err
 
-    added = storegate("add", "TPL1", "--kind", "3pl", "--name", "Fast Logistics")
-    assert added.returncode == 0, added.stderr
-    key = added.stdout.strip()
+    rc, out, err = storegate("add", "TPL1", "--kind", "3pl", "--name", "Fast Logistics")
+    assert rc == 0, err
+    key = out.strip()
     assert key.startswith("pk_")
-    refused = storegate("add", "SUPX", "--kind", "supplier")
-    assert refused.returncode == 1 and "supplier location" in refused.stderr
-    listed = json.loads(storegate("list").stdout)["partners"]
+    rc, _, err = storegate("add", "SUPX", "--kind", "supplier")
+    assert rc == 1 and "supplier location" in err
+    listed = json.loads(storegate("list")[1])["partners"]
     assert [(p["code"], p["kind"], p["name"], p["active"]) for p in listed] == [
         ("TPL1", "3pl", "Fast Logistics", True)
     ]
-    conn = connect(db)
+    conn = dbapi.connect(central_backend, migrations=all_migrations())
     try:
-        apply_migrations(conn, all_migrations())
         assert key not in str(conn.execute("SELECT * FROM partners").fetchall())  # only its hash
         assert partners.authenticate(conn, f"Bearer {key}").code == "TPL1"
-        assert storegate("remove", "TPL1").returncode == 0
+        assert storegate("remove", "TPL1")[0] == 0
         with pytest.raises(partners.PartnerError) as e:
             partners.authenticate(conn, f"Bearer {key}")
         assert e.value.status == 401
     finally:
         conn.close()
-    assert storegate("remove", "NOPE").returncode == 1
+    assert storegate("remove", "NOPE")[0] == 1

@@ -1,18 +1,27 @@
-"""Process definitions (issue 18, item 3) through central's real app on a real SQLite file:
+"""Process definitions (issue 18, item 3) through central's real app on a real database:
 the master is validated whole (every error, nothing stored), versioned (an order keeps its
 version), selects a definition per line by its conditions (lines split into work units), the
 work units' start and finish are events in the order's history, a ``vas`` step holds the release
-to the DC until the desk finishes it, and the ship step is a work unit the desk finishes."""
+to the DC until the desk finishes it, and the ship step is a work unit the desk finishes. The
+tests taking ``central_backend`` run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
+from aiohttp.test_utils import TestClient, TestServer
+
+from central import wiring
+from central.allocate import waves
+from central.migrations import central_db
 from central.orders import orders
 from central.orders.validation import LineIn, OrderIn
+from central.web import process_api
+from central.web.api import create_app
 from runtime.clock import now_ms
-from tests.central_fixtures import SOON
+from tests.central_fixtures import SOON, Central
 from tests.process_fixtures import events, order, process_central, release_tick
 
 ENGRAVED = """
@@ -86,8 +95,10 @@ async def test_a_master_with_errors_is_refused_whole_with_every_reason(tmp_path:
         assert st == 403, out
 
 
-async def test_lines_split_by_definition_versions_kept_vas_holds_the_release(tmp_path: Path) -> None:
-    async with process_central(tmp_path) as c:
+async def test_lines_split_by_definition_versions_kept_vas_holds_the_release(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with process_central(tmp_path, target=central_backend) as c:
         # before any master: the default definition, version 0, step from the status
         st, before = await c.req("POST", "/api/orders", "order_desk", json=order(("MILK", 12)))
         assert st == 201 and before["status"] == "allocated", before
@@ -206,7 +217,9 @@ async def test_lines_split_by_definition_versions_kept_vas_holds_the_release(tmp
         assert vas[-1]["actor"] == "order_desk-user"
 
 
-async def test_gateway_orders_in_a_batch_walk_the_definition_too(tmp_path: Path) -> None:
+async def test_gateway_orders_in_a_batch_walk_the_definition_too(
+    tmp_path: Path, central_backend: str
+) -> None:
     """A gateway's orders are created set-based when they take the common path; with a master
     imported they must get their definition all the same (the batch path steps aside)."""
 
@@ -219,7 +232,7 @@ async def test_gateway_orders_in_a_batch_walk_the_definition_too(tmp_path: Path)
         )
         return orders.NewOrder(f"gw-rec-{i}", "store-1", i, "handheld", 0, "test", order)
 
-    async with process_central(tmp_path) as c:
+    async with process_central(tmp_path, target=central_backend) as c:
         st, out = await c.req("POST", "/api/process/import", data=ENGRAVED)
         assert st == 201, out
         made = await c.db.write(
@@ -232,3 +245,27 @@ async def test_gateway_orders_in_a_batch_walk_the_definition_too(tmp_path: Path)
             assert o["status"] == "allocated", (o["hold_reason"], o["checks"])
             got = o["lines"][0]["process"]
             assert (got["definition"], got["step"], got["version"]) == want, rid
+
+
+async def test_two_workers_importing_one_master_at_once_store_one_version(
+    tmp_path: Path, central_backend: str
+) -> None:
+    """Two apps on one database (two workers) import the same master at once: one version,
+    the other imports find it unchanged (none fails on the version number taken meanwhile)."""
+    async with process_central(tmp_path, target=central_backend) as a:
+        db2 = central_db(central_backend, wiring.hub(waves.AllocationSettings()))
+        await db2.open()
+        try:
+            app2 = create_app(db=db2)
+            process_api.add_routes(app2)
+            async with TestClient(TestServer(app2)) as client2:
+                b = Central(db2, client2, a.tokens)
+                got = await asyncio.gather(
+                    *(w.req("POST", "/api/process/import", data=ENGRAVED) for w in (a, b, a, b))
+                )
+        finally:
+            await db2.close()
+        assert sorted(s for s, _ in got) == [200, 200, 200, 201], got
+        assert {body["version"] for _, body in got} == {1}
+        status, shown = await a.req("GET", "/api/process", "viewer")
+        assert status == 200 and shown["versions"] == [1]

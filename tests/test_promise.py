@@ -1,29 +1,31 @@
-"""Promising and scheduling through central's real aiohttp app on a real SQLite file opened as
+"""Promising and scheduling through central's real aiohttp app on a real database opened as
 the service opens it (``central/PROMISE.md``): capacity and stock stay exact when requests
-race - through two apps with their own connections on one database file -, kept promises
-end as they should (claimed in real time or in a wave, expired by the clock, cancelled with
-the order, reserved on a receipt's arrival), the masters refuse bad rows, and the CLI reads
-what REST answers."""
+race - through two apps with their own connections on one database (two workers) -, a
+promise is claimed or ended once, kept promises end as they should (claimed in real time or
+in a wave, expired by the clock, cancelled with the order, reserved on a receipt's arrival),
+the masters refuse bad rows, and the CLI reads what REST answers. The tests taking
+``central_backend`` run on SQLite and on PostgreSQL (where the two apps' writers really run
+at once)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import json
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from central import schedule, wiring
 from central.allocate.waves import AllocationSettings
 from central.intake.ingest import apply_envelope
 from central.migrations import central_db
+from ops import cli
 from protocols.envelope import AckStatus, Envelope, Record
 from runtime.clock import now_ms
 from tests.central_fixtures import Central
-from tests.procs import ROOT
 from tests.promise_fixtures import day, load, order, promise_central, stock
 
 
@@ -31,18 +33,21 @@ def _one(c: Central, sql: str, *args: Any) -> Any:
     return c.db.read(lambda conn: conn.execute(sql, args).fetchone())
 
 
-async def _two_apps(tmp_path: Path) -> Any:
-    """A second app with its own DurableDB (its own writer connection) on the same file."""
-    db2 = central_db(tmp_path / "central.db", wiring.hub(AllocationSettings()))
+async def _two_apps(target: str) -> Any:
+    """A second app with its own database object (its own writer connection) on the same
+    database: a second worker."""
+    db2 = central_db(target, wiring.hub(AllocationSettings()))
     await db2.open()
     return db2
 
 
-async def test_concurrent_reservations_never_hold_more_than_the_stock(tmp_path: Path) -> None:
-    async with promise_central(tmp_path) as a:
+async def test_concurrent_reservations_never_hold_more_than_the_stock(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with promise_central(tmp_path, target=central_backend) as a:
         await load(a)
         await stock(a, "DC1", "MUG", 5)  # the only mugs
-        db2 = await _two_apps(tmp_path)
+        db2 = await _two_apps(central_backend)
         try:
             async with promise_central(tmp_path, db=db2, users="b") as b:
                 body = {"customer": "C1", "reserve": True, "lines": [{"sku": "MUG", "qty": 1}]}
@@ -74,11 +79,11 @@ async def test_concurrent_reservations_never_hold_more_than_the_stock(tmp_path: 
         assert status == 200 and got["atp"][0]["atp"] == 0
 
 
-async def test_concurrent_vas_promises_share_the_daily_minutes(tmp_path: Path) -> None:
-    async with promise_central(tmp_path) as a:
+async def test_concurrent_vas_promises_share_the_daily_minutes(tmp_path: Path, central_backend: str) -> None:
+    async with promise_central(tmp_path, target=central_backend) as a:
         await load(a)
         await stock(a, "DC1", "MUG", 100)  # DC1 only: 60 engraving minutes a day
-        db2 = await _two_apps(tmp_path)
+        db2 = await _two_apps(central_backend)
         try:
             async with promise_central(tmp_path, db=db2, users="b") as b:
                 body = {
@@ -109,8 +114,10 @@ async def test_concurrent_vas_promises_share_the_daily_minutes(tmp_path: Path) -
         assert dict(load_rows) == per_day
 
 
-async def test_concurrent_orders_book_a_slot_exactly_to_its_capacity(tmp_path: Path) -> None:
-    async with promise_central(tmp_path) as a:
+async def test_concurrent_orders_book_a_slot_exactly_to_its_capacity(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with promise_central(tmp_path, target=central_backend) as a:
         await load(a)
         await stock(a, "DC1", "WASHER", 50)
         when = day(2)
@@ -119,7 +126,7 @@ async def test_concurrent_orders_book_a_slot_exactly_to_its_capacity(tmp_path: P
             "qty": 1,
             "service": {"code": "INSTALL", "date": when, "slot": "PM"},
         }  # capacity 2
-        db2 = await _two_apps(tmp_path)
+        db2 = await _two_apps(central_backend)
         try:
             async with promise_central(tmp_path, db=db2, users="b") as b:
                 answers = await asyncio.gather(
@@ -189,8 +196,51 @@ async def test_concurrent_orders_book_a_slot_exactly_to_its_capacity(tmp_path: P
         ) == (1,)
 
 
-async def test_a_kept_promise_expires_on_the_clock_once(tmp_path: Path) -> None:
-    async with promise_central(tmp_path) as c:
+async def test_a_promise_is_claimed_once_and_given_back_once(tmp_path: Path, central_backend: str) -> None:
+    """Two workers race orders claiming one promise and releases of another: one claim wins
+    (the losers store no order), one release gives the stock back - once."""
+    async with promise_central(tmp_path, target=central_backend) as a:
+        await load(a)
+        await stock(a, "DC1", "MUG", 10)
+        refs = []
+        for _ in range(2):
+            status, kept = await a.req(
+                "POST",
+                "/api/promise",
+                role="order_desk",
+                json={"customer": "C1", "reserve": True, "lines": [{"sku": "MUG", "qty": 2}]},
+            )
+            assert status == 201
+            refs.append(kept["ref"])
+        db2 = await _two_apps(central_backend)
+        try:
+            async with promise_central(tmp_path, db=db2, users="b") as b:
+                body = {
+                    "customer": "C1",
+                    "requested_date": day(2),
+                    "promise": refs[0],
+                    "lines": [{"sku": "MUG", "qty": 2}],
+                }
+                claims = await asyncio.gather(*(order(a if i % 2 else b, body) for i in range(8)))
+                releases = await asyncio.gather(
+                    *(
+                        (a if i % 2 else b).req("POST", f"/api/promise/{refs[1]}/release", role="order_desk")
+                        for i in range(8)
+                    )
+                )
+        finally:
+            await db2.close()
+        assert sorted(s for s, _ in claims) == [201] + [409] * 7, claims
+        assert await a.count("orders") == 1
+        assert sorted(s for s, _ in releases) == [200] + [409] * 7, releases
+        # the claimed promise's units went to its order's allocation, the released one's back
+        assert await _one(a, "SELECT on_hand, allocated FROM inventory WHERE sku = 'MUG'") == (10, 2)
+        status, got = await a.req("GET", f"/api/promise/{refs[0]}")
+        assert got["status"] == "fulfilled" and got["reserved"] == 0
+
+
+async def test_a_kept_promise_expires_on_the_clock_once(tmp_path: Path, central_backend: str) -> None:
+    async with promise_central(tmp_path, target=central_backend) as c:
         await load(c)
         await stock(c, "DC1", "MUG", 10)
         until = now_ms() + 60_000
@@ -294,8 +344,10 @@ async def test_claims_are_checked_and_a_refused_one_stores_nothing(tmp_path: Pat
         assert status == 403
 
 
-async def test_wave_allocation_takes_the_claimed_stock_and_a_cancel_gives_it_back(tmp_path: Path) -> None:
-    async with promise_central(tmp_path, realtime=False) as c:
+async def test_wave_allocation_takes_the_claimed_stock_and_a_cancel_gives_it_back(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with promise_central(tmp_path, realtime=False, target=central_backend) as c:
         await load(c)
         await stock(c, "DC1", "MUG", 4)
         promises = []
@@ -346,8 +398,10 @@ async def test_wave_allocation_takes_the_claimed_stock_and_a_cancel_gives_it_bac
         assert await _one(c, "SELECT on_hand, allocated FROM inventory WHERE sku = 'MUG'") == (4, 3)
 
 
-async def test_a_promise_on_a_receipt_is_reserved_when_it_arrives(tmp_path: Path) -> None:
-    async with promise_central(tmp_path) as c:
+async def test_a_promise_on_a_receipt_is_reserved_when_it_arrives(
+    tmp_path: Path, central_backend: str
+) -> None:
+    async with promise_central(tmp_path, target=central_backend) as c:
         await load(c)
         status, r = await c.req(
             "POST",
@@ -529,9 +583,11 @@ async def test_masters_refuse_bad_rows_all_or_none(tmp_path: Path) -> None:
         assert got == {"route": "R-N", "slots": []}
 
 
-def test_cli_answers_what_rest_answers(tmp_path: Path) -> None:
+def test_cli_answers_what_rest_answers(
+    tmp_path: Path, central_backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     async def setup() -> dict[str, Any]:
-        async with promise_central(tmp_path) as c:
+        async with promise_central(tmp_path, target=central_backend) as c:
             await load(c)
             await stock(c, "DC1", "MUG", 10)
             body = {
@@ -548,48 +604,22 @@ def test_cli_answers_what_rest_answers(tmp_path: Path) -> None:
             return got  # type: ignore[no-any-return]
 
     rest = asyncio.run(setup())
-    db = str(tmp_path / "central.db")
-    run = partial(subprocess.run, capture_output=True, text=True, cwd=ROOT, check=False)
-    out = run(
-        [
-            sys.executable,
-            "-m",
-            "ops.cli",
-            "promise",
-            "--db",
-            db,
-            "--customer",
-            "C1",
-            "--today",
-            day(0),
-            "MUG=4:ENGRAVE",
-            "OVEN=1",
-            "--json",
-        ]
-    )
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["lines"] == rest["lines"]
-    out = run([sys.executable, "-m", "ops.cli", "promise", "--db", db, "--zone", "N", "MUG=4"])
-    assert out.returncode == 0 and "lead_transit" in out.stdout and "DC1" in out.stdout
-    out = run(
-        [
-            sys.executable,
-            "-m",
-            "ops.cli",
-            "slots",
-            "--db",
-            db,
-            "--customer",
-            "C1",
-            "--from",
-            day(1),
-            "--days",
-            "2",
-            "--json",
-        ]
-    )
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {
+    capsys.readouterr()
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        """``storegate ARGV --db`` central's database (the CLI's own entry point, in process)."""
+        rc = cli.main([*argv, "--db", central_backend])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    rc, out, err = run("promise", "--customer", "C1", "--today", day(0), "MUG=4:ENGRAVE", "OVEN=1", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["lines"] == rest["lines"]
+    rc, out, _ = run("promise", "--zone", "N", "MUG=4")
+    assert rc == 0 and "lead_transit" in out and "DC1" in out
+    rc, out, err = run("slots", "--customer", "C1", "--from", day(1), "--days", "2", "--json")
+    assert rc == 0, err
+    assert json.loads(out) == {
         "route": "R-N",
         "slots": [
             {"date": d, "slot": s, "capacity": cap, "booked": 0, "free": cap}
@@ -597,23 +627,23 @@ def test_cli_answers_what_rest_answers(tmp_path: Path) -> None:
             for s, cap in (("AM", 1), ("PM", 2))
         ],
     }
-    out = run([sys.executable, "-m", "ops.cli", "promise", "--db", db, "--order", "SO00000001", "--json"])
-    assert out.returncode == 0, out.stderr
-    assert [(ln["sku"], ln["qty"], ln["location"]) for ln in json.loads(out.stdout)["lines"]] == [
-        ("MUG", 2, "DC1")
-    ]
-    out = run([sys.executable, "-m", "ops.cli", "promise", "--db", db, "--order", "SO00000001", "MUG=1"])
-    assert out.returncode == 2 and "--order alone" in out.stderr
-    out = run([sys.executable, "-m", "ops.cli", "promise", "--db", db, "--customer", "NOPE", "MUG=1"])
-    assert out.returncode == 1 and "customer 'NOPE' is not an active customer" in out.stderr
+    rc, out, err = run("promise", "--order", "SO00000001", "--json")
+    assert rc == 0, err
+    assert [(ln["sku"], ln["qty"], ln["location"]) for ln in json.loads(out)["lines"]] == [("MUG", 2, "DC1")]
+    rc, _, err = run("promise", "--order", "SO00000001", "MUG=1")
+    assert rc == 2 and "--order alone" in err
+    rc, _, err = run("promise", "--customer", "NOPE", "MUG=1")
+    assert rc == 1 and "customer 'NOPE' is not an active customer" in err
 
 
-async def test_gateway_orders_with_services_are_booked_or_held_never_refused(tmp_path: Path) -> None:
+async def test_gateway_orders_with_services_are_booked_or_held_never_refused(
+    tmp_path: Path, central_backend: str
+) -> None:
     """Order records from a gateway (as the MQTT consumer hands them over, several in one
     envelope): a line's service is booked with its order; one central cannot book is not a
     refusal - the order is held with the reason - and the plain orders around them go through
     the batch path as before."""
-    async with promise_central(tmp_path) as c:
+    async with promise_central(tmp_path, target=central_backend) as c:
         await load(c)
         await stock(c, "DC1", "WASHER", 10)
         when = day(2)

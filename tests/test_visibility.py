@@ -1,7 +1,8 @@
 """Role-scoped inventory visibility (issue 18, item 4), through central's real aiohttp app on a
-real SQLite file: every refusal a scoped user gets, every read and write it is allowed, the
-stock-write roles (order_desk may no longer overwrite on hand) and the audit of who did it,
-the REST and the CLI that manage users' scopes."""
+real database (``backend_app``: once on SQLite, once on PostgreSQL; ``app``: SQLite): every
+refusal a scoped user gets, every read and write it is allowed, the stock-write roles
+(order_desk may no longer overwrite on hand) and the audit of who did it, the REST and the
+CLI that manage users' scopes."""
 
 from __future__ import annotations
 
@@ -84,8 +85,8 @@ class App:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[App]:
-    db = central_db(tmp_path / "central.db", wiring.hub(AllocationSettings()))
+async def running(tmp_path: Path, target: str | None = None) -> AsyncIterator[App]:
+    db = central_db(target or tmp_path / "central.db", wiring.hub(AllocationSettings()))
     await db.open()
     try:
         tokens = {}
@@ -120,6 +121,13 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
         yield a
 
 
+@pytest.fixture
+async def backend_app(tmp_path: Path, central_backend: str) -> AsyncIterator[App]:
+    """``app`` on each backend: the tests reading through distinct SQL take this one."""
+    async with running(tmp_path, central_backend) as a:
+        yield a
+
+
 def _locs(item: dict[str, Any]) -> dict[str, int]:
     return {r["location"]: r["on_hand"] for r in item["locations"]}
 
@@ -133,17 +141,19 @@ async def test_head_office_sees_every_location(app: App) -> None:
     assert item["on_hand"] == 161
 
 
-async def test_store_user_sees_its_stock_and_the_dcs_serving_it(app: App) -> None:
-    me = await app.ok("GET", "/api/me/scope", "store1-eyes")
+async def test_store_user_sees_its_stock_and_the_dcs_serving_it(backend_app: App) -> None:
+    me = await backend_app.ok("GET", "/api/me/scope", "store1-eyes")
     # zone N's sourcing rules name DC2, DC1 and (as a transfer source) STORE2: another store's
     # stock is left out
     assert me["own"] == ["STORE1"] and me["serving"] == ["DC1", "DC2"]
-    item = await app.ok("GET", "/api/inventory/items/MILK", "store1-eyes")
+    item = await backend_app.ok("GET", "/api/inventory/items/MILK", "store1-eyes")
     assert _locs(item) == {"DC1": 100, "DC2": 40, "STORE1": 5}
     assert item["on_hand"] == 145 and item["available"] == 145
     for loc in ("STORE1", "DC1", "DC2"):
-        assert (await app.ok("GET", f"/api/inventory/locations/{loc}", "store1-eyes"))["location"] == loc
-    atp = await app.ok("GET", "/api/inventory/atp", "store1-eyes", params={"sku": "MILK"})
+        assert (await backend_app.ok("GET", f"/api/inventory/locations/{loc}", "store1-eyes"))[
+            "location"
+        ] == loc
+    atp = await backend_app.ok("GET", "/api/inventory/atp", "store1-eyes", params={"sku": "MILK"})
     assert atp["atp"][0]["atp"] == 145
 
 
@@ -188,9 +198,9 @@ async def test_order_desk_can_no_longer_overwrite_on_hand(app: App) -> None:
     assert _locs(item)["DC1"] == 100  # untouched
 
 
-async def test_stock_writes_by_role_and_scope_are_audited(app: App) -> None:
+async def test_stock_writes_by_role_and_scope_are_audited(backend_app: App) -> None:
     def put(user: str, loc: str, qty: int) -> Any:
-        return app.req(
+        return backend_app.req(
             "POST",
             "/api/inventory/stock",
             user,
@@ -215,14 +225,14 @@ async def test_stock_writes_by_role_and_scope_are_audited(app: App) -> None:
     # head office's controller anywhere
     status, _ = await put("controller", "DC1", 90)
     assert status == 200
-    audit = (await app.ok("GET", "/api/inventory/audit", params={"sku": "MILK"}))["audit"]
+    audit = (await backend_app.ok("GET", "/api/inventory/audit", params={"sku": "MILK"}))["audit"]
     assert [(a["actor"], a["location"], a["before_qty"], a["after_qty"]) for a in audit[:2]] == [
         ("controller", "DC1", 100, 90),
         ("store1", "STORE1", 5, 3),
     ]
     assert audit[1]["detail"] == "count" and audit[1]["action"] == "set"
     # the store user reads its own audit rows and those of the DCs, never another store's
-    mine = (await app.ok("GET", "/api/inventory/audit", "store1", params={"sku": "MILK"}))["audit"]
+    mine = (await backend_app.ok("GET", "/api/inventory/audit", "store1", params={"sku": "MILK"}))["audit"]
     assert {a["location"] for a in mine} == {"STORE1", "DC1", "DC2"}
 
 
@@ -281,28 +291,30 @@ async def test_shortages_show_a_store_only_its_own_customers(app: App) -> None:
 # -- managing scopes -------------------------------------------------------------------------
 
 
-async def test_scope_rest_checks_who_and_what(app: App) -> None:
-    users = {u["name"]: u for u in (await app.ok("GET", "/api/users"))["users"]}
+async def test_scope_rest_checks_who_and_what(backend_app: App) -> None:
+    users = {u["name"]: u for u in (await backend_app.ok("GET", "/api/users"))["users"]}
     assert users["store1"]["scope"] == {"kind": "locations", "locations": ["STORE1"]}
     assert users["boss"]["scope"] == {"kind": "all"}
     assert "token_sha256" not in users["boss"]
-    reason = await app.refused("PUT", "/api/users/store1/scope", "controller", json={"kind": "all"})
+    reason = await backend_app.refused("PUT", "/api/users/store1/scope", "controller", json={"kind": "all"})
     assert "needs supervisor" in reason
-    await app.refused("GET", "/api/users/boss/scope", "store1")
-    assert (await app.ok("GET", "/api/users/store1/scope", "store1"))["own"] == ["STORE1"]
+    await backend_app.refused("GET", "/api/users/boss/scope", "store1")
+    assert (await backend_app.ok("GET", "/api/users/store1/scope", "store1"))["own"] == ["STORE1"]
     for body, status, why in (
         ({"kind": "locations", "locations": ["NOWHERE"]}, 400, "'NOWHERE' is not in the locations master"),
         ({"supplier": "NOBODY"}, 400, "'NOBODY' supplies no item"),
         ({"kind": "locations", "locations": ["DC1"], "supplier": "SUP1"}, 400, "not both"),
         ({"kind": "everything"}, 400, "kind: one of all, locations, supplier"),
     ):
-        got = await app.req("PUT", "/api/users/store1/scope", json=body)
+        got = await backend_app.req("PUT", "/api/users/store1/scope", json=body)
         assert got[0] == status and why in got[1]["error"], (body, got)
-    got = await app.req("PUT", "/api/users/ghost/scope", json={"kind": "all"})
+    got = await backend_app.req("PUT", "/api/users/ghost/scope", json={"kind": "all"})
     assert got == (404, {"error": "no user 'ghost'"})
     # widening the store user to all: it sees STORE2 at once
-    await app.ok("PUT", "/api/users/store1-eyes/scope", json={"kind": "all"})
-    assert (await app.ok("GET", "/api/inventory/locations/STORE2", "store1-eyes"))["location"] == "STORE2"
+    await backend_app.ok("PUT", "/api/users/store1-eyes/scope", json={"kind": "all"})
+    assert (await backend_app.ok("GET", "/api/inventory/locations/STORE2", "store1-eyes"))[
+        "location"
+    ] == "STORE2"
 
 
 def test_users_cli_sets_and_lists_scopes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -337,7 +349,7 @@ def test_users_cli_sets_and_lists_scopes(tmp_path: Path, capsys: pytest.CaptureF
     assert capsys.readouterr().out == 'ann: {"kind": "all"}\n'
 
 
-async def test_orders_show_a_store_its_customers_and_a_supplier_its_items(app: App) -> None:
+async def test_orders_show_a_store_its_customers_and_a_supplier_its_items(backend_app: App) -> None:
     nos = {}
     for cust, sku in (("S001", "MILK"), ("S002", "MILK"), ("S002", "WATER")):
         body = {
@@ -346,16 +358,18 @@ async def test_orders_show_a_store_its_customers_and_a_supplier_its_items(app: A
             "requested_date": SOON,
             "lines": [{"sku": sku, "qty": 1}],
         }
-        nos[(cust, sku)] = (await app.ok("POST", "/api/orders", "desk", json=body))["order_no"]
-    everyone = (await app.ok("GET", "/api/orders", "desk"))["orders"]
+        nos[(cust, sku)] = (await backend_app.ok("POST", "/api/orders", "desk", json=body))["order_no"]
+    everyone = (await backend_app.ok("GET", "/api/orders", "desk"))["orders"]
     assert len(everyone) == 3
-    mine = (await app.ok("GET", "/api/orders", "store1-eyes"))["orders"]
+    mine = (await backend_app.ok("GET", "/api/orders", "store1-eyes"))["orders"]
     assert [o["order_no"] for o in mine] == [nos[("S001", "MILK")]]
     other = nos[("S002", "MILK")]
-    reason = await app.refused("GET", f"/api/orders/{other}", "store1-eyes")
+    reason = await backend_app.refused("GET", f"/api/orders/{other}", "store1-eyes")
     assert reason.endswith(f"order {other} is customer 'S002''s, not one of its own")
-    assert (await app.ok("GET", f"/api/orders/{nos[('S001', 'MILK')]}", "store1-eyes"))["customer"] == "S001"
-    water = (await app.ok("GET", "/api/orders", "water"))["orders"]
+    assert (await backend_app.ok("GET", f"/api/orders/{nos[('S001', 'MILK')]}", "store1-eyes"))[
+        "customer"
+    ] == "S001"
+    water = (await backend_app.ok("GET", "/api/orders", "water"))["orders"]
     assert [o["order_no"] for o in water] == [nos[("S002", "WATER")]]
-    reason = await app.refused("GET", f"/api/orders/{nos[('S001', 'MILK')]}", "water")
+    reason = await backend_app.refused("GET", f"/api/orders/{nos[('S001', 'MILK')]}", "water")
     assert reason.endswith("has none of its items")

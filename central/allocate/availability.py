@@ -450,10 +450,13 @@ def apply_plan(
     for key, (row, p) in sorted(found.at_risk.items()):
         cover = 0.0 if row.cover_days is None else max(0.0, row.cover_days)
         if key not in current:
-            conn.execute(
+            # another worker's monitor (a tick, POST /api/availability/evaluate) may have opened
+            # the episode meanwhile (PostgreSQL): its row stands, this one opens nothing
+            cur = conn.execute(
                 "INSERT INTO availability_proposals (location, sku, status, kind, source, qty, need,"
                 " velocity, available, cover_days, threshold_days, opened_ms, updated_ms)"
-                " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (location, sku) WHERE closed_ms IS NULL DO NOTHING",
                 (
                     *key,
                     p.kind,
@@ -468,6 +471,8 @@ def apply_plan(
                     now,
                 ),
             )
+            if cur.rowcount != 1:
+                continue
             conn.execute(
                 "INSERT INTO alerts (key, kind, gateway, device_id, severity, message, opened_ms)"
                 " VALUES (?, ?, ?, ?, 'warning', ?, ?) ON CONFLICT DO NOTHING",
@@ -478,11 +483,12 @@ def apply_plan(
         pid, status, kind, source, qty, old_cover = current[key]
         if status != "open" or (kind, source, qty, old_cover) == (p.kind, p.source, p.qty, round(cover, 2)):
             continue  # decided by a person, or nothing new: no write, no second alert
-        conn.execute(
+        if not conn.execute(
             "UPDATE availability_proposals SET kind = ?, source = ?, qty = ?, need = ?, velocity = ?,"
-            " available = ?, cover_days = ?, updated_ms = ? WHERE proposal_id = ?",
+            " available = ?, cover_days = ?, updated_ms = ? WHERE proposal_id = ? AND status = 'open'",
             (p.kind, p.source, p.qty, p.need, row.velocity, row.projected, cover, now, pid),
-        )
+        ).rowcount:
+            continue  # decided meanwhile (another worker): a person's decision stands
         conn.execute(
             "UPDATE alerts SET message = ? WHERE key = ? AND closed_ms IS NULL",
             (_message(row, p), _alert_key(*key)),
@@ -597,6 +603,24 @@ def _open(conn: sqlite3.Connection, proposal_id: int) -> dict[str, Any]:
 TRANSFER_REF = "transfer P{id}"
 
 
+def _decide(
+    conn: sqlite3.Connection, proposal_id: int, status: str, *, actor: str, now: int, detail: str = ""
+) -> None:
+    """Mark an open proposal decided - only if it still is: of two people (two workers on
+    PostgreSQL) deciding it at once, the second's UPDATE waits for the first's commit, then
+    matches nothing and is a 409, so a transfer is reserved and expected once."""
+    if (
+        conn.execute(
+            "UPDATE availability_proposals SET status = ?, decided_by = ?, decided_ms = ?, updated_ms = ?,"
+            " detail = CASE WHEN ? = '' THEN detail ELSE ? END"
+            " WHERE proposal_id = ? AND status = 'open' AND closed_ms IS NULL",
+            (status, actor, now, now, detail, detail, proposal_id),
+        ).rowcount
+        != 1
+    ):
+        raise AvailabilityError(409, f"proposal {proposal_id} was decided or ended meanwhile")
+
+
 def accept(
     conn: sqlite3.Connection,
     proposal_id: int,
@@ -617,6 +641,7 @@ def accept(
     n = p["qty"] if qty is None else qty
     if n <= 0:
         raise AvailabilityError(400, f"qty {n} must be positive")
+    _decide(conn, proposal_id, "accepted", actor=actor, now=now)
     loc, sku, source = p["location"], p["sku"], p["source"]
     ref = TRANSFER_REF.format(id=proposal_id)
     if p["kind"] in ("transfer", "drop_ship"):
@@ -630,9 +655,8 @@ def accept(
         receipt = inventory.expect_receipt(conn, loc, sku, n, due, supplier=source, ref=f"P{proposal_id}")
         result = f"receipt {receipt} at {loc} from {source} due {due.isoformat()}"
     conn.execute(
-        "UPDATE availability_proposals SET status = 'accepted', qty = ?, decided_by = ?, decided_ms = ?,"
-        " result = ?, updated_ms = ? WHERE proposal_id = ?",
-        (n, actor, now, result, now, proposal_id),
+        "UPDATE availability_proposals SET qty = ?, result = ? WHERE proposal_id = ?",
+        (n, result, proposal_id),
     )
     _close_alert(conn, loc, sku, now)
     out = get_proposal(conn, proposal_id)
@@ -645,11 +669,7 @@ def dismiss(
     conn: sqlite3.Connection, proposal_id: int, *, actor: str, now: int, reason: str
 ) -> dict[str, Any]:
     p = _open(conn, proposal_id)
-    conn.execute(
-        "UPDATE availability_proposals SET status = 'dismissed', decided_by = ?, decided_ms = ?, detail = ?,"
-        " updated_ms = ? WHERE proposal_id = ?",
-        (actor, now, reason[:200], now, proposal_id),
-    )
+    _decide(conn, proposal_id, "dismissed", actor=actor, now=now, detail=reason[:200])
     _close_alert(conn, p["location"], p["sku"], now)
     out = get_proposal(conn, proposal_id)
     assert out is not None

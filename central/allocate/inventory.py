@@ -697,9 +697,17 @@ def release_reservation(conn: sqlite3.Connection, reservation_id: int) -> None:
         " AND status = 'allocated'",
         (reservation_id,),
     ).fetchone()
-    if row is None:
+    # only from allocated: a second writer releasing it at once (another worker on PostgreSQL)
+    # waits for the first's commit, then matches nothing and gives nothing back twice
+    if (
+        row is None
+        or conn.execute(
+            "UPDATE allocations SET status = 'released' WHERE alloc_id = ? AND status = 'allocated'",
+            (reservation_id,),
+        ).rowcount
+        != 1
+    ):
         raise InventoryError("?", "?", f"no open reservation {reservation_id}")
-    conn.execute("UPDATE allocations SET status = 'released' WHERE alloc_id = ?", (reservation_id,))
     bump(conn, {(row[0], row[1]): -row[2]})
 
 

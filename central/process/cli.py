@@ -1,5 +1,6 @@
 """``storegate process import FILE | show`` and ``storegate partner add | list | remove``, on
-central's database file (like ``storegate masters``); the same functions as the REST API."""
+central's database (``--db``: its SQLite file or a ``postgresql://`` URL, like ``storegate
+masters``); the same functions as the REST API."""
 
 from __future__ import annotations
 
@@ -14,16 +15,20 @@ from central.process import definitions, partners
 from runtime.clock import now_ms
 
 T = TypeVar("T")
+DB_HELP = "central database file or postgresql:// URL"
 
 
 def _in_db(db: str, fn: Callable[[Any], T], *, write: bool) -> T:
+    """``fn`` in one transaction on central's SQLite file or PostgreSQL database (a URL)."""
     from central.migrations import all_migrations  # noqa: PLC0415 - CLI only
-    from runtime.sqlitedb import apply_migrations, connect  # noqa: PLC0415
+    from runtime import dbapi  # noqa: PLC0415
 
-    conn = connect(db)
+    conn = dbapi.connect(db, migrations=all_migrations())
     try:
-        apply_migrations(conn, all_migrations())
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        if write:
+            dbapi.begin(conn)
+        else:
+            conn.execute("BEGIN")
         try:
             out = fn(conn)
         except BaseException:
@@ -47,11 +52,11 @@ def process_main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import", help="validate a TOML or JSON master and store it as a new version")
     imp.add_argument("file", type=Path)
     imp.add_argument("--format", choices=("toml", "json"), help="default: by the file's suffix (.json: json)")
-    imp.add_argument("--db", default="var/central/central.db", help="central database file")
+    imp.add_argument("--db", default="var/central/central.db", help=DB_HELP)
     imp.add_argument("--actor", default="cli", help="who imports (kept with the version)")
     sh = sub.add_parser("show", help="print a version of the master (default: the latest) as JSON")
     sh.add_argument("--version", type=int, default=None)
-    sh.add_argument("--db", default="var/central/central.db", help="central database file")
+    sh.add_argument("--db", default="var/central/central.db", help=DB_HELP)
     args = p.parse_args(argv)
     if args.cmd == "import":
         fmt = args.format or ("json" if args.file.suffix == ".json" else "toml")
@@ -89,7 +94,7 @@ def partner_main(argv: list[str] | None = None) -> int:
     rm = sub.add_parser("remove", help="deactivate a partner (its key stops working)")
     rm.add_argument("code")
     for sp in (add, ls, rm):
-        sp.add_argument("--db", default="var/central/central.db", help="central database file")
+        sp.add_argument("--db", default="var/central/central.db", help=DB_HELP)
     args = p.parse_args(argv)
     try:
         if args.cmd == "add":

@@ -23,11 +23,14 @@ from typing import Any
 
 from central import CentralError
 from central.orders.lifecycle import STOCK_TYPES, Status
+from runtime.dbapi import IntegrityError
+from runtime.sqlitedb import savepoint
 
 ORDER_TYPES = (*sorted(STOCK_TYPES), "cash-sale", "drop-ship")
 DROP_SHIP, CASH_SALE = "drop-ship", "cash-sale"
 DEFAULT = "default"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STORE_TRIES = 3  # a version number taken by another worker's import meanwhile: number again
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +291,19 @@ def import_master(conn: sqlite3.Connection, text: str, *, fmt: str, actor: str, 
     if fmt not in ("toml", "json"):
         raise ProcessError([{"definition": None, "field": None, "reason": f"format {fmt!r}: toml or json"}])
     defs = validate(parse_text(text, fmt), partners=partner_kinds(conn))
+    for attempt in range(STORE_TRIES):
+        try:
+            with savepoint(conn, "process_import"):
+                return _store(conn, defs, actor=actor, now=now)
+        except IntegrityError:
+            # another worker (PostgreSQL) stored the same next version meanwhile: its commit is
+            # seen now, so the next try numbers after it (or finds the same master unchanged)
+            if attempt + 1 == STORE_TRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _store(conn: sqlite3.Connection, defs: list[Definition], *, actor: str, now: int) -> dict[str, Any]:
     body = canonical(defs)
     digest = hashlib.sha256(body.encode()).hexdigest()
     latest = latest_version(conn)

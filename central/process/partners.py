@@ -30,6 +30,8 @@ from central import CentralError
 from central.orders import lifecycle, ordertypes
 from central.process import tracker
 from protocols.partner_events import PartnerEvent
+from runtime.dbapi import IntegrityError
+from runtime.sqlitedb import savepoint
 
 KINDS = ("3pl", "supplier")
 CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
@@ -138,15 +140,43 @@ def _answer(conn: sqlite3.Connection, order_id: int, partner: Partner, event: Pa
 def apply_event(
     conn: sqlite3.Connection, partner: Partner, order_no: str, event: PartnerEvent, *, fp: bytes, now: int
 ) -> tuple[int, dict[str, Any], bool]:
-    """(HTTP status, answer, replayed) for ``event`` on ``order_no`` - in the caller's write job."""
+    """(HTTP status, answer, replayed) for ``event`` on ``order_no`` - in the caller's write job.
+    The same event sent to two workers at once (PostgreSQL): the second's record of the event
+    id waits for the first's commit and collides (or its effect finds the order moved on);
+    its effect is undone and it answers as a repeat (the first's answer)."""
+    try:
+        with savepoint(conn, "partner_event"):
+            return _apply_once(conn, partner, order_no, event, fp=fp, now=now)
+    except _RACED:
+        stored = _stored_event(conn, partner, event, fp)
+        if stored is None:
+            raise
+        return stored
+
+
+_RACED: tuple[type[Exception], ...] = (*IntegrityError, PartnerError)
+
+
+def _stored_event(
+    conn: sqlite3.Connection, partner: Partner, event: PartnerEvent, fp: bytes
+) -> tuple[int, dict[str, Any], bool] | None:
     row = conn.execute(
         "SELECT fingerprint, status, answer FROM partner_events WHERE partner = ? AND event_key = ?",
         (partner.code, event.event_id),
     ).fetchone()
-    if row is not None:
-        if bytes(row[0]) != fp:
-            raise PartnerError(422, f"event_id {event.event_id!r} was already used for another event")
-        return int(row[1]), json.loads(row[2]), True
+    if row is None:
+        return None
+    if bytes(row[0]) != fp:
+        raise PartnerError(422, f"event_id {event.event_id!r} was already used for another event")
+    return int(row[1]), json.loads(row[2]), True
+
+
+def _apply_once(
+    conn: sqlite3.Connection, partner: Partner, order_no: str, event: PartnerEvent, *, fp: bytes, now: int
+) -> tuple[int, dict[str, Any], bool]:
+    stored = _stored_event(conn, partner, event, fp)
+    if stored is not None:
+        return stored
     order_id = fulfils(conn, partner, order_no)
     if order_id is None:
         raise PartnerError(403, f"partner {partner.code!r} does not fulfil order {order_no!r}")

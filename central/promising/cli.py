@@ -1,5 +1,6 @@
 """``storegate promise`` and ``storegate slots``: promise dates and delivery slots read from
-central's database file (opened read only; nothing is kept or booked - the REST API does that)."""
+central's database (its SQLite file opened read only, or a ``postgresql://`` URL; nothing is
+kept or booked - the REST API does that)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ import json
 import sqlite3
 import sys
 
+import psycopg
+
 from central.promising import ScheduleError, promise, services
+from runtime import dbapi
 
 
 def _connect(db: str) -> sqlite3.Connection:
+    """Central's SQLite file read only, or its PostgreSQL database (a ``postgresql://`` URL;
+    these commands only read)."""
+    if dbapi.is_postgres_url(db):
+        return dbapi.connect(db)  # type: ignore[no-any-return]
     return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+
+
+DB_ERRORS = (ScheduleError, sqlite3.Error, psycopg.Error)
+DB_HELP = "central database file (read only) or postgresql:// URL"
 
 
 def _line(i: int, raw: str) -> promise.LineAsk:
@@ -38,7 +50,7 @@ def promise_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--today", type=dt.date.fromisoformat, default=None, help="YYYY-MM-DD (default: today, UTC)"
     )
-    p.add_argument("--db", default="var/central/central.db", help="central database file (read only)")
+    p.add_argument("--db", default="var/central/central.db", help=DB_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -62,7 +74,7 @@ def promise_run(args: argparse.Namespace) -> int:
             answers = promise.plan(conn, zone=zone, lines=asks, today=today, own=own)
         finally:
             conn.close()
-    except (ScheduleError, sqlite3.Error) as e:
+    except DB_ERRORS as e:
         print(f"error: {args.db}: {e}", file=sys.stderr)
         return 1
     if args.json:
@@ -83,7 +95,7 @@ def slots_arguments(p: argparse.ArgumentParser) -> None:
         "--from", dest="start", type=dt.date.fromisoformat, default=None, help="YYYY-MM-DD (today)"
     )
     p.add_argument("--days", type=int, default=7, help=f"days to show (1..{services.MAX_DAYS})")
-    p.add_argument("--db", default="var/central/central.db", help="central database file (read only)")
+    p.add_argument("--db", default="var/central/central.db", help=DB_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -99,7 +111,7 @@ def slots_run(args: argparse.Namespace) -> int:
             rows = services.slots(conn, route, start, args.days)
         finally:
             conn.close()
-    except (ScheduleError, sqlite3.Error) as e:
+    except DB_ERRORS as e:
         print(f"error: {args.db}: {e}", file=sys.stderr)
         return 1
     if args.json:

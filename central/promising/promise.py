@@ -46,12 +46,22 @@ from central.allocate import inventory
 from central.orders import lifecycle
 from central.promising import ScheduleError
 from runtime.clock import now_ms
+from runtime.sqlitedb import savepoint
 
 HORIZON_DAYS = 60  # a line with no date within this many days has none
 DEFAULT_HOLD_S = 24 * 3600  # a kept promise without hold_until
 MAX_HOLD_S = 30 * 86400
 MAX_LINES = 500
 OPEN = ("held", "claimed")  # promise statuses that hold stock and minutes
+KEEP_TRIES = 5  # plans made again when another writer took what the plan counted on
+
+
+class TakenMeanwhile(ScheduleError):
+    """Stock or VAS minutes the plan counted on were taken by another writer between the
+    plan's reads and the keep's checked writes (several workers on PostgreSQL)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, status=409)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,9 +396,7 @@ def _book_vas(conn: sqlite3.Connection, loc: str, day: dt.date, minutes: int) ->
         (minutes, loc, day.isoformat(), minutes, cap),
     )
     if cur.rowcount != 1:
-        raise ScheduleError(
-            f"VAS capacity at {loc} on {day} was taken meanwhile; nothing kept, ask again", status=409
-        )
+        raise TakenMeanwhile(f"VAS capacity at {loc} on {day} was taken meanwhile; nothing kept, ask again")
 
 
 def keep(
@@ -421,10 +429,9 @@ def keep(
             try:
                 inventory.reserve(conn, a.location, a.sku, a.stock_qty, ref=ref, now=now)
             except inventory.InventoryError:
-                raise ScheduleError(
+                raise TakenMeanwhile(
                     f"line {a.line_no}: {a.stock_qty} x {a.sku} at {a.location} were taken meanwhile;"
-                    " nothing kept, ask again",
-                    status=409,
+                    " nothing kept, ask again"
                 ) from None
         if a.vas_day is not None:
             _book_vas(conn, a.location, a.vas_day, a.vas_minutes)
@@ -450,6 +457,37 @@ def keep(
             ),
         )
     return ref
+
+
+def plan_and_keep(
+    conn: sqlite3.Connection,
+    *,
+    zone: str,
+    lines: Sequence[LineAsk],
+    today: dt.date,
+    customer: str,
+    hold_until: int,
+    now: int,
+    actor: str,
+) -> tuple[list[LineAnswer], str]:
+    """:func:`plan` then :func:`keep` in the caller's transaction: (the answers kept, the ref).
+    Another writer (a second worker on PostgreSQL, where each statement reads the latest
+    commits) may take stock or VAS minutes between the plan's reads and the keep's checked
+    writes: the keep is undone and the plan made again on what is there now, up to
+    :data:`KEEP_TRIES` times - so a request answers what is really left, not "ask again"."""
+    for attempt in range(KEEP_TRIES):
+        answers = plan(conn, zone=zone, lines=lines, today=today)
+        try:
+            with savepoint(conn, "promise_keep"):
+                ref = keep(
+                    conn, answers, customer=customer, zone=zone, hold_until=hold_until, now=now, actor=actor
+                )
+        except TakenMeanwhile:
+            if attempt + 1 == KEEP_TRIES:
+                raise
+            continue
+        return answers, ref
+    raise AssertionError("unreachable")
 
 
 _PROMISE_COLS = (
@@ -536,14 +574,21 @@ def close(conn: sqlite3.Connection, ref: str, *, status: str, reason: str, now: 
     if row is None:
         raise ScheduleError(f"no promise {ref!r}", status=404)
     pid, current, order_id = row
-    if current not in OPEN:
+    # the status moves first, only from an open one: of two writers ending it at once (a
+    # release and the expiry on two workers) the second's UPDATE waits for the first's commit
+    # and then changes nothing, so stock and minutes go back once
+    if current not in OPEN or (
+        conn.execute(
+            "UPDATE promises SET status = ?, closed_at = ?, closed_reason = ?"
+            " WHERE promise_id = ? AND status IN ('held', 'claimed')",
+            (status, now, reason, pid),
+        ).rowcount
+        != 1
+    ):
+        current = conn.execute("SELECT status FROM promises WHERE promise_id = ?", (pid,)).fetchone()[0]
         raise ScheduleError(f"promise {ref} is {current}; only a held or claimed promise can end", status=409)
     units = _give_back_stock(conn, ref)
     minutes = _give_back_vas(conn, pid)
-    conn.execute(
-        "UPDATE promises SET status = ?, closed_at = ?, closed_reason = ? WHERE promise_id = ?",
-        (status, now, reason, pid),
-    )
     if order_id is not None:
         lifecycle.record_event(
             conn,
@@ -570,9 +615,14 @@ def claim(conn: sqlite3.Connection, ref: str, *, customer: str, record_id: str, 
         raise ScheduleError(f"promise: {ref} expired (held until {hold_until} ms)", status=409)
     if owner != customer:
         raise ScheduleError(f"promise: {ref} was made for customer {owner}, not {customer}", status=422)
-    conn.execute(
-        "UPDATE promises SET status = 'claimed', record_id = ? WHERE promise_id = ?", (record_id, pid)
-    )
+    if (
+        conn.execute(
+            "UPDATE promises SET status = 'claimed', record_id = ? WHERE promise_id = ? AND status = 'held'",
+            (record_id, pid),
+        ).rowcount
+        != 1
+    ):  # another order claimed it (or it ended) meanwhile: a second worker's, on PostgreSQL
+        raise ScheduleError(f"promise: {ref} was claimed or ended meanwhile, not held", status=409)
 
 
 def claimed_by(conn: sqlite3.Connection, order_id: int, record_id: str, *, now: int) -> None:
@@ -609,13 +659,17 @@ def free_claimed(conn: sqlite3.Connection, order_ids: Sequence[int], *, now: int
         got = conn.execute("SELECT order_id FROM orders WHERE record_id = ?", (record_id,)).fetchone()
         if got is None or got[0] not in wanted:
             continue
+        if (
+            conn.execute(
+                "UPDATE promises SET status = 'fulfilled', order_id = ?, closed_at = ?,"
+                " closed_reason = 'allocated to the order' WHERE promise_id = ? AND status = 'claimed'",
+                (got[0], now, pid),
+            ).rowcount
+            != 1
+        ):
+            continue  # ended meanwhile (expired by another worker): its stock went back there
         units = _give_back_stock(conn, ref)
         total += units
-        conn.execute(
-            "UPDATE promises SET status = 'fulfilled', order_id = ?, closed_at = ?,"
-            " closed_reason = 'allocated to the order' WHERE promise_id = ?",
-            (got[0], now, pid),
-        )
         lifecycle.record_event(
             conn,
             got[0],
@@ -641,12 +695,16 @@ def on_cancelled(conn: sqlite3.Connection, order_id: int) -> None:
             close(conn, ref, status="cancelled", reason="order cancelled", now=now)
             continue
         (pid,) = conn.execute("SELECT promise_id FROM promises WHERE ref = ?", (ref,)).fetchone()
+        if (
+            conn.execute(
+                "UPDATE promises SET status = 'cancelled', closed_at = ?, closed_reason = 'order cancelled'"
+                " WHERE promise_id = ? AND status = 'fulfilled'",
+                (now, pid),
+            ).rowcount
+            != 1
+        ):
+            continue  # cancelled meanwhile: its minutes went back then
         minutes = _give_back_vas(conn, pid)
-        conn.execute(
-            "UPDATE promises SET status = 'cancelled', closed_at = ?, closed_reason = 'order cancelled'"
-            " WHERE promise_id = ?",
-            (now, pid),
-        )
         lifecycle.record_event(
             conn,
             order_id,

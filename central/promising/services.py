@@ -347,19 +347,15 @@ def reschedule(
         raise ScheduleError(f"order {order_key} is {status}", status=409)
     ask = ServiceAsk(b["line_no"], b["service"], date, slot)
     _check_slot(conn, b["route"], ask, orders.today_of(now))
+    _moved(conn, b, "booked", now, day=date.isoformat(), slot=slot)
     if b["status"] == "booked":
         _give(conn, b["route"], b["day"], b["slot"], b["units"])
-    if not _take(conn, b["route"], date, slot, b["units"]):
+    if not _take(conn, b["route"], date, slot, b["units"]):  # the job's rollback undoes the move
         alts = alternatives(conn, b["route"], date, b["units"])
         free = ", ".join(f"{x['date']} {x['slot']}" for x in alts) or f"none within {SEARCH_DAYS} days"
         raise ScheduleError(
             f"slot full: {date} {slot} on route {b['route'] or '-'}; free: {free}", status=409
         )
-    conn.execute(
-        "UPDATE service_bookings SET day = ?, slot = ?, status = 'booked', updated_at = ?"
-        " WHERE booking_id = ?",
-        (date.isoformat(), slot, now, booking_id),
-    )
     lifecycle.record_event(
         conn,
         oid,
@@ -398,13 +394,35 @@ def cancel(
     return next(x for x in bookings(conn, oid) if x["booking_id"] == booking_id)
 
 
+def _moved(
+    conn: sqlite3.Connection,
+    b: dict[str, Any],
+    status: str,
+    now: int,
+    *,
+    day: str | None = None,
+    slot: str | None = None,
+    completed_by: str | None = None,
+    note: str | None = None,
+) -> None:
+    """Change booking ``b`` only if it is still as read (status, day, slot): of two writers
+    changing it at once (two workers on PostgreSQL) the second's UPDATE waits for the
+    first's commit and then matches nothing - a 409, so its capacity moves once."""
+    cur = conn.execute(
+        "UPDATE service_bookings SET status = ?, day = ?, slot = ?, updated_at = ?,"
+        " completed_by = coalesce(?, completed_by), note = coalesce(?, note)"
+        " WHERE booking_id = ? AND status = ? AND day = ? AND slot = ?",
+        (status, day or b["day"], slot or b["slot"], now, completed_by, note,
+         b["booking_id"], b["status"], b["day"], b["slot"]),
+    )  # fmt: skip
+    if cur.rowcount != 1:
+        raise ScheduleError(f"booking {b['booking_id']} was changed meanwhile; look again", status=409)
+
+
 def _cancel_row(conn: sqlite3.Connection, b: dict[str, Any], now: int) -> None:
+    _moved(conn, b, "cancelled", now)
     if b["status"] == "booked":
         _give(conn, b["route"], b["day"], b["slot"], b["units"])
-    conn.execute(
-        "UPDATE service_bookings SET status = 'cancelled', updated_at = ? WHERE booking_id = ?",
-        (now, b["booking_id"]),
-    )
 
 
 def complete(
@@ -418,11 +436,7 @@ def complete(
         )
     if status in (lifecycle.Status.CANCELLED, lifecycle.Status.HELD, lifecycle.Status.RECEIVED):
         raise ScheduleError(f"order {order_key} is {status}", status=409)
-    conn.execute(
-        "UPDATE service_bookings SET status = 'completed', updated_at = ?, completed_by = ?, note = ?"
-        " WHERE booking_id = ?",
-        (now, actor, note, booking_id),
-    )
+    _moved(conn, b, "completed", now, completed_by=actor, note=note)
     lifecycle.record_event(
         conn,
         oid,

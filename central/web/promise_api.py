@@ -94,7 +94,15 @@ def promise_job(body: dict[str, Any], *, actor: str) -> Any:
         if order_key is not None:
             number, who, asks, own = promise.order_request(conn, order_key)
         z = promise.zone_of(conn, who) if who is not None else str(zone)
-        answers = promise.plan(conn, zone=z, lines=asks, today=today, own=own)
+        ref = None
+        if reserve:
+            assert isinstance(customer, str) and hold_until is not None
+            answers, ref = promise.plan_and_keep(
+                conn, zone=z, lines=asks, today=today, customer=customer, hold_until=hold_until,
+                now=now, actor=actor,
+            )  # fmt: skip
+        else:
+            answers = promise.plan(conn, zone=z, lines=asks, today=today, own=own)
         out: dict[str, Any] = {
             "order_no": number,
             "customer": who,
@@ -105,11 +113,7 @@ def promise_job(body: dict[str, Any], *, actor: str) -> Any:
             if any(a.date is None for a in answers)
             else max(a.date for a in answers if a.date).isoformat(),
         }
-        if reserve:
-            assert isinstance(customer, str) and hold_until is not None
-            ref = promise.keep(
-                conn, answers, customer=customer, zone=z, hold_until=hold_until, now=now, actor=actor
-            )
+        if ref is not None:
             out["ref"] = ref
             out["hold_until"] = hold_until
             out["status"] = "held"
