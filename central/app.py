@@ -5,6 +5,7 @@ lifecycle hooks, allocation settings) goes to the database's connections and the
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,7 @@ def build_app(
     process_api.add_routes(app)
     availability_api.add_routes(app, settings=monitor.settings if monitor else None, monitor=monitor)
     console.add_routes(app)
-    add_metrics(app, metrics.collect)
+    add_metrics(app, lambda: itertools.chain(metrics.collect(), app[dashboard.FEED_KEY].collect()))
     return app
 
 

@@ -111,6 +111,15 @@ MIGRATIONS = [
         CREATE INDEX fleet_samples_at ON fleet_samples(at);
         """,
     ),
+    Migration(
+        # The dashboard's orders per minute (``orders_per_minute``: the last 30 minutes by
+        # channel) scanned every order without it: 0.3 s at 1M orders. With it, an index-only
+        # range of the window's orders.
+        "fleet_0004_orders_received",
+        """
+        CREATE INDEX orders_received ON orders(received_at, channel);
+        """,
+    ),
 ]
 # The history older than HISTORY_KEEP_S goes (``evaluate_alerts``).
 PRUNE_SAMPLES = "DELETE FROM fleet_samples WHERE at < ?"
@@ -459,9 +468,11 @@ def snapshot(conn: sqlite3.Connection, *, history_s: int = 900) -> dict[str, Any
 def orders_per_minute(conn: sqlite3.Connection, now: int, minutes: int = 30) -> dict[str, list[int]]:
     start = now - minutes * 60_000
     out: dict[str, list[int]] = {}
+    # Grouped by the minute first: SQLite then reads the window's range of orders_received;
+    # grouped by channel first it walked all of orders_channel (every order) for the grouping.
     for channel, bucket, n in conn.execute(
         "SELECT channel, (received_at - ?) / 60000 AS b, count(*) FROM orders WHERE received_at >= ?"
-        " GROUP BY channel, b",
+        " GROUP BY b, channel",
         (start, start),
     ):
         series = out.setdefault(channel, [0] * minutes)

@@ -26,6 +26,10 @@ Figures (``--only NAME``):
 * ``fleet``   (10) 1,000 simulated gateways (``firmware_sim.fleet``) on one broker against one
   central: connected, status freshness p99, orders/s drained, central's RSS, the dashboard's
   list latency and stream size; from ``ops.bench_fleet``.
+* ``availability`` (11) one availability monitor tick; from ``ops.bench_availability``.
+* ``dashboard`` (12) database time per second of the dashboard's live stream at 1M orders
+  (``--quick`` 100k), 1 and 10 streams open, shared overview against the old per-stream one
+  measured in the same run; from ``ops.bench_dashboard``.
 
 Central and the RSS gateway run as ``python -m ops.cli`` child processes, mosquitto as
 configured by :mod:`ops.broker`; the benchmarked gateway of figures 1-3 runs in this process.
@@ -88,6 +92,7 @@ FIGURES = (
     "restart",
     "fleet",
     "availability",
+    "dashboard",
 )
 SERVICE_START_TIMEOUT_S = 30.0
 FIGURE_TIMEOUT_S = 300.0
@@ -810,6 +815,8 @@ def bench_fleet(sizes: Sizes) -> Result:
     """Figure 10 from ``ops.bench_fleet``."""
     fn: Callable[[Sizes], Result] = importlib.import_module("ops.bench_fleet").bench_fleet
     return fn(sizes)
+
+
 def bench_availability(sizes: Sizes) -> Result:
     """Figure 11 from ``ops.bench_availability``: one monitor tick at 10k items x 50 locations
     (``--quick``: 2k x 20), the first (opening every episode) and a steady one."""
@@ -835,6 +842,39 @@ def bench_availability(sizes: Sizes) -> Result:
     return res
 
 
+def bench_dashboard(sizes: Sizes) -> Result:
+    """Figure 12 from ``ops.bench_dashboard``: the overview's database time per second with 1
+    and 10 live streams, shared (now) against per stream (the baseline, same run)."""
+    mod = importlib.import_module("ops.bench_dashboard")
+    orders, runs = (100_000, 1) if sizes is QUICK else (1_000_000, sizes.runs)
+    out = mod.bench(orders=orders, window_s=6.0, runs=runs)
+    res = Result(runs=[out])
+    med, ratio = out["median"], out["ratio"]
+    for n in mod.STREAMS:
+        before, after = med["per_stream"][n], med["shared"][n]
+        detail = (
+            f"per stream (the old way, same run) {1000 * before['db_s_per_s']:.0f} ms/s"
+            f" ({before['overviews_per_s']:.1f} overviews/s of {before['ms_per_overview']:.0f} ms);"
+            f" shared {after['overviews_per_s']:.1f} overviews/s, {after['events_per_stream_per_s']:.1f}"
+            f" events/s per stream; {orders:,} orders, median of {runs}"
+        )
+        res.rows.append(
+            Row(
+                "12",
+                f"dashboard stream db time, {n} stream{'s' * (n > 1)}",
+                1000 * after["db_s_per_s"],
+                "ms/s",
+                "<= 50",
+                1000 * after["db_s_per_s"] <= 50,
+                detail,
+            )
+        )
+    res.rows.append(
+        Row("12", "dashboard stream db time, per stream / shared (10 streams)", ratio[10], "x", "", None)
+    )
+    return res
+
+
 BENCHES: dict[str, Callable[[Sizes], Result]] = {
     "ingest": bench_ingest,
     "drain": bench_drain,
@@ -849,6 +889,7 @@ BENCHES: dict[str, Callable[[Sizes], Result]] = {
     "restart": bench_restart,
     "fleet": bench_fleet,
     "availability": bench_availability,
+    "dashboard": bench_dashboard,
 }
 
 

@@ -171,12 +171,33 @@ def gateway_list(
     }
 
 
+ORDER_FIGURES = ("orders_per_minute", "fulfilment", "orders_as_of")
+
+
+def order_figures(conn: sqlite3.Connection, now: int) -> dict[str, Any]:
+    """The overview's order figures: orders per minute by channel (the last 30 min) and
+    fulfilment (orders by status, fill rate, open shortages), as of ``now`` (``orders_as_of``).
+    Fulfilment counts every order: at a million orders it is the overview's one costly part, so
+    the live stream reads it at its own slower cadence (``central.web.dashboard``)."""
+    return {
+        "orders_per_minute": fleet_mod.orders_per_minute(conn, now),
+        "fulfilment": fleet_mod.fulfilment(conn),
+        "orders_as_of": now,
+    }
+
+
 def overview(
-    conn: sqlite3.Connection, *, backlog_age_s: float, history_s: int = 900, top: int = OVERVIEW_TOP
+    conn: sqlite3.Connection,
+    *,
+    backlog_age_s: float,
+    history_s: int = 900,
+    top: int = OVERVIEW_TOP,
+    orders: bool = True,
 ) -> dict[str, Any]:
     """What the overview's live stream carries, bounded whatever the fleet's size: the summary,
-    the newest open alerts, the backlog history of the ``top`` gateways with most waiting, orders
-    per minute and fulfilment. The gateways themselves come a page at a time from the list."""
+    the newest open alerts, the backlog history of the ``top`` gateways with most waiting and
+    (``orders``) the :func:`order_figures`. The gateways themselves come a page at a time from
+    the list."""
     now = now_ms()
     tops = [
         gw
@@ -199,14 +220,10 @@ def overview(
             (OVERVIEW_ALERTS,),
         )
     ]
-    return {
-        "now_ms": now,
-        "summary": summary(conn, backlog_age_s),
-        "history": history,
-        "alerts": alerts,
-        "orders_per_minute": fleet_mod.orders_per_minute(conn, now),
-        "fulfilment": fleet_mod.fulfilment(conn),
-    }
+    out = {"now_ms": now, "summary": summary(conn, backlog_age_s), "history": history, "alerts": alerts}
+    if orders:
+        out.update(order_figures(conn, now))
+    return out
 
 
 def _devices(conn: sqlite3.Connection, gw: str) -> list[dict[str, Any]]:
