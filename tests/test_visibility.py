@@ -505,7 +505,7 @@ async def test_quarantine_credit_and_consignment_by_scope(app: App) -> None:
     )
     assert (await app.ok("GET", "/api/customers/S001/credit", "store1-eyes"))["customer"] == "S001"
     reason = await app.refused("GET", "/api/customers/S002/credit", "store1-eyes")
-    assert reason.endswith("the credit of customer 'S002' is not one of its own")
+    assert reason.endswith("customer 'S002' is not one of its own: its credit is not visible to it")
     await app.refused("GET", "/api/customers/S002/credit", "water")
     await app.refused("GET", "/api/consignment/S002", "store1-eyes")
     assert (await app.ok("GET", "/api/consignment/S001", "store1-eyes"))["lots"] == []

@@ -465,7 +465,7 @@ async def credit(request: web.Request) -> web.Response:
     view = await request.app[DB_KEY].read(partial(visibility.view_of, name=_user(request).name))
     if view.supplier is not None:
         raise visibility.Refused(f"{view.describe_scope()}; customers' credit is not visible to it")
-    view.check_customer(code, "the credit")
+    view.check_customer(code, "its credit")
 
     def q(conn: sqlite3.Connection) -> dict[str, Any] | None:
         row = conn.execute(
@@ -566,7 +566,7 @@ async def consignment(request: web.Request) -> web.Response:
     the lots of its items."""
     code = request.match_info["customer"]
     view = await request.app[DB_KEY].read(partial(visibility.view_of, name=_user(request).name))
-    view.check_customer(code, "the consignment stock")
+    view.check_customer(code, "its consignment stock")
     lots = await request.app[DB_KEY].read(partial(ordertypes.consignment_stock, customer=code))
     lots = [lot for lot in lots if view.sees_sku(lot["sku"])]
     return _json({"customer": code, "lots": lots})

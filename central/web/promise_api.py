@@ -138,7 +138,7 @@ async def get_promise(request: web.Request) -> web.Response:
     got = await request.app[DB_KEY].read(lambda c: promise.get(c, ref))
     if got is None:
         raise ScheduleError(f"no promise {ref!r}", status=404)
-    view.check_customer(got["customer"], f"promise {ref!r}")
+    view.check_customer(got["customer"], f"its promise {ref!r}")
     if view.skus is not None:
         got["lines"] = [ln for ln in got["lines"] if view.sees_sku(ln["sku"])]
         if not got["lines"]:

@@ -107,7 +107,10 @@ class View:
         """A customer's own figures (credit, consignment stock): a store user its own customers
         only; a supplier user none but what :meth:`sees_sku` lets through (the caller's filter)."""
         if not self.sees_customer(customer):
-            raise Refused(f"{self.describe_scope()}; {what} of customer {customer!r} is not one of its own")
+            raise Refused(
+                f"{self.describe_scope()}; customer {customer!r} is not one of its own:"
+                f" {what} is not visible to it"
+            )
 
     def check_gateway(self, gateway: str | None, what: str) -> None:
         """Raw records and devices of ``gateway`` (None: of any): all-scope users, and a store
