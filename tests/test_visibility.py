@@ -431,6 +431,8 @@ async def test_waves_and_pick_lists_show_a_user_only_its_orders(app: App) -> Non
     # an allocation run's trace spans every order and location: all-scope users only
     run_id = await app.db.read(lambda c: c.execute("SELECT max(run_id) FROM alloc_runs").fetchone()[0])
     assert (await _text(app, f"/api/allocation/runs/{run_id}", "desk"))[0] == 200
+    # making and releasing waves is the DC's work for every store
+    assert "making waves (of every store's orders)" in await app.refused("POST", "/api/waves", "store1-desk")
     reason = await app.refused("GET", f"/api/allocation/runs/{run_id}", "store1-eyes")
     assert reason.endswith(
         f"allocation run {run_id} (every order and location it touched) is visible only to all-scope users"
@@ -453,6 +455,9 @@ async def test_delivery_notes_returns_and_shortage_report_by_scope(app: App) -> 
             await app.ok("POST", f"/api/orders/{nos[key]}/status", json={"status": step})
     ret = {"order_id": oids["o2"], "line_no": 1, "qty": 1, "reason": "unwanted"}
     reason = await app.refused("POST", "/api/returns", "store1-desk", json=ret)
+    assert "is customer 'S002''s" in reason
+    # nor may a store's desk change another customer's order (the answer would show it)
+    reason = await app.refused("POST", f"/api/orders/{nos['o2']}/cancel", "store1-desk")
     assert "is customer 'S002''s" in reason
     rma = await app.ok("POST", "/api/returns", "store1-desk", json={**ret, "order_id": oids["o1"]})
     assert (rma["disposition"], rma["location"]) == ("restock", "DC2")

@@ -306,6 +306,9 @@ async def order_allocation(request: web.Request) -> web.Response:
 
 
 async def post_wave(request: web.Request) -> web.Response:
+    """Make waves of the validated orders: the DC's work for every store, so an all-scope
+    user's (the answer lists every wave made)."""
+    (await view_of(request)).check_everything("making waves (of every store's orders)")
     b = await _body(request) if request.can_read_body else {}
     now = now_ms()
     cutoff = _int(b.get("cutoff", now), "cutoff")

@@ -305,9 +305,11 @@ async def _order_action(
 ) -> web.Response:
     key = request.match_info["key"]
     user = _user(request)
+    view = await request.app[DB_KEY].read(partial(visibility.view_of, name=user.name))
 
     def job(conn: sqlite3.Connection) -> None:
         oid = orders.find(conn, key)
+        visibility.check_order_id(conn, view, oid)  # a store's desk changes its own customers' orders
         fn(conn, oid, user, now_ms())
 
     await _write(request, job)
