@@ -232,6 +232,11 @@ async def test_wave_end_to_end_with_a_short_backordered(
         assert "4 backorder (open)" in note[0]["shortage"]
         stock = await cdb.read(lambda c: {(r.sku): (r.on_hand, r.allocated) for r in inventory.stock(c)})
         assert stock == {"MILK": (100 - 12 - 6, 0), "BREAD": (46, 0), "WATER": (14, 0)}
+        # every pick took its units off on hand in stock_audit, by the DC gateway that picked
+        audit = await cdb.read(lambda c: inventory.stock_audit(c, sku="MILK"))
+        assert {(a["actor"], a["action"]) for a in audit} == {("gateway:dc-1", "pick")}
+        assert sum(a["before_qty"] - a["after_qty"] for a in audit) == 12 + 6
+        assert audit[-1]["before_qty"] == 100 and audit[0]["after_qty"] == 100 - 12 - 6
         events = await cdb.read(
             lambda c: c.execute("SELECT tote, event FROM tote_events ORDER BY id").fetchall()
         )

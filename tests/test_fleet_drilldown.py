@@ -255,6 +255,28 @@ async def test_gateway_detail_device_detail_and_alert_history(central_backend: s
         st, body = await get(c, "/api/fleet/alerts?state=maybe")
         assert st == 400
 
+        # scoped users (central/VISIBILITY.md): a store user its own gateway only, a supplier none
+        def scope(kind: auth.ScopeKind, *values: str) -> Any:
+            return c.db.write(lambda conn: auth.set_scope(conn, "viewer-user", auth.Scope(kind, values)))
+
+        await scope(auth.ScopeKind.LOCATIONS, "DC1")
+        st, body = await get(c, "/api/fleet/gateways/store-1")
+        assert st == 403 and body["error"] == (
+            "user 'viewer-user' is bound to DC1 (served by no location);"
+            " gateway 'store-1' is not one of its own"
+        )
+        assert (await get(c, "/api/fleet/gateways/store-1/devices/ht-1"))[0] == 403
+        assert (await get(c, "/api/fleet/gateways"))[1]["items"] == []
+        assert (await get(c, "/api/fleet/alerts"))[1]["alerts"] == []
+        await scope(auth.ScopeKind.LOCATIONS, "STORE1")
+        assert [g["gateway"] for g in (await get(c, "/api/fleet/gateways"))[1]["items"]] == ["store-1"]
+        assert (await get(c, "/api/fleet/gateways/store-1"))[0] == 200
+        assert len((await get(c, "/api/fleet/alerts"))[1]["alerts"]) == 2
+        await scope(auth.ScopeKind.SUPPLIER, "SUP1")
+        st, body = await get(c, "/api/fleet/gateways")
+        assert st == 403 and "gateways are visible only to all-scope users" in body["error"]
+        assert (await get(c, "/api/fleet/alerts"))[1]["alerts"] == []
+
         for path in (
             "/api/fleet/gateways",
             "/api/fleet/gateways/store-1",

@@ -373,3 +373,158 @@ async def test_orders_show_a_store_its_customers_and_a_supplier_its_items(backen
     assert [o["order_no"] for o in water] == [nos[("S002", "WATER")]]
     reason = await backend_app.refused("GET", f"/api/orders/{nos[('S001', 'MILK')]}", "water")
     assert reason.endswith("has none of its items")
+
+
+# -- DC work, documents, returns, quarantine (what hangs off orders and gateways) -------------
+
+
+async def _orders_in_waves(app: App) -> tuple[dict[str, int], dict[str, str], int, int]:
+    """Three orders allocated at once - S001 milk (from DC2), S002 milk (DC2), S002 water (DC1) -
+    put in two waves as a batch run would: wave 1 S001's milk and S002's water, wave 2 S002's milk."""
+    oids, nos = {}, {}
+    for key, cust, sku in (("o1", "S001", "MILK"), ("o2", "S002", "MILK"), ("o3", "S002", "WATER")):
+        body = {
+            "customer": cust,
+            "order_type": "normal",
+            "requested_date": SOON,
+            "lines": [{"sku": sku, "qty": 2}],
+        }
+        made = await app.ok("POST", "/api/orders", "desk", json=body)
+        oids[key], nos[key] = made["order_id"], made["order_no"]
+
+    def waves(c: Any) -> tuple[int, int]:
+        ids = []
+        for members in ((oids["o1"], oids["o3"]), (oids["o2"],)):
+            wid = c.execute(
+                "INSERT INTO waves (batch_key, cutoff, created_at) VALUES ('zone', 0, 0)"
+            ).lastrowid
+            for oid in members:
+                c.execute("INSERT INTO wave_orders (wave_id, order_id) VALUES (?, ?)", (wid, oid))
+                c.execute("UPDATE allocations SET wave_id = ? WHERE order_id = ?", (wid, oid))
+            ids.append(wid)
+        return ids[0], ids[1]
+
+    w1, w2 = await app.db.write(waves)
+    return oids, nos, w1, w2
+
+
+async def _text(app: App, path: str, user: str) -> tuple[int, str]:
+    async with app.client.get(path, headers={"Authorization": f"Bearer {app.tokens[user]}"}) as r:
+        return r.status, await r.text()
+
+
+async def test_waves_and_pick_lists_show_a_user_only_its_orders(app: App) -> None:
+    oids, _, w1, w2 = await _orders_in_waves(app)
+    assert [w["wave_id"] for w in (await app.ok("GET", "/api/waves", "desk"))["waves"]] == [w2, w1]
+    # a store user: the wave with its customer's order, and only that order in it
+    assert [w["wave_id"] for w in (await app.ok("GET", "/api/waves", "store1-eyes"))["waves"]] == [w1]
+    assert (await app.ok("GET", f"/api/waves/{w1}", "store1-eyes"))["orders"] == [oids["o1"]]
+    reason = await app.refused("GET", f"/api/waves/{w2}", "store1-eyes")
+    assert (
+        reason
+        == f"user 'store1-eyes' is bound to STORE1 (served by DC1, DC2); wave {w2} holds none of its orders"
+    )
+    # a supplier user: the waves picking its items' orders
+    assert [w["wave_id"] for w in (await app.ok("GET", "/api/waves", "water"))["waves"]] == [w1]
+    assert (await app.ok("GET", f"/api/waves/{w1}", "water"))["orders"] == [oids["o3"]]
+    await app.refused("GET", f"/api/waves/{w2}", "water")
+    # the schedule: the DC's plan, shown for the visible waves; naming another is refused
+    plan = await app.ok("GET", "/api/waves/schedule", "store1-eyes")
+    assert [w["wave_id"] for w in plan["unscheduled"]] == [w1]
+    await app.refused("GET", "/api/waves/schedule", "water", params={"waves": str(w2)})
+    # pick lists: the lines of its own orders only, numbered as the DC walks the whole wave
+    status, text = await _text(app, f"/api/documents/picklist/{w1}.csv", "desk")
+    assert status == 200 and len(text.splitlines()) == 3
+    status, text = await _text(app, f"/api/documents/picklist/{w1}.csv", "store1-eyes")
+    assert status == 200 and text.splitlines()[1:] == [f"1,2,DC2,,MILK,2,{oids['o1']},1"]
+    status, text = await _text(app, f"/api/documents/picklist/{w1}.csv", "water")
+    assert status == 200 and text.splitlines()[1:] == [f"1,1,DC1,,WATER,2,{oids['o3']},1"]
+    for user in ("store1-eyes", "water"):
+        status, text = await _text(app, f"/api/documents/picklist/{w2}.html", user)
+        assert status == 403 and "holds none of its orders" in text
+    # an allocation run's trace spans every order and location: all-scope users only
+    run_id = await app.db.read(lambda c: c.execute("SELECT max(run_id) FROM alloc_runs").fetchone()[0])
+    assert (await _text(app, f"/api/allocation/runs/{run_id}", "desk"))[0] == 200
+    # making and releasing waves is the DC's work for every store
+    assert "making waves (of every store's orders)" in await app.refused("POST", "/api/waves", "store1-desk")
+    reason = await app.refused("GET", f"/api/allocation/runs/{run_id}", "store1-eyes")
+    assert reason.endswith(
+        f"allocation run {run_id} (every order and location it touched) is visible only to all-scope users"
+    )
+
+
+async def test_delivery_notes_returns_and_shortage_report_by_scope(app: App) -> None:
+    oids, nos, _, _ = await _orders_in_waves(app)
+    # delivery notes follow the order: another customer's is refused, a supplier gets its lines
+    status, text = await _text(app, f"/api/documents/delivery-note/{oids['o1']}.csv", "store1-eyes")
+    assert status == 200 and text.splitlines()[1].startswith("1,MILK,2,2,0")
+    status, text = await _text(app, f"/api/documents/delivery-note/{oids['o2']}.csv", "store1-eyes")
+    assert status == 403 and "is customer 'S002''s, not one of its own" in text
+    status, text = await _text(app, f"/api/documents/delivery-note/{oids['o1']}.csv", "water")
+    assert status == 403 and "has none of its items" in text
+    assert (await _text(app, f"/api/documents/delivery-note/{oids['o3']}.csv", "water"))[0] == 200
+    # a restocking return: back on hand at DC2, audited with who booked it, in the same write
+    for key in ("o1", "o2"):
+        for step in ("released", "picked", "shipped"):
+            await app.ok("POST", f"/api/orders/{nos[key]}/status", json={"status": step})
+    ret = {"order_id": oids["o2"], "line_no": 1, "qty": 1, "reason": "unwanted"}
+    reason = await app.refused("POST", "/api/returns", "store1-desk", json=ret)
+    assert "is customer 'S002''s" in reason
+    # nor may a store's desk change another customer's order (the answer would show it)
+    reason = await app.refused("POST", f"/api/orders/{nos['o2']}/cancel", "store1-desk")
+    assert "is customer 'S002''s" in reason
+    rma = await app.ok("POST", "/api/returns", "store1-desk", json={**ret, "order_id": oids["o1"]})
+    assert (rma["disposition"], rma["location"]) == ("restock", "DC2")
+    [row] = (await app.ok("GET", "/api/inventory/audit", "boss", params={"location": "DC2"}))["audit"][:1]
+    assert (row["actor"], row["action"], row["sku"], row["before_qty"], row["after_qty"]) == (
+        "store1-desk",
+        "return",
+        "MILK",
+        40,
+        41,
+    )
+    assert row["detail"] == f"RMA{rma['rma_id']:08d} order {nos['o1']} line 1: +1 (unwanted)"
+    # the RMA and the order's returns: the store's own, not the supplier of another item
+    assert (await app.ok("GET", f"/api/returns/{rma['rma_id']}", "store1-eyes"))["sku"] == "MILK"
+    await app.refused("GET", f"/api/returns/{rma['rma_id']}", "water")
+    assert (
+        len((await app.ok("GET", "/api/returns", "store1-eyes", params={"order_id": oids["o1"]}))["returns"])
+        == 1
+    )
+    await app.refused("GET", "/api/returns", "store1-eyes", params={"order_id": oids["o2"]})
+    # the shortage report: its own customers' shortages, a supplier its items'
+    await app.db.write(
+        lambda c: c.executemany(
+            "INSERT INTO shortages (order_id, line_no, sku, qty, action, reason, customer, created_at)"
+            " VALUES (?, 1, ?, 1, 'backorder', 'short', ?, 0)",
+            [(oids["o1"], "MILK", "S001"), (oids["o2"], "MILK", "S002"), (oids["o3"], "WATER", "S002")],
+        )
+    )
+    status, text = await _text(app, "/api/documents/shortages.csv?by=customer", "store1-eyes")
+    assert status == 200 and text.splitlines() == ["customer,lines,units,orders,items", "S001,1,1,1,MILK"]
+    status, text = await _text(app, "/api/documents/shortages.csv?by=item", "water")
+    assert status == 200 and text.splitlines() == ["item,lines,units,orders,customers", "WATER,1,1,1,S002"]
+
+
+async def test_quarantine_credit_and_consignment_by_scope(app: App) -> None:
+    await app.db.write(
+        lambda c: c.executemany(
+            "INSERT INTO quarantine (gateway, topic, reason, at) VALUES (?, ?, 'bad record', 0)",
+            [(gw, f"storegate/v1/{gw}/up") for gw in ("store-1", "store-2", "dc-1")],
+        )
+    )
+    assert len((await app.ok("GET", "/api/quarantine", "desk"))["quarantine"]) == 3
+    # a store user: what its own gateway sent (not the DC serving it: its records are every store's)
+    mine = (await app.ok("GET", "/api/quarantine", "store1-eyes"))["quarantine"]
+    assert [q["gateway"] for q in mine] == ["store-1"]
+    reason = await app.refused("GET", "/api/quarantine", "water")
+    assert reason == (
+        "user 'water' is bound to supplier 'SUP2'; quarantined records are visible only to all-scope"
+        " users and the gateway's store"
+    )
+    assert (await app.ok("GET", "/api/customers/S001/credit", "store1-eyes"))["customer"] == "S001"
+    reason = await app.refused("GET", "/api/customers/S002/credit", "store1-eyes")
+    assert reason.endswith("customer 'S002' is not one of its own: its credit is not visible to it")
+    await app.refused("GET", "/api/customers/S002/credit", "water")
+    await app.refused("GET", "/api/consignment/S002", "store1-eyes")
+    assert (await app.ok("GET", "/api/consignment/S001", "store1-eyes"))["lots"] == []

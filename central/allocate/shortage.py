@@ -371,14 +371,29 @@ def list_shortages(
     return [dict(zip(SHORTAGE_COLS, r, strict=True)) for r in rows]
 
 
-def report(conn: sqlite3.Connection, by: str, *, status: str | None = "open") -> list[dict[str, Any]]:
-    """Shortage totals grouped by item, supplier, customer or salesperson."""
+def report(
+    conn: sqlite3.Connection,
+    by: str,
+    *,
+    status: str | None = "open",
+    customers: Collection[str] | None = None,
+    skus: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Shortage totals grouped by item, supplier, customer or salesperson; ``customers`` or
+    ``skus`` (a user's scope): only those customers' or items' shortages."""
     if by not in REPORT_BY:
         raise ValueError(f"report by {by!r}: one of {', '.join(REPORT_BY)}")
     col = "sku" if by == "item" else by
-    where, args = "", []
+    conds: list[str] = []
+    args: list[Any] = []
     if status is not None:
-        where, args = "WHERE status = ?", [status]
+        conds.append("status = ?")
+        args.append(status)
+    for name, only in (("customer", customers), ("sku", skus)):
+        if only is not None:
+            conds.append(f"{name} IN ({','.join('?' * len(only))})" if only else "0 = 1")
+            args += sorted(only)
+    where = f"WHERE {' AND '.join(conds)}" if conds else ""
     rows = conn.execute(
         f"SELECT {col}, count(*), sum(qty - filled), count(DISTINCT order_id)"
         f" FROM shortages {where} GROUP BY {col} ORDER BY sum(qty - filled) DESC, {col}",

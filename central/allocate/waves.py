@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from central.allocate.allocation import (
 )
 from central.fulfil import picktime
 from central.hub import hub_of
-from central.orders import lifecycle
+from central.orders import lifecycle, repo
 from central.promising import promise, services
 from runtime.clock import now_ms
 from runtime.dbapi import dialect, is_postgres_url
@@ -357,23 +357,77 @@ def plan(
     }
 
 
-def list_waves(conn: sqlite3.Connection, *, limit: int = 100) -> list[dict[str, Any]]:
-    cols = ("wave_id", "batch_key", "cutoff", "departure", "status", "pick_seconds", "run_id", "created_at")
-    rows = conn.execute(f"SELECT {', '.join(cols)} FROM waves ORDER BY wave_id DESC LIMIT ?", (limit,))
-    return [dict(zip(cols, r, strict=True)) for r in rows]
+def _scope(customers: Collection[str] | None, supplier: str | None) -> tuple[str, list[Any]]:
+    """A condition on ``waves``: a wave holding one of the orders the scope sees
+    (:func:`central.orders.repo.scope_sql`); empty: every wave."""
+    conds, args = repo.scope_sql("o", customers=customers, supplier=supplier)
+    if not conds:
+        return "", []
+    return (
+        "EXISTS (SELECT 1 FROM wave_orders wo JOIN orders o ON o.order_id = wo.order_id"
+        f" WHERE wo.wave_id = waves.wave_id AND {' AND '.join(conds)})",
+        args,
+    )
 
 
-def get_wave(conn: sqlite3.Connection, wave_id: int) -> dict[str, Any] | None:
-    cols = ("wave_id", "batch_key", "cutoff", "departure", "status", "pick_seconds", "run_id", "created_at")
-    row = conn.execute(f"SELECT {', '.join(cols)} FROM waves WHERE wave_id = ?", (wave_id,)).fetchone()
+def list_waves(
+    conn: sqlite3.Connection,
+    *,
+    limit: int = 100,
+    customers: Collection[str] | None = None,
+    supplier: str | None = None,
+) -> list[dict[str, Any]]:
+    """The newest waves; with ``customers`` or ``supplier`` (a user's scope) only the waves
+    holding one of the orders it sees."""
+    cond, args = _scope(customers, supplier)
+    where = f"WHERE {cond}" if cond else ""
+    rows = conn.execute(
+        f"SELECT {', '.join(WAVE_COLS)} FROM waves {where} ORDER BY wave_id DESC LIMIT ?", (*args, limit)
+    )
+    return [dict(zip(WAVE_COLS, r, strict=True)) for r in rows]
+
+
+def visible_waves(
+    conn: sqlite3.Connection,
+    wave_ids: Sequence[int],
+    *,
+    customers: Collection[str] | None = None,
+    supplier: str | None = None,
+) -> set[int]:
+    """Those of ``wave_ids`` that hold one of the orders the scope sees."""
+    cond, args = _scope(customers, supplier)
+    ids = sorted(set(wave_ids))
+    if not ids:
+        return set()
+    sql = f"SELECT wave_id FROM waves WHERE wave_id IN ({','.join('?' * len(ids))})"
+    return {r[0] for r in conn.execute(sql + (f" AND {cond}" if cond else ""), (*ids, *args))}
+
+
+def get_wave(
+    conn: sqlite3.Connection,
+    wave_id: int,
+    *,
+    customers: Collection[str] | None = None,
+    supplier: str | None = None,
+) -> dict[str, Any] | None:
+    """A wave and its orders; with ``customers`` or ``supplier`` (a user's scope) only the
+    orders it sees."""
+    row = conn.execute(f"SELECT {', '.join(WAVE_COLS)} FROM waves WHERE wave_id = ?", (wave_id,)).fetchone()
     if row is None:
         return None
-    w = dict(zip(cols, row, strict=True))
-    w["orders"] = [
-        r[0]
-        for r in conn.execute("SELECT order_id FROM wave_orders WHERE wave_id = ? ORDER BY 1", (wave_id,))
-    ]
+    w = dict(zip(WAVE_COLS, row, strict=True))
+    conds, args = repo.scope_sql("o", customers=customers, supplier=supplier)
+    sql = "SELECT order_id FROM wave_orders WHERE wave_id = ? ORDER BY 1"
+    if conds:
+        sql = (
+            "SELECT wo.order_id FROM wave_orders wo JOIN orders o ON o.order_id = wo.order_id"
+            f" WHERE wo.wave_id = ? AND {' AND '.join(conds)} ORDER BY 1"
+        )
+    w["orders"] = [r[0] for r in conn.execute(sql, (wave_id, *args))]
     return w
+
+
+WAVE_COLS = ("wave_id", "batch_key", "cutoff", "departure", "status", "pick_seconds", "run_id", "created_at")
 
 
 # -- CLI (``storegate pick-schedule``, parsed in ops.cli) ------------------------------------

@@ -18,11 +18,12 @@ import csv
 import html
 import io
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from central.allocate import shortage
 
+Keep = Callable[[dict[str, Any]], bool]  # which rows a document shows (a user's scope)
 PICK_COLS = ("cart", "seq", "location", "bin", "sku", "qty", "order_id", "line_no")
 NOTE_COLS = ("line_no", "sku", "ordered", "shipped", "short", "shortage")
 
@@ -145,15 +146,19 @@ def to_html(
     return "".join(parts)
 
 
-def pick_list(conn: sqlite3.Connection, wave_id: int, *, fmt: str, cart_orders: int = 0) -> str:
-    rows = pick_rows(conn, wave_id, cart_orders=cart_orders)
+def pick_list(
+    conn: sqlite3.Connection, wave_id: int, *, fmt: str, cart_orders: int = 0, keep: Keep | None = None
+) -> str:
+    """``keep``: only the rows it accepts (a user's scope); carts stay as the DC deals them."""
+    rows = [r for r in pick_rows(conn, wave_id, cart_orders=cart_orders) if keep is None or keep(r)]
     if fmt == "csv":
         return to_csv(rows, PICK_COLS)
     return to_html(f"Pick list - wave {wave_id}", rows, PICK_COLS, group_by="cart")
 
 
-def delivery_note(conn: sqlite3.Connection, order_id: int, *, fmt: str) -> str:
-    rows = delivery_rows(conn, order_id)
+def delivery_note(conn: sqlite3.Connection, order_id: int, *, fmt: str, keep: Keep | None = None) -> str:
+    """``keep``: only the lines it accepts (a supplier user's items)."""
+    rows = [r for r in delivery_rows(conn, order_id) if keep is None or keep(r)]
     if fmt == "csv":
         return to_csv(rows, NOTE_COLS)
     head = conn.execute("SELECT order_no, customer FROM orders WHERE order_id = ?", (order_id,)).fetchone()
@@ -161,8 +166,17 @@ def delivery_note(conn: sqlite3.Connection, order_id: int, *, fmt: str) -> str:
     return to_html(title, rows, NOTE_COLS, mark="short")
 
 
-def shortage_report(conn: sqlite3.Connection, by: str, *, fmt: str, status: str | None = "open") -> str:
-    rows = shortage.report(conn, by, status=status)
+def shortage_report(
+    conn: sqlite3.Connection,
+    by: str,
+    *,
+    fmt: str,
+    status: str | None = "open",
+    customers: Collection[str] | None = None,
+    skus: Collection[str] | None = None,
+) -> str:
+    """``customers``/``skus``: only their shortages (:func:`central.allocate.shortage.report`)."""
+    rows = shortage.report(conn, by, status=status, customers=customers, skus=skus)
     other = "customers" if by in ("item", "supplier") else "items"
     for r in rows:
         r[other] = " ".join(r[other])

@@ -331,6 +331,19 @@ def apply_pick_result(conn: sqlite3.Connection, ctx: Context, rec: Record) -> st
         " WHERE location = ? AND sku = ?",
         (qty, qty, loc, sku),
     )
+    after = inventory.on_hand(conn, loc, sku) or 0
+    inventory.audit_stock(
+        conn,
+        actor=f"gateway:{gw}",
+        action="pick",
+        location=loc,
+        sku=sku,
+        before=after + qty,
+        after=after,
+        now=ctx.now,
+        detail=f"task {res.task_id} order {order_no} line {ln}: {picked} picked"
+        + (f", {short} short ({res.key.value})" if short else ""),
+    )
     if picked:
         conn.execute(
             "UPDATE allocations SET status = 'picked', qty = ? WHERE alloc_id = ?", (picked, alloc_id)

@@ -7,7 +7,7 @@ and applies it in the caller's transaction:
 
 - ``restock``: units go back on hand at a location chosen by rule - the location the line
   was shipped from, else the customer zone's preferred DC, else the first location stocking
-  the sku;
+  the sku - kept in ``stock_audit`` (action ``return``, the ``actor`` who booked it, the RMA);
 - ``repair``, ``scrap``, ``return_to_supplier``: no stock change (the unit is not sellable);
   for return to supplier the RMA's ``location`` is the item master's supplier (else the
   supplier noted on the item's inventory row).
@@ -87,7 +87,14 @@ class Rma:
 
 
 def create_rma(
-    conn: sqlite3.Connection, *, order_id: int, line_no: int, qty: int, reason: str, now: int
+    conn: sqlite3.Connection,
+    *,
+    order_id: int,
+    line_no: int,
+    qty: int,
+    reason: str,
+    now: int,
+    actor: str = "returns",
 ) -> Rma:
     if reason not in DISPOSITION:
         raise ReturnError(order_id, line_no, f"unknown reason {reason!r}; one of {', '.join(DISPOSITION)}")
@@ -115,10 +122,13 @@ def create_rma(
         )
     disposition = DISPOSITION[reason]
     location, rule = "", f"reason {reason} -> {disposition}"
+    restocked: tuple[int | None, int] | None = None  # on hand before and after
     if disposition == "restock":
         location, why = _restock_location(conn, order_id, line_no, sku, customer)
         rule += f"; restock at {location} ({why})"
+        on_hand = inventory.on_hand(conn, location, sku)
         inventory.add_stock(conn, location, sku, qty)
+        restocked = (on_hand, (on_hand or 0) + qty)
     elif disposition == "return_to_supplier":  # the item master's supplier
         location = inventory.suppliers(conn, [sku]).get(sku, "")
         rule += f"; supplier {location or 'unknown'}"
@@ -131,6 +141,18 @@ def create_rma(
     )
     rma_id = cur.lastrowid
     assert rma_id is not None
+    if restocked is not None:
+        inventory.audit_stock(
+            conn,
+            actor=actor,
+            action="return",
+            location=location,
+            sku=sku,
+            before=restocked[0],
+            after=restocked[1],
+            now=now,
+            detail=f"RMA{rma_id:08d} order {head[0]} line {line_no}: +{qty} ({reason})",
+        )
     conn.execute(
         "INSERT INTO receivables (customer, order_id, amount, kind, ref, at)"
         " VALUES (?, ?, ?, 'credit_note', ?, ?)",

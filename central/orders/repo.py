@@ -49,20 +49,32 @@ def list_orders(
         if key in filters:
             where.append(f"{key} = ?")
             args.append(filters[key])
-    if customers is not None:
-        if not customers:
-            return []
-        where.append(f"customer IN ({','.join('?' * len(customers))})")
-        args += sorted(customers)
-    if supplier is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM order_lines l JOIN items i ON i.sku = l.sku"
-            " WHERE l.order_id = orders.order_id AND i.supplier = ?)"
-        )
-        args.append(supplier)
+    conds, cargs = scope_sql("orders", customers=customers, supplier=supplier)
+    where += conds
+    args += cargs
     sql = f"SELECT {', '.join(ORDER_COLS)} FROM orders WHERE {' AND '.join(where)} ORDER BY order_id LIMIT ?"
     rows = conn.execute(sql, [*args, limit]).fetchall()
     return [dict(zip(ORDER_COLS, r, strict=True)) for r in rows]
+
+
+def scope_sql(
+    table: str, *, customers: Collection[str] | None = None, supplier: str | None = None
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their arguments) on the orders table named ``table``: only
+    ``customers``' orders (a store user's scope; none given: no order), only orders with a line
+    of an item ``supplier`` supplies (a supplier user's); both None: every order."""
+    conds: list[str] = []
+    args: list[Any] = []
+    if customers is not None:
+        conds.append(f"{table}.customer IN ({','.join('?' * len(customers))})" if customers else "0 = 1")
+        args += sorted(customers)
+    if supplier is not None:
+        conds.append(
+            "EXISTS (SELECT 1 FROM order_lines l JOIN items i ON i.sku = l.sku"
+            f" WHERE l.order_id = {table}.order_id AND i.supplier = ?)"
+        )
+        args.append(supplier)
+    return conds, args
 
 
 def get_order(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
@@ -126,7 +138,16 @@ def counts(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
-def list_quarantine(conn: sqlite3.Connection, *, limit: int = 100) -> list[dict[str, Any]]:
+def list_quarantine(
+    conn: sqlite3.Connection, *, limit: int = 100, gateways: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """Quarantined records, newest first; ``gateways``: only those that came from them."""
     cols = ("id", "gateway", "topic", "record_id", "seq", "type", "reason", "at")
-    rows = conn.execute(f"SELECT {', '.join(cols)} FROM quarantine ORDER BY id DESC LIMIT ?", (limit,))
+    where, args = "", []
+    if gateways is not None:
+        where = f"WHERE gateway IN ({','.join('?' * len(gateways))})" if gateways else "WHERE 0 = 1"
+        args = sorted(gateways)
+    rows = conn.execute(
+        f"SELECT {', '.join(cols)} FROM quarantine {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+    )
     return [dict(zip(cols, r, strict=True)) for r in rows]

@@ -306,6 +306,9 @@ async def order_allocation(request: web.Request) -> web.Response:
 
 
 async def post_wave(request: web.Request) -> web.Response:
+    """Make waves of the validated orders: the DC's work for every store, so an all-scope
+    user's (the answer lists every wave made)."""
+    (await view_of(request)).check_everything("making waves (of every store's orders)")
     b = await _body(request) if request.can_read_body else {}
     now = now_ms()
     cutoff = _int(b.get("cutoff", now), "cutoff")
@@ -341,26 +344,61 @@ async def wave_schedule(request: web.Request) -> web.Response:
     except ValueError:
         raise _bad(f"load_s: {q['load_s']!r} is not a number") from None
     ids = [_int(w, "waves") for w in q["waves"].split(",") if w] if "waves" in q else None
-    out = await request.app[DB_KEY].read(
-        partial(waves.plan, start_ms=start, teams=teams, load_s=load_s, wave_ids=ids)
-    )
-    return _json(out)
+    v = await view_of(request)
+
+    def read(c: sqlite3.Connection) -> dict[str, Any]:
+        out = waves.plan(c, start_ms=start, teams=teams, load_s=load_s, wave_ids=ids)
+        if v.everything:
+            return out
+        # the DC's whole plan (the times are real), shown only for the waves the user sees
+        seen = waves.visible_waves(
+            c, [w["wave_id"] for w in (*out["waves"], *out["unscheduled"])], **_orders(v)
+        )
+        for wid in ids or ():
+            if wid not in seen:
+                raise _wave_refused(v, wid)
+        return {
+            **out,
+            "waves": [w for w in out["waves"] if w["wave_id"] in seen],
+            "unscheduled": [w for w in out["unscheduled"] if w["wave_id"] in seen],
+        }
+
+    return _json(await request.app[DB_KEY].read(read))
+
+
+def _orders(v: visibility.View) -> dict[str, Any]:
+    """The orders ``v`` reads, as :mod:`central.allocate.waves` takes them."""
+    return {"customers": v.customers, "supplier": v.supplier}
+
+
+def _wave_refused(v: visibility.View, wave_id: int) -> visibility.Refused:
+    return visibility.Refused(f"{v.describe_scope()}; wave {wave_id} holds none of its orders")
 
 
 async def list_waves(request: web.Request) -> web.Response:
-    return _json({"waves": await request.app[DB_KEY].read(waves.list_waves)})
+    """The newest waves; a store or supplier user only those holding one of its orders."""
+    v = await view_of(request)
+    return _json({"waves": await request.app[DB_KEY].read(partial(waves.list_waves, **_orders(v)))})
 
 
 async def get_wave(request: web.Request) -> web.Response:
+    """A wave and its orders; a store or supplier user only its own orders, and 403 for a
+    wave holding none of them."""
     wid = _int(request.match_info["wave_id"], "wave_id")
-    w = await request.app[DB_KEY].read(partial(waves.get_wave, wave_id=wid))
+    v = await view_of(request)
+    w = await request.app[DB_KEY].read(partial(waves.get_wave, wave_id=wid, **_orders(v)))
     if w is None:
         raise _bad(f"no wave {wid}", 404)
+    if not v.everything and not w["orders"]:
+        raise _wave_refused(v, wid)
     return _json(w)
 
 
 async def run_view(request: web.Request) -> web.Response:
+    """An allocation run's trace (or replay): every order and location of the run, so only
+    for all-scope users."""
     rid = _int(request.match_info["run_id"], "run_id")
+    (await view_of(request)).check_everything(f"allocation run {rid} (every order and location it touched)")
     trace = await request.app[DB_KEY].read(partial(inventory.run_trace, run_id=rid))
     if trace is None:
         raise _bad(f"no allocation run {rid}", 404)
@@ -393,19 +431,42 @@ def _doc(text: str, fmt: str) -> web.Response:
 
 
 async def pick_list(request: web.Request) -> web.Response:
+    """A wave's pick list; a store or supplier user: 403 for a wave holding none of its orders,
+    else only the lines of its orders at locations and of items it sees."""
     fmt = _fmt(request)
     wid = _int(request.match_info["wave_id"], "wave_id")
     cart = _int(request.query.get("cart_orders", "0"), "cart_orders")
-    return _doc(
-        await request.app[DB_KEY].read(partial(documents.pick_list, wave_id=wid, fmt=fmt, cart_orders=cart)),
-        fmt,
-    )
+    v = await view_of(request)
+
+    def read(c: sqlite3.Connection) -> str:
+        if v.everything:
+            return documents.pick_list(c, wid, fmt=fmt, cart_orders=cart)
+        w = waves.get_wave(c, wid, **_orders(v))
+        if w is not None and not w["orders"]:
+            raise _wave_refused(v, wid)
+        mine = set(w["orders"]) if w is not None else set()
+
+        def keep(r: dict[str, Any]) -> bool:
+            return r["order_id"] in mine and v.sees(r["location"], r["sku"])
+
+        return documents.pick_list(c, wid, fmt=fmt, cart_orders=cart, keep=keep)
+
+    return _doc(await request.app[DB_KEY].read(read), fmt)
 
 
 async def delivery_note(request: web.Request) -> web.Response:
+    """An order's delivery note: 403 for an order the user does not read (as
+    ``GET /api/orders/{no}``); a supplier user gets the lines of its items."""
     fmt = _fmt(request)
     oid = _int(request.match_info["order_id"], "order_id")
-    return _doc(await request.app[DB_KEY].read(partial(documents.delivery_note, order_id=oid, fmt=fmt)), fmt)
+    v = await view_of(request)
+
+    def read(c: sqlite3.Connection) -> str:
+        visibility.check_order_id(c, v, oid)
+        keep = None if v.skus is None else (lambda r: v.sees_sku(r["sku"]))
+        return documents.delivery_note(c, oid, fmt=fmt, keep=keep)
+
+    return _doc(await request.app[DB_KEY].read(read), fmt)
 
 
 async def shortage_report(request: web.Request) -> web.Response:
@@ -414,8 +475,14 @@ async def shortage_report(request: web.Request) -> web.Response:
     if by not in shortage.REPORT_BY:
         raise _bad(f"by {by!r}: one of {', '.join(shortage.REPORT_BY)}")
     status = request.query.get("status", "open") or None
+    v = await view_of(request)  # a store user: its own customers' shortages; a supplier: its items'
     return _doc(
-        await request.app[DB_KEY].read(partial(documents.shortage_report, by=by, fmt=fmt, status=status)), fmt
+        await request.app[DB_KEY].read(
+            partial(
+                documents.shortage_report, by=by, fmt=fmt, status=status, customers=v.customers, skus=v.skus
+            )
+        ),
+        fmt,
     )
 
 
@@ -431,9 +498,16 @@ async def post_return(request: web.Request) -> web.Response:
     except KeyError as e:
         raise _bad(f"missing {e.args[0]!r}") from None
     now = now_ms()
-    rma = await request.app[DB_KEY].write(
-        lambda c: returns.create_rma(c, order_id=oid, line_no=ln, qty=qty, reason=reason, now=now)
-    )
+    v = await view_of(request)
+    user: User = request[USER_KEY]
+
+    def job(c: sqlite3.Connection) -> returns.Rma:
+        visibility.check_order_id(c, v, oid)  # a store's desk: its own customers' orders
+        return returns.create_rma(
+            c, order_id=oid, line_no=ln, qty=qty, reason=reason, now=now, actor=user.name
+        )
+
+    rma = await request.app[DB_KEY].write(job)
     return _json(
         {
             "rma_id": rma.rma_id,
@@ -447,8 +521,18 @@ async def post_return(request: web.Request) -> web.Response:
 
 
 async def get_return(request: web.Request) -> web.Response:
+    """An RMA: a store user's own customers' only, a supplier user's its items' only."""
     rid = _int(request.match_info["rma_id"], "rma_id")
-    r = await request.app[DB_KEY].read(partial(returns.get_rma, rma_id=rid))
+    v = await view_of(request)
+
+    def read(c: sqlite3.Connection) -> dict[str, Any] | None:
+        r = returns.get_rma(c, rid)
+        if r is not None:
+            visibility.check_order_id(c, v, r["order_id"])
+            v.check_read(sku=r["sku"])
+        return r
+
+    r = await request.app[DB_KEY].read(read)
     if r is None:
         raise _bad(f"no RMA {rid}", 404)
     return _json(r)

@@ -305,9 +305,11 @@ async def _order_action(
 ) -> web.Response:
     key = request.match_info["key"]
     user = _user(request)
+    view = await request.app[DB_KEY].read(partial(visibility.view_of, name=user.name))
 
     def job(conn: sqlite3.Connection) -> None:
         oid = orders.find(conn, key)
+        visibility.check_order_id(conn, view, oid)  # a store's desk changes its own customers' orders
         fn(conn, oid, user, now_ms())
 
     await _write(request, job)
@@ -459,8 +461,13 @@ async def import_masters(request: web.Request) -> web.Response:
 
 @requires(Role.VIEWER)
 async def credit(request: web.Request) -> web.Response:
-    """The customer's credit position - the warning the desk sees at entry."""
+    """The customer's credit position - the warning the desk sees at entry; a store user its
+    own customers' only, a supplier user none."""
     code = request.match_info["code"]
+    view = await request.app[DB_KEY].read(partial(visibility.view_of, name=_user(request).name))
+    if view.supplier is not None:
+        raise visibility.Refused(f"{view.describe_scope()}; customers' credit is not visible to it")
+    view.check_customer(code, "its credit")
 
     def q(conn: sqlite3.Connection) -> dict[str, Any] | None:
         row = conn.execute(
@@ -557,8 +564,13 @@ async def deposit(request: web.Request) -> web.Response:
 
 @requires(Role.VIEWER)
 async def consignment(request: web.Request) -> web.Response:
+    """A customer's consignment stock: a store user its own customers' only, a supplier user
+    the lots of its items."""
     code = request.match_info["customer"]
+    view = await request.app[DB_KEY].read(partial(visibility.view_of, name=_user(request).name))
+    view.check_customer(code, "its consignment stock")
     lots = await request.app[DB_KEY].read(partial(ordertypes.consignment_stock, customer=code))
+    lots = [lot for lot in lots if view.sees_sku(lot["sku"])]
     return _json({"customer": code, "lots": lots})
 
 
@@ -567,8 +579,12 @@ async def consignment(request: web.Request) -> web.Response:
 
 @requires(Role.VIEWER)
 async def quarantine(request: web.Request) -> web.Response:
+    """Records central could not take, as they came, newest first: a store user only those of
+    its own locations' gateways, a supplier user none (403) - central/VISIBILITY.md says why."""
     limit = _int_param(request, "limit", 100, lo=1, hi=MAX_LIMIT)
-    rows = await request.app[DB_KEY].read(partial(repo.list_quarantine, limit=limit))
+    view = await request.app[DB_KEY].read(partial(visibility.view_of, name=_user(request).name))
+    view.check_gateway(None, "quarantined records")
+    rows = await request.app[DB_KEY].read(partial(repo.list_quarantine, limit=limit, gateways=view.gateways))
     return _json({"quarantine": rows})
 
 

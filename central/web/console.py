@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from central.fulfil import returns
+from central.web import visibility
 from central.web.api import DB_KEY, USER_KEY, HttpError, requires
 from central.web.auth import Role, User
 
@@ -58,15 +59,21 @@ def _order_returns(conn: sqlite3.Connection, order_id: int) -> list[dict[str, An
 
 
 async def list_returns(request: web.Request) -> web.Response:
-    """``GET /api/returns?order_id=N``: the order's RMAs, oldest first."""
+    """``GET /api/returns?order_id=N``: the order's RMAs, oldest first (403 for an order the
+    user does not read; a supplier user its items' RMAs)."""
     raw = request.query.get("order_id")
     unknown = set(request.query) - {"order_id"}
     if unknown:
         raise HttpError(400, f"unknown query parameter {sorted(unknown)[0]!r}; known: order_id")
     if raw is None or not _ORDER_ID.fullmatch(raw):
         raise HttpError(400, f"order_id: expected an order id (integer), got {raw!r}")
-    rows = await request.app[DB_KEY].read(partial(_order_returns, order_id=int(raw)))
-    return web.json_response({"returns": rows})
+    view = await request.app[DB_KEY].read(partial(visibility.view_of, name=request[USER_KEY].name))
+
+    def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        visibility.check_order_id(conn, view, int(raw))  # 403 for an order the user does not read
+        return [r for r in _order_returns(conn, int(raw)) if view.sees_sku(r["sku"])]
+
+    return web.json_response({"returns": await request.app[DB_KEY].read(read)})
 
 
 def add_routes(app: web.Application) -> None:

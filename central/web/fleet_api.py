@@ -1,7 +1,10 @@
 """Fleet drill-down: the list of gateways (summary first, problems on top, search, paging), one
 gateway's detail, one device's detail, the alert history, and the pages that show them.
 
-Every endpoint needs a viewer. The data comes from the fleet registry (:mod:`central.fleet`:
+Every endpoint needs a viewer. A gateway's records and devices are its store's business: a store
+user (``central.web.visibility``) sees its own locations' gateways only (403 for another), the
+fleet-wide counts, and the stock alerts of what its scope reads; a supplier user no gateway, only
+its items' stock alerts. The data comes from the fleet registry (:mod:`central.fleet`:
 current status, ``fleet_samples`` history pruned after ``fleet.HISTORY_KEEP_S``, events, alerts)
 and from central's own record answers (``processed``) and ``quarantine``. See ops/FLEET.md.
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,9 @@ from typing import Any
 from aiohttp import web
 
 from central import fleet as fleet_mod
-from central.web.api import requires
+from central.allocate.availability import ALERT_KIND
+from central.web import visibility
+from central.web.api import DB_KEY, USER_KEY, requires
 from central.web.auth import Role
 from runtime.clock import now_ms
 from runtime.sqlitedb import DurableDB
@@ -125,12 +130,23 @@ def summary(conn: sqlite3.Connection, backlog_age_s: float) -> dict[str, int]:
 
 
 def gateway_list(
-    conn: sqlite3.Connection, *, q: str, state: str, limit: int, offset: int, backlog_age_s: float
+    conn: sqlite3.Connection,
+    *,
+    q: str,
+    state: str,
+    limit: int,
+    offset: int,
+    backlog_age_s: float,
+    gateways: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """One page of gateways, problems first, plus the fleet's summary (counts by state)."""
+    """One page of gateways, problems first, plus the fleet's summary (counts by state);
+    ``gateways``: only those (a store user's own)."""
     base = _BASE
     params: list[Any] = [backlog_age_s]
     where = []
+    if gateways is not None:
+        where.append(f"gateway IN ({', '.join('?' * len(gateways))})" if gateways else "0 = 1")
+        params += sorted(gateways)
     if q:  # any case: lower() on both sides (SQLite's LIKE ignores ASCII case, PostgreSQL's does not)
         where.append("(lower(gateway) LIKE lower(?) ESCAPE '\\' OR lower(site) LIKE lower(?) ESCAPE '\\')")
         params += [_like(q), _like(q)]
@@ -265,12 +281,18 @@ def alert_history(
     state: str = "all",
     limit: int = 100,
     before: int | None = None,
+    view: visibility.View | None = None,
 ) -> dict[str, Any]:
-    """Alerts newest first (open and closed); ``next_before`` pages on by id."""
+    """Alerts newest first (open and closed); ``next_before`` pages on by id; ``view``: only
+    the alerts it sees (:func:`_scope_where`)."""
     cond, args = _alerts_where(gw, dev, kind, state)
     if before is not None:
         cond = (cond + " AND" if cond else "WHERE") + " id < ?"
         args.append(before)
+    if view is not None and not view.everything:
+        scoped, sargs = _scope_where(view)
+        cond = (cond + " AND" if cond else "WHERE") + f" ({scoped})"
+        args += sargs
     rows = [
         dict(zip(_ACOLS, r, strict=True))
         for r in conn.execute(
@@ -283,6 +305,25 @@ def alert_history(
         "kinds": kinds,
         "next_before": rows[-1]["id"] if len(rows) == limit else None,
     }
+
+
+def _in(col: str, values: Collection[str] | None) -> tuple[str, list[Any]]:
+    if values is None:
+        return "1 = 1", []
+    return (f"{col} IN ({', '.join('?' * len(values))})" if values else "0 = 1"), sorted(values)
+
+
+def _scope_where(view: visibility.View) -> tuple[str, list[Any]]:
+    """The alerts a scoped user sees: its own gateways' fleet alerts (a store user), and the
+    availability monitor's stock alerts (``gateway`` the location, ``device_id`` the item) of
+    the locations and items it reads."""
+    own, own_args = _in("gateway", view.gateways if view.supplier is None else frozenset())
+    locs, loc_args = _in("gateway", view.readable)
+    skus, sku_args = _in("device_id", view.skus)
+    return (
+        f"(kind <> ? AND {own}) OR (kind = ? AND {locs} AND {skus})",
+        [ALERT_KIND, *own_args, ALERT_KIND, *loc_args, *sku_args],
+    )
 
 
 def gateway_detail(
@@ -368,6 +409,15 @@ def _db(request: web.Request) -> DurableDB:
     return request.app[FLEET_API_DB_KEY]
 
 
+async def _view(request: web.Request) -> visibility.View:
+    """The user's scope (users live in central's database, the fleet may have its own)."""
+    return await request.app[DB_KEY].read(partial(visibility.view_of, name=request[USER_KEY].name))
+
+
+def _refused(e: visibility.Refused) -> web.Response:
+    return _bad(e.reason, 403)
+
+
 FLEET_API_DB_KEY = web.AppKey("fleet_api_db", DurableDB)
 BACKLOG_AGE_KEY = web.AppKey("fleet_api_backlog_age_s", float)
 
@@ -382,6 +432,11 @@ async def list_gateways(request: web.Request) -> web.Response:
     if state and state not in STATES:
         return _bad(f"state must be one of {', '.join(STATES)}, got {state[:40]!r}")
     q = request.query.get("q", "").strip()[:100]
+    view = await _view(request)
+    try:
+        view.check_gateway(None, "gateways")
+    except visibility.Refused as e:
+        return _refused(e)
     page = await _db(request).read(
         partial(
             gateway_list,
@@ -390,6 +445,7 @@ async def list_gateways(request: web.Request) -> web.Response:
             limit=limit,
             offset=offset,
             backlog_age_s=request.app[BACKLOG_AGE_KEY],
+            gateways=view.gateways,
         )
     )
     return web.json_response(page, dumps=_dumps)
@@ -402,6 +458,10 @@ async def one_gateway(request: web.Request) -> web.Response:
         records = _int_arg(request, "records", 50, 1, RECORDS_MAX)
     except BadQuery as e:
         return _bad(str(e))
+    try:
+        (await _view(request)).check_gateway(gw, "gateways")
+    except visibility.Refused as e:
+        return _refused(e)
     detail = await _db(request).read(partial(gateway_detail, gw=gw, history_s=history_s, records=records))
     if detail is None:
         return _bad(f"no gateway {gw!r} has reported", 404)
@@ -410,6 +470,10 @@ async def one_gateway(request: web.Request) -> web.Response:
 
 async def one_device(request: web.Request) -> web.Response:
     gw, dev = request.match_info["gw"], request.match_info["dev"]
+    try:
+        (await _view(request)).check_gateway(gw, "gateways")
+    except visibility.Refused as e:
+        return _refused(e)
     detail = await _db(request).read(partial(device_detail, gw=gw, dev=dev))
     if detail is None:
         return _bad(f"no device {dev!r} at gateway {gw!r} has reported", 404)
@@ -434,6 +498,7 @@ async def alerts(request: web.Request) -> web.Response:
             state=state,
             limit=limit,
             before=before,
+            view=await _view(request),
         )
     )
     return web.json_response(rows, dumps=_dumps)

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from central.orders import orders
 from central.promising import ScheduleError, promise, services
+from central.web import visibility
 from central.web.api import DB_KEY, _body, _json, _user, _write, requires
 from central.web.auth import Role
 from protocols.bounded import value_repr
@@ -134,10 +135,18 @@ async def post_promise(request: web.Request) -> web.Response:
 
 @requires(Role.VIEWER)
 async def get_promise(request: web.Request) -> web.Response:
+    """A kept promise: a store user its own customers' only, a supplier user those with a line
+    of its items (and only those lines)."""
     ref = request.match_info["ref"]
+    view = await request.app[DB_KEY].read(lambda c: visibility.view_of(c, _user(request).name))
     got = await request.app[DB_KEY].read(lambda c: promise.get(c, ref))
     if got is None:
         raise ScheduleError(f"no promise {ref!r}", status=404)
+    view.check_customer(got["customer"], f"its promise {ref!r}")
+    if view.skus is not None:
+        got["lines"] = [ln for ln in got["lines"] if view.sees_sku(ln["sku"])]
+        if not got["lines"]:
+            raise visibility.Refused(f"{view.describe_scope()}; promise {ref!r} has none of its items")
     return _json(got)
 
 
@@ -177,11 +186,15 @@ async def get_slots(request: web.Request) -> web.Response:
 async def order_services(request: web.Request) -> web.Response:
     key = request.match_info["key"]
 
+    view = await request.app[DB_KEY].read(lambda c: visibility.view_of(c, _user(request).name))
+
     def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         try:
-            return services.bookings(conn, orders.find(conn, key))
+            oid = orders.find(conn, key)
         except orders.OrderError:
             raise ScheduleError(f"no order {key!r}", status=404) from None
+        visibility.check_order_id(conn, view, oid)  # as GET /api/orders/{no}
+        return services.bookings(conn, oid)
 
     return _json({"order": key, "services": await request.app[DB_KEY].read(read)})
 

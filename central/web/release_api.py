@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from aiohttp import web
 
 from central.fulfil import picking
-from central.web.api import CONSUMER_KEY, DB_KEY, requires
+from central.web import visibility
+from central.web.api import CONSUMER_KEY, DB_KEY, USER_KEY, requires
 from central.web.auth import Role
 from protocols.bounded import value_repr
 
@@ -17,6 +20,8 @@ MAX_WAVE_DIGITS = 18  # a wave id is a SQLite integer
 async def release_wave_view(request: web.Request) -> web.Response:
     """``POST /api/waves/{wave_id}/release``: a batch wave's allocations become pick tasks now
     (in storage-location order, on the DC gateways' durable downlinks)."""
+    view = await request.app[DB_KEY].read(partial(visibility.view_of, name=request[USER_KEY].name))
+    view.check_everything("releasing a wave (every store's orders in it)")
     raw = request.match_info["wave_id"]
     if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_WAVE_DIGITS):
         return web.json_response({"error": f"wave id {value_repr(raw)} is not a number"}, status=400)

@@ -13,7 +13,11 @@ A user's scope (``central.web.auth.Scope``, table ``user_scopes``) becomes a :cl
 
 Orders (``GET /api/orders``, ``/api/orders/{no}``): a store user sees its own customers'
 (customers mapped to its locations' gateways), a supplier user the orders with a line of its
-items; everyone else all.
+items; everyone else all. What hangs off orders follows them: waves and pick lists (a wave
+with one of the user's orders, its pick lines of the user's orders at locations and of items
+it sees), delivery notes, returns, shortage reports, consignment stock. Quarantined records
+and the fleet (raw records and gateways) only the gateway's own store; allocation run traces
+(every order and location of a run) only all-scope users.
 
 A refusal is a :class:`Refused` with the reason (HTTP 403); the REST layer
 (``central.web.allocation_api``, ``central.web.availability_api``) asks here before every
@@ -47,6 +51,7 @@ class View:
     serving: frozenset[str] = frozenset()  # the locations that serve them
     skus: frozenset[str] | None = None  # a supplier user's items; None: every item
     customers: frozenset[str] | None = None  # a store user's customers (same gateway); None: all
+    gateways: frozenset[str] | None = None  # a store user's own locations' gateways; None: all
 
     @property
     def everything(self) -> bool:
@@ -67,7 +72,8 @@ class View:
     def sees(self, loc: str, sku: str) -> bool:
         return self.sees_location(loc) and self.sees_sku(sku)
 
-    def _what(self) -> str:
+    def describe_scope(self) -> str:
+        """Whom the user is bound to, the start of every refusal's reason."""
         if self.scope.kind is ScopeKind.SUPPLIER:
             return f"user {self.user!r} is bound to supplier {self.scope.values[0]!r}"
         return (
@@ -80,9 +86,9 @@ class View:
 
     def check_read(self, loc: str | None = None, sku: str | None = None) -> None:
         if loc is not None and not self.sees_location(loc):
-            raise Refused(f"{self._what()}; the stock of {loc!r} is not visible to it")
+            raise Refused(f"{self.describe_scope()}; the stock of {loc!r} is not visible to it")
         if sku is not None and not self.sees_sku(sku):
-            raise Refused(f"{self._what()}; item {sku!r} is not one it supplies")
+            raise Refused(f"{self.describe_scope()}; item {sku!r} is not one it supplies")
 
     @property
     def supplier(self) -> str | None:
@@ -91,17 +97,45 @@ class View:
     def check_order(self, customer: str, skus: Iterable[str], order_no: str) -> None:
         """A store user reads its own customers' orders; a supplier user those with its items."""
         if not self.sees_customer(customer):
-            raise Refused(f"{self._what()}; order {order_no} is customer {customer!r}'s, not one of its own")
+            raise Refused(
+                f"{self.describe_scope()}; order {order_no} is customer {customer!r}'s, not one of its own"
+            )
         if self.skus is not None and not any(s in self.skus for s in skus):
-            raise Refused(f"{self._what()}; order {order_no} has none of its items")
+            raise Refused(f"{self.describe_scope()}; order {order_no} has none of its items")
+
+    def check_customer(self, customer: str, what: str) -> None:
+        """A customer's own figures (credit, consignment stock): a store user its own customers
+        only; a supplier user none but what :meth:`sees_sku` lets through (the caller's filter)."""
+        if not self.sees_customer(customer):
+            raise Refused(
+                f"{self.describe_scope()}; customer {customer!r} is not one of its own:"
+                f" {what} is not visible to it"
+            )
+
+    def check_gateway(self, gateway: str | None, what: str) -> None:
+        """Raw records and devices of ``gateway`` (None: of any): all-scope users, and a store
+        user its own locations' gateways; never a supplier user."""
+        if self.scope.kind is ScopeKind.SUPPLIER:
+            raise Refused(
+                f"{self.describe_scope()}; {what} are visible only to all-scope users and the gateway's store"
+            )
+        if gateway is not None and self.gateways is not None and gateway not in self.gateways:
+            raise Refused(f"{self.describe_scope()}; gateway {gateway!r} is not one of its own")
+
+    def check_everything(self, what: str) -> None:
+        """What spans every customer and location at once (an allocation run's trace)."""
+        if not self.everything:
+            raise Refused(f"{self.describe_scope()}; {what} is visible only to all-scope users")
 
     def check_write(self, loc: str, *, action: str) -> None:
         """Stock writes at ``loc`` (on hand, receipts): everyone-scoped users anywhere, store
         users at their own locations, supplier users nowhere."""
         if self.scope.kind is ScopeKind.SUPPLIER:
-            raise Refused(f"{self._what()}; a supplier user cannot {action}")
+            raise Refused(f"{self.describe_scope()}; a supplier user cannot {action}")
         if self.scope.kind is ScopeKind.LOCATIONS and loc not in self.own:
-            raise Refused(f"{self._what()}; it may {action} only at its own location(s), not {loc!r}")
+            raise Refused(
+                f"{self.describe_scope()}; it may {action} only at its own location(s), not {loc!r}"
+            )
 
 
 def serving_locations(conn: sqlite3.Connection, own: Iterable[str]) -> frozenset[str]:
@@ -146,6 +180,18 @@ def store_customers(conn: sqlite3.Connection, own: Iterable[str]) -> frozenset[s
     )
 
 
+def store_gateways(conn: sqlite3.Connection, own: Iterable[str]) -> frozenset[str]:
+    """The gateways of ``own`` locations (its raw records, its devices)."""
+    own = sorted(set(own))
+    marks = ",".join("?" * len(own))
+    return frozenset(
+        g
+        for (g,) in conn.execute(
+            f"SELECT gateway FROM locations WHERE code IN ({marks}) AND gateway <> ''", own
+        )
+    )
+
+
 def supplier_skus(conn: sqlite3.Connection, supplier: str) -> frozenset[str]:
     return frozenset(s for (s,) in conn.execute("SELECT sku FROM items WHERE supplier = ?", (supplier,)))
 
@@ -156,11 +202,27 @@ def view_of(conn: sqlite3.Connection, name: str) -> View:
     if scope.kind is ScopeKind.LOCATIONS:
         own = frozenset(scope.values)
         return View(
-            name, scope, own=own, serving=serving_locations(conn, own), customers=store_customers(conn, own)
+            name,
+            scope,
+            own=own,
+            serving=serving_locations(conn, own),
+            customers=store_customers(conn, own),
+            gateways=store_gateways(conn, own),
         )
     if scope.kind is ScopeKind.SUPPLIER:
         return View(name, scope, skus=supplier_skus(conn, scope.values[0]))
     return View(name, ALL)
+
+
+def check_order_id(conn: sqlite3.Connection, view: View, order_id: int) -> None:
+    """:meth:`View.check_order` for order ``order_id`` (what hangs off an order: its delivery
+    note, returns, services); an unknown order passes (the caller answers 404 or nothing)."""
+    if view.everything:
+        return
+    head = conn.execute("SELECT order_no, customer FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+    if head is not None:
+        skus = [s for (s,) in conn.execute("SELECT sku FROM order_lines WHERE order_id = ?", (order_id,))]
+        view.check_order(head[1], [s for s in skus if s], head[0])
 
 
 def describe(conn: sqlite3.Connection, name: str) -> dict[str, object]:
