@@ -183,3 +183,63 @@ async def _streams(client: ClientSession, fleet: Fleet, token: str, supplier: st
     assert await metric("storegate_central_dashboard_overviews_total") == computed + 1
     again.close()
     await wait_for(all_ended, what="the last stream to end")
+
+
+async def test_a_store_user_sees_its_own_gateways_on_the_dashboard(central_backend: str) -> None:
+    """A store user's dashboard (``/api/fleet``, ``/api/alerts``, the live stream): its own
+    location's gateway, that gateway's alerts and backlog history - not another store's."""
+    db = central_db(central_backend)
+    await db.open()
+    try:
+        admin = await db.write(lambda c: auth.add_user(c, "viewer", auth.Role.VIEWER))
+        store = await db.write(lambda c: auth.add_user(c, "s1", auth.Role.VIEWER))
+        await db.write(
+            lambda c: c.executemany(
+                "INSERT INTO locations (code, kind, gateway) VALUES (?, 'store', ?)",
+                [("S1", "gw-1"), ("S2", "gw-2")],
+            )
+        )
+        await db.write(lambda c: auth.set_scope(c, "s1", auth.Scope(auth.ScopeKind.LOCATIONS, ("S1",))))
+        fleet = Fleet(db)
+        for gw in ("gw-1", "gw-2"):
+            await fleet.on_status(gw, _status(gw, 5))
+        await db.write(
+            lambda c: c.executemany(
+                "INSERT INTO alerts (key, kind, gateway, device_id, severity, message, opened_ms)"
+                " VALUES (?, 'backlog', ?, NULL, 'warning', 'slow', 1)",
+                [(f"backlog:{gw}", gw) for gw in ("gw-1", "gw-2")],
+            )
+        )
+        app = create_app(db=db)
+        dashboard.add_routes(app, fleet=fleet, db=db)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            host, port = runner.addresses[0][:2]
+            async with ClientSession(f"http://{host}:{port}") as client:
+
+                async def get(path: str, tok: str) -> Any:
+                    async with client.get(path, headers={"Authorization": f"Bearer {tok}"}) as r:
+                        assert r.status == 200, await r.text()
+                        return await r.json()
+
+                def gateways(snap: dict[str, Any]) -> set[str]:
+                    return {g["gateway"] for gws in snap["sites"].values() for g in gws}
+
+                assert gateways(await get("/api/fleet", admin)) == {"gw-1", "gw-2"}
+                mine = await get("/api/fleet", store)
+                assert gateways(mine) == {"gw-1"} and set(mine["history"]) <= {"gw-1"}
+                assert {a["gateway"] for a in mine["alerts"]} == {"gw-1"}
+                assert mine["fulfilment"]["withheld"] == "scope"
+                assert {a["gateway"] for a in (await get("/api/alerts", admin))["alerts"]} == {"gw-1", "gw-2"}
+                assert {a["gateway"] for a in (await get("/api/alerts", store))["alerts"]} == {"gw-1"}
+                async with client.get("/api/stream", headers={"Authorization": f"Bearer {store}"}) as r:
+                    raw = await r.content.readuntil(b"\n\n")
+                live = json.loads(raw.split(b"data: ", 1)[1])
+                assert {a["gateway"] for a in live["alerts"]} == {"gw-1"}
+                assert set(live["history"]) == {"gw-1"}
+        finally:
+            await runner.cleanup()
+    finally:
+        await db.close()

@@ -35,7 +35,6 @@ from aiohttp import web
 from prometheus_client.core import Metric
 
 from central import fleet as fleet_mod
-from central.allocate.availability import ALERT_KIND
 from central.fleet import Fleet
 from central.web import fleet_api, visibility
 from central.web.api import USER_KEY, requires
@@ -69,7 +68,18 @@ async def page(_request: web.Request) -> web.FileResponse:
 
 
 async def fleet_snapshot(request: web.Request) -> web.Response:
-    snap = await request.app[FLEET_DB_KEY].read(fleet_mod.snapshot)
+    """The whole fleet; a scoped user gets its own gateways (none for a supplier), the alerts
+    it sees and no company-wide order figures (as the live stream)."""
+    db = request.app[FLEET_DB_KEY]
+    snap = await db.read(fleet_mod.snapshot)
+    view = await db.read(partial(visibility.view_of, name=request[USER_KEY].name))
+    if not view.everything:
+        sites = {
+            site: kept
+            for site, gws in snap["sites"].items()
+            if (kept := [g for g in gws if fleet_api.sees_gateway(view, g["gateway"])])
+        }
+        snap = scoped({**snap, "sites": sites}, view)
     return web.json_response(snap, dumps=_dumps)
 
 
@@ -83,14 +93,15 @@ def _alerts(conn: sqlite3.Connection, include_closed: bool) -> list[dict[str, An
 
 
 async def alerts(request: web.Request) -> web.Response:
-    """Open alerts (``all=1``: closed ones too); a store or supplier user sees the availability
-    monitor's stock alerts only for the locations and items in its scope."""
+    """Open alerts (``all=1``: closed ones too); a store user sees its own gateways' alerts and
+    the availability monitor's stock alerts of the locations and items in its scope, a supplier
+    user only its items' stock alerts (``fleet_api.sees_alert``)."""
     include_closed = request.query.get("all") in ("1", "true", "yes")
     db = request.app[FLEET_DB_KEY]
     rows = await db.read(partial(_alerts, include_closed=include_closed))
     view = await db.read(partial(visibility.view_of, name=request[USER_KEY].name))
     if not view.everything:
-        rows = [r for r in rows if r["kind"] != ALERT_KIND or view.sees(r["gateway"], r["device_id"] or "")]
+        rows = [r for r in rows if fleet_api.sees_alert(view, r)]
     return web.json_response({"alerts": rows}, dumps=_dumps)
 
 
@@ -108,7 +119,7 @@ class Published:
     encoded: dict[Hashable, bytes] = field(default_factory=dict)
 
     def event_for(self, view: visibility.View) -> bytes:
-        key: Hashable = None if view.everything else (view.readable, view.skus)
+        key: Hashable = None if view.everything else (view.readable, view.skus, view.gateways, view.supplier)
         data = self.encoded.get(key)
         if data is None:
             snap = self.snap if view.everything else scoped(self.snap, view)
@@ -117,12 +128,11 @@ class Published:
 
 
 def scoped(snap: dict[str, Any], view: visibility.View) -> dict[str, Any]:
-    """The overview as a scoped user sees it: stock alerts only for its locations and items (as
-    ``/api/alerts``), no company-wide order figures."""
+    """The overview as a scoped user sees it: the alerts it sees (as ``/api/alerts``), the
+    backlog history of its own gateways only, no company-wide order figures."""
     out = dict(snap)
-    out["alerts"] = [
-        a for a in snap["alerts"] if a["kind"] != ALERT_KIND or view.sees(a["gateway"], a["device_id"] or "")
-    ]
+    out["alerts"] = [a for a in snap["alerts"] if fleet_api.sees_alert(view, a)]
+    out["history"] = {gw: h for gw, h in snap["history"].items() if fleet_api.sees_gateway(view, gw)}
     out["orders_per_minute"] = {}
     out["fulfilment"] = WITHHELD
     return out

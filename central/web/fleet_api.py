@@ -313,6 +313,22 @@ def _in(col: str, values: Collection[str] | None) -> tuple[str, list[Any]]:
     return (f"{col} IN ({', '.join('?' * len(values))})" if values else "0 = 1"), sorted(values)
 
 
+def sees_gateway(view: visibility.View, gw: str) -> bool:
+    """A gateway's own records, devices, history and fleet alerts: everyone-scoped users any, a
+    store user its own locations' gateways, a supplier user none."""
+    if view.everything:
+        return True
+    return view.supplier is None and (view.gateways is None or gw in view.gateways)
+
+
+def sees_alert(view: visibility.View, alert: dict[str, Any]) -> bool:
+    """:func:`_scope_where` for an alert already read: a stock alert by its location and item,
+    any other by its gateway."""
+    if alert["kind"] == ALERT_KIND:
+        return view.everything or view.sees(alert["gateway"], alert["device_id"] or "")
+    return sees_gateway(view, alert["gateway"])
+
+
 def _scope_where(view: visibility.View) -> tuple[str, list[Any]]:
     """The alerts a scoped user sees: its own gateways' fleet alerts (a store user), and the
     availability monitor's stock alerts (``gateway`` the location, ``device_id`` the item) of
