@@ -8,9 +8,11 @@ which hides what central really does - keep writing until the write fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -89,6 +91,24 @@ def _seed_stock_alerts(conn: sqlite3.Connection) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def _served(db: Any, fleet: Fleet) -> AsyncIterator[ClientSession]:
+    """Central's app with the dashboard, its metrics as ``central.app.build_app`` adds them,
+    served on a free loopback port under ``web.AppRunner``; a client of it."""
+    app = create_app(db=db)
+    dashboard.add_routes(app, fleet=fleet, db=db)
+    add_metrics(app, app[dashboard.FEED_KEY].collect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        async with ClientSession(f"http://{host}:{port}") as client:
+            yield client
+    finally:
+        await runner.cleanup()
+
+
 async def test_one_overview_per_change_shared_by_every_stream(
     central_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -107,18 +127,8 @@ async def test_one_overview_per_change_shared_by_every_stream(
         await db.write(_seed_stock_alerts)
         await db.write(lambda c: auth.set_scope(c, "sup-a", auth.Scope(auth.ScopeKind.SUPPLIER, ("SUP-A",))))
         fleet = Fleet(db)
-        app = create_app(db=db)
-        dashboard.add_routes(app, fleet=fleet, db=db)
-        add_metrics(app, app[dashboard.FEED_KEY].collect)  # as central.app.build_app
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            host, port = runner.addresses[0][:2]
-            async with ClientSession(f"http://{host}:{port}") as client:
-                await _streams(client, fleet, token, supplier)
-        finally:
-            await runner.cleanup()
+        async with _served(db, fleet) as client:
+            await _streams(client, fleet, token, supplier)
     finally:
         await db.close()
 
@@ -210,36 +220,27 @@ async def test_a_store_user_sees_its_own_gateways_on_the_dashboard(central_backe
                 [(f"backlog:{gw}", gw) for gw in ("gw-1", "gw-2")],
             )
         )
-        app = create_app(db=db)
-        dashboard.add_routes(app, fleet=fleet, db=db)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            host, port = runner.addresses[0][:2]
-            async with ClientSession(f"http://{host}:{port}") as client:
+        async with _served(db, fleet) as client:
 
-                async def get(path: str, tok: str) -> Any:
-                    async with client.get(path, headers={"Authorization": f"Bearer {tok}"}) as r:
-                        assert r.status == 200, await r.text()
-                        return await r.json()
+            async def get(path: str, tok: str) -> Any:
+                async with client.get(path, headers={"Authorization": f"Bearer {tok}"}) as r:
+                    assert r.status == 200, await r.text()
+                    return await r.json()
 
-                def gateways(snap: dict[str, Any]) -> set[str]:
-                    return {g["gateway"] for gws in snap["sites"].values() for g in gws}
+            def gateways(snap: dict[str, Any]) -> set[str]:
+                return {g["gateway"] for gws in snap["sites"].values() for g in gws}
 
-                assert gateways(await get("/api/fleet", admin)) == {"gw-1", "gw-2"}
-                mine = await get("/api/fleet", store)
-                assert gateways(mine) == {"gw-1"} and set(mine["history"]) <= {"gw-1"}
-                assert {a["gateway"] for a in mine["alerts"]} == {"gw-1"}
-                assert mine["fulfilment"]["withheld"] == "scope"
-                assert {a["gateway"] for a in (await get("/api/alerts", admin))["alerts"]} == {"gw-1", "gw-2"}
-                assert {a["gateway"] for a in (await get("/api/alerts", store))["alerts"]} == {"gw-1"}
-                async with client.get("/api/stream", headers={"Authorization": f"Bearer {store}"}) as r:
-                    raw = await r.content.readuntil(b"\n\n")
-                live = json.loads(raw.split(b"data: ", 1)[1])
-                assert {a["gateway"] for a in live["alerts"]} == {"gw-1"}
-                assert set(live["history"]) == {"gw-1"}
-        finally:
-            await runner.cleanup()
+            assert gateways(await get("/api/fleet", admin)) == {"gw-1", "gw-2"}
+            mine = await get("/api/fleet", store)
+            assert gateways(mine) == {"gw-1"} and set(mine["history"]) <= {"gw-1"}
+            assert {a["gateway"] for a in mine["alerts"]} == {"gw-1"}
+            assert mine["fulfilment"]["withheld"] == "scope"
+            assert {a["gateway"] for a in (await get("/api/alerts", admin))["alerts"]} == {"gw-1", "gw-2"}
+            assert {a["gateway"] for a in (await get("/api/alerts", store))["alerts"]} == {"gw-1"}
+            async with client.get("/api/stream", headers={"Authorization": f"Bearer {store}"}) as r:
+                raw = await r.content.readuntil(b"\n\n")
+            live = json.loads(raw.split(b"data: ", 1)[1])
+            assert {a["gateway"] for a in live["alerts"]} == {"gw-1"}
+            assert set(live["history"]) == {"gw-1"}
     finally:
         await db.close()
