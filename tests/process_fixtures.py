@@ -75,6 +75,21 @@ async def process_central(tmp_path: Path, *, target: str | None = None) -> Async
         await db.close()
 
 
+@asynccontextmanager
+async def second_worker(target: str, first: Central) -> AsyncIterator[Central]:
+    """Another worker on ``first``'s database: its own connection and writer, the same app
+    routes and users (for the races between two workers)."""
+    db = central_db(target, wiring.hub(waves.AllocationSettings()))
+    await db.open()
+    try:
+        app = create_app(db=db)
+        process_api.add_routes(app)
+        async with TestClient(TestServer(app)) as client:
+            yield Central(db, client, first.tokens)
+    finally:
+        await db.close()
+
+
 async def release_tick(c: Central) -> int:
     """One tick of central's releaser: how many orders it released."""
     out = await c.db.write(lambda conn: release.release_allocated(conn, limit=100))

@@ -14,18 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from central import wiring
-from central.allocate import waves
-from central.migrations import all_migrations, central_db
+from central.migrations import all_migrations
 from central.process import partners
-from central.web import process_api
-from central.web.api import create_app
 from ops import cli
 from runtime import dbapi
 from tests.central_fixtures import Central
-from tests.process_fixtures import order, process_central, release_tick
+from tests.process_fixtures import order, process_central, release_tick, second_worker
 
 THREE_PL = """
 [[definitions]]
@@ -167,17 +162,9 @@ async def test_one_event_sent_to_two_workers_at_once_takes_effect_once(
         st, washer = await a.req("POST", "/api/orders", "order_desk", json=order(("WASHER", 1)))
         assert st == 201 and await release_tick(a) == 1
         no = washer["order_no"]
-        db2 = central_db(central_backend, wiring.hub(waves.AllocationSettings()))
-        await db2.open()
-        try:
-            app2 = create_app(db=db2)
-            process_api.add_routes(app2)
-            async with TestClient(TestServer(app2)) as client2:
-                b = Central(db2, client2, a.tokens)
-                ev = {"event_id": "TPL1-0001", "type": "confirmed"}
-                got = await asyncio.gather(*(partner_post(w, tpl, no, ev) for w in (a, b, a, b)))
-        finally:
-            await db2.close()
+        async with second_worker(central_backend, a) as b:
+            ev = {"event_id": "TPL1-0001", "type": "confirmed"}
+            got = await asyncio.gather(*(partner_post(w, tpl, no, ev) for w in (a, b, a, b)))
         assert [st for st, _, _ in got] == [201] * 4, got
         assert sorted(h.get("Idempotent-Replayed", "") for _, _, h in got) == ["", "true", "true", "true"]
         assert len({json.dumps(body, sort_keys=True) for _, body, _ in got}) == 1

@@ -11,18 +11,11 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
-from aiohttp.test_utils import TestClient, TestServer
-
-from central import wiring
-from central.allocate import waves
-from central.migrations import central_db
 from central.orders import orders
 from central.orders.validation import LineIn, OrderIn
-from central.web import process_api
-from central.web.api import create_app
 from runtime.clock import now_ms
-from tests.central_fixtures import SOON, Central
-from tests.process_fixtures import events, order, process_central, release_tick
+from tests.central_fixtures import SOON
+from tests.process_fixtures import events, order, process_central, release_tick, second_worker
 
 ENGRAVED = """
 [[definitions]]
@@ -253,18 +246,10 @@ async def test_two_workers_importing_one_master_at_once_store_one_version(
     """Two apps on one database (two workers) import the same master at once: one version,
     the other imports find it unchanged (none fails on the version number taken meanwhile)."""
     async with process_central(tmp_path, target=central_backend) as a:
-        db2 = central_db(central_backend, wiring.hub(waves.AllocationSettings()))
-        await db2.open()
-        try:
-            app2 = create_app(db=db2)
-            process_api.add_routes(app2)
-            async with TestClient(TestServer(app2)) as client2:
-                b = Central(db2, client2, a.tokens)
-                got = await asyncio.gather(
-                    *(w.req("POST", "/api/process/import", data=ENGRAVED) for w in (a, b, a, b))
-                )
-        finally:
-            await db2.close()
+        async with second_worker(central_backend, a) as b:
+            got = await asyncio.gather(
+                *(w.req("POST", "/api/process/import", data=ENGRAVED) for w in (a, b, a, b))
+            )
         assert sorted(s for s, _ in got) == [200, 200, 200, 201], got
         assert {body["version"] for _, body in got} == {1}
         status, shown = await a.req("GET", "/api/process", "viewer")
