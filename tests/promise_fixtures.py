@@ -123,3 +123,15 @@ async def promise_central(
 
 async def order(c: Central, body: dict[str, Any], role: str = "order_desk") -> tuple[int, Any]:
     return await c.req("POST", "/api/orders", role=role, json={"order_type": "normal", **body})
+
+
+async def keep_promise(c: Central, sku: str, qty: int, customer: str = "C1") -> dict[str, Any]:
+    """A promise kept (``reserve``) for one line, as the order desk asks for it; its answer."""
+    status, kept = await c.req(
+        "POST",
+        "/api/promise",
+        role="order_desk",
+        json={"customer": customer, "reserve": True, "lines": [{"sku": sku, "qty": qty}]},
+    )
+    assert status == 201, kept
+    return dict(kept)

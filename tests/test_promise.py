@@ -26,7 +26,7 @@ from ops import cli
 from protocols.envelope import AckStatus, Envelope, Record
 from runtime.clock import now_ms
 from tests.central_fixtures import Central
-from tests.promise_fixtures import day, load, order, promise_central, stock
+from tests.promise_fixtures import day, keep_promise, load, order, promise_central, stock
 
 
 def _one(c: Central, sql: str, *args: Any) -> Any:
@@ -204,13 +204,7 @@ async def test_a_promise_is_claimed_once_and_given_back_once(tmp_path: Path, cen
         await stock(a, "DC1", "MUG", 10)
         refs = []
         for _ in range(2):
-            status, kept = await a.req(
-                "POST",
-                "/api/promise",
-                role="order_desk",
-                json={"customer": "C1", "reserve": True, "lines": [{"sku": "MUG", "qty": 2}]},
-            )
-            assert status == 201
+            kept = await keep_promise(a, "MUG", 2)
             refs.append(kept["ref"])
         db2 = await _two_apps(central_backend)
         try:
@@ -236,7 +230,7 @@ async def test_a_promise_is_claimed_once_and_given_back_once(tmp_path: Path, cen
         # the claimed promise's units went to its order's allocation, the released one's back
         assert await _one(a, "SELECT on_hand, allocated FROM inventory WHERE sku = 'MUG'") == (10, 2)
         status, got = await a.req("GET", f"/api/promise/{refs[0]}")
-        assert got["status"] == "fulfilled" and got["reserved"] == 0
+        assert status == 200 and got["status"] == "fulfilled" and got["reserved"] == 0
 
 
 async def test_a_kept_promise_expires_on_the_clock_once(tmp_path: Path, central_backend: str) -> None:
@@ -289,13 +283,7 @@ async def test_claims_are_checked_and_a_refused_one_stores_nothing(tmp_path: Pat
     async with promise_central(tmp_path) as c:
         await load(c)
         await stock(c, "DC1", "MUG", 10)
-        status, kept = await c.req(
-            "POST",
-            "/api/promise",
-            role="order_desk",
-            json={"customer": "C1", "reserve": True, "lines": [{"sku": "MUG", "qty": 2}]},
-        )
-        assert status == 201
+        kept = await keep_promise(c, "MUG", 2)
         body = {"requested_date": day(2), "promise": kept["ref"], "lines": [{"sku": "MUG", "qty": 2}]}
         status, got = await order(c, {"customer": "C2", **body})
         assert status == 422 and got["error"] == f"promise: {kept['ref']} was made for customer C1, not C2"
@@ -352,13 +340,7 @@ async def test_wave_allocation_takes_the_claimed_stock_and_a_cancel_gives_it_bac
         await stock(c, "DC1", "MUG", 4)
         promises = []
         for _ in range(2):
-            status, kept = await c.req(
-                "POST",
-                "/api/promise",
-                role="order_desk",
-                json={"customer": "C1", "reserve": True, "lines": [{"sku": "MUG", "qty": 2}]},
-            )
-            assert status == 201
+            kept = await keep_promise(c, "MUG", 2)
             promises.append(kept["ref"])
         claims = []
         for ref in promises:
@@ -409,13 +391,7 @@ async def test_a_promise_on_a_receipt_is_reserved_when_it_arrives(
             role="order_desk",
             json={"location": "DC1", "sku": "OVEN", "qty": 2, "expected": day(3)},
         )
-        status, kept = await c.req(
-            "POST",
-            "/api/promise",
-            role="order_desk",
-            json={"customer": "C1", "reserve": True, "lines": [{"sku": "OVEN", "qty": 2}]},
-        )
-        assert status == 201
+        kept = await keep_promise(c, "OVEN", 2)
         (line,) = kept["lines"]
         assert (line["limited_by"], line["receipt_id"], line["receipt_qty"], line["date"]) == (
             "receipt",
